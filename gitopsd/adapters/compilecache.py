@@ -1,0 +1,61 @@
+"""Persistent compile cache: compiled packs keyed by the content ids of everything they read.
+
+A key covers the PackBuild file, the tree ids of its source folders and the compiler version, so a
+hit is exact. Only the ClusterPack and object identities are kept; artifact bytes live in the
+registry (a miss for bytes recompiles). The CLI and the daemon share it through the state dir.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+
+from gitopsd.core import codec
+from gitopsd.model import pack
+
+
+class SqliteCompileCache:
+    def __init__(self, path: pathlib.Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._memory: dict[str, pack.CompiledPack] = {}
+        self._pending: list[tuple[str, str]] = []
+
+    def get(self, key: str) -> pack.CompiledPack | None:
+        hit = self._memory.get(key)
+        if hit is not None:
+            return hit
+        try:
+            row = self._db.execute("SELECT value FROM compiled WHERE key=?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None:
+            return None
+        try:
+            hit = codec.compiled_from_text(row[0])
+        except (ValueError, KeyError):
+            return None
+        self._memory[key] = hit
+        return hit
+
+    def put(self, key: str, compiled: pack.CompiledPack) -> None:
+        slim = compiled.without_artifact()
+        self._memory[key] = slim
+        self._pending.append((key, codec.compiled_to_text(slim)))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO compiled(key, value) VALUES (?, ?)", self._pending)
+        except sqlite3.Error:
+            pass  # a cache that cannot be written only costs a recompile next time
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()

@@ -1,0 +1,94 @@
+"""A plain folder on disk as a ``ports.Tree``: for config repos that are not (yet) Git repos.
+
+Content ids are sha256 over names, kinds and bytes, so an unchanged folder keeps its id and its
+compile-cache entry. The revision is ``dir@sha256:<id of the whole folder>``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import hashlib
+import os
+import pathlib
+import stat
+
+from gitopsd import ports
+
+SKIP = frozenset({".git", ".gitopsd"})
+
+
+class FsTree:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root.resolve()
+        self._ids: dict[str, str] = {}
+        newest = 0.0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if d not in SKIP]
+            for name in filenames:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                except OSError:
+                    continue
+        when = datetime.datetime.fromtimestamp(newest, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        self.snapshot = ports.Snapshot(
+            revision=f"dir@{self.tree_id('')}",
+            commit_time=when,
+            author=user,
+            description=f"plain folder {self.root}",
+        )
+
+    def _path(self, path: str) -> pathlib.Path:
+        return self.root / path if path else self.root
+
+    def kind(self, path: str) -> ports.EntryKind | None:
+        try:
+            mode = os.lstat(self._path(path)).st_mode
+        except OSError:
+            return None
+        if stat.S_ISLNK(mode):
+            return ports.EntryKind.LINK
+        if stat.S_ISDIR(mode):
+            return ports.EntryKind.DIR
+        return ports.EntryKind.FILE
+
+    def listdir(self, path: str) -> list[tuple[str, ports.EntryKind]]:
+        out = []
+        for name in sorted(os.listdir(self._path(path))):
+            if not path and name in SKIP:
+                continue
+            kind = self.kind(f"{path}/{name}" if path else name)
+            if kind is not None:
+                out.append((name, kind))
+        return out
+
+    def read(self, path: str) -> bytes:
+        return self._path(path).read_bytes()
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self._path(path))
+
+    def tree_id(self, path: str) -> str:
+        cached = self._ids.get(path)
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256()
+        kind = self.kind(path)
+        if kind is ports.EntryKind.FILE:
+            digest.update(b"F" + self.read(path))
+        elif kind is ports.EntryKind.LINK:
+            digest.update(b"L" + self.readlink(path).encode())
+        elif kind is ports.EntryKind.DIR:
+            for name, child in self.listdir(path):
+                sub = f"{path}/{name}" if path else name
+                digest.update(f"{name}\0{child}\0{self.tree_id(sub)}\n".encode())
+        result = "sha256:" + digest.hexdigest()
+        self._ids[path] = result
+        return result
+
+    def materialize(self, path: str) -> pathlib.Path:
+        return self._path(path)

@@ -1,0 +1,225 @@
+"""The embedded management cluster: a SQLite file that stores ClusterPacks and PackInstances.
+
+It behaves like the Kubernetes backend where gitopsd depends on it: objects keyed by kind,
+namespace and name, a global integer resourceVersion bumped on every write, uid and generation,
+and Events for every change. Every pass's writes happen in ONE transaction: a failure leaves the
+store exactly as it was (nothing half-applied). An uninstalled PackInstance stays as a tombstone
+(state ``uninstalled``) so that its install history survives and a re-install continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import uuid
+from collections.abc import Sequence
+
+from gitopsd import errors
+from gitopsd.core import codec
+from gitopsd.model import change, instance, pack
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    uid TEXT NOT NULL, resource_version INTEGER NOT NULL, generation INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL,
+    name TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL, revision TEXT NOT NULL
+);
+"""
+
+CLUSTER_PACK = pack.CLUSTER_PACK_KIND
+PACK_INSTANCE = instance.PACK_INSTANCE_KIND
+MAX_EVENTS = 10_000
+
+
+class LocalStore:
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._cache: tuple[int, str, instance.Observed] | None = None
+        self.writes = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- reads -----------------------------------------------------------------------------
+    def resource_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
+        return int(row[0]) if row else 0
+
+    def observe(self, namespace: str) -> instance.Observed:
+        rv = self.resource_version()
+        if self._cache is not None and self._cache[0] == rv and self._cache[1] == namespace:
+            return self._cache[2]
+        packs: dict[str, instance.ObservedPack] = {}
+        instances: dict[str, instance.PackInstance] = {}
+        rows = self._db.execute(
+            "SELECT kind, body, uid, resource_version FROM objects WHERE namespace=?", (namespace,)
+        ).fetchall()
+        for kind, body, uid, object_rv in rows:
+            obj = json.loads(body)
+            obj["metadata"]["uid"] = uid
+            obj["metadata"]["resourceVersion"] = str(object_rv)
+            if kind == CLUSTER_PACK:
+                p = codec.observed_pack_from_object(obj)
+                packs[p.name] = p
+            elif kind == PACK_INSTANCE:
+                i = codec.pack_instance_from_object(obj)
+                instances[i.name] = i
+        observed = instance.Observed(packs=packs, instances=instances)
+        self._cache = (rv, namespace, observed)
+        return observed
+
+    def list_objects(self, kind: str, namespace: str | None = None) -> list[dict[str, object]]:
+        query = "SELECT body, uid, resource_version, generation FROM objects WHERE kind=?"
+        args: tuple[str, ...] = (kind,)
+        if namespace is not None:
+            query += " AND namespace=?"
+            args = (kind, namespace)
+        out = []
+        for body, uid, rv, generation in self._db.execute(query + " ORDER BY namespace, name", args):
+            obj = json.loads(body)
+            obj["metadata"].update({"uid": uid, "resourceVersion": str(rv), "generation": generation})
+            out.append(obj)
+        return out
+
+    def get_object(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
+        row = self._db.execute(
+            "SELECT body, uid, resource_version, generation FROM objects WHERE kind=? AND namespace=? AND name=?",
+            (kind, namespace, name),
+        ).fetchone()
+        if row is None:
+            return None
+        obj = json.loads(row[0])
+        obj["metadata"].update({"uid": row[1], "resourceVersion": str(row[2]), "generation": row[3]})
+        return obj
+
+    def events(self, limit: int = 100) -> list[dict[str, str]]:
+        rows = self._db.execute(
+            "SELECT time, kind, namespace, name, type, reason, message, revision FROM events ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("time", "kind", "namespace", "name", "type", "reason", "message", "revision")
+        return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
+
+    # --- writes ----------------------------------------------------------------------------
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, *, now: str = "") -> int:
+        """Execute the plan's writes in one transaction; returns the number of objects written."""
+        db = self._db
+        written = 0
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            rv = self.resource_version()
+            for c in changes:
+                rv, wrote = self._apply_one(namespace, c, rv, revision, now)
+                written += wrote
+            if written:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('rv', ?)", (str(rv),))
+                db.execute(
+                    "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,)
+                )
+            db.execute("COMMIT")
+        except errors.GitopsdError:
+            db.execute("ROLLBACK")
+            raise
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise errors.TransientError(f"local store {self.path}: {err}", reason="StoreError") from err
+        self.writes += written
+        return written
+
+    def _apply_one(self, namespace: str, c: change.Change, rv: int, revision: str, now: str) -> tuple[int, int]:
+        if c.kind is change.ObjectKind.CLUSTER_PACK:
+            if c.action is change.Action.CREATE:
+                assert c.cluster_pack is not None
+                existing = self.get_object(CLUSTER_PACK, namespace, c.name)
+                if existing is not None:
+                    raise errors.ImmutabilityViolation(
+                        f"ClusterPack {c.name} appeared in the store during the pass; retry", reason="Conflict"
+                    )
+                rv += 1
+                self._put(CLUSTER_PACK, namespace, c.name, c.cluster_pack.to_object(), rv, generation=1)
+                self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Created", c.reason, revision)
+                return rv, 1
+            if c.action is change.Action.UNINSTALL:
+                rv += 1
+                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (CLUSTER_PACK, namespace, c.name))
+                self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Pruned", c.reason, revision)
+                return rv, 1
+            if c.action is change.Action.BLOCKED and c.condition is not None:
+                self._event(now, CLUSTER_PACK, namespace, c.name, "Warning", c.reason, c.condition.message, revision)
+            return rv, 0
+        # PackInstance
+        if c.action in (change.Action.CREATE, change.Action.SUPERSEDE, change.Action.UNINSTALL):
+            assert c.pack_instance is not None
+            existing = self.get_object(PACK_INSTANCE, namespace, c.name)
+            if c.pack_instance.resource_version is not None and existing is not None:
+                if existing["metadata"]["resourceVersion"] != c.pack_instance.resource_version:  # type: ignore[index]
+                    raise errors.TransientError(
+                        f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
+                        reason="Conflict",
+                    )
+            generation = 1
+            uid = None
+            if existing is not None:
+                uid = existing["metadata"]["uid"]  # type: ignore[index]
+                generation = int(existing["metadata"]["generation"])  # type: ignore[index, call-overload]
+                if existing.get("spec") != c.pack_instance.spec():
+                    generation += 1
+            rv += 1
+            self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid)
+            kind = "Normal"
+            reason = {change.Action.CREATE: "Installed", change.Action.SUPERSEDE: str(c.direction or "Superseded"),
+                      change.Action.UNINSTALL: "Uninstalled"}[c.action]
+            self._event(now, PACK_INSTANCE, namespace, c.name, kind, reason, c.reason, revision)
+            return rv, 1
+        if c.action is change.Action.BLOCKED and c.condition is not None:
+            existing = self.get_object(PACK_INSTANCE, namespace, c.name)
+            self._event(now, PACK_INSTANCE, namespace, c.name, "Warning", c.reason, c.condition.message, revision)
+            if existing is not None:
+                status = dict(existing.get("status") or {})  # type: ignore[call-overload]
+                conditions = [c.condition.to_json()]
+                if status.get("conditions") != conditions:
+                    status["conditions"] = conditions
+                    existing["status"] = status
+                    rv += 1
+                    meta = existing["metadata"]
+                    self._put(PACK_INSTANCE, namespace, c.name, existing, rv, int(meta["generation"]), meta["uid"])  # type: ignore[index, call-overload]
+                    return rv, 1
+        return rv, 0
+
+    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int, uid: str | None = None) -> None:
+        meta = dict(obj["metadata"])  # type: ignore[call-overload]
+        for key in ("uid", "resourceVersion", "generation"):
+            meta.pop(key, None)
+        body = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
+        self._db.execute(
+            "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) VALUES (?,?,?,?,?,?,?)",
+            (kind, namespace, name, uid or str(uuid.uuid4()), rv, generation, body),
+        )
+
+    def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str, revision: str) -> None:
+        last = self._db.execute(
+            "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",
+            (kind, namespace, name),
+        ).fetchone()
+        if type_ == "Warning" and last == (reason, message):
+            return  # the same warning again: like Kubernetes, do not repeat it
+        self._db.execute(
+            "INSERT INTO events(time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?)",
+            (now, kind, namespace, name, type_, reason, message, revision),
+        )
+
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,114 @@
+"""The embedded registry: an OCI image-layout directory (``oci-layout``, ``index.json``, ``blobs/``).
+
+Any OCI tool that reads image layouts (oras, skopeo, crane) can read it. Blobs are written
+atomically (temp file + rename) and content-addressed, so a crash never leaves a wrong blob; the
+index is rewritten atomically once per pass (``flush``), each manifest tagged
+``org.opencontainers.image.ref.name = <repository>:<version>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+
+from gitopsd.core import artifact as artifact_core
+from gitopsd.model import pack
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+class OciLayout:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        layout = root / "oci-layout"
+        if not layout.exists():
+            _atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+        self._index: dict[str, object] | None = None
+        self._dirty = False
+        self.pushed = 0
+
+    def _blob_path(self, digest: str) -> pathlib.Path:
+        algorithm, _, hexdigest = digest.partition(":")
+        if algorithm != "sha256" or len(hexdigest) != 64 or not all(ch in "0123456789abcdef" for ch in hexdigest):
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.blobs / hexdigest
+
+    def has(self, repository: str, digest: str) -> bool:
+        return self._blob_path(digest).exists()
+
+    def read_blob(self, digest: str) -> bytes:
+        data = self._blob_path(digest).read_bytes()
+        if artifact_core.digest_of(data) != digest:
+            raise ValueError(f"blob {digest} in {self.root} is corrupt (content does not match its digest)")
+        return data
+
+    def push(self, repository: str, art: pack.Artifact) -> bool:
+        present = self.has(repository, art.manifest_digest)
+        if not present:
+            for blob in art.blobs:
+                path = self._blob_path(blob.digest)
+                if not path.exists():
+                    _atomic_write(path, blob.data)
+            _atomic_write(self._blob_path(art.manifest_digest), art.manifest)
+            self.pushed += 1
+        self._tag(f"{repository}:{art.tag}", art)
+        return not present
+
+    def _load_index(self) -> dict[str, object]:
+        if self._index is None:
+            path = self.root / "index.json"
+            if path.exists():
+                self._index = json.loads(path.read_text("utf-8"))
+            else:
+                self._index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+        return self._index
+
+    def _tag(self, ref: str, art: pack.Artifact) -> None:
+        index = self._load_index()
+        manifests: list[dict[str, object]] = index["manifests"]  # type: ignore[assignment]
+        descriptor = {
+            "mediaType": artifact_core.MANIFEST_MEDIA_TYPE,
+            "artifactType": artifact_core.ARTIFACT_TYPE,
+            "digest": art.manifest_digest,
+            "size": len(art.manifest),
+            "annotations": {REF_NAME: ref},
+        }
+        for i, existing in enumerate(manifests):
+            if existing.get("annotations", {}).get(REF_NAME) == ref:  # type: ignore[union-attr]
+                if existing != descriptor:
+                    manifests[i] = descriptor
+                    self._dirty = True
+                return
+        manifests.append(descriptor)
+        self._dirty = True
+
+    def resolve(self, ref: str) -> str | None:
+        for existing in self._load_index()["manifests"]:  # type: ignore[attr-defined]
+            if existing.get("annotations", {}).get(REF_NAME) == ref:
+                return str(existing["digest"])
+        return None
+
+    def flush(self) -> None:
+        if self._dirty and self._index is not None:
+            manifests = sorted(self._index["manifests"], key=lambda d: d["annotations"][REF_NAME])  # type: ignore[index, arg-type]
+            self._index["manifests"] = manifests
+            _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
+            self._dirty = False
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,234 @@
+"""Compile one PackBuild's rendered manifests into a CompiledPack (design.md §Compile 2–8).
+
+Pure and deterministic: the renderer adapters (``gitopsd.adapters.render``) produce YAML bytes;
+from there this module parses, validates, splits into layers, orders stages, computes the
+canonical checksum, builds the OCI artifact and the ClusterPack. The same inputs give
+byte-identical outputs; reformatting YAML or reordering files does not change the checksum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+
+from gitopsd import errors
+from gitopsd.core import artifact, layers, yamlload
+from gitopsd.model import pack, spec
+
+MAX_OBJECT_BYTES = 1_572_864  # etcd's default request limit, 1.5 MiB
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_PATH_SEGMENT_KINDS = layers.RBAC_KINDS - {"ServiceAccount"}  # RBAC names may hold ':'
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inputs:
+    """Everything besides the rendered bytes that goes into a ClusterPack."""
+
+    namespace: str  # where the ClusterPack lives (gitopsd.yaml namespace)
+    registry: str  # registry URL prefix, e.g. registry.example.com/packs
+    target_clusters: tuple[str, ...]
+    revision: str
+    commit_time: str
+    tree_id: str
+    compiler: str
+
+
+def parse_objects(documents: tuple[tuple[str, bytes], ...]) -> list[tuple[str, dict[str, object]]]:
+    """Every object of the rendered stream with the file it came from; ``List`` kinds flattened."""
+    out: list[tuple[str, dict[str, object]]] = []
+    for source, data in documents:
+        for index, doc in enumerate(yamlload.load_all(data, source)):
+            where = f"{source} (document {index + 1})"
+            if not isinstance(doc, dict):
+                raise errors.RenderError(
+                    f"{where}: a manifest must be a mapping with apiVersion, kind and metadata; got {type(doc).__name__}",
+                    path=source,
+                )
+            if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+                out.extend((where, item) for item in doc["items"])
+            else:
+                out.append((where, doc))
+    return out
+
+
+def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, bytes], ...], *,
+                 renderers: tuple[tuple[str, str], ...], chart: pack.ChartInfo | None,
+                 inputs: Inputs) -> pack.CompiledPack:
+    objects = parse_objects(rendered_documents)
+    if not objects:
+        raise errors.RenderError(
+            f"the source rendered no Kubernetes objects; check {_source_field(build)}",
+            path=build.path,
+        )
+    extra_cluster_kinds = _cluster_scoped_crd_kinds(objects)
+    default_ns = build.namespace or (build.source.namespace if isinstance(build.source, spec.HelmSource) else None)
+    manifests = [_manifest(where, obj, default_ns, extra_cluster_kinds) for where, obj in objects]
+    _refuse_duplicates(manifests, build.path)
+    manifests.sort(key=lambda m: (layers.LAYER_RANK[m.layer], layers.STAGE_RANK[m.stage], m.identity))
+    checksum = canonical_checksum(manifests)
+    by_layer: dict[pack.Layer, list[pack.Manifest]] = {layer: [] for layer in layers.LAYER_ORDER}
+    for m in manifests:
+        by_layer[m.layer].append(m)
+    order = layers.execution_order(m.kind for m in manifests)
+    art = artifact.build(
+        name=build.name,
+        version=build.version,
+        base_pack_name=build.base_pack_name,
+        category=str(build.category),
+        checksum=checksum,
+        execution_order=order,
+        layers=by_layer,
+    )
+    provenance = pack.Provenance(
+        commit=inputs.revision,
+        path=build.path,
+        tree=inputs.tree_id,
+        commit_time=inputs.commit_time,
+        compiler=inputs.compiler,
+        renderers=renderers,
+    )
+    cluster_pack = pack.ClusterPack(
+        name=build.cluster_pack_name,
+        namespace=inputs.namespace,
+        version=build.version,
+        base_pack_name=build.base_pack_name,
+        target_clusters=inputs.target_clusters,
+        registry_url=f"{inputs.registry.rstrip('/')}/{build.base_pack_name}:{art.tag}",
+        manifest_digest=art.manifest_digest,
+        checksum=checksum,
+        rbac_digest=art.layer_digest(pack.Layer.RBAC),
+        cluster_scoped_digest=art.layer_digest(pack.Layer.CLUSTER_SCOPED),
+        workload_digest=art.layer_digest(pack.Layer.WORKLOAD),
+        source_build_ref=build.path,
+        execution_order=order,
+        provenance=provenance,
+        chart=chart,
+    )
+    return pack.CompiledPack(
+        cluster_pack=cluster_pack,
+        identities=tuple(sorted(m.identity for m in manifests)),
+        subjects=tuple(m.subject for m in manifests),
+        secret_subjects=tuple(m.subject for m in manifests if m.kind == "Secret"),
+        artifact=art,
+        object_count=len(manifests),
+    )
+
+
+def canonical_checksum(manifests: list[pack.Manifest]) -> str:
+    """sha256 over the objects' canonical JSON in identity order: formatting and file order do not count."""
+    digest = hashlib.sha256()
+    for m in sorted(manifests, key=lambda m: (m.identity, m.api_version)):
+        digest.update(m.canonical.encode("utf-8"))
+        digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def _source_field(build: spec.PackBuild) -> str:
+    if isinstance(build.source, spec.HelmSource):
+        return f"helmSource.chart ({build.source.chart})"
+    field = "rawSource" if isinstance(build.source, spec.RawSource) else "kustomizeSource"
+    return f"{field}.path ({build.source.path})"
+
+
+def _cluster_scoped_crd_kinds(objects: list[tuple[str, dict[str, object]]]) -> frozenset[str]:
+    kinds = set()
+    for _, obj in objects:
+        if obj.get("kind") == "CustomResourceDefinition":
+            body = obj.get("spec")
+            if isinstance(body, dict) and body.get("scope") == "Cluster":
+                names = body.get("names")
+                if isinstance(names, dict) and isinstance(names.get("kind"), str):
+                    kinds.add(names["kind"])
+    return frozenset(kinds)
+
+
+def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra: frozenset[str]) -> pack.Manifest:
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    metadata = obj.get("metadata")
+    if not isinstance(api_version, str) or not api_version:
+        raise errors.RenderError(f"{where}: field 'apiVersion' is missing; every object needs apiVersion, kind and metadata.name", path=where)
+    if not isinstance(kind, str) or not kind:
+        raise errors.RenderError(f"{where}: field 'kind' is missing; every object needs apiVersion, kind and metadata.name", path=where)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+        if isinstance(metadata, dict) and "generateName" in metadata:
+            raise errors.RenderError(f"{where}: {kind} uses 'metadata.generateName'; a pack needs fixed names, set 'metadata.name'", path=where)
+        raise errors.RenderError(f"{where}: field 'metadata.name' is missing on {kind}; every object needs a name", path=where)
+    name = metadata["name"]
+    _check_name(where, kind, name)
+    _check_labels(where, kind, name, metadata)
+    yamlload.check_json_safe(obj, where)
+    cluster_scoped = layers.is_cluster_scoped(kind, extra)
+    namespace = metadata.get("namespace")
+    if namespace is not None and (not isinstance(namespace, str) or not _SUBDOMAIN.match(namespace) or len(namespace) > 63):
+        raise errors.RenderError(f"{where}: field 'metadata.namespace' of {kind}/{name}: {namespace!r} is not a valid namespace name (DNS-1123 label)", path=where)
+    if cluster_scoped:
+        namespace = None
+    elif not namespace and default_ns:
+        obj = {**obj, "metadata": {**metadata, "namespace": default_ns}}
+        namespace = default_ns
+    canonical = pack.canonical_json(obj)
+    if len(canonical.encode("utf-8")) > MAX_OBJECT_BYTES:
+        raise errors.RenderError(
+            f"{where}: {kind}/{name} is {len(canonical)} bytes, over the 1.5 MiB object limit of etcd; split it",
+            path=where,
+        )
+    return pack.Manifest(
+        api_version=api_version,
+        kind=kind,
+        name=name,
+        namespace=namespace or None,
+        canonical=canonical,
+        source=where,
+        layer=layers.layer_of(kind, extra),
+        stage=layers.stage_of(kind),
+    )
+
+
+def _check_name(where: str, kind: str, name: str) -> None:
+    if kind in _PATH_SEGMENT_KINDS:
+        ok = name not in (".", "..") and "/" not in name and "%" not in name and len(name) <= 253
+    else:
+        ok = len(name) <= 253 and bool(_SUBDOMAIN.match(name))
+    if not ok:
+        raise errors.RenderError(
+            f"{where}: field 'metadata.name' {name!r} of {kind} is not a valid Kubernetes name "
+            "(lowercase letters, digits, '-' and '.', at most 253 characters); rename it",
+            path=where,
+        )
+
+
+def _check_labels(where: str, kind: str, name: str, metadata: dict[str, object]) -> None:
+    labels = metadata.get("labels")
+    if labels is None:
+        return
+    if not isinstance(labels, dict):
+        raise errors.RenderError(f"{where}: field 'metadata.labels' of {kind}/{name} must be a mapping", path=where)
+    for key, value in labels.items():
+        prefix, _, label_name = key.rpartition("/")
+        key_ok = bool(_LABEL_NAME.match(label_name)) and len(label_name) <= 63 and (
+            not prefix or (len(prefix) <= 253 and bool(_SUBDOMAIN.match(prefix)))
+        )
+        if not key_ok:
+            raise errors.RenderError(f"{where}: label key {key!r} of {kind}/{name} is not valid (field 'metadata.labels'); rename it", path=where)
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise errors.RenderError(
+                f"{where}: field 'metadata.labels.{key}' of {kind}/{name}: {value!r} is not a valid label value "
+                "(a string of at most 63 letters, digits, '-', '_' or '.'; quote numbers and booleans)",
+                path=where,
+            )
+
+
+def _refuse_duplicates(manifests: list[pack.Manifest], file: str) -> None:
+    seen: dict[tuple[str, str, str, str], pack.Manifest] = {}
+    for m in manifests:
+        first = seen.get(m.identity)
+        if first is not None:
+            raise errors.RenderError(
+                f"{m.subject} is defined twice: in {first.source} and in {m.source}; keep one",
+                path=file,
+                reason="DuplicateObject",
+            )
+        seen[m.identity] = m

@@ -1,0 +1,377 @@
+"""Build the ChangeSet: the only place that decides what changes (design.md §Reconcile).
+
+Inputs are values: the desired packs (compiled and signed), what was observed, the signature
+verdicts and the policy. The output is a ``change.Plan``: per ClusterPack create / unchanged /
+blocked / uninstall (pruned), per PackInstance create / supersede (Upgrade, Rollback, Redeploy) /
+unchanged / uninstall / blocked, each with a reason. Collisions are resolved deterministically:
+higher priority wins, a tie goes to the one installed first, then to the PackBuild path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import defaultdict
+from collections.abc import Mapping
+
+from gitopsd.core import semver
+from gitopsd.model import change, instance, pack, spec
+from gitopsd.model.change import Action, ObjectKind
+from gitopsd.model.instance import Condition, Direction, InstallState
+
+MAX_HISTORY = 50
+
+
+class Verdict(enum.StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+    INVALID = "invalid"
+    PENDING = "pending"  # dry-run without a key: it would be signed at apply
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Desired:
+    build: spec.PackBuild
+    compiled: pack.CompiledPack
+    clusters: tuple[str, ...]
+
+    @property
+    def cluster_pack(self) -> pack.ClusterPack:
+        return self.compiled.cluster_pack
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    namespace: str
+    now: str
+    installed_by: str
+    registry_hash: str
+    require_signatures: bool = True
+    keep_versions: int = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inputs:
+    revision: str
+    desired: tuple[Desired, ...]
+    observed: instance.Observed
+    verdicts: Mapping[str, Verdict]
+    policy: Policy
+    errors: tuple[change.PackError, ...] = ()
+    protected_paths: frozenset[str] = frozenset()  # PackBuild files that exist but failed
+    protected_bases: frozenset[str] = frozenset()
+
+
+def build(inputs: Inputs) -> change.Plan:
+    changes: list[change.Change] = []
+    errors = list(inputs.errors)
+    desired = _dedupe_names(inputs.desired, errors)
+    poisoned = set()
+    for d in desired:
+        c = _cluster_pack_change(d, inputs.observed)
+        if c.action is Action.BLOCKED:
+            poisoned.add(d.cluster_pack.name)
+        changes.append(c)
+
+    assignments, blocked = _assign(desired, inputs.observed)
+    kept_names: set[str] = set()
+    for (base, cluster), d in sorted(assignments.items()):
+        c = _instance_change(d, cluster, inputs, poisoned)
+        kept_names.add(c.name)
+        changes.append(c)
+    for c in blocked:
+        kept_names.add(c.name)
+        changes.append(c)
+
+    protected_bases = inputs.protected_bases
+    for name, obs in sorted(inputs.observed.instances.items()):
+        if name in kept_names or obs.state is InstallState.UNINSTALLED:
+            continue
+        if obs.base_pack_name in protected_bases or obs.source_build_ref in inputs.protected_paths:
+            kept_names.add(name)
+            continue
+        changes.append(_uninstall(obs, inputs))
+    changes.extend(_prune(desired, inputs, changes))
+    return change.Plan(revision=inputs.revision, changes=tuple(changes), errors=tuple(errors))
+
+
+def _dedupe_names(desired: tuple[Desired, ...], errors: list[change.PackError]) -> list[Desired]:
+    by_name: dict[str, Desired] = {}
+    for d in sorted(desired, key=lambda d: d.build.path):
+        first = by_name.get(d.cluster_pack.name)
+        if first is None:
+            by_name[d.cluster_pack.name] = d
+            continue
+        errors.append(
+            change.PackError(
+                path=d.build.path,
+                pack=d.build.base_pack_name,
+                reason="DuplicatePackVersion",
+                message=(
+                    f"{d.build.path}: ClusterPack {d.cluster_pack.name} is also built by {first.build.path}; "
+                    "give one of them another version or basePackName"
+                ),
+            )
+        )
+    return list(by_name.values())
+
+
+def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Change:
+    cp = d.cluster_pack
+    found = observed.packs.get(cp.name)
+    common = dict(kind=ObjectKind.CLUSTER_PACK, name=cp.name, base_pack_name=cp.base_pack_name, version=cp.version)
+    if found is None:
+        return change.Change(action=Action.CREATE, reason="new pack version", cluster_pack=cp, **common)
+    if found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest:
+        return change.Change(action=Action.UNCHANGED, reason="same checksum", **common)
+    condition = Condition(
+        "ImmutabilityViolation",
+        "True",
+        "ImmutabilityViolation",
+        f"ClusterPack {cp.name} exists with checksum {found.checksum} but {d.build.path} now gives "
+        f"{cp.checksum}; published versions are immutable: bump 'version' in {d.build.path}",
+    )
+    return change.Change(action=Action.BLOCKED, reason="ImmutabilityViolation", condition=condition, **common)
+
+
+def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object, ...]:
+    """Sort key of a contender on one cluster: priority first, then install order, then path."""
+    obs = observed.instances.get(f"{d.build.base_pack_name}-{cluster}")
+    installed = obs is not None and obs.state is not InstallState.UNINSTALLED
+    installed_this = installed and obs is not None and obs.cluster_pack == d.cluster_pack.name
+    installed_at = obs.installed_at if installed and obs is not None else "~"  # "~" sorts after any time
+    return (-d.build.priority, not installed_this, installed_at, d.build.path)
+
+
+def _assign(
+    desired: list[Desired], observed: instance.Observed
+) -> tuple[dict[tuple[str, str], Desired], list[change.Change]]:
+    """Pick, per cluster, one PackBuild per basePackName and refuse packs whose objects overlap."""
+    contenders: dict[tuple[str, str], list[Desired]] = defaultdict(list)
+    for d in desired:
+        for cluster in d.clusters:
+            contenders[(d.build.base_pack_name, cluster)].append(d)
+    blocked: list[change.Change] = []
+    winners: dict[tuple[str, str], Desired] = {}
+    for key, group in sorted(contenders.items()):
+        group.sort(key=lambda d: _rank(d, key[1], observed))
+        winners[key] = group[0]
+        for loser in group[1:]:
+            blocked.append(_collision(loser, key[1], group[0], "both build basePackName " + key[0]))
+
+    by_cluster: dict[str, list[Desired]] = defaultdict(list)
+    for (_, cluster), d in winners.items():
+        by_cluster[cluster].append(d)
+    for cluster, group in sorted(by_cluster.items()):
+        group.sort(key=lambda d: _rank(d, cluster, observed))
+        owners: dict[tuple[str, str, str, str], Desired] = {}
+        for d in group:
+            clash = next((owners[i] for i in d.compiled.identities if i in owners), None)
+            if clash is None:
+                for identity in d.compiled.identities:
+                    owners[identity] = d
+                continue
+            shared = sorted(set(d.compiled.identities) & set(clash.compiled.identities))
+            subject = "/".join(part for part in shared[0][1:] if part)
+            del winners[(d.build.base_pack_name, cluster)]
+            blocked.append(_collision(d, cluster, clash, f"both own {subject}"))
+    return winners, blocked
+
+
+def _collision(loser: Desired, cluster: str, winner: Desired, what: str) -> change.Change:
+    lp, wp = loser.cluster_pack, winner.cluster_pack
+    why = (
+        "higher priority"
+        if winner.build.priority != loser.build.priority
+        else "same priority, installed first or first by path"
+    )
+    message = (
+        f"{lp.name} ({loser.build.path}, priority {loser.build.priority}) collides with {wp.name} "
+        f"({winner.build.path}, priority {winner.build.priority}) on cluster {cluster}: {what}; "
+        f"{wp.name} wins ({why}). Raise 'priority' or remove the overlap."
+    )
+    return change.Change(
+        kind=ObjectKind.PACK_INSTANCE,
+        name=f"{lp.base_pack_name}-{cluster}",
+        action=Action.BLOCKED,
+        reason="PackCollisionDetected",
+        base_pack_name=lp.base_pack_name,
+        version=lp.version,
+        cluster=cluster,
+        condition=Condition("PackCollisionDetected", "True", "PackCollisionDetected", message),
+    )
+
+
+def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Direction, from_version: str | None) -> instance.InstallRecord:
+    cp = d.cluster_pack
+    return instance.InstallRecord(
+        state=state,
+        pack_id=cp.base_pack_name,
+        pack_version=cp.version,
+        cluster_pack=cp.name,
+        priority=d.build.priority,
+        license=d.build.license,
+        registry_version_hash=inputs.policy.registry_hash,
+        installed_at=inputs.policy.now,
+        installed_by=inputs.policy.installed_by,
+        artifact=f"{cp.registry_url}@{cp.manifest_digest}",
+        revision=inputs.revision,
+        upgrade_from_version=from_version,
+        direction=direction,
+    )
+
+
+def _instance_change(d: Desired, cluster: str, inputs: Inputs, poisoned: set[str]) -> change.Change:
+    cp = d.cluster_pack
+    name = f"{cp.base_pack_name}-{cluster}"
+    obs = inputs.observed.instances.get(name)
+    live = obs is not None and obs.state is not InstallState.UNINSTALLED
+    common = dict(kind=ObjectKind.PACK_INSTANCE, name=name, base_pack_name=cp.base_pack_name, version=cp.version, cluster=cluster)
+    if cp.name in poisoned:
+        return change.Change(
+            action=Action.BLOCKED,
+            reason="ImmutabilityViolation",
+            condition=Condition("Ready", "False", "ImmutabilityViolation", f"ClusterPack {cp.name} changed without a version bump; the instance stays as it is"),
+            **common,
+        )
+    verdict = inputs.verdicts.get(cp.name, Verdict.MISSING)
+    if inputs.policy.require_signatures and verdict in (Verdict.MISSING, Verdict.INVALID):
+        word = "no signature" if verdict is Verdict.MISSING else "a signature that does not verify against the trusted keys"
+        return change.Change(
+            action=Action.BLOCKED,
+            reason="SignatureInvalid",
+            condition=Condition("SignatureInvalid", "True", "SignatureInvalid", f"ClusterPack {cp.name} has {word}; delivery blocked"),
+            **common,
+        )
+    if live and obs is not None and _same(obs, d):
+        return change.Change(action=Action.UNCHANGED, reason=f"runs {cp.version}", **common)
+    if not live or obs is None:
+        direction, from_version, state, action = Direction.INITIAL, None, InstallState.INSTALLED, Action.CREATE
+        reason = "initial install"
+    else:
+        from_version = obs.version
+        order = semver.compare(cp.version, obs.version)
+        direction = Direction.UPGRADE if order > 0 else Direction.ROLLBACK if order < 0 else Direction.REDEPLOY
+        state, action = InstallState.UPGRADED, Action.SUPERSEDE
+        reason = f"{direction.lower()} {obs.version} -> {cp.version}" if order else f"redeploy {cp.version} (spec changed)"
+    record = _record(d, inputs, state, direction, from_version)
+    history = ((obs.history if obs is not None else ()) + (record,))[-MAX_HISTORY:]
+    desired_instance = instance.PackInstance(
+        name=name,
+        namespace=inputs.policy.namespace,
+        base_pack_name=cp.base_pack_name,
+        cluster=cluster,
+        cluster_pack=cp.name,
+        version=cp.version,
+        manifest_digest=cp.manifest_digest,
+        checksum=cp.checksum,
+        priority=d.build.priority,
+        source_build_ref=d.build.path,
+        revision=inputs.revision,
+        state=InstallState.INSTALLED,
+        history=history,
+        conditions=(Condition("Ready", "True", str(direction), f"{cp.name} applied at {inputs.revision}"),),
+        uid=obs.uid if obs is not None else None,
+        resource_version=obs.resource_version if obs is not None else None,
+    )
+    return change.Change(
+        action=action,
+        reason=reason,
+        from_version=from_version,
+        direction=direction,
+        pack_instance=desired_instance,
+        **common,
+    )
+
+
+def _same(obs: instance.PackInstance, d: Desired) -> bool:
+    cp = d.cluster_pack
+    return (
+        obs.cluster_pack == cp.name
+        and obs.manifest_digest == cp.manifest_digest
+        and obs.checksum == cp.checksum
+        and obs.priority == d.build.priority
+        and obs.source_build_ref == d.build.path
+    )
+
+
+def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
+    last = obs.history[-1] if obs.history else None
+    record = instance.InstallRecord(
+        state=InstallState.UNINSTALLED,
+        pack_id=obs.base_pack_name,
+        pack_version=obs.version,
+        cluster_pack=obs.cluster_pack,
+        priority=obs.priority,
+        license=last.license if last else None,
+        registry_version_hash=inputs.policy.registry_hash,
+        installed_at=inputs.policy.now,
+        installed_by=inputs.policy.installed_by,
+        artifact=last.artifact if last else "",
+        revision=inputs.revision,
+        upgrade_from_version=None,
+        direction=None,
+    )
+    gone = dataclasses.replace(
+        obs,
+        state=InstallState.UNINSTALLED,
+        revision=inputs.revision,
+        history=(obs.history + (record,))[-MAX_HISTORY:],
+        conditions=(Condition("Ready", "False", "Uninstalled", f"removed from Git at {inputs.revision}"),),
+    )
+    return change.Change(
+        kind=ObjectKind.PACK_INSTANCE,
+        name=obs.name,
+        action=Action.UNINSTALL,
+        reason="pack no longer targets this cluster" if obs.base_pack_name else "removed from Git",
+        base_pack_name=obs.base_pack_name,
+        version=obs.version,
+        cluster=obs.cluster,
+        pack_instance=gone,
+    )
+
+
+def _prune(desired: list[Desired], inputs: Inputs, changes: list[change.Change]) -> list[change.Change]:
+    """Old ClusterPacks beyond ``keep_versions`` per basePackName, not desired and not in use."""
+    wanted = {d.cluster_pack.name for d in desired}
+    in_use = {c.pack_instance.cluster_pack for c in changes if c.pack_instance is not None and c.action is not Action.UNINSTALL}
+    leaving = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and c.action is Action.UNINSTALL}
+    in_use |= {
+        obs.cluster_pack
+        for name, obs in inputs.observed.instances.items()
+        if obs.state is not InstallState.UNINSTALLED and name not in leaving
+    }
+    by_base: dict[str, list[instance.ObservedPack]] = defaultdict(list)
+    for p in inputs.observed.packs.values():
+        by_base[p.base_pack_name].append(p)
+    pruned = []
+    for base, packs in sorted(by_base.items()):
+        if base in inputs.protected_bases:
+            continue
+        packs.sort(key=lambda p: semver.parse(p.version).key() if _is_semver(p.version) else (), reverse=True)
+        keep = {d.cluster_pack.name for d in desired if d.cluster_pack.base_pack_name == base}
+        for p in packs:
+            if p.name in keep or p.name in wanted or p.name in in_use:
+                continue
+            if len(keep) < inputs.policy.keep_versions:
+                keep.add(p.name)
+                continue
+            pruned.append(
+                change.Change(
+                    kind=ObjectKind.CLUSTER_PACK,
+                    name=p.name,
+                    action=Action.UNINSTALL,
+                    reason=f"pruned: more than {inputs.policy.keep_versions} versions of {base} kept",
+                    base_pack_name=base,
+                    version=p.version,
+                )
+            )
+    return pruned
+
+
+def _is_semver(text: str) -> bool:
+    try:
+        semver.parse(text)
+    except ValueError:
+        return False
+    return True

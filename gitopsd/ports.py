@@ -1,0 +1,118 @@
+"""The Protocols the reconcile pass sees.
+
+``gitopsd.reconcile`` only talks to these; ``gitopsd.adapters`` implements them for each mode (a
+local folder or Git for the source, a SQLite store or Kubernetes for the cluster, an OCI layout or
+a registry for artifacts), and ``gitopsd.adapters.fakes`` has in-memory twins for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from gitopsd.model import change, instance, pack, spec
+
+
+class EntryKind(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    LINK = "link"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Facts about the revision a Tree was read at."""
+
+    revision: str  # main@sha1:<hex> for Git, dir@sha256:<hex> for a plain folder
+    commit_time: str  # RFC 3339 UTC
+    author: str
+    description: str  # how it was read, e.g. "git work tree at HEAD" or "plain folder"
+    commit: str | None = None  # hex commit id for Git
+
+
+class Tree(Protocol):
+    """A read-only view of the config repo at one revision. Paths are repo-relative POSIX strings."""
+
+    snapshot: Snapshot
+
+    def kind(self, path: str) -> EntryKind | None: ...
+
+    def listdir(self, path: str) -> list[tuple[str, EntryKind]]: ...
+
+    def read(self, path: str) -> bytes: ...
+
+    def readlink(self, path: str) -> str: ...
+
+    def tree_id(self, path: str) -> str:
+        """A content id of the folder (or file) at ``path``: equal ids mean equal content."""
+        ...
+
+    def materialize(self, path: str) -> pathlib.Path:
+        """A directory on disk with the content of ``path``, for external renderers."""
+        ...
+
+
+class Source(Protocol):
+    def fetch(self) -> Tree: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    """Rendered manifests: (file or template name, YAML bytes) in a deterministic order."""
+
+    documents: tuple[tuple[str, bytes], ...]
+    renderers: tuple[tuple[str, str], ...]  # (renderer, version) for provenance
+    chart: pack.ChartInfo | None = None
+
+
+class Renderer(Protocol):
+    def render(self, tree: Tree, build: spec.PackBuild) -> Rendered: ...
+
+
+class Cluster(Protocol):
+    """The management cluster, or the local store playing it."""
+
+    def observe(self, namespace: str) -> instance.Observed: ...
+
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str) -> int:
+        """Execute the writes of a plan, all or nothing where the backend allows; returns writes done."""
+        ...
+
+
+class Registry(Protocol):
+    """Where artifacts are published: an OCI layout folder or an OCI registry."""
+
+    def has(self, repository: str, digest: str) -> bool: ...
+
+    def push(self, repository: str, artifact: pack.Artifact) -> bool:
+        """Publish; ``False`` when the registry already had the manifest (nothing uploaded)."""
+        ...
+
+
+class Signer(Protocol):
+    def sign(self, data: bytes) -> str: ...
+
+
+class Verifier(Protocol):
+    def verify(self, data: bytes, signature: str) -> bool: ...
+
+
+class CompileCache(Protocol):
+    def get(self, key: str) -> pack.CompiledPack | None: ...
+
+    def put(self, key: str, compiled: pack.CompiledPack) -> None: ...
+
+
+class StatusWriter(Protocol):
+    def write(self, records: Iterable[tuple[str, bytes]], message: str) -> str | None:
+        """Write status files; return the commit made, or ``None`` when nothing changed."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> str:
+        """The current time as RFC 3339 UTC (``2026-11-22T10:00:00Z``)."""
+        ...
