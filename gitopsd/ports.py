@@ -69,6 +69,10 @@ class Rendered:
 
 
 class Renderer(Protocol):
+    def inputs(self, tree: Tree, build: spec.PackBuild) -> list[str]:
+        """Repo paths the build reads besides its own folder: part of its compile-cache key."""
+        ...
+
     def render(self, tree: Tree, build: spec.PackBuild) -> Rendered: ...
 
 
@@ -77,7 +81,7 @@ class Cluster(Protocol):
 
     def observe(self, namespace: str) -> instance.Observed: ...
 
-    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str) -> int:
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
         """Execute the writes of a plan, all or nothing where the backend allows; returns writes done."""
         ...
 

@@ -26,6 +26,8 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gitopsd import errors
+
 __all__ = [
     "KEY_TYPE",
     "KNOWN_KEY_NAMES",
@@ -45,7 +47,7 @@ KNOWN_KEY_NAMES = ("signing.key", "ssh-privatekey", "tls.key", "key", "id_ed2551
 _PRIVATE_MARKER = b"PRIVATE KEY-----"
 
 
-class KeyLoadError(Exception):
+class KeyLoadError(errors.ConfigError):
     """A key file is missing, unreadable, of the wrong type or malformed (stalled: needs a human)."""
 
     reason = "KeyInvalid"

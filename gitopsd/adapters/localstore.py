@@ -113,7 +113,7 @@ class LocalStore:
         return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
 
     # --- writes ----------------------------------------------------------------------------
-    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, *, now: str = "") -> int:
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
         """Execute the plan's writes in one transaction; returns the number of objects written."""
         db = self._db
         written = 0

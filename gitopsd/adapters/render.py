@@ -51,7 +51,12 @@ def _need_dir(tree: ports.Tree, path: str, *, file: str, field: str) -> None:
         raise errors.SpecError(f"field {field!r}: {path or '.'} {what}; fix the path (relative to {file})", path=file, reason="SourceNotFound")
 
 
-class RawRenderer:
+class _Renderer:
+    def inputs(self, tree: ports.Tree, build: spec.PackBuild) -> list[str]:
+        return source_folders(tree, build)
+
+
+class RawRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
         assert isinstance(build.source, spec.RawSource)
         root = build.source.path
@@ -168,7 +173,7 @@ def _kustomize_command() -> tuple[tuple[str, ...], str]:
     )
 
 
-class KustomizeRenderer:
+class KustomizeRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
         assert isinstance(build.source, spec.KustomizeSource)
         folder = build.source.path
@@ -199,7 +204,7 @@ class KustomizeRenderer:
         return ports.Rendered(documents=((f"{folder} (kustomize)", proc.stdout),), renderers=(("kustomize", version),))
 
 
-class HelmRenderer:
+class HelmRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
         assert isinstance(build.source, spec.HelmSource)
         source = build.source

@@ -375,3 +375,25 @@ def _is_semver(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def block_packs(current: change.Plan, failed: Mapping[str, str], *, reason: str) -> change.Plan:
+    """The plan with every write that depends on a ClusterPack in ``failed`` turned into BLOCKED."""
+    out = []
+    for c in current.changes:
+        target = c.name if c.kind is ObjectKind.CLUSTER_PACK else (c.pack_instance.cluster_pack if c.pack_instance else None)
+        if target in failed and c.action in (Action.CREATE, Action.SUPERSEDE):
+            message = f"{target}: {failed[target]}; the next pass retries"
+            out.append(
+                dataclasses.replace(
+                    c,
+                    action=Action.BLOCKED,
+                    reason=reason,
+                    condition=Condition("Ready", "False", reason, message),
+                    cluster_pack=None,
+                    pack_instance=None,
+                )
+            )
+        else:
+            out.append(c)
+    return dataclasses.replace(current, changes=tuple(out))

@@ -139,11 +139,11 @@ class Store:
             return copy.deepcopy(stored)
 
     def delete(self, key: StorageKey, obj: JSON) -> JSON:
-        """Remove ``obj``; the DELETED change carries its last state at the new revision."""
+        """Remove the object; the DELETED change carries ``obj`` (its last state) at a new revision."""
         with self.lock:
             old = self._objects.get(key, {}).pop(object_key(obj))
             self._rv += 1
-            gone = copy.deepcopy(old)
+            gone = copy.deepcopy(obj)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._record(Change(self._rv, "DELETED", key, gone, old))
             return copy.deepcopy(gone)

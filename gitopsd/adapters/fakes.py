@@ -1,0 +1,172 @@
+"""In-memory twins of every adapter, for tests of the pass that need no monkeypatching.
+
+Each fake keeps what it was asked to do (``pushes``, ``applied``, ``written``) so tests can assert
+on whole values. They implement the same Protocols as the real adapters (``gitopsd.ports``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+
+from gitopsd import errors, ports
+from gitopsd.core import codec
+from gitopsd.model import change, instance, pack
+
+
+class FixedClock:
+    def __init__(self, now: str = "2026-01-01T00:00:00Z") -> None:
+        self.value = now
+
+    def now(self) -> str:
+        return self.value
+
+
+class StaticSource:
+    def __init__(self, tree: ports.Tree) -> None:
+        self.tree = tree
+
+    def fetch(self) -> ports.Tree:
+        return self.tree
+
+
+class MemoryTree:
+    """A config repo held in a dict ``{path: bytes}``; ``materialize`` writes it under ``scratch``."""
+
+    def __init__(self, files: dict[str, bytes], *, revision: str = "main@sha1:" + "0" * 40,
+                 scratch: pathlib.Path | None = None) -> None:
+        self.files = dict(files)
+        self.scratch = scratch
+        self.snapshot = ports.Snapshot(revision=revision, commit_time="2026-01-01T00:00:00Z", author="test <test@example.com>", description="memory")
+
+    def kind(self, path: str) -> ports.EntryKind | None:
+        if path in self.files:
+            return ports.EntryKind.FILE
+        prefix = f"{path}/" if path else ""
+        if any(p.startswith(prefix) for p in self.files):
+            return ports.EntryKind.DIR
+        return None
+
+    def listdir(self, path: str) -> list[tuple[str, ports.EntryKind]]:
+        prefix = f"{path}/" if path else ""
+        names: dict[str, ports.EntryKind] = {}
+        for p in self.files:
+            if p.startswith(prefix):
+                head, sep, _ = p[len(prefix):].partition("/")
+                names[head] = ports.EntryKind.DIR if sep else ports.EntryKind.FILE
+        return sorted(names.items())
+
+    def read(self, path: str) -> bytes:
+        return self.files[path]
+
+    def readlink(self, path: str) -> str:
+        raise FileNotFoundError(path)
+
+    def tree_id(self, path: str) -> str:
+        import hashlib
+
+        prefix = f"{path}/" if path else ""
+        digest = hashlib.sha256()
+        for p in sorted(self.files):
+            if p == path or p.startswith(prefix):
+                digest.update(p.encode() + b"\0" + self.files[p])
+        return "sha256:" + digest.hexdigest()
+
+    def materialize(self, path: str) -> pathlib.Path:
+        assert self.scratch is not None, "MemoryTree needs scratch= to materialize"
+        prefix = f"{path}/" if path else ""
+        root = self.scratch / self.tree_id(path).split(":")[1]
+        for p, data in self.files.items():
+            if p.startswith(prefix):
+                dest = root / p[len(prefix):]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+        return root
+
+
+class MemoryRegistry:
+    def __init__(self) -> None:
+        self.manifests: dict[str, pack.Artifact] = {}
+        self.pushes: list[str] = []
+        self.fail: set[str] = set()  # repositories whose push raises a transient error
+
+    def has(self, repository: str, digest: str) -> bool:
+        return digest in self.manifests
+
+    def push(self, repository: str, artifact: pack.Artifact) -> bool:
+        if repository in self.fail:
+            raise errors.TransientError(f"registry refused {repository}", reason="RegistryUnavailable")
+        if artifact.manifest_digest in self.manifests:
+            return False
+        self.manifests[artifact.manifest_digest] = artifact
+        self.pushes.append(f"{repository}:{artifact.tag}")
+        return True
+
+
+class MemoryCache:
+    def __init__(self) -> None:
+        self.entries: dict[str, pack.CompiledPack] = {}
+
+    def get(self, key: str) -> pack.CompiledPack | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, compiled: pack.CompiledPack) -> None:
+        self.entries[key] = compiled.without_artifact()
+
+
+class MemoryCluster:
+    """Objects kept as Kubernetes-shaped dicts with a global resourceVersion, like the real backends."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, object]] = {}
+        self.rv = 0
+        self.applied: list[change.Change] = []
+        self.fail_next_apply: Exception | None = None
+
+    def observe(self, namespace: str) -> instance.Observed:
+        packs, instances = {}, {}
+        for (kind, ns, _), obj in self.objects.items():
+            if ns != namespace:
+                continue
+            if kind == pack.CLUSTER_PACK_KIND:
+                p = codec.observed_pack_from_object(obj)
+                packs[p.name] = p
+            else:
+                i = codec.pack_instance_from_object(obj)
+                instances[i.name] = i
+        return instance.Observed(packs=packs, instances=instances)
+
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
+        if self.fail_next_apply is not None:
+            err, self.fail_next_apply = self.fail_next_apply, None
+            raise err
+        staged = copy.deepcopy(self.objects)
+        rv, written = self.rv, 0
+        for c in changes:
+            if not c.writes:
+                continue
+            if c.kind is change.ObjectKind.CLUSTER_PACK:
+                key = (pack.CLUSTER_PACK_KIND, namespace, c.name)
+                if c.action is change.Action.UNINSTALL:
+                    staged.pop(key, None)
+                else:
+                    assert c.cluster_pack is not None
+                    obj = c.cluster_pack.to_object()
+                    rv += 1
+                    obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": f"uid-{c.name}"}  # type: ignore[dict-item]
+                    staged[key] = obj
+            else:
+                assert c.pack_instance is not None
+                key = (instance.PACK_INSTANCE_KIND, namespace, c.name)
+                old = staged.get(key)
+                uid = old["metadata"]["uid"] if old else f"uid-{c.name}"  # type: ignore[index]
+                obj = codec.pack_instance_object(dataclasses.replace(c.pack_instance, uid=None, resource_version=None))
+                rv += 1
+                obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": uid}  # type: ignore[dict-item]
+                staged[key] = obj
+            written += 1
+        self.objects, self.rv = staged, rv
+        self.applied.extend(c for c in changes if c.writes)
+        return written

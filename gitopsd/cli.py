@@ -1,0 +1,321 @@
+"""The ``gitopsd`` command: argument parsing, wiring and exit codes. No decisions are made here.
+
+Exit codes (also in ``--help``):
+  0  success; for ``diff``: in sync
+  1  for ``diff``: there are changes; for ``reconcile``/``dry-run``/``verify``: some pack failed,
+     is blocked or did not verify
+  2  error: bad arguments, unreadable repo, a broken gitopsd.yaml, a backend failure
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from gitopsd import __version__, errors, logs, output, reconcile, wiring
+from gitopsd.adapters import keys, localstore
+from gitopsd.core import signing
+from gitopsd.model import pack
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+
+EPILOG = """\
+exit codes:
+  0  success (diff: in sync)
+  1  diff: changes pending; reconcile/dry-run: a pack failed or is blocked; verify: a pack failed
+  2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure)
+
+examples:
+  gitopsd reconcile examples-repo            compile, sign, publish and apply on the embedded default
+  gitopsd diff examples-repo -o json         what would change, as one JSON document
+  gitopsd get instances examples-repo        PackInstances in the local store
+"""
+
+
+def _common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table") -> None:
+    if repo:
+        p.add_argument("repo", metavar="REPO", help="config repo: a folder (a Git work tree is read at HEAD)")
+    p.add_argument("--state-dir", metavar="DIR", help="where the embedded store, OCI layout, cache and keys live "
+                   "(default: $XDG_STATE_HOME/gitopsd/<repo>-<hash>, i.e. ~/.local/state/gitopsd/...)")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=fmt_default, help="output format (default: %(default)s)")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"), help="log level on stderr (default: %(default)s)")
+    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"), help="log format (default: JSON unless stderr is a TTY)")
+
+
+def _signing_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--signing-key", metavar="PATH", help="Ed25519 private key (OpenSSH or PKCS#8 PEM, or a Secret folder) "
+                   "that signs ClusterPacks (default: a key generated in the state dir)")
+    p.add_argument("--trusted-keys", metavar="PATH", help="file or folder of trusted public keys (OpenSSH, allowed_signers "
+                   "or PEM); delivery needs a signature by one of them (default: the signing key)")
+    p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
+                   "(default: gitopsd.yaml 'registry', else oci-layout://packs)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="gitopsd",
+        description="GitOps reconciler for packs: compiles PackBuilds from a Git config repo into signed, "
+        "content-addressed ClusterPacks and applies them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"gitopsd {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    for name, help_text in (
+        ("reconcile", "one pass with writes: compile, sign, publish, apply"),
+        ("dry-run", "one pass that writes nothing: shows the plan and the desired ClusterPacks"),
+        ("diff", "what would change; exit 0 = in sync, 1 = changes, 2 = error"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p)
+        _signing_flags(p)
+        p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
+        p.set_defaults(func=cmd_pass, mode=name)
+
+    p = sub.add_parser("get", help="list ClusterPacks or PackInstances of the local store",
+                       description="list ClusterPacks (packs) or PackInstances (instances) of the local store")
+    p.add_argument("what", choices=("packs", "instances", "events"), help="what to list")
+    p.add_argument("repo", metavar="REPO", nargs="?", help="config repo (to find its default state dir)")
+    _common(p, repo=False)
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("verify", help="check every stored ClusterPack's signature and artifact; exit 1 on any failure",
+                       description="check every stored ClusterPack: signature against the trusted keys, artifact "
+                       "blobs against the recorded digests; one line per pack; exit 1 on any failure")
+    p.add_argument("repo", metavar="REPO", nargs="?", help="config repo (to find its default state dir)")
+    _common(p, repo=False)
+    p.add_argument("--trusted-keys", metavar="PATH", help="trusted public keys (default: the state dir's signing key)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 signing key pair; print its allowed_signers line",
+                       description="write DIR/signing.key (OpenSSH, mode 0600) and DIR/signing.key.pub, and print the "
+                       "allowed_signers line (for git verify-commit) and the public key")
+    p.add_argument("--dir", default=".", help="folder for the key files (default: current folder)")
+    p.add_argument("--principal", default="gitopsd@localhost", help="identity in the allowed_signers line")
+    p.add_argument("--force", action="store_true", help="overwrite an existing key")
+    p.set_defaults(func=cmd_keygen)
+    return top
+
+
+def _state_dir(args: argparse.Namespace) -> pathlib.Path:
+    if args.state_dir:
+        return pathlib.Path(args.state_dir)
+    repo = getattr(args, "repo", None)
+    if not repo:
+        raise errors.ConfigError("give the config repo (REPO) or --state-dir to find the local store", reason="Usage")
+    return wiring.default_state_dir(repo)
+
+
+def _repo_path(args: argparse.Namespace) -> pathlib.Path:
+    repo = pathlib.Path(args.repo)
+    if not repo.is_dir():
+        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo", reason="RepoNotFound")
+    return repo
+
+
+def _progress(stream: object) -> Callable[[str, dict[str, object]], None] | None:
+    if not getattr(stream, "isatty", lambda: False)():
+        return None
+
+    def show(event: str, facts: dict[str, object]) -> None:
+        word = "cached" if facts.get("cached") else event
+        sys.stderr.write(f"\r\033[K[{facts['index']}/{facts['total']}] {word} {facts['path']}")
+        if facts["index"] == facts["total"]:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_pass(args: argparse.Namespace) -> int:
+    repo = _repo_path(args)
+    state_dir = _state_dir(args)
+    wiring.check_state_dir(state_dir, repo)
+    dry_run = args.mode != "reconcile"
+    local = wiring.open_local(state_dir)
+    try:
+        env = wiring.local_env(repo, local, dry_run=dry_run, signing_key=args.signing_key,
+                               trusted_keys=args.trusted_keys, registry_url=args.registry_url)
+        env.progress = _progress(sys.stderr)
+        state = reconcile.run(env)
+    finally:
+        local.close()
+    assert state.summary is not None and state.plan is not None and state.tree is not None
+    summary = state.summary
+    log.info("pass finished", mode=args.mode, **summary.to_json(),
+             seconds=round(state.timings["total"], 3))
+    if args.output == "table":
+        printer = output.Printer()
+        verb = {"reconcile": "Reconciled", "dry-run": "Dry run of", "diff": "Diff of"}[args.mode]
+        header = f"{verb} {args.repo} ({state.tree.snapshot.description}) at {state.revision}"
+        output.print_summary(printer, summary, header=header, verbose=args.verbose)
+        printer.line(f"state dir {state_dir}; {state.timings['total']:.2f}s")
+    else:
+        output.dump(pass_document(state, args.mode, state_dir), args.output)
+    if args.mode == "diff":
+        if summary.errors:
+            return EXIT_ERROR
+        return EXIT_CHANGES if summary.has_changes else EXIT_OK
+    return EXIT_OK if summary.ready else EXIT_CHANGES
+
+
+def pass_document(state: reconcile.PassState, mode: str, state_dir: pathlib.Path) -> dict[str, object]:
+    assert state.plan is not None and state.summary is not None and state.tree is not None
+    return {
+        "apiVersion": "gitopsd.dev/v1alpha1",
+        "kind": "ReconcileResult" if mode == "reconcile" else "Plan",
+        "mode": mode,
+        "revision": state.revision,
+        "source": state.tree.snapshot.description,
+        "stateDir": str(state_dir),
+        "summary": state.summary.to_json(),
+        "changes": [c.to_json() for c in state.plan.changes],
+        "errors": [e.to_json() for e in state.plan.errors],
+        "clusterPacks": [r.compiled.cluster_pack.to_object() for r in state.compiled],
+        "timings": {k: round(v, 4) for k, v in state.timings.items()},
+    }
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    if not (state_dir / "store.db").exists():
+        raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
+    store = localstore.LocalStore(state_dir / "store.db")
+    try:
+        if args.what == "events":
+            items: list[dict[str, object]] = store.events(200)  # type: ignore[assignment]
+        else:
+            kind = pack.CLUSTER_PACK_KIND if args.what == "packs" else "PackInstance"
+            items = store.list_objects(kind)
+    finally:
+        store.close()
+    if args.output != "table":
+        output.dump({"apiVersion": "v1", "kind": "List", "items": items}, args.output)
+        return EXIT_OK
+    if args.what == "packs":
+        rows = [
+            [
+                str(o["metadata"]["name"]),  # type: ignore[index]
+                str(o["spec"]["version"]),  # type: ignore[index]
+                "yes" if o.get("status", {}).get("signed") else "no",  # type: ignore[union-attr]
+                output.short(str(o["spec"]["registryRef"].get("digest", ""))),  # type: ignore[index]
+                ",".join(o["spec"].get("targetClusters", [])),  # type: ignore[union-attr]
+                ",".join(s["name"] for s in o["spec"].get("executionOrder", [])),  # type: ignore[union-attr]
+            ]
+            for o in items
+        ]
+        output.table(rows, ["NAME", "VERSION", "SIGNED", "DIGEST", "TARGETS", "STAGES"])
+    elif args.what == "instances":
+        rows = []
+        for o in items:
+            st = o.get("status") or {}
+            ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)  # type: ignore[union-attr]
+            rows.append([
+                str(o["metadata"]["name"]),  # type: ignore[index]
+                str(o["spec"]["cluster"]),  # type: ignore[index]
+                str(st.get("version", "")),  # type: ignore[union-attr]
+                str(st.get("state", "")),  # type: ignore[union-attr]
+                str(st.get("upgradeDirection") or ""),  # type: ignore[union-attr]
+                str(st.get("upgradeFromVersion") or ""),  # type: ignore[union-attr]
+                str(ready["status"]) if ready else "",
+                str(o["metadata"]["resourceVersion"]),  # type: ignore[index]
+            ])
+        output.table(rows, ["NAME", "CLUSTER", "VERSION", "STATE", "DIRECTION", "FROM", "READY", "RV"])
+    else:
+        output.table([[str(e["time"]), str(e["type"]), f"{e['kind']}/{e['name']}", str(e["reason"]), str(e["message"])] for e in items],
+                     ["TIME", "TYPE", "OBJECT", "REASON", "MESSAGE"])
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    if not (state_dir / "store.db").exists():
+        raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
+    _, verifier = wiring.signing(state_dir, None, args.trusted_keys, create=False)
+    if verifier is None:
+        raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
+    local = wiring.open_local(state_dir)
+    failures = 0
+    results = []
+    try:
+        for obj in local.store.list_objects(pack.CLUSTER_PACK_KIND):
+            name = str(obj["metadata"]["name"])  # type: ignore[index]
+            problems = verify_object(obj, verifier, local)
+            failures += bool(problems)
+            results.append({"name": name, "ok": not problems, "problems": problems})
+    finally:
+        local.close()
+    if args.output == "table":
+        for r in results:
+            mark = "ok  " if r["ok"] else "FAIL"
+            detail = "signature and artifact verified" if r["ok"] else "; ".join(r["problems"])  # type: ignore[arg-type]
+            print(f"{mark} {r['name']}: {detail}")
+        print(f"{len(results) - failures} of {len(results)} ClusterPacks verified")
+    else:
+        output.dump({"results": results, "failed": failures}, args.output)
+    return EXIT_CHANGES if failures else EXIT_OK
+
+
+def verify_object(obj: dict[str, object], verifier: wiring.KeyVerifier, local: wiring.Local) -> list[str]:
+    problems = []
+    spec = obj.get("spec") or {}
+    meta = obj.get("metadata") or {}
+    signature = (meta.get("annotations") or {}).get(pack.SIGNATURE_ANNOTATION)  # type: ignore[union-attr]
+    status_sig = (obj.get("status") or {}).get("packSignature")  # type: ignore[union-attr]
+    if not signature:
+        problems.append("no signature (annotation ontai.dev/pack-signature)")
+    elif not verifier.verify(signing.payload_of_spec_json(pack.canonical_json(spec)), str(signature)):
+        problems.append("signature does not verify against the trusted keys (spec changed or wrong key)")
+    if signature and status_sig and status_sig != signature:
+        problems.append("status.packSignature differs from the annotation")
+    digests = {
+        "registryRef.digest": (spec.get("registryRef") or {}).get("digest"),  # type: ignore[union-attr]
+        "rbacDigest": spec.get("rbacDigest"),  # type: ignore[union-attr]
+        "clusterScopedDigest": spec.get("clusterScopedDigest"),  # type: ignore[union-attr]
+        "workloadDigest": spec.get("workloadDigest"),  # type: ignore[union-attr]
+    }
+    for field, digest in digests.items():
+        if not digest:
+            continue
+        try:
+            local.layout.read_blob(str(digest))
+        except FileNotFoundError:
+            problems.append(f"{field} {digest} is not in the OCI layout")
+        except ValueError as err:
+            problems.append(f"{field}: {err}")
+    return problems
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    generated = keys.generate(pathlib.Path(args.dir), principal=args.principal, force=args.force)
+    print(f"private key: {generated.private_path}")
+    print(f"public key:  {generated.public_path}")
+    print(f"allowed_signers line (for git -c gpg.ssh.allowedSignersFile=FILE verify-commit):\n{generated.allowed_signers}")
+    print(f"public key (for --trusted-keys):\n{generated.public_key.openssh()}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.configure(getattr(args, "log_level", "warning"), getattr(args, "log_format", "auto"))
+    try:
+        return int(args.func(args))
+    except errors.GitopsdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Summarize a pass: per pack what was compiled, what changed and why, and whether it is Ready.
+
+This is the only place that decides Ready: a pass is Ready when no pack failed and nothing is
+blocked. The CLI and the daemon's summary log line render this value; they decide nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+
+from gitopsd.model import change, pack, spec
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackLine:
+    base_pack_name: str
+    version: str
+    path: str
+    category: str
+    objects: int
+    stages: tuple[str, ...]
+    checksum: str
+    cached: bool
+    changes: tuple[change.Change, ...]
+    error: change.PackError | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Summary:
+    revision: str
+    packs: tuple[PackLine, ...]
+    counts: dict[str, int]  # "ClusterPack create" -> n, ...
+    errors: tuple[change.PackError, ...]
+    writes: int
+    published: int
+    compiled: int
+    cached: int
+    dry_run: bool
+    ready: bool
+    has_changes: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "revision": self.revision,
+            "ready": self.ready,
+            "hasChanges": self.has_changes,
+            "packs": len(self.packs),
+            "compiled": self.compiled,
+            "cached": self.cached,
+            "failed": len(self.errors),
+            "published": self.published,
+            "writes": self.writes,
+            "changes": dict(sorted(self.counts.items())),
+        }
+
+
+def summarize(
+    plan: change.Plan,
+    *,
+    compiled: list[tuple[spec.PackBuild, pack.CompiledPack, bool]],
+    writes: int,
+    published: int,
+    dry_run: bool,
+) -> Summary:
+    by_base: dict[str, list[change.Change]] = defaultdict(list)
+    for c in plan.changes:
+        by_base[c.base_pack_name].append(c)
+    lines = []
+    seen_bases = set()
+    for build, cp_compiled, cached in sorted(compiled, key=lambda t: (t[0].base_pack_name, t[0].path)):
+        cp = cp_compiled.cluster_pack
+        mine = tuple(
+            c for c in by_base.get(build.base_pack_name, [])
+            if c.version == cp.version or c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL
+        )
+        if build.base_pack_name in seen_bases:
+            mine = tuple(c for c in mine if c.version == cp.version)
+        seen_bases.add(build.base_pack_name)
+        lines.append(
+            PackLine(
+                base_pack_name=build.base_pack_name,
+                version=cp.version,
+                path=build.path,
+                category=str(build.category),
+                objects=cp_compiled.object_count,
+                stages=tuple(str(s) for s in cp.execution_order),
+                checksum=cp.checksum,
+                cached=cached,
+                changes=mine,
+            )
+        )
+    for err in plan.errors:
+        lines.append(
+            PackLine(
+                base_pack_name=err.pack, version="", path=err.path, category="", objects=0, stages=(),
+                checksum="", cached=False, changes=(), error=err,
+            )
+        )
+    gone = sorted(set(by_base) - seen_bases - {e.pack for e in plan.errors})
+    for base in gone:  # packs removed from Git: only uninstalls and prunes
+        lines.append(
+            PackLine(base_pack_name=base, version="", path="", category="", objects=0, stages=(), checksum="",
+                     cached=False, changes=tuple(by_base[base]))
+        )
+    counts = Counter(f"{c.kind} {c.action}" for c in plan.changes)
+    blocked = any(c.action is change.Action.BLOCKED for c in plan.changes)
+    return Summary(
+        revision=plan.revision,
+        packs=tuple(lines),
+        counts=dict(counts),
+        errors=plan.errors,
+        writes=writes,
+        published=published,
+        compiled=sum(1 for _, _, cached in compiled if not cached),
+        cached=sum(1 for _, _, cached in compiled if cached),
+        dry_run=dry_run,
+        ready=not plan.errors and not blocked,
+        has_changes=plan.has_changes,
+    )

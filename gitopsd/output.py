@@ -1,0 +1,106 @@
+"""Render results for people and for scripts: readable lines per pack, tables, JSON and YAML.
+
+The CLI picks the format (``-o table|json|yaml``); colour only on a TTY. Secret objects never
+appear here: ClusterPacks hold digests, not manifests, and subjects of Secrets are masked.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import IO
+
+import yaml
+
+from gitopsd.core import summarize
+from gitopsd.model import change
+
+_COLOURS = {"create": "32", "supersede": "36", "uninstall": "33", "blocked": "31", "unchanged": "2", "error": "31"}
+
+
+class Printer:
+    def __init__(self, stream: IO[str] | None = None, *, colour: bool | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.colour = self.stream.isatty() if colour is None else colour
+
+    def paint(self, text: str, word: str) -> str:
+        code = _COLOURS.get(word)
+        return f"\033[{code}m{text}\033[0m" if self.colour and code else text
+
+    def line(self, text: str = "") -> None:
+        self.stream.write(text + "\n")
+
+
+def short(digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    return f"{algorithm}:{hexdigest[:12]}" if hexdigest else digest
+
+
+def change_words(c: change.Change) -> str:
+    if c.kind is change.ObjectKind.CLUSTER_PACK:
+        return c.reason
+    if c.action is change.Action.SUPERSEDE:
+        return f"{c.direction} {c.from_version} -> {c.version}"
+    if c.action is change.Action.CREATE:
+        return f"{c.direction} {c.version}"
+    return c.reason
+
+
+def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbose: bool = False) -> None:
+    p.line(header)
+    for line in summary.packs:
+        if line.error is not None:
+            p.line(f"  {p.paint('✗', 'error')} {line.path}: {line.error.message}")
+            continue
+        if line.version:
+            how = "cached" if line.cached else "compiled"
+            stages = ",".join(line.stages) or "-"
+            p.line(
+                f"  {line.base_pack_name} {line.version}  {line.category}  {line.objects} objects  "
+                f"stages {stages}  {short(line.checksum)}  ({how})"
+            )
+        else:
+            p.line(f"  {line.base_pack_name}  (removed from Git)")
+        writes = [c for c in line.changes if c.action is not change.Action.UNCHANGED]
+        unchanged = len(line.changes) - len(writes)
+        for c in writes:
+            where = f" on {c.cluster}" if c.cluster else ""
+            verb = p.paint(f"{c.action:<9}", str(c.action))
+            p.line(f"      {verb} {c.kind} {c.name}{where}: {change_words(c)}")
+            if c.condition is not None and c.action is change.Action.BLOCKED:
+                p.line(f"                {c.condition.message}")
+        if unchanged and (verbose or not writes):
+            p.line(f"      {p.paint('unchanged', 'unchanged')} {unchanged} object(s)")
+    counts = summary.counts
+    parts = []
+    done = {"create": "created", "supersede": "superseded", "uninstall": "uninstalled", "blocked": "blocked"}
+    for action, past in done.items():
+        n = sum(v for k, v in counts.items() if k.endswith(" " + action))
+        if n:
+            parts.append(f"{n} {past if not summary.dry_run or action == 'blocked' else 'to ' + action}")
+    ready = "Ready" if summary.ready else "NotReady"
+    tail = ", ".join(parts) if parts else "no changes"
+    p.line(
+        f"{len([x for x in summary.packs if x.version])} packs ({summary.compiled} compiled, {summary.cached} cached, "
+        f"{len(summary.errors)} failed); {tail}; {ready}"
+    )
+
+
+def dump(data: object, fmt: str, stream: IO[str] | None = None) -> None:
+    out = stream or sys.stdout
+    if fmt == "json":
+        json.dump(data, out, indent=2, sort_keys=False, ensure_ascii=False)
+        out.write("\n")
+    else:
+        yaml.safe_dump(data, out, sort_keys=False, allow_unicode=True)
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str], stream: IO[str] | None = None) -> None:
+    out = stream or sys.stdout
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    out.write("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
+    for row in rows:
+        out.write("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")

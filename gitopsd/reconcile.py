@@ -1,0 +1,342 @@
+"""One reconcile pass, as an ordered list of small steps with one signature.
+
+fetch → load specs → compile (cached by content ids) → observe → sign → verify → plan → publish →
+apply → write status → summarize. Every step is ``step(env, state) -> None``: it reads what earlier
+steps left in ``state`` and adds its own result. Only ``plan`` decides what changes; ``summarize``
+alone decides Ready. dry-run, diff and reconcile share every line: ``env.dry_run`` only gates the
+side effects (publish, apply, status).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gitopsd import __version__, errors, ports
+from gitopsd.core import compile as compile_core
+from gitopsd.core import parse, plan, signing, status, summarize, targets, yamlload
+from gitopsd.model import change, instance, pack, spec
+
+log = structlog.get_logger()
+
+COMPILER = f"gitopsd/{__version__}"
+LOCAL_REGISTRY = "oci-layout://packs"
+
+
+@dataclasses.dataclass
+class Env:
+    """The adapters and options of a pass; built once by the CLI or the daemon."""
+
+    source: ports.Source
+    cluster: ports.Cluster
+    registry: ports.Registry
+    cache: ports.CompileCache
+    clock: ports.Clock
+    renderers: dict[spec.Category, ports.Renderer]
+    schemas: parse.Schemas
+    signer: ports.Signer | None = None
+    verifier: ports.Verifier | None = None
+    status_writer: ports.StatusWriter | None = None
+    registry_url: str | None = None  # overrides gitopsd.yaml's registry for ClusterPack URLs
+    dry_run: bool = False
+    progress: Callable[[str, dict[str, object]], None] | None = None
+    pack_filter: Callable[[str], bool] | None = None  # sharding: which basePackNames this replica owns
+
+
+@dataclasses.dataclass
+class CompileResult:
+    build: spec.PackBuild
+    compiled: pack.CompiledPack
+    clusters: tuple[str, ...]
+    cached: bool
+
+
+@dataclasses.dataclass
+class PassState:
+    tree: ports.Tree | None = None
+    config: spec.RepoConfig = dataclasses.field(default_factory=spec.RepoConfig)
+    clusters: dict[str, spec.Cluster] = dataclasses.field(default_factory=dict)
+    builds: list[spec.PackBuild] = dataclasses.field(default_factory=list)
+    pack_errors: list[change.PackError] = dataclasses.field(default_factory=list)
+    protected_paths: set[str] = dataclasses.field(default_factory=set)
+    protected_bases: set[str] = dataclasses.field(default_factory=set)
+    compiled: list[CompileResult] = dataclasses.field(default_factory=list)
+    observed: instance.Observed | None = None
+    verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)
+    plan: change.Plan | None = None
+    published: int = 0
+    writes: int = 0
+    status_commit: str | None = None
+    now: str = ""
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    summary: summarize.Summary | None = None
+
+    @property
+    def revision(self) -> str:
+        return self.tree.snapshot.revision if self.tree else ""
+
+
+Step = Callable[[Env, PassState], None]
+
+
+def fetch(env: Env, state: PassState) -> None:
+    state.tree = env.source.fetch()
+    state.now = env.clock.now()
+
+
+def load_specs(env: Env, state: PassState) -> None:
+    tree = state.tree
+    assert tree is not None
+    if tree.kind("gitopsd.yaml") is ports.EntryKind.FILE:
+        state.config = parse.parse_config(yamlload.load_one(tree.read("gitopsd.yaml"), "gitopsd.yaml"), env.schemas)
+    if tree.kind("clusters") is ports.EntryKind.DIR:
+        for name, kind in tree.listdir("clusters"):
+            path = f"clusters/{name}"
+            if kind is not ports.EntryKind.FILE or not name.endswith((".yaml", ".yml")):
+                continue
+            cluster = parse.parse_cluster(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
+            if cluster.name in state.clusters:
+                raise errors.SpecError(
+                    f"cluster {cluster.name!r} is also defined in {state.clusters[cluster.name].path}; keep one",
+                    path=path,
+                )
+            state.clusters[cluster.name] = cluster
+    if tree.kind("packs") is not ports.EntryKind.DIR:
+        return
+    for name, kind in tree.listdir("packs"):
+        if kind is not ports.EntryKind.DIR:
+            continue
+        for file_name in ("packbuild.yaml", "packbuild.yml"):
+            path = f"packs/{name}/{file_name}"
+            if tree.kind(path) is None:
+                continue
+            try:
+                if tree.kind(path) is not ports.EntryKind.FILE:
+                    raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
+                build = parse.parse_packbuild(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
+            except errors.GitopsdError as err:
+                state.protected_paths.add(path)
+                state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
+                continue
+            if env.pack_filter is not None and not env.pack_filter(build.base_pack_name):
+                continue
+            state.builds.append(build)
+
+
+def cache_key(tree: ports.Tree, build: spec.PackBuild, *, extra: str, folders: list[str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{COMPILER}\n{extra}\n{tree.tree_id(build.path)}\n{tree.tree_id(build.folder)}\n".encode())
+    for folder in folders:
+        digest.update(f"{folder}={tree.tree_id(folder)}\n".encode())
+    return digest.hexdigest()
+
+
+def _registry_prefix(env: Env, state: PassState, build: spec.PackBuild) -> str:
+    return build.registry_url or env.registry_url or state.config.registry or LOCAL_REGISTRY
+
+
+def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:
+    tree = state.tree
+    assert tree is not None
+    clusters = targets.resolve(build, state.clusters)
+    renderer = env.renderers[build.category]
+    folders = renderer.inputs(tree, build)
+    inputs = compile_core.Inputs(
+        namespace=state.config.namespace,
+        registry=_registry_prefix(env, state, build),
+        target_clusters=clusters,
+        revision=state.revision,
+        commit_time=tree.snapshot.commit_time,
+        tree_id=tree.tree_id(build.folder),
+        compiler=COMPILER,
+    )
+    key = cache_key(tree, build, extra=f"{inputs.namespace}|{inputs.registry}|{','.join(clusters)}", folders=folders)
+    if use_cache:
+        hit = env.cache.get(key)
+        if hit is not None:
+            return CompileResult(build, hit, clusters, cached=True)
+    rendered = renderer.render(tree, build)
+    compiled = compile_core.compile_pack(
+        build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=inputs
+    )
+    env.cache.put(key, compiled)
+    return CompileResult(build, compiled, clusters, cached=False)
+
+
+def compile_packs(env: Env, state: PassState) -> None:
+    total = len(state.builds)
+    for index, build in enumerate(sorted(state.builds, key=lambda b: b.path)):
+        try:
+            result = compile_one(env, state, build)
+        except errors.GitopsdError as err:
+            state.protected_paths.add(build.path)
+            state.protected_bases.add(build.base_pack_name)
+            state.pack_errors.append(
+                change.PackError(path=build.path, pack=build.base_pack_name, reason=err.reason, message=str(err))
+            )
+            log.warning("pack failed", pack=build.base_pack_name, path=build.path, reason=err.reason, error=str(err))
+            if env.progress:
+                env.progress("failed", {"index": index + 1, "total": total, "path": build.path, "error": str(err)})
+            continue
+        state.compiled.append(result)
+        if env.progress:
+            env.progress("compiled", {"index": index + 1, "total": total, "path": build.path, "cached": result.cached})
+    flush = getattr(env.cache, "flush", None)
+    if flush is not None:
+        flush()
+
+
+def observe(env: Env, state: PassState) -> None:
+    state.observed = env.cluster.observe(state.config.namespace)
+
+
+def sign(env: Env, state: PassState) -> None:
+    """Sign the ClusterPacks that do not exist yet (existing ones keep their signature)."""
+    assert state.observed is not None
+    if env.signer is None:
+        return
+    for result in state.compiled:
+        cp = result.compiled.cluster_pack
+        if cp.name in state.observed.packs or cp.signature is not None:
+            continue
+        signed = cp.with_signature(env.signer.sign(signing.payload(cp)))
+        result.compiled = dataclasses.replace(result.compiled, cluster_pack=signed)
+
+
+def verify(env: Env, state: PassState) -> None:
+    """A verdict per desired ClusterPack: the signature that delivery would rely on, checked."""
+    assert state.observed is not None
+    for result in state.compiled:
+        cp = result.compiled.cluster_pack
+        found = state.observed.packs.get(cp.name)
+        if found is not None and found.checksum == cp.checksum:
+            data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
+        else:
+            data, signature = signing.payload(cp), cp.signature
+        if signature is None:
+            verdict = plan.Verdict.PENDING if env.dry_run and env.signer is None and found is None else plan.Verdict.MISSING
+        elif env.verifier is None:
+            verdict = plan.Verdict.OK
+        else:
+            verdict = plan.Verdict.OK if env.verifier.verify(data, signature) else plan.Verdict.INVALID
+        state.verdicts[cp.name] = verdict
+
+
+def make_plan(env: Env, state: PassState) -> None:
+    assert state.observed is not None and state.tree is not None
+    policy = plan.Policy(
+        namespace=state.config.namespace,
+        now=state.now,
+        installed_by=state.config.installed_by or state.tree.snapshot.author,
+        registry_hash=env.schemas.registry_hash,
+        require_signatures=env.verifier is not None,
+        keep_versions=state.config.keep_versions,
+    )
+    state.plan = plan.build(
+        plan.Inputs(
+            revision=state.revision,
+            desired=tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
+            observed=state.observed,
+            verdicts=state.verdicts,
+            policy=policy,
+            errors=tuple(state.pack_errors),
+            protected_paths=frozenset(state.protected_paths),
+            protected_bases=frozenset(state.protected_bases),
+        )
+    )
+
+
+def publish(env: Env, state: PassState) -> None:
+    """Push the artifact of every ClusterPack the plan creates; a failed push blocks only its pack."""
+    assert state.plan is not None
+    if env.dry_run:
+        return
+    by_name = {r.compiled.cluster_pack.name: r for r in state.compiled}
+    failed: dict[str, str] = {}
+    for c in state.plan.changes:
+        if c.kind is not change.ObjectKind.CLUSTER_PACK or c.action is not change.Action.CREATE:
+            continue
+        result = by_name[c.name]
+        cp = result.compiled.cluster_pack
+        try:
+            art = result.compiled.artifact
+            if art is None:
+                if env.registry.has(cp.base_pack_name, cp.manifest_digest):
+                    continue
+                art = compile_one(env, state, result.build, use_cache=False).compiled.artifact
+                assert art is not None
+                if art.manifest_digest != cp.manifest_digest:
+                    raise errors.StalledError(f"recompiling {cp.name} gave another digest; the renderer is not deterministic", reason="NonDeterministic")
+            if env.registry.push(cp.base_pack_name, art):
+                state.published += 1
+                log.info("artifact pushed", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
+        except errors.GitopsdError as err:
+            failed[c.name] = f"{err.reason}: {err}"
+            log.warning("artifact push failed", pack=cp.base_pack_name, reason=err.reason, error=str(err))
+    flush = getattr(env.registry, "flush", None)
+    if flush is not None:
+        flush()
+    if failed:
+        state.plan = plan.block_packs(state.plan, failed, reason="ArtifactPublishFailed")
+
+
+def apply(env: Env, state: PassState) -> None:
+    assert state.plan is not None
+    if env.dry_run:
+        return
+    todo = [c for c in state.plan.changes if c.writes or (c.action is change.Action.BLOCKED and c.condition is not None)]
+    if not todo:
+        return
+    state.writes = env.cluster.apply(state.config.namespace, todo, state.revision, state.now)
+
+
+def write_status(env: Env, state: PassState) -> None:
+    assert state.plan is not None and state.tree is not None
+    if env.dry_run or env.status_writer is None:
+        return
+    records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision)
+    message = status.commit_message(state.plan, state.revision)
+    state.status_commit = env.status_writer.write(records, message)
+
+
+def summarize_pass(env: Env, state: PassState) -> None:
+    assert state.plan is not None
+    state.summary = summarize.summarize(
+        state.plan,
+        compiled=[(r.build, r.compiled, r.cached) for r in state.compiled],
+        writes=state.writes,
+        published=state.published,
+        dry_run=env.dry_run,
+    )
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("fetch", fetch),
+    ("load", load_specs),
+    ("compile", compile_packs),
+    ("observe", observe),
+    ("sign", sign),
+    ("verify", verify),
+    ("plan", make_plan),
+    ("publish", publish),
+    ("apply", apply),
+    ("status", write_status),
+    ("summarize", summarize_pass),
+)
+
+
+def run(env: Env) -> PassState:
+    """Run one pass. A stalled error in a single pack is recorded, not raised; anything that stops
+    the whole pass (source unreachable, store failure, a broken gitopsd.yaml) is raised."""
+    state = PassState()
+    started = time.perf_counter()
+    for name, step in STEPS:
+        t0 = time.perf_counter()
+        step(env, state)
+        state.timings[name] = time.perf_counter() - t0
+    state.timings["total"] = time.perf_counter() - started
+    return state
