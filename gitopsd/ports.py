@@ -120,3 +120,11 @@ class Clock(Protocol):
     def now(self) -> str:
         """The current time as RFC 3339 UTC (``2026-11-22T10:00:00Z``)."""
         ...
+
+
+class Pollable(Protocol):
+    """A Source that can tell cheaply (a ref listing, an empty fetch) whether anything is new."""
+
+    def head(self) -> str | None:
+        """The revision a ``fetch`` would read now (``main@sha1:<hex>``), or ``None`` if unknown."""
+        ...
