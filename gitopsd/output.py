@@ -51,7 +51,8 @@ def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbos
     p.line(header)
     for line in summary.packs:
         if line.error is not None:
-            p.line(f"  {p.paint('✗', 'error')} {line.path}: {line.error.message}")
+            text = line.error.message if line.path in line.error.message else f"{line.path}: {line.error.message}"
+            p.line(f"  {p.paint('✗', 'error')} {text}")
             continue
         if line.version:
             how = "cached" if line.cached else "compiled"

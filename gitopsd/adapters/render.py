@@ -74,8 +74,9 @@ class RawRenderer(_Renderer):
                     if kind is ports.EntryKind.LINK:
                         target = paths.resolve_link(sub, tree.readlink(sub))
                         if target is None or tree.kind(target) is not ports.EntryKind.FILE:
+                            where = "outside the config repo" if target is None else "not a regular file"
                             raise errors.SpecError(
-                                f"field 'rawSource.path': {sub} is a symlink that leaves the repo or is not a file; "
+                                f"field 'rawSource.path': {sub} is a symlink to {tree.readlink(sub)!r}, {where}; "
                                 "copy the file into the repo instead",
                                 path=build.path,
                                 reason="PathEscape",
