@@ -1,0 +1,81 @@
+"""The embedded store: resourceVersions, one transaction per pass, tombstones, events."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from gitopsd import errors
+from gitopsd.adapters import localstore
+from tests.core.test_plan import build_plan, desired
+
+
+def test_writes_bump_a_global_resource_version_and_keep_uids(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    first = build_plan(desired("web", "1.0.0"))
+    assert store.apply("seam-system", first.changes, first.revision, "t1") == 2
+    assert store.resource_version() == 2
+    observed = store.observe("seam-system")
+    uid = observed.instances["web-c1"].uid
+    up = build_plan(desired("web", "1.1.0"), observed=observed)
+    store.apply("seam-system", up.changes, up.revision, "t2")
+    obj = store.get_object("PackInstance", "seam-system", "web-c1")
+    assert obj is not None
+    assert obj["metadata"]["uid"] == uid  # type: ignore[index]
+    assert obj["metadata"]["generation"] == 2  # type: ignore[index]
+    assert obj["metadata"]["resourceVersion"] == "4"  # type: ignore[index]
+    assert store.integrity_ok()
+
+
+def test_a_failing_change_rolls_back_the_whole_pass(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    first = build_plan(desired("web", "1.0.0"))
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    stale = store.observe("seam-system")
+    other = build_plan(desired("api", "1.0.0"), desired("web", "1.1.0"), observed=stale)
+    concurrent = build_plan(desired("web", "1.2.0"), observed=stale)
+    store.apply("seam-system", concurrent.changes, concurrent.revision, "t2")  # someone else moved web-c1
+    before = store.resource_version()
+    with pytest.raises(errors.TransientError, match="changed during the pass"):
+        store.apply("seam-system", other.changes, other.revision, "t3")
+    assert store.resource_version() == before
+    assert store.get_object("InfrastructureClusterPack", "seam-system", "api-v1.0.0") is None  # nothing half-applied
+
+
+def test_uninstall_keeps_a_tombstone_with_history(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    first = build_plan(desired("web", "1.0.0"))
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    gone = build_plan(observed=store.observe("seam-system"))
+    store.apply("seam-system", gone.changes, gone.revision, "t2")
+    obj = store.get_object("PackInstance", "seam-system", "web-c1")
+    assert obj is not None and obj["status"]["state"] == "uninstalled"  # type: ignore[index]
+    assert [r["state"] for r in obj["status"]["history"]] == ["installed", "uninstalled"]  # type: ignore[index]
+    again = build_plan(observed=store.observe("seam-system"))
+    assert again.changes == ()
+
+
+def test_events_are_recorded_and_repeated_warnings_are_not(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    first = build_plan(desired("web", "1.0.0"))
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    blocked = build_plan(desired("web", "1.0.0", extra="x"), observed=store.observe("seam-system"))
+    for _ in range(3):
+        store.apply("seam-system", [c for c in blocked.changes if c.condition], blocked.revision, "t2")
+    reasons = [(e["name"], e["reason"]) for e in store.events()]
+    assert reasons.count(("web-v1.0.0", "ImmutabilityViolation")) == 1
+    assert ("web-c1", "Installed") in reasons
+
+
+def test_observe_is_served_from_memory_while_nothing_was_written(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    first = build_plan(desired("web", "1.0.0"))
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    assert store.observe("seam-system") is store.observe("seam-system")
+    other = localstore.LocalStore(tmp_path / "s.db")
+    up = build_plan(desired("web", "1.1.0"), observed=other.observe("seam-system"))
+    other.apply("seam-system", up.changes, up.revision, "t2")
+    assert store.observe("seam-system").instances["web-c1"].version == "1.1.0"
+    assert dataclasses.is_dataclass(store.observe("seam-system"))

@@ -1,0 +1,33 @@
+"""The embedded registry is a valid OCI image layout, content-addressed and idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+from gitopsd.adapters import ocilayout
+from tests.core.test_compile import DEPLOY, SA, compile_docs
+
+
+def test_push_writes_a_valid_layout_and_a_second_push_writes_nothing(tmp_path: pathlib.Path) -> None:
+    art = compile_docs(("m/a.yaml", DEPLOY), ("m/b.yaml", SA)).artifact
+    assert art is not None
+    layout = ocilayout.OciLayout(tmp_path / "oci")
+    assert layout.push("demo", art) is True
+    layout.flush()
+    assert json.loads((tmp_path / "oci/oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((tmp_path / "oci/index.json").read_text())
+    assert [(m["digest"], m["annotations"]["org.opencontainers.image.ref.name"]) for m in index["manifests"]] == [
+        (art.manifest_digest, "demo:1.0.0")
+    ]
+    for blob in (*art.blobs,):
+        data = (tmp_path / "oci/blobs/sha256" / blob.digest.split(":")[1]).read_bytes()
+        assert data == blob.data and "sha256:" + hashlib.sha256(data).hexdigest() == blob.digest
+    assert layout.read_blob(art.manifest_digest) == art.manifest
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "oci").rglob("*") if p.is_file()}
+    again = ocilayout.OciLayout(tmp_path / "oci")
+    assert again.push("demo", art) is False
+    again.flush()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "oci").rglob("*") if p.is_file()} == mtimes
+    assert again.resolve("demo:1.0.0") == art.manifest_digest

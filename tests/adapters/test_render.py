@@ -1,0 +1,174 @@
+"""Renderers against real tools: kubectl kustomize and the Helm SDK, on files in a temp repo."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import tarfile
+
+import pytest
+
+from gitopsd import errors
+from gitopsd.adapters import fstree, gittree, render, schemafiles
+from gitopsd.core import parse, yamlload
+
+CHART = {
+    "Chart.yaml": "apiVersion: v2\nname: demo\nversion: 1.2.3\n",
+    "values.yaml": "replicas: 1\nimage: {repo: nginx, tag: '1.0'}\nextra: {keep: yes}\n",
+    "crds/widget.yaml": "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec: {group: example.com, scope: Namespaced, names: {kind: Widget, plural: widgets}}\n",
+    "templates/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: {{ .Release.Name }}, namespace: {{ .Release.Namespace }}}\nspec: {replicas: {{ .Values.replicas }}, template: {spec: {containers: [{name: c, image: \"{{ .Values.image.repo }}:{{ .Values.image.tag }}\"}]}}}\n",
+    "templates/hook.yaml": "apiVersion: batch/v1\nkind: Job\nmetadata: {name: migrate, annotations: {helm.sh/hook: pre-install}}\n",
+    "templates/tests/test.yaml": "apiVersion: v1\nkind: Pod\nmetadata: {name: smoke, annotations: {helm.sh/hook: test}}\n",
+    "templates/NOTES.txt": "installed {{ .Release.Name }}\n",
+}
+
+
+def write(root: pathlib.Path, files: dict[str, str]) -> None:
+    for path, text in files.items():
+        dest = root / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+
+
+def load(root: pathlib.Path, rel: str):
+    data = (root / rel).read_bytes()
+    return parse.parse_packbuild(yamlload.load_one(data, rel), schemafiles.schemas(), file=rel)
+
+
+def objects(rendered) -> list[dict]:
+    out = []
+    for name, data in rendered.documents:
+        out.extend(yamlload.load_all(data, name))
+    return out
+
+
+def test_helm_renders_templates_and_crds_drops_hooks_tests_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
+    write(tmp_path, {f"packs/demo/chart/{k}": v for k, v in CHART.items()})
+    write(tmp_path, {
+        "packs/demo/values-prod.yaml": "replicas: 2\nimage: {tag: '2.0'}\n",
+        "packs/demo/packbuild.yaml": "name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\n"
+                                      "helmSource: {chart: chart, version: 1.2.3, valuesFile: values-prod.yaml, values: {replicas: 3}, namespace: tools}\n",
+    })
+    build = load(tmp_path, "packs/demo/packbuild.yaml")
+    rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), build)
+    objs = objects(rendered)
+    assert sorted(o["kind"] for o in objs) == ["CustomResourceDefinition", "Deployment"]
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    assert deploy["metadata"] == {"name": "demo", "namespace": "tools"}
+    assert deploy["spec"]["replicas"] == 3  # inline values override the values file, which overrides the chart
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2.0"
+    assert rendered.chart is not None and (rendered.chart.name, rendered.chart.version) == ("demo", "1.2.3")
+
+
+def test_helm_chart_from_a_tgz_in_the_repo(tmp_path: pathlib.Path) -> None:
+    write(tmp_path / "src", {f"demo/{k}": v for k, v in CHART.items()})
+    (tmp_path / "packs/demo").mkdir(parents=True)
+    with tarfile.open(tmp_path / "packs/demo/demo-1.2.3.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "src/demo", arcname="demo")
+    write(tmp_path, {"packs/demo/packbuild.yaml": "name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\nhelmSource: {chart: demo-1.2.3.tgz}\n"})
+    rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
+    assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment"]
+
+
+@pytest.mark.parametrize(
+    ("packbuild", "message"),
+    [
+        ("helmSource: {chart: 'https://charts.example.com/demo-1.0.0.tgz'}", "is not fetched"),
+        ("helmSource: {chart: chart, version: 9.9.9}", "is version 1.2.3, not 9.9.9"),
+        ("helmSource: {chart: nowhere}", "is not a chart folder or .tgz"),
+        ("helmSource: {chart: chart, values: {image: {tag: {bad: map}}}}", "helm could not render"),
+    ],
+    ids=["remote-chart", "version-mismatch", "missing-chart", "template-error"],
+)
+def test_helm_errors_name_the_field(tmp_path: pathlib.Path, packbuild: str, message: str) -> None:
+    chart = dict(CHART)
+    chart["templates/deploy.yaml"] = chart["templates/deploy.yaml"].replace("{{ .Values.image.tag }}", "{{ .Values.image.tag | required \"tag\" | trim }}")
+    write(tmp_path, {f"packs/demo/chart/{k}": v for k, v in chart.items()})
+    write(tmp_path, {"packs/demo/packbuild.yaml": f"name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\n{packbuild}\n"})
+    with pytest.raises(errors.GitopsdError) as caught:
+        render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
+    assert message in str(caught.value)
+    assert "packs/demo/packbuild.yaml" in str(caught.value)
+
+
+KUSTOMIZE = {
+    "bases/common/kustomization.yaml": "resources: [cm.yaml]\n",
+    "bases/common/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: common}\ndata: {a: '1'}\n",
+    "packs/app/overlay/kustomization.yaml": "namespace: app\nresources: [../../../bases/common]\nnamePrefix: x-\n",
+    "packs/app/packbuild.yaml": "name: app\nversion: 1.0.0\nbasePackName: app\ncategory: kustomize\nkustomizeSource: {path: overlay}\ntargetClusters: [a]\n",
+}
+
+
+def git_commit(root: pathlib.Path) -> None:
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+
+
+@pytest.mark.parametrize("source", ["folder", "git"])
+def test_kustomize_with_a_base_outside_the_pack_folder(tmp_path: pathlib.Path, source: str) -> None:
+    repo = tmp_path / "repo"
+    write(repo, KUSTOMIZE)
+    if source == "git":
+        git_commit(repo)
+        tree = gittree.open_worktree(repo, tmp_path / "exports")
+        assert tree is not None
+    else:
+        tree = fstree.FsTree(repo)
+    build = load(repo, "packs/app/packbuild.yaml")
+    rendered = render.KustomizeRenderer().render(tree, build)
+    assert objects(rendered) == [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x-common", "namespace": "app"}, "data": {"a": "1"}}]
+    assert render.KustomizeRenderer().inputs(tree, build) == ["packs/app/overlay", "bases/common"]
+
+
+@pytest.mark.parametrize(
+    ("kustomization", "message"),
+    [
+        ("resources: ['github.com/example/repo//base?ref=v1']", "remote base"),
+        ("resources: ['https://example.com/base.yaml']", "remote base"),
+        ("resources: [missing]", "'missing' does not exist"),
+        ("resources: [../../../../outside]", "leaves the config repo"),
+    ],
+    ids=["github-base", "url", "missing", "escape"],
+)
+def test_kustomize_refuses_remote_and_escaping_bases(tmp_path: pathlib.Path, kustomization: str, message: str) -> None:
+    files = dict(KUSTOMIZE)
+    files["packs/app/overlay/kustomization.yaml"] = kustomization + "\n"
+    write(tmp_path, files)
+    with pytest.raises(errors.SpecError, match=message):
+        render.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
+
+
+def test_kustomize_failure_is_a_render_error_with_kustomizes_words(tmp_path: pathlib.Path) -> None:
+    files = dict(KUSTOMIZE)
+    files["bases/common/kustomization.yaml"] = "resources: [cm.yaml]\npatches: [{path: nope.yaml}]\n"
+    write(tmp_path, files)
+    with pytest.raises(errors.RenderError, match="kustomize build of packs/app/overlay failed"):
+        render.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
+
+
+def test_raw_reads_yaml_files_recursively_in_name_order(tmp_path: pathlib.Path) -> None:
+    write(tmp_path, {
+        "packs/r/packbuild.yaml": "name: r\nversion: 1.0.0\nbasePackName: r\ncategory: raw\nrawSource: {path: m}\ntargetClusters: [a]\n",
+        "packs/r/m/b.yml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
+        "packs/r/m/a/z.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: z}\n",
+        "packs/r/m/README.md": "not yaml",
+    })
+    rendered = render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
+    assert [name for name, _ in rendered.documents] == ["packs/r/m/a/z.yaml", "packs/r/m/b.yml"]
+
+
+def test_raw_follows_symlinks_inside_the_repo_and_refuses_others(tmp_path: pathlib.Path) -> None:
+    write(tmp_path, {
+        "packs/r/packbuild.yaml": "name: r\nversion: 1.0.0\nbasePackName: r\ncategory: raw\nrawSource: {path: m}\ntargetClusters: [a]\n",
+        "shared/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\n",
+    })
+    (tmp_path / "packs/r/m").mkdir()
+    (tmp_path / "packs/r/m/link.yaml").symlink_to("../../../shared/cm.yaml")
+    rendered = render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
+    assert objects(rendered)[0]["metadata"]["name"] == "shared"
+    (tmp_path / "packs/r/m/evil.yaml").symlink_to("/etc/passwd")
+    with pytest.raises(errors.SpecError, match="outside the config repo"):
+        render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))

@@ -1,0 +1,119 @@
+"""The pass with in-memory adapters: step order, mode gating, and failure isolation."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from gitopsd import errors, reconcile
+from gitopsd.adapters import fakes, keys, render, schemafiles
+from gitopsd.model import change
+
+CLUSTERS = {
+    "clusters/a.yaml": b"name: a\nlabels: {env: prod}\n",
+    "clusters/b.yaml": b"name: b\nlabels: {env: dev}\n",
+}
+
+
+def packbuild(name: str, version: str = "1.0.0", targets: str = "[a, b]") -> dict[str, bytes]:
+    return {
+        f"packs/{name}/packbuild.yaml": (
+            f"name: {name}\nversion: {version}\nbasePackName: {name}\ncategory: raw\n"
+            f"rawSource: {{path: m}}\ntargetClusters: {targets}\nnamespace: apps\n"
+        ).encode(),
+        f"packs/{name}/m/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '{version}'}}\n".encode(),
+    }
+
+
+class Harness:
+    def __init__(self, tmp: pathlib.Path, files: dict[str, bytes]) -> None:
+        self.cluster = fakes.MemoryCluster()
+        self.registry = fakes.MemoryRegistry()
+        self.cache = fakes.MemoryCache()
+        self.key = keys.generate(tmp / "key").private_path
+        self.tmp = tmp
+        self.files = files
+
+    def run(self, *, dry_run: bool = False) -> reconcile.PassState:
+        signer = keys.load_private_key(self.key)
+
+        class Verifier:
+            def verify(self, data: bytes, signature: str) -> bool:
+                return signer.public_key().verify(data, signature)
+
+        env = reconcile.Env(
+            source=fakes.StaticSource(fakes.MemoryTree(self.files, scratch=self.tmp / "scratch")),
+            cluster=self.cluster,
+            registry=self.registry,
+            cache=self.cache,
+            clock=fakes.FixedClock(),
+            renderers=render.renderers(),
+            schemas=schemafiles.schemas(),
+            signer=signer,
+            verifier=Verifier(),
+            dry_run=dry_run,
+        )
+        return reconcile.run(env)
+
+
+def test_steps_run_in_the_documented_order() -> None:
+    assert [name for name, _ in reconcile.STEPS] == [
+        "fetch", "load", "compile", "observe", "sign", "verify", "plan", "publish", "apply", "status", "summarize",
+    ]
+
+
+def test_dry_run_shares_the_pass_but_writes_nothing(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one")})
+    state = h.run(dry_run=True)
+    assert state.plan is not None and state.plan.count(change.Action.CREATE) == 3
+    assert h.registry.pushes == [] and h.cluster.objects == {}
+    state = h.run()
+    assert h.registry.pushes == ["one:1.0.0"] and len(h.cluster.objects) == 3
+    assert state.summary is not None and state.summary.ready
+
+
+def test_a_failed_push_blocks_only_its_pack(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
+    h.registry.fail.add("two")
+    state = h.run()
+    assert state.plan is not None
+    blocked = {c.name for c in state.plan.changes if c.action is change.Action.BLOCKED}
+    assert blocked == {"two-v1.0.0", "two-a", "two-b"}
+    assert {k[2] for k in h.cluster.objects} == {"one-v1.0.0", "one-a", "one-b"}
+    h.registry.fail.clear()
+    h.run()
+    assert {k[2] for k in h.cluster.objects} >= {"two-v1.0.0", "two-a", "two-b"}
+
+
+def test_apply_failure_leaves_the_cluster_untouched(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one")})
+    h.cluster.fail_next_apply = errors.TransientError("API 503", reason="ClusterUnavailable")
+    with pytest.raises(errors.TransientError):
+        h.run()
+    assert h.cluster.objects == {}
+    h.run()
+    assert len(h.cluster.objects) == 3
+
+
+def test_unchanged_pack_is_served_from_the_compile_cache(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
+    first = h.run()
+    h.files.update(packbuild("two", "1.1.0"))
+    second = h.run()
+    cached = {r.build.base_pack_name: r.cached for r in second.compiled}
+    assert {r.build.base_pack_name: r.cached for r in first.compiled} == {"one": False, "two": False}
+    assert cached == {"one": True, "two": False}
+
+
+def test_a_signature_by_an_untrusted_key_blocks_delivery(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one")})
+    h.run()
+    obj = h.cluster.objects[("InfrastructureClusterPack", "seam-system", "one-v1.0.0")]
+    obj["spec"]["targetClusters"] = ["a"]  # type: ignore[index]  # tamper with the stored spec
+    h.cluster.objects = {k: v for k, v in h.cluster.objects.items() if k[0] != "PackInstance"}
+    state = h.run()
+    assert state.plan is not None
+    assert {(c.name, c.reason) for c in state.plan.changes if c.action is change.Action.BLOCKED} == {
+        ("one-a", "SignatureInvalid"), ("one-b", "SignatureInvalid"),
+    }
