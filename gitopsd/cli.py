@@ -41,7 +41,8 @@ examples:
 
 def _common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table") -> None:
     if repo:
-        p.add_argument("repo", metavar="REPO", help="config repo: a folder (a Git work tree is read at HEAD)")
+        p.add_argument("repo", metavar="REPO", help="config repo: a folder (a Git work tree is read at HEAD), a bare "
+                       "repository path (/path/repo.git), or a file://, ssh:// or https:// URL")
     p.add_argument("--state-dir", metavar="DIR", help="where the embedded store, OCI layout, cache and keys live "
                    "(default: $XDG_STATE_HOME/gitopsd/<repo>-<hash>, i.e. ~/.local/state/gitopsd/...)")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=fmt_default, help="output format (default: %(default)s)")
@@ -56,6 +57,47 @@ def _signing_flags(p: argparse.ArgumentParser) -> None:
                    "or PEM); delivery needs a signature by one of them (default: the signing key)")
     p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
                    "(default: gitopsd.yaml 'registry', else oci-layout://packs)")
+
+
+def add_git_flags(p: argparse.ArgumentParser) -> None:
+    """The Git source and status write-back flags (shared with ``gitopsd run``)."""
+    g = p.add_argument_group("git", "for a Git remote REPO (bare repository path or URL); credentials never on the command line")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--branch", metavar="NAME", help="branch to follow (default: the remote's HEAD branch)")
+    which.add_argument("--tag", metavar="NAME", help="tag to read instead of a branch (status is then not written)")
+    creds = g.add_mutually_exclusive_group()
+    creds.add_argument("--git-credentials-file", metavar="PATH", help="https: file holding user:token or a token")
+    creds.add_argument("--git-credentials-env", metavar="VAR", help="https: environment variable holding user:token or a token")
+    g.add_argument("--git-ssh-key", metavar="PATH", help="ssh: private key file (default: ssh-agent)")
+    g.add_argument("--verify-commits", metavar="ALLOWED_SIGNERS", help="refuse a revision whose commit has no SSH "
+                   "signature by a key in this allowed_signers file (fail closed: nothing is applied)")
+    g.add_argument("--verify-commits-gpg", metavar="KEYRING", help="refuse a revision whose commit has no GPG signature "
+                   "by a key in this keyring file (exported or .kbx; armored keys are imported)")
+    g.add_argument("--git-author-name", default="gitopsd", metavar="NAME", help="author of status commits (default: %(default)s)")
+    g.add_argument("--git-author-email", default="gitopsd@localhost", metavar="EMAIL",
+                   help="email of status commits, also the principal in the allowed_signers file (default: %(default)s)")
+    status = g.add_mutually_exclusive_group()
+    status.add_argument("--no-status", dest="status", action="store_false", default=None,
+                        help="reconcile: do not commit status to a Git remote")
+    status.add_argument("--write-status", dest="status", action="store_true",
+                        help="reconcile: commit status to the checked-out branch of a folder REPO (a Git work tree)")
+    g.add_argument("--as-git-remote", action="store_true", help="REPO is a plain folder: commit it to a local bare "
+                   "remote <state-dir>/demo-remote.git (again when its files change) and reconcile from that remote")
+
+
+def git_options(args: argparse.Namespace) -> wiring.GitOptions:
+    return wiring.GitOptions(
+        branch=args.branch,
+        tag=args.tag,
+        credentials_file=args.git_credentials_file,
+        credentials_env=args.git_credentials_env,
+        ssh_key=args.git_ssh_key,
+        verify_commits=args.verify_commits,
+        verify_commits_gpg=args.verify_commits_gpg,
+        author_name=args.git_author_name,
+        author_email=args.git_author_email,
+        status=args.status,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p)
         _signing_flags(p)
+        add_git_flags(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         p.set_defaults(func=cmd_pass, mode=name)
 
@@ -137,16 +180,22 @@ def _progress(stream: object) -> Callable[[str, dict[str, object]], None] | None
 
 
 def cmd_pass(args: argparse.Namespace) -> int:
-    repo = _repo_path(args)
     state_dir = _state_dir(args)
-    wiring.check_state_dir(state_dir, repo)
+    repo = args.repo
+    if args.as_git_remote:
+        if wiring.repo_kind(repo) is not wiring.RepoKind.FOLDER:
+            raise errors.ConfigError(f"--as-git-remote takes a plain folder; {repo} already is a Git remote", reason="Usage")
+        repo = str(wiring.ensure_demo_remote(_repo_path(args), state_dir))
+    kind = wiring.repo_kind(repo)
+    if kind is not wiring.RepoKind.URL:
+        wiring.check_state_dir(state_dir, pathlib.Path(repo))
     dry_run = args.mode != "reconcile"
     local = wiring.open_local(state_dir)
     try:
-        env = wiring.local_env(repo, local, dry_run=dry_run, signing_key=args.signing_key,
-                               trusted_keys=args.trusted_keys, registry_url=args.registry_url)
-        env.progress = _progress(sys.stderr)
-        state = reconcile.run(env)
+        wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
+                                 registry_url=args.registry_url, git=git_options(args))
+        wired.env.progress = _progress(sys.stderr)
+        state = reconcile.run(wired.env)
     finally:
         local.close()
     assert state.summary is not None and state.plan is not None and state.tree is not None
@@ -159,6 +208,8 @@ def cmd_pass(args: argparse.Namespace) -> int:
         header = f"{verb} {args.repo} ({state.tree.snapshot.description}) at {state.revision}"
         output.print_summary(printer, summary, header=header, verbose=args.verbose)
         printer.line(f"state dir {state_dir}; {state.timings['total']:.2f}s")
+        for line in status_lines(wired, state):
+            printer.line(line)
     else:
         output.dump(pass_document(state, args.mode, state_dir), args.output)
     if args.mode == "diff":
@@ -166,6 +217,22 @@ def cmd_pass(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         return EXIT_CHANGES if summary.has_changes else EXIT_OK
     return EXIT_OK if summary.ready else EXIT_CHANGES
+
+
+def status_lines(wired: wiring.Wired, state: reconcile.PassState) -> list[str]:
+    """The closing lines about status write-back: the commit pushed (or none) and how to verify it."""
+    if wired.writer is None:
+        return [] if wired.kind is wiring.RepoKind.FOLDER else [f"status: not written ({wired.status_off})"]
+    outcome = wired.writer.last
+    where = wired.writer.branch.display
+    if state.status_commit is None or outcome is None:
+        tip = f" at {outcome.parent[:12]}" if outcome is not None else ""
+        return [f"status: no status change ({where}{tip})"]
+    tries = "" if outcome.attempts == 1 else f", {outcome.attempts} attempts"
+    return [
+        f"status: commit {state.status_commit} pushed to {where} ({outcome.seconds:.2f}s{tries})",
+        f"verify: {wired.verify_command(state.status_commit)}",
+    ]
 
 
 def pass_document(state: reconcile.PassState, mode: str, state_dir: pathlib.Path) -> dict[str, object]:
@@ -181,6 +248,7 @@ def pass_document(state: reconcile.PassState, mode: str, state_dir: pathlib.Path
         "changes": [c.to_json() for c in state.plan.changes],
         "errors": [e.to_json() for e in state.plan.errors],
         "clusterPacks": [r.compiled.cluster_pack.to_object() for r in state.compiled],
+        "statusCommit": state.status_commit,
         "timings": {k: round(v, 4) for k, v in state.timings.items()},
     }
 

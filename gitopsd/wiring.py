@@ -3,22 +3,29 @@
 Local (embedded default): a SQLite store and an OCI layout under the state dir, a signing key
 generated there on first use. The state dir is one folder per config repo under
 ``$XDG_STATE_HOME/gitopsd/`` (``~/.local/state/gitopsd/``), never inside the config repo.
+
+The config repo is a folder (a Git work tree is read at HEAD) or a Git remote: a bare repository
+path or a ``file://``, ``ssh://``, ``https://`` URL, read through a mirror under
+``<state-dir>/git/`` (``adapters.gitsource``); status commits go back to the remote
+(``adapters.statuswriter``), or to a work tree's branch with ``--write-status``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import os
 import pathlib
+import re
 
 from gitopsd import errors, reconcile
-from gitopsd.adapters import compilecache, keys, localstore, ocilayout, render, schemafiles, system
+from gitopsd.adapters import compilecache, gitsource, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
 
 
 def default_state_dir(repo: str) -> pathlib.Path:
     base = os.environ.get("XDG_STATE_HOME") or str(pathlib.Path.home() / ".local" / "state")
-    location = str(pathlib.Path(repo).resolve()) if "://" not in repo else repo
+    location = str(pathlib.Path(repo).resolve()) if not gitsource.is_url(repo) else repo
     name = pathlib.PurePosixPath(location.rstrip("/")).name.removesuffix(".git") or "repo"
     tag = hashlib.sha256(location.encode()).hexdigest()[:10]
     return pathlib.Path(base) / "gitopsd" / f"{name}-{tag}"
@@ -105,3 +112,162 @@ def local_env(repo: pathlib.Path, local: Local, *, dry_run: bool, signing_key: s
         registry_url=registry_url,
         dry_run=dry_run,
     )
+
+
+# ---------------------------------------------------------------- Git sources and status write-back
+
+
+class RepoKind(enum.StrEnum):
+    FOLDER = "folder"  # a plain folder, or a Git work tree read at HEAD
+    BARE = "bare"  # a local bare repository: a Git remote on disk
+    URL = "url"  # file://, ssh://, https://, http://, git:// or user@host:path
+
+
+def repo_kind(repo: str) -> RepoKind:
+    if gitsource.is_url(repo):
+        return RepoKind.URL
+    path = pathlib.Path(repo)
+    if not path.is_dir():
+        raise errors.ConfigError(f"config repo {repo} is not a folder, a bare Git repository or a Git URL", reason="RepoNotFound")
+    return RepoKind.BARE if gitsource.is_bare_repository(path) else RepoKind.FOLDER
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GitOptions:
+    """The Git flags of reconcile, dry-run, diff (and run)."""
+
+    branch: str | None = None
+    tag: str | None = None
+    credentials_file: str | None = None
+    credentials_env: str | None = None
+    ssh_key: str | None = None
+    verify_commits: str | None = None  # allowed_signers file: SSH signatures
+    verify_commits_gpg: str | None = None  # keyring file: GPG signatures
+    author_name: str = "gitopsd"
+    author_email: str = "gitopsd@localhost"
+    status: bool | None = None  # None: on for a Git remote, off for a folder; False: --no-status; True: --write-status
+
+
+@dataclasses.dataclass
+class Wired:
+    """The pass's Env and what the CLI reports about the Git side."""
+
+    env: reconcile.Env
+    kind: RepoKind
+    remote: gitsource.GitRemote | None = None
+    writer: statuswriter.GitStatusWriter | None = None
+    allowed_signers: pathlib.Path | None = None
+    status_repo: pathlib.Path | None = None  # where `git -C` runs verify-commit, for local repositories
+    status_off: str | None = None  # why status is not written, when it is not
+
+    def verify_command(self, commit: str) -> str:
+        where = f"-C {self.status_repo} " if self.status_repo else ""
+        return f"git {where}-c gpg.ssh.allowedSignersFile={self.allowed_signers} verify-commit {commit}"
+
+
+def mirror_path(state_dir: pathlib.Path, location: gitsource.Location) -> pathlib.Path:
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", location.url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1])
+    name = tail.removesuffix(".git").strip("-.") or "repo"
+    return state_dir / "git" / f"{name}-{hashlib.sha256(location.url.encode()).hexdigest()[:8]}.git"
+
+
+def commit_verifier(options: GitOptions) -> gitsource.CommitVerifier | None:
+    verifiers: list[gitsource.CommitVerifier] = []
+    if options.verify_commits:
+        verifiers.append(gitsource.SshCommitVerifier(options.verify_commits))
+    if options.verify_commits_gpg:
+        verifiers.append(gitsource.GpgCommitVerifier(options.verify_commits_gpg))
+    if not verifiers:
+        return None
+    return verifiers[0] if len(verifiers) == 1 else gitsource.AnyOfVerifier(verifiers)
+
+
+def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitsource.GitRemote:
+    location = gitsource.parse_location(repo)
+    auth = gitsource.load_auth(location, credentials_file=options.credentials_file,
+                               credentials_env=options.credentials_env, ssh_key=options.ssh_key)
+    gitsource.configure_timeouts()
+    return gitsource.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
+
+
+def write_allowed_signers(state_dir: pathlib.Path, key: keys.SigningKey, principal: str) -> pathlib.Path:
+    """``<state-dir>/keys/allowed_signers`` for the status-commit key: the file ``git verify-commit`` needs."""
+    path = state_dir / "keys" / "allowed_signers"
+    line = f'{principal} namespaces="git" {key.public_key().openssh()}\n'
+    if not path.exists() or path.read_text("utf-8") != line:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        temp.write_text(line, "utf-8")
+        os.replace(temp, path)
+    return path
+
+
+def ensure_demo_remote(folder: pathlib.Path, state_dir: pathlib.Path) -> pathlib.Path:
+    """A local bare remote made from a plain folder: ``<state-dir>/demo-remote.git``, branch main.
+
+    The first run commits the folder's files; later runs commit again only when the files changed
+    (keeping gitopsd's ``.gitopsd/`` status at the tip), so editing the folder shows up as a new commit.
+    """
+    check_state_dir(state_dir, folder)
+    remote = state_dir / "demo-remote.git"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    gitsource.import_folder(folder, remote)
+    return remote
+
+
+def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None = None, trusted_keys: str | None = None,
+              registry_url: str | None = None, git: GitOptions | None = None) -> Wired:
+    """The Env of one pass for any REPO form; status write-back wired when it applies."""
+    git = git or GitOptions()
+    kind = repo_kind(repo)
+    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run)
+    env = reconcile.Env(
+        source=system.LocalSource(pathlib.Path(repo), local.state_dir / "trees"),
+        cluster=local.store,
+        registry=local.layout,
+        cache=local.cache,
+        clock=system.SystemClock(),
+        renderers=render.renderers(),
+        schemas=schemafiles.schemas(),
+        signer=signer,
+        verifier=verifier,
+        registry_url=registry_url,
+        dry_run=dry_run,
+    )
+    wired = Wired(env=env, kind=kind)
+    identity = statuswriter.Identity(git.author_name, git.author_email)
+    branch: statuswriter.Branch | None = None
+    if kind is RepoKind.FOLDER:
+        used = [flag for flag, value in (("--branch", git.branch), ("--tag", git.tag), ("--verify-commits", git.verify_commits),
+                                         ("--verify-commits-gpg", git.verify_commits_gpg), ("--git-ssh-key", git.ssh_key),
+                                         ("--git-credentials-file", git.credentials_file),
+                                         ("--git-credentials-env", git.credentials_env)) if value]
+        if used:
+            raise errors.ConfigError(f"{used[0]} applies to a Git remote (a bare repository or a URL); {repo} is a folder, "
+                                     "read at HEAD when it is a work tree", reason="Usage")
+        if git.status:
+            branch = statuswriter.WorkTreeBranch(pathlib.Path(repo))
+            wired.status_repo = pathlib.Path(repo).resolve()
+        else:
+            wired.status_off = "folder (pass --write-status to commit status to its branch)"
+    else:
+        remote = git_remote(repo, local.state_dir, git)
+        env.source = gitsource.GitSource(remote, local.state_dir / "trees", verifier=commit_verifier(git))
+        wired.remote = remote
+        wired.status_repo = remote.location.local_path
+        if git.tag:
+            wired.status_off = "--tag pins a revision; status is written to branches only"
+        elif git.status is False:
+            wired.status_off = "--no-status"
+        else:
+            branch = remote
+    if dry_run:
+        wired.status_off = "dry run"
+        branch = None
+    if branch is not None:
+        if signer is None:
+            raise errors.ConfigError("status write-back needs a signing key (--signing-key)", reason="NoSigningKey")
+        wired.writer = statuswriter.GitStatusWriter(branch, signer, identity=identity)
+        wired.allowed_signers = write_allowed_signers(local.state_dir, signer, git.author_email)
+        env.status_writer = wired.writer
+    return wired

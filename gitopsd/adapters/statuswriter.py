@@ -1,0 +1,243 @@
+"""Status write-back: a pass's status records as one signed commit on top of the branch tip.
+
+Why this exists: the config repo is the record of what gitopsd did. Each pass that changes a status
+record adds ONE commit that replaces ``.gitopsd/status/`` (records of packs no longer present are
+removed, everything else in the tree is kept as it is at the tip), built from tree objects without a
+work tree, signed with the SSH key so ``git verify-commit`` accepts it, and pushed without force.
+When someone pushed in the meantime the branch is no longer where the commit was built: the writer
+takes the new tip, builds its status change on top of it again, and retries with exponential backoff
+(bounded). A user's commit is never lost or rewritten, history stays linear (no merges).
+
+Where the commit goes is a :class:`Branch`: ``gitsource.GitRemote`` (a remote, through the mirror) or
+:class:`WorkTreeBranch` (the checked-out branch of a local work tree, opt-in with ``--write-status``).
+
+Neighbours: ``core.status`` makes the records, ``reconcile.write_status`` calls :meth:`write`
+(``ports.StatusWriter``), ``adapters.sshsig`` signs, ``adapters.schemafiles`` validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import pygit2
+import structlog
+import yaml
+
+from gitopsd import errors
+from gitopsd.adapters import keys, schemafiles, sshsig
+
+log = structlog.get_logger()
+
+STATUS_ROOT = ".gitopsd"
+STATUS_DIR = f"{STATUS_ROOT}/status"
+_BLOB, _TREE = pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.TREE
+_REJECTED = ("old reference value does not match", "failed to lock", "locked")
+
+
+class Branch(Protocol):
+    """Where status commits go: the tip to build on, and a compare-and-swap publish."""
+
+    display: str
+
+    def tip(self) -> tuple[pygit2.Repository, pygit2.Commit]: ...
+
+    def refresh(self) -> tuple[pygit2.Repository, pygit2.Commit]:
+        """The tip after someone else moved the branch (fetch again)."""
+        ...
+
+    def publish(self, repo: pygit2.Repository, commit: pygit2.Oid, parent: pygit2.Oid) -> bool:
+        """Move the branch from ``parent`` to ``commit``; ``False`` when it is no longer at ``parent``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    name: str = "gitopsd"
+    email: str = "gitopsd@localhost"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the last :meth:`GitStatusWriter.write` did, for the CLI and metrics."""
+
+    commit: str | None  # None: the tree was unchanged, nothing committed
+    parent: str  # the tip it was built on
+    attempts: int
+    seconds: float
+
+
+def validate(records: Iterable[tuple[str, bytes]]) -> dict[str, bytes]:
+    """Check every record against ``schemas/status-record.schema.json``; file name -> bytes."""
+    validator = schemafiles.validator("status-record")
+    files: dict[str, bytes] = {}
+    for path, data in records:
+        name = path.removeprefix(f"{STATUS_DIR}/")
+        if name == path or "/" in name or name.startswith(".") or not name.endswith(".yaml"):
+            raise errors.StalledError(f"{path}: a status record must be a .yaml file directly under {STATUS_DIR}/",
+                                      reason="InvalidStatusRecord", path=path)
+        try:
+            document = yaml.safe_load(data)
+        except yaml.YAMLError as err:
+            raise errors.StalledError(f"not valid YAML ({err})", reason="InvalidStatusRecord", path=path) from err
+        problems = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+        if problems:
+            first = problems[0]
+            where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+            raise errors.StalledError(f"{where}: {first.message} (schemas/status-record.schema.json)",
+                                      reason="InvalidStatusRecord", path=path)
+        if name in files:
+            raise errors.StalledError("two status records with the same path", reason="InvalidStatusRecord", path=path)
+        files[name] = data
+    return files
+
+
+def status_tree(repo: pygit2.Repository, root: pygit2.Tree, files: dict[str, bytes]) -> pygit2.Oid:
+    """``root`` with ``.gitopsd/status/`` replaced by ``files`` (removed when empty); the rest kept."""
+    status = repo.TreeBuilder()
+    for name in sorted(files):
+        status.insert(name, repo.create_blob(files[name]), _BLOB)
+    meta_entry = root[STATUS_ROOT] if STATUS_ROOT in root else None
+    if meta_entry is not None and meta_entry.filemode != _TREE:
+        raise errors.StalledError(f"{STATUS_ROOT} is a file in the config repo; gitopsd keeps its status in a "
+                                  f"{STATUS_ROOT}/ folder: remove the file", reason="StatusPathTaken", path=STATUS_ROOT)
+    meta = repo.TreeBuilder(repo[meta_entry.id]) if meta_entry is not None else repo.TreeBuilder()
+    if files:
+        meta.insert("status", status.write(), _TREE)
+    elif meta.get("status") is not None:
+        meta.remove("status")
+    top = repo.TreeBuilder(root)
+    if len(meta):
+        top.insert(STATUS_ROOT, meta.write(), _TREE)
+    elif meta_entry is not None:
+        top.remove(STATUS_ROOT)
+    return top.write()
+
+
+class GitStatusWriter:
+    """``ports.StatusWriter`` over a :class:`Branch`."""
+
+    def __init__(self, branch: Branch, key: keys.SigningKey, *, identity: Identity | None = None, attempts: int = 8,
+                 backoff: float = 0.1, max_backoff: float = 4.0, sleep: Callable[[float], None] = time.sleep,
+                 before_publish: Callable[[str], None] | None = None) -> None:
+        self.branch = branch
+        self.key = key
+        self.identity = identity or Identity()
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.before_publish = before_publish  # called with the commit id between building and pushing it
+        self.last: Outcome | None = None
+
+    def write(self, records: Iterable[tuple[str, bytes]], message: str) -> str | None:
+        files = validate(records)
+        started = time.perf_counter()
+        repo, tip = self.branch.tip()
+        for attempt in range(1, self.attempts + 1):
+            tree = status_tree(repo, tip.tree, files)
+            if tree == tip.tree_id:
+                self.last = Outcome(None, str(tip.id), attempt, time.perf_counter() - started)
+                log.info("status unchanged", branch=self.branch.display, tip=str(tip.id))
+                return None
+            commit = self._commit(repo, tree, tip.id, message)
+            if self.before_publish is not None:
+                self.before_publish(str(commit))
+            if self.branch.publish(repo, commit, tip.id):
+                self.last = Outcome(str(commit), str(tip.id), attempt, time.perf_counter() - started)
+                log.info("status committed", commit=str(commit), parent=str(tip.id), attempts=attempt,
+                         branch=self.branch.display)
+                return str(commit)
+            log.info("status push raced, rebuilding on the new tip", attempt=attempt, branch=self.branch.display)
+            if attempt < self.attempts:
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                self.sleep(delay * random.uniform(0.5, 1.0))
+                repo, tip = self.branch.refresh()
+        raise errors.TransientError(
+            f"status commit not pushed to {self.branch.display}: the branch moved on each of {self.attempts} attempts; "
+            "the next pass writes it",
+            reason="StatusPushRejected",
+        )
+
+    def _commit(self, repo: pygit2.Repository, tree: pygit2.Oid, parent: pygit2.Oid, message: str) -> pygit2.Oid:
+        who = pygit2.Signature(self.identity.name, self.identity.email, int(time.time()), 0)
+        text = repo.create_commit_string(who, who, message, tree, [parent])
+        signed = sshsig.sign_commit_buffer(self.key, text.encode("utf-8"))
+        return repo.odb.write(pygit2.enums.ObjectType.COMMIT, signed)
+
+
+class WorkTreeBranch:
+    """The checked-out branch of a local work tree (``--write-status`` on a folder REPO).
+
+    The branch moves by compare-and-swap like a push; then the index and the files under
+    ``.gitopsd/status/`` follow the new commit so ``git status`` stays clean. Refused when
+    ``.gitopsd/`` has local changes (they would be overwritten) or HEAD is not on a branch.
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self.display = f"work tree {path}"
+
+    def tip(self) -> tuple[pygit2.Repository, pygit2.Commit]:
+        try:
+            repo = pygit2.Repository(str(self.path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        except pygit2.GitError as err:
+            raise errors.ConfigError(f"--write-status: {self.path} is not a Git work tree; run git init and commit first",
+                                     reason="NotAGitRepo") from err
+        if repo.is_bare or repo.workdir is None:
+            raise errors.ConfigError(f"--write-status: {self.path} is not a work tree", reason="NotAGitRepo")
+        if repo.head_is_unborn:
+            raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first", reason="EmptyRepository")
+        if repo.head_is_detached:
+            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch", reason="DetachedHead")
+        dirty = sorted(p for p, flags in repo.status().items()
+                       if (p == STATUS_ROOT or p.startswith(f"{STATUS_ROOT}/")) and flags != pygit2.enums.FileStatus.CURRENT)
+        if dirty:
+            raise errors.StalledError(
+                f"{self.path} has local changes under {STATUS_ROOT}/ ({', '.join(dirty[:5])}); commit or discard them: "
+                "gitopsd writes its status there",
+                reason="WorkTreeDirty",
+            )
+        return repo, repo.head.peel(pygit2.Commit)
+
+    def refresh(self) -> tuple[pygit2.Repository, pygit2.Commit]:
+        return self.tip()
+
+    def publish(self, repo: pygit2.Repository, commit: pygit2.Oid, parent: pygit2.Oid) -> bool:
+        ref = repo.lookup_reference(repo.head.name)
+        if ref.target != parent:
+            return False
+        try:
+            ref.set_target(commit, "gitopsd: status")
+        except pygit2.GitError as err:
+            if any(word in str(err).lower() for word in _REJECTED):
+                return False
+            raise errors.TransientError(f"cannot update {repo.head.shorthand} in {self.path}: {err}", reason="StatusPushFailed") from None
+        self._follow(repo, repo[parent].tree, repo[commit].tree)
+        return True
+
+    def _follow(self, repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree) -> None:
+        workdir = pathlib.Path(repo.workdir)
+        index = repo.index
+        index.read()
+        for delta in repo.diff(old, new).deltas:
+            if delta.status == pygit2.enums.DeltaStatus.DELETED:
+                path = delta.old_file.path
+                (workdir / path).unlink(missing_ok=True)
+                if path in index:
+                    index.remove(path)
+                parent = (workdir / path).parent
+                while parent != workdir and parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+            else:
+                path = delta.new_file.path
+                target = workdir / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(repo[delta.new_file.id].data)
+                index.add(path)
+        index.write()

@@ -1,0 +1,354 @@
+"""gitsource: a Git remote read through a bare mirror, with real repositories on disk and the git CLI."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import time
+
+import pygit2
+import pytest
+import structlog
+
+from gitopsd import errors
+from gitopsd.adapters import gitsource, keys, sshsig, statuswriter
+from tests import gitutil
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
+quiet_logs = gitutil.quiet_logs
+
+PACKBUILD = """name: {name}
+version: {version}
+basePackName: {name}
+category: raw
+rawSource:
+  path: manifests
+targetClusters: [dev]
+"""
+MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  key: value\n"
+
+
+def pack_files(name: str, version: str = "1.0.0") -> dict[str, str]:
+    return {
+        f"packs/{name}/packbuild.yaml": PACKBUILD.format(name=name, version=version),
+        f"packs/{name}/manifests/cm.yaml": MANIFEST.format(name=name),
+    }
+
+
+def small_repo() -> dict[str, str]:
+    return {"gitopsd.yaml": "namespace: seam-system\n", "clusters/dev.yaml": "name: dev\n", **pack_files("alpha")}
+
+
+def source(repo: str | pathlib.Path, state: pathlib.Path, *, branch: str | None = None, tag: str | None = None,
+           verifier: gitsource.CommitVerifier | None = None) -> gitsource.GitSource:
+    location = gitsource.parse_location(str(repo))
+    remote = gitsource.GitRemote(location, state / "git" / "mirror.git", branch=branch, tag=tag)
+    return gitsource.GitSource(remote, state / "trees", verifier=verifier)
+
+
+# ---------------------------------------------------------------- REPO forms, branches, tags
+
+
+@pytest.mark.parametrize("form", ["bare-path", "file-url"])
+def test_bare_repository_path_and_file_url_read_the_remote_tip(tmp_path: pathlib.Path, form: str) -> None:
+    bare, user = gitutil.make_remote(tmp_path, examples=True)
+    repo = str(bare) if form == "bare-path" else f"file://{bare}"
+    tree = source(repo, tmp_path / "state").fetch()
+    assert tree.snapshot.revision == f"main@sha1:{user.head()}"
+    assert tree.snapshot.commit == user.head()
+    assert [name for name, _ in tree.listdir("packs")] == sorted(p.name for p in (gitutil.EXAMPLES / "packs").iterdir())
+    assert tree.read("packs/web-frontend/packbuild.yaml") == (gitutil.EXAMPLES / "packs/web-frontend/packbuild.yaml").read_bytes()
+    assert (tmp_path / "state/git/mirror.git/HEAD").is_file()  # the persistent clone cache, a bare mirror
+
+
+def test_default_branch_is_the_remote_head_and_branch_flag_picks_another(tmp_path: pathlib.Path) -> None:
+    bare, user = gitutil.make_remote(tmp_path, small_repo(), branch="trunk")
+    trunk = user.head()
+    user.git("checkout", "-qb", "staging")
+    staging = user.commit("staging only", pack_files("beta"))
+    user.git("push", "-q", "origin", "staging")
+    assert source(bare, tmp_path / "s1").fetch().snapshot.revision == f"trunk@sha1:{trunk}"
+    tree = source(bare, tmp_path / "s2", branch="staging").fetch()
+    assert tree.snapshot.revision == f"staging@sha1:{staging}"
+    assert [name for name, _ in tree.listdir("packs")] == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize("annotated", [True, False], ids=["annotated-tag", "lightweight-tag"])
+def test_tag_flag_reads_the_tagged_commit(tmp_path: pathlib.Path, annotated: bool) -> None:
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    tagged = user.head()
+    user.git("tag", *(["-a", "-m", "release"] if annotated else []), "v1.0")
+    user.git("push", "-q", "origin", "v1.0")
+    user.commit("after the tag", pack_files("beta"))
+    user.push()
+    tree = source(bare, tmp_path / "state", tag="v1.0").fetch()
+    assert tree.snapshot.revision == f"v1.0@sha1:{tagged}"
+    assert [name for name, _ in tree.listdir("packs")] == ["alpha"]
+
+
+@pytest.mark.parametrize(("flag", "kwargs", "reason"), [
+    ("--branch nope", {"branch": "nope"}, "BranchNotFound"),
+    ("--tag nope", {"tag": "nope"}, "TagNotFound"),
+], ids=["branch", "tag"])
+def test_missing_branch_or_tag_is_a_config_error_naming_the_flag(tmp_path: pathlib.Path, flag: str, kwargs: dict[str, str],
+                                                                 reason: str) -> None:
+    bare, _ = gitutil.make_remote(tmp_path, small_repo())
+    with pytest.raises(errors.ConfigError) as caught:
+        source(bare, tmp_path / "state", **kwargs).fetch()
+    assert caught.value.reason == reason
+    assert str(caught.value).startswith(flag)
+    assert "main" in str(caught.value) or "none" in str(caught.value)
+
+
+def test_unreachable_remote_is_transient_with_a_one_line_message(tmp_path: pathlib.Path) -> None:
+    for repo in (f"file://{tmp_path}/missing.git", "https://127.0.0.1:9/config.git", "ssh://git@127.0.0.1:9/config.git"):
+        with pytest.raises(errors.TransientError) as caught:
+            source(repo, tmp_path / "state").fetch()
+        assert caught.value.reason == "SourceUnavailable"
+        assert "\n" not in str(caught.value) and "cannot" in str(caught.value), repr(str(caught.value))
+        assert caught.value.transient
+
+
+def test_a_url_with_credentials_is_refused_without_echoing_them() -> None:
+    for url in ("https://alice:s3cret-token@git.example.com/config.git", "https://s3cret-token@git.example.com/c.git",
+                "ssh://git:s3cret-token@git.example.com/config.git"):
+        with pytest.raises(errors.ConfigError) as caught:
+            gitsource.parse_location(url)
+        assert caught.value.reason == "CredentialsInURL"
+        assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
+    assert "--git-credentials-file" in str(pytest.raises(errors.ConfigError, gitsource.parse_location,
+                                                         "https://u:p@h/r.git").value)
+    assert gitsource.parse_location("ssh://git@git.example.com/config.git").scheme == "ssh"
+    assert gitsource.parse_location("git@git.example.com:org/config.git").scheme == "ssh"
+
+
+def test_credentials_come_from_a_file_or_an_environment_variable_and_never_show(tmp_path: pathlib.Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    https = gitsource.parse_location("https://git.example.com/config.git")
+    both = tmp_path / "both"
+    both.write_text("robot:tok-123\n")
+    token_only = tmp_path / "token"
+    token_only.write_text("tok-456\n")
+    assert gitsource.load_auth(https, credentials_file=str(both)) == gitsource.Auth(username="robot", token="tok-123")
+    assert gitsource.load_auth(https, credentials_file=str(token_only)) == gitsource.Auth(
+        username=gitsource.TOKEN_USERNAME, token="tok-456")
+    monkeypatch.setenv("CONFIG_REPO_TOKEN", "robot:tok-789")
+    auth = gitsource.load_auth(https, credentials_env="CONFIG_REPO_TOKEN")
+    assert auth.token == "tok-789" and "tok-789" not in repr(auth) and "robot" not in repr(auth)
+    with pytest.raises(errors.ConfigError, match="--git-credentials-env UNSET_VAR: the variable is unset"):
+        gitsource.load_auth(https, credentials_env="UNSET_VAR")
+    with pytest.raises(errors.ConfigError, match="--git-credentials-file .*: cannot read"):
+        gitsource.load_auth(https, credentials_file=str(tmp_path / "missing"))
+    with pytest.raises(errors.ConfigError, match="only over https"):
+        gitsource.load_auth(gitsource.parse_location("http://git.example.com/c.git"), credentials_file=str(both))
+    with pytest.raises(errors.ConfigError, match="--git-ssh-key is for ssh"):
+        gitsource.load_auth(https, ssh_key=str(both))
+
+
+# ---------------------------------------------------------------- following upstream
+
+
+def test_force_pushed_upstream_is_followed_with_a_warning(tmp_path: pathlib.Path) -> None:
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    user.commit("beta", pack_files("beta"))
+    user.push()
+    src = source(bare, tmp_path / "state")
+    assert [n for n, _ in src.fetch().listdir("packs")] == ["alpha", "beta"]
+    user.git("reset", "-q", "--hard", "HEAD~1")
+    rewritten = user.commit("gamma instead", pack_files("gamma"))
+    user.push("--force")
+    with structlog.testing.capture_logs() as logs:
+        tree = src.fetch()
+    assert tree.snapshot.revision == f"main@sha1:{rewritten}"
+    assert [n for n, _ in tree.listdir("packs")] == ["alpha", "gamma"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["upstream history rewritten"]
+
+
+CORRUPTIONS = {
+    "garbage-head": lambda m: (m / "HEAD").write_text("garbage\n"),
+    "garbage-config": lambda m: (m / "config").write_bytes(b"\x00\xff[[[not config"),
+    "packs-deleted": lambda m: [p.unlink() for p in (m / "objects/pack").iterdir()],
+    "pack-truncated": lambda m: [p.write_bytes(p.read_bytes()[:64]) for p in (m / "objects/pack").glob("*.pack")],
+    "objects-deleted": lambda m: shutil.rmtree(m / "objects"),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_a_corrupt_clone_cache_is_deleted_and_cloned_again(tmp_path: pathlib.Path, corrupt) -> None:  # type: ignore[no-untyped-def]
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    state = tmp_path / "state"
+    source(bare, state).fetch()
+    corrupt(state / "git/mirror.git")
+    user.commit("beta", pack_files("beta"))
+    user.push()
+    with structlog.testing.capture_logs() as logs:
+        tree = source(bare, state).fetch()  # a new process: nothing remembered but the cache on disk
+    assert tree.snapshot.revision == f"main@sha1:{user.head()}"
+    assert tree.read("packs/beta/manifests/cm.yaml") == MANIFEST.format(name="beta").encode()
+    assert any(e["event"] == "git cache corrupt, rebuilding" for e in logs)
+    assert gitutil.git("fsck", "--no-dangling", cwd=state / "git/mirror.git").returncode == 0
+
+
+# ---------------------------------------------------------------- head(): cheap polls, own commits are not news
+
+
+def status_writer(src: gitsource.GitSource, tmp_path: pathlib.Path) -> statuswriter.GitStatusWriter:
+    return statuswriter.GitStatusWriter(src.remote, keys.load_private_key(keys.generate(tmp_path / "k").private_path),
+                                        backoff=0.001)
+
+
+STATUS = """apiVersion: gitopsd.dev/v1alpha1
+kind: PackStatus
+basePackName: alpha
+sourceRevision: {rev}
+clusterPacks: []
+instances: []
+"""
+
+
+def test_head_names_the_revision_fetch_reads_and_ignores_status_only_commits(tmp_path: pathlib.Path) -> None:
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    src = source(bare, tmp_path / "state")
+    first = src.fetch().snapshot.revision
+    assert src.head() == first
+    status_commit = status_writer(src, tmp_path).write([(".gitopsd/status/alpha.yaml", STATUS.format(rev=first).encode())], "status\n")
+    assert status_commit is not None and gitutil.rev(bare, "main") == status_commit
+    assert src.head() == first  # our own status commit is not a new revision
+    assert src.fetch().snapshot.revision == first and src.tip == status_commit
+    # a user's commit that only touches .gitopsd/ is not news either, once fetched
+    user.pull()
+    user.commit("note", {".gitopsd/NOTES.md": "hands off\n"})
+    user.push()
+    unknown = src.head()
+    assert unknown == f"main@sha1:{user.head()}"  # not fetched yet: reported as itself, so a daemon fetches once
+    assert src.fetch().snapshot.revision == first
+    assert src.head() == first
+    assert not src.changed_since(first.split(":")[1], user.head())
+    # a user's commit that changes desired state is news
+    changed = user.commit("beta", pack_files("beta"))
+    user.push()
+    assert src.head() == f"main@sha1:{changed}"
+    assert src.fetch().snapshot.revision == f"main@sha1:{changed}"
+    assert src.changed_since(first.split(":")[1], changed)
+
+
+def test_a_no_change_head_poll_on_a_1000_pack_repo_is_measured(tmp_path: pathlib.Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bare = tmp_path / "big.git"
+    gitutil.git("init", "-q", "--bare", "-b", "main", bare)
+    files = {"gitopsd.yaml": "namespace: seam-system\n", "clusters/dev.yaml": "name: dev\n"}
+    for index in range(1000):
+        files.update(pack_files(f"pack-{index:04d}"))
+    head = gitutil.fast_import(bare, files)
+    src = source(bare, tmp_path / "state")
+    started = time.perf_counter()
+    tree = src.fetch()
+    first_fetch = time.perf_counter() - started
+    assert tree.snapshot.revision == f"main@sha1:{head}" and len(tree.listdir("packs")) == 1000
+    polls = []
+    for _ in range(50):
+        started = time.perf_counter()
+        assert src.head() == tree.snapshot.revision
+        polls.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    assert src.fetch().snapshot.revision == tree.snapshot.revision
+    refetch = time.perf_counter() - started
+    polls.sort()
+    with capsys.disabled():
+        print(f"\n[bench] 1,000-pack repo: no-change head() poll median {polls[len(polls) // 2] * 1000:.2f} ms, "
+              f"p90 {polls[int(len(polls) * 0.9)] * 1000:.2f} ms (50 polls); first fetch (clone) {first_fetch * 1000:.0f} ms; "
+              f"no-change fetch {refetch * 1000:.1f} ms")
+
+
+# ---------------------------------------------------------------- commit verification (fail closed)
+
+
+def test_ssh_commit_verification_refuses_unsigned_and_untrusted_commits_and_accepts_trusted(tmp_path: pathlib.Path) -> None:
+    trusted = gitutil.ssh_key(tmp_path / "keys", "trusted")
+    stranger = gitutil.ssh_key(tmp_path / "keys", "stranger")
+    signers = gitutil.allowed_signers(tmp_path / "allowed_signers", trusted.with_suffix(".pub"))
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
+    unsigned = user.head()
+    with pytest.raises(errors.StalledError) as caught:
+        src.fetch()
+    assert caught.value.reason == "CommitVerificationFailed"
+    assert unsigned in str(caught.value) and "it is not signed" in str(caught.value)
+
+    by_stranger = user.commit("stranger", pack_files("beta"), sign=gitutil.ssh_sign_args(stranger))
+    user.push()
+    with pytest.raises(errors.StalledError) as caught:
+        src.fetch()
+    stranger_id = keys.load_private_key(stranger).public_key().key_id()
+    assert by_stranger in str(caught.value) and f"signed by {stranger_id}, which is not in {signers}" in str(caught.value)
+
+    good = user.commit("trusted", pack_files("gamma"), sign=gitutil.ssh_sign_args(trusted))
+    user.push()
+    assert gitutil.verify_commit(bare, good, signers).returncode == 0  # git agrees
+    tree = src.fetch()
+    assert tree.snapshot.revision == f"main@sha1:{good}"
+    assert [n for n, _ in tree.listdir("packs")] == ["alpha", "beta", "gamma"]
+
+
+def test_gitopsd_status_commits_need_not_be_in_the_allowed_signers(tmp_path: pathlib.Path) -> None:
+    trusted = gitutil.ssh_key(tmp_path / "keys", "trusted")
+    signers = gitutil.allowed_signers(tmp_path / "allowed_signers", trusted.with_suffix(".pub"))
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    good = user.commit("trusted", pack_files("beta"), sign=gitutil.ssh_sign_args(trusted))
+    user.push()
+    src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
+    rev = src.fetch().snapshot.revision
+    status_writer(src, tmp_path).write([(".gitopsd/status/alpha.yaml", STATUS.format(rev=rev).encode())], "status\n")
+    assert src.fetch().snapshot.revision == f"main@sha1:{good}"  # the desired commit is verified, not the status tip
+
+
+def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path) -> None:
+    trusted = gitutil.Gpg(tmp_path / "gpg-trusted", "Trusted Dev <dev@example.com>")
+    stranger = gitutil.Gpg(tmp_path / "gpg-stranger", "Stranger <x@example.com>")
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    for armor in (False, True):
+        keyring = trusted.export(tmp_path / f"trusted-{armor}.gpg", armor=armor)
+        src = source(bare, tmp_path / f"state-{armor}", verifier=gitsource.GpgCommitVerifier(keyring))
+        user.env = stranger.env
+        by_stranger = user.commit(f"stranger {armor}", pack_files(f"beta-{armor}"), sign=stranger.sign_args())
+        user.push()
+        with pytest.raises(errors.StalledError) as caught:
+            src.fetch()
+        assert caught.value.reason == "CommitVerificationFailed"
+        assert by_stranger in str(caught.value) and f"GPG key {stranger.fingerprint[-16:]}" in str(caught.value)
+        user.env = trusted.env
+        good = user.commit(f"trusted {armor}", pack_files(f"gamma-{armor}"), sign=trusted.sign_args())
+        user.push()
+        assert src.fetch().snapshot.revision == f"main@sha1:{good}"
+        user.env = {}
+        user.commit(f"unsigned {armor}", pack_files(f"delta-{armor}"))
+        user.push()
+        with pytest.raises(errors.StalledError, match="it is not signed"):
+            src.fetch()
+
+
+def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: pathlib.Path) -> None:
+    trusted = gitutil.Gpg(tmp_path / "gpg", "Trusted Dev <dev@example.com>")
+    ssh = gitutil.ssh_key(tmp_path / "keys")
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    user.commit("ssh signed", pack_files("beta"), sign=gitutil.ssh_sign_args(ssh))
+    user.push()
+    verifier = gitsource.AnyOfVerifier([gitsource.GpgCommitVerifier(trusted.export(tmp_path / "k.gpg"))])
+    with pytest.raises(errors.StalledError, match="SSH signature, not a GPG signature"):
+        source(bare, tmp_path / "state", verifier=verifier).fetch()
+
+
+def test_a_signature_from_our_sshsig_module_is_accepted_by_the_verifier(tmp_path: pathlib.Path) -> None:
+    key = keys.load_private_key(keys.generate(tmp_path / "k").private_path)
+    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    repo = pygit2.Repository(str(bare))
+    tip = repo.references["refs/heads/main"].peel(pygit2.Commit)
+    who = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
+    builder = repo.TreeBuilder(tip.tree)
+    builder.insert("README.md", repo.create_blob(b"config\n"), pygit2.enums.FileMode.BLOB)
+    text = repo.create_commit_string(who, who, "signed in-process\n", builder.write(), [tip.id])
+    commit = repo.odb.write(pygit2.enums.ObjectType.COMMIT, sshsig.sign_commit_buffer(key, text.encode()))
+    repo.references["refs/heads/main"].set_target(commit)
+    signers = gitutil.allowed_signers(tmp_path / "signers", key.public_key().openssh())
+    src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
+    assert src.fetch().snapshot.commit == str(commit)
