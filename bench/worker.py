@@ -1,0 +1,104 @@
+"""One benchmark process: cold pass, no-op pass, one-pack change, compile floors — as JSON on stdout.
+
+Run by ``bench/run``; separate so that its peak RSS is the pass's own. Every figure comes from
+this one run; nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import yaml
+
+from gitopsd import logs, reconcile, wiring
+from gitopsd.model import spec
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one_pass(env: reconcile.Env) -> tuple[float, reconcile.PassState]:
+    t0 = time.perf_counter()
+    state = reconcile.run(env)
+    return time.perf_counter() - t0, state
+
+
+def commit_change(work: pathlib.Path, pack: str) -> None:
+    path = work / "packs" / pack / "packbuild.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("version: 1.0.0", "version: 1.0.1"))
+    manifests = sorted((work / "packs" / pack).rglob("*.yaml"))
+    target = next(p for p in manifests if p.name != "packbuild.yaml" and "kustomization" not in p.name)
+    target.write_text(target.read_text().replace("replicas: 1", "replicas: 6").replace("replicas: 2", "replicas: 7") + "\n")
+    git = ["git", "-C", str(work), "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    subprocess.run([*git, "commit", "-qam", f"bump {pack}"], check=True)
+
+
+def floors(work: pathlib.Path, builds: list[spec.PackBuild]) -> dict[str, float]:
+    """Parse+hash floor over the raw packs' YAML bytes, and kubectl kustomize alone for kustomize packs."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    t0 = time.perf_counter()
+    for build in (b for b in builds if b.category is spec.Category.RAW):
+        for path in sorted((work / build.folder).rglob("*.y*ml")):
+            data = path.read_bytes()
+            list(yaml.load_all(data, Loader=loader))
+            hashlib.sha256(data).hexdigest()
+    parse_hash = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kustomize = [b for b in builds if b.category is spec.Category.KUSTOMIZE]
+    for build in kustomize:
+        assert isinstance(build.source, spec.KustomizeSource)
+        subprocess.run(["kubectl", "kustomize", str(work / build.source.path)], check=True, capture_output=True)
+    return {"parse_hash_s": parse_hash, "kustomize_alone_s": time.perf_counter() - t0, "kustomize_packs": len(kustomize)}
+
+
+def compile_by_category(env: reconcile.Env, state: reconcile.PassState) -> dict[str, float]:
+    times: dict[str, float] = {}
+    for build in state.builds:
+        t0 = time.perf_counter()
+        reconcile.compile_one(env, state, build, use_cache=False)
+        times[str(build.category)] = times.get(str(build.category), 0.0) + time.perf_counter() - t0
+    return times
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("work", type=pathlib.Path)
+    p.add_argument("state", type=pathlib.Path)
+    args = p.parse_args()
+    logs.configure("error", "json")
+    local = wiring.open_local(args.state)
+    env = wiring.local_env(args.work, local, dry_run=False)
+    out: dict[str, object] = {}
+    cold_s, cold = one_pass(env)
+    assert cold.summary is not None
+    out["cold"] = {"seconds": cold_s, "packs": len(cold.compiled), "writes": cold.writes, "failed": len(cold.pack_errors),
+                   "rss_mib": rss_mib(), "steps": cold.timings}
+    noop_s, noop = one_pass(env)
+    out["noop"] = {"seconds": noop_s, "writes": noop.writes, "steps": noop.timings}
+    noop2_s, noop2 = one_pass(env)
+    out["noop_again"] = {"seconds": noop2_s, "writes": noop2.writes}
+    builds = sorted(cold.builds, key=lambda b: b.path)
+    changed = builds[len(builds) // 2].base_pack_name
+    commit_change(args.work, changed)
+    inc_s, inc = one_pass(env)
+    out["incremental"] = {"seconds": inc_s, "recompiled": sum(1 for r in inc.compiled if not r.cached),
+                          "writes": inc.writes, "pack": changed, "steps": inc.timings}
+    out["floors"] = floors(args.work, builds)
+    out["compile_by_category"] = compile_by_category(env, inc)
+    out["rss_mib"] = rss_mib()
+    local.close()
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
