@@ -28,6 +28,19 @@ LOCAL_REGISTRY = "oci-layout://packs"
 
 
 @dataclasses.dataclass
+class Memo:
+    """Results of pure work kept between passes of one process (the daemon), each keyed by what
+    it depends on, so that a pass where nothing changed redoes nothing: parsed PackBuilds by blob
+    id, renderer inputs by the tree ids they were read from, signature verdicts by the exact bytes,
+    and the last plan by a fingerprint of all its inputs."""
+
+    specs: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, tuple[list[str], tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+    verdicts: dict[tuple[str, str, str | None], plan.Verdict] = dataclasses.field(default_factory=dict)
+    plan: tuple[object, change.Plan, instance.Observed] | None = None
+
+
+@dataclasses.dataclass
 class Env:
     """The adapters and options of a pass; built once by the CLI or the daemon."""
 
@@ -45,6 +58,7 @@ class Env:
     dry_run: bool = False
     progress: Callable[[str, dict[str, object]], None] | None = None
     pack_filter: Callable[[str], bool] | None = None  # sharding: which basePackNames this replica owns
+    memo: Memo = dataclasses.field(default_factory=Memo)
 
 
 @dataclasses.dataclass
@@ -115,9 +129,7 @@ def load_specs(env: Env, state: PassState) -> None:
             if tree.kind(path) is None:
                 continue
             try:
-                if tree.kind(path) is not ports.EntryKind.FILE:
-                    raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
-                build = parse.parse_packbuild(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
+                build = _packbuild(env, tree, path)
             except errors.GitopsdError as err:
                 state.protected_paths.add(path)
                 state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
@@ -125,6 +137,33 @@ def load_specs(env: Env, state: PassState) -> None:
             if env.pack_filter is not None and not env.pack_filter(build.base_pack_name):
                 continue
             state.builds.append(build)
+
+
+def _packbuild(env: Env, tree: ports.Tree, path: str) -> spec.PackBuild:
+    key = (path, tree.tree_id(path))
+    known = env.memo.specs.get(key)
+    if known is None:
+        try:
+            if tree.kind(path) is not ports.EntryKind.FILE:
+                raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
+            known = parse.parse_packbuild(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
+        except errors.GitopsdError as err:
+            known = err
+        env.memo.specs[key] = known
+    if isinstance(known, errors.GitopsdError):
+        raise known
+    return known
+
+
+def _inputs(env: Env, tree: ports.Tree, build: spec.PackBuild) -> list[str]:
+    """The renderer's input folders, reused while every folder it walked keeps its tree id."""
+    key = f"{build.path}|{build.source}"
+    known = env.memo.inputs.get(key)
+    if known is not None and tuple(tree.tree_id(f) for f in known[0]) == known[1]:
+        return known[0]
+    folders = env.renderers[build.category].inputs(tree, build)
+    env.memo.inputs[key] = (folders, tuple(tree.tree_id(f) for f in folders))
+    return folders
 
 
 def cache_key(tree: ports.Tree, build: spec.PackBuild, *, extra: str, folders: list[str]) -> str:
@@ -144,7 +183,7 @@ def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache:
     assert tree is not None
     clusters = targets.resolve(build, state.clusters)
     renderer = env.renderers[build.category]
-    folders = renderer.inputs(tree, build)
+    folders = _inputs(env, tree, build)
     inputs = compile_core.Inputs(
         namespace=state.config.namespace,
         registry=_registry_prefix(env, state, build),
@@ -214,8 +253,14 @@ def verify(env: Env, state: PassState) -> None:
         cp = result.compiled.cluster_pack
         found = state.observed.packs.get(cp.name)
         if found is not None and found.checksum == cp.checksum:
+            memo_key = (cp.name, found.spec_json, found.signature)
+            cached = env.memo.verdicts.get(memo_key)
+            if cached is not None:
+                state.verdicts[cp.name] = cached
+                continue
             data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
         else:
+            memo_key = None
             data, signature = signing.payload(cp), cp.signature
         if signature is None:
             verdict = plan.Verdict.PENDING if env.dry_run and env.signer is None and found is None else plan.Verdict.MISSING
@@ -224,6 +269,8 @@ def verify(env: Env, state: PassState) -> None:
         else:
             verdict = plan.Verdict.OK if env.verifier.verify(data, signature) else plan.Verdict.INVALID
         state.verdicts[cp.name] = verdict
+        if memo_key is not None:
+            env.memo.verdicts[memo_key] = verdict
 
 
 def make_plan(env: Env, state: PassState) -> None:
@@ -236,18 +283,34 @@ def make_plan(env: Env, state: PassState) -> None:
         require_signatures=env.verifier is not None,
         keep_versions=state.config.keep_versions,
     )
-    state.plan = plan.build(
-        plan.Inputs(
-            revision=state.revision,
-            desired=tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
-            observed=state.observed,
-            verdicts=state.verdicts,
-            policy=policy,
-            errors=tuple(state.pack_errors),
-            protected_paths=frozenset(state.protected_paths),
-            protected_bases=frozenset(state.protected_bases),
-        )
+    inputs = plan.Inputs(
+        revision=state.revision,
+        desired=tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
+        observed=state.observed,
+        verdicts=state.verdicts,
+        policy=policy,
+        errors=tuple(state.pack_errors),
+        protected_paths=frozenset(state.protected_paths),
+        protected_bases=frozenset(state.protected_bases),
     )
+    # The plan is a pure function of its inputs; when they are the same as last time and that plan
+    # wrote nothing, ``now`` and the revision cannot show in it: reuse it.
+    fingerprint = (
+        tuple((d.build, d.cluster_pack.name, d.cluster_pack.checksum, d.cluster_pack.manifest_digest, d.clusters)
+              for d in inputs.desired),
+        id(state.observed),
+        tuple(sorted(state.verdicts.items())),
+        dataclasses.replace(policy, now=""),
+        inputs.errors,
+        inputs.protected_paths,
+        inputs.protected_bases,
+    )
+    last = env.memo.plan
+    if last is not None and last[0] == fingerprint and last[2] is state.observed and not last[1].writes:
+        state.plan = dataclasses.replace(last[1], revision=state.revision)
+        return
+    state.plan = plan.build(inputs)
+    env.memo.plan = (fingerprint, state.plan, state.observed)
 
 
 def publish(env: Env, state: PassState) -> None:

@@ -117,3 +117,32 @@ def test_a_signature_by_an_untrusted_key_blocks_delivery(tmp_path: pathlib.Path)
     assert {(c.name, c.reason) for c in state.plan.changes if c.action is change.Action.BLOCKED} == {
         ("one-a", "SignatureInvalid"), ("one-b", "SignatureInvalid"),
     }
+
+
+def test_memos_of_a_long_running_process_never_hide_a_change(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one")})
+    signer = keys.load_private_key(h.key)
+
+    class Verifier:
+        def verify(self, data: bytes, signature: str) -> bool:
+            return signer.public_key().verify(data, signature)
+
+    tree = fakes.MemoryTree(h.files, scratch=tmp_path / "scratch")
+    env = reconcile.Env(
+        source=fakes.StaticSource(tree), cluster=h.cluster, registry=h.registry, cache=h.cache,
+        clock=fakes.FixedClock(), renderers=render.renderers(), schemas=schemafiles.schemas(),
+        signer=signer, verifier=Verifier(),
+    )
+    assert reconcile.run(env).writes == 3
+    quiet = reconcile.run(env)
+    assert quiet.writes == 0 and quiet.plan is not None and not quiet.plan.has_changes
+    tree.files.update(packbuild("one", "1.1.0"))  # a new PackBuild blob: parsed and planned again
+    moved = reconcile.run(env)
+    assert moved.plan is not None and moved.plan.count(change.Action.SUPERSEDE) == 2
+    key = ("InfrastructureClusterPack", "seam-system", "one-v1.1.0")
+    h.cluster.objects[key]["spec"]["targetClusters"] = ["a"]  # type: ignore[index]  # tamper in the cluster
+    for name in ("one-a", "one-b"):
+        h.cluster.objects.pop(("PackInstance", "seam-system", name))
+    tampered = reconcile.run(env)
+    assert tampered.plan is not None
+    assert {c.reason for c in tampered.plan.changes if c.action is change.Action.BLOCKED} == {"SignatureInvalid"}

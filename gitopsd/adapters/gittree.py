@@ -24,6 +24,8 @@ class GitTree:
                  description: str) -> None:
         self.repo = repo
         self.commit = commit
+        self._root = commit.tree
+        self._entries: dict[str, pygit2.Object | None] = {}
         self.export_dir = export_dir
         when = datetime.datetime.fromtimestamp(commit.commit_time, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.snapshot = ports.Snapshot(
@@ -35,12 +37,21 @@ class GitTree:
         )
 
     def _entry(self, path: str) -> pygit2.Object | None:
+        # Commit.tree loads the tree object on every access: keep the root, and every entry looked up.
         if not path:
-            return self.commit.tree
-        try:
-            return self.commit.tree[path]
-        except KeyError:
-            return None
+            return self._root
+        if path in self._entries:
+            return self._entries[path]
+        head, _, name = path.rpartition("/")
+        parent = self._entry(head)  # walk down once per folder: a folder's tree is parsed once
+        entry = None
+        if isinstance(parent, pygit2.Tree):
+            try:
+                entry = parent[name]
+            except KeyError:
+                entry = None
+        self._entries[path] = entry
+        return entry
 
     def kind(self, path: str) -> ports.EntryKind | None:
         if not path:

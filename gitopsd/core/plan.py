@@ -344,12 +344,15 @@ def _prune(desired: list[Desired], inputs: Inputs, changes: list[change.Change])
     by_base: dict[str, list[instance.ObservedPack]] = defaultdict(list)
     for p in inputs.observed.packs.values():
         by_base[p.base_pack_name].append(p)
+    desired_by_base: dict[str, set[str]] = defaultdict(set)
+    for d in desired:
+        desired_by_base[d.cluster_pack.base_pack_name].add(d.cluster_pack.name)
     pruned = []
     for base, packs in sorted(by_base.items()):
-        if base in inputs.protected_bases:
+        if base in inputs.protected_bases or len(packs) <= inputs.policy.keep_versions:
             continue
         packs.sort(key=lambda p: semver.parse(p.version).key() if _is_semver(p.version) else (), reverse=True)
-        keep = {d.cluster_pack.name for d in desired if d.cluster_pack.base_pack_name == base}
+        keep = set(desired_by_base.get(base, ()))
         for p in packs:
             if p.name in keep or p.name in wanted or p.name in in_use:
                 continue
