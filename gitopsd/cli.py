@@ -34,6 +34,11 @@ exit codes:
 
 examples:
   gitopsd reconcile examples-repo            compile, sign, publish and apply on the embedded default
+  gitopsd reconcile examples-repo --as-git-remote
+                                             the same from a local bare Git remote made of the folder,
+                                             with a signed status commit pushed back to it
+  gitopsd reconcile https://git.example.com/org/config.git --git-credentials-file token --signing-key key
+                                             a Git remote: status commits are signed and pushed (never forced)
   gitopsd diff examples-repo -o json         what would change, as one JSON document
   gitopsd get instances examples-repo        PackInstances in the local store
 """

@@ -6,11 +6,15 @@ so tests behave the same on any machine. Missing tools fail loudly: nothing is s
 
 from __future__ import annotations
 
+import base64
+import http.server
 import logging
 import os
 import pathlib
 import shutil
 import subprocess
+import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping
 
 import pytest
@@ -201,3 +205,92 @@ def quiet_logs() -> Iterator[None]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     yield
     structlog.configure(**saved)
+
+
+class GitHttpServer:
+    """Git's smart HTTP protocol on 127.0.0.1: ``git http-backend`` behind Basic authentication.
+
+    Serves every repository under ``root``; pushes are allowed for the authenticated user. Used to
+    drive libgit2's network transport (credentials, fetch, push, rejections) for real.
+    """
+
+    def __init__(self, root: pathlib.Path, username: str, password: str) -> None:
+        self.root = root
+        self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        backend = subprocess.run([tool("git"), "--exec-path"], capture_output=True, text=True, check=True).stdout.strip()
+        self.backend = str(pathlib.Path(backend) / "git-http-backend")
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._serve()
+
+            def do_POST(self) -> None:
+                self._serve()
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _serve(self) -> None:
+                path, _, query = self.path.partition("?")
+                body = self._body() if self.command == "POST" else b""
+                if self.headers.get("Authorization") != server.expected:
+                    server.requests.append((self.command, path, 401))
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                env = git_env({
+                    "GIT_PROJECT_ROOT": str(server.root), "GIT_HTTP_EXPORT_ALL": "1", "REQUEST_METHOD": self.command,
+                    "PATH_INFO": urllib.parse.unquote(path), "QUERY_STRING": query, "REMOTE_USER": "robot",
+                    "REMOTE_ADDR": "127.0.0.1", "GATEWAY_INTERFACE": "CGI/1.1", "SERVER_PROTOCOL": "HTTP/1.1",
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
+                    "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+                    "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                })
+                out = subprocess.run([server.backend], input=body, env=env, capture_output=True, check=False).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                status = 200
+                headers = []
+                for line in head.decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.lower() == "status":
+                        status = int(value.split()[0])
+                    elif name:
+                        headers.append((name, value.strip()))
+                server.requests.append((self.command, path, status))
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> GitHttpServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()

@@ -59,7 +59,8 @@ _MAX_DESIRED_WALK = 10_000
 
 # libgit2 messages that mean "the server said no to this ref update": a retry on top of the new tip can succeed.
 _REJECTED = ("non-fastforward", "non-fast-forward", "not present locally", "fetch first", "rejected",
-             "failed to update ref", "stale info", "old reference value does not match", "failed to lock")
+             "failed to update ref", "stale info", "old reference value does not match", "failed to lock",
+             "locked file")
 # libgit2 messages of network and server trouble: never a reason to throw the local cache away.
 _NETWORK = ("resolve", "connect", "timed out", "timeout", "network", "unreachable", "refused", "ssl", "tls",
             "certificate", "authentication", "auth", "401", "403", "404", "could not find repository",
@@ -561,7 +562,7 @@ class GitRemote:
             return False
         try:
             ref.set_target(commit, "gitopsd: status")
-        except pygit2.GitError as err:
+        except (pygit2.GitError, OSError) as err:  # a push holding the ref lock comes as OSError
             if any(word in str(err).lower() for word in _REJECTED):
                 return False
             raise errors.TransientError(f"cannot update {self.target.name} in {self.display}: {_one_line(err)}",

@@ -213,7 +213,7 @@ class WorkTreeBranch:
             return False
         try:
             ref.set_target(commit, "gitopsd: status")
-        except pygit2.GitError as err:
+        except (pygit2.GitError, OSError) as err:  # a commit holding the ref lock comes as OSError
             if any(word in str(err).lower() for word in _REJECTED):
                 return False
             raise errors.TransientError(f"cannot update {repo.head.shorthand} in {self.path}: {err}", reason="StatusPushFailed") from None

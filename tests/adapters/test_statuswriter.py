@@ -294,3 +294,58 @@ def test_status_tree_replaces_only_the_status_folder(tmp_path: pathlib.Path) -> 
     builder.insert(".gitopsd", repo.create_blob(b"a file"), pygit2.enums.FileMode.BLOB)
     with pytest.raises(errors.StalledError, match="is a file"):
         statuswriter.status_tree(repo, repo[builder.write()], {"a.yaml": b"a"})
+
+
+# ---------------------------------------------------------------- over the network: smart HTTP with credentials
+
+
+def test_smart_http_remote_with_credentials_fetches_pushes_and_survives_a_race(tmp_path: pathlib.Path) -> None:
+    bare, user = gitutil.make_remote(tmp_path / "srv", small_repo(), name="config.git")
+    token = tmp_path / "token"
+    token.write_text("robot:tok-123\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("robot:nope\n")
+    with gitutil.GitHttpServer(tmp_path / "srv", "robot", "tok-123") as server:
+        location = gitsource.parse_location(f"{server.url}/config.git")
+
+        def http_source(state: str, credentials: pathlib.Path | None) -> gitsource.GitSource:
+            auth = gitsource.load_auth(location, credentials_file=str(credentials) if credentials else None)
+            return gitsource.GitSource(gitsource.GitRemote(location, tmp_path / f"state-{state}" / "mirror.git", auth=auth),
+                                      tmp_path / f"state-{state}")
+
+        for state, credentials, expected in (("anonymous", None, "asks for credentials"),
+                                             ("wrong", wrong, "refused the credentials")):
+            with pytest.raises(errors.TransientError) as caught:
+                http_source(state, credentials).fetch()
+            assert caught.value.reason == "SourceUnavailable" and expected in str(caught.value)
+            assert "tok-123" not in str(caught.value) and "nope" not in str(caught.value)
+
+        src = http_source("good", token)
+        assert src.fetch().snapshot.revision == f"main@sha1:{user.head()}"
+        assert src.head() == f"main@sha1:{user.head()}"
+        key = keys.load_private_key(generated_key(tmp_path / "k"))
+        pushed_by_user: list[str] = []
+
+        def user_pushes(_: str) -> None:
+            if not pushed_by_user:
+                pushed_by_user.append(user.commit("user change", pack_files("beta")))
+                user.push()
+
+        writer = statuswriter.GitStatusWriter(src.remote, key, backoff=0.001, before_publish=user_pushes)
+        started = time.perf_counter()
+        commit = writer.write([record("alpha")], "status over http\n")
+        seconds = time.perf_counter() - started
+        assert commit is not None and writer.last is not None and writer.last.attempts == 2
+        assert gitutil.rev(bare, "main") == commit
+        assert gitutil.rev_list(bare, "main~1", "-1") == pushed_by_user  # built on the user's commit
+        assert gitutil.verify_commit(bare, commit, signers_for(key, tmp_path / "signers")).returncode == 0
+        assert ("POST", "/config.git/git-receive-pack", 200) in server.requests
+        assert src.head() == f"main@sha1:{pushed_by_user[0]}"  # our status commit is not news; the user's is
+        assert writer.write([record("alpha")], "again\n") is None
+        writer.before_publish = None
+        started = time.perf_counter()
+        assert writer.write([record("alpha", version="1.0.1")], "no race\n") is not None
+        clean = time.perf_counter() - started
+        assert writer.last is not None and writer.last.attempts == 1
+    print(f"\n[http] status commit over smart HTTP: {clean * 1000:.0f} ms; with a user push racing it "
+          f"{seconds * 1000:.0f} ms (2 attempts)")
