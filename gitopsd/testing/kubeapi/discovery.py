@@ -11,7 +11,12 @@ import hashlib
 import re
 from typing import Any
 
-from gitopsd.testing.kubeapi.resources import SUBRESOURCE_VERBS, VERBS, Registry, ResourceType
+from gitopsd.testing.kubeapi.resources import (
+    SUBRESOURCE_VERBS,
+    VERBS,
+    Registry,
+    ResourceType,
+)
 
 JSON = dict[str, Any]
 
@@ -53,7 +58,13 @@ def api_group(registry: Registry, group: str) -> JSON | None:
     if not versions:
         return None
     entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": entries, "preferredVersion": entries[0]}
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": entries,
+        "preferredVersion": entries[0],
+    }
 
 
 def api_group_list(registry: Registry) -> JSON:
@@ -95,7 +106,13 @@ def resource_list(registry: Registry, group: str, version: str) -> JSON | None:
         resources.append(_resource(rt))
         for sub in sorted(rt.subresources):
             resources.append(
-                {"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced, "kind": rt.kind if sub == "status" else "Scale", "verbs": list(SUBRESOURCE_VERBS)}
+                {
+                    "name": f"{rt.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind if sub == "status" else "Scale",
+                    "verbs": list(SUBRESOURCE_VERBS),
+                }
             )
     return {
         "kind": "APIResourceList",

@@ -38,18 +38,18 @@ class ApiError(Exception):
         return status_body(self.code, self.reason, self.message, self.details)
 
 
-def status_body(
-    code: int, reason: str, message: str, details: Mapping[str, Any] | None = None
-) -> JSON:
+def status_body(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> JSON:
     body: JSON = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success" if code < 400 else "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
     }
+    if message:
+        body["message"] = message
+    if reason:
+        body["reason"] = reason
+    body["code"] = code
     if details:
         body["details"] = dict(details)
     return body
@@ -95,29 +95,26 @@ def conflict(group: str, plural: str, name: str, why: str | None = None) -> ApiE
     )
 
 
-def apply_conflicts(conflicts: Sequence[tuple[str, str, str]]) -> ApiError:
-    """Server-side apply conflicts: ``(manager, apiVersion, field path)`` triples."""
+def apply_conflicts(conflicts: Sequence[tuple[str, str]]) -> ApiError:
+    """Server-side apply conflicts as ``(manager description, field path)`` pairs, worded like
+    ``k8s.io/apiserver``'s ``NewConflictError`` (managers already quoted/described)."""
     causes = [
-        {
-            "reason": "FieldManagerConflict",
-            "message": f'conflict with "{manager}" using {api_version}',
-            "field": field,
-        }
-        for manager, api_version, field in conflicts
+        {"reason": "FieldManagerConflict", "message": f"conflict with {manager}", "field": field}
+        for manager, field in conflicts
     ]
-    lines = "\n".join(f"- {c['message']}: {c['field']}" for c in causes)
-    noun = "conflict" if len(causes) == 1 else "conflicts"
-    return ApiError(
-        409,
-        "Conflict",
-        f"Apply failed with {len(causes)} {noun}: {lines}",
-        details={"causes": causes},
-    )
+    if len(conflicts) == 1:
+        manager, field = conflicts[0]
+        message = f"Apply failed with 1 conflict: conflict with {manager}: {field}"
+    else:
+        lines: list[str] = []
+        for manager in sorted({m for m, _ in conflicts}):
+            lines.append(f"conflicts with {manager}:")
+            lines.extend(f"- {field}" for m, field in conflicts if m == manager)
+        message = f"Apply failed with {len(conflicts)} conflicts: " + "\n".join(lines)
+    return ApiError(409, "Conflict", message, details={"causes": causes})
 
 
-def invalid(
-    group: str, kind: str, name: str, causes: Sequence[tuple[str, str]]
-) -> ApiError:
+def invalid(group: str, kind: str, name: str, causes: Sequence[tuple[str, str]]) -> ApiError:
     """422 Invalid; ``causes`` are ``(field, message)`` pairs."""
     subject = f"{kind}.{group}" if group else kind
     text = ", ".join(f"{field}: {message}" for field, message in causes)
@@ -141,7 +138,9 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
-def method_not_allowed(message: str = "the server does not allow this method on the requested resource") -> ApiError:
+def method_not_allowed(
+    message: str = "the server does not allow this method on the requested resource",
+) -> ApiError:
     return ApiError(405, "MethodNotAllowed", message)
 
 

@@ -5,11 +5,11 @@ resource (``fnmatch`` pattern on ``plural`` or ``plural/subresource``), name and
 at most ``times`` times (``None``: forever), each time with ``probability`` drawn from one seeded
 RNG so a run is reproducible. Its effect is one of:
 
-* :class:`Fail` – an error ``Status`` (``InternalError()``, ``Conflict()``, ``TooManyRequests()``,
+* :class:`Fail` - an error ``Status`` (``InternalError()``, ``Conflict()``, ``TooManyRequests()``,
   ``ServiceUnavailable()`` are the usual ones); ``Conflict(times=N)`` on ``write`` is a 409 storm;
-* :class:`Delay` – sleep, then serve normally (delays of several rules add up);
-* :class:`DropWatch` – end a watch stream after N events (cleanly, or by cutting the connection);
-* :class:`WatchGone` – answer a watch with an ``ERROR`` event carrying 410 Gone.
+* :class:`Delay` - sleep, then serve normally (delays of several rules add up);
+* :class:`DropWatch` - end a watch stream after N events (cleanly, or by cutting the connection);
+* :class:`WatchGone` - answer a watch with an ``ERROR`` event carrying 410 Gone.
 """
 
 from __future__ import annotations
@@ -46,20 +46,35 @@ class Fail:
         return errors.ApiError(self.code, self.reason, message, details=details, retry_after=self.retry_after)
 
 
-def InternalError(message: str = "Internal error occurred: injected fault") -> Fail:  # noqa: N802
-    return Fail(500, "InternalError", message)
+@dataclass(frozen=True, slots=True)
+class InternalError(Fail):
+    code: int = 500
+    reason: str = "InternalError"
+    message: str = "Internal error occurred: injected fault"
 
 
-def Conflict() -> Fail:  # noqa: N802
-    return Fail(409, "Conflict")
+@dataclass(frozen=True, slots=True)
+class Conflict(Fail):
+    """409 Conflict, worded like an optimistic-concurrency failure on the requested object."""
+
+    code: int = 409
+    reason: str = "Conflict"
 
 
-def TooManyRequests(retry_after: int = 1) -> Fail:  # noqa: N802
-    return Fail(429, "TooManyRequests", retry_after=retry_after)
+@dataclass(frozen=True, slots=True)
+class TooManyRequests(Fail):
+    """429 with ``Retry-After`` (clients such as urllib3 wait and retry reads)."""
+
+    code: int = 429
+    reason: str = "TooManyRequests"
+    retry_after: int | None = 1
 
 
-def ServiceUnavailable(retry_after: int | None = None) -> Fail:  # noqa: N802
-    return Fail(503, "ServiceUnavailable", "the server is currently unable to handle the request", retry_after)
+@dataclass(frozen=True, slots=True)
+class ServiceUnavailable(Fail):
+    code: int = 503
+    reason: str = "ServiceUnavailable"
+    message: str = "the server is currently unable to handle the request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +177,9 @@ class Faults:
 
     def add_json(self, spec: Mapping[str, Any]) -> Rule:
         """A rule from the JSON form ``POST /__emulator/faults`` takes (see :func:`effect_from_json`)."""
-        match = {k: spec[k] for k in ("verb", "resource", "name", "namespace", "times", "probability") if k in spec}
+        match = {
+            k: spec[k] for k in ("verb", "resource", "name", "namespace", "times", "probability") if k in spec
+        }
         return self.add(effect_from_json(spec), **match)
 
     def remove(self, rule: Rule | int) -> None:
@@ -205,15 +222,20 @@ def effect_from_json(spec: Mapping[str, Any]) -> Effect:
     kind = str(spec.get("effect", "error")).lower()
     match kind:
         case "error" | "fail":
-            return Fail(int(spec.get("code", 500)), str(spec.get("reason", "InternalError")), str(spec.get("message", "")), spec.get("retry_after"))
+            return Fail(
+                int(spec.get("code", 500)),
+                str(spec.get("reason", "InternalError")),
+                str(spec.get("message", "")),
+                spec.get("retry_after"),
+            )
         case "internal" | "internalerror":
             return InternalError()
         case "conflict":
             return Conflict()
         case "throttle" | "toomanyrequests" | "too_many_requests":
-            return TooManyRequests(int(spec.get("retry_after", 1)))
+            return TooManyRequests(retry_after=int(spec.get("retry_after", 1)))
         case "unavailable" | "serviceunavailable":
-            return ServiceUnavailable(spec.get("retry_after"))
+            return ServiceUnavailable(retry_after=spec.get("retry_after"))
         case "delay":
             return Delay(float(spec.get("seconds", 1.0)))
         case "drop_watch" | "dropwatch":

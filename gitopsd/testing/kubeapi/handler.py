@@ -9,20 +9,21 @@ newline-delimited JSON. Faults are decided here, before the request reaches ``op
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gitopsd.testing.kubeapi import discovery, errors, faults, tables
+from gitopsd.testing.kubeapi import discovery, errors, faults, openapi, tables
 from gitopsd.testing.kubeapi.operations import APPLY, Api, Request
 from gitopsd.testing.kubeapi.requestlog import RequestLog, RequestRecord
 from gitopsd.testing.kubeapi.resources import Registry, ResourceType
@@ -55,7 +56,26 @@ class EmulatorServer(ThreadingHTTPServer):
         self.context = context
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        self._watches = 0
+        self._watches_done = threading.Condition()
         super().__init__(address, Handler)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Count a watch stream while it is being served."""
+        with self._watches_done:
+            self._watches += 1
+        try:
+            yield
+        finally:
+            with self._watches_done:
+                self._watches -= 1
+                self._watches_done.notify_all()
+
+    def wait_for_watches(self, timeout: float) -> None:
+        """Let watch streams that were told to stop end cleanly (final chunk) before closing."""
+        with self._watches_done:
+            self._watches_done.wait_for(lambda: self._watches == 0, timeout)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -71,10 +91,8 @@ class EmulatorServer(ThreadingHTTPServer):
         with self._open_lock:
             sockets = list(self._open)
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 _NOT_FOUND = errors.ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -111,22 +129,22 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: EmulatorServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._handle("PUT")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._handle("PATCH")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._handle("DELETE")
 
     # -- plumbing -------------------------------------------------------------------------
@@ -146,7 +164,14 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, code: int, body: Any, *, content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        code: int,
+        body: Any,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body, separators=(",", ":")).encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
@@ -181,21 +206,39 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__emulator"):
             self._control(method, url.path, body)
             return
+        self._ctx.api.finalize_namespaces()
         segments = [s for s in url.path.split("/") if s]
-        base = {"method": method, "path": url.path, "query": url.query, "user_agent": self.headers.get("User-Agent", "")}
+        base = {
+            "method": method,
+            "path": url.path,
+            "query": url.query,
+            "user_agent": self.headers.get("User-Agent", ""),
+        }
         if self._is_nonresource(segments):
-            code = self._nonresource(method, segments)
-            self._ctx.log.add(RequestRecord(verb=method.lower(), resource="", namespace="", name="", code=code, **base))
+            self._nonresource(method, segments, base)
             return
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip()
-        record: dict[str, Any] = {"verb": method.lower(), "resource": "", "namespace": "", "name": "", "content_type": content_type, **base}
+        record: dict[str, Any] = {
+            "verb": method.lower(),
+            "resource": "",
+            "namespace": "",
+            "name": "",
+            "content_type": content_type,
+            **base,
+        }
+        headers: dict[str, str] = {}
         try:
             target = self._route(segments)
             verb = _verb(method, target, params, content_type)
             resource = f"{target.rt.plural}/{target.subresource}" if target.subresource else target.rt.plural
             record.update(
-                verb=verb, resource=resource, namespace=target.namespace, name=target.name,
-                group=target.rt.group, version=target.rt.version, field_manager=params.get("fieldManager", ""),
+                verb=verb,
+                resource=resource,
+                namespace=target.namespace,
+                name=target.name,
+                group=target.rt.group,
+                version=target.rt.version,
+                field_manager=params.get("fieldManager", ""),
                 dry_run=params.get("dryRun") == "All",
             )
             decision = self._ctx.faults.decide(verb, resource, target.namespace, target.name)
@@ -205,35 +248,48 @@ class Handler(BaseHTTPRequestHandler):
                 record["fault"] = type(decision.effect).__name__
             if isinstance(decision.effect, faults.Fail):
                 raise decision.effect.error(target.rt.group, target.rt.plural, target.name)
+            if body and "protobuf" in content_type:
+                raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
             if target.name and verb == "watch":
-                params["fieldSelector"] = ",".join(filter(None, [params.get("fieldSelector"), f"metadata.name={target.name}"]))
+                params["fieldSelector"] = ",".join(
+                    filter(None, [params.get("fieldSelector"), f"metadata.name={target.name}"])
+                )
             request = Request(
-                verb=verb, rt=target.rt, namespace=target.namespace, name=target.name if verb != "watch" else "",
-                subresource=target.subresource, params=params, body=body, content_type=content_type,
+                verb=verb,
+                rt=target.rt,
+                namespace=target.namespace,
+                name=target.name if verb != "watch" else "",
+                subresource=target.subresource,
+                params=params,
+                body=body,
+                content_type=content_type,
                 user_agent=base["user_agent"],
             )
             if verb == "watch":
-                record["code"] = 200
-                self._ctx.log.add(RequestRecord(**record))
-                self._watch(request, decision.effect)
+                self._ctx.log.add(RequestRecord(**record, code=200))
+                with self.server.watching():
+                    self._watch(request, decision.effect)
                 return
             code, response = self._serve(request)
-            self._send(code, self._render(target.rt, verb, response))
-            record["code"] = code
+            response = self._render(target.rt, verb, response)
+            if request.warnings:
+                headers["Warning"] = ", ".join(f"299 - {json.dumps(w)}" for w in request.warnings)
         except errors.ApiError as error:
-            self._send_error(error)
-            record["code"] = error.code
+            code, response = error.code, error.status()
+            if error.retry_after:
+                headers["Retry-After"] = str(error.retry_after)
         except Exception as error:  # a bug in the emulator: answer like a server would, and log it
             log.exception("emulator failed to serve %s %s", method, self.path)
-            self._send_error(errors.internal(f"emulator error: {error!r}"))
-            record["code"] = 500
-        self._ctx.log.add(RequestRecord(**record))
+            code, response = 500, errors.internal(f"emulator error: {error!r}").status()
+        # Logged before the response goes out, so a client never sees an answer the log lacks.
+        self._ctx.log.add(RequestRecord(**record, code=code))
+        self._send(code, response, headers=headers)
 
     def _serve(self, request: Request) -> tuple[int, JSON]:
         api = self._ctx.api
         operation = {
             "get": api.get,
-            "list": api.list,
+            "list": api.list_objects,
             "create": api.create,
             "update": api.update,
             "patch": api.patch,
@@ -290,25 +346,32 @@ class Handler(BaseHTTPRequestHandler):
             return True
         return len(segments) <= (2 if segments[0] == "api" else 3)
 
-    def _nonresource(self, method: str, segments: list[str]) -> int:
+    def _nonresource(self, method: str, segments: list[str], base: dict[str, Any]) -> None:
+        document = self._document(segments) if method == "GET" else None
+        body: JSON | str
+        content_type = "application/json"
         if method != "GET":
-            self._send_error(errors.method_not_allowed())
-            return 405
-        document = self._document(segments)
-        if document is None:
-            self._send_error(_NOT_FOUND)
-            return 404
-        if isinstance(document, str):
-            self._send(200, document, content_type="text/plain; charset=utf-8")
+            code, body = 405, errors.method_not_allowed().status()
+        elif document is None:
+            code, body = 404, _NOT_FOUND.status()
         else:
-            self._send(200, document)
-        return 200
+            code, body = 200, document
+            if segments == ["openapi", "v2"]:
+                content_type = openapi.V2_PROTOBUF
+            elif isinstance(document, str):
+                content_type = "text/plain; charset=utf-8"
+        self._ctx.log.add(
+            RequestRecord(verb=method.lower(), resource="", namespace="", name="", code=code, **base)
+        )
+        self._send(code, body, content_type=content_type)
 
     def _document(self, segments: list[str]) -> JSON | str | None:
         registry = self._ctx.registry
         match segments:
             case ["api"]:
-                return discovery.api_versions(f"{self.server.server_address[0]}:{self.server.server_address[1]}")
+                host, port = self.server.server_address[:2]
+                host = host.decode() if isinstance(host, bytes) else host
+                return discovery.api_versions(f"{host}:{port}")
             case ["api", version]:
                 return discovery.resource_list(registry, "", version)
             case ["apis"]:
@@ -319,6 +382,14 @@ class Handler(BaseHTTPRequestHandler):
                 return discovery.resource_list(registry, group, version)
             case ["version"]:
                 return dict(discovery.KUBERNETES_VERSION)
+            case ["openapi", "v2"]:
+                return ""  # an empty protobuf message: a valid openapi_v2.Document with no schemas
+            case ["openapi", "v3"]:
+                return openapi.index(registry)
+            case ["openapi", "v3", "api", version]:
+                return openapi.document(registry, "", version)
+            case ["openapi", "v3", "apis", group, version]:
+                return openapi.document(registry, group, version)
             case ["healthz"] | ["livez"] | ["readyz"]:
                 return "ok"
         return None
@@ -332,7 +403,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
         self.close_connection = True
-        events = self._ctx.api.watch(request)
+        events = self._ctx.api.watch(request)  # a generator: closed below to release its cursor
+        as_table = tables.wanted_form(self.headers.get("Accept", "")) == "Table"
+        include = request.param("includeObject", "Metadata")
         limit = effect.after_events if isinstance(effect, faults.DropWatch) else None
         sent = 0
         try:
@@ -345,6 +418,13 @@ class Handler(BaseHTTPRequestHandler):
                         if self._peer_closed():
                             return
                         continue
+                    if as_table and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        event = {
+                            "type": event["type"],
+                            "object": tables.table(
+                                request.rt, event["object"], include, self._ctx.clock(), columns=sent == 0
+                            ),
+                        }
                     self._chunk(json.dumps(event, separators=(",", ":")).encode() + b"\n")
                     sent += 1
                     if limit is not None and sent >= limit:

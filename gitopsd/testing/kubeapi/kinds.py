@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from gitopsd.testing.kubeapi.resources import ResourceType
@@ -51,7 +52,7 @@ _LABEL_VALUE_HELP = (
 def _check_name(name: str, rt: ResourceType) -> str | None:
     if rt.group == "rbac.authorization.k8s.io":
         bad = name in (".", "..") or "/" in name or "%" in name
-        return f'may not contain \'/\' or \'%\'' if bad else None
+        return "may not contain '/' or '%'" if bad else None
     if rt.kind == "Namespace":
         return None if _LABEL.match(name) and len(name) <= 63 else _LABEL_HELP
     if rt.kind == "Service":
@@ -61,8 +62,15 @@ def _check_name(name: str, rt: ResourceType) -> str | None:
 
 def _check_label(key: str, value: Any) -> tuple[str, str] | None:
     prefix, _, name = key.rpartition("/")
-    if (prefix and not (_SUBDOMAIN.match(prefix) and len(prefix) <= 253)) or not _LABEL_NAME.match(name) or len(name) > 63:
-        return ("metadata.labels", f'Invalid value: "{key}": name part must consist of alphanumeric characters, \'-\', \'_\' or \'.\', and must start and end with an alphanumeric character')
+    if (
+        (prefix and not (_SUBDOMAIN.match(prefix) and len(prefix) <= 253))
+        or not _LABEL_NAME.match(name)
+        or len(name) > 63
+    ):
+        return (
+            "metadata.labels",
+            f"Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+        )
     if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
         return ("metadata.labels", f'Invalid value: "{value}": {_LABEL_VALUE_HELP}')
     return None
@@ -80,7 +88,9 @@ def validate_metadata(obj: Mapping[str, Any], rt: ResourceType) -> list[tuple[st
             violations.append(problem_label)
     for key, value in (metadata.get("annotations") or {}).items():
         if not isinstance(value, str):
-            violations.append(("metadata.annotations", f"Invalid value: {key}: annotation values must be strings"))
+            violations.append(
+                ("metadata.annotations", f"Invalid value: {key}: annotation values must be strings")
+            )
     return violations
 
 
@@ -90,14 +100,28 @@ def validate_crd(crd: Mapping[str, Any]) -> list[tuple[str, str]]:
     violations = []
     expected = f"{names.get('plural', '')}.{spec.get('group', '')}"
     if crd["metadata"]["name"] != expected:
-        violations.append(("metadata.name", f'Invalid value: "{crd["metadata"]["name"]}": must be spec.names.plural+"."+spec.group'))
+        violations.append(
+            (
+                "metadata.name",
+                f'Invalid value: "{crd["metadata"]["name"]}": must be spec.names.plural+"."+spec.group',
+            )
+        )
     versions = spec.get("versions") or []
     if not versions:
-        violations.append(("spec.versions", "Invalid value: null: must have exactly one version marked as storage version"))
+        violations.append(
+            ("spec.versions", "Invalid value: null: must have exactly one version marked as storage version")
+        )
     elif sum(1 for v in versions if v.get("storage")) != 1:
-        violations.append(("spec.versions", "Invalid value: []: must have exactly one version marked as storage version"))
+        violations.append(
+            ("spec.versions", "Invalid value: []: must have exactly one version marked as storage version")
+        )
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        violations.append(("spec.scope", f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"'))
+        violations.append(
+            (
+                "spec.scope",
+                f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"',
+            )
+        )
     if not names.get("kind"):
         violations.append(("spec.names.kind", "Required value"))
     return violations
@@ -184,7 +208,15 @@ def _default_crd(obj: JSON, old: JSON | None) -> None:
         version.setdefault("served", True)
 
 
+def _default_event(obj: JSON, old: JSON | None) -> None:
+    # Go serializes these zero values instead of omitting them.
+    obj.setdefault("eventTime", None)
+    obj.setdefault("reportingComponent", "")
+    obj.setdefault("reportingInstance", "")
+
+
 _DEFAULTERS: dict[str, Callable[[JSON, JSON | None], None]] = {
+    "Event": _default_event,
     "Deployment": _default_deployment,
     "Service": _default_service,
     "Namespace": _default_namespace,
@@ -220,7 +252,13 @@ def crd_status(crd: JSON, previous: JSON | None, now: str) -> JSON:
 
     def condition(kind: str, reason: str, message: str) -> JSON:
         since = old_conditions.get(kind, {}).get("lastTransitionTime", now)
-        return {"type": kind, "status": "True", "lastTransitionTime": since, "reason": reason, "message": message}
+        return {
+            "type": kind,
+            "status": "True",
+            "lastTransitionTime": since,
+            "reason": reason,
+            "message": message,
+        }
 
     stored = list((previous or {}).get("storedVersions") or [])
     for version in spec.get("versions") or []:
@@ -270,3 +308,67 @@ def to_internal(rt: ResourceType, obj: JSON) -> JSON:
         obj["apiVersion"] = rt.api_version
     obj["kind"] = rt.kind
     return obj
+
+
+# -- timestamps -------------------------------------------------------------------------------
+
+Path = tuple[str, ...]
+_META_TIMES: tuple[Path, ...] = (
+    ("metadata", "creationTimestamp"),
+    ("metadata", "deletionTimestamp"),
+    ("metadata", "managedFields", "*", "time"),
+)
+_CONDITION_TIMES: tuple[Path, ...] = (
+    ("status", "conditions", "*", "lastTransitionTime"),
+    ("status", "conditions", "*", "lastUpdateTime"),
+)
+_TIMES: dict[str, tuple[Path, ...]] = {
+    "Event": (("firstTimestamp",), ("lastTimestamp",)),
+    "Deployment": _CONDITION_TIMES,
+    "CustomResourceDefinition": _CONDITION_TIMES,
+    "Namespace": _CONDITION_TIMES,
+    "Service": _CONDITION_TIMES,
+}
+_MICRO_TIMES: dict[str, tuple[Path, ...]] = {
+    "Lease": (("spec", "acquireTime"), ("spec", "renewTime")),
+    "Event": (("eventTime",), ("series", "lastObservedTime")),
+}
+
+
+class TimestampError(ValueError):
+    """A typed timestamp field that does not parse as RFC 3339."""
+
+
+def _canonical(value: Any, micro: bool, where: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise TimestampError(f'{where}: parsing time "{value}" as RFC 3339: {err}') from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rewrite(node: Any, path: Path, micro: bool, where: str) -> None:
+    head, rest = path[0], path[1:]
+    children = (node if head == "*" else []) if isinstance(node, list) else []
+    if isinstance(node, dict) and head in node:
+        if rest:
+            _rewrite(node[head], rest, micro, f"{where}.{head}".lstrip("."))
+        else:
+            node[head] = _canonical(node[head], micro, f"{where}.{head}".lstrip("."))
+    for item in children:
+        _rewrite(item, rest, micro, where)
+
+
+def canonical_timestamps(rt: ResourceType, obj: JSON) -> None:
+    """Re-serialize typed timestamps the way Go does (``Z``, seconds or microseconds), in place:
+    the Python client sends ``+00:00``, which a real server decodes and re-encodes."""
+    kind = "" if rt.custom else rt.kind
+    for path in (*_META_TIMES, *_TIMES.get(kind, ())):
+        _rewrite(obj, path, False, "")
+    for path in _MICRO_TIMES.get(kind, ()):
+        _rewrite(obj, path, True, "")

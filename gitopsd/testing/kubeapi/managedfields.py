@@ -69,6 +69,15 @@ class Entry:
     def key(self) -> tuple[str, str, str]:
         return (self.manager, self.operation, self.subresource)
 
+    def describe(self) -> str:
+        """How conflict messages name this manager: ``"kubectl"`` or ``"x" using v1 at <time>``."""
+        text = json.dumps(self.manager)
+        if self.subresource:
+            text += f" with subresource {json.dumps(self.subresource)}"
+        if self.operation == "Update":
+            text += f" using {self.api_version}" + (f" at {self.time}" if self.time else "")
+        return text
+
     def to_json(self) -> JSON:
         entry: JSON = {
             "manager": self.manager,
@@ -131,7 +140,7 @@ def from_fields_v1(tree: Mapping[str, Any], prefix: Path = ()) -> frozenset[Path
         if element == ".":
             paths.add(prefix)
             continue
-        path = prefix + (element,)
+        path = (*prefix, element)
         if child:
             paths |= from_fields_v1(child, path)
         else:
@@ -178,22 +187,22 @@ def leaves(value: Any, shape: schema.Shape, prefix: Path = ()) -> dict[Path, Any
 def _walk(value: Any, shape: schema.Shape, path: Path, out: dict[Path, Any]) -> None:
     if isinstance(value, dict) and value and not shape.map_atomic:
         for key, child in value.items():
-            _walk(child, shape.field(key), path + (f"f:{key}",), out)
+            _walk(child, shape.field(key), (*path, f"f:{key}"), out)
     elif isinstance(value, list) and value and shape.list_type in ("map", "set"):
         for item in value:
             element = _element(item, shape)
             if shape.list_type == "map" and isinstance(item, dict):
-                out[path + (element,)] = ITEM
-                _walk(item, shape.item(), path + (element,), out)
+                out[(*path, element)] = ITEM
+                _walk(item, shape.item(), (*path, element), out)
             else:
-                out[path + (element,)] = item
+                out[(*path, element)] = item
     elif path:
         out[path] = value
 
 
 def _element(item: Any, shape: schema.Shape) -> str:
     if shape.list_type == "map" and isinstance(item, dict):
-        return schema.item_key(item, shape.list_keys)
+        return schema.item_key(item, shape)
     return "v:" + json.dumps(item, sort_keys=True, separators=(",", ":"))
 
 
@@ -228,7 +237,9 @@ def merge(live: Any, config: Any, shape: schema.Shape) -> Any:
     if isinstance(config, dict) and isinstance(live, dict) and not shape.map_atomic:
         merged = copy.deepcopy(live)
         for key, value in config.items():
-            merged[key] = merge(live.get(key), value, shape.field(key)) if key in live else copy.deepcopy(value)
+            merged[key] = (
+                merge(live.get(key), value, shape.field(key)) if key in live else copy.deepcopy(value)
+            )
         return merged
     if isinstance(config, list) and isinstance(live, list) and shape.list_type == "map":
         merged_items = copy.deepcopy(live)
@@ -323,12 +334,16 @@ def apply(
         if any(_related(owned, path) for path in changed)
     ]
     if conflicts and not force:
-        raise errors.apply_conflicts([(e.manager, e.api_version, pretty(p)) for e, p in conflicts])
+        raise errors.apply_conflicts([(e.describe(), pretty(p)) for e, p in conflicts])
     lost = {(e.key, p) for e, p in conflicts}
     others = [replace(e, fields=frozenset(p for p in e.fields if (e.key, p) not in lost)) for e in others]
 
     unchanged = previous is not None and previous.fields == applied and not changed
-    mine = previous if unchanged and previous else Entry(manager, "Apply", api_version, now, applied, subresource)
+    mine = (
+        previous
+        if unchanged and previous
+        else Entry(manager, "Apply", api_version, now, applied, subresource)
+    )
     new_entries = _ordered(entries, others, mine)
     return merged, new_entries
 
@@ -359,7 +374,9 @@ def track_update(
     key = (manager, "Update", subresource)
     previous = next((e for e in entries if e.key == key), None)
     others = [replace(e, fields=frozenset(p for p in e.fields if keeps(p))) for e in entries if e.key != key]
-    fields = frozenset(p for p in (previous.fields if previous else frozenset()) if keeps(p)) | (changed - removed)
+    fields = frozenset(p for p in (previous.fields if previous else frozenset()) if keeps(p)) | (
+        changed - removed
+    )
     mine = Entry(manager, "Update", api_version, now, frozenset(fields), subresource)
     return _ordered(entries, others, mine)
 

@@ -2,8 +2,8 @@
 
 create/get/list/watch/update/patch/apply/delete/deletecollection, with: system metadata (uid,
 creationTimestamp, generation bumped on spec changes only), the global resourceVersion and
-optimistic concurrency, the ``/status`` subresource split, finalizers, namespace existence and
-cascading namespace/CRD deletion, defaulting and validation (``kinds``, ``schema``), managed fields
+optimistic concurrency, the ``/status`` subresource split, finalizers, namespace existence,
+namespaces that terminate and are emptied a little later, CRD deletion taking its objects along, defaulting and validation (``kinds``, ``schema``), managed fields
 (``managedfields``), no-op writes that keep the resourceVersion, dry runs, list paging and exact
 reads from the history, and watches that replay, filter, bookmark and expire (410).
 
@@ -21,7 +21,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,8 +29,17 @@ from typing import Any
 import yaml
 
 from gitopsd.testing.kubeapi import errors, kinds, managedfields, patches, schema
-from gitopsd.testing.kubeapi.resources import CRD_KEY, NAMESPACE_KEY, Registry, ResourceType
-from gitopsd.testing.kubeapi.selectors import FieldSelector, LabelSelector, SelectorError
+from gitopsd.testing.kubeapi.resources import (
+    CRD_KEY,
+    NAMESPACE_KEY,
+    Registry,
+    ResourceType,
+)
+from gitopsd.testing.kubeapi.selectors import (
+    FieldSelector,
+    LabelSelector,
+    SelectorError,
+)
 from gitopsd.testing.kubeapi.store import Change, Expired, Store
 
 JSON = dict[str, Any]
@@ -41,9 +50,14 @@ MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 PATCH_TYPES = (JSON_PATCH, MERGE, STRATEGIC, APPLY)
-WRITE_VERBS = frozenset({"create", "update", "patch", "apply", "delete", "deletecollection"})
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-_SYSTEM_METADATA = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
+_SYSTEM_METADATA = (
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,7 @@ class Request:
     body: bytes = b""
     content_type: str = ""
     user_agent: str = ""
+    warnings: list[str] = field(default_factory=list)  # sent back as ``Warning`` headers
 
     def param(self, name: str, default: str = "") -> str:
         return self.params.get(name, default)
@@ -104,12 +119,15 @@ class Api:
         clock: Callable[[], datetime],
         rng: random.Random,
         bookmark_interval: float = 5.0,
+        namespace_deletion_delay: float = 2.0,
     ) -> None:
         self.store = store
         self.registry = registry
         self._clock = clock
         self._rng = rng
         self.bookmark_interval = bookmark_interval
+        self.namespace_deletion_delay = namespace_deletion_delay
+        self._terminating: dict[str, float] = {}  # namespace -> monotonic time its content goes
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -126,8 +144,49 @@ class Api:
         return obj
 
     def _require_namespace(self, rt: ResourceType, namespace: str) -> None:
-        if rt.namespaced and self.store.get(NAMESPACE_KEY, "", namespace) is None:
+        if not rt.namespaced:
+            return
+        found = self.store.get(NAMESPACE_KEY, "", namespace)
+        if found is None:
             raise errors.not_found("", "namespaces", namespace)
+        if found["metadata"].get("deletionTimestamp"):
+            raise errors.ApiError(
+                403,
+                "Forbidden",
+                f'{rt.plural} "{namespace}" is forbidden: unable to create new content in namespace {namespace} because it is being terminated',
+                details={
+                    "name": namespace,
+                    "kind": "namespaces",
+                    "causes": [
+                        {
+                            "reason": "NamespaceTerminating",
+                            "message": f"namespace {namespace} is being terminated",
+                            "field": "metadata.namespace",
+                        }
+                    ],
+                },
+            )
+
+    def finalize_namespaces(self, *, force: bool = False) -> None:
+        """Do the namespace controller's work: empty and remove terminating namespaces that are due
+        (all of them with ``force``). Called before each request and while watches wait."""
+        if not self._terminating:
+            return
+        with self.store.lock:
+            now = time.monotonic()
+            for name, due in sorted(self._terminating.items()):
+                if not force and due > now:
+                    continue
+                del self._terminating[name]
+                namespace = self.store.get(NAMESPACE_KEY, "", name)
+                if namespace is None:
+                    continue
+                keys = sorted({t.storage_key for t in self.registry.all() if t.namespaced})
+                for key in keys:
+                    for victim in self.store.objects(key, name):
+                        self.store.delete(key, victim)
+                namespace["spec"]["finalizers"] = []
+                self.store.delete(NAMESPACE_KEY, namespace)
 
     def _decode(self, req: Request, data: bytes | None = None) -> Any:
         raw = req.body if data is None else data
@@ -148,8 +207,14 @@ class Api:
                 f"the API version in the data ({body['apiVersion']}) does not match the expected API version ({rt.api_version})"
             )
         if body.get("kind", rt.kind) != rt.kind:
-            raise errors.bad_request(f"the kind in the data ({body['kind']}) does not match the expected kind ({rt.kind})")
+            raise errors.bad_request(
+                f"the kind in the data ({body['kind']}) does not match the expected kind ({rt.kind})"
+            )
         obj = kinds.to_internal(rt, body)
+        try:
+            kinds.canonical_timestamps(rt, obj)
+        except kinds.TimestampError as err:
+            raise errors.bad_request(str(err)) from err
         metadata = obj.setdefault("metadata", {})
         if not isinstance(metadata, dict):
             raise errors.bad_request("metadata must be an object")
@@ -166,7 +231,9 @@ class Api:
     def _check_name(self, obj: JSON, name: str) -> None:
         given = obj["metadata"].setdefault("name", name)
         if given != name:
-            raise errors.bad_request(f"the name of the object ({given}) does not match the name on the URL ({name})")
+            raise errors.bad_request(
+                f"the name of the object ({given}) does not match the name on the URL ({name})"
+            )
 
     def _check_precondition(self, rt: ResourceType, old: JSON, incoming: JSON) -> None:
         metadata, current = incoming.get("metadata") or {}, old["metadata"]
@@ -176,20 +243,42 @@ class Api:
         wanted_uid = metadata.get("uid")
         if wanted_uid and wanted_uid != current["uid"]:
             raise errors.conflict(
-                rt.group, rt.plural, current["name"],
+                rt.group,
+                rt.plural,
+                current["name"],
                 f"Precondition failed: UID in precondition: {wanted_uid}, UID in object meta: {current['uid']}",
             )
+
+    def _prune(self, req: Request, obj: JSON) -> JSON:
+        """Drop unknown fields of a custom resource, honouring ``fieldValidation``."""
+        rt = req.rt
+        if not rt.custom or rt.openapi_schema is None:
+            return obj
+        dropped: list[str] = []
+        pruned: JSON = schema.prune(obj, rt.openapi_schema, dropped=dropped)
+        directive = req.param("fieldValidation") or "Warn"
+        if dropped and directive == "Strict":
+            unknown = ", ".join(f'unknown field "{p}"' for p in dropped)
+            raise errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict decoding error: {unknown}'
+            )
+        if directive == "Warn":
+            req.warnings.extend(f'unknown field "{p}"' for p in dropped)
+        return pruned
 
     def _validate(self, rt: ResourceType, obj: JSON) -> None:
         violations = kinds.validate_metadata(obj, rt)
         if rt.storage_key == CRD_KEY:
             violations += kinds.validate_crd(obj)
-        if rt.custom and rt.schema is not None:
-            violations += schema.validate({k: v for k, v in obj.items() if k != "metadata"}, rt.schema)
+        if rt.custom and rt.openapi_schema is not None:
+            violations += schema.validate(
+                {k: v for k, v in obj.items() if k != "metadata"}, rt.openapi_schema
+            )
         if violations:
             raise errors.invalid(rt.group, rt.kind, obj["metadata"].get("name", ""), violations)
 
-    def _external(self, rt: ResourceType, obj: JSON) -> JSON:
+    def external(self, rt: ResourceType, obj: JSON) -> JSON:
+        """A stored object as clients of ``rt``'s group/version see it."""
         return kinds.to_external(rt, obj)
 
     def _after_write(self, rt: ResourceType) -> None:
@@ -209,7 +298,7 @@ class Api:
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, req: Request) -> Response:
-        return 200, self._external(req.rt, self._existing(req))
+        return 200, self.external(req.rt, self._existing(req))
 
     def _matcher(self, req: Request) -> Callable[[JSON], bool]:
         try:
@@ -227,12 +316,12 @@ class Api:
 
         return matches
 
-    def list(self, req: Request) -> Response:
+    def list_objects(self, req: Request) -> Response:
         rt, matches = req.rt, self._matcher(req)
         limit = self._int_param(req, "limit")
         with self.store.lock:
             list_rv, start, items = self._list_source(req)
-        selected = [o for o in (self._external(rt, i) for i in items) if matches(o)]
+        selected = [o for o in (self.external(rt, i) for i in items) if matches(o)]
         if start is not None:
             selected = [o for o in selected if self._key(o) > start]
         metadata: JSON = {"resourceVersion": str(list_rv)}
@@ -246,7 +335,12 @@ class Api:
             for obj in selected:
                 obj.pop("apiVersion", None)
                 obj.pop("kind", None)
-        return 200, {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": metadata, "items": selected}
+        return 200, {
+            "kind": rt.list_kind,
+            "apiVersion": rt.api_version,
+            "metadata": metadata,
+            "items": selected,
+        }
 
     def _list_source(self, req: Request) -> tuple[int, tuple[str, str] | None, list[JSON]]:
         """(list resourceVersion, continue-after key, stored objects) for a list request."""
@@ -255,7 +349,15 @@ class Api:
         if token := req.param("continue"):
             list_rv, start = self._parse_continue(token)
             try:
-                return list_rv, start, [o for o in self.store.snapshot(rt.storage_key, list_rv) if namespace in (None, o["metadata"].get("namespace"))]
+                return (
+                    list_rv,
+                    start,
+                    [
+                        o
+                        for o in self.store.snapshot(rt.storage_key, list_rv)
+                        if namespace in (None, o["metadata"].get("namespace"))
+                    ],
+                )
             except Expired as err:
                 raise errors.expired(
                     "The provided continue parameter is too old to display a consistent list result. "
@@ -266,9 +368,19 @@ class Api:
             raise errors.too_large_resource_version(wanted, current)
         if req.param("resourceVersionMatch") == "Exact":
             if not wanted:
-                raise errors.bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"")
+                raise errors.bad_request(
+                    'resourceVersionMatch: Forbidden: resourceVersionMatch "Exact" is forbidden for resourceVersion "0"'
+                )
             try:
-                return wanted, None, [o for o in self.store.snapshot(rt.storage_key, wanted) if namespace in (None, o["metadata"].get("namespace"))]
+                return (
+                    wanted,
+                    None,
+                    [
+                        o
+                        for o in self.store.snapshot(rt.storage_key, wanted)
+                        if namespace in (None, o["metadata"].get("namespace"))
+                    ],
+                )
             except Expired as err:
                 raise errors.expired(f"The resourceVersion for the provided list is too old: {err}") from err
         return current, None, self.store.objects(rt.storage_key, namespace)
@@ -301,7 +413,7 @@ class Api:
 
     # -- watch ----------------------------------------------------------------------------
 
-    def watch(self, req: Request, heartbeat: float = 0.25) -> Iterator[JSON | None]:
+    def watch(self, req: Request, heartbeat: float = 0.25) -> Generator[JSON | None, None, None]:
         """Watch events as JSON; ``None`` now and then so the caller can check its connection."""
         rt, matches = req.rt, self._matcher(req)
         timeout = float(req.param("timeoutSeconds") or 1800)
@@ -312,7 +424,9 @@ class Api:
         with self.store.lock:
             if start in ("", "0") or send_initial:
                 cursor = self.store.resource_version
-                initial = [self._external(rt, o) for o in self.store.objects(rt.storage_key, req.namespace or None)]
+                initial = [
+                    self.external(rt, o) for o in self.store.objects(rt.storage_key, req.namespace or None)
+                ]
             else:
                 cursor, initial = self._int_param(req, "resourceVersion"), []
         yield from ({"type": "ADDED", "object": o} for o in initial if matches(o))
@@ -323,6 +437,7 @@ class Api:
             if self.registry.resolve(rt.group, rt.version, rt.plural) is None:
                 return  # the CRD went away: real servers end such watches
             self.store.wait(cursor, min(remaining, heartbeat))
+            self.finalize_namespaces()
             try:
                 changes = self.store.changes_after(cursor)
             except Expired as err:
@@ -338,11 +453,13 @@ class Api:
             yield None
 
     def _event(self, rt: ResourceType, change: Change, matches: Callable[[JSON], bool]) -> JSON | None:
-        new = self._external(rt, change.obj)
+        new = self.external(rt, change.obj)
         new_ok = matches(new)
         if change.type == "DELETED":
             return {"type": "DELETED", "object": new} if new_ok else None
-        old_ok = change.old is not None and change.type == "MODIFIED" and matches(self._external(rt, change.old))
+        old_ok = (
+            change.old is not None and change.type == "MODIFIED" and matches(self.external(rt, change.old))
+        )
         if new_ok:
             return {"type": "MODIFIED" if old_ok else "ADDED", "object": new}
         return {"type": "DELETED", "object": new} if old_ok else None
@@ -352,7 +469,10 @@ class Api:
         metadata: JSON = {"resourceVersion": str(rv)}
         if initial_end:
             metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return {"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": metadata}}
+        return {
+            "type": "BOOKMARK",
+            "object": {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": metadata},
+        }
 
     # -- create ---------------------------------------------------------------------------
 
@@ -360,7 +480,7 @@ class Api:
         rt = req.rt
         if req.subresource:
             raise errors.method_not_allowed()
-        obj = self._incoming(req, self._decode(req))
+        obj = self._prune(req, self._incoming(req, self._decode(req)))
         if obj["metadata"].get("resourceVersion"):
             raise errors.bad_request("resourceVersion should not be set on objects to be created")
         with self.store.lock:
@@ -370,10 +490,16 @@ class Api:
                 raise errors.already_exists(rt.group, rt.plural, obj["metadata"]["name"])
             obj = self._new_object(rt, obj)
             entries = managedfields.track_update(
-                None, obj, manager=req.manager, api_version=rt.api_version, subresource="",
-                shape=rt.shape, scope=_scope(rt, ""), now=self._now(),
+                None,
+                obj,
+                manager=req.manager,
+                api_version=rt.api_version,
+                subresource="",
+                shape=rt.shape,
+                scope=_scope(rt, ""),
+                now=self._now(),
             )
-            return 201, self._external(rt, self._finish_create(req, obj, entries))
+            return 201, self.external(rt, self._finish_create(req, obj, entries))
 
     def _name(self, rt: ResourceType, obj: JSON) -> None:
         metadata = obj["metadata"]
@@ -381,7 +507,9 @@ class Api:
             return
         prefix = metadata.get("generateName")
         if not prefix:
-            raise errors.invalid(rt.group, rt.kind, "", [("metadata.name", "Required value: name or generateName is required")])
+            raise errors.invalid(
+                rt.group, rt.kind, "", [("metadata.name", "Required value: name or generateName is required")]
+            )
         namespace = metadata.get("namespace", "")
         while True:
             name = prefix + "".join(self._rng.choice(_NAME_CHARS) for _ in range(5))
@@ -390,10 +518,8 @@ class Api:
                 return
 
     def _new_object(self, rt: ResourceType, obj: JSON) -> JSON:
-        """A new object: system metadata set, pruned, defaulted, with its initial status."""
+        """A new object: system metadata set, defaulted, with its initial status."""
         obj = copy.deepcopy(obj)
-        if rt.custom and rt.schema is not None:
-            obj = schema.prune(obj, rt.schema)
         metadata = obj["metadata"]
         for key in (*_SYSTEM_METADATA, "resourceVersion", "managedFields", "selfLink"):
             metadata.pop(key, None)
@@ -423,9 +549,13 @@ class Api:
         with self.store.lock:
             old = self._existing(req)
             self._check_precondition(req.rt, old, incoming)
-            explicit = incoming["metadata"].get("managedFields") not in (None, [], old["metadata"].get("managedFields"))
+            explicit = incoming["metadata"].get("managedFields") not in (
+                None,
+                [],
+                old["metadata"].get("managedFields"),
+            )
             new = self._with_system_fields(req, old, incoming)
-            return 200, self._external(req.rt, self._commit(req, old, new, None if not explicit else "explicit"))
+            return 200, self.external(req.rt, self._commit(req, old, new, explicit_managed_fields=explicit))
 
     def patch(self, req: Request) -> Response:
         content_type = req.content_type
@@ -437,7 +567,7 @@ class Api:
         patch = self._decode(req)
         with self.store.lock:
             old = self._existing(req)
-            current = self._external(req.rt, old)
+            current = self.external(req.rt, old)
             try:
                 patched = self._patched(req.rt, current, patch, content_type)
             except patches.PatchError as err:
@@ -447,7 +577,7 @@ class Api:
             self._check_precondition(req.rt, old, incoming)
             explicit = incoming["metadata"].get("managedFields") != old["metadata"].get("managedFields")
             new = self._with_system_fields(req, old, incoming)
-            return 200, self._external(req.rt, self._commit(req, old, new, "explicit" if explicit else None))
+            return 200, self.external(req.rt, self._commit(req, old, new, explicit_managed_fields=explicit))
 
     @staticmethod
     def _patched(rt: ResourceType, current: JSON, patch: Any, content_type: str) -> Any:
@@ -466,35 +596,42 @@ class Api:
         config = self._decode(req)
         if not isinstance(config, dict) or not config.get("apiVersion") or not config.get("kind"):
             raise errors.bad_request("apply patches must set apiVersion and kind")
+        if (config.get("metadata") or {}).get("managedFields") is not None:
+            raise errors.bad_request("metadata.managedFields must be nil")
         config = self._incoming(req, config)
         self._check_name(config, req.name)
         if req.subresource == "status":
             config = {k: v for k, v in config.items() if k in ("apiVersion", "kind", "metadata", "status")}
         elif rt.has_status:
             config.pop("status", None)
-        if rt.custom and rt.schema is not None:
-            config = schema.prune(config, rt.schema)
-        options = {
-            "manager": req.manager,
-            "api_version": rt.api_version,
-            "subresource": req.subresource,
-            "shape": rt.shape,
-            "scope": _scope(rt, req.subresource),
-            "force": _flag(req.param("force")),
-            "now": self._now(),
-        }
+        config = self._prune(req, config)
+        now, force = self._now(), _flag(req.param("force"))
+
+        def merge(live: JSON | None) -> tuple[JSON, list[managedfields.Entry]]:
+            return managedfields.apply(
+                live,
+                config,
+                manager=req.manager,
+                api_version=rt.api_version,
+                subresource=req.subresource,
+                shape=rt.shape,
+                scope=_scope(rt, req.subresource),
+                force=force,
+                now=now,
+            )
+
         with self.store.lock:
             old = self.store.get(rt.storage_key, req.namespace, req.name)
             if old is None:
                 if req.subresource:
                     raise errors.not_found(rt.group, rt.plural, req.name)
                 self._require_namespace(rt, req.namespace)
-                merged, entries = managedfields.apply(None, config, **options)
-                return 201, self._external(rt, self._finish_create(req, self._new_object(rt, merged), entries))
+                merged, entries = merge(None)
+                return 201, self.external(rt, self._finish_create(req, self._new_object(rt, merged), entries))
             self._check_precondition(rt, old, config)
-            merged, entries = managedfields.apply(old, config, **options)
+            merged, entries = merge(old)
             new = self._with_system_fields(req, old, merged)
-            return 200, self._external(rt, self._commit(req, old, new, entries))
+            return 200, self.external(rt, self._commit(req, old, new, entries=entries))
 
     def _with_system_fields(self, req: Request, old: JSON, incoming: JSON) -> JSON:
         """``incoming`` with what a client cannot change through this endpoint put back."""
@@ -522,25 +659,40 @@ class Api:
                 new.pop("status", None)
         return new
 
-    def _commit(self, req: Request, old: JSON, new: JSON, entries: list[managedfields.Entry] | str | None) -> JSON:
-        """Finish a write to an existing object; a write that changes nothing is not stored."""
+    def _commit(
+        self,
+        req: Request,
+        old: JSON,
+        new: JSON,
+        *,
+        entries: list[managedfields.Entry] | None = None,
+        explicit_managed_fields: bool = False,
+    ) -> JSON:
+        """Finish a write to an existing object; a write that changes nothing is not stored.
+
+        ``entries`` are the managed fields an apply computed; otherwise the write is tracked as an
+        ``Update`` by ``req.manager``, unless the client set ``managedFields`` itself.
+        """
         rt = req.rt
-        if rt.custom and rt.schema is not None:
-            new = schema.prune(new, rt.schema)
+        if entries is None:  # an apply pruned its configuration already
+            new = self._prune(req, new)
         kinds.apply_defaults(rt, new, old)
         if rt.storage_key == CRD_KEY and req.subresource != "status":
             new["status"] = kinds.crd_status(new, old.get("status"), self._now())
         self._validate(rt, new)
-        if old["metadata"].get("deletionTimestamp"):
-            added = set(new["metadata"].get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
-            if added:
-                raise errors.invalid(rt.group, rt.kind, req.name, [("metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being deleted")])
-        if entries is None:
+        self._check_finalizers(rt, old, new)
+        if entries is None and not explicit_managed_fields:
             entries = managedfields.track_update(
-                old, new, manager=req.manager, api_version=rt.api_version, subresource=req.subresource,
-                shape=rt.shape, scope=_scope(rt, req.subresource), now=self._now(),
+                old,
+                new,
+                manager=req.manager,
+                api_version=rt.api_version,
+                subresource=req.subresource,
+                shape=rt.shape,
+                scope=_scope(rt, req.subresource),
+                now=self._now(),
             )
-        if isinstance(entries, list):
+        if entries is not None:
             new["metadata"]["managedFields"] = managedfields.encode(entries)
         if not new["metadata"].get("managedFields"):
             new["metadata"].pop("managedFields", None)
@@ -552,6 +704,17 @@ class Api:
             return self._remove(rt, new, req.dry_run)
         return self._persist(rt, old, new, req.dry_run)
 
+    @staticmethod
+    def _check_finalizers(rt: ResourceType, old: JSON, new: JSON) -> None:
+        if not old["metadata"].get("deletionTimestamp"):
+            return
+        added = set(new["metadata"].get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
+        if added:
+            message = "Forbidden: no new finalizers can be added if the object is being deleted"
+            raise errors.invalid(
+                rt.group, rt.kind, old["metadata"]["name"], [("metadata.finalizers", message)]
+            )
+
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, req: Request) -> Response:
@@ -561,21 +724,46 @@ class Api:
             old = self._existing(req)
             if (want := preconditions.get("resourceVersion")) and want != old["metadata"]["resourceVersion"]:
                 raise errors.conflict(
-                    req.rt.group, req.rt.plural, req.name,
+                    req.rt.group,
+                    req.rt.plural,
+                    req.name,
                     f"Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {old['metadata']['resourceVersion']}",
                 )
             self._check_precondition(req.rt, old, {"metadata": {"uid": preconditions.get("uid")}})
-            return 200, self._external(req.rt, self._delete_object(req.rt, old, req.dry_run))
+            result = self._delete_object(req.rt, old, req.dry_run)
+            finished = self.store.get(req.rt.storage_key, req.namespace, req.name) is None
+        if finished and not self._returns_deleted(req.rt):
+            details = {"name": req.name, "kind": req.rt.plural, "uid": old["metadata"]["uid"]}
+            if req.rt.group:
+                details["group"] = req.rt.group
+            return 200, errors.status_body(200, "", "", details) | {"status": "Success"}
+        return 200, self.external(req.rt, result)
+
+    @staticmethod
+    def _returns_deleted(rt: ResourceType) -> bool:
+        """Whether a finished DELETE answers with the object (``ReturnDeletedObject``) or a Status."""
+        return rt.custom or rt.kind in ("Namespace", "Service", "ServiceAccount", "CustomResourceDefinition")
 
     def delete_collection(self, req: Request) -> Response:
         rt, matches = req.rt, self._matcher(req)
         with self.store.lock:
-            doomed = [o for o in self.store.objects(rt.storage_key, req.namespace or None) if matches(self._external(rt, o))]
-            deleted = [self._external(rt, self._delete_object(rt, o, req.dry_run)) for o in doomed]
+            doomed = [
+                o
+                for o in self.store.objects(rt.storage_key, req.namespace or None)
+                if matches(self.external(rt, o))
+            ]
+            deleted = [self.external(rt, self._delete_object(rt, o, req.dry_run)) for o in doomed]
             rv = self.store.resource_version
-        return 200, {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": {"resourceVersion": str(rv)}, "items": deleted}
+        return 200, {
+            "kind": rt.list_kind,
+            "apiVersion": rt.api_version,
+            "metadata": {"resourceVersion": str(rv)},
+            "items": deleted,
+        }
 
     def _delete_object(self, rt: ResourceType, old: JSON, dry_run: bool) -> JSON:
+        if rt.storage_key == NAMESPACE_KEY:
+            return self._terminate_namespace(old, dry_run)
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):
                 return old
@@ -587,6 +775,21 @@ class Api:
             return self._persist(rt, old, new, dry_run)
         return self._remove(rt, old, dry_run)
 
+    def _terminate_namespace(self, old: JSON, dry_run: bool) -> JSON:
+        """Namespaces go Terminating; their content and then they go a little later."""
+        if old["metadata"].get("deletionTimestamp"):
+            return old
+        new = copy.deepcopy(old)
+        new["metadata"]["deletionTimestamp"] = self._now()
+        new["metadata"]["deletionGracePeriodSeconds"] = 0
+        new["status"] = {**(new.get("status") or {}), "phase": "Terminating"}
+        namespace_rt = self.registry.resolve("", "v1", "namespaces")
+        assert namespace_rt is not None
+        stored = self._persist(namespace_rt, old, new, dry_run)
+        if not dry_run:
+            self._terminating[old["metadata"]["name"]] = time.monotonic() + self.namespace_deletion_delay
+        return stored
+
     def _remove(self, rt: ResourceType, obj: JSON, dry_run: bool) -> JSON:
         if dry_run:
             return obj
@@ -596,16 +799,10 @@ class Api:
         return gone
 
     def _cascade(self, rt: ResourceType, obj: JSON) -> None:
-        """Delete what the namespace or CRD being deleted holds (the real controllers do, later)."""
-        if rt.storage_key == NAMESPACE_KEY:
-            name = obj["metadata"]["name"]
-            keys = {t.storage_key for t in self.registry.all() if t.namespaced}
-            doomed = [(key, o) for key in sorted(keys) for o in self.store.objects(key, name)]
-        elif rt.storage_key == CRD_KEY:
-            spec = obj.get("spec") or {}
-            key = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
-            doomed = [(key, o) for o in self.store.objects(key)]
-        else:
+        """Delete the custom resources of a CRD being deleted (its cleanup finalizer would)."""
+        if rt.storage_key != CRD_KEY:
             return
-        for key, victim in doomed:
+        spec = obj.get("spec") or {}
+        key = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
+        for victim in self.store.objects(key):
             self.store.delete(key, victim)

@@ -132,7 +132,11 @@ def json_patch(doc: JSON, operations: JSON) -> JSON:
                 doc = _remove(doc, path)
             case "replace":
                 _get(doc, path)
-                doc = _add(_remove(doc, path), path, copy.deepcopy(operation.get("value"))) if path else copy.deepcopy(operation.get("value"))
+                doc = (
+                    _add(_remove(doc, path), path, copy.deepcopy(operation.get("value")))
+                    if path
+                    else copy.deepcopy(operation.get("value"))
+                )
             case "move":
                 value = _get(doc, operation["from"])
                 doc = _add(_remove(doc, operation["from"]), path, value)
@@ -175,7 +179,11 @@ def strategic_merge_patch(target: JSON, patch: JSON, shape: schema.Shape) -> JSO
             existing = result.get(key) or []
             result[key] = existing + [v for v in value if v not in existing]
         else:
-            merged = strategic_merge_patch(result.get(key), value, child) if isinstance(value, dict) else copy.deepcopy(value)
+            merged = (
+                strategic_merge_patch(result.get(key), value, child)
+                if isinstance(value, dict)
+                else copy.deepcopy(value)
+            )
             if merged is None:
                 result.pop(key, None)
             else:
@@ -193,8 +201,15 @@ def _merge_keyed_list(live: JSON, patch: list[Any], shape: schema.Shape) -> list
         if not isinstance(entry, dict):
             items.append(copy.deepcopy(entry))
             continue
-        key = schema.item_key(entry, shape.list_keys)
-        position = next((i for i, item in enumerate(items) if isinstance(item, dict) and schema.item_key(item, shape.list_keys) == key), None)
+        key = schema.item_key(entry, shape)
+        position = next(
+            (
+                i
+                for i, item in enumerate(items)
+                if isinstance(item, dict) and schema.item_key(item, shape) == key
+            ),
+            None,
+        )
         if entry.get("$patch") == "delete":
             if position is not None:
                 del items[position]

@@ -36,7 +36,7 @@ class ResourceType:
     tracks_generation: bool = False
     storage: StorageKey | None = None
     field_labels: frozenset[str] = frozenset()
-    schema: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+    openapi_schema: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
     printer_columns: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, hash=False)
 
     @property
@@ -57,7 +57,8 @@ class ResourceType:
 
     @property
     def shape(self) -> schema.Shape:
-        return schema.root_shape(self.schema if self.schema is not None else schema.BUILTIN_SCHEMAS.get(self.kind))
+        custom = self.openapi_schema
+        return schema.root_shape(custom if custom is not None else schema.BUILTIN_SCHEMAS.get(self.kind))
 
     @property
     def selectable_fields(self) -> frozenset[str]:
@@ -110,22 +111,50 @@ _EVENT_FIELDS = (
 )
 
 BUILTINS: tuple[ResourceType, ...] = (
-    _builtin("", "v1", "namespaces", "Namespace", False, short=("ns",), status=True, field_labels=("status.phase",)),
+    _builtin(
+        "", "v1", "namespaces", "Namespace", False, short=("ns",), status=True, field_labels=("status.phase",)
+    ),
     _builtin("", "v1", "events", "Event", True, short=("ev",), field_labels=_EVENT_FIELDS),
     _builtin("", "v1", "configmaps", "ConfigMap", True, short=("cm",)),
     _builtin("", "v1", "secrets", "Secret", True, field_labels=("type",)),
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",)),
     _builtin("", "v1", "services", "Service", True, short=("svc",), status=True, categories=("all",)),
-    _builtin("events.k8s.io", "v1", "events", "Event", True, short=("ev",), storage=("", "events"),
-             field_labels=("regarding.kind", "regarding.name", "regarding.namespace", "reason", "type")),
+    _builtin(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        True,
+        short=("ev",),
+        storage=("", "events"),
+        field_labels=("regarding.kind", "regarding.name", "regarding.namespace", "reason", "type"),
+    ),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease", True),
-    _builtin("apps", "v1", "deployments", "Deployment", True, short=("deploy",), status=True, generation=True, categories=("all",)),
+    _builtin(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        True,
+        short=("deploy",),
+        status=True,
+        generation=True,
+        categories=("all",),
+    ),
     _builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     _builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
     _builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
     _builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
-    _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
-             short=("crd", "crds"), status=True, generation=True),
+    _builtin(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        short=("crd", "crds"),
+        status=True,
+        generation=True,
+    ),
 )
 
 CRD_KEY: StorageKey = ("apiextensions.k8s.io", "customresourcedefinitions")
@@ -151,10 +180,11 @@ def types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
                 singular=names.get("singular") or names.get("kind", "").lower(),
                 short_names=tuple(names.get("shortNames") or ()),
                 categories=tuple(names.get("categories") or ()),
-                subresources=frozenset(k for k in ("status", "scale") if k in subresources),
+                subresources=frozenset({"status"} if "status" in subresources else ()),
                 custom=True,
                 tracks_generation=True,
-                schema=(version.get("schema") or {}).get("openAPIV3Schema") or {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                openapi_schema=(version.get("schema") or {}).get("openAPIV3Schema")
+                or {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
             )
         )
@@ -170,7 +200,9 @@ class Registry:
         self._types: tuple[ResourceType, ...] = self._builtins
 
     def refresh(self, crds: Iterable[Mapping[str, Any]]) -> None:
-        custom = [rt for crd in crds if not crd["metadata"].get("deletionTimestamp") for rt in types_from_crd(crd)]
+        custom = [
+            rt for crd in crds if not crd["metadata"].get("deletionTimestamp") for rt in types_from_crd(crd)
+        ]
         with self._lock:
             self._types = self._builtins + tuple(custom)
 
@@ -179,7 +211,9 @@ class Registry:
             return self._types
 
     def resolve(self, group: str, version: str, plural: str) -> ResourceType | None:
-        return next((rt for rt in self.all() if (rt.group, rt.version, rt.plural) == (group, version, plural)), None)
+        return next(
+            (rt for rt in self.all() if (rt.group, rt.version, rt.plural) == (group, version, plural)), None
+        )
 
     def served_versions(self, group: str) -> list[str]:
         versions: list[str] = []

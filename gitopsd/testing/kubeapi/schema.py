@@ -48,6 +48,10 @@ class Shape:
         return tuple(self._node.get("x-kubernetes-list-map-keys", ()))
 
     @property
+    def default(self) -> Any:
+        return self._node.get("default")
+
+    @property
     def map_atomic(self) -> bool:
         return self._node.get("x-kubernetes-map-type") == "atomic"
 
@@ -55,13 +59,25 @@ class Shape:
 DEDUCED = Shape()
 
 
-def item_key(item: Mapping[str, Any], keys: tuple[str, ...]) -> str:
-    """The fieldsV1 path element of an item of an associative list: ``k:{"name":"web"}``."""
-    return "k:" + json.dumps({k: item[k] for k in keys if k in item}, sort_keys=True, separators=(",", ":"))
+def item_key(item: Mapping[str, Any], shape: Shape) -> str:
+    """The fieldsV1 path element of an item of the keyed list ``shape``: ``k:{"name":"web"}``.
+
+    A missing key field counts as its schema default (``protocol: TCP``), as in structured-merge-diff.
+    """
+    keys: dict[str, Any] = {}
+    for name in shape.list_keys:
+        value = item.get(name, shape.item().field(name).default)
+        if value is not None:
+            keys[name] = value
+    return "k:" + json.dumps(keys, sort_keys=True, separators=(",", ":"))
 
 
 def _keyed(keys: list[str], items: Node | None = None) -> Node:
-    node: dict[str, Any] = {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": keys}
+    node: dict[str, Any] = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": keys,
+    }
     if items is not None:
         node["items"] = items
     return node
@@ -79,9 +95,11 @@ METADATA: Node = {
     }
 }
 
+_PROTOCOL_DEFAULT: Node = {"properties": {"protocol": {"type": "string", "default": "TCP"}}}
+
 _CONTAINER: Node = {
     "properties": {
-        "ports": _keyed(["containerPort", "protocol"]),
+        "ports": _keyed(["containerPort", "protocol"], _PROTOCOL_DEFAULT),
         "env": _keyed(["name"]),
         "volumeMounts": _keyed(["mountPath"]),
         "volumeDevices": _keyed(["devicePath"]),
@@ -119,7 +137,7 @@ BUILTIN_SCHEMAS: dict[str, Node] = {
         "properties": {
             "spec": {
                 "properties": {
-                    "ports": _keyed(["port", "protocol"]),
+                    "ports": _keyed(["port", "protocol"], _PROTOCOL_DEFAULT),
                     "selector": _ATOMIC_MAP,
                     "clusterIPs": {"type": "array"},
                 }
@@ -130,7 +148,11 @@ BUILTIN_SCHEMAS: dict[str, Node] = {
     "ServiceAccount": {"properties": {"secrets": _keyed(["name"]), "imagePullSecrets": {"type": "array"}}},
     "CustomResourceDefinition": {
         "properties": {
-            "spec": {"properties": {"versions": {"type": "array", "items": {"properties": {"schema": _ATOMIC_MAP}}}}},
+            "spec": {
+                "properties": {
+                    "versions": {"type": "array", "items": {"properties": {"schema": _ATOMIC_MAP}}}
+                }
+            },
             "status": {"properties": {"conditions": _CONDITIONS}},
         }
     },
@@ -148,27 +170,39 @@ def root_shape(schema: Node | None) -> Shape:
 # -- structural schema: pruning and validation (custom resources) ------------------------------
 
 
-def prune(value: Any, node: Node, *, root: bool = True) -> Any:
-    """Drop fields the schema does not know, as the apiextensions server does on every write."""
-    if node.get("x-kubernetes-preserve-unknown-fields") and not node.get("properties") and not node.get("items"):
+def prune(value: Any, node: Node, *, dropped: list[str] | None = None, path: str = "") -> Any:
+    """Drop fields the schema does not know, as the apiextensions server does on every write.
+
+    The dotted paths of dropped fields are appended to ``dropped`` when given.
+    """
+    if (
+        node.get("x-kubernetes-preserve-unknown-fields")
+        and not node.get("properties")
+        and not node.get("items")
+    ):
         return value
     if isinstance(value, dict):
         properties = node.get("properties") or {}
         additional = node.get("additionalProperties")
-        keep_meta = root or node.get("x-kubernetes-embedded-resource")
+        keep_meta = not path or node.get("x-kubernetes-embedded-resource")
         pruned = {}
         for key, child in value.items():
+            child_path = f"{path}.{key}" if path else key
             if keep_meta and key in ("apiVersion", "kind", "metadata"):
                 pruned[key] = child
             elif key in properties:
-                pruned[key] = prune(child, properties[key], root=False)
+                pruned[key] = prune(child, properties[key], dropped=dropped, path=child_path)
             elif isinstance(additional, Mapping):
-                pruned[key] = prune(child, additional, root=False)
+                pruned[key] = prune(child, additional, dropped=dropped, path=child_path)
             elif additional is True or node.get("x-kubernetes-preserve-unknown-fields"):
                 pruned[key] = child
+            elif dropped is not None:
+                dropped.append(child_path)
         return pruned
     if isinstance(value, list) and isinstance(node.get("items"), Mapping):
-        return [prune(item, node["items"], root=False) for item in value]
+        return [
+            prune(item, node["items"], dropped=dropped, path=f"{path}[{i}]") for i, item in enumerate(value)
+        ]
     return value
 
 
@@ -203,33 +237,63 @@ def validate(value: Any, node: Node, path: str = "") -> list[tuple[str, str]]:
     """``(field, message)`` for each violation of ``type``, ``required``, ``enum``, ``pattern``
     and the numeric/length bounds, worded like the apiextensions validator."""
     if value is None:
-        return [] if node.get("nullable") or not node.get("type") else [(path, f"Invalid value: \"null\": {path} in body must be of type {node.get('type')}: \"null\"")]
+        return (
+            []
+            if node.get("nullable") or not node.get("type")
+            else [(path, f'Invalid value: "null": {path} in body must be of type {node.get("type")}: "null"')]
+        )
     if not _type_ok(value, node):
-        kind = type(value).__name__.replace("dict", "object").replace("list", "array").replace("str", "string")
-        return [(path, f'Invalid value: "{kind}": {path} in body must be of type {node.get("type")}: "{kind}"')]
+        kind = (
+            type(value).__name__.replace("dict", "object").replace("list", "array").replace("str", "string")
+        )
+        return [
+            (path, f'Invalid value: "{kind}": {path} in body must be of type {node.get("type")}: "{kind}"')
+        ]
     errors: list[tuple[str, str]] = []
     if "enum" in node and value not in node["enum"]:
         supported = ", ".join(_show(v) for v in node["enum"])
         errors.append((path, f"Unsupported value: {_show(value)}: supported values: {supported}"))
     if isinstance(value, str):
         if "pattern" in node and not re.search(node["pattern"], value):
-            errors.append((path, f"Invalid value: {_show(value)}: {path} in body should match '{node['pattern']}'"))
+            errors.append(
+                (path, f"Invalid value: {_show(value)}: {path} in body should match '{node['pattern']}'")
+            )
         if "maxLength" in node and len(value) > node["maxLength"]:
             errors.append((path, f"Too long: may not be more than {node['maxLength']} bytes"))
         if "minLength" in node and len(value) < node["minLength"]:
-            errors.append((path, f"Invalid value: {_show(value)}: {path} in body should be at least {node['minLength']} chars long"))
+            errors.append(
+                (
+                    path,
+                    f"Invalid value: {_show(value)}: {path} in body should be at least {node['minLength']} chars long",
+                )
+            )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in node and value < node["minimum"]:
-            errors.append((path, f"Invalid value: {value}: {path} in body should be greater than or equal to {node['minimum']}"))
+            errors.append(
+                (
+                    path,
+                    f"Invalid value: {value}: {path} in body should be greater than or equal to {node['minimum']}",
+                )
+            )
         if "maximum" in node and value > node["maximum"]:
-            errors.append((path, f"Invalid value: {value}: {path} in body should be less than or equal to {node['maximum']}"))
+            errors.append(
+                (
+                    path,
+                    f"Invalid value: {value}: {path} in body should be less than or equal to {node['maximum']}",
+                )
+            )
     if isinstance(value, dict):
         errors += _validate_object(value, node, path)
     if isinstance(value, list):
         if "maxItems" in node and len(value) > node["maxItems"]:
             errors.append((path, f"Too many: {len(value)}: must have at most {node['maxItems']} items"))
         if "minItems" in node and len(value) < node["minItems"]:
-            errors.append((path, f"Invalid value: {len(value)}: {path} in body should have at least {node['minItems']} items"))
+            errors.append(
+                (
+                    path,
+                    f"Invalid value: {len(value)}: {path} in body should have at least {node['minItems']} items",
+                )
+            )
         if isinstance(node.get("items"), Mapping):
             for index, item in enumerate(value):
                 errors += validate(item, node["items"], f"{path}[{index}]")

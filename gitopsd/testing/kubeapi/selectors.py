@@ -56,7 +56,9 @@ def _compare_int(value: str, bound: str, operator: str) -> bool:
 
 def _split_terms(text: str) -> list[str]:
     """Split on commas that are not inside parentheses."""
-    terms, depth, current = [], 0, []
+    terms: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -130,7 +132,7 @@ class FieldSelector:
                 raise SelectorError(f"invalid field selector: {term!r}")
             path, operator, value = match.groups()
             if path not in allowed:
-                raise SelectorError(f'field label not supported: {path}')
+                raise SelectorError(f"field label not supported: {path}")
             requirements.append(FieldRequirement(path, operator == "!=", _unescape(value)))
         return cls(tuple(requirements))
 

@@ -88,11 +88,7 @@ class Store:
         """Copies of the stored objects in key order (namespace, name), like etcd."""
         with self.lock:
             items = self._objects.get(key, {})
-            return [
-                copy.deepcopy(items[k])
-                for k in sorted(items)
-                if namespace is None or k[0] == namespace
-            ]
+            return [copy.deepcopy(items[k]) for k in sorted(items) if namespace is None or k[0] == namespace]
 
     def snapshot(self, key: StorageKey, rv: int) -> list[JSON]:
         """The objects of ``key`` as they were at revision ``rv``, in key order."""
@@ -124,7 +120,10 @@ class Store:
     def wait(self, after_rv: int, timeout: float) -> bool:
         """Sleep until a revision newer than ``after_rv`` exists (True), or timeout/close."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._rv > after_rv or self._closed, timeout) and not self._closed
+            return (
+                self._changed.wait_for(lambda: self._rv > after_rv or self._closed, timeout)
+                and not self._closed
+            )
 
     # -- writes ---------------------------------------------------------------------------
 
