@@ -185,8 +185,9 @@ def _progress(stream: object) -> Callable[[str, dict[str, object]], None] | None
 
 
 def cmd_pass(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
     repo = args.repo
+    wiring.repo_kind(repo)  # a missing folder or a URL holding credentials stops here, before the state dir is made
+    state_dir = _state_dir(args)
     if args.as_git_remote:
         if wiring.repo_kind(repo) is not wiring.RepoKind.FOLDER:
             raise errors.ConfigError(f"--as-git-remote takes a plain folder; {repo} already is a Git remote", reason="Usage")

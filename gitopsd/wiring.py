@@ -124,7 +124,9 @@ class RepoKind(enum.StrEnum):
 
 
 def repo_kind(repo: str) -> RepoKind:
+    """What REPO is; a URL is checked here (scheme, no credentials in it) before anything is written."""
     if gitsource.is_url(repo):
+        gitsource.parse_location(repo)
         return RepoKind.URL
     path = pathlib.Path(repo)
     if not path.is_dir():
@@ -247,6 +249,8 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
                                      "read at HEAD when it is a work tree", reason="Usage")
         if git.status:
             branch = statuswriter.WorkTreeBranch(pathlib.Path(repo))
+            if not dry_run:
+                branch.tip()  # not a work tree, detached, or local changes under .gitopsd/: say so before applying
             wired.status_repo = pathlib.Path(repo).resolve()
         else:
             wired.status_off = "folder (pass --write-status to commit status to its branch)"

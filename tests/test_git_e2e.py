@@ -180,6 +180,7 @@ def test_a_url_default_state_dir_is_per_url_and_credentials_in_urls_are_refused(
     assert [p.name.startswith("remote-") for p in (state / "git").iterdir()] == [True]
     proc = cli("dry-run", "https://robot:tok-123@git.example.com/config.git", check=2)
     assert "--git-credentials-file" in proc.stderr and "tok-123" not in proc.stderr + proc.stdout
+    assert [p.name for p in (tmp_path / "xdg/gitopsd").iterdir()] == [state.name]  # no state dir for the refused URL
 
 
 def test_write_status_commits_to_a_work_tree_branch(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
