@@ -59,6 +59,7 @@ class Local:
 
 def open_local(state_dir: pathlib.Path) -> Local:
     state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = state_dir.resolve()  # renderers run in other folders: exported trees need absolute paths
     return Local(
         state_dir=state_dir,
         store=localstore.LocalStore(state_dir / "store.db"),

@@ -195,3 +195,11 @@ def test_write_status_commits_to_a_work_tree_branch(cli: Cli, examples: pathlib.
     run_verify_line(proc.stdout)
     assert work.head() == commit and work.git("status", "--porcelain").stdout == ""
     assert json.loads(json.dumps(record_at(examples, commit, "platform-base")))["basePackName"] == "platform-base"
+
+
+def test_a_relative_state_dir_still_renders_kustomize_and_helm_packs(cli: Cli, remote: tuple[pathlib.Path, gitutil.Clone],
+                                                                      tmp_path: pathlib.Path) -> None:
+    bare, _ = remote
+    doc = cli.json("reconcile", str(bare), "--state-dir", "relative-state")  # cli runs in tmp_path
+    assert doc["errors"] == [] and doc["summary"]["ready"] is True
+    assert (tmp_path / "relative-state/git").is_dir() and doc["statusCommit"]

@@ -514,7 +514,7 @@ class GitRemote:
                 seen.add(key)
                 if entry.filemode == 0o040000:
                     stack.append(repo[entry.id])
-                elif entry.id not in repo:
+                elif not repo.odb.exists(entry.id):
                     raise KeyError(f"object {key} is missing")
         self._complete.add(str(commit.id))
 
