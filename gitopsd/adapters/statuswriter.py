@@ -110,17 +110,26 @@ def validate(records: Iterable[tuple[str, bytes]], *, known_valid: set[str] | No
     return files
 
 
-def status_tree(repo: pygit2.Repository, root: pygit2.Tree, files: dict[str, bytes]) -> pygit2.Oid:
-    """``root`` with ``.gitopsd/status/`` replaced by ``files`` (removed when empty); the rest kept."""
-    status = repo.TreeBuilder()
-    for name in sorted(files):
-        status.insert(name, repo.create_blob(files[name]), _BLOB)
+def status_tree(repo: pygit2.Repository, root: pygit2.Tree, files: dict[str, bytes],
+                owns: Callable[[str], bool] | None = None) -> pygit2.Oid:
+    """``root`` with ``.gitopsd/status/`` replaced by ``files`` (removed when empty); the rest kept.
+
+    With ``owns`` (a sharded replica: which basePackNames are its own), records of other packs at
+    the tip are kept as they are; only this replica's records are replaced or removed.
+    """
     meta_entry = root[STATUS_ROOT] if STATUS_ROOT in root else None
     if meta_entry is not None and meta_entry.filemode != _TREE:
         raise errors.StalledError(f"{STATUS_ROOT} is a file in the config repo; gitopsd keeps its status in a "
                                   f"{STATUS_ROOT}/ folder: remove the file", reason="StatusPathTaken", path=STATUS_ROOT)
+    status = repo.TreeBuilder()
+    if owns is not None and STATUS_DIR in root:
+        for entry in repo[root[STATUS_DIR].id]:
+            if entry.name not in files and not owns(entry.name.removesuffix(".yaml")):
+                status.insert(entry.name, entry.id, entry.filemode)
+    for name in sorted(files):
+        status.insert(name, repo.create_blob(files[name]), _BLOB)
     meta = repo.TreeBuilder(repo[meta_entry.id]) if meta_entry is not None else repo.TreeBuilder()
-    if files:
+    if len(status):
         meta.insert("status", status.write(), _TREE)
     elif meta.get("status") is not None:
         meta.remove("status")
@@ -146,8 +155,9 @@ class GitStatusWriter:
 
     def __init__(self, branch: Branch, key: keys.SigningKey, *, identity: Identity | None = None, attempts: int = 8,
                  backoff: float = 0.1, max_backoff: float = 4.0, sleep: Callable[[float], None] = time.sleep,
-                 before_publish: Callable[[str], None] | None = None) -> None:
+                 before_publish: Callable[[str], None] | None = None, owns: Callable[[str], bool] | None = None) -> None:
         self.branch = branch
+        self.owns = owns  # sharding: the basePackNames whose records this writer replaces (default: all)
         self.key = key
         self.identity = identity or Identity()
         self.attempts = attempts
@@ -168,7 +178,7 @@ class GitStatusWriter:
         files = validate(records, known_valid=known)
         self._valid |= known - committed
         for attempt in range(1, self.attempts + 1):
-            tree = status_tree(repo, tip.tree, files)
+            tree = status_tree(repo, tip.tree, files, self.owns)
             if tree == tip.tree_id:
                 self.last = Outcome(None, str(tip.id), attempt, time.perf_counter() - started)
                 log.info("status unchanged", branch=self.branch.display, tip=str(tip.id))

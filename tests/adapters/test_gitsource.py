@@ -352,3 +352,20 @@ def test_a_signature_from_our_sshsig_module_is_accepted_by_the_verifier(tmp_path
     signers = gitutil.allowed_signers(tmp_path / "signers", key.public_key().openssh())
     src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
     assert src.fetch().snapshot.commit == str(commit)
+
+
+def test_ssh_credentials_answer_with_the_key_file_or_the_agent_and_only_once(tmp_path: pathlib.Path) -> None:
+    # No SSH server runs in the tests; this is the callback libgit2 calls when one asks who we are.
+    key = gitutil.ssh_key(tmp_path / "keys", "deploy")
+    ssh = gitsource.parse_location("ssh://git@git.example.com/org/config.git")
+    callbacks = gitsource._Callbacks(gitsource.load_auth(ssh, ssh_key=str(key)))
+    kinds = pygit2.enums.CredentialType
+    answer = callbacks.credentials("ssh://git@git.example.com/org/config.git", "git", kinds.SSH_KEY | kinds.USERNAME)
+    assert isinstance(answer, pygit2.Keypair)
+    assert answer.credential_tuple == ("git", str(key) + ".pub", str(key), "")
+    with pytest.raises(gitsource._AuthRejected):  # refused once: do not loop asking again
+        callbacks.credentials("ssh://git@git.example.com/org/config.git", "git", kinds.SSH_KEY)
+    agent = gitsource._Callbacks(gitsource.load_auth(ssh)).credentials("ssh://h/r", None, kinds.SSH_KEY)
+    assert isinstance(agent, pygit2.KeypairFromAgent) and agent.credential_tuple[0] == "git"
+    with pytest.raises(errors.ConfigError, match="--git-ssh-key .*: no such file"):
+        gitsource.load_auth(ssh, ssh_key=str(tmp_path / "missing"))

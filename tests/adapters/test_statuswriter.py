@@ -349,3 +349,15 @@ def test_smart_http_remote_with_credentials_fetches_pushes_and_survives_a_race(t
         assert writer.last is not None and writer.last.attempts == 1
     print(f"\n[http] status commit over smart HTTP: {clean * 1000:.0f} ms; with a user push racing it "
           f"{seconds * 1000:.0f} ms (2 attempts)")
+
+
+def test_a_sharded_writer_replaces_only_the_records_of_its_own_packs(tmp_path: pathlib.Path) -> None:
+    bare, _ = gitutil.make_remote(tmp_path, small_repo())
+    remote = remote_source(bare, tmp_path / "state").remote
+    key = keys.load_private_key(generated_key(tmp_path / "k"))
+    statuswriter.GitStatusWriter(remote, key).write([record("alpha"), record("beta"), record("gamma")], "all\n")
+    shard = statuswriter.GitStatusWriter(remote, key, owns=lambda base: base in ("alpha", "beta"))
+    commit = shard.write([record("alpha", version="2.0.0")], "shard: alpha changed, beta gone\n")
+    assert commit is not None and files_at(bare, commit) == ["alpha.yaml", "gamma.yaml"]
+    assert gitutil.git("diff", "--name-only", f"{commit}~1", commit, cwd=bare).stdout.split() == [
+        ".gitopsd/status/alpha.yaml", ".gitopsd/status/beta.yaml"]
