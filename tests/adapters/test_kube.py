@@ -1,0 +1,677 @@
+"""The Kubernetes Cluster adapter, leader election and sharding against the API emulator.
+
+Real HTTP, the unmodified ``kubernetes`` client, real reconcile passes of examples-repo; the
+emulator's request log is how the tests see what gitopsd sent.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from gitopsd import errors, reconcile
+from gitopsd.adapters import kube, lease
+from gitopsd.model import change, instance
+from gitopsd.testing import kubeapi
+from tests.contract import harness
+from tests.contract.harness import INSTANCES, NAMESPACE, PACKS
+
+pytestmark = pytest.mark.timeout(120)
+
+EXAMPLE_PACKS = ["cert-manager-lite", "network-policies", "observability", "platform-base", "web-frontend"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    left = harness.threads_left(before)
+    assert not left, f"threads left running: {left}"
+
+
+@pytest.fixture
+def emulator() -> Iterator[kubeapi.Emulator]:
+    with kubeapi.Emulator(bookmark_interval=0.2, namespace_deletion_delay=0.05) as emu:
+        harness.seed_emulator(emu)
+        yield emu
+
+
+@pytest.fixture
+def kubeconfig(emulator: kubeapi.Emulator, tmp_path: pathlib.Path) -> pathlib.Path:
+    return emulator.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def api(kubeconfig: pathlib.Path) -> Iterator[client.ApiClient]:
+    with kube.connect(kubeconfig=str(kubeconfig)) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def cluster(api: client.ApiClient) -> Iterator[kube.KubeCluster]:
+    with kube.KubeCluster(api, backoff=(0.05, 0.5)) as adapter:
+        yield adapter
+
+
+@pytest.fixture
+def repo(tmp_path: pathlib.Path) -> pathlib.Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(harness.EXAMPLES, dest)
+    return dest
+
+
+@pytest.fixture
+def passes(repo: pathlib.Path, tmp_path: pathlib.Path, cluster: kube.KubeCluster) -> Iterator[harness.Passes]:
+    runner = harness.Passes(repo, tmp_path / "state", cluster)
+    yield runner
+    runner.close()
+
+
+def objects(emu: kubeapi.Emulator, resource: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in emu.list_objects(resource, NAMESPACE)}
+
+
+def counts(emu: kubeapi.Emulator) -> dict[str, int]:
+    return dict(sorted(emu.request_counts().items()))
+
+
+def bump(repo: pathlib.Path, pack_dir: str, old: str, new: str) -> None:
+    path = repo / "packs" / pack_dir / "packbuild.yaml"
+    text = path.read_text()
+    assert f"version: {old}" in text
+    path.write_text(text.replace(f"version: {old}", f"version: {new}", 1))
+
+
+def assert_complete(obj: dict[str, Any]) -> None:
+    """Spec and status written: the status observed the current generation and is Ready."""
+    status = obj["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready
+    assert {c["observedGeneration"] for c in status["conditions"]} == {obj["metadata"]["generation"]}
+
+
+# -- reconcile examples-repo --------------------------------------------------------------------
+
+
+def test_first_pass_creates_cluster_packs_and_instances_with_status_and_events(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    state = passes.run()
+
+    assert state.summary is not None and state.summary.ready and state.writes == 20
+    packs, instances = objects(emulator, PACKS), objects(emulator, INSTANCES)
+    assert sorted(p.rsplit("-v", 1)[0] for p in packs) == EXAMPLE_PACKS
+    assert len(instances) == 15
+    for cp in packs.values():
+        assert cp["status"]["signed"] is True and cp["status"]["packSignature"] == cp["metadata"]["annotations"]["ontai.dev/pack-signature"]
+        assert cp["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gitopsd"
+        assert_complete(cp)
+    for pi in instances.values():
+        assert pi["status"]["state"] == "installed" and len(pi["status"]["history"]) == 1
+        assert [c["type"] for c in pi["status"]["conditions"]] == ["Ready", "Reconciling", "Stalled"]
+        assert_complete(pi)
+    events = emulator.list_objects("events", NAMESPACE)
+    reasons = sorted({(e["involvedObject"]["kind"], e["reason"], e["type"]) for e in events})
+    assert reasons == [("InfrastructureClusterPack", "Created", "Normal"), ("PackInstance", "Installed", "Normal")]
+    assert len(events) == 20 and all(e["involvedObject"].get("uid") for e in events)
+    writes = emulator.requests()
+    assert {r.field_manager for r in writes if r.is_write} == {"gitopsd"}
+    print(f"\nfirst pass of examples-repo: {emulator.write_count()} writes; requests {counts(emulator)}")
+
+
+def test_a_pass_with_nothing_to_do_sends_no_request(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    passes.run()
+    emulator.reset_requests()
+
+    state = passes.run()
+
+    assert state.plan is not None and not state.plan.has_changes and state.writes == 0
+    assert emulator.requests() == []  # observe came from the watch-backed cache: no list, no get, no write
+    print("\nno-op pass of examples-repo: 0 requests")
+
+
+def test_list_and_watch_happen_once_per_kind_across_passes(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    for _ in range(3):
+        passes.run()
+    for resource in (PACKS, INSTANCES):
+        assert emulator.request_counts().get(f"list {resource}", 0) == 1
+        assert emulator.request_counts().get(f"watch {resource}", 0) <= 1
+
+
+def test_version_bump_supersedes_the_instances_in_place(emulator: kubeapi.Emulator, passes: harness.Passes, repo: pathlib.Path) -> None:
+    passes.run()
+    before = objects(emulator, INSTANCES)
+    bump(repo, "web-frontend", "v1.4.2", "v1.5.0")
+    emulator.reset_requests()
+
+    state = passes.run()
+
+    assert state.summary is not None and state.summary.ready and state.writes == 3
+    after = objects(emulator, INSTANCES)
+    assert sorted(after) == sorted(before)
+    for name in ("web-frontend-prod-eu", "web-frontend-prod-us"):
+        old, new = before[name], after[name]
+        assert new["metadata"]["uid"] == old["metadata"]["uid"]
+        assert new["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]
+        assert new["metadata"]["generation"] == old["metadata"]["generation"] + 1
+        assert new["spec"]["clusterPackRef"]["name"] == "web-frontend-v1.5.0"
+        status = new["status"]
+        assert (status["state"], status["version"], status["upgradeFromVersion"], status["upgradeDirection"]) == ("installed", "1.5.0", "1.4.2", "Upgrade")
+        assert [(h["state"], h["packVersion"]) for h in status["history"]] == [("installed", "1.4.2"), ("upgraded", "1.5.0")]
+        assert_complete(new)
+    for name in set(before) - {"web-frontend-prod-eu", "web-frontend-prod-us"}:
+        assert after[name]["metadata"]["resourceVersion"] == before[name]["metadata"]["resourceVersion"]
+    assert "web-frontend-v1.4.2" in objects(emulator, PACKS)  # kept for a rollback
+    written = sorted({(r.verb, r.resource, r.name) for r in emulator.requests() if r.is_write and r.resource != "events"})
+    assert written == [  # a create names its object in the body, not the URL
+        ("apply", f"{PACKS}/status", "web-frontend-v1.5.0"),
+        ("apply", INSTANCES, "web-frontend-prod-eu"), ("apply", INSTANCES, "web-frontend-prod-us"),
+        ("apply", f"{INSTANCES}/status", "web-frontend-prod-eu"), ("apply", f"{INSTANCES}/status", "web-frontend-prod-us"),
+        ("create", PACKS, ""),
+    ]
+    print(f"\none-pack version bump: {emulator.write_count()} writes; requests {counts(emulator)}")
+
+
+def test_uninstall_deletes_the_instances_and_keeps_the_cluster_pack(emulator: kubeapi.Emulator, passes: harness.Passes, repo: pathlib.Path) -> None:
+    passes.run()
+    shutil.rmtree(repo / "packs" / "web-frontend")
+    emulator.reset_requests()
+
+    state = passes.run()
+
+    assert state.plan is not None and state.plan.count(change.Action.UNINSTALL) == 2
+    assert not any(name.startswith("web-frontend") for name in objects(emulator, INSTANCES))
+    assert "web-frontend-v1.4.2" in objects(emulator, PACKS)
+    deletes = [(r.resource, r.name) for r in emulator.requests(verb="delete")]
+    assert sorted(deletes) == [(INSTANCES, "web-frontend-prod-eu"), (INSTANCES, "web-frontend-prod-us")]
+    uninstalled = [e for e in emulator.list_objects("events", NAMESPACE) if e["reason"] == "Uninstalled"]
+    assert sorted(e["involvedObject"]["name"] for e in uninstalled) == ["web-frontend-prod-eu", "web-frontend-prod-us"]
+    assert passes.run().writes == 0
+
+
+def test_a_collision_writes_the_blocked_condition_once(emulator: kubeapi.Emulator, passes: harness.Passes, repo: pathlib.Path) -> None:
+    passes.run()
+    rogue = repo / "packs" / "rogue"
+    (rogue / "manifests").mkdir(parents=True)
+    shutil.copy(repo / "packs" / "platform-base" / "manifests" / "namespaces.yaml", rogue / "manifests" / "namespaces.yaml")
+    (rogue / "packbuild.yaml").write_text(
+        "name: rogue\nversion: 1.0.0\nbasePackName: rogue\ncategory: raw\nrawSource: {path: manifests}\n"
+        "targetClusters: [dev]\npriority: 500\n"
+    )
+
+    state = passes.run()
+
+    assert state.plan is not None
+    [blocked] = [c for c in state.plan.changes if c.action is change.Action.BLOCKED]
+    assert (blocked.name, blocked.reason) == ("platform-base-dev", "PackCollisionDetected")
+    status = objects(emulator, INSTANCES)["platform-base-dev"]["status"]
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert (by_type["Ready"]["status"], by_type["Stalled"]["status"], by_type["PackCollisionDetected"]["status"]) == ("False", "True", "True")
+    assert status["state"] == "installed" and len(status["history"]) == 1  # blocked: the install record stays
+    warnings = [e for e in emulator.list_objects("events", NAMESPACE) if e["type"] == "Warning"]
+    assert [(e["involvedObject"]["name"], e["reason"]) for e in warnings] == [("platform-base-dev", "PackCollisionDetected")]
+    emulator.reset_requests()
+
+    again = passes.run()
+
+    assert again.writes == 0 and emulator.write_count() == 0 and emulator.requests() == []
+
+
+# -- conflicts, failures, watch trouble ---------------------------------------------------------
+
+
+def test_a_conflict_storm_converges_without_duplicates(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    emulator.faults.add(kubeapi.Conflict(), verb="write", probability=0.5, times=40)
+    failures = []
+    for _ in range(6):
+        try:
+            state = passes.run()
+        except errors.TransientError as err:
+            failures.append(err.reason)
+            continue
+        if state.summary is not None and state.summary.ready and not state.plan.has_changes:  # type: ignore[union-attr]
+            break
+    emulator.faults.clear()
+    final = passes.run()
+
+    assert final.plan is not None and not final.plan.has_changes and final.writes == 0
+    assert set(failures) <= {"Conflict"}
+    conflicts = [r for r in emulator.requests() if r.code == 409]
+    assert conflicts, "the storm should have hit some writes"
+    instances = objects(emulator, INSTANCES)
+    assert len(instances) == 15 and len(objects(emulator, PACKS)) == 5
+    for pi in instances.values():
+        assert len(pi["status"]["history"]) == 1  # no duplicated install record
+        assert_complete(pi)
+    print(f"\nconflict storm: {len(conflicts)} injected 409s, {len(failures)} failed passes before convergence")
+
+
+class Interfering:
+    """A Cluster that lets another writer change an object between observe and apply."""
+
+    def __init__(self, inner: kube.KubeCluster, meddle: Any) -> None:
+        self.inner, self.meddle = inner, meddle
+
+    def observe(self, namespace: str) -> instance.Observed:
+        return self.inner.observe(namespace)
+
+    def apply(self, namespace: str, changes: Any, revision: str, now: str) -> int:
+        self.meddle()
+        return self.inner.apply(namespace, changes, revision, now)
+
+
+def test_a_change_made_during_the_pass_is_not_overwritten(emulator: kubeapi.Emulator, passes: harness.Passes,
+                                                          repo: pathlib.Path, api: client.ApiClient) -> None:
+    passes.run()
+    custom = client.CustomObjectsApi(api)
+
+    def meddle() -> None:
+        custom.patch_namespaced_custom_object(harness.GROUP, "v1alpha1", NAMESPACE, INSTANCES, "web-frontend-prod-eu",
+                                              {"metadata": {"annotations": {"audit.example.com/seen": "yes"}}},
+                                              field_manager="auditor")
+
+    bump(repo, "web-frontend", "v1.4.2", "v1.5.0")
+    passes.cluster = Interfering(passes.cluster, meddle)  # type: ignore[assignment]
+    with pytest.raises(errors.TransientError) as raised:
+        passes.run()
+    assert raised.value.reason == "Conflict" and "not overwriting" in str(raised.value)
+    instances = objects(emulator, INSTANCES)
+    assert instances["web-frontend-prod-eu"]["metadata"]["annotations"] == {"audit.example.com/seen": "yes"}
+    assert instances["web-frontend-prod-eu"]["status"]["version"] == "1.4.2"  # not written from the stale read
+    assert instances["web-frontend-prod-us"]["status"]["version"] == "1.5.0"  # one conflict does not stop the others
+
+    passes.cluster = passes.cluster.inner  # type: ignore[attr-defined]
+    state = passes.run()
+
+    assert state.writes == 1
+    healed = objects(emulator, INSTANCES)["web-frontend-prod-eu"]
+    assert healed["metadata"]["annotations"] == {"audit.example.com/seen": "yes"}
+    assert [h["packVersion"] for h in healed["status"]["history"]] == ["1.4.2", "1.5.0"]
+    assert_complete(healed)
+
+
+def test_server_errors_are_transient_and_the_next_pass_converges(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    emulator.faults.add(kubeapi.InternalError(), verb="apply", resource=INSTANCES, times=1)
+    with pytest.raises(errors.TransientError) as raised:
+        passes.run()
+    assert raised.value.reason == "ClusterUnavailable"
+
+    state = passes.run()
+
+    assert state.summary is not None and state.summary.ready
+    assert len(objects(emulator, INSTANCES)) == 15
+    assert passes.run().writes == 0
+
+
+def test_a_lost_status_write_is_redone_by_the_next_pass(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    """Spec applied, status write failed: the next pass sees the instance as not installed yet."""
+    emulator.faults.add(kubeapi.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{INSTANCES}/status",
+                        name="network-policies-dev", times=1)
+    emulator.faults.add(kubeapi.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{PACKS}/status",
+                        name="observability-v2.3.0", times=1)
+    with pytest.raises(errors.StalledError):
+        passes.run()
+    half = objects(emulator, INSTANCES)["network-policies-dev"]
+    assert "status" not in half and half["spec"]["cluster"] == "dev"
+    assert "status" not in objects(emulator, PACKS)["observability-v2.3.0"]
+    assert not any(n.startswith("observability-") for n in objects(emulator, INSTANCES))  # skipped with their pack
+
+    state = passes.run()
+
+    assert state.summary is not None and state.summary.ready
+    redone = objects(emulator, INSTANCES)["network-policies-dev"]
+    assert redone["metadata"]["uid"] == half["metadata"]["uid"]
+    assert [(h["state"], h.get("upgradeDirection")) for h in redone["status"]["history"]] == [("installed", "Initial")]
+    assert_complete(redone)
+    assert_complete(objects(emulator, PACKS)["observability-v2.3.0"])
+    assert passes.run().writes == 0
+
+
+def test_an_unreachable_api_server_is_transient(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
+    configuration.retries = 0
+    with client.ApiClient(configuration) as api, kube.KubeCluster(api) as adapter, pytest.raises(errors.TransientError) as raised:
+        adapter.observe(NAMESPACE)
+    assert raised.value.reason == "ClusterUnavailable" and "cannot reach the API server" in str(raised.value)
+
+
+def test_a_refusal_names_the_rbac_needed(emulator: kubeapi.Emulator, cluster: kube.KubeCluster) -> None:
+    emulator.faults.add(kubeapi.Fail(403, "Forbidden", "packinstances is forbidden: User cannot list"), verb="list")
+    with pytest.raises(errors.ConfigError) as raised:
+        cluster.observe(NAMESPACE)
+    assert raised.value.reason == "ClusterUnauthorized"
+    assert "list, watch" in str(raised.value) and "kubectl apply -f deploy/rbac.yaml" in str(raised.value)
+
+
+def test_missing_crds_tell_how_to_install_them(tmp_path: pathlib.Path) -> None:
+    with (
+        kubeapi.Emulator() as emu,
+        kube.connect(kubeconfig=str(emu.write_kubeconfig(tmp_path / "kc"))) as api,
+        kube.KubeCluster(api) as adapter,
+        pytest.raises(errors.ConfigError) as raised,
+    ):
+        adapter.observe(NAMESPACE)
+    assert raised.value.reason == "CRDNotInstalled" and "kubectl apply -f deploy/crds.yaml" in str(raised.value)
+
+
+def test_a_watch_gone_410_relists(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+    with kube.KubeCluster(api, watch_timeout=1, backoff=(0.05, 0.5)) as adapter:
+        assert adapter.observe(NAMESPACE).instances == {}
+        harness.wait_until(lambda: emulator.request_counts().get(f"watch {INSTANCES}", 0) >= 1)
+        emulator.faults.add(kubeapi.WatchGone(), verb="watch", resource=INSTANCES, times=1)
+        emulator.create_object(labelled_instance("late-dev"))
+
+        harness.wait_until(lambda: emulator.request_counts().get(f"list {INSTANCES}", 0) == 2, timeout=15)
+        seen = harness.wait_until(lambda: adapter.observe(NAMESPACE).instances.get("late-dev"))
+
+    assert seen.cluster == "dev"
+    assert emulator.request_counts()[f"list {PACKS}"] == 1
+
+
+def test_a_dropped_watch_resumes_from_its_last_resource_version(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+    with kube.KubeCluster(api, watch_timeout=1, backoff=(0.05, 0.5)) as adapter:
+        adapter.observe(NAMESPACE)
+        emulator.faults.add(kubeapi.DropWatch(after_events=1, abrupt=True), verb="watch", resource=INSTANCES, times=1)
+        emulator.create_object(labelled_instance("first-dev"))
+        emulator.create_object(labelled_instance("second-dev"))
+
+        harness.wait_until(lambda: {"first-dev", "second-dev"} <= set(adapter.observe(NAMESPACE).instances), timeout=15)
+
+    dropped = [r for r in emulator.requests(verb="watch", resource=INSTANCES) if r.fault == "DropWatch"]
+    assert dropped and emulator.request_counts()[f"list {INSTANCES}"] == 1  # resumed, not relisted
+
+
+def test_objects_without_the_managed_by_label_are_not_observed(emulator: kubeapi.Emulator, cluster: kube.KubeCluster) -> None:
+    foreign = labelled_instance("foreign-dev")
+    foreign["metadata"]["labels"] = {}
+    emulator.create_object(foreign)
+    emulator.create_object(labelled_instance("ours-dev"))
+    assert set(cluster.observe(NAMESPACE).instances) == {"ours-dev"}
+
+
+def labelled_instance(name: str) -> dict[str, Any]:
+    """A committed PackInstance as gitopsd writes it (spec and a status that saw generation 1)."""
+    base, _, cluster_name = name.rpartition("-")
+    record = {
+        "state": "installed", "packId": base, "packVersion": "1.0.0", "clusterPack": f"{base}-v1.0.0", "priority": 0,
+        "registryVersionHash": "sha256:0", "installedAt": "2026-01-01T00:00:00Z", "installedBy": "test",
+        "artifact": f"oci-layout://packs/{base}:1.0.0@sha256:1", "revision": "dir@sha256:2", "upgradeFromVersion": None,
+    }
+    return {
+        "apiVersion": "infrastructure.ontai.dev/v1alpha1", "kind": "PackInstance",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "gitopsd"}},
+        "spec": {"basePackName": base, "cluster": cluster_name,
+                 "clusterPackRef": {"name": f"{base}-v1.0.0", "version": "1.0.0", "digest": "sha256:1", "checksum": "sha256:3"}},
+        "status": {"state": "installed", "version": "1.0.0", "history": [record],
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Initial", "message": "", "observedGeneration": 1}]},
+    }
+
+
+# -- presentation and order (pure) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "generation", "state", "version", "checksum"),
+    [
+        ({}, 1, instance.InstallState.UNINSTALLED, "1.0.0", "sha256:3"),
+        (None, 2, instance.InstallState.INSTALLED, "1.0.0", "sha256:3"),
+        ("stale", 2, instance.InstallState.INSTALLED, "0.9.0", ""),
+    ],
+    ids=["spec-written-status-lost-on-create", "status-saw-this-generation", "status-saw-an-older-generation"],
+)
+def test_an_instance_is_presented_as_of_its_last_completed_write(status: Any, generation: int, state: instance.InstallState,
+                                                                  version: str, checksum: str) -> None:
+    obj = labelled_instance("pack-dev")
+    obj["metadata"]["generation"] = generation
+    if status == {}:
+        obj["status"] = {}
+    elif status is None:
+        obj["status"]["conditions"][0]["observedGeneration"] = generation
+    else:
+        obj["status"]["version"] = "0.9.0"
+        obj["status"]["history"][0]["packVersion"] = "0.9.0"
+    presented = kube.present_instance(obj)
+    assert (presented.state, presented.version, presented.checksum) == (state, version, checksum)
+
+
+def test_writes_are_ordered_packs_first_and_deletions_last() -> None:
+    def c(kind: change.ObjectKind, action: change.Action, name: str) -> change.Change:
+        return change.Change(kind=kind, name=name, action=action, reason="", base_pack_name="p", version="1.0.0")
+
+    pk, pi = change.ObjectKind.CLUSTER_PACK, change.ObjectKind.PACK_INSTANCE
+    shuffled = [c(pk, change.Action.UNINSTALL, "prune"), c(pi, change.Action.UNINSTALL, "gone"), c(pi, change.Action.BLOCKED, "blocked"),
+                c(pi, change.Action.SUPERSEDE, "moved"), c(pk, change.Action.CREATE, "new"), c(pi, change.Action.CREATE, "added")]
+    assert [x.name for x in sorted(shuffled, key=kube.write_order)] == ["new", "moved", "added", "blocked", "gone", "prune"]
+
+
+# -- leader election ----------------------------------------------------------------------------
+
+FAST = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.2}
+
+
+class Sampler:
+    """Samples who believes to lead, every few milliseconds, in a thread."""
+
+    def __init__(self, electors: dict[str, lease.Elector]) -> None:
+        self.electors = electors
+        self.samples = 0
+        self.overlaps: list[tuple[str, ...]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            leading = tuple(name for name, e in self.electors.items() if e.is_leader())
+            self.samples += 1
+            if len(leading) > 1:
+                self.overlaps.append(leading)
+            time.sleep(0.002)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_two_electors_never_lead_at_once_and_a_crash_fails_over_within_the_lease(api: client.ApiClient) -> None:
+    a = lease.Elector(api, namespace=NAMESPACE, identity="replica-a", **FAST)
+    b = lease.Elector(api, namespace=NAMESPACE, identity="replica-b", **FAST)
+    electors = {"a": a, "b": b}
+    with Sampler(electors) as sampler:
+        a.start()
+        b.start()
+        first = harness.wait_until(lambda: next((n for n, e in electors.items() if e.is_leader()), None))
+        time.sleep(1.0)  # a few renew rounds
+        leader, follower = electors[first], electors["b" if first == "a" else "a"]
+        assert not follower.is_leader()
+
+        crashed = time.monotonic()
+        leader.stop(release=False)  # a crash: no release, the lease runs out
+        harness.wait_until(follower.is_leader, timeout=4 * FAST["lease_duration"])
+        failover = time.monotonic() - crashed
+
+        restarted = lease.Elector(api, namespace=NAMESPACE, identity=leader.identity + "-2", **FAST)
+        electors["restarted"] = restarted
+        restarted.start()
+        time.sleep(1.0)
+        assert not restarted.is_leader()  # the new leader keeps renewing
+        follower.stop()  # a clean stop releases the lease
+        released = time.monotonic()
+        harness.wait_until(restarted.is_leader, timeout=4 * FAST["lease_duration"])
+        handover = time.monotonic() - released
+        restarted.stop()
+
+    assert sampler.overlaps == [] and sampler.samples > 500
+    assert failover < 3 * FAST["lease_duration"]
+    print(f"\nleader failover after a crash: {failover:.2f}s (lease {FAST['lease_duration']}s, retry {FAST['retry_period']}s); "
+          f"after a clean release: {handover:.2f}s; {sampler.samples} samples, never two leaders")
+
+
+def test_only_one_of_many_contenders_wins(api: client.ApiClient) -> None:
+    electors = {f"r{i}": lease.Elector(api, namespace=NAMESPACE, identity=f"r{i}", **FAST) for i in range(5)}
+    with Sampler(electors) as sampler:
+        for e in electors.values():
+            e.start()
+        harness.wait_until(lambda: any(e.is_leader() for e in electors.values()))
+        time.sleep(1.5)
+        for e in electors.values():
+            e.stop()
+    assert sampler.overlaps == []
+    assert sum(e.transitions for e in electors.values()) >= 1
+
+
+def test_a_deposed_leader_sends_no_write(emulator: kubeapi.Emulator, api: client.ApiClient, passes: harness.Passes) -> None:
+    elector = lease.Elector(api, namespace=NAMESPACE, identity="only", **FAST).start()
+    try:
+        harness.wait_until(elector.is_leader)
+        gated = kube.KubeCluster(api, may_write=elector.is_leader)
+        passes.cluster = gated
+        passes.run()
+        assert len(objects(emulator, INSTANCES)) == 15
+        shutil.rmtree(passes.repo / "packs" / "web-frontend")
+        elector.stop(release=False)  # stops renewing, as a partitioned leader would
+        harness.wait_until(lambda: not elector.is_leader(), timeout=2 * FAST["renew_deadline"])
+        emulator.reset_requests()
+        with pytest.raises(errors.TransientError) as raised:
+            passes.run()
+    finally:
+        elector.stop()
+        passes.cluster.close()  # type: ignore[attr-defined]
+    assert raised.value.reason == "NotLeader"
+    assert emulator.write_count() == 0
+
+
+# -- sharding -----------------------------------------------------------------------------------
+
+
+def test_shards_partition_packs_by_a_stable_hash() -> None:
+    names = [f"pack-{i}" for i in range(200)] + EXAMPLE_PACKS
+    for count in (1, 2, 3, 5):
+        owners = [[i for i in range(count) if lease.shard_filter(i, count)(n)] for n in names]
+        assert all(len(o) == 1 for o in owners)
+    # sha256 of the name, not Python's salted hash(): the same on every machine and run
+    assert [lease.shard_of(n, 2) for n in EXAMPLE_PACKS] == [1, 0, 1, 0, 0]
+    assert lease.lease_name((1, 3)) == "gitopsd-shard-1-of-3" and lease.lease_name(None) == "gitopsd-leader"
+    with pytest.raises(errors.ConfigError):
+        lease.parse_shard("2/2")
+
+
+def test_two_shards_never_write_the_same_pack(emulator: kubeapi.Emulator, repo: pathlib.Path, tmp_path: pathlib.Path,
+                                              kubeconfig: pathlib.Path) -> None:
+    runners = []
+    for index in range(2):
+        api = kube.connect(kubeconfig=str(kubeconfig), user_agent=f"gitopsd-test shard-{index}")
+        owns = lease.shard_filter(index, 2)
+        adapter = kube.KubeCluster(api, owns=owns)
+        runners.append((api, adapter, harness.Passes(repo, tmp_path / f"state-{index}", adapter, pack_filter=owns)))
+    try:
+        for _ in range(2):
+            for _, _, runner in runners:
+                runner.run()
+        written: list[set[str]] = []  # object names in the URLs of each shard's writes (a create's is in its body,
+        for index in range(2):       # but its status write right after names it)
+            agent = f"gitopsd-test shard-{index}"
+            written.append({r.name for r in emulator.requests() if r.is_write and r.resource != "events" and r.user_agent == agent and r.name})
+        assert written[0] and written[1] and not written[0] & written[1]
+        for index, names in enumerate(written):
+            assert all(lease.shard_of(_base(n), 2) == index for n in names), (index, sorted(names))
+        assert len(emulator.requests(verb="create", resource=PACKS)) == 5  # each ClusterPack created once, by one shard
+        assert len(objects(emulator, INSTANCES)) == 15 and len(objects(emulator, PACKS)) == 5
+        # each shard observes only its own packs: neither uninstalled the other's instances
+        assert emulator.requests(verb="delete") == []
+    finally:
+        for api, adapter, runner in runners:
+            runner.close()
+            adapter.close()
+            api.close()
+
+
+def _base(name: str) -> str:
+    """basePackName of a ClusterPack (``base-vX.Y.Z``) or PackInstance (``base-cluster``) of examples-repo."""
+    return next(b for b in EXAMPLE_PACKS if name.startswith(b + "-"))
+
+
+def test_dry_run_against_the_cluster_writes_nothing(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+    state = passes.run(dry_run=True)
+    assert state.plan is not None and state.plan.has_changes
+    assert emulator.write_count() == 0
+
+
+def test_env_is_untouched_without_kubernetes_flags(tmp_path: pathlib.Path) -> None:
+    import argparse
+
+    from gitopsd import wiring_kube
+
+    parser = argparse.ArgumentParser()
+    wiring_kube.add_flags(parser)
+    assert wiring_kube.options(parser.parse_args([])) is None
+    opts = wiring_kube.options(parser.parse_args(["--kubeconfig", "kc", "--shard", "1/3"]))
+    assert opts is not None and opts.shard == (1, 3) and opts.kubeconfig == "kc"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--shard", "3/3"])
+    with pytest.raises(errors.ConfigError):
+        wiring_kube.options(parser.parse_args(["--shard", "0/2"]))
+    marker = object()
+    env = reconcile.Env(source=marker, cluster=marker, registry=marker, cache=marker, clock=marker,  # type: ignore[arg-type]
+                        renderers={}, schemas=marker)  # type: ignore[arg-type]
+    with wiring_kube.use(parser.parse_args([]), env) as used:
+        assert used is env and used.cluster is marker
+
+
+def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+    with kube.KubeCluster(api, watch=False) as adapter:
+        adapter.observe(NAMESPACE)
+        adapter.observe(NAMESPACE)
+        assert not list(harness.gitopsd_threads())
+    assert emulator.request_counts() == {f"list {PACKS}": 2, f"list {INSTANCES}": 2}
+
+
+def kube_args(kubeconfig: pathlib.Path, *extra: str) -> Any:
+    import argparse
+
+    from gitopsd import wiring_kube
+
+    parser = argparse.ArgumentParser()
+    wiring_kube.add_flags(parser)
+    return parser.parse_args(["--kubeconfig", str(kubeconfig), "--lease-namespace", NAMESPACE, *extra])
+
+
+def test_use_wires_the_cluster_and_holds_the_lease_for_a_one_shot_write(emulator: kubeapi.Emulator, kubeconfig: pathlib.Path,
+                                                                        passes: harness.Passes) -> None:
+    from gitopsd import wiring_kube
+
+    with wiring_kube.use(kube_args(kubeconfig, "--shard", "1/2"), passes.env()) as env:
+        assert isinstance(env.cluster, kube.KubeCluster) and env.pack_filter is not None
+        state = reconcile.run(env)
+        lease_obj = emulator.get_object("leases", "gitopsd-shard-1-of-2", NAMESPACE)
+        assert lease_obj is not None and lease_obj["spec"]["holderIdentity"] == lease.default_identity()
+    assert state.summary is not None and state.summary.ready
+    built = {c.base_pack_name for c in state.plan.changes}  # type: ignore[union-attr]
+    assert built == {"cert-manager-lite", "observability"}  # shard 1 of 2
+    assert emulator.get_object("leases", "gitopsd-shard-1-of-2", NAMESPACE)["spec"]["holderIdentity"] == ""  # released
+
+
+def test_a_one_shot_write_refuses_while_another_replica_leads(emulator: kubeapi.Emulator, kubeconfig: pathlib.Path,
+                                                              api: client.ApiClient, passes: harness.Passes) -> None:
+    from gitopsd import wiring_kube
+
+    with lease.Elector(api, namespace=NAMESPACE, identity="the-daemon", **FAST) as daemon:
+        harness.wait_until(daemon.is_leader)
+        with pytest.raises(errors.ConfigError) as raised, wiring_kube.use(kube_args(kubeconfig), passes.env()):
+            pass
+        assert raised.value.reason == "LeaseHeld" and "the-daemon" in str(raised.value)
+        with wiring_kube.use(kube_args(kubeconfig), passes.env(dry_run=True)) as env:  # reading needs no lease
+            assert reconcile.run(env).writes == 0
+    assert [r for r in emulator.requests() if r.is_write and r.resource != "leases"] == []
