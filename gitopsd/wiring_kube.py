@@ -110,8 +110,12 @@ class Kube:
         return None if self.options.shard is None else lease.shard_filter(*self.options.shard)
 
     def install(self, env: reconcile.Env) -> reconcile.Env:
+        """The cluster adapter in ``env``; with a shard, its filter on what is built, observed and
+        written back to Git (a sharded status writer replaces only its own packs' records)."""
         env.cluster = self.cluster
         env.pack_filter = self.pack_filter
+        if env.pack_filter is not None and hasattr(env.status_writer, "owns"):
+            env.status_writer.owns = env.pack_filter  # type: ignore[union-attr]
         return env
 
     def close(self) -> None:

@@ -381,9 +381,14 @@ class Informer:
                 continue
             self.stale = False
             self._response = response
+            opened = time.monotonic()
             try:
-                if self._consume(response):
+                events = self._consume(response)
+                if events or time.monotonic() - opened >= 1.0:
                     failures = 0
+                elif not self._stop.is_set() and self.synced:  # closed at once, nothing sent: do not spin
+                    failures += 1
+                    self._stop.wait(self._delay(failures))
             except Exception as err:  # the connection dropped mid-stream: resume from the last rv
                 if self._stop.is_set():
                     break
@@ -395,20 +400,22 @@ class Informer:
                 with contextlib.suppress(Exception):
                     response.release_conn()
 
-    def _consume(self, response: Any) -> bool:
-        """Apply a watch stream to the cache until it ends; True when it ended normally."""
+    def _consume(self, response: Any) -> int:
+        """Apply a watch stream to the cache until it ends; returns the events it carried."""
+        events = 0
         for line in iter_resp_lines(response):
             if self._stop.is_set():
-                return True
+                return events
             if not line:
                 continue
             event = json.loads(line)
+            events += 1
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:
                     log.info("watch expired", kind=self.kind.kind, namespace=self.namespace, message=obj.get("message"))
                     self.synced = False
-                    return True
+                    return events
                 raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
             rv = (obj.get("metadata") or {}).get("resourceVersion")
             if kind in ("ADDED", "MODIFIED"):
@@ -420,7 +427,7 @@ class Informer:
                     self.resource_version = str(rv)
                     passed = int(rv) if str(rv).isdigit() else 0
                     self._tombstones = {n: r for n, r in self._tombstones.items() if r > passed}
-        return True
+        return events
 
 
 # -- conditions and presentation ------------------------------------------------------------------

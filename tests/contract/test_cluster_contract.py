@@ -258,3 +258,14 @@ def test_objects_not_managed_by_gitopsd_are_ignored(target: Target) -> None:
     target.custom().create_namespaced_custom_object(harness.GROUP, V1, target.namespace, harness.PACKS, foreign, _preload_content=False)
     with target.cluster() as adapter:
         assert adapter.observe(target.namespace).packs == {}
+
+
+def test_a_deletion_based_on_a_stale_read_is_refused(target: Target) -> None:
+    with target.cluster() as adapter:
+        observed = install(target, adapter, cluster_pack(target.namespace))
+        target.custom().patch_namespaced_custom_object(harness.GROUP, V1, target.namespace, harness.INSTANCES, "demo-dev",
+                                                       {"metadata": {"labels": {"team": "platform"}}}, field_manager="someone-else")
+        with pytest.raises(errors.TransientError) as raised:
+            adapter.apply(target.namespace, [remove(change.ObjectKind.PACK_INSTANCE, "demo-dev", observed)], REV, NOW)
+    assert raised.value.reason == "Conflict"
+    assert read(target, harness.INSTANCES, "demo-dev") is not None
