@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import structlog
@@ -196,6 +196,24 @@ class Gpg:
 
     def sign_args(self) -> tuple[str, ...]:
         return ("-c", "gpg.format=openpgp", "-c", f"user.signingkey={self.fingerprint}", "-c", "commit.gpgsign=true")
+
+    def stop(self) -> None:
+        """Stop the gpg-agent that signing started for this home."""
+        subprocess.run([tool("gpgconf"), "--kill", "gpg-agent"], env=dict(os.environ, **self.env), check=False)
+
+
+@pytest.fixture
+def gpg_keys() -> Iterator[Callable[[pathlib.Path, str], Gpg]]:
+    """Makes :class:`Gpg` homes and stops their agents when the test ends."""
+    made: list[Gpg] = []
+
+    def make(home: pathlib.Path, uid: str) -> Gpg:
+        made.append(Gpg(home, uid))
+        return made[-1]
+
+    yield make
+    for gpg in made:
+        gpg.stop()
 
 
 @pytest.fixture(autouse=False)

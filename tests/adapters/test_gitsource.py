@@ -16,6 +16,7 @@ from tests import gitutil
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")
 quiet_logs = gitutil.quiet_logs
+gpg_keys = gitutil.gpg_keys
 
 PACKBUILD = """name: {name}
 version: {version}
@@ -302,9 +303,9 @@ def test_gitopsd_status_commits_need_not_be_in_the_allowed_signers(tmp_path: pat
     assert src.fetch().snapshot.revision == f"main@sha1:{good}"  # the desired commit is verified, not the status tip
 
 
-def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path) -> None:
-    trusted = gitutil.Gpg(tmp_path / "gpg-trusted", "Trusted Dev <dev@example.com>")
-    stranger = gitutil.Gpg(tmp_path / "gpg-stranger", "Stranger <x@example.com>")
+def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path, gpg_keys) -> None:  # type: ignore[no-untyped-def]
+    trusted = gpg_keys(tmp_path / "gpg-trusted", "Trusted Dev <dev@example.com>")
+    stranger = gpg_keys(tmp_path / "gpg-stranger", "Stranger <x@example.com>")
     bare, user = gitutil.make_remote(tmp_path, small_repo())
     for armor in (False, True):
         keyring = trusted.export(tmp_path / f"trusted-{armor}.gpg", armor=armor)
@@ -327,8 +328,8 @@ def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path) -> 
             src.fetch()
 
 
-def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: pathlib.Path) -> None:
-    trusted = gitutil.Gpg(tmp_path / "gpg", "Trusted Dev <dev@example.com>")
+def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: pathlib.Path, gpg_keys) -> None:  # type: ignore[no-untyped-def]
+    trusted = gpg_keys(tmp_path / "gpg", "Trusted Dev <dev@example.com>")
     ssh = gitutil.ssh_key(tmp_path / "keys")
     bare, user = gitutil.make_remote(tmp_path, small_repo())
     user.commit("ssh signed", pack_files("beta"), sign=gitutil.ssh_sign_args(ssh))
