@@ -10,14 +10,13 @@ Exit codes (also in ``--help``):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
 import structlog
 
-from gitopsd import __version__, errors, logs, output, reconcile, wiring
+from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring
 from gitopsd.adapters import keys, localstore
 from gitopsd.core import signing
 from gitopsd.model import pack
@@ -44,67 +43,6 @@ examples:
 """
 
 
-def _common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table") -> None:
-    if repo:
-        p.add_argument("repo", metavar="REPO", help="config repo: a folder (a Git work tree is read at HEAD), a bare "
-                       "repository path (/path/repo.git), or a file://, ssh:// or https:// URL")
-    p.add_argument("--state-dir", metavar="DIR", help="where the embedded store, OCI layout, cache and keys live "
-                   "(default: $XDG_STATE_HOME/gitopsd/<repo>-<hash>, i.e. ~/.local/state/gitopsd/...)")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=fmt_default, help="output format (default: %(default)s)")
-    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"), help="log level on stderr (default: %(default)s)")
-    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"), help="log format (default: JSON unless stderr is a TTY)")
-
-
-def _signing_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--signing-key", metavar="PATH", help="Ed25519 private key (OpenSSH or PKCS#8 PEM, or a Secret folder) "
-                   "that signs ClusterPacks (default: a key generated in the state dir)")
-    p.add_argument("--trusted-keys", metavar="PATH", help="file or folder of trusted public keys (OpenSSH, allowed_signers "
-                   "or PEM); delivery needs a signature by one of them (default: the signing key)")
-    p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
-                   "(default: gitopsd.yaml 'registry', else oci-layout://packs)")
-
-
-def add_git_flags(p: argparse.ArgumentParser) -> None:
-    """The Git source and status write-back flags (shared with ``gitopsd run``)."""
-    g = p.add_argument_group("git", "for a Git remote REPO (bare repository path or URL); credentials never on the command line")
-    which = g.add_mutually_exclusive_group()
-    which.add_argument("--branch", metavar="NAME", help="branch to follow (default: the remote's HEAD branch)")
-    which.add_argument("--tag", metavar="NAME", help="tag to read instead of a branch (status is then not written)")
-    creds = g.add_mutually_exclusive_group()
-    creds.add_argument("--git-credentials-file", metavar="PATH", help="https: file holding user:token or a token")
-    creds.add_argument("--git-credentials-env", metavar="VAR", help="https: environment variable holding user:token or a token")
-    g.add_argument("--git-ssh-key", metavar="PATH", help="ssh: private key file (default: ssh-agent)")
-    g.add_argument("--verify-commits", metavar="ALLOWED_SIGNERS", help="refuse a revision whose commit has no SSH "
-                   "signature by a key in this allowed_signers file (fail closed: nothing is applied)")
-    g.add_argument("--verify-commits-gpg", metavar="KEYRING", help="refuse a revision whose commit has no GPG signature "
-                   "by a key in this keyring file (exported or .kbx; armored keys are imported)")
-    g.add_argument("--git-author-name", default="gitopsd", metavar="NAME", help="author of status commits (default: %(default)s)")
-    g.add_argument("--git-author-email", default="gitopsd@localhost", metavar="EMAIL",
-                   help="email of status commits, also the principal in the allowed_signers file (default: %(default)s)")
-    status = g.add_mutually_exclusive_group()
-    status.add_argument("--no-status", dest="status", action="store_false", default=None,
-                        help="reconcile: do not commit status to a Git remote")
-    status.add_argument("--write-status", dest="status", action="store_true",
-                        help="reconcile: commit status to the checked-out branch of a folder REPO (a Git work tree)")
-    g.add_argument("--as-git-remote", action="store_true", help="REPO is a plain folder: commit it to a local bare "
-                   "remote <state-dir>/demo-remote.git (again when its files change) and reconcile from that remote")
-
-
-def git_options(args: argparse.Namespace) -> wiring.GitOptions:
-    return wiring.GitOptions(
-        branch=args.branch,
-        tag=args.tag,
-        credentials_file=args.git_credentials_file,
-        credentials_env=args.git_credentials_env,
-        ssh_key=args.git_ssh_key,
-        verify_commits=args.verify_commits,
-        verify_commits_gpg=args.verify_commits_gpg,
-        author_name=args.git_author_name,
-        author_email=args.git_author_email,
-        status=args.status,
-    )
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="gitopsd",
@@ -123,9 +61,10 @@ def parser() -> argparse.ArgumentParser:
         ("diff", "what would change; exit 0 = in sync, 1 = changes, 2 = error"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        _common(p)
-        _signing_flags(p)
-        add_git_flags(p)
+        flags.common(p)
+        flags.signing(p)
+        flags.registry(p)
+        flags.git(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         p.set_defaults(func=cmd_pass, mode=name)
 
@@ -133,14 +72,14 @@ def parser() -> argparse.ArgumentParser:
                        description="list ClusterPacks (packs) or PackInstances (instances) of the local store")
     p.add_argument("what", choices=("packs", "instances", "events"), help="what to list")
     p.add_argument("repo", metavar="REPO", nargs="?", help="config repo (to find its default state dir)")
-    _common(p, repo=False)
+    flags.common(p, repo=False)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("verify", help="check every stored ClusterPack's signature and artifact; exit 1 on any failure",
                        description="check every stored ClusterPack: signature against the trusted keys, artifact "
                        "blobs against the recorded digests; one line per pack; exit 1 on any failure")
     p.add_argument("repo", metavar="REPO", nargs="?", help="config repo (to find its default state dir)")
-    _common(p, repo=False)
+    flags.common(p, repo=False)
     p.add_argument("--trusted-keys", metavar="PATH", help="trusted public keys (default: the state dir's signing key)")
     p.set_defaults(func=cmd_verify)
 
@@ -151,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--principal", default="gitopsd@localhost", help="identity in the allowed_signers line")
     p.add_argument("--force", action="store_true", help="overwrite an existing key")
     p.set_defaults(func=cmd_keygen)
+
+    cli_run.add_parser(sub)
     return top
 
 
@@ -199,7 +140,8 @@ def cmd_pass(args: argparse.Namespace) -> int:
     local = wiring.open_local(state_dir)
     try:
         wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
-                                 registry_url=args.registry_url, git=git_options(args))
+                                 registry_url=args.registry_url, git=flags.git_options(args),
+                                 registry=flags.registry_options(args))
         wired.env.progress = _progress(sys.stderr)
         state = reconcile.run(wired.env)
     finally:

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import functools
 import pathlib
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import structlog
 
-from gitopsd import daemon, errors, httpserver, metrics, ports, reconcile, wiring
-from gitopsd.adapters import fstree, gittree, system
+from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring
+from gitopsd.adapters import watch
 
 log = structlog.get_logger()
 
@@ -84,16 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     help_text = "the daemon: reconcile on every new revision, webhook and resync; serve /metrics, /healthz, /readyz"
     p: argparse.ArgumentParser = subparsers.add_parser(
         "run", help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("repo", metavar="REPO", help="config repo: a plain folder, or a Git work tree (read at HEAD: "
-                   "committed content only)")
-    p.add_argument("--state-dir", metavar="DIR", help="where the embedded store, OCI layout, cache and keys live "
-                   "(default: $XDG_STATE_HOME/gitopsd/<repo>-<hash>, i.e. ~/.local/state/gitopsd/...)")
-    p.add_argument("--signing-key", metavar="PATH", help="Ed25519 private key that signs ClusterPacks "
-                   "(default: a key generated in the state dir)")
-    p.add_argument("--trusted-keys", metavar="PATH", help="trusted public keys; delivery needs a signature by one "
-                   "of them (default: the signing key)")
-    p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
-                   "(default: gitopsd.yaml 'registry', else oci-layout://packs)")
+    flags.common(p, output=False, log_level="info")
+    flags.signing(p)
+    flags.registry(p)
+    flags.git(p)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
     p.add_argument("--interval", type=parse_duration, default=30.0, metavar="DURATION",
                    help="how often to look for a new revision, ±10%% jitter (default: 30s)")
@@ -114,46 +107,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "whitespace ignored); without it the webhook endpoints answer 404")
     p.add_argument("--shutdown-timeout", type=parse_duration, default=30.0, metavar="DURATION",
                    help="on SIGTERM/SIGINT, how long the pass in flight may take before it is abandoned (default: 30s)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                   help="log level on stderr (default: %(default)s)")
-    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"),
-                   help="log format (default: JSON unless stderr is a TTY)")
     p.set_defaults(func=cmd_run)
     return p
 
 
 # --- wiring ---------------------------------------------------------------------------------------
-class LocalHeadSource:
-    """The local folder source, made ``ports.Pollable``: ``head()`` names the revision a fetch would
-    read (the HEAD commit of a Git work tree, or the content hash of a plain folder) without a pass."""
-
-    def __init__(self, source: system.LocalSource) -> None:
-        self.source = source
-
-    def fetch(self) -> ports.Tree:
-        return self.source.fetch()
-
-    def head(self) -> str | None:
-        tree = gittree.open_worktree(self.source.path, self.source.export_dir)
-        if tree is not None:
-            return tree.snapshot.revision
-        return fstree.FsTree(self.source.path).snapshot.revision
+@contextlib.contextmanager
+def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path) -> Iterator[reconcile.Env]:
+    """The Env of ``run`` for any REPO form (folder, bare repository, URL), with status write-back
+    to a Git remote; the embedded store, cache and layout are closed on exit."""
+    local = wiring.open_local(state_dir)
+    try:
+        wired = wiring.build_env(repo, local, dry_run=False, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
+                                 registry_url=args.registry_url, git=flags.git_options(args),
+                                 registry=flags.registry_options(args))
+        yield wired.env
+    finally:
+        local.close()
 
 
 @contextlib.contextmanager
 def open_local_env(repo: pathlib.Path, state_dir: pathlib.Path, *, signing_key: str | None, trusted_keys: str | None,
                    registry_url: str | None) -> Iterator[reconcile.Env]:
-    """The Env of ``run`` on a local REPO with the embedded store; closed on exit.
-
-    Local folders only for now: this switches to the shared env builder once Git remotes land.
-    """
+    """The Env of ``run`` on a local folder with the embedded store and default Git options."""
     local = wiring.open_local(state_dir)
     try:
-        env = wiring.local_env(repo, local, dry_run=False, signing_key=signing_key, trusted_keys=trusted_keys,
-                               registry_url=registry_url)
-        if isinstance(env.source, system.LocalSource):
-            env.source = LocalHeadSource(env.source)  # type: ignore[assignment]
-        yield env
+        yield wiring.build_env(str(repo), local, dry_run=False, signing_key=signing_key, trusted_keys=trusted_keys,
+                               registry_url=registry_url).env
     finally:
         local.close()
 
@@ -169,78 +149,6 @@ def read_secret(path: str) -> bytes:
     return secret
 
 
-# --- local watch -----------------------------------------------------------------------------------
-_IGNORED_NAMES = ("*.swp", "*.swx", "*~", ".#*", "4913", ".DS_Store")  # editor scratch files
-
-
-def _git_dirs(repo: pathlib.Path) -> list[pathlib.Path]:
-    """The folders holding HEAD and the refs of a work tree (two for a linked work tree)."""
-    dot_git = repo / ".git"
-    if dot_git.is_dir():
-        return [dot_git.resolve()]
-    text = dot_git.read_text(encoding="utf-8").strip()
-    git_dir = (repo / text.removeprefix("gitdir:").strip()).resolve()
-    dirs = [git_dir]
-    common = git_dir / "commondir"
-    if common.is_file():
-        dirs.append((git_dir / common.read_text(encoding="utf-8").strip()).resolve())
-    return dirs
-
-
-def watch_plan(repo: pathlib.Path, export_dir: pathlib.Path) -> tuple[list[pathlib.Path], Callable[[object, str], bool], str]:
-    """What ``--watch`` watches: (paths, filter, description).
-
-    A Git work tree is reconciled at HEAD, so only HEAD and refs moving can change what a pass
-    reads: watch those. A plain folder is read as it is: watch its files, minus ``.git/``,
-    ``.gitopsd/`` (never desired state) and editor scratch files.
-    """
-    if gittree.open_worktree(repo, export_dir) is not None:
-        roots = _git_dirs(repo)
-
-        def git_filter(_: object, path: str) -> bool:
-            p = pathlib.Path(path)
-            if p.name.endswith(".lock"):
-                return False
-            for root in roots:
-                if p == root / "HEAD" or p == root / "packed-refs" or root / "refs" in p.parents:
-                    return True
-            return False
-
-        return roots, git_filter, "git work tree: commits, checkouts and resets"
-
-    root = repo.resolve()
-
-    def folder_filter(_: object, path: str) -> bool:
-        p = pathlib.Path(path)
-        try:
-            parts = p.relative_to(root).parts
-        except ValueError:
-            return False
-        if any(part in fstree.SKIP for part in parts):
-            return False
-        return not any(fnmatch.fnmatch(p.name, pattern) for pattern in _IGNORED_NAMES)
-
-    return [root], folder_filter, "plain folder: saved edits"
-
-
-def watch(paths: list[pathlib.Path], keep: Callable[[object, str], bool], *, debounce: float, stop: threading.Event,
-          trigger: Callable[[str], bool]) -> None:
-    """Trigger a pass for each batch of changes until ``stop`` is set. Runs in its own thread."""
-    import watchfiles  # noqa: PLC0415 - only --watch needs it
-
-    step = max(int(debounce * 1000), 1)
-    try:
-        for changes in watchfiles.watch(*paths, watch_filter=keep, step=step, debounce=max(step * 10, 1600),
-                                        stop_event=stop, rust_timeout=1000, raise_interrupt=False):
-            names = sorted(pathlib.Path(p).name for _, p in changes)
-            log.info("files changed", count=len(names), files=names[:5])
-            if not trigger("watch"):
-                return
-    except Exception as err:  # noqa: BLE001 - a dead watch must not go unnoticed
-        log.error("watch stopped", error=str(err), paths=[str(p) for p in paths])
-
-
-# --- the command ----------------------------------------------------------------------------------
 def _repo_path(args: argparse.Namespace) -> pathlib.Path:
     repo = pathlib.Path(args.repo)
     if not repo.is_dir():
@@ -287,13 +195,22 @@ class _Signals:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    repo = _repo_path(args)
+    kind = wiring.repo_kind(args.repo)  # a missing folder or a URL holding credentials stops here
     state_dir = pathlib.Path(args.state_dir) if args.state_dir else wiring.default_state_dir(args.repo)
-    wiring.check_state_dir(state_dir, repo)
-    open_env = functools.partial(open_local_env, repo, state_dir, signing_key=args.signing_key,
-                                 trusted_keys=args.trusted_keys, registry_url=args.registry_url)
+    repo_arg = args.repo
+    if args.as_git_remote:
+        if kind is not wiring.RepoKind.FOLDER:
+            raise errors.ConfigError(f"--as-git-remote takes a plain folder; {args.repo} already is a Git remote", reason="Usage")
+        repo_arg = str(wiring.ensure_demo_remote(pathlib.Path(args.repo), state_dir))
+        kind = wiring.repo_kind(repo_arg)
+    if kind is not wiring.RepoKind.URL:
+        wiring.check_state_dir(state_dir, pathlib.Path(repo_arg))
+    if args.watch and kind is not wiring.RepoKind.FOLDER:
+        raise errors.ConfigError("--watch watches a local folder; for a Git remote use the webhook receiver", reason="Usage")
+    repo = pathlib.Path(args.repo)
+    env_factory = functools.partial(open_env, args, repo_arg, state_dir)
     if args.once:
-        return run_once(open_env)
+        return run_once(env_factory)
     if args.interval <= 0:
         raise errors.ConfigError("--interval must be more than 0", reason="Usage")
     secret = read_secret(args.webhook_secret_file) if args.webhook_secret_file else None
@@ -301,7 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise errors.ConfigError("--webhook-secret-file needs the HTTP server: drop --listen off", reason="Usage")
 
     measures = metrics.Metrics()
-    loop = daemon.Daemon(open_env, daemon.Options(interval=args.interval, resync_interval=args.resync_interval),
+    loop = daemon.Daemon(env_factory, daemon.Options(interval=args.interval, resync_interval=args.resync_interval,
+                                                   branch=args.branch),
                          metrics=measures)
     server = None
     if args.listen is not None:
@@ -311,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as err:
             raise errors.ConfigError(f"--listen {host}:{port}: {err.strerror}", reason="ListenFailed") from err
 
-    watching = watch_plan(repo, state_dir / "trees") if args.watch else None
+    watching = watch.watch_plan(repo, state_dir / "trees") if args.watch else None
 
     with _Signals() as signals:
         log.info("daemon starting", repo=str(repo), state_dir=str(state_dir), interval=args.interval,
@@ -322,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if watching is not None:
             paths, keep, what = watching
             log.info("watching", paths=[str(p) for p in paths], reacts_to=what)
-            threading.Thread(target=watch, args=(paths, keep), name="gitopsd-watch", daemon=True,
+            threading.Thread(target=watch.watch, args=(paths, keep), name="gitopsd-watch", daemon=True,
                              kwargs={"debounce": args.watch_debounce, "stop": signals.stop, "trigger": loop.trigger}).start()
         while not signals.stop.wait(0.2) and loop.alive():
             pass

@@ -21,6 +21,7 @@ import re
 
 from gitopsd import errors, reconcile
 from gitopsd.adapters import compilecache, gitsource, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
+from gitopsd.adapters import registry as registry_adapter
 
 
 def default_state_dir(repo: str) -> pathlib.Path:
@@ -151,6 +152,30 @@ class GitOptions:
     status: bool | None = None  # None: on for a Git remote, off for a folder; False: --no-status; True: --write-status
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """Where artifacts are pushed when not to the local OCI layout (``--registry`` and friends)."""
+
+    url: str
+    ca: str | None = None
+    insecure: bool = False
+    config: str | None = None
+    username_file: str | None = None
+    password_file: str | None = None
+
+
+def open_registry(options: RegistryOptions) -> registry_adapter.OciRegistry:
+    """The registry adapter; bad URLs, credential files or an insecure non-loopback host stop here."""
+    return registry_adapter.OciRegistry(
+        options.url,
+        ca=options.ca,
+        insecure=options.insecure,
+        config=options.config,
+        username_file=options.username_file,
+        password_file=options.password_file,
+    )
+
+
 @dataclasses.dataclass
 class Wired:
     """The pass's Env and what the CLI reports about the Git side."""
@@ -219,9 +244,18 @@ def ensure_demo_remote(folder: pathlib.Path, state_dir: pathlib.Path) -> pathlib
 
 
 def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None = None, trusted_keys: str | None = None,
-              registry_url: str | None = None, git: GitOptions | None = None) -> Wired:
+              registry_url: str | None = None, git: GitOptions | None = None,
+              registry: RegistryOptions | None = None) -> Wired:
     """The Env of one pass for any REPO form; status write-back wired when it applies."""
     git = git or GitOptions()
+    if registry is not None:
+        if registry_url and registry_url.rstrip("/") != registry.url.rstrip("/"):
+            raise errors.ConfigError(
+                f"--registry-url {registry_url} differs from --registry {registry.url}: ClusterPacks must name the "
+                "registry their artifacts are pushed to; drop --registry-url",
+                reason="Usage",
+            )
+        registry_url = registry.url
     kind = repo_kind(repo)
     signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run)
     env = reconcile.Env(
@@ -237,6 +271,8 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
         registry_url=registry_url,
         dry_run=dry_run,
     )
+    if registry is not None:
+        env.registry = open_registry(registry)
     wired = Wired(env=env, kind=kind)
     identity = statuswriter.Identity(git.author_name, git.author_email)
     branch: statuswriter.Branch | None = None

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from gitopsd.adapters import watch
 from gitopsd import cli_run, daemon, errors, httpserver, metrics, ports, reconcile
 
 STEADY = daemon.Options(interval=30, jitter=0, resync_interval=0)
@@ -372,9 +373,9 @@ def watched_daemon(repo: pathlib.Path, state_dir: pathlib.Path) -> tuple[daemon.
     counted = Counted(time.monotonic)
     loop = daemon.Daemon(local_env(repo, state_dir), daemon.Options(interval=3600, resync_interval=0), run_pass=counted)
     stop = threading.Event()
-    paths, keep, _ = cli_run.watch_plan(repo, state_dir / "trees")
+    paths, keep, _ = watch.watch_plan(repo, state_dir / "trees")
     loop.start()
-    threading.Thread(target=cli_run.watch, args=(paths, keep), daemon=True,
+    threading.Thread(target=watch.watch, args=(paths, keep), daemon=True,
                      kwargs={"debounce": 0.2, "stop": stop, "trigger": loop.trigger}).start()
     return loop, counted, stop
 
@@ -451,7 +452,7 @@ def test_watch_on_a_git_work_tree_reacts_to_head_and_refs_only(tmp_path: pathlib
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "one")
-    paths, keep, _ = cli_run.watch_plan(repo, tmp_path / "trees")
+    paths, keep, _ = watch.watch_plan(repo, tmp_path / "trees")
     assert paths == [(repo / ".git").resolve()]
     assert keep(None, str(repo.resolve() / rel)) is kept
 
@@ -470,7 +471,7 @@ WATCH_FILTER_FOLDER = {
 def test_watch_on_a_plain_folder_ignores_git_status_and_editor_files(tmp_path: pathlib.Path, rel: str, kept: bool) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    paths, keep, _ = cli_run.watch_plan(repo, tmp_path / "trees")
+    paths, keep, _ = watch.watch_plan(repo, tmp_path / "trees")
     assert paths == [repo.resolve()]
     assert keep(None, str(repo.resolve() / rel)) is kept
 

@@ -26,3 +26,8 @@ class LocalSource:
         if tree is not None:
             return tree
         return fstree.FsTree(self.path)
+
+    def head(self) -> str | None:
+        """The revision a fetch would read: the HEAD commit of a work tree (cheap), or the content
+        hash of a plain folder (reads every file, but spares the pass)."""
+        return self.fetch().snapshot.revision

@@ -1,0 +1,104 @@
+"""Command-line flags shared by ``reconcile``, ``dry-run``, ``diff`` and ``run``, and their options.
+
+``gitopsd.cli`` and ``gitopsd.cli_run`` both build their parsers from here, so a flag means the
+same thing everywhere. Secrets are never flag values: flags name files or environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gitopsd import errors, wiring
+
+
+def common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table", output: bool = True,
+           log_level: str = "warning") -> None:
+    if repo:
+        p.add_argument("repo", metavar="REPO", help="config repo: a folder (a Git work tree is read at HEAD), a bare "
+                       "repository path (/path/repo.git), or a file://, ssh:// or https:// URL")
+    p.add_argument("--state-dir", metavar="DIR", help="where the embedded store, OCI layout, cache and keys live "
+                   "(default: $XDG_STATE_HOME/gitopsd/<repo>-<hash>, i.e. ~/.local/state/gitopsd/...)")
+    if output:
+        p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=fmt_default, help="output format (default: %(default)s)")
+    p.add_argument("--log-level", default=log_level, choices=("debug", "info", "warning", "error"), help="log level on stderr (default: %(default)s)")
+    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"), help="log format (default: JSON unless stderr is a TTY)")
+
+
+def signing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--signing-key", metavar="PATH", help="Ed25519 private key (OpenSSH or PKCS#8 PEM, or a Secret folder) "
+                   "that signs ClusterPacks (default: a key generated in the state dir)")
+    p.add_argument("--trusted-keys", metavar="PATH", help="file or folder of trusted public keys (OpenSSH, allowed_signers "
+                   "or PEM); delivery needs a signature by one of them (default: the signing key)")
+    p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
+                   "(default: gitopsd.yaml 'registry', else oci-layout://packs)")
+
+
+def git(p: argparse.ArgumentParser) -> None:
+    """The Git source and status write-back flags (shared with ``gitopsd run``)."""
+    g = p.add_argument_group("git", "for a Git remote REPO (bare repository path or URL); credentials never on the command line")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--branch", metavar="NAME", help="branch to follow (default: the remote's HEAD branch)")
+    which.add_argument("--tag", metavar="NAME", help="tag to read instead of a branch (status is then not written)")
+    creds = g.add_mutually_exclusive_group()
+    creds.add_argument("--git-credentials-file", metavar="PATH", help="https: file holding user:token or a token")
+    creds.add_argument("--git-credentials-env", metavar="VAR", help="https: environment variable holding user:token or a token")
+    g.add_argument("--git-ssh-key", metavar="PATH", help="ssh: private key file (default: ssh-agent)")
+    g.add_argument("--verify-commits", metavar="ALLOWED_SIGNERS", help="refuse a revision whose commit has no SSH "
+                   "signature by a key in this allowed_signers file (fail closed: nothing is applied)")
+    g.add_argument("--verify-commits-gpg", metavar="KEYRING", help="refuse a revision whose commit has no GPG signature "
+                   "by a key in this keyring file (exported or .kbx; armored keys are imported)")
+    g.add_argument("--git-author-name", default="gitopsd", metavar="NAME", help="author of status commits (default: %(default)s)")
+    g.add_argument("--git-author-email", default="gitopsd@localhost", metavar="EMAIL",
+                   help="email of status commits, also the principal in the allowed_signers file (default: %(default)s)")
+    status = g.add_mutually_exclusive_group()
+    status.add_argument("--no-status", dest="status", action="store_false", default=None,
+                        help="reconcile: do not commit status to a Git remote")
+    status.add_argument("--write-status", dest="status", action="store_true",
+                        help="reconcile: commit status to the checked-out branch of a folder REPO (a Git work tree)")
+    g.add_argument("--as-git-remote", action="store_true", help="REPO is a plain folder: commit it to a local bare "
+                   "remote <state-dir>/demo-remote.git (again when its files change) and reconcile from that remote")
+
+
+def git_options(args: argparse.Namespace) -> wiring.GitOptions:
+    return wiring.GitOptions(
+        branch=args.branch,
+        tag=args.tag,
+        credentials_file=args.git_credentials_file,
+        credentials_env=args.git_credentials_env,
+        ssh_key=args.git_ssh_key,
+        verify_commits=args.verify_commits,
+        verify_commits_gpg=args.verify_commits_gpg,
+        author_name=args.git_author_name,
+        author_email=args.git_author_email,
+        status=args.status,
+    )
+
+
+def registry(p: argparse.ArgumentParser) -> None:
+    """The OCI registry flags: without --registry, artifacts go to the OCI layout in the state dir."""
+    g = p.add_argument_group("registry", "publish artifacts to an OCI registry instead of the local OCI layout; "
+                             "credentials never on the command line")
+    g.add_argument("--registry", metavar="HOST[:PORT]/PATH", help="push each pack's artifact to HOST[:PORT]/PATH/<basePackName>:<version> "
+                   "and record that URL in ClusterPacks")
+    g.add_argument("--registry-ca", metavar="PATH", help="PEM bundle of CAs that sign the registry's TLS certificate")
+    g.add_argument("--registry-insecure", action="store_true", help="plain http (allowed for loopback hosts only)")
+    g.add_argument("--registry-config", metavar="PATH", help="docker config.json with credentials "
+                   "(default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
+    g.add_argument("--registry-username-file", metavar="PATH", help="file holding the registry user name")
+    g.add_argument("--registry-password-file", metavar="PATH", help="file holding the registry password or token")
+
+
+def registry_options(args: argparse.Namespace) -> wiring.RegistryOptions | None:
+    if not getattr(args, "registry", None):
+        for flag in ("registry_ca", "registry_config", "registry_username_file", "registry_password_file"):
+            if getattr(args, flag, None):
+                raise errors.ConfigError(f"--{flag.replace('_', '-')} needs --registry", reason="Usage")
+        return None
+    return wiring.RegistryOptions(
+        url=args.registry,
+        ca=args.registry_ca,
+        insecure=args.registry_insecure,
+        config=args.registry_config,
+        username_file=args.registry_username_file,
+        password_file=args.registry_password_file,
+    )
