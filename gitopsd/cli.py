@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring
+from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_kube
 from gitopsd.adapters import keys, localstore
 from gitopsd.core import signing
 from gitopsd.model import pack
@@ -65,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
         flags.signing(p)
         flags.registry(p)
         flags.git(p)
+        wiring_kube.add_flags(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         p.set_defaults(func=cmd_pass, mode=name)
 
@@ -143,7 +144,8 @@ def cmd_pass(args: argparse.Namespace) -> int:
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args))
         wired.env.progress = _progress(sys.stderr)
-        state = reconcile.run(wired.env)
+        with wiring_kube.use(args, wired.env) as env:
+            state = reconcile.run(env)
     finally:
         local.close()
     assert state.summary is not None and state.plan is not None and state.tree is not None
@@ -171,6 +173,8 @@ def status_lines(wired: wiring.Wired, state: reconcile.PassState) -> list[str]:
     """The closing lines about status write-back: the commit pushed (or none) and how to verify it."""
     if wired.writer is None:
         return [] if wired.kind is wiring.RepoKind.FOLDER else [f"status: not written ({wired.status_off})"]
+    if state.status_error is not None:
+        return [f"status: NOT written: {state.status_error} (the next pass retries)"]
     outcome = wired.writer.last
     where = wired.writer.branch.display
     if state.status_commit is None or outcome is None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring
+from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring, wiring_kube
 from gitopsd.adapters import watch
 
 log = structlog.get_logger()
@@ -87,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.signing(p)
     flags.registry(p)
     flags.git(p)
+    wiring_kube.add_flags(p)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
     p.add_argument("--interval", type=parse_duration, default=30.0, metavar="DURATION",
                    help="how often to look for a new revision, ±10%% jitter (default: 30s)")
@@ -113,15 +114,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 # --- wiring ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path) -> Iterator[reconcile.Env]:
+def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
+             stop: threading.Event | None = None) -> Iterator[reconcile.Env]:
     """The Env of ``run`` for any REPO form (folder, bare repository, URL), with status write-back
-    to a Git remote; the embedded store, cache and layout are closed on exit."""
+    to a Git remote and, with Kubernetes flags, the cluster backend behind a Lease (a follower
+    waits here until it leads); the embedded store, cache and layout are closed on exit."""
     local = wiring.open_local(state_dir)
     try:
         wired = wiring.build_env(repo, local, dry_run=False, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args))
-        yield wired.env
+        with wiring_kube.use(args, wired.env, daemon=not args.once, stop=stop) as env:
+            yield env
     finally:
         local.close()
 
@@ -208,7 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.watch and kind is not wiring.RepoKind.FOLDER:
         raise errors.ConfigError("--watch watches a local folder; for a Git remote use the webhook receiver", reason="Usage")
     repo = pathlib.Path(args.repo)
-    env_factory = functools.partial(open_env, args, repo_arg, state_dir)
+    signals = _Signals()
+    env_factory = functools.partial(open_env, args, repo_arg, state_dir, signals.stop)
     if args.once:
         return run_once(env_factory)
     if args.interval <= 0:
@@ -231,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     watching = watch.watch_plan(repo, state_dir / "trees") if args.watch else None
 
-    with _Signals() as signals:
+    with signals:
         log.info("daemon starting", repo=str(repo), state_dir=str(state_dir), interval=args.interval,
                  resync_interval=args.resync_interval, watch=args.watch)
         loop.start()

@@ -38,6 +38,7 @@ class Memo:
     inputs: dict[str, tuple[list[str], tuple[str, ...]]] = dataclasses.field(default_factory=dict)
     verdicts: dict[tuple[str, str, str | None], plan.Verdict] = dataclasses.field(default_factory=dict)
     plan: tuple[object, change.Plan, instance.Observed] | None = None
+    status_written: bool = False
 
 
 @dataclasses.dataclass
@@ -85,6 +86,8 @@ class PassState:
     published: int = 0
     writes: int = 0
     status_commit: str | None = None
+    status_error: str | None = None
+    plan_reused: bool = False
     now: str = ""
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     summary: summarize.Summary | None = None
@@ -308,6 +311,7 @@ def make_plan(env: Env, state: PassState) -> None:
     last = env.memo.plan
     if last is not None and last[0] == fingerprint and last[2] is state.observed and not last[1].writes:
         state.plan = dataclasses.replace(last[1], revision=state.revision)
+        state.plan_reused = True
         return
     state.plan = plan.build(inputs)
     env.memo.plan = (fingerprint, state.plan, state.observed)
@@ -347,6 +351,44 @@ def publish(env: Env, state: PassState) -> None:
         state.plan = plan.block_packs(state.plan, failed, reason="ArtifactPublishFailed")
 
 
+def check_artifacts(env: Env, state: PassState) -> None:
+    """Verify before apply: every existing ClusterPack an instance is about to point at must be
+    served by the registry with exactly its recorded digests; otherwise that delivery is blocked
+    (``ArtifactMismatch``, or ``ArtifactUnverified`` when the registry cannot be asked)."""
+    assert state.plan is not None
+    checker = getattr(env.registry, "verify", None)
+    if env.dry_run or checker is None:
+        return
+    targets = {
+        c.pack_instance.cluster_pack
+        for c in state.plan.changes
+        if c.pack_instance is not None and c.action in (change.Action.CREATE, change.Action.SUPERSEDE)
+    }
+    fresh = {c.name for c in state.plan.changes if c.kind is change.ObjectKind.CLUSTER_PACK and c.action is change.Action.CREATE}
+    by_name = {r.compiled.cluster_pack.name: r.compiled.cluster_pack for r in state.compiled}
+    mismatched: dict[str, str] = {}
+    unverified: dict[str, str] = {}
+    for name in sorted(targets - fresh):  # fresh ones were just uploaded byte for byte and digest-checked
+        cp = by_name.get(name)
+        if cp is None:
+            continue
+        layers = {field: digest for field, digest in (
+            ("rbacDigest", cp.rbac_digest), ("clusterScopedDigest", cp.cluster_scoped_digest),
+            ("workloadDigest", cp.workload_digest)) if digest}
+        try:
+            problems = checker(cp.base_pack_name, cp.manifest_digest, layers)
+        except errors.GitopsdError as err:
+            unverified[name] = f"{err.reason}: {err}"
+            continue
+        if problems:
+            mismatched[name] = "; ".join(problems)
+            log.warning("artifact mismatch", pack=cp.base_pack_name, version=cp.version, problems=len(problems))
+    if mismatched:
+        state.plan = plan.block_packs(state.plan, mismatched, reason="ArtifactMismatch")
+    if unverified:
+        state.plan = plan.block_packs(state.plan, unverified, reason="ArtifactUnverified")
+
+
 def apply(env: Env, state: PassState) -> None:
     assert state.plan is not None
     if env.dry_run:
@@ -361,9 +403,19 @@ def write_status(env: Env, state: PassState) -> None:
     assert state.plan is not None and state.tree is not None
     if env.dry_run or env.status_writer is None:
         return
+    if state.plan_reused and env.memo.status_written:
+        return  # nothing changed since the records were last written
     records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision)
     message = status.commit_message(state.plan, state.revision)
-    state.status_commit = env.status_writer.write(records, message)
+    try:
+        state.status_commit = env.status_writer.write(records, message)
+    except errors.GitopsdError as err:
+        # The cluster side is applied; only the record is late. Report it and let the next pass retry.
+        env.memo.status_written = False
+        state.status_error = f"{err.reason}: {err}"
+        log.warning("status write failed", reason=err.reason, error=str(err))
+        return
+    env.memo.status_written = True
 
 
 def summarize_pass(env: Env, state: PassState) -> None:
@@ -374,6 +426,7 @@ def summarize_pass(env: Env, state: PassState) -> None:
         writes=state.writes,
         published=state.published,
         dry_run=env.dry_run,
+        status_error=state.status_error,
     )
 
 
@@ -386,6 +439,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("verify", verify),
     ("plan", make_plan),
     ("publish", publish),
+    ("check", check_artifacts),
     ("apply", apply),
     ("status", write_status),
     ("summarize", summarize_pass),

@@ -136,9 +136,26 @@ def open_kube(opts: Options, *, daemon: bool, writes: bool) -> Kube:
                                 lease_duration=opts.lease_duration, renew_deadline=opts.renew_deadline,
                                 retry_period=opts.retry_period)
     owns = None if opts.shard is None else lease.shard_filter(*opts.shard)
-    cluster = kube.KubeCluster(api, watch=daemon, owns=owns, may_write=elector.is_leader if elector else None,
-                               identity=opts.identity)
+    may_write = None
+    if elector is not None:
+        may_write = elector.is_leader if daemon else _lead_on_first_write(elector)
+    cluster = kube.KubeCluster(api, watch=daemon, owns=owns, may_write=may_write, identity=opts.identity)
     return Kube(options=opts, api=api, cluster=cluster, elector=elector)
+
+
+def _lead_on_first_write(elector: lease.Elector) -> Callable[[], bool]:
+    """A one-shot command takes the Lease only when it is about to write: a pass with nothing to
+    change sends no write at all, not even a Lease update."""
+    started = False
+
+    def may_write() -> bool:
+        nonlocal started
+        if not started:
+            started = True
+            wait_for_leadership(elector, stop=None, patient=False)
+        return elector.is_leader()
+
+    return may_write
 
 
 def wait_for_leadership(elector: lease.Elector, *, stop: threading.Event | None, patient: bool) -> None:
@@ -170,8 +187,8 @@ def use(args: argparse.Namespace, env: reconcile.Env, *, daemon: bool = False,
         return
     handle = open_kube(opts, daemon=daemon, writes=not env.dry_run)
     try:
-        if handle.elector is not None:
-            wait_for_leadership(handle.elector, stop=stop, patient=daemon)
+        if handle.elector is not None and daemon:
+            wait_for_leadership(handle.elector, stop=stop, patient=True)
         yield handle.install(env)
     finally:
         handle.close()

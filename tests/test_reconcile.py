@@ -59,7 +59,7 @@ class Harness:
 
 def test_steps_run_in_the_documented_order() -> None:
     assert [name for name, _ in reconcile.STEPS] == [
-        "fetch", "load", "compile", "observe", "sign", "verify", "plan", "publish", "apply", "status", "summarize",
+        "fetch", "load", "compile", "observe", "sign", "verify", "plan", "publish", "check", "apply", "status", "summarize",
     ]
 
 

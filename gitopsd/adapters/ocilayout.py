@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import tempfile
+from collections.abc import Mapping
 
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
@@ -45,6 +46,35 @@ class OciLayout:
         if artifact_core.digest_of(data) != digest:
             raise ValueError(f"blob {digest} in {self.root} is corrupt (content does not match its digest)")
         return data
+
+    def verify(self, repository: str, manifest_digest: str, layers: Mapping[str, str] | None = None) -> list[str]:
+        """Problems with the stored artifact (empty when sound): every digest recomputed from bytes."""
+        ref = f"{self.root}@{manifest_digest}"
+        try:
+            manifest = json.loads(self.read_blob(manifest_digest))
+        except FileNotFoundError:
+            return [f"{ref}: the manifest is not in the OCI layout"]
+        except ValueError as err:
+            return [f"{ref}: {err}"]
+        problems = []
+        descriptors = [manifest.get("config", {}), *manifest.get("layers", [])]
+        for descriptor in descriptors:
+            digest = str(descriptor.get("digest", ""))
+            try:
+                data = self.read_blob(digest)
+            except FileNotFoundError:
+                problems.append(f"{ref}: blob {digest} is missing")
+                continue
+            except ValueError as err:
+                problems.append(f"{ref}: {err}")
+                continue
+            if len(data) != descriptor.get("size"):
+                problems.append(f"{ref}: blob {digest} is {len(data)} bytes, the manifest says {descriptor.get('size')}")
+        layer_digests = {str(d.get("digest")) for d in descriptors[1:]}
+        for field, digest in sorted((layers or {}).items()):
+            if digest not in layer_digests:
+                problems.append(f"{ref}: {field} {digest} is not a layer of this manifest")
+        return problems
 
     def push(self, repository: str, art: pack.Artifact) -> bool:
         present = self.has(repository, art.manifest_digest)

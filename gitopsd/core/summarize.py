@@ -1,7 +1,7 @@
 """Summarize a pass: per pack what was compiled, what changed and why, and whether it is Ready.
 
-This is the only place that decides Ready: a pass is Ready when no pack failed and nothing is
-blocked. The CLI and the daemon's summary log line render this value; they decide nothing.
+This is the only place that decides Ready: a pass is Ready when no pack failed, nothing is
+blocked and the status record (when written) reached Git. The CLI and the daemon's summary log line render this value; they decide nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Summary:
     dry_run: bool
     ready: bool
     has_changes: bool
+    status_error: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -52,6 +53,7 @@ class Summary:
             "published": self.published,
             "writes": self.writes,
             "changes": dict(sorted(self.counts.items())),
+            "statusError": self.status_error,
         }
 
 
@@ -62,6 +64,7 @@ def summarize(
     writes: int,
     published: int,
     dry_run: bool,
+    status_error: str | None = None,
 ) -> Summary:
     by_base: dict[str, list[change.Change]] = defaultdict(list)
     for c in plan.changes:
@@ -115,6 +118,7 @@ def summarize(
         compiled=sum(1 for _, _, cached in compiled if not cached),
         cached=sum(1 for _, _, cached in compiled if cached),
         dry_run=dry_run,
-        ready=not plan.errors and not blocked,
+        ready=not plan.errors and not blocked and status_error is None,
         has_changes=plan.has_changes,
+        status_error=status_error,
     )

@@ -669,9 +669,22 @@ def test_a_one_shot_write_refuses_while_another_replica_leads(emulator: kubeapi.
 
     with lease.Elector(api, namespace=NAMESPACE, identity="the-daemon", **FAST) as daemon:
         harness.wait_until(daemon.is_leader)
-        with pytest.raises(errors.ConfigError) as raised, wiring_kube.use(kube_args(kubeconfig), passes.env()):
-            pass
+        with wiring_kube.use(kube_args(kubeconfig), passes.env()) as env, pytest.raises(errors.ConfigError) as raised:
+            reconcile.run(env)  # the Lease is asked for at the first write, and refused
         assert raised.value.reason == "LeaseHeld" and "the-daemon" in str(raised.value)
         with wiring_kube.use(kube_args(kubeconfig), passes.env(dry_run=True)) as env:  # reading needs no lease
             assert reconcile.run(env).writes == 0
     assert [r for r in emulator.requests() if r.is_write and r.resource != "leases"] == []
+
+
+def test_a_one_shot_pass_with_nothing_to_change_sends_no_write_at_all(emulator: kubeapi.Emulator, kubeconfig: pathlib.Path,
+                                                                     passes: harness.Passes) -> None:
+    from gitopsd import wiring_kube
+
+    with wiring_kube.use(kube_args(kubeconfig), passes.env()) as env:
+        assert reconcile.run(env).writes > 0
+    emulator.reset_requests()
+    with wiring_kube.use(kube_args(kubeconfig), passes.env()) as env:  # a new process: cold cache, leader election on
+        assert reconcile.run(env).writes == 0
+    assert emulator.write_count() == 0  # not even the Lease: it is taken only before a first write
+    assert sorted(r.verb for r in emulator.requests()) == ["list", "list"]
