@@ -1,7 +1,9 @@
 """Render results for people and for scripts: readable lines per pack, tables, JSON and YAML.
 
 The CLI picks the format (``-o table|json|yaml``); colour only on a TTY. Secret objects never
-appear here: ClusterPacks hold digests, not manifests, and subjects of Secrets are masked.
+appear here: ClusterPacks hold digests, not manifests, and subjects of Secrets are masked. Text
+that comes from the config repo (file names, messages quoting it) is printed with control
+characters escaped, so a hostile name cannot break a line or send terminal escape sequences.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class Printer:
         self.stream.write(text + "\n")
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, ESC, ...) escaped: one line, no terminal codes."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def short(digest: str) -> str:
     algorithm, _, hexdigest = digest.partition(":")
     return f"{algorithm}:{hexdigest[:12]}" if hexdigest else digest
@@ -52,7 +59,7 @@ def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbos
     for line in summary.packs:
         if line.error is not None:
             text = line.error.message if line.path in line.error.message else f"{line.path}: {line.error.message}"
-            p.line(f"  {p.paint('✗', 'error')} {text}")
+            p.line(f"  {p.paint('✗', 'error')} {printable(text)}")
             continue
         if line.version:
             how = "cached" if line.cached else "compiled"
@@ -68,9 +75,9 @@ def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbos
         for c in writes:
             where = f" on {c.cluster}" if c.cluster else ""
             verb = p.paint(f"{c.action:<9}", str(c.action))
-            p.line(f"      {verb} {c.kind} {c.name}{where}: {change_words(c)}")
+            p.line(f"      {verb} {c.kind} {c.name}{where}: {printable(change_words(c))}")
             if c.condition is not None and c.action is change.Action.BLOCKED:
-                p.line(f"                {c.condition.message}")
+                p.line(f"                {printable(c.condition.message)}")
         if unchanged and (verbose or not writes):
             p.line(f"      {p.paint('unchanged', 'unchanged')} {unchanged} object(s)")
     counts = summary.counts

@@ -2,6 +2,10 @@
 
 Content ids are sha256 over names, kinds and bytes, so an unchanged folder keeps its id and its
 compile-cache entry. The revision is ``dir@sha256:<id of the whole folder>``.
+
+A folder is not a Git tree: it can hold FIFOs, sockets and devices (reading a FIFO blocks forever)
+and files of any size. Ids are hashed in chunks and never open special files; ``read`` refuses
+special files and files over ``MAX_READ_BYTES`` with an error naming the file.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import os
 import pathlib
 import stat
 
-from gitopsd import ports
+from gitopsd import errors, ports
 
 SKIP = frozenset({".git", ".gitopsd"})
+MAX_READ_BYTES = 64 * 1024 * 1024  # no config-repo file gitopsd reads (YAML, a chart .tgz) is near this
 
 
 class FsTree:
@@ -67,7 +72,22 @@ class FsTree:
         return out
 
     def read(self, path: str) -> bytes:
-        return self._path(path).read_bytes()
+        full = self._path(path)
+        info = os.stat(full)  # follows a link the caller resolved on purpose; the renderers check targets
+        if not stat.S_ISREG(info.st_mode):
+            raise errors.SpecError(
+                f"{path} is not a regular file (a FIFO, socket or device); remove it from the config repo",
+                path=path,
+                reason="NotARegularFile",
+            )
+        if info.st_size > MAX_READ_BYTES:
+            raise errors.SpecError(
+                f"file is {info.st_size} bytes, over the {MAX_READ_BYTES}-byte limit; keep large files out of the config repo",
+                path=path,
+                reason="FileTooLarge",
+            )
+        with open(full, "rb") as handle:
+            return handle.read(MAX_READ_BYTES + 1)
 
     def readlink(self, path: str) -> str:
         return os.readlink(self._path(path))
@@ -79,7 +99,14 @@ class FsTree:
         digest = hashlib.sha256()
         kind = self.kind(path)
         if kind is ports.EntryKind.FILE:
-            digest.update(b"F" + self.read(path))
+            digest.update(b"F")
+            mode = os.lstat(self._path(path)).st_mode
+            if stat.S_ISREG(mode):
+                with open(self._path(path), "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+            else:
+                digest.update(f"special {stat.S_IFMT(mode):o}".encode())
         elif kind is ports.EntryKind.LINK:
             digest.update(b"L" + self.readlink(path).encode())
         elif kind is ports.EntryKind.DIR:

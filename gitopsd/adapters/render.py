@@ -3,43 +3,121 @@
 raw reads every ``*.yaml``/``*.yml`` under the path in name order; kustomize runs a ``kustomize``
 binary or ``kubectl kustomize`` offline (remote bases are refused before it runs); helm renders
 templates and ``crds/`` with the pinned Helm SDK of the ``helm`` extra, dropping hooks, tests and
-NOTES. Every renderer refuses symlinks that leave the repo. ``gitopsd.core.compile`` takes the
-bytes from here.
+NOTES. ``gitopsd.core.compile`` takes the bytes from here.
+
+Hostile sources are stopped here, before they cost anything: every renderer refuses symlinks that
+leave the repo and any read of another pack's folder (a pack reads its own folder and shared
+folders outside ``packs/``); raw packs are capped at ``MAX_PACK_BYTES`` as they are read; the two
+external renderers run as child processes under a watchdog (``run_bounded``) that kills them past
+``RENDER_TIMEOUT``, ``RENDER_MAX_RSS`` resident memory or ``MAX_PACK_BYTES`` of output, so a
+template or base that multiplies never takes the daemon down. Helm runs in a child process for
+that reason (``python -c ... helm_child()``): the SDK is Go code loaded in-process, which no
+timeout or memory limit could otherwise stop.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import importlib.util
 import json
 import os
 import posixpath
+import re
+import selectors
 import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
 
 from gitopsd import errors, ports
+from gitopsd.core import compile as compile_core
 from gitopsd.core import paths, yamlload
 from gitopsd.model import pack, spec
 
-KUSTOMIZE_TIMEOUT = 120
+RENDER_TIMEOUT = 120  # seconds a kustomize build or a helm render may take
+KUSTOMIZE_TIMEOUT = RENDER_TIMEOUT
+RENDER_MAX_RSS = 384 * 1024 * 1024  # resident memory of a renderer process
+MAX_PACK_BYTES = compile_core.MAX_PACK_BYTES  # rendered YAML of one pack
 _REMOTE_MARKERS = ("://", "git@", "github.com/", "gitlab.com/", "bitbucket.org/", "?ref=", "?version=")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def check_links(tree: ports.Tree, folder: str, *, file: str, field: str) -> None:
-    """Refuse any symlink under ``folder`` that points outside the config repo."""
+def _shown(name: str) -> str:
+    """A file name as it may appear in a one-line message: control characters escaped."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
+def _check_name(sub: str, name: str, *, file: str, field: str) -> None:
+    if not name.isprintable():
+        raise errors.SpecError(
+            f"field {field!r}: file name {_shown(sub)!r} holds control characters; rename it",
+            path=file,
+            reason="InvalidFileName",
+        )
+
+
+def check_links(tree: ports.Tree, folder: str, *, build: spec.PackBuild, field: str) -> None:
+    """Refuse any symlink under ``folder`` that points outside the config repo or into another
+    pack's folder, and file names with control characters (they would break one-line messages)."""
     stack = [folder]
     while stack:
         current = stack.pop()
         for name, kind in tree.listdir(current):
             sub = f"{current}/{name}" if current else name
+            _check_name(sub, name, file=build.path, field=field)
             if kind is ports.EntryKind.DIR:
                 stack.append(sub)
-            elif kind is ports.EntryKind.LINK and paths.resolve_link(sub, tree.readlink(sub)) is None:
-                raise errors.SpecError(
-                    f"field {field!r}: {sub} is a symlink to {tree.readlink(sub)!r}, outside the config repo; "
-                    "copy the file into the repo instead",
-                    path=file,
-                    reason="PathEscape",
-                )
+            elif kind is ports.EntryKind.LINK:
+                target = paths.resolve_link(sub, tree.readlink(sub))
+                if target is None:
+                    raise errors.SpecError(
+                        f"field {field!r}: {sub} is a symlink to {_shown(tree.readlink(sub))!r}, outside the config repo; "
+                        "copy the file into the repo instead",
+                        path=build.path,
+                        reason="PathEscape",
+                    )
+                check_own(tree, build, target, field=f"{field} (symlink {sub})")
+
+
+def other_pack(tree: ports.Tree, build: spec.PackBuild, path: str) -> str | None:
+    """The PackBuild of another pack whose folder ``path`` is in (or holds), else ``None``."""
+    own = build.folder
+    if paths.is_within(path, own):
+        return None
+    owner = paths.pack_folder(path)
+    candidates: list[str]
+    if owner is not None:
+        candidates = [owner]
+    elif paths.is_within(paths.PACKS, path):  # the repo root or packs/ itself: every pack is below
+        if tree.kind(paths.PACKS) is not ports.EntryKind.DIR:
+            return None
+        candidates = [f"{paths.PACKS}/{name}" for name, kind in tree.listdir(paths.PACKS) if kind is ports.EntryKind.DIR]
+    else:
+        return None
+    for folder in candidates:
+        if folder == own:
+            continue
+        for name in ("packbuild.yaml", "packbuild.yml"):
+            if tree.kind(f"{folder}/{name}") is not None:
+                return f"{folder}/{name}"
+    return None
+
+
+def check_own(tree: ports.Tree, build: spec.PackBuild, path: str, *, field: str) -> None:
+    """Refuse reading ``path`` when it is (or holds) another pack's folder: one pack's files
+    belong to its own PackBuild, and editing them must never change a second pack."""
+    other = other_pack(tree, build, path)
+    if other is not None:
+        where = "is in" if paths.is_within(path, other.rpartition("/")[0]) else "holds"
+        raise errors.SpecError(
+            f"field {field!r}: {path or '.'} {where} the folder of another pack ({other}); a pack reads only its "
+            "own folder and shared folders outside packs/: move the shared files out of packs/",
+            path=build.path,
+            reason="ForeignPackFolder",
+        )
 
 
 def _need_dir(tree: ports.Tree, path: str, *, file: str, field: str) -> None:
@@ -51,6 +129,15 @@ def _need_dir(tree: ports.Tree, path: str, *, file: str, field: str) -> None:
         raise errors.SpecError(f"field {field!r}: {path or '.'} {what}; fix the path (relative to {file})", path=file, reason="SourceNotFound")
 
 
+def _too_big(build: spec.PackBuild, field: str, what: str) -> errors.RenderError:
+    return errors.RenderError(
+        f"field {field!r}: {what} more than {MAX_PACK_BYTES // (1024 * 1024)} MiB of YAML, the limit of one pack; "
+        "split it into several packs",
+        path=build.path,
+        reason="PackTooLarge",
+    )
+
+
 class _Renderer:
     def inputs(self, tree: ports.Tree, build: spec.PackBuild) -> list[str]:
         return source_folders(tree, build)
@@ -60,7 +147,10 @@ class RawRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
         assert isinstance(build.source, spec.RawSource)
         root = build.source.path
-        _need_dir(tree, root, file=build.path, field="rawSource.path")
+        field = "rawSource.path"
+        _need_dir(tree, root, file=build.path, field=field)
+        check_own(tree, build, root, field=field)
+        check_links(tree, root, build=build, field=field)
         documents: list[tuple[str, bytes]] = []
         stack = [root]
         files: list[str] = []
@@ -76,17 +166,22 @@ class RawRenderer(_Renderer):
                         if target is None or tree.kind(target) is not ports.EntryKind.FILE:
                             where = "outside the config repo" if target is None else "not a regular file"
                             raise errors.SpecError(
-                                f"field 'rawSource.path': {sub} is a symlink to {tree.readlink(sub)!r}, {where}; "
+                                f"field {field!r}: {sub} is a symlink to {_shown(tree.readlink(sub))!r}, {where}; "
                                 "copy the file into the repo instead",
                                 path=build.path,
                                 reason="PathEscape",
                             )
                     files.append(sub)
+        total = 0
         for sub in sorted(files):
             target = sub
             if tree.kind(sub) is ports.EntryKind.LINK:
                 target = paths.resolve_link(sub, tree.readlink(sub)) or sub
-            documents.append((sub, tree.read(target)))
+            data = tree.read(target)
+            total += len(data)
+            if total > MAX_PACK_BYTES:
+                raise _too_big(build, field, f"the files under {root or '.'} hold")
+            documents.append((sub, data))
         return ports.Rendered(documents=tuple(documents), renderers=(("raw", "1"),))
 
 
@@ -98,12 +193,16 @@ def kustomization_file(tree: ports.Tree, folder: str) -> str | None:
     return None
 
 
-def kustomize_folders(tree: ports.Tree, folder: str, *, file: str) -> list[str]:
-    """Every local folder a kustomization uses (itself, its bases and components, recursively).
+def kustomize_inputs(tree: ports.Tree, folder: str, *, build: spec.PackBuild) -> tuple[list[str], list[str]]:
+    """Every local folder a kustomization uses (itself, its bases and components, recursively), and
+    the files it names as resources outside those folders.
 
     Remote bases (URLs, ``github.com/...``, ``?ref=``) are refused: compiles are offline and exact.
+    So are paths that leave the repo and paths into another pack's folder.
     """
+    file = build.path
     seen: list[str] = []
+    files: list[str] = []
     stack = [folder]
     while stack:
         current = stack.pop()
@@ -121,25 +220,43 @@ def kustomize_folders(tree: ports.Tree, folder: str, *, file: str) -> list[str]:
         if not isinstance(doc, dict):
             raise errors.SpecError("a kustomization must be a mapping", path=kfile, reason="InvalidSpec")
         for field in ("resources", "bases", "components"):
-            for index, entry in enumerate(doc.get(field) or []):
+            entries = doc.get(field) or []
+            if not isinstance(entries, list):
+                raise errors.SpecError(f"field {field!r}: must be a list of paths", path=kfile, reason="InvalidSpec")
+            for index, entry in enumerate(entries):
                 if not isinstance(entry, str):
                     continue
                 if any(marker in entry for marker in _REMOTE_MARKERS):
                     raise errors.SpecError(
-                        f"field '{field}[{index}]': remote base {entry!r} is refused (compiles are offline and "
-                        "reproducible); vendor it into the config repo",
+                        f"field '{field}[{index}]': remote base {yamlload.short(entry)} is refused (compiles are offline "
+                        "and reproducible); vendor it into the config repo",
                         path=kfile,
                         reason="RemoteBase",
                     )
                 target = paths.join(current, entry, file=kfile, field=f"{field}[{index}]")
+                other = other_pack(tree, build, target)
+                if other is not None:
+                    raise errors.SpecError(
+                        f"field '{field}[{index}]': {target} is in the folder of another pack ({other}); a pack reads "
+                        f"only its own folder and shared folders outside packs/ (PackBuild {file})",
+                        path=kfile,
+                        reason="ForeignPackFolder",
+                    )
                 kind = tree.kind(target)
                 if kind is ports.EntryKind.DIR:
                     stack.append(target)
                 elif kind is None:
                     raise errors.SpecError(
-                        f"field '{field}[{index}]': {entry!r} does not exist; fix the path", path=kfile, reason="SourceNotFound"
+                        f"field '{field}[{index}]': {yamlload.short(entry)} does not exist; fix the path", path=kfile,
+                        reason="SourceNotFound"
                     )
-    return seen
+                elif not any(paths.is_within(target, f) for f in seen) and target not in files:
+                    files.append(target)
+    return seen, files
+
+
+def kustomize_folders(tree: ports.Tree, folder: str, *, build: spec.PackBuild) -> list[str]:
+    return kustomize_inputs(tree, folder, build=build)[0]
 
 
 def common_folder(folders: list[str]) -> str:
@@ -174,92 +291,219 @@ def _kustomize_command() -> tuple[tuple[str, ...], str]:
     )
 
 
+class Bounded:
+    """What a child process left: exit code, stdout, the tail of stderr, and why it was stopped."""
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes, stopped: str | None) -> None:
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stopped = stopped  # "timeout", "memory", "output" or None
+
+    def last_error_line(self) -> str:
+        lines = [line for line in self.stderr.decode("utf-8", "replace").strip().splitlines() if line.strip()]
+        return " ".join(lines[-1].split()) if lines else f"exit code {self.returncode}"
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_bounded(argv: list[str], *, stdin: bytes = b"", cwd: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None, timeout: float = RENDER_TIMEOUT, max_rss: int = RENDER_MAX_RSS,
+                max_output: int = MAX_PACK_BYTES) -> Bounded:
+    """Run a renderer as a child under a watchdog: killed (with its process group) past ``timeout``
+    seconds, ``max_rss`` bytes resident or ``max_output`` bytes on stdout."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            env=env, start_new_session=True)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(stdin)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # the child exited or was killed: its exit code tells
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out, err = bytearray(), bytearray()
+    stopped: str | None = None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        open_streams = 2
+        while open_streams and stopped is None:
+            for key, _ in sel.select(timeout=0.02):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                    continue
+                buffer: bytearray = key.data
+                buffer += chunk
+                if buffer is err and len(err) > 1 << 16:
+                    del err[: len(err) - (1 << 16)]
+            if len(out) > max_output:
+                stopped = "output"
+            elif _rss(proc.pid) > max_rss:
+                stopped = "memory"
+            elif time.monotonic() > deadline:
+                stopped = "timeout"
+    if stopped is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        returncode = proc.wait(timeout=max(deadline - time.monotonic(), 5))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        returncode = proc.wait()
+        stopped = stopped or "timeout"
+    writer.join(timeout=5)
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()
+    return Bounded(returncode, bytes(out), bytes(err), stopped)
+
+
+def _stopped_error(result: Bounded, *, tool: str, what: str, build: spec.PackBuild, field: str) -> errors.RenderError:
+    if result.stopped == "output":
+        return _too_big(build, field, f"{tool} rendered {what} into")
+    if result.stopped == "memory":
+        detail = f"used over {RENDER_MAX_RSS // (1024 * 1024)} MiB of memory rendering {what}"
+    else:
+        detail = f"did not finish rendering {what} within {RENDER_TIMEOUT}s"
+    return errors.RenderError(f"field {field!r}: {tool} {detail} and was stopped; the source expands too much: "
+                              "make it smaller", path=build.path, reason="RenderTooLarge")
+
+
+_KLOG_BLOCK = re.compile(r'err=<\n(?P<text>.*?)\n\s*>\s*$', re.S)
+_KLOG_QUOTED = re.compile(r'err="(?P<text>(?:[^"\\]|\\.)*)"')
+_CONFIG_DUMP = re.compile(r"with config: `.*?`:", re.S)
+
+
+def kustomize_error(stderr: bytes, fallback: str) -> str:
+    """The one line that says why kustomize failed, from kubectl's klog block (``err=<...>`` or
+    ``err="..."``) or kustomize's ``Error: ...``, without the YAML config it echoes."""
+    text = stderr.decode("utf-8", "replace")
+    match = _KLOG_BLOCK.search(text) or _KLOG_QUOTED.search(text)
+    if match is not None:
+        detail = match.group("text").replace('\\"', '"')
+    else:
+        lines = [line for line in text.splitlines() if line.strip()]
+        errors_only = [line for line in lines if line.startswith("Error:")]
+        detail = (errors_only or lines or [fallback])[-1].removeprefix("Error:")
+    detail = " ".join(_CONFIG_DUMP.sub("with config:", detail).split())
+    return detail if len(detail) <= 300 else detail[:297] + "..."
+
+
 class KustomizeRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
         assert isinstance(build.source, spec.KustomizeSource)
         folder = build.source.path
-        _need_dir(tree, folder, file=build.path, field="kustomizeSource.path")
-        folders = kustomize_folders(tree, folder, file=build.path)
+        field = "kustomizeSource.path"
+        _need_dir(tree, folder, file=build.path, field=field)
+        check_own(tree, build, folder, field=field)
+        folders, files = kustomize_inputs(tree, folder, build=build)
         for f in folders:
-            check_links(tree, f, file=build.path, field="kustomizeSource.path")
-        root = common_folder(folders)
+            check_links(tree, f, build=build, field=field)
+        root = common_folder(folders + files)
         on_disk = tree.materialize(root)
         relative = posixpath.relpath(folder, root) if root else folder
         command, version = _kustomize_command()
         target = on_disk / relative if relative != "." else on_disk
-        try:
-            proc = subprocess.run(
-                [*command, str(target)],
-                capture_output=True,
-                timeout=KUSTOMIZE_TIMEOUT,
-                env={**os.environ, "KUSTOMIZE_PLUGIN_HOME": "/nonexistent", "GIT_TERMINAL_PROMPT": "0"},
-                cwd=on_disk,
-            )
-        except subprocess.TimeoutExpired as err:
-            raise errors.RenderError(f"kustomize did not finish within {KUSTOMIZE_TIMEOUT}s", path=build.path) from err
-        if proc.returncode != 0:
-            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            detail = message[-1] if message else f"exit code {proc.returncode}"
-            detail = detail.replace(str(on_disk), root or ".")
-            raise errors.RenderError(f"field 'kustomizeSource.path': kustomize build of {folder} failed: {detail}", path=build.path)
-        return ports.Rendered(documents=((f"{folder} (kustomize)", proc.stdout),), renderers=(("kustomize", version),))
+        result = run_bounded(
+            [*command, str(target)],
+            env={**os.environ, "KUSTOMIZE_PLUGIN_HOME": "/nonexistent", "GIT_TERMINAL_PROMPT": "0"},
+            cwd=on_disk,
+        )
+        if result.stopped is not None:
+            raise _stopped_error(result, tool="kustomize", what=folder, build=build, field=field)
+        if result.returncode != 0:
+            detail = kustomize_error(result.stderr, f"exit code {result.returncode}").replace(str(on_disk), root or ".")
+            raise errors.RenderError(f"field {field!r}: kustomize build of {folder} failed: {detail}", path=build.path)
+        return ports.Rendered(documents=((f"{folder} (kustomize)", result.stdout),), renderers=(("kustomize", version),))
 
 
 class HelmRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
         assert isinstance(build.source, spec.HelmSource)
         source = build.source
-        try:
-            import helm_python
-        except ImportError as err:
+        if importlib.util.find_spec("helm_python") is None:
             raise errors.ConfigError(
                 f"{build.path}: helm packs need the helm extra; install it with: pip install 'gitopsd[helm]'",
                 reason="HelmExtraMissing",
-            ) from err
+            )
         if "://" in source.chart:
             raise errors.SpecError(
-                f"field 'helmSource.chart': chart URL {source.chart!r} is not fetched (compiles are offline and "
-                "reproducible); vendor the chart folder or .tgz into the config repo",
+                f"field 'helmSource.chart': chart URL {yamlload.short(source.chart)} is not fetched (compiles are "
+                "offline and reproducible); vendor the chart folder or .tgz into the config repo",
                 path=build.path,
                 reason="RemoteChart",
             )
+        check_own(tree, build, source.chart, field="helmSource.chart")
         values = json.loads(source.values_json)
         if source.values_file:
+            check_own(tree, build, source.values_file, field="helmSource.valuesFile")
             kind = tree.kind(source.values_file)
+            if kind is ports.EntryKind.LINK:
+                raise errors.SpecError(f"field 'helmSource.valuesFile': {source.values_file} is a symlink; point the field at "
+                                       "a regular file in the repo", path=build.path, reason="PathEscape")
             if kind is not ports.EntryKind.FILE:
                 raise errors.SpecError(f"field 'helmSource.valuesFile': {source.values_file} is not a file in the repo; fix the path", path=build.path, reason="SourceNotFound")
             from_file = yamlload.load_one(tree.read(source.values_file), source.values_file) or {}
             if not isinstance(from_file, dict):
                 raise errors.SpecError("a values file must be a mapping", path=source.values_file, reason="InvalidSpec")
             values = deep_merge(from_file, values)
-        try:
-            kind = tree.kind(source.chart)
-            if kind is ports.EntryKind.DIR:
-                check_links(tree, source.chart, file=build.path, field="helmSource.chart")
-                chart = helm_python.Chart.load(str(tree.materialize(source.chart)))
-            elif kind is ports.EntryKind.FILE and source.chart.endswith((".tgz", ".tar.gz")):
-                chart = helm_python.Chart.load_archive(tree.read(source.chart))
-            else:
-                raise errors.SpecError(
-                    f"field 'helmSource.chart': {source.chart} is not a chart folder or .tgz in the repo; fix the path",
-                    path=build.path,
-                    reason="SourceNotFound",
-                )
-            if source.version and source.version.lstrip("v") != str(chart.version).lstrip("v"):
-                raise errors.SpecError(
-                    f"field 'helmSource.version': chart {chart.name} is version {chart.version}, not {source.version}; "
-                    "update the field or the chart",
-                    path=build.path,
-                    reason="ChartVersionMismatch",
-                )
-            namespace = source.namespace or build.namespace or "default"
-            rendered = chart.render(
-                chart.merge_values(values), name=build.base_pack_name, namespace=namespace, is_install=True
+        request: dict[str, object] = {
+            "values": values,
+            "name": build.base_pack_name,
+            "namespace": source.namespace or build.namespace or "default",
+            "version": source.version,
+        }
+        kind = tree.kind(source.chart)
+        if kind is ports.EntryKind.DIR:
+            check_links(tree, source.chart, build=build, field="helmSource.chart")
+            request["chartDir"] = str(tree.materialize(source.chart))
+        elif kind is ports.EntryKind.FILE and source.chart.endswith((".tgz", ".tar.gz")):
+            request["archive"] = base64.b64encode(tree.read(source.chart)).decode("ascii")
+        else:
+            raise errors.SpecError(
+                f"field 'helmSource.chart': {source.chart} is not a chart folder or .tgz in the repo; fix the path",
+                path=build.path,
+                reason="SourceNotFound",
             )
-            crds = chart.crds
-        except helm_python.HelmError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: {first}", path=build.path) from err
+        result = run_bounded([sys.executable, "-c", "from gitopsd.adapters import render; render.helm_child()"],
+                             stdin=json.dumps(request).encode("utf-8"), max_output=2 * MAX_PACK_BYTES + (1 << 20))
+        if result.stopped is not None:
+            raise _stopped_error(result, tool="helm", what=source.chart, build=build, field="helmSource")
+        try:
+            answer = json.loads(result.stdout)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: "
+                                     f"{result.last_error_line()}", path=build.path)
+        if answer.get("error") == "version":
+            raise errors.SpecError(
+                f"field 'helmSource.version': chart {answer['chart']} is version {answer['chartVersion']}, not "
+                f"{source.version}; update the field or the chart",
+                path=build.path,
+                reason="ChartVersionMismatch",
+            )
+        if answer.get("error"):
+            raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: {answer['error']}",
+                                     path=build.path)
+        rendered: dict[str, str] = answer["rendered"]
+        crds: list[dict[str, str]] = answer["crds"]
+        if sum(len(t) for t in rendered.values()) + sum(len(c["data"]) for c in crds) > MAX_PACK_BYTES:
+            raise _too_big(build, "helmSource", f"helm rendered {source.chart} into")
         documents: list[tuple[str, bytes]] = []
         for crd in sorted(crds, key=lambda c: c["filename"]):
             documents.append((crd["filename"], crd["data"].encode("utf-8")))
@@ -269,9 +513,37 @@ class HelmRenderer(_Renderer):
             kept = [doc for doc in yamlload.load_all(rendered[name].encode("utf-8"), name) if not _is_hook(doc)]
             if kept:
                 documents.append((name, "".join(f"---\n{pack.canonical_json(d)}\n" for d in kept).encode("utf-8")))
-        sdk = helm_python.helm_sdk_version()
-        info = pack.ChartInfo(name=chart.name, version=str(chart.version), url=source.chart, helm_version=sdk)
+        sdk = str(answer["sdk"])
+        info = pack.ChartInfo(name=str(answer["chart"]), version=str(answer["chartVersion"]), url=source.chart,
+                              helm_version=sdk)
         return ports.Rendered(documents=tuple(documents), renderers=(("helm", sdk),), chart=info)
+
+
+def helm_child() -> None:
+    """The helm render, in its own process (see ``HelmRenderer``): a JSON request on stdin, a JSON
+    answer on stdout (``rendered``, ``crds``, chart name and version, SDK version, or ``error``)."""
+    import helm_python  # noqa: PLC0415 - only this child loads the Go library
+
+    request = json.loads(sys.stdin.buffer.read())
+    answer: dict[str, object]
+    try:
+        if "chartDir" in request:
+            chart = helm_python.Chart.load(request["chartDir"])
+        else:
+            chart = helm_python.Chart.load_archive(base64.b64decode(request["archive"]))
+        answer = {"chart": chart.name, "chartVersion": str(chart.version), "sdk": helm_python.helm_sdk_version()}
+        wanted = request.get("version")
+        if wanted and str(wanted).lstrip("v") != str(chart.version).lstrip("v"):
+            answer["error"] = "version"
+        else:
+            answer["rendered"] = chart.render(chart.merge_values(request["values"]), name=request["name"],
+                                              namespace=request["namespace"], is_install=True)
+            answer["crds"] = chart.crds
+    except helm_python.HelmError as err:
+        text = str(err).strip()
+        answer = {"error": " ".join(text.splitlines()[0].split()) if text else type(err).__name__}
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
 
 
 def _is_hook(doc: object) -> bool:
@@ -304,12 +576,27 @@ def renderers() -> dict[spec.Category, ports.Renderer]:
 
 
 def source_folders(tree: ports.Tree, build: spec.PackBuild) -> list[str]:
-    """The repo folders (and files) a build reads besides its own folder: part of its cache key."""
+    """The repo folders (and files) a build reads besides its own folder: part of its cache key.
+
+    A source under ``packs/<other>/`` that is no pack's folder (no PackBuild there) is allowed;
+    ``packs/<other>`` is then an input too, so that a PackBuild appearing there is noticed.
+    """
     src = build.source
+    found: list[str]
     if isinstance(src, spec.KustomizeSource):
+        check_own(tree, build, src.path, field="kustomizeSource.path")
         if tree.kind(src.path) is ports.EntryKind.DIR:
-            return kustomize_folders(tree, src.path, file=build.path)
-        return [src.path]
-    if isinstance(src, spec.HelmSource):
-        return [p for p in (src.chart, src.values_file) if p and "://" not in p]
-    return [src.path]
+            folders, files = kustomize_inputs(tree, src.path, build=build)
+            found = folders + files
+        else:
+            found = [src.path]
+    elif isinstance(src, spec.HelmSource):
+        found = [p for p in (src.chart, src.values_file) if p and "://" not in p]
+        for p, field in ((src.chart, "helmSource.chart"), (src.values_file, "helmSource.valuesFile")):
+            if p and "://" not in p:
+                check_own(tree, build, p, field=field)
+    else:
+        check_own(tree, build, src.path, field="rawSource.path")
+        found = [src.path]
+    owners = sorted({o for p in found if (o := paths.pack_folder(p)) is not None and o != build.folder} - set(found))
+    return found + owners

@@ -17,9 +17,13 @@ from gitopsd.core import artifact, layers, yamlload
 from gitopsd.model import pack, spec
 
 MAX_OBJECT_BYTES = 1_572_864  # etcd's default request limit, 1.5 MiB
+MAX_PACK_BYTES = 16 * 1024 * 1024  # rendered YAML of one pack: parsing it takes about ten times as much memory
+MAX_OBJECTS = 10_000  # objects in one pack
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,62}$")
+_API_VERSION = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[a-z0-9]{1,63}$")
 _PATH_SEGMENT_KINDS = layers.RBAC_KINDS - {"ServiceAccount"}  # RBAC names may hold ':'
 
 
@@ -36,10 +40,15 @@ class Inputs:
     compiler: str
 
 
-def parse_objects(documents: tuple[tuple[str, bytes], ...]) -> list[tuple[str, dict[str, object]]]:
-    """Every object of the rendered stream with the file it came from; ``List`` kinds flattened."""
+def parse_objects(documents: tuple[tuple[str, bytes], ...], *, field: str = "source",
+                  max_objects: int = MAX_OBJECTS) -> list[tuple[str, dict[str, object]]]:
+    """Every object of the rendered stream with the file it came from; ``List`` kinds flattened.
+
+    Past ``max_objects`` it stops with an error naming ``field`` (the PackBuild's source field)."""
     out: list[tuple[str, dict[str, object]]] = []
     for source, data in documents:
+        if len(out) > max_objects:
+            break
         for index, doc in enumerate(yamlload.load_all(data, source)):
             where = f"{source} (document {index + 1})"
             if not isinstance(doc, dict):
@@ -51,13 +60,26 @@ def parse_objects(documents: tuple[tuple[str, bytes], ...]) -> list[tuple[str, d
                 out.extend((where, item) for item in doc["items"])
             else:
                 out.append((where, doc))
+    if len(out) > max_objects:
+        raise errors.RenderError(
+            f"{field} renders over {max_objects} objects, the limit of one pack; split it into several packs",
+            reason="PackTooLarge",
+        )
     return out
 
 
 def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, bytes], ...], *,
                  renderers: tuple[tuple[str, str], ...], chart: pack.ChartInfo | None,
                  inputs: Inputs) -> pack.CompiledPack:
-    objects = parse_objects(rendered_documents)
+    size = sum(len(data) for _, data in rendered_documents)
+    if size > MAX_PACK_BYTES:
+        raise errors.RenderError(
+            f"{_source_field(build)} renders {size} bytes of YAML, over the {MAX_PACK_BYTES // (1024 * 1024)} MiB "
+            "limit of one pack; split it into several packs",
+            path=build.path,
+            reason="PackTooLarge",
+        )
+    objects = parse_objects(rendered_documents, field=_source_field(build))
     if not objects:
         raise errors.RenderError(
             f"the source rendered no Kubernetes objects; check {_source_field(build)}",
@@ -152,6 +174,12 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra:
         raise errors.RenderError(f"{where}: field 'apiVersion' is missing; every object needs apiVersion, kind and metadata.name", path=where)
     if not isinstance(kind, str) or not kind:
         raise errors.RenderError(f"{where}: field 'kind' is missing; every object needs apiVersion, kind and metadata.name", path=where)
+    if not _API_VERSION.match(api_version):
+        raise errors.RenderError(f"{where}: field 'apiVersion' {yamlload.short(api_version)} is not a Kubernetes API version "
+                                 "(group/version or version); fix it", path=where)
+    if not _KIND.match(kind):
+        raise errors.RenderError(f"{where}: field 'kind' {yamlload.short(kind)} is not a Kubernetes kind "
+                                 "(letters and digits, starting with a letter); fix it", path=where)
     if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
         if isinstance(metadata, dict) and "generateName" in metadata:
             raise errors.RenderError(f"{where}: {kind} uses 'metadata.generateName'; a pack needs fixed names, set 'metadata.name'", path=where)
@@ -163,7 +191,7 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra:
     cluster_scoped = layers.is_cluster_scoped(kind, extra)
     namespace = metadata.get("namespace")
     if namespace is not None and (not isinstance(namespace, str) or not _SUBDOMAIN.match(namespace) or len(namespace) > 63):
-        raise errors.RenderError(f"{where}: field 'metadata.namespace' of {kind}/{name}: {namespace!r} is not a valid namespace name (DNS-1123 label)", path=where)
+        raise errors.RenderError(f"{where}: field 'metadata.namespace' of {kind}/{name}: {yamlload.short(namespace)} is not a valid namespace name (DNS-1123 label); rename it", path=where)
     if cluster_scoped:
         namespace = None
     elif not namespace and default_ns:
@@ -194,7 +222,7 @@ def _check_name(where: str, kind: str, name: str) -> None:
         ok = len(name) <= 253 and bool(_SUBDOMAIN.match(name))
     if not ok:
         raise errors.RenderError(
-            f"{where}: field 'metadata.name' {name!r} of {kind} is not a valid Kubernetes name "
+            f"{where}: field 'metadata.name' {yamlload.short(name)} of {kind} is not a valid Kubernetes name "
             "(lowercase letters, digits, '-' and '.', at most 253 characters); rename it",
             path=where,
         )
@@ -212,10 +240,10 @@ def _check_labels(where: str, kind: str, name: str, metadata: dict[str, object])
             not prefix or (len(prefix) <= 253 and bool(_SUBDOMAIN.match(prefix)))
         )
         if not key_ok:
-            raise errors.RenderError(f"{where}: label key {key!r} of {kind}/{name} is not valid (field 'metadata.labels'); rename it", path=where)
+            raise errors.RenderError(f"{where}: label key {yamlload.short(key)} of {kind}/{name} is not valid (field 'metadata.labels'); rename it", path=where)
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
             raise errors.RenderError(
-                f"{where}: field 'metadata.labels.{key}' of {kind}/{name}: {value!r} is not a valid label value "
+                f"{where}: field 'metadata.labels.{key}' of {kind}/{name}: {yamlload.short(value)} is not a valid label value "
                 "(a string of at most 63 letters, digits, '-', '_' or '.'; quote numbers and booleans)",
                 path=where,
             )

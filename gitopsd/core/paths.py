@@ -11,6 +11,8 @@ import posixpath
 
 from gitopsd import errors
 
+PACKS = "packs"  # every pack is a folder packs/<name> holding its PackBuild
+
 
 def join(base_dir: str, relative: str, *, file: str, field: str) -> str:
     """``base_dir`` + ``relative``, normalized; raises SpecError when it leaves the repo."""
@@ -42,3 +44,11 @@ def resolve_link(link_path: str, target: str) -> str | None:
 
 def is_within(path: str, folder: str) -> bool:
     return folder == "" or path == folder or path.startswith(folder + "/")
+
+
+def pack_folder(path: str) -> str | None:
+    """``packs/<name>`` when ``path`` is that folder or below it, else ``None``."""
+    parts = path.split("/")
+    if len(parts) >= 2 and parts[0] == PACKS and parts[1]:
+        return f"{PACKS}/{parts[1]}"
+    return None

@@ -2,8 +2,11 @@
 
 PyYAML's C loader does the parsing; this module adds what a GitOps input needs and PyYAML does
 not do by itself: duplicate keys are errors, timestamps stay strings (as Kubernetes reads them),
-alias bombs are cut off by a node budget, documents and files have size limits, and every error
-names the file and the line. Neighbours: ``gitopsd.core.parse`` (specs) and
+alias bombs are cut off by a node budget, nesting is limited before the C parser sees it (its
+composer recurses on the C stack: a few tens of thousands of ``[`` crash the process), documents
+and files have size limits, only JSON values are built (no ``!!binary``, ``!!set``, explicit
+``!!timestamp``, NaN or infinity, integers too long for Python to read), and every error names the
+file and the line, on one line. Neighbours: ``gitopsd.core.parse`` (specs) and
 ``gitopsd.core.compile`` (manifests) call it.
 """
 
@@ -23,8 +26,61 @@ MAX_DEPTH = 100
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _Bomb(yaml.constructor.ConstructorError):
+    """Aliases or merge keys that expand past the budget."""
+
+
 class _Loader(_Base):  # type: ignore[misc,valid-type]
-    """Safe loader: no timestamps, duplicate keys refused, all keys turned into strings."""
+    """Safe loader: no timestamps, duplicate keys refused, all keys turned into strings, merge keys
+    (``<<``) flattened without copies (PyYAML's own flattening copies every merged entry at every
+    level: ten merges of ten merges ... is a memory bomb before any alias budget can act)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.merged: dict[yaml.MappingNode, int] = {}  # flattened node -> how many entries came from merges
+        self.merge_budget = MAX_NODES
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> int:  # type: ignore[override]
+        """Resolve ``<<`` in place like PyYAML (later entries win), keeping one entry per merged key;
+        returns how many leading entries of ``node.value`` came from merges."""
+        done = self.merged.get(node)
+        if done is not None:
+            return done
+        self.merged[node] = 0  # a merge cycle meets this and stops
+        merge: list[tuple[yaml.Node, yaml.Node]] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.tag == "tag:yaml.org,2002:value":
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                sources = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in value_node.value):
+                sources = list(reversed(value_node.value))  # the first mapping listed wins: it goes last
+            else:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a merge key (<<) takes a mapping or a list of mappings", value_node.start_mark
+                )
+            for source in sources:
+                self.flatten_mapping(source)
+                merge.extend(source.value)
+                self.merge_budget -= len(source.value)
+                if self.merge_budget < 0:
+                    raise _Bomb(
+                        None, None, f"merge keys (<<) expand to over {MAX_NODES} entries (YAML aliases); remove the "
+                        "anchors/aliases", key_node.start_mark
+                    )
+        if merge:
+            last: dict[object, int] = {}
+            for index, (key_node, _) in enumerate(merge):
+                ident = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else key_node
+                last[ident] = index
+            merge = [merge[i] for i in sorted(last.values())]
+        node.value = merge + own
+        self.merged[node] = len(merge)
+        return len(merge)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -33,20 +89,25 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[str, object]:
-    loader.flatten_mapping(node)
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[str, object]:
+    # Keys merged in with ``<<`` may be overridden by the mapping's own keys (YAML merge semantics);
+    # a key written twice in the mapping itself is an error.
+    merged = loader.flatten_mapping(node)
     mapping: dict[str, object] = {}
-    for key_node, value_node in node.value:
+    explicit: set[str] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (dict, list)):
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a scalar", key_node.start_mark
             )
         text = _key_text(key)
-        if text in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {text!r}", key_node.start_mark
-            )
+        if index >= merged:
+            if text in explicit:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {short(text)}; keep one", key_node.start_mark
+                )
+            explicit.add(text)
         mapping[text] = loader.construct_object(value_node, deep=deep)
     return mapping
 
@@ -59,7 +120,36 @@ def _key_text(key: object) -> str:
     return str(key)
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return loader.construct_yaml_int(node)  # type: ignore[no-any-return]
+    except ValueError as err:  # more digits than int() reads (sys.get_int_max_str_digits)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"integer with {len(str(node.value))} characters is too long; quote it", node.start_mark
+        ) from err
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    value: float = loader.construct_yaml_float(node)
+    if not math.isfinite(value):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{short(node.value)} is NaN or infinite, which JSON cannot represent; quote it", node.start_mark
+        )
+    return value
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> object:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    raise yaml.constructor.ConstructorError(
+        None, None, f"tag {tag} makes a value JSON cannot carry; remove the tag (quote the value)", node.start_mark
+    )
+
+
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+for _tag in ("binary", "set", "timestamp", "omap", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 
 
 def load_all(data: bytes, path: str) -> list[object]:
@@ -77,7 +167,10 @@ def load_all(data: bytes, path: str) -> list[object]:
             f"byte {err.start} is not valid UTF-8; save the file as UTF-8", path=path, reason="InvalidEncoding"
         ) from err
     try:
+        _check_nesting(text, path)
         docs = [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+    except _Bomb as err:
+        raise errors.SpecError(_yaml_message(err), path=path, reason="AliasBomb") from err
     except yaml.YAMLError as err:
         raise errors.SpecError(_yaml_message(err), path=path, reason="InvalidYAML") from err
     except RecursionError as err:
@@ -99,10 +192,34 @@ def load_all(data: bytes, path: str) -> list[object]:
 def load_one(data: bytes, path: str) -> object:
     docs = load_all(data, path)
     if len(docs) != 1:
+        fix = "the file is empty: write one document in it" if not docs else "keep one document per file"
         raise errors.SpecError(
-            f"expected exactly one YAML document, found {len(docs)}", path=path, reason="InvalidYAML"
+            f"expected exactly one YAML document, found {len(docs)}; {fix}", path=path, reason="InvalidYAML"
         )
     return docs[0]
+
+
+def _check_nesting(text: str, path: str) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH`` before composing: the C composer recurses without
+    a limit. Each level of nesting needs one of ``[ { - ? :``, so most files are cleared by counting
+    those; the rest are walked as parser events (iterative, no recursion)."""
+    bound = sum(text.count(ch) for ch in "[{-?:")
+    if bound <= MAX_DEPTH:
+        return
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise errors.SpecError(
+                    f"line {mark.line + 1} column {mark.column + 1}: nesting deeper than {MAX_DEPTH} levels; "
+                    "flatten the document",
+                    path=path,
+                    reason="TooDeep",
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def _check_budget(doc: object, path: str) -> None:
@@ -129,22 +246,44 @@ def _check_budget(doc: object, path: str) -> None:
 
 
 def check_json_safe(value: object, path: str) -> None:
-    """Floats that JSON cannot carry (NaN, infinity) are refused."""
-    stack = [value]
+    """Values JSON cannot carry (NaN, infinity, bytes, sets, dates) are refused, naming the field."""
+    stack: list[tuple[object, str]] = [(value, "")]
     while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise errors.SpecError(
-                "a number is NaN or infinite, which JSON cannot represent; quote it", path=path, reason="InvalidYAML"
-            )
+        item, where = stack.pop()
         if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise errors.SpecError(
+                f"field {where or '(top level)'!r}: a number is NaN or infinite, which JSON cannot represent; quote it",
+                path=path,
+                reason="InvalidYAML",
+            )
+        elif item is not None and not isinstance(item, (str, int, float, bool)):
+            raise errors.SpecError(
+                f"field {where or '(top level)'!r}: a {type(item).__name__} value is not JSON; write it as a string",
+                path=path,
+                reason="InvalidYAML",
+            )
+
+
+def short(text: object, limit: int = 60) -> str:
+    """``repr`` of a value cut to ``limit`` characters: error messages stay one short line."""
+    shown = repr(text) if isinstance(text, str) else repr(str(text))
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
 def _yaml_message(err: yaml.YAMLError) -> str:
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     problem = getattr(err, "problem", None) or str(err)
     where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    problem = " ".join(str(problem).split())  # one line, whatever the parser put in it
+    if problem.startswith("could not determine a constructor for the tag"):
+        tag = problem.rpartition(" ")[2].strip("'").replace("tag:yaml.org,2002:", "!!")
+        problem = f"tag {tag} is not allowed (plain YAML values only); remove the tag"
+    elif problem == "found unconstructable recursive node":
+        problem = "an alias refers to the node that holds it (a cycle); remove the alias"
+    if len(problem) > 200:
+        problem = problem[:197] + "..."
     return f"{where}invalid YAML: {problem}"
