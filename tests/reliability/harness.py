@@ -1,0 +1,295 @@
+"""Shared machinery of the reliability tests and of ``bench/chaos``: run gitopsd as a user does
+(a subprocess), measure its peak memory, read the embedded store and the OCI layout back, build a
+hostile-input case into a copy of examples-repo, and compare final states.
+
+Nothing here decides a verdict; the tests and the bench do. Everything is stdlib + the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples-repo"
+CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
+PYTHON = sys.executable
+CLUSTER_PACK = "InfrastructureClusterPack"
+PACK_INSTANCE = "PackInstance"
+
+
+def example_packs() -> dict[str, str]:
+    """basePackName -> version of every examples-repo pack, read from its PackBuild."""
+    out = {}
+    for path in sorted(EXAMPLES.glob("packs/*/packbuild.yaml")):
+        doc = yaml.safe_load(path.read_text("utf-8"))
+        out[doc["basePackName"]] = str(doc["version"]).lstrip("v")
+    return out
+
+
+# --- running gitopsd -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    max_rss_kib: int  # peak resident set of the process and the children it waited for
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def max_rss_mib(self) -> float:
+        return self.max_rss_kib / 1024
+
+    def describe(self) -> str:
+        return (f"gitopsd {' '.join(self.argv)} exited {self.returncode} in {self.seconds:.2f}s"
+                f"{' (timed out)' if self.timed_out else ''}\n--- stdout\n{self.stdout[-4000:]}\n"
+                f"--- stderr\n{self.stderr[-4000:]}")
+
+
+def run_gitopsd(*argv: str, cwd: pathlib.Path, timeout: float = 120.0, env: dict[str, str] | None = None) -> Run:
+    """``python -m gitopsd ARGV`` in a subprocess; its own peak RSS comes from ``wait4``."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = cwd / f".out-{os.getpid()}", cwd / f".err-{os.getpid()}"
+    started = time.monotonic()
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen([PYTHON, "-m", "gitopsd", *argv], stdout=out, stderr=err, cwd=cwd,
+                                env=env, start_new_session=True)
+    timed_out = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - started > timeout:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.01)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+    run = Run(list(argv), proc.returncode, out_path.read_text("utf-8", "replace"), err_path.read_text("utf-8", "replace"),
+              usage.ru_maxrss, time.monotonic() - started, timed_out)
+    out_path.unlink()
+    err_path.unlink()
+    return run
+
+
+# --- reading the embedded backends back --------------------------------------------------------------
+def store_objects(state_dir: pathlib.Path, kind: str) -> list[dict[str, object]]:
+    """Objects of ``kind`` in the SQLite store, opened read-only (``[]`` when there is no store)."""
+    path = state_dir / "store.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT body, resource_version FROM objects WHERE kind=? ORDER BY namespace, name",
+                          (kind,)).fetchall()
+    finally:
+        db.close()
+    out = []
+    for body, rv in rows:
+        obj = json.loads(body)
+        obj["metadata"]["resourceVersion"] = str(rv)
+        out.append(obj)
+    return out
+
+
+def store_events(state_dir: pathlib.Path) -> list[dict[str, str]]:
+    path = state_dir / "store.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT kind, name, type, reason, message, revision FROM events ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [dict(zip(("kind", "name", "type", "reason", "message", "revision"), r, strict=True)) for r in rows]
+
+
+def integrity(state_dir: pathlib.Path) -> str:
+    db = sqlite3.connect(str(state_dir / "store.db"))
+    try:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        db.close()
+
+
+def index_refs(state_dir: pathlib.Path) -> list[str]:
+    """Every ``ref.name`` annotation of the OCI layout's index.json."""
+    path = state_dir / "oci" / "index.json"
+    if not path.exists():
+        return []
+    index = json.loads(path.read_text("utf-8"))
+    return [str(d.get("annotations", {}).get("org.opencontainers.image.ref.name", "")) for d in index["manifests"]]
+
+
+def layout_problems(state_dir: pathlib.Path) -> list[str]:
+    """What is wrong with the OCI layout: unparsable index, a blob whose bytes do not match its
+    name, an index entry or manifest naming a blob that is missing."""
+    root = state_dir / "oci"
+    problems = []
+    blobs = root / "blobs" / "sha256"
+    present = set()
+    for blob in sorted(blobs.iterdir()) if blobs.is_dir() else []:
+        if blob.name.startswith(".tmp-"):
+            continue  # an interrupted atomic write: never referenced, harmless
+        present.add(blob.name)
+        if hashlib.sha256(blob.read_bytes()).hexdigest() != blob.name:
+            problems.append(f"blob {blob.name} does not match its digest")
+    index_path = root / "index.json"
+    if not index_path.exists():
+        return problems
+    try:
+        index = json.loads(index_path.read_text("utf-8"))
+    except ValueError as err:
+        return [*problems, f"index.json does not parse: {err}"]
+    for descriptor in index.get("manifests", []):
+        hexdigest = str(descriptor["digest"]).split(":", 1)[1]
+        if hexdigest not in present:
+            problems.append(f"index names manifest {descriptor['digest']} that is not in blobs/")
+            continue
+        manifest = json.loads((blobs / hexdigest).read_bytes())
+        for layer in [manifest["config"], *manifest["layers"]]:
+            if str(layer["digest"]).split(":", 1)[1] not in present:
+                problems.append(f"manifest {descriptor['digest']} names blob {layer['digest']} that is not in blobs/")
+    return problems
+
+
+def final_state(state_dir: pathlib.Path) -> dict[str, object]:
+    """The store's ClusterPacks and PackInstances minus what differs between equivalent runs
+    (timestamps, resourceVersions, uids, signatures made by different keys stay comparable because
+    the key lives in the state dir)."""
+
+    def strip(obj: object) -> object:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in sorted(obj.items())
+                    if k not in ("resourceVersion", "uid", "generation", "lastTransitionTime", "time", "installedAt",
+                                 "creationTimestamp", "observedAt", "lastUpdated")}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    return {
+        "packs": {o["metadata"]["name"]: strip({"annotations": o["metadata"].get("annotations"), "spec": o["spec"],  # type: ignore[index, union-attr]
+                                                "status": o.get("status")})
+                  for o in store_objects(state_dir, CLUSTER_PACK)},
+        "instances": {o["metadata"]["name"]: strip({"spec": o["spec"], "status": o.get("status")})  # type: ignore[index]
+                      for o in store_objects(state_dir, PACK_INSTANCE)},
+        "refs": sorted(index_refs(state_dir)),
+    }
+
+
+# --- hostile-input cases -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One folder of ``corpus/``: ``case.yaml`` (what it is and what gitopsd must say) plus ``repo/``,
+    files laid over a copy of examples-repo. Big, binary or special files are generated from
+    ``case.yaml`` so that the corpus stays small and readable."""
+
+    id: str
+    about: str
+    folder: pathlib.Path
+    base: str  # basePackName (or pack folder name) that must leave no trace
+    reason: str
+    names: tuple[str, ...]  # substrings the one-line error must hold: the file, the field, ...
+    fix: str  # the part that tells what to do
+    bomb: bool
+    generate: tuple[dict[str, object], ...]
+    links: tuple[tuple[str, str], ...]
+    fifos: tuple[str, ...]
+    timeout: float
+    git: bool  # also run on a Git work tree of the same files
+    xfail: str | None  # a known bug in a file this suite does not own: where, and what the fix is
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def load_cases(corpus: pathlib.Path = CORPUS) -> list[Case]:
+    cases = []
+    for folder in sorted(p for p in corpus.iterdir() if (p / "case.yaml").is_file()):
+        doc = yaml.safe_load((folder / "case.yaml").read_text("utf-8"))
+        expect = doc["expect"]
+        cases.append(Case(
+            id=folder.name,
+            about=doc["about"],
+            folder=folder,
+            base=doc.get("base", "hostile"),
+            reason=expect["reason"],
+            names=tuple(expect["names"]),
+            fix=expect["fix"],
+            bomb=bool(doc.get("bomb", False)),
+            generate=tuple(doc.get("generate", ())),
+            links=tuple((str(k), str(v)) for k, v in (doc.get("links") or {}).items()),
+            fifos=tuple(doc.get("fifos", ())),
+            timeout=float(doc.get("timeout", 90)),
+            git=bool(doc.get("git", False)),
+            xfail=doc.get("xfail"),
+        ))
+    return cases
+
+
+def _generated(spec: dict[str, object], copy: int) -> bytes:
+    if "text" in spec:
+        return str(spec["text"]).encode("utf-8")
+    if "hex" in spec:
+        return bytes.fromhex(str(spec["hex"]))
+    head = str(spec.get("head", "")).encode("utf-8")
+    tail = str(spec.get("tail", "")).encode("utf-8")
+    unit = str(spec["repeat"]).replace("{n}", str(copy)).encode("utf-8")
+    times = int(spec["times"])  # type: ignore[call-overload]
+    if b"{i}" in unit:
+        body = b"".join(unit.replace(b"{i}", str(i).encode()) for i in range(times))
+    else:
+        body = unit * times
+    middle = str(spec.get("middle", "")).encode("utf-8")
+    close = str(spec.get("close", "")).encode("utf-8") * times  # closing brackets of nested openers
+    return head + body + middle + close + tail
+
+
+def build_repo(case: Case, dest: pathlib.Path) -> pathlib.Path:
+    """examples-repo, plus the case's files, generated files, symlinks and FIFOs, at ``dest``."""
+    shutil.copytree(EXAMPLES, dest)
+    extra = case.folder / "repo"
+    if extra.is_dir():
+        shutil.copytree(extra, dest, dirs_exist_ok=True, symlinks=True)
+    for spec in case.generate:
+        for copy in range(int(spec.get("copies", 1))):  # type: ignore[call-overload]
+            rel = str(spec["path"]).replace("{n}", str(copy))
+            path = dest / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_generated(spec, copy))
+    for rel, target in case.links:
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(target)
+    for rel in case.fifos:
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+    return dest
+
+
+def commit_all(repo: pathlib.Path) -> None:
+    """Make ``repo`` a Git work tree with everything committed (symlinks stay symlinks)."""
+    git = ["git", "-C", str(repo), "-c", "user.name=gitopsd-test", "-c", "user.email=test@example.com",
+           "-c", "commit.gpgsign=false", "-c", "core.symlinks=true"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "config repo"], check=True)
+
+
+# --- memory figures, printed at the end of the run by tests/reliability/conftest.py --------------------
+MEMORY: list[tuple[str, float, float]] = []  # (what, peak RSS MiB, seconds)

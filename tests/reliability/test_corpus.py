@@ -1,0 +1,81 @@
+"""Hostile config-repo input: every case of ``corpus/`` is laid over a copy of examples-repo and
+reconciled for real (``gitopsd reconcile -o json`` in a subprocess, embedded store in tmp).
+
+For each case gitopsd must:
+- fail only the bad pack, with ONE line naming the file and the field and saying what to do;
+- reconcile the five example packs as usual (ClusterPacks and PackInstances in the store);
+- leave no trace of the bad pack (no ClusterPack, no PackInstance, no artifact in the OCI index);
+- not crash (no traceback), not hang (a timeout per case), and stay under ``MAX_RSS_MIB`` of peak
+  resident memory, children (kustomize, the helm child) included; the bomb cases print it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from tests.reliability import harness
+
+CASES = harness.load_cases()
+EXAMPLE_PACKS = harness.example_packs()
+MAX_RSS_MIB = 500
+
+
+def test_the_corpus_is_big_enough_and_every_case_says_what_it_is() -> None:
+    assert len(CASES) >= 40
+    for case in CASES:
+        assert case.about and case.names and case.fix, case.id
+
+
+def _marks(case: harness.Case) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
+
+
+RUNS = [pytest.param(c, "folder", id=c.id, marks=_marks(c)) for c in CASES] + [
+    pytest.param(c, "git", id=f"{c.id}-git", marks=_marks(c)) for c in CASES if c.git
+]
+
+
+@pytest.mark.parametrize(("case", "source"), RUNS)
+def test_hostile_input_fails_only_its_pack_with_one_clear_line(case: harness.Case, source: str,
+                                                                tmp_path: pathlib.Path) -> None:
+    """``source`` is how the repo is read: a plain folder, or a Git work tree (at HEAD, via pygit2)."""
+    repo = harness.build_repo(case, tmp_path / "repo")
+    if source == "git":
+        harness.commit_all(repo)
+    state = tmp_path / "state"
+    run = harness.run_gitopsd("reconcile", str(repo), "--state-dir", str(state), "-o", "json",
+                              cwd=tmp_path, timeout=case.timeout)
+    if case.bomb:
+        harness.MEMORY.append((case.id if source == "folder" else f"{case.id} ({source})", run.max_rss_mib, run.seconds))
+    assert not run.timed_out, run.describe()
+    assert "Traceback" not in run.stderr, run.describe()
+    assert run.returncode == 1, run.describe()  # a pack failed; the pass itself went through
+    assert run.max_rss_mib < MAX_RSS_MIB, f"peak RSS {run.max_rss_mib:.0f} MiB\n{run.describe()}"
+    result = json.loads(run.stdout)
+
+    # exactly one error, for the bad pack, on one line, naming the file, the field and the fix
+    assert len(result["errors"]) == 1, json.dumps(result["errors"], indent=1)
+    error = result["errors"][0]
+    assert error["reason"] == case.reason, error
+    line = error["message"] if error["path"] in error["message"] else f"{error['path']}: {error['message']}"
+    assert line.isprintable(), f"not one printable line: {line!r}"
+    assert len(line) < 600, f"{len(line)} characters: {line[:300]}..."
+    for needle in case.names:
+        assert needle in line, f"{needle!r} not in: {line}"
+    assert case.fix in line, f"fix {case.fix!r} not in: {line}"
+
+    # the other packs reconcile normally
+    packs = {o["spec"]["basePackName"]: o for o in harness.store_objects(state, harness.CLUSTER_PACK)}
+    assert {name: packs[name]["spec"]["version"] for name in EXAMPLE_PACKS if name in packs} == EXAMPLE_PACKS
+    instances = harness.store_objects(state, harness.PACK_INSTANCE)
+    assert {o["spec"]["basePackName"] for o in instances} == set(EXAMPLE_PACKS)
+    assert all(o["status"]["state"] == "installed" for o in instances)
+
+    # nothing of the bad pack is applied or published
+    assert set(packs) == set(EXAMPLE_PACKS), sorted(packs)
+    refs = harness.index_refs(state)
+    assert not [r for r in refs if r.split(":", 1)[0] == case.base], refs
+    assert sorted(r.split(":", 1)[0] for r in refs) == sorted(EXAMPLE_PACKS)

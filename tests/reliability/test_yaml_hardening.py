@@ -1,0 +1,58 @@
+"""The loader's own flattening of merge keys (``<<``) must give PyYAML's values, while merges that
+multiply at every level stay small and fast (PyYAML copies every merged entry: 10^8 entries here)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from gitopsd import errors
+from gitopsd.core import yamlload
+
+MERGES = {
+    "one-mapping": "a: &a {x: 1, y: 2}\nb: {<<: *a, z: 3}\n",
+    "own-key-overrides": "a: &a {x: 1}\nb: {<<: *a, x: 2}\n",
+    "first-listed-wins": "a: &a {x: 1}\nb: &b {x: 2, y: 2}\nc: {<<: [*a, *b]}\n",
+    "nested-merges": "a: &a {x: 1, y: 1}\nb: &b {<<: *a, x: 2}\nc: {<<: *b, z: 3}\nd: *b\n",
+    "merge-used-before-own-construction": "a: &a {x: 1}\nb: &b {<<: *a, x: 2}\nc: {<<: *b}\n",
+    "block-style": "base: &base\n  image: nginx\n  port: 80\nweb:\n  <<: *base\n  port: 8080\n",
+    "two-merge-keys-in-sequence": "a: &a {p: 1}\nb: &b {q: 2}\nc:\n  <<: [*b, *a]\n  r: 3\n",
+}
+
+
+@pytest.mark.parametrize("text", MERGES.values(), ids=MERGES.keys())
+def test_merge_keys_give_the_values_pyyaml_gives(text: str) -> None:
+    assert yamlload.load_all(text.encode(), "f.yaml") == [yaml.safe_load(text)]
+
+
+def test_merges_that_multiply_at_every_level_stay_small() -> None:
+    levels = "m0: &m0 {" + ", ".join(f"k{i}: {i}" for i in range(10)) + "}\n" + "".join(
+        f"m{j}: &m{j}\n  <<: [" + ", ".join([f"*m{j - 1}"] * 10) + f"]\n  own{j}: x\n" for j in range(1, 9))
+    started = time.perf_counter()
+    [doc] = yamlload.load_all(levels.encode(), "f.yaml")
+    assert time.perf_counter() - started < 2
+    assert isinstance(doc, dict) and len(doc["m8"]) == 10 + 8  # k0..k9 and own1..own8
+
+
+def test_a_key_written_twice_next_to_a_merge_is_still_a_duplicate() -> None:
+    with pytest.raises(errors.SpecError, match="duplicate key 'y'; keep one"):
+        yamlload.load_all(b"a: &a {x: 1}\nb: {<<: *a, y: 2, y: 3}\n", "f.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: {<<: 3}\n", "a merge key (<<) takes a mapping or a list of mappings"),
+        ("a: 1.0e+400\n", "NaN or infinite"),
+        ("a: !!binary aGk=\n", "tag !!binary"),
+        ("a: !!python/name:os.system ''\n", "tag !!python/name:os.system is not allowed"),
+        ("a: " + "[" * 200 + "]" * 200 + "\n", "nesting deeper than 100 levels"),
+    ],
+    ids=["merge-of-a-scalar", "overflowing-float", "binary", "python-tag", "deep"],
+)
+def test_values_json_cannot_carry_are_refused_with_the_line(text: str, message: str) -> None:
+    with pytest.raises(errors.SpecError, match="line 1") as caught:
+        yamlload.load_all(text.encode(), "f.yaml")
+    assert message in str(caught.value)
