@@ -10,6 +10,7 @@ Exit codes (also in ``--help``):
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import structlog
 from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_kube
 from gitopsd.adapters import keys, localstore
 from gitopsd.core import signing
-from gitopsd.model import pack
+from gitopsd.model import instance, pack
 
 log = structlog.get_logger()
 
@@ -82,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("repo", metavar="REPO", nargs="?", help="config repo (to find its default state dir)")
     flags.common(p, repo=False)
     p.add_argument("--trusted-keys", metavar="PATH", help="trusted public keys (default: the state dir's signing key)")
+    p.add_argument("--namespace", default="seam-system", help="namespace of the ClusterPacks (default: %(default)s)")
+    flags.registry(p)
+    wiring_kube.add_flags(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("keygen", help="make an Ed25519 signing key pair; print its allowed_signers line",
@@ -258,18 +262,28 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
-    if not (state_dir / "store.db").exists():
+    kube_options = wiring_kube.options(args)
+    if kube_options is None and not (state_dir / "store.db").exists():
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
     _, verifier = wiring.signing(state_dir, None, args.trusted_keys, create=False)
     if verifier is None:
         raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
+    registry_options = flags.registry_options(args)
     local = wiring.open_local(state_dir)
     failures = 0
     results = []
     try:
-        for obj in local.store.list_objects(pack.CLUSTER_PACK_KIND):
-            name = str(obj["metadata"]["name"])  # type: ignore[index]
-            problems = verify_object(obj, verifier, local)
+        artifacts = wiring.open_registry(registry_options) if registry_options else local.layout
+        if kube_options is None:
+            observed = local.store.observe(args.namespace)
+        else:
+            handle = wiring_kube.open_kube(kube_options, daemon=False, writes=False)
+            try:
+                observed = handle.cluster.observe(args.namespace)
+            finally:
+                handle.close()
+        for name, found in sorted(observed.packs.items()):
+            problems = verify_pack(found, verifier, artifacts)
             failures += bool(problems)
             results.append({"name": name, "ok": not problems, "problems": problems})
     finally:
@@ -285,33 +299,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if failures else EXIT_OK
 
 
-def verify_object(obj: dict[str, object], verifier: wiring.KeyVerifier, local: wiring.Local) -> list[str]:
+def verify_pack(found: instance.ObservedPack, verifier: wiring.KeyVerifier, artifacts: object) -> list[str]:
+    """Problems of one stored ClusterPack: its signature over the Go-style JSON of its spec, and its
+    artifact as the registry (or the OCI layout) serves it, digest by digest."""
     problems = []
-    spec = obj.get("spec") or {}
-    meta = obj.get("metadata") or {}
-    signature = (meta.get("annotations") or {}).get(pack.SIGNATURE_ANNOTATION)  # type: ignore[union-attr]
-    status_sig = (obj.get("status") or {}).get("packSignature")  # type: ignore[union-attr]
-    if not signature:
+    if not found.signature:
         problems.append("no signature (annotation ontai.dev/pack-signature)")
-    elif not verifier.verify(signing.payload_of_spec_json(pack.canonical_json(spec)), str(signature)):
+    elif not verifier.verify(signing.payload_of_spec_json(found.spec_json), found.signature):
         problems.append("signature does not verify against the trusted keys (spec changed or wrong key)")
-    if signature and status_sig and status_sig != signature:
-        problems.append("status.packSignature differs from the annotation")
-    digests = {
-        "registryRef.digest": (spec.get("registryRef") or {}).get("digest"),  # type: ignore[union-attr]
-        "rbacDigest": spec.get("rbacDigest"),  # type: ignore[union-attr]
-        "clusterScopedDigest": spec.get("clusterScopedDigest"),  # type: ignore[union-attr]
-        "workloadDigest": spec.get("workloadDigest"),  # type: ignore[union-attr]
-    }
-    for field, digest in digests.items():
-        if not digest:
-            continue
-        try:
-            local.layout.read_blob(str(digest))
-        except FileNotFoundError:
-            problems.append(f"{field} {digest} is not in the OCI layout")
-        except ValueError as err:
-            problems.append(f"{field}: {err}")
+    spec = json.loads(found.spec_json)
+    layers = {field: spec[field] for field in ("rbacDigest", "clusterScopedDigest", "workloadDigest") if spec.get(field)}
+    if not found.manifest_digest:
+        problems.append("spec.registryRef.digest is empty")
+    else:
+        problems.extend(artifacts.verify(found.base_pack_name, found.manifest_digest, layers))  # type: ignore[attr-defined]
     return problems
 
 

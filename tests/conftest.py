@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+pytest.register_assert_rewrite("tests.registry_fixture")
+pytest_plugins = ["tests.registry_fixture"]  # a real OCI registry (Debian's docker-registry) on loopback
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples-repo"
 

@@ -24,10 +24,7 @@ from gitopsd.core import artifact as artifact_core
 from gitopsd.core import compile as compile_core
 from gitopsd.model import pack, spec
 
-pytest.register_assert_rewrite("tests.registry_fixture")  # imported here and loaded as a plugin below
-from tests import registry_fixture  # noqa: E402
-
-pytest_plugins = ["tests.registry_fixture"]
+from tests import registry_fixture
 
 DOWN_BOUND = 10.0  # seconds: a correctness bound on failing fast, not a benchmark
 
