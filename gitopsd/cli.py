@@ -142,6 +142,7 @@ def cmd_pass(args: argparse.Namespace) -> int:
     if kind is not wiring.RepoKind.URL:
         wiring.check_state_dir(state_dir, pathlib.Path(repo))
     dry_run = args.mode != "reconcile"
+    flags.require_signing_key(args, writes=not dry_run, kube=wiring_kube.options(args) is not None)
     local = wiring.open_local(state_dir)
     try:
         wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,

@@ -212,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.watch and kind is not wiring.RepoKind.FOLDER:
         raise errors.ConfigError("--watch watches a local folder; for a Git remote use the webhook receiver", reason="Usage")
     repo = pathlib.Path(args.repo)
+    flags.require_signing_key(args, writes=True, kube=wiring_kube.options(args) is not None)
     signals = _Signals()
     env_factory = functools.partial(open_env, args, repo_arg, state_dir, signals.stop)
     if args.once:

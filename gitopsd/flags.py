@@ -102,3 +102,17 @@ def registry_options(args: argparse.Namespace) -> wiring.RegistryOptions | None:
         username_file=args.registry_username_file,
         password_file=args.registry_password_file,
     )
+
+
+def require_signing_key(args: argparse.Namespace, *, writes: bool, kube: bool) -> None:
+    """Writing to a shared registry or cluster needs a real key: the key made in a local state dir
+    would differ per machine and per replica, and its signatures would not verify elsewhere."""
+    if not writes or getattr(args, "signing_key", None):
+        return
+    where = "a Kubernetes cluster" if kube else ("an OCI registry (--registry)" if getattr(args, "registry", None) else None)
+    if where is not None:
+        raise errors.ConfigError(
+            f"writing to {where} needs --signing-key PATH (an Ed25519 key, e.g. from 'gitopsd keygen' or a mounted "
+            "Secret): signatures must verify on every replica and for every tenant",
+            reason="NoSigningKey",
+        )

@@ -47,11 +47,11 @@ def test_crds_are_up_to_date_with_the_schemas() -> None:
 
 def test_check_exits_1_when_the_crds_are_stale(tmp_path: pathlib.Path) -> None:
     stale = tmp_path / "crds.yaml"
-    stale.write_text((DEPLOY / "crds.yaml").read_text().replace("Immutable after creation.", "Mutable."))
+    stale.write_text((DEPLOY / "10-crds.yaml").read_text().replace("Immutable after creation.", "Mutable."))
     result = gitopsd_module("--check", "--output", str(stale))
     assert result.returncode == 1 and "stale" in result.stderr and "python -m gitopsd.deploygen" in result.stderr
     assert gitopsd_module("--output", str(stale)).returncode == 0
-    assert stale.read_text() == (DEPLOY / "crds.yaml").read_text()
+    assert stale.read_text() == (DEPLOY / "10-crds.yaml").read_text()
 
 
 def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -66,7 +66,7 @@ def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, 
 
 @pytest.mark.parametrize("plural", ["infrastructureclusterpacks", "packinstances"])
 def test_crd_schemas_are_structural(plural: str) -> None:
-    [crd] = [d for d in load("crds.yaml") if d["spec"]["names"]["plural"] == plural]
+    [crd] = [d for d in load("10-crds.yaml") if d["spec"]["names"]["plural"] == plural]
     [version] = crd["spec"]["versions"]
     assert version["subresources"] == {"status": {}} and version["served"] and version["storage"]
     for path, node in walk(version["schema"]["openAPIV3Schema"]):
@@ -79,7 +79,7 @@ def test_crd_schemas_are_structural(plural: str) -> None:
 
 
 def test_the_seed_schema_keeps_its_descriptions_and_open_parts() -> None:
-    [packs, instances] = load("crds.yaml")
+    [packs, instances] = load("10-crds.yaml")
     root = packs["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     spec = root["properties"]["spec"]
     assert spec["properties"]["version"]["description"] == "Declared version string. Immutable after creation."
@@ -128,7 +128,7 @@ def test_structural_conversion_refuses_what_kubernetes_cannot_express(schema: di
 
 def test_printer_columns() -> None:
     columns = {d["spec"]["names"]["kind"]: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
-               for d in load("crds.yaml")}
+               for d in load("10-crds.yaml")}
     assert columns == {"InfrastructureClusterPack": ["Version", "Signed", "Age"], "PackInstance": ["Cluster", "Version", "State", "Ready", "Age"]}
 
 
@@ -149,7 +149,7 @@ def rbac_allows(rules: list[dict[str, Any]], verb: str, resource: str) -> bool:
 
 
 def test_rbac_is_a_namespaced_role_with_only_the_verbs_gitopsd_uses() -> None:
-    by_kind = {d["kind"]: d for d in load("rbac.yaml")}
+    by_kind = {d["kind"]: d for d in load("20-rbac.yaml")}
     assert set(by_kind) == {"ServiceAccount", "Role", "RoleBinding"}  # no ClusterRole
     assert by_kind["Role"]["rules"] == ROLE_RULES
     binding = by_kind["RoleBinding"]
@@ -158,7 +158,7 @@ def test_rbac_is_a_namespaced_role_with_only_the_verbs_gitopsd_uses() -> None:
 
 
 def test_the_deployment_is_hardened_and_runs_in_cluster() -> None:
-    [deployment] = load("deployment.yaml")
+    [deployment] = load("30-deployment.yaml")
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
@@ -180,15 +180,17 @@ def test_the_deployment_is_hardened_and_runs_in_cluster() -> None:
     assert set(container["resources"]) == {"requests", "limits"}
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # the Lease holder identity
-    [service] = load("service.yaml")
+    [service] = load("40-service.yaml")
     assert service["spec"]["ports"] == [{"name": "http", "port": 9090, "targetPort": "http", "protocol": "TCP"}]
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
 
 
-def test_the_kustomization_lists_every_manifest() -> None:
-    [kustomization] = load("kustomization.yaml")
-    manifests = sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
-    assert sorted(kustomization["resources"]) == manifests
+def test_files_apply_in_order_with_kubectl_apply_f() -> None:
+    # `kubectl apply -f deploy/` applies files by name: the Namespace and the CRDs must come first.
+    names = sorted(p.name for p in DEPLOY.glob("*.yaml"))
+    assert names == ["00-namespace.yaml", "10-crds.yaml", "20-rbac.yaml", "30-deployment.yaml", "40-service.yaml"]
+    kinds = [doc["kind"] for name in names for doc in load(name)]
+    assert kinds.index("Namespace") < kinds.index("CustomResourceDefinition") < kinds.index("ServiceAccount")
 
 
 def test_the_dockerfile_builds_a_non_root_multi_stage_image() -> None:
@@ -208,7 +210,7 @@ def test_the_dockerfile_builds_a_non_root_multi_stage_image() -> None:
 @pytest.fixture
 def emulator() -> Iterator[kubeapi.Emulator]:
     before = set(threading.enumerate())
-    # a namespace takes a while to go, as on a real cluster: `kubectl delete -k` removes it first
+    # a namespace takes a while to go, as on a real cluster: `kubectl delete -f` removes it first
     with kubeapi.Emulator(bookmark_interval=0.2, namespace_deletion_delay=10.0) as emu:
         yield emu
     assert not harness.threads_left(before)
@@ -235,7 +237,7 @@ def kubectl(emulator: kubeapi.Emulator, tmp_path: pathlib.Path) -> Callable[...,
 
 def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeapi.Emulator, kubectl: Callable[..., Any],
                                                                   tmp_path: pathlib.Path) -> None:
-    applied = kubectl("apply", "--server-side", "-k", str(DEPLOY))
+    applied = kubectl("apply", "--server-side", "-f", str(DEPLOY))
     assert sorted(applied.stdout.split()[::2]) == sorted([
         "namespace/seam-system", "customresourcedefinition.apiextensions.k8s.io/infrastructureclusterpacks.infrastructure.ontai.dev",
         "customresourcedefinition.apiextensions.k8s.io/packinstances.infrastructure.ontai.dev", "serviceaccount/gitopsd",
@@ -244,7 +246,7 @@ def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeap
     ])
     kubectl("wait", "--for=condition=Established", "crd/infrastructureclusterpacks.infrastructure.ontai.dev",
             "crd/packinstances.infrastructure.ontai.dev", "--timeout=30s")
-    assert kubectl("apply", "--server-side", "-k", str(DEPLOY)).returncode == 0  # idempotent
+    assert kubectl("apply", "--server-side", "-f", str(DEPLOY)).returncode == 0  # idempotent
 
     repo = tmp_path / "repo"
     shutil.copytree(harness.EXAMPLES, repo)
@@ -266,10 +268,10 @@ def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeap
         cluster.close()
         api.close()
 
-    role = next(d for d in load("rbac.yaml") if d["kind"] == "Role")
+    role = next(d for d in load("20-rbac.yaml") if d["kind"] == "Role")
     rbac_verb = {"apply": "patch"}
     refused = sorted((v, r) for v, r in used if not rbac_allows(role["rules"], rbac_verb.get(v, v), r))
-    assert refused == [], f"deploy/rbac.yaml does not allow what gitopsd sent: {refused}"
+    assert refused == [], f"deploy/20-rbac.yaml does not allow what gitopsd sent: {refused}"
 
     listed = json.loads(kubectl("get", "infrastructureclusterpacks", "-A", "-o", "json").stdout)
     assert sorted(i["metadata"]["name"] for i in listed["items"]) == [
@@ -283,7 +285,7 @@ def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeap
     assert len(instances) == 13 and {i["status"]["state"] for i in instances} == {"installed"}
     assert kubectl("get", "leases", "-n", NAMESPACE, "-o", "name").stdout.split() == ["lease.coordination.k8s.io/gitopsd-leader"]
 
-    deleted = kubectl("delete", "-k", str(DEPLOY))
+    deleted = kubectl("delete", "-f", str(DEPLOY))
     assert deleted.stdout.count("deleted") == 8
     emulator.finalize_namespaces()
     assert "infrastructure.ontai.dev" not in kubectl("api-resources").stdout

@@ -8,8 +8,16 @@ import sqlite3
 
 import requests
 
+import pytest
+
 from tests.conftest import Cli
 from tests.registry_fixture import RunningRegistry, SecureRegistry
+
+
+@pytest.fixture
+def key(cli: Cli, tmp_path: pathlib.Path) -> str:
+    cli("keygen", "--dir", str(tmp_path / "key"))
+    return str(tmp_path / "key" / "signing.key")
 
 
 def served_manifest(host: str, name: str, digest: str, *, session: requests.Session | None = None, scheme: str = "http") -> dict:
@@ -22,9 +30,9 @@ def served_manifest(host: str, name: str, digest: str, *, session: requests.Sess
 
 
 def test_reconcile_pushes_one_artifact_per_pack_version_and_a_second_pass_uploads_nothing(
-        cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, plain_registry: RunningRegistry, fresh_path: str) -> None:
+        key: str, cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, plain_registry: RunningRegistry, fresh_path: str) -> None:
     target = f"{plain_registry.host}/{fresh_path}"
-    flags = ["--state-dir", str(state_dir), "--registry", target, "--registry-insecure"]
+    flags = ["--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--signing-key", key]
     first = cli.json("reconcile", str(examples), *flags)
     assert first["summary"]["published"] == 5 and first["summary"]["ready"] is True
     for obj in first["clusterPacks"]:
@@ -36,19 +44,19 @@ def test_reconcile_pushes_one_artifact_per_pack_version_and_a_second_pass_upload
         assert layers == expected
     second = cli.json("reconcile", str(examples), *flags)
     assert second["summary"]["published"] == 0 and second["summary"]["writes"] == 0
-    verified = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure")
+    verified = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--trusted-keys", key + ".pub")
     assert verified.stdout.count("ok ") == 5
 
 
 def test_a_corrupted_artifact_in_the_registry_blocks_delivery_and_fails_verify(
-        cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, plain_registry: RunningRegistry, fresh_path: str) -> None:
+        key: str, cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, plain_registry: RunningRegistry, fresh_path: str) -> None:
     target = f"{plain_registry.host}/{fresh_path}"
-    flags = ["--state-dir", str(state_dir), "--registry", target, "--registry-insecure"]
+    flags = ["--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--signing-key", key]
     first = cli.json("reconcile", str(examples), *flags)
     policies = next(o for o in first["clusterPacks"] if o["spec"]["basePackName"] == "network-policies")["spec"]
     blob = plain_registry.blob_file(policies["workloadDigest"])
     blob.write_bytes(blob.read_bytes().replace(b"default-deny", b"default-allo"))  # one changed byte range, same size
-    proc = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure", check=1)
+    proc = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--trusted-keys", key + ".pub", check=1)
     assert "FAIL network-policies-v1.1.0" in proc.stdout and "4 of 5 ClusterPacks verified" in proc.stdout
     # A new cluster for the pack means a new PackInstance pointing at the corrupted artifact: blocked.
     (examples / "clusters/edge.yaml").write_text("name: edge\nlabels: {env: edge}\n")
@@ -62,9 +70,9 @@ def test_a_corrupted_artifact_in_the_registry_blocks_delivery_and_fails_verify(
 
 
 def test_tampering_with_a_stored_spec_fails_verify_and_blocks_delivery(
-        cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, plain_registry: RunningRegistry, fresh_path: str) -> None:
+        key: str, cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, plain_registry: RunningRegistry, fresh_path: str) -> None:
     target = f"{plain_registry.host}/{fresh_path}"
-    flags = ["--state-dir", str(state_dir), "--registry", target, "--registry-insecure"]
+    flags = ["--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--signing-key", key]
     cli("reconcile", str(examples), *flags)
     db = sqlite3.connect(state_dir / "store.db")
     body = json.loads(db.execute("SELECT body FROM objects WHERE name='platform-base-v1.0.0'").fetchone()[0])
@@ -73,7 +81,7 @@ def test_tampering_with_a_stored_spec_fails_verify_and_blocks_delivery(
     db.execute("DELETE FROM objects WHERE kind='PackInstance' AND name='platform-base-dev'")
     db.commit()
     db.close()
-    proc = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure", check=1)
+    proc = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--trusted-keys", key + ".pub", check=1)
     assert "FAIL platform-base-v1.0.0: signature does not verify" in proc.stdout
     result = cli.json("reconcile", str(examples), *flags, check=1)
     # every instance of the tampered pack reports it, and none is created or moved
@@ -86,16 +94,26 @@ def test_tampering_with_a_stored_spec_fails_verify_and_blocks_delivery(
 
 
 def test_tls_and_basic_auth_registry_with_credentials_from_files(
-        cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, secure_registry: SecureRegistry, fresh_path: str,
+        key: str, cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path, secure_registry: SecureRegistry, fresh_path: str,
         tmp_path: pathlib.Path) -> None:
     (tmp_path / "user").write_text(secure_registry.username)
     (tmp_path / "password").write_text(secure_registry.password)
     target = f"{secure_registry.host}/{fresh_path}"
-    base = ["--state-dir", str(state_dir), "--registry", target, "--registry-ca", str(secure_registry.ca)]
+    base = ["--state-dir", str(state_dir), "--registry", target, "--registry-ca", str(secure_registry.ca), "--signing-key", key]
     denied = cli("reconcile", str(examples), *base, check=1)
     assert "RegistryUnauthorized" in denied.stdout and secure_registry.password not in denied.stdout + denied.stderr
     creds = ["--registry-username-file", str(tmp_path / "user"), "--registry-password-file", str(tmp_path / "password")]
     ok = cli.json("reconcile", str(examples), *base, *creds)
     assert ok["summary"]["published"] == 5
-    no_ca = cli("reconcile", str(examples), "--state-dir", str(tmp_path / "other"), "--registry", target, *creds, check=1)
+    no_ca = cli("reconcile", str(examples), "--state-dir", str(tmp_path / "other"), "--registry", target, *creds,
+                "--signing-key", key, check=1)
     assert "RegistryTLS" in no_ca.stdout and "--registry-ca" in no_ca.stdout
+
+
+def test_writing_to_a_registry_without_a_signing_key_stops_at_start(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
+    proc = cli("reconcile", str(examples), "--state-dir", str(state_dir), "--registry", "127.0.0.1:1/packs",
+               "--registry-insecure", check=2)
+    assert "needs --signing-key" in proc.stderr
+    assert not (state_dir / "store.db").exists()
+    assert cli("dry-run", str(examples), "--state-dir", str(state_dir), "--registry", "127.0.0.1:1/packs",
+               "--registry-insecure").returncode == 0  # writing nothing needs no key

@@ -45,7 +45,7 @@ the pass at once.
 
 Errors: 5xx, 429, timeouts and refused connections are ``errors.TransientError`` (reason
 ``ClusterUnavailable``); 401/403 are ``errors.ConfigError`` (``ClusterUnauthorized``, naming the
-RBAC needed); a 404 listing the kinds is a ``ConfigError`` telling to apply ``deploy/crds.yaml``.
+RBAC needed); a 404 listing the kinds is a ``ConfigError`` telling to apply ``deploy/10-crds.yaml``.
 ``gitopsd.adapters.lease`` elects the one replica that writes (``may_write``) and shards packs
 (``owns``); ``gitopsd.wiring_kube`` builds this adapter from the command line.
 """
@@ -146,21 +146,21 @@ def translate(err: Exception, *, action: str, kind: Kind | str, namespace: str, 
         if code in (401, 403):
             return errors.ConfigError(
                 f"the API server refused to {action} {what} ({code} {status.get('reason') or err.reason}: {message}); "
-                f"the ServiceAccount needs {RBAC_NEEDED} in namespace {namespace}: kubectl apply -f deploy/rbac.yaml",
+                f"the ServiceAccount needs {RBAC_NEEDED} in namespace {namespace}: kubectl apply -f deploy/20-rbac.yaml",
                 reason="ClusterUnauthorized",
             )
         if code == 404:
             details = status.get("details") or {}
             if details.get("kind") == "namespaces":
                 return errors.ConfigError(
-                    f"namespace {namespace} does not exist: create it (kubectl apply -f deploy/namespace.yaml) or set "
+                    f"namespace {namespace} does not exist: create it (kubectl apply -f deploy/00-namespace.yaml) or set "
                     "'namespace' in gitopsd.yaml",
                     reason="NamespaceNotFound",
                 )
             if not details.get("name"):
                 return errors.ConfigError(
                     f"the API server does not serve {label} ({GROUP}/{VERSION}): install the CRDs with "
-                    "kubectl apply -f deploy/crds.yaml",
+                    "kubectl apply -f deploy/10-crds.yaml",
                     reason="CRDNotInstalled",
                 )
             return errors.TransientError(f"{what} disappeared during the pass; the next pass reads it again", reason="Conflict")
@@ -169,7 +169,7 @@ def translate(err: Exception, *, action: str, kind: Kind | str, namespace: str, 
         if code in (400, 422):
             return errors.StalledError(
                 f"the API server rejected {what} ({code} {status.get('reason') or ''}: {message}); if the cluster's CRDs "
-                "are older than this gitopsd, update them: kubectl apply -f deploy/crds.yaml",
+                "are older than this gitopsd, update them: kubectl apply -f deploy/10-crds.yaml",
                 reason="InvalidObject",
             )
         return errors.TransientError(f"cannot {action} {what}: {code} {message}", reason="ClusterUnavailable")

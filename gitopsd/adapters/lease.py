@@ -319,7 +319,7 @@ class Elector:
                 raise errors.ConfigError(
                     f"the API server refused access to Lease {self.namespace}/{self.name} ({err.status}): the "
                     f"ServiceAccount needs get, create and update on leases.coordination.k8s.io in {self.namespace} "
-                    "(deploy/rbac.yaml)",
+                    "(deploy/20-rbac.yaml)",
                     reason="ClusterUnauthorized",
                 ) from err
             raise
