@@ -10,14 +10,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import contextlib
 import os
 import pathlib
+import queue
+import select
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 
 import yaml
 
@@ -62,7 +67,8 @@ class Run:
 def run_gitopsd(*argv: str, cwd: pathlib.Path, timeout: float = 120.0, env: dict[str, str] | None = None) -> Run:
     """``python -m gitopsd ARGV`` in a subprocess; its own peak RSS comes from ``wait4``."""
     cwd.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = cwd / f".out-{os.getpid()}", cwd / f".err-{os.getpid()}"
+    out_path = pathlib.Path(tempfile.mkstemp(prefix=".out-", dir=cwd)[1])  # unique: runs may overlap in threads
+    err_path = pathlib.Path(tempfile.mkstemp(prefix=".err-", dir=cwd)[1])
     started = time.monotonic()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen([PYTHON, "-m", "gitopsd", *argv], stdout=out, stderr=err, cwd=cwd,
@@ -84,6 +90,104 @@ def run_gitopsd(*argv: str, cwd: pathlib.Path, timeout: float = 120.0, env: dict
     out_path.unlink()
     err_path.unlink()
     return run
+
+
+class Zygote:
+    """The parent side of ``tests/reliability/zygote.py``: gitopsd commands as forked children of one
+    pre-imported interpreter (same argv, same exit codes, own process, own peak RSS; no second of
+    imports each). One command at a time per zygote; ``ZygotePool`` holds several."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([PYTHON, "-m", "tests.reliability.zygote"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, cwd=ROOT)
+        self._buffer = b""
+
+    def _reply(self, timeout: float | None) -> dict[str, int] | None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0)
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"the zygote exited ({self.proc.wait()})")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def start(self, *argv: str, cwd: pathlib.Path, env: dict[str, str] | None = None) -> Started:
+        """Fork ``gitopsd ARGV``; returns at once with its pid (for kill -9 at a chosen moment)."""
+        cwd.mkdir(parents=True, exist_ok=True)
+        out = pathlib.Path(tempfile.mkstemp(prefix=".out-", dir=cwd)[1])
+        err = pathlib.Path(tempfile.mkstemp(prefix=".err-", dir=cwd)[1])
+        request = {"argv": list(argv), "cwd": str(cwd), "stdout": str(out), "stderr": str(err), "env": env or {}}
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        reply = self._reply(30)
+        assert reply is not None, "the zygote did not fork"
+        return Started(list(argv), reply["pid"], out, err, time.monotonic())
+
+    def finish(self, started: Started, timeout: float = 120.0) -> Run:
+        reply = self._reply(timeout)
+        timed_out = reply is None
+        if reply is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started.pid, signal.SIGKILL)
+            reply = self._reply(30)
+            assert reply is not None
+        run = Run(started.argv, os.waitstatus_to_exitcode(reply["status"]), started.stdout.read_text("utf-8", "replace"),
+                  started.stderr.read_text("utf-8", "replace"), reply["maxrss"], time.monotonic() - started.at, timed_out)
+        started.stdout.unlink()
+        started.stderr.unlink()
+        return run
+
+    def run(self, *argv: str, cwd: pathlib.Path, timeout: float = 120.0, env: dict[str, str] | None = None) -> Run:
+        return self.finish(self.start(*argv, cwd=cwd, env=env), timeout)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@dataclasses.dataclass
+class Started:
+    argv: list[str]
+    pid: int
+    stdout: pathlib.Path
+    stderr: pathlib.Path
+    at: float
+
+
+class ZygotePool:
+    def __init__(self, size: int) -> None:
+        self._all = [Zygote() for _ in range(size)]
+        self._free: queue.Queue[Zygote] = queue.Queue()
+        for zygote in self._all:
+            self._free.put(zygote)
+
+    @contextlib.contextmanager
+    def get(self) -> Iterator[Zygote]:
+        zygote = self._free.get()
+        try:
+            yield zygote
+        finally:
+            self._free.put(zygote)
+
+    def run(self, *argv: str, cwd: pathlib.Path, timeout: float = 120.0, env: dict[str, str] | None = None) -> Run:
+        with self.get() as zygote:
+            return zygote.run(*argv, cwd=cwd, timeout=timeout, env=env)
+
+    def close(self) -> None:
+        for zygote in self._all:
+            zygote.close()
+
+
+WORKERS = max(2, min(4, os.cpu_count() or 2))
 
 
 # --- reading the embedded backends back --------------------------------------------------------------

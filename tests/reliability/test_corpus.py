@@ -11,8 +11,10 @@ For each case gitopsd must:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import pathlib
+import sys
 
 import pytest
 
@@ -38,16 +40,39 @@ RUNS = [pytest.param(c, "folder", id=c.id, marks=_marks(c)) for c in CASES] + [
 ]
 
 
-@pytest.mark.parametrize(("case", "source"), RUNS)
-def test_hostile_input_fails_only_its_pack_with_one_clear_line(case: harness.Case, source: str,
-                                                                tmp_path: pathlib.Path) -> None:
+def _reconcile(zygotes: harness.ZygotePool, case: harness.Case, source: str,
+               tmp: pathlib.Path) -> tuple[harness.Run, pathlib.Path]:
     """``source`` is how the repo is read: a plain folder, or a Git work tree (at HEAD, via pygit2)."""
-    repo = harness.build_repo(case, tmp_path / "repo")
+    repo = harness.build_repo(case, tmp / "repo")
     if source == "git":
         harness.commit_all(repo)
-    state = tmp_path / "state"
-    run = harness.run_gitopsd("reconcile", str(repo), "--state-dir", str(state), "-o", "json",
-                              cwd=tmp_path, timeout=case.timeout)
+    state = tmp / "state"
+    run = zygotes.run("reconcile", str(repo), "--state-dir", str(state), "-o", "json", cwd=tmp, timeout=case.timeout)
+    return run, state
+
+
+@pytest.fixture(scope="module")
+def reconciled(request: pytest.FixtureRequest, zygotes: harness.ZygotePool,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[harness.Run, pathlib.Path]]:
+    """Every selected case reconciled up front, ``WORKERS`` subprocesses at a time (each run is its
+    own process: its peak RSS is its own); the tests below then check one result each."""
+    module = sys.modules[__name__]
+    wanted = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "module", None) is module and "case" in params:
+            wanted.append((params["case"], params["source"]))
+    wanted.sort(key=lambda pair: not pair[0].bomb)  # the slow ones first
+    with concurrent.futures.ThreadPoolExecutor(harness.WORKERS) as pool:
+        futures = {(c.id, source): pool.submit(_reconcile, zygotes, c, source, tmp_path_factory.mktemp(f"{c.id}-{source}"))
+                   for c, source in wanted}
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.mark.parametrize(("case", "source"), RUNS)
+def test_hostile_input_fails_only_its_pack_with_one_clear_line(
+        case: harness.Case, source: str, reconciled: dict[tuple[str, str], tuple[harness.Run, pathlib.Path]]) -> None:
+    run, state = reconciled[(case.id, source)]
     if case.bomb:
         harness.MEMORY.append((case.id if source == "folder" else f"{case.id} ({source})", run.max_rss_mib, run.seconds))
     assert not run.timed_out, run.describe()

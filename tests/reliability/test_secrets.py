@@ -112,8 +112,8 @@ def secret_repo(tmp_path: pathlib.Path) -> pathlib.Path:
     return repo
 
 
-def test_secret_objects_and_the_signing_key_stay_out_of_every_output(secret_repo: pathlib.Path,
-                                                                     tmp_path: pathlib.Path) -> None:
+def test_secret_objects_and_the_signing_key_stay_out_of_every_output(secret_repo: pathlib.Path, tmp_path: pathlib.Path,
+                                                                     zygotes: harness.ZygotePool) -> None:
     key = keys.generate(tmp_path / "key").private_path
     canaries = forms(SECRET_DATA, SECRET_STRING) + signing_key_forms(key)
     state = tmp_path / "state"
@@ -122,7 +122,7 @@ def test_secret_objects_and_the_signing_key_stay_out_of_every_output(secret_repo
     runs: list[tuple[str, harness.Run]] = []
 
     def gitopsd(label: str, *argv: str) -> harness.Run:
-        run = harness.run_gitopsd(*argv, cwd=tmp_path)
+        run = zygotes.run(*argv, cwd=tmp_path)
         runs.append((label, run))
         return run
 
@@ -194,20 +194,22 @@ def _docker_config(path: pathlib.Path, host: str, password: str) -> pathlib.Path
 
 
 def test_registry_passwords_stay_out_of_outputs_logs_and_state(secure_registry: registry_fixture.SecureRegistry,
-                                                               fresh_path: str, tmp_path: pathlib.Path) -> None:
+                                                               fresh_path: str, tmp_path: pathlib.Path,
+                                                               zygotes: harness.ZygotePool) -> None:
     repo = tmp_path / "repo"
     harness.shutil.copytree(harness.EXAMPLES, repo)
     canaries = forms(registry_fixture.PASSWORD, REGISTRY_PASSWORD)
     target = f"{secure_registry.host}/{fresh_path}"
-    flags = ["--registry", target, "--registry-ca", str(secure_registry.ca), "--log-level", "debug", "--log-format", "json"]
+    key = keys.generate(tmp_path / "key").private_path
+    flags = ["--registry", target, "--signing-key", str(key), "--registry-ca", str(secure_registry.ca), "--log-level", "debug", "--log-format", "json"]
     good = _docker_config(tmp_path / "good.json", secure_registry.host, registry_fixture.PASSWORD)
     bad = _docker_config(tmp_path / "bad.json", secure_registry.host, REGISTRY_PASSWORD)
     runs = [
-        harness.run_gitopsd("reconcile", str(repo), "--state-dir", str(tmp_path / "s1"), *flags,
+        zygotes.run("reconcile", str(repo), "--state-dir", str(tmp_path / "s1"), *flags,
                             "--registry-config", str(good), "-o", "json", cwd=tmp_path),
-        harness.run_gitopsd("reconcile", str(repo), "--state-dir", str(tmp_path / "s2"), *flags,
+        zygotes.run("reconcile", str(repo), "--state-dir", str(tmp_path / "s2"), *flags,
                             "--registry-config", str(bad), "-o", "yaml", cwd=tmp_path),
-        harness.run_gitopsd("run", str(repo), "--once", "--state-dir", str(tmp_path / "s3"), *flags,
+        zygotes.run("run", str(repo), "--once", "--state-dir", str(tmp_path / "s3"), *flags,
                             "--registry-config", str(bad), "--listen", "off", cwd=tmp_path),
     ]
     assert runs[0].returncode == 0, runs[0].describe()
@@ -248,21 +250,22 @@ def git_server() -> Iterator[str]:
     server.server_close()
 
 
-def test_git_tokens_stay_out_of_errors_logs_and_state(git_server: str, tmp_path: pathlib.Path) -> None:
+def test_git_tokens_stay_out_of_errors_logs_and_state(git_server: str, tmp_path: pathlib.Path,
+                                                      zygotes: harness.ZygotePool) -> None:
     creds = tmp_path / "git-credentials"
     creds.write_text(f"deploy:{TOKEN}\n")
     canaries = forms(TOKEN)
-    env = {**os.environ, "GITOPSD_CANARY_TOKEN": TOKEN}
+    env = {"GITOPSD_CANARY_TOKEN": TOKEN}
     runs = [
-        harness.run_gitopsd("reconcile", f"http://{git_server}/config.git", "--state-dir", str(tmp_path / "s1"),
+        zygotes.run("reconcile", f"http://{git_server}/config.git", "--state-dir", str(tmp_path / "s1"),
                             "--git-credentials-file", str(creds), "--log-level", "debug", "--log-format", "json",
                             "-o", "json", cwd=tmp_path, timeout=60),
-        harness.run_gitopsd("dry-run", f"http://{git_server}/config.git", "--state-dir", str(tmp_path / "s2"),
+        zygotes.run("dry-run", f"http://{git_server}/config.git", "--state-dir", str(tmp_path / "s2"),
                             "--git-credentials-env", "GITOPSD_CANARY_TOKEN", "--log-level", "debug", cwd=tmp_path,
                             timeout=60, env=env),
-        harness.run_gitopsd("reconcile", f"http://deploy:{TOKEN}@{git_server}/config.git", "--state-dir",
+        zygotes.run("reconcile", f"http://deploy:{TOKEN}@{git_server}/config.git", "--state-dir",
                             str(tmp_path / "s3"), "--log-level", "debug", "-o", "yaml", cwd=tmp_path, timeout=60),
-        harness.run_gitopsd("run", f"http://{git_server}/config.git", "--once", "--state-dir", str(tmp_path / "s4"),
+        zygotes.run("run", f"http://{git_server}/config.git", "--once", "--state-dir", str(tmp_path / "s4"),
                             "--git-credentials-file", str(creds), "--log-level", "debug", "--listen", "off",
                             cwd=tmp_path, timeout=60),
     ]
