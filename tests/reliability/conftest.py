@@ -18,6 +18,11 @@ def zygotes() -> Iterator[harness.ZygotePool]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if harness.CHAOS:
+        terminalreporter.section("chaos trials")
+        terminalreporter.write_line(f"{'scenario':<44} {'trials':>6} {'failures':>8} {'lost items':>10}")
+        for scenario, trials, failures, lost in harness.CHAOS:
+            terminalreporter.write_line(f"{scenario:<44} {trials:>6} {failures:>8} {lost:>10}")
     if not harness.MEMORY:
         return
     terminalreporter.section("peak RSS of hostile inputs (gitopsd reconcile, one process per case, children included)")

@@ -397,3 +397,173 @@ def commit_all(repo: pathlib.Path) -> None:
 
 # --- memory figures, printed at the end of the run by tests/reliability/conftest.py --------------------
 MEMORY: list[tuple[str, float, float]] = []  # (what, peak RSS MiB, seconds)
+
+
+# --- crash safety: a small repo in two revisions, kill -9 trials -------------------------------------
+CLUSTERS = {"edge-a": "prod", "edge-b": "prod", "lab": "dev"}
+
+
+def write_pack_repo(dest: pathlib.Path, *, packs: int = 10, revision: str = "A") -> pathlib.Path:
+    """A config repo of ``packs`` raw packs over three clusters. Revision ``B`` bumps four packs
+    (new content, new version), removes the last one and adds a new one: creates, supersedes and
+    an uninstall in one pass."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "clusters").mkdir(parents=True)
+    (dest / "gitopsd.yaml").write_text("namespace: seam-system\nregistry: registry.example.com/packs\n")
+    for name, env in CLUSTERS.items():
+        (dest / "clusters" / f"{name}.yaml").write_text(f"name: {name}\nlabels: {{env: {env}}}\n")
+    names = [f"app-{i:02d}" for i in range(packs)]
+    if revision == "B":
+        names = names[:-1] + ["app-new"]
+    for index, name in enumerate(names):
+        bumped = revision == "B" and index % 3 == 0
+        version = "1.1.0" if bumped else "1.0.0"
+        folder = dest / "packs" / name
+        (folder / "manifests").mkdir(parents=True)
+        targets = "[edge-a, edge-b, lab]" if index % 2 else "[{matchLabels: {env: prod}}]"
+        (folder / "packbuild.yaml").write_text(
+            f"name: {name}\nversion: {version}\nbasePackName: {name}\ncategory: raw\nrawSource: {{path: manifests}}\n"
+            f"namespace: {name}\ntargetClusters: {targets}\npriority: {index}\n")
+        payload = "".join(f"  key{j}: value-{version}-{j}-{'x' * 40}\n" for j in range(40))
+        (folder / "manifests" / "rbac.yaml").write_text(
+            f"apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\n"
+            f"apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}}}\n"
+            "rules: [{apiGroups: [''], resources: [configmaps], verbs: [get]}]\n")
+        statefulset = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": f"{name}-db"},
+                       "spec": {"serviceName": name, "selector": {"matchLabels": {"app": name}},
+                                "template": {"metadata": {"labels": {"app": name}},
+                                             "spec": {"containers": [{"name": "db", "image": "postgres:16"}]}}}}
+        deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{name}-web"},
+                      "spec": {"selector": {"matchLabels": {"app": f"{name}-web"}},
+                               "template": {"metadata": {"labels": {"app": f"{name}-web"}},
+                                            "spec": {"containers": [{"name": "web", "image": f"nginx:{version}"}]}}}}
+        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"{name}-data"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+        (folder / "manifests" / "app.yaml").write_text(
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}-config}}\ndata:\n{payload}"
+            + "".join(f"---\n{json.dumps(doc)}\n" for doc in (pvc, statefulset, deployment)))
+    return dest
+
+
+@dataclasses.dataclass
+class CrashWorld:
+    """Everything the trials share: both revisions, the key, the prepared base state and the
+    final state an uninterrupted pass reaches from an empty and from the base state."""
+
+    root: pathlib.Path
+    repo: pathlib.Path  # revision B: what the daemon reconciles
+    key: pathlib.Path
+    base_state: pathlib.Path  # revision A reconciled
+    references: dict[str, dict[str, object]]  # start ("empty" | "base") -> final_state
+    initial: dict[str, dict[str, object]]  # start -> final_state before any pass
+    pass_seconds: float  # the longest uninterrupted pass, to spread the kills over
+
+
+def make_crash_world(root: pathlib.Path, zygote: Zygote | ZygotePool, *, packs: int = 10) -> CrashWorld:
+    from gitopsd.adapters import keys  # noqa: PLC0415 - only the crash tests need it
+
+    root.mkdir(parents=True, exist_ok=True)
+    key = keys.generate(root / "key").private_path
+    repo_a = write_pack_repo(root / "repo-a", packs=packs, revision="A")
+    repo = write_pack_repo(root / "repo-b", packs=packs, revision="B")
+    base = root / "base-state"
+    first = zygote.run("reconcile", str(repo_a), "--state-dir", str(base), "--signing-key", str(key), cwd=root)
+    assert first.returncode == 0, first.describe()
+    references: dict[str, dict[str, object]] = {}
+    initial = {"empty": {"packs": {}, "instances": {}, "refs": []}, "base": final_state(base)}
+    seconds = 0.0
+    for start in ("empty", "base"):
+        state = root / f"reference-{start}"
+        if start == "base":
+            shutil.copytree(base, state)
+        run = zygote.run("run", str(repo), "--once", "--state-dir", str(state), "--signing-key", str(key),
+                         "--listen", "off", "--log-level", "warning", cwd=root)
+        assert run.returncode == 0, run.describe()
+        seconds = max(seconds, run.seconds)
+        references[start] = final_state(state)
+    return CrashWorld(root, repo, key, base, references, initial, seconds)
+
+
+@dataclasses.dataclass
+class Trial:
+    start: str
+    delay: float
+    phase: str  # what the crash left in the store: "before apply", "after apply" or "half-applied"
+    failures: list[str]
+    lost: int  # reference objects missing or different after the restart
+    debris: int  # .tmp- files an interrupted atomic write left in the OCI layout
+    untagged: list[str]  # refs an uninterrupted run has in index.json and this one lacks
+
+
+def crash_trial(world: CrashWorld, zygote: Zygote, workdir: pathlib.Path, *, start: str, delay: float) -> Trial:
+    """``gitopsd run`` killed with SIGKILL ``delay`` seconds after it started; then one
+    ``reconcile`` (the restart) must reach the reference state, and every check must pass on the
+    state as the crash left it and as the restart left it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = workdir / "state"
+    if start == "base":
+        shutil.copytree(world.base_state, state)
+    key, pub = str(world.key), f"{world.key}.pub"
+    started = zygote.start("run", str(world.repo), "--state-dir", str(state), "--interval", "0.2s", "--listen", "off",
+                           "--signing-key", key, "--log-level", "warning", cwd=workdir)
+    time.sleep(delay)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(started.pid, signal.SIGKILL)
+    killed = zygote.finish(started, timeout=30)
+    failures = []
+    if killed.returncode != -signal.SIGKILL:
+        failures.append(f"the daemon ended by itself ({killed.returncode}): {killed.stderr[-500:]}")
+    if "Traceback" in killed.stderr:
+        failures.append(f"traceback before the kill: {killed.stderr[-1500:]}")
+    failures += [f"after the crash: {p}" for p in state_checks(zygote, state, pub, workdir)]
+    crashed = final_state(state) if (state / "store.db").exists() else world.initial["empty"]
+    objects = {k: crashed[k] for k in ("packs", "instances")}
+    if objects == {k: world.initial[start][k] for k in ("packs", "instances")}:
+        phase = "before apply"
+    elif objects == {k: world.references[start][k] for k in ("packs", "instances")}:
+        phase = "after apply"
+    else:
+        phase = "half-applied"
+        failures.append("the store holds part of a pass (neither the state before it nor after it)")
+    restart = zygote.run("reconcile", str(world.repo), "--state-dir", str(state), "--signing-key", key, "-o", "json",
+                         cwd=workdir, timeout=60)
+    if restart.returncode != 0:
+        failures.append(f"restart: {restart.describe()[-1500:]}")
+    failures += [f"after the restart: {p}" for p in state_checks(zygote, state, pub, workdir)]
+    got, want = final_state(state), world.references[start]
+    lost = 0
+    for section in ("packs", "instances"):
+        mine, theirs = got[section], want[section]  # type: ignore[index]
+        for name, value in theirs.items():  # type: ignore[union-attr]
+            if mine.get(name) != value:  # type: ignore[union-attr]
+                lost += 1
+                failures.append(f"{section} {name}: {'missing' if name not in mine else 'differs'} after the restart")
+        for name in set(mine) - set(theirs):  # type: ignore[arg-type]
+            failures.append(f"{section} {name}: not in an uninterrupted run")
+    untagged = sorted(set(want["refs"]) - set(got["refs"]))  # type: ignore[arg-type]
+    extra_refs = sorted(set(got["refs"]) - set(want["refs"]))  # type: ignore[arg-type]
+    if extra_refs:
+        failures.append(f"OCI index refs not in an uninterrupted run: {extra_refs}")
+    blobs = state / "oci" / "blobs" / "sha256"
+    debris = sum(1 for p in blobs.iterdir() if p.name.startswith(".tmp-")) if blobs.is_dir() else 0
+    return Trial(start, delay, phase, failures, lost, debris, untagged)
+
+
+def state_checks(zygote: Zygote, state: pathlib.Path, trusted: str, workdir: pathlib.Path) -> list[str]:
+    """SQLite integrity, OCI layout sound (index parses, blobs match digests, nothing missing) and
+    every stored ClusterPack verifies (signature, artifact blobs)."""
+    if not (state / "store.db").exists():
+        return []
+    problems = []
+    verdict = integrity(state)
+    if verdict != "ok":
+        problems.append(f"PRAGMA integrity_check: {verdict}")
+    problems += layout_problems(state)
+    verify = zygote.run("verify", "--state-dir", str(state), "--trusted-keys", trusted, "-o", "json", cwd=workdir)
+    if verify.returncode != 0:
+        problems.append(f"gitopsd verify: {verify.stdout[-1500:]} {verify.stderr[-500:]}")
+    return problems
+
+
+CHAOS: list[tuple[str, int, int, int]] = []  # (scenario, trials, failures, lost items), printed at the end
