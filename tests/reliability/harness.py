@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import collections
 import contextlib
 import os
 import pathlib
@@ -567,3 +568,100 @@ def state_checks(zygote: Zygote, state: pathlib.Path, trusted: str, workdir: pat
 
 
 CHAOS: list[tuple[str, int, int, int]] = []  # (scenario, trials, failures, lost items), printed at the end
+
+
+# --- registry faults: an HTTP proxy on loopback in front of the real registry ------------------------
+class FaultProxy:
+    """Forwards to a registry, or misbehaves: ``mode`` is read per request, so a test can switch it.
+
+    modes: ``pass``; ``500`` (every request answered 500); ``slow`` (``delay`` seconds before
+    forwarding); ``reset`` (the connection closed without an answer); ``flaky`` (the first
+    ``flaky_count`` requests get 503, then pass); ``corrupt-blob`` (blob GETs served with one byte
+    flipped, same length); ``digest-lie`` (manifest PUTs answered with another
+    Docker-Content-Digest); ``lying-head`` (blob HEADs answer 200 whether or not the blob exists).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import http.client  # noqa: PLC0415
+        import http.server  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.upstream = upstream
+        self.mode = "pass"
+        self.delay = 0.0
+        self.flaky_count = 0
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _record(self, status: int) -> None:
+                with proxy.lock:
+                    proxy.requests.append((self.command, self.path.split("?", 1)[0], status))
+
+            def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                self._record(status)
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                mode = proxy.mode
+                path = self.path.split("?", 1)[0]
+                error = json.dumps({"errors": [{"code": "UNKNOWN", "message": "injected"}]}).encode()
+                if mode == "500":
+                    return self._answer(500, error, {"Content-Type": "application/json"})
+                if mode == "reset":
+                    self._record(0)
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return None
+                if mode == "flaky":
+                    with proxy.lock:
+                        proxy.flaky_count -= 1
+                        fail = proxy.flaky_count >= 0
+                    if fail:
+                        return self._answer(503, error, {"Content-Type": "application/json"})
+                if mode == "slow":
+                    time.sleep(proxy.delay)
+                if mode == "lying-head" and self.command == "HEAD" and "/blobs/" in path:
+                    return self._answer(200, b"", {"Docker-Content-Digest": path.rsplit("/", 1)[1]})
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                out_headers = {k: v for k, v in response.getheaders()
+                               if k.lower() not in ("content-length", "connection", "transfer-encoding")}
+                if mode == "corrupt-blob" and self.command == "GET" and "/blobs/" in path and data:
+                    data = bytes([data[0] ^ 0x01]) + data[1:]
+                if mode == "digest-lie" and self.command == "PUT" and "/manifests/" in path:
+                    out_headers["Docker-Content-Digest"] = "sha256:" + "0" * 64
+                conn.close()
+                return self._answer(response.status, data, out_headers)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def attempts(self) -> collections.Counter[tuple[str, str]]:
+        with self.lock:
+            return collections.Counter((method, path) for method, path, _ in self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
