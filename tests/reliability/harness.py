@@ -346,6 +346,54 @@ def load_cases(corpus: pathlib.Path = CORPUS) -> list[Case]:
     return cases
 
 
+def corpus_problems(case: Case, run: Run, state: pathlib.Path, *, max_rss_mib: float = 500) -> list[str]:
+    """What is wrong with how gitopsd handled ``case`` (empty when all is well): the pass must go
+    through with exactly the bad pack failed, on one printable line naming the file, the field and
+    the fix; the example packs must reconcile; nothing of the bad pack may be applied or published;
+    no traceback, no timeout, peak RSS under ``max_rss_mib``."""
+    if run.timed_out:
+        return [f"timed out after {run.seconds:.0f}s"]
+    problems = []
+    if "Traceback" in run.stderr:
+        problems.append("a traceback on stderr")
+    if run.returncode != 1:
+        problems.append(f"exit code {run.returncode}, expected 1 (a pack failed, the pass went through)")
+    if run.max_rss_mib >= max_rss_mib:
+        problems.append(f"peak RSS {run.max_rss_mib:.0f} MiB, over {max_rss_mib} MiB")
+    try:
+        result = json.loads(run.stdout)
+    except ValueError:
+        return [*problems, "stdout is not the JSON result"]
+    errors = result.get("errors", [])
+    if len(errors) != 1:
+        problems.append(f"{len(errors)} pack errors, expected 1: {json.dumps(errors)[:1000]}")
+    else:
+        error = errors[0]
+        line = error["message"] if error["path"] in error["message"] else f"{error['path']}: {error['message']}"
+        if error["reason"] != case.reason:
+            problems.append(f"reason {error['reason']}, expected {case.reason}: {line[:300]}")
+        if not line.isprintable():
+            problems.append(f"not one printable line: {line[:300]!r}")
+        if len(line) >= 600:
+            problems.append(f"{len(line)} characters: {line[:300]}...")
+        problems += [f"{needle!r} not in: {line[:600]}" for needle in case.names if needle not in line]
+        if case.fix not in line:
+            problems.append(f"fix {case.fix!r} not in: {line[:600]}")
+    expected = example_packs()
+    packs = {o["spec"]["basePackName"]: o["spec"]["version"] for o in store_objects(state, CLUSTER_PACK)}  # type: ignore[index]
+    if packs != expected:
+        problems.append(f"ClusterPacks {packs}, expected the example packs {expected}")
+    instances = store_objects(state, PACK_INSTANCE)
+    if {o["spec"]["basePackName"] for o in instances} != set(expected):  # type: ignore[index]
+        problems.append(f"PackInstances of {sorted({o['spec']['basePackName'] for o in instances})}")  # type: ignore[index]
+    if not all(o["status"]["state"] == "installed" for o in instances):  # type: ignore[index]
+        problems.append("a PackInstance is not installed")
+    refs = sorted(r.split(":", 1)[0] for r in index_refs(state))
+    if refs != sorted(expected):
+        problems.append(f"OCI index refs {refs}, expected the example packs only")
+    return problems
+
+
 def _generated(spec: dict[str, object], copy: int) -> bytes:
     if "text" in spec:
         return str(spec["text"]).encode("utf-8")

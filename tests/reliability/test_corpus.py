@@ -12,7 +12,6 @@ For each case gitopsd must:
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import pathlib
 import sys
 
@@ -21,8 +20,7 @@ import pytest
 from tests.reliability import harness
 
 CASES = harness.load_cases()
-EXAMPLE_PACKS = harness.example_packs()
-MAX_RSS_MIB = 500
+MAX_RSS_MIB = 500  # peak resident memory of one pass, renderers included
 
 
 def test_the_corpus_is_big_enough_and_every_case_says_what_it_is() -> None:
@@ -75,32 +73,5 @@ def test_hostile_input_fails_only_its_pack_with_one_clear_line(
     run, state = reconciled[(case.id, source)]
     if case.bomb:
         harness.MEMORY.append((case.id if source == "folder" else f"{case.id} ({source})", run.max_rss_mib, run.seconds))
-    assert not run.timed_out, run.describe()
-    assert "Traceback" not in run.stderr, run.describe()
-    assert run.returncode == 1, run.describe()  # a pack failed; the pass itself went through
-    assert run.max_rss_mib < MAX_RSS_MIB, f"peak RSS {run.max_rss_mib:.0f} MiB\n{run.describe()}"
-    result = json.loads(run.stdout)
-
-    # exactly one error, for the bad pack, on one line, naming the file, the field and the fix
-    assert len(result["errors"]) == 1, json.dumps(result["errors"], indent=1)
-    error = result["errors"][0]
-    assert error["reason"] == case.reason, error
-    line = error["message"] if error["path"] in error["message"] else f"{error['path']}: {error['message']}"
-    assert line.isprintable(), f"not one printable line: {line!r}"
-    assert len(line) < 600, f"{len(line)} characters: {line[:300]}..."
-    for needle in case.names:
-        assert needle in line, f"{needle!r} not in: {line}"
-    assert case.fix in line, f"fix {case.fix!r} not in: {line}"
-
-    # the other packs reconcile normally
-    packs = {o["spec"]["basePackName"]: o for o in harness.store_objects(state, harness.CLUSTER_PACK)}
-    assert {name: packs[name]["spec"]["version"] for name in EXAMPLE_PACKS if name in packs} == EXAMPLE_PACKS
-    instances = harness.store_objects(state, harness.PACK_INSTANCE)
-    assert {o["spec"]["basePackName"] for o in instances} == set(EXAMPLE_PACKS)
-    assert all(o["status"]["state"] == "installed" for o in instances)
-
-    # nothing of the bad pack is applied or published
-    assert set(packs) == set(EXAMPLE_PACKS), sorted(packs)
-    refs = harness.index_refs(state)
-    assert not [r for r in refs if r.split(":", 1)[0] == case.base], refs
-    assert sorted(r.split(":", 1)[0] for r in refs) == sorted(EXAMPLE_PACKS)
+    problems = harness.corpus_problems(case, run, state, max_rss_mib=MAX_RSS_MIB)
+    assert problems == [], "\n".join(problems) + "\n" + run.describe()
