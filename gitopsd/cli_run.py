@@ -136,8 +136,8 @@ def open_local_env(repo: pathlib.Path, state_dir: pathlib.Path, *, signing_key: 
     """The Env of ``run`` on a local folder with the embedded store and default Git options."""
     local = wiring.open_local(state_dir)
     try:
-        yield wiring.build_env(str(repo), local, dry_run=False, signing_key=signing_key, trusted_keys=trusted_keys,
-                               registry_url=registry_url).env
+        yield wiring.local_env(repo, local, dry_run=False, signing_key=signing_key, trusted_keys=trusted_keys,
+                               registry_url=registry_url)
     finally:
         local.close()
 

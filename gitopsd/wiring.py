@@ -100,20 +100,9 @@ def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str 
 
 def local_env(repo: pathlib.Path, local: Local, *, dry_run: bool, signing_key: str | None = None,
               trusted_keys: str | None = None, registry_url: str | None = None) -> reconcile.Env:
-    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run)
-    return reconcile.Env(
-        source=system.LocalSource(repo, local.state_dir / "trees"),
-        cluster=local.store,
-        registry=local.layout,
-        cache=local.cache,
-        clock=system.SystemClock(),
-        renderers=render.renderers(),
-        schemas=schemafiles.schemas(),
-        signer=signer,
-        verifier=verifier,
-        registry_url=registry_url,
-        dry_run=dry_run,
-    )
+    """The Env of a local folder REPO on the embedded backends (no status write-back)."""
+    return build_env(str(repo), local, dry_run=dry_run, signing_key=signing_key, trusted_keys=trusted_keys,
+                     registry_url=registry_url).env
 
 
 # ---------------------------------------------------------------- Git sources and status write-back

@@ -349,7 +349,7 @@ def test_a_refusal_names_the_rbac_needed(emulator: kubeapi.Emulator, cluster: ku
     with pytest.raises(errors.ConfigError) as raised:
         cluster.observe(NAMESPACE)
     assert raised.value.reason == "ClusterUnauthorized"
-    assert "list, watch" in str(raised.value) and "kubectl apply -f deploy/rbac.yaml" in str(raised.value)
+    assert "list, watch" in str(raised.value) and "kubectl apply -f deploy/20-rbac.yaml" in str(raised.value)
 
 
 def test_missing_crds_tell_how_to_install_them(tmp_path: pathlib.Path) -> None:
@@ -360,7 +360,7 @@ def test_missing_crds_tell_how_to_install_them(tmp_path: pathlib.Path) -> None:
         pytest.raises(errors.ConfigError) as raised,
     ):
         adapter.observe(NAMESPACE)
-    assert raised.value.reason == "CRDNotInstalled" and "kubectl apply -f deploy/crds.yaml" in str(raised.value)
+    assert raised.value.reason == "CRDNotInstalled" and "kubectl apply -f deploy/10-crds.yaml" in str(raised.value)
 
 
 def test_a_watch_gone_410_relists(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:

@@ -1,9 +1,9 @@
 """The contract suite's one switch: the API emulator by default, a real cluster when
 ``GITOPSD_TEST_KUBECONFIG`` names a kubeconfig. The tests are the same either way.
 
-On a real cluster the fixture installs ``deploy/crds.yaml`` with server-side apply (leaving the
+On a real cluster the fixture installs ``deploy/10-crds.yaml`` with server-side apply (leaving the
 CRDs in place afterwards: they may be shared) and runs each test in a fresh namespace that it
-deletes at the end. The kubeconfig's user needs the Role of ``deploy/rbac.yaml`` in any namespace
+deletes at the end. The kubeconfig's user needs the Role of ``deploy/20-rbac.yaml`` in any namespace
 plus the rights to create namespaces and CRDs.
 """
 

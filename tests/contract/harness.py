@@ -19,7 +19,7 @@ from gitopsd.adapters import render, schemafiles, system
 from gitopsd.testing import kubeapi
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CRDS = ROOT / "deploy" / "crds.yaml"
+CRDS = ROOT / "deploy" / "10-crds.yaml"
 EXAMPLES = ROOT / "examples-repo"
 NAMESPACE = "seam-system"
 GROUP = "infrastructure.ontai.dev"
