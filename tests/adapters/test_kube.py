@@ -378,9 +378,10 @@ def test_a_watch_gone_410_relists(emulator: kubeapi.Emulator, api: client.ApiCli
 
 
 def test_a_dropped_watch_resumes_from_its_last_resource_version(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+    # The fault is in place before the first watch opens: added later, it could miss a watch already open.
+    emulator.faults.add(kubeapi.DropWatch(after_events=1, abrupt=True), verb="watch", resource=INSTANCES, times=1)
     with kube.KubeCluster(api, watch_timeout=1, backoff=(0.05, 0.5)) as adapter:
         adapter.observe(NAMESPACE)
-        emulator.faults.add(kubeapi.DropWatch(after_events=1, abrupt=True), verb="watch", resource=INSTANCES, times=1)
         emulator.create_object(labelled_instance("first-dev"))
         emulator.create_object(labelled_instance("second-dev"))
 
