@@ -175,7 +175,7 @@ def load_all(data: bytes, path: str) -> list[object]:
         raise errors.SpecError(_yaml_message(err), path=path, reason="InvalidYAML") from err
     except RecursionError as err:
         raise errors.SpecError(
-            f"nesting deeper than Python can parse; flatten the document", path=path, reason="TooDeep"
+            "nesting deeper than Python can parse; flatten the document", path=path, reason="TooDeep"
         ) from err
     if len(docs) > MAX_DOCUMENTS:
         raise errors.SpecError(

@@ -22,8 +22,8 @@ import hmac
 import http.client
 import http.server
 import json
-import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,7 +106,7 @@ def write(root: pathlib.Path, files: dict[str, str]) -> None:
 @pytest.fixture
 def secret_repo(tmp_path: pathlib.Path) -> pathlib.Path:
     repo = tmp_path / "repo"
-    harness.shutil.copytree(harness.EXAMPLES, repo)
+    shutil.copytree(harness.EXAMPLES, repo)
     write(repo, SECRET_PACK)
     harness.commit_all(repo)
     return repo
@@ -197,7 +197,7 @@ def test_registry_passwords_stay_out_of_outputs_logs_and_state(secure_registry: 
                                                                fresh_path: str, tmp_path: pathlib.Path,
                                                                zygotes: harness.ZygotePool) -> None:
     repo = tmp_path / "repo"
-    harness.shutil.copytree(harness.EXAMPLES, repo)
+    shutil.copytree(harness.EXAMPLES, repo)
     canaries = forms(registry_fixture.PASSWORD, REGISTRY_PASSWORD)
     target = f"{secure_registry.host}/{fresh_path}"
     key = keys.generate(tmp_path / "key").private_path
@@ -298,7 +298,7 @@ def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
 
 def test_webhook_secret_stays_out_of_the_daemon_logs(tmp_path: pathlib.Path) -> None:
     repo = tmp_path / "repo"
-    harness.shutil.copytree(harness.EXAMPLES, repo)
+    shutil.copytree(harness.EXAMPLES, repo)
     harness.commit_all(repo)
     secret_file = tmp_path / "webhook-secret"
     secret_file.write_text(WEBHOOK_SECRET + "\n")
