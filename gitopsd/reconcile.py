@@ -127,6 +127,13 @@ def load_specs(env: Env, state: PassState) -> None:
     for name, kind in tree.listdir("packs"):
         if kind is not ports.EntryKind.DIR:
             continue
+        if not name.isprintable() or "/" in name:
+            shown = ascii(name)
+            state.pack_errors.append(change.PackError(
+                path=f"packs/{shown}", pack=shown, reason="InvalidSpec",
+                message=f"packs/{shown}: the folder name holds control characters; rename the folder "
+                        "(letters, digits, '-', '_' and '.')"))
+            continue
         for file_name in ("packbuild.yaml", "packbuild.yml"):
             path = f"packs/{name}/{file_name}"
             if tree.kind(path) is None:

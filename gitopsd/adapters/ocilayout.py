@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import tempfile
+import time
 from collections.abc import Mapping
 
 from gitopsd.core import artifact as artifact_core
@@ -28,6 +29,7 @@ class OciLayout:
         layout = root / "oci-layout"
         if not layout.exists():
             _atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+        _remove_stale_temporaries(root, self.blobs)
         self._index: dict[str, object] | None = None
         self._dirty = False
         self.pushed = 0
@@ -39,7 +41,15 @@ class OciLayout:
         return self.blobs / hexdigest
 
     def has(self, repository: str, digest: str) -> bool:
-        return self._blob_path(digest).exists()
+        """The manifest is stored AND tagged for ``repository``: blobs a crash left untagged do
+        not count, so the next push tags them (it finds the blobs and uploads nothing)."""
+        if not self._blob_path(digest).exists():
+            return False
+        prefix = f"{repository}:"
+        return any(
+            m.get("digest") == digest and str(m.get("annotations", {}).get(REF_NAME, "")).startswith(prefix)  # type: ignore[union-attr]
+            for m in self._load_index()["manifests"]  # type: ignore[attr-defined]
+        )
 
     def read_blob(self, digest: str) -> bytes:
         data = self._blob_path(digest).read_bytes()
@@ -77,7 +87,7 @@ class OciLayout:
         return problems
 
     def push(self, repository: str, art: pack.Artifact) -> bool:
-        present = self.has(repository, art.manifest_digest)
+        present = self._blob_path(art.manifest_digest).exists()
         if not present:
             for blob in art.blobs:
                 path = self._blob_path(blob.digest)
@@ -128,6 +138,21 @@ class OciLayout:
             self._index["manifests"] = manifests
             _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
             self._dirty = False
+
+
+STALE_SECONDS = 3600
+
+
+def _remove_stale_temporaries(*folders: pathlib.Path) -> None:
+    """Temporary files an interrupted write left behind (older than an hour: never one in flight)."""
+    cutoff = time.time() - STALE_SECONDS
+    for folder in folders:
+        for leftover in folder.glob(".tmp-*"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+            except OSError:
+                continue
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:

@@ -24,10 +24,10 @@ import pytest
 from tests.reliability import harness
 
 TRIALS = 50
-# A crash after publish wrote the blobs and before it rewrote index.json leaves the packs untagged
-# for good (test_a_restart_tags_artifacts_whose_blobs_a_crash_left_untagged). Set this to True
-# once that test passes: then the random trials hold the index to the same standard.
-INDEX_TAGS_SURVIVE_A_CRASH = False
+# A crash after publish wrote the blobs and before it rewrote index.json must not leave the packs
+# untagged (test_a_restart_tags_artifacts_whose_blobs_a_crash_left_untagged): the random trials
+# hold the index to the same standard.
+INDEX_TAGS_SURVIVE_A_CRASH = True
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +65,6 @@ def test_kill_9_at_random_points_of_a_pass_loses_nothing(world: harness.CrashWor
     assert phases["before apply"] >= 5 and phases["after apply"] >= 5, phases
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gitopsd/adapters/ocilayout.py OciLayout.has() answers True as soon as the manifest blob exists, and "
-    "reconcile.publish skips the push (and so the tag) when the compile cache holds the pack and has() is "
-    "True: blobs written by a pass killed before its index.json flush are never tagged. Fix: has() should "
-    "also require an index entry for the repository with that digest (or publish should tag on a has() hit)"))
 def test_a_restart_tags_artifacts_whose_blobs_a_crash_left_untagged(world: harness.CrashWorld,
                                                                       zygotes: harness.ZygotePool,
                                                                       tmp_path: pathlib.Path) -> None:
