@@ -19,7 +19,7 @@ import structlog
 
 from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_kube
 from gitopsd.adapters import keys, localstore
-from gitopsd.core import signing
+from gitopsd.core import signing, yamlload
 from gitopsd.model import instance, pack
 
 log = structlog.get_logger()
@@ -79,12 +79,15 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check every stored ClusterPack's signature and artifact; exit 1 on any failure",
                        description="check every stored ClusterPack: signature against the trusted keys, artifact "
-                       "blobs against the recorded digests; one line per pack; exit 1 on any failure")
-    p.add_argument("repo", metavar="REPO", nargs="?", help="config repo (to find its default state dir)")
+                       "blobs against the recorded digests, and the config repo's status records against them; "
+                       "one line per pack and per record; exit 1 on any failure")
+    p.add_argument("repo", metavar="REPO", nargs="?", help="config repo: finds the default state dir, and its "
+                   ".gitopsd/status records are checked too")
     flags.common(p, repo=False)
     p.add_argument("--trusted-keys", metavar="PATH", help="trusted public keys (default: the state dir's signing key)")
     p.add_argument("--namespace", default="seam-system", help="namespace of the ClusterPacks (default: %(default)s)")
     flags.registry(p)
+    flags.git(p)
     wiring_kube.add_flags(p)
     p.set_defaults(func=cmd_verify)
 
@@ -287,14 +290,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
             problems = verify_pack(found, verifier, artifacts)
             failures += bool(problems)
             results.append({"name": name, "ok": not problems, "problems": problems})
+        if args.repo:
+            for path, data in wiring.status_records(args.repo, state_dir, flags.git_options(args)):
+                problems = verify_record(path, data, observed)
+                failures += bool(problems)
+                results.append({"name": path, "ok": not problems, "problems": problems})
     finally:
         local.close()
     if args.output == "table":
         for r in results:
             mark = "ok  " if r["ok"] else "FAIL"
-            detail = "signature and artifact verified" if r["ok"] else "; ".join(r["problems"])  # type: ignore[arg-type]
+            what = "agrees with the verified ClusterPacks" if str(r["name"]).startswith(".gitopsd/") else "signature and artifact verified"
+            detail = what if r["ok"] else "; ".join(r["problems"])  # type: ignore[arg-type]
             print(f"{mark} {r['name']}: {detail}")
-        print(f"{len(results) - failures} of {len(results)} ClusterPacks verified")
+        records = sum(1 for r in results if str(r["name"]).startswith(".gitopsd/"))
+        print(f"{len(results) - failures} of {len(results)} verified ({len(results) - records} ClusterPacks, {records} status records)")
     else:
         output.dump({"results": results, "failed": failures}, args.output)
     return EXIT_CHANGES if failures else EXIT_OK
@@ -314,6 +324,31 @@ def verify_pack(found: instance.ObservedPack, verifier: wiring.KeyVerifier, arti
         problems.append("spec.registryRef.digest is empty")
     else:
         problems.extend(artifacts.verify(found.base_pack_name, found.manifest_digest, layers))  # type: ignore[attr-defined]
+    return problems
+
+
+def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[str]:
+    """A status record must agree with the stored (and separately verified) ClusterPacks: same
+    checksum, digests and signature for every version it lists."""
+    try:
+        record = yamlload.load_one(data, path)
+    except errors.GitopsdError as err:
+        return [str(err)]
+    if not isinstance(record, dict):
+        return ["not a status record (a YAML mapping)"]
+    problems = []
+    for entry in record.get("clusterPacks") or []:
+        name = str(entry.get("name", "?"))
+        found = observed.packs.get(name)
+        if found is None:
+            problems.append(f"{name} is not in the store or cluster")
+            continue
+        spec = json.loads(found.spec_json)
+        pairs = [("checksum", entry.get("checksum"), found.checksum),
+                 ("registryRef.digest", (entry.get("registryRef") or {}).get("digest"), found.manifest_digest),
+                 ("packSignature", entry.get("packSignature"), found.signature)]
+        pairs += [(field, entry.get(field), spec.get(field)) for field in ("rbacDigest", "clusterScopedDigest", "workloadDigest")]
+        problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}" for field, mine, theirs in pairs if mine != theirs]
     return problems
 
 

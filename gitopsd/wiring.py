@@ -20,7 +20,7 @@ import pathlib
 import re
 
 from gitopsd import errors, reconcile
-from gitopsd.adapters import compilecache, gitsource, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
+from gitopsd.adapters import compilecache, gitsource, gittree, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
 from gitopsd.adapters import registry as registry_adapter
 
 
@@ -205,6 +205,29 @@ def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitso
                                credentials_env=options.credentials_env, ssh_key=options.ssh_key)
     gitsource.configure_timeouts()
     return gitsource.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
+
+
+def status_records(repo: str, state_dir: pathlib.Path, options: GitOptions) -> list[tuple[str, bytes]]:
+    """The status records (``.gitopsd/status/*.yaml``) at the tip of REPO's branch: a Git remote's
+    (fetched into the mirror), a work tree's HEAD, or a plain folder's files."""
+    folder = ".gitopsd/status"
+    if repo_kind(repo) is RepoKind.FOLDER:
+        tree = gittree.open_worktree(pathlib.Path(repo), state_dir / "trees")
+        if tree is None:
+            root = pathlib.Path(repo) / folder
+            return [(f"{folder}/{p.name}", p.read_bytes()) for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
+        git_repo, commit = tree.repo, tree.commit
+    else:
+        git_repo, commit = git_remote(repo, state_dir, options).tip()
+    try:
+        entry = commit.tree[folder]
+    except KeyError:
+        return []
+    out = []
+    for item in git_repo[entry.id]:
+        if item.name.endswith(".yaml") and item.filemode != 0o040000:
+            out.append((f"{folder}/{item.name}", git_repo[item.id].data))
+    return sorted(out)
 
 
 def write_allowed_signers(state_dir: pathlib.Path, key: keys.SigningKey, principal: str) -> pathlib.Path:

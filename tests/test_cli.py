@@ -221,4 +221,4 @@ def test_verify_detects_a_tampered_spec(cli: Cli, examples: pathlib.Path, state_
     db.close()
     proc = cli("verify", "--state-dir", str(state_dir), check=1)
     assert "FAIL web-frontend-v1.4.2: signature does not verify" in proc.stdout
-    assert "4 of 5 ClusterPacks verified" in proc.stdout
+    assert "4 of 5 verified (5 ClusterPacks, 0 status records)" in proc.stdout

@@ -203,3 +203,22 @@ def test_a_relative_state_dir_still_renders_kustomize_and_helm_packs(cli: Cli, r
     doc = cli.json("reconcile", str(bare), "--state-dir", "relative-state")  # cli runs in tmp_path
     assert doc["errors"] == [] and doc["summary"]["ready"] is True
     assert (tmp_path / "relative-state/git").is_dir() and doc["statusCommit"]
+
+
+def test_verify_checks_the_status_records_against_the_signed_cluster_packs(
+        cli: Cli, remote: tuple[pathlib.Path, gitutil.Clone], ssh_key: pathlib.Path, state_dir: pathlib.Path) -> None:
+    bare, user = remote
+    cli("reconcile", str(bare), "--signing-key", str(ssh_key), "--state-dir", str(state_dir))
+    trusted = ("--trusted-keys", str(ssh_key.with_suffix(".pub")))
+    ok = cli("verify", str(bare), "--state-dir", str(state_dir), *trusted)
+    assert "10 of 10 verified (5 ClusterPacks, 5 status records)" in ok.stdout
+    assert "ok   .gitopsd/status/web-frontend.yaml: agrees with the verified ClusterPacks" in ok.stdout
+    user.pull()
+    record = user.read(".gitopsd/status/web-frontend.yaml")
+    forged = record.replace("checksum: sha256:", "checksum: sha256:0", 1)
+    assert forged != record
+    user.commit("forge a status record", {".gitopsd/status/web-frontend.yaml": forged})
+    user.push()
+    bad = cli("verify", str(bare), "--state-dir", str(state_dir), *trusted, check=1)
+    assert "FAIL .gitopsd/status/web-frontend.yaml: web-frontend-v1.4.2: checksum" in bad.stdout
+    assert "9 of 10 verified" in bad.stdout

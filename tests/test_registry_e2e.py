@@ -57,7 +57,7 @@ def test_a_corrupted_artifact_in_the_registry_blocks_delivery_and_fails_verify(
     blob = plain_registry.blob_file(policies["workloadDigest"])
     blob.write_bytes(blob.read_bytes().replace(b"default-deny", b"default-allo"))  # one changed byte range, same size
     proc = cli("verify", "--state-dir", str(state_dir), "--registry", target, "--registry-insecure", "--trusted-keys", key + ".pub", check=1)
-    assert "FAIL network-policies-v1.1.0" in proc.stdout and "4 of 5 ClusterPacks verified" in proc.stdout
+    assert "FAIL network-policies-v1.1.0" in proc.stdout and "4 of 5 verified (5 ClusterPacks, 0 status records)" in proc.stdout
     # A new cluster for the pack means a new PackInstance pointing at the corrupted artifact: blocked.
     (examples / "clusters/edge.yaml").write_text("name: edge\nlabels: {env: edge}\n")
     packbuild = examples / "packs/network-policies/packbuild.yaml"
