@@ -69,6 +69,11 @@ def compile_by_category(env: reconcile.Env, state: reconcile.PassState) -> dict[
     return times
 
 
+def progress(phase: str, figures: dict[str, object]) -> None:
+    """One JSON line on stderr per finished phase, so a run stopped by a timeout still tells how far it got."""
+    print(json.dumps({"phase": phase, **figures, "rss_mib": rss_mib()}), file=sys.stderr, flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("work", type=pathlib.Path)
@@ -82,8 +87,10 @@ def main() -> int:
     assert cold.summary is not None
     out["cold"] = {"seconds": cold_s, "packs": len(cold.compiled), "writes": cold.writes, "failed": len(cold.pack_errors),
                    "rss_mib": rss_mib(), "steps": cold.timings}
+    progress("cold", {"seconds": cold_s, "packs": len(cold.compiled), "writes": cold.writes})
     noop_s, noop = one_pass(env)
     out["noop"] = {"seconds": noop_s, "writes": noop.writes, "steps": noop.timings}
+    progress("noop", {"seconds": noop_s, "writes": noop.writes})
     noop2_s, noop2 = one_pass(env)
     out["noop_again"] = {"seconds": noop2_s, "writes": noop2.writes}
     builds = sorted(cold.builds, key=lambda b: b.path)
@@ -92,6 +99,7 @@ def main() -> int:
     inc_s, inc = one_pass(env)
     out["incremental"] = {"seconds": inc_s, "recompiled": sum(1 for r in inc.compiled if not r.cached),
                           "writes": inc.writes, "pack": changed, "steps": inc.timings}
+    progress("incremental", {"seconds": inc_s, "writes": inc.writes})
     out["floors"] = floors(args.work, builds)
     out["compile_by_category"] = compile_by_category(env, inc)
     out["rss_mib"] = rss_mib()

@@ -1,0 +1,143 @@
+"""Kubernetes API requests of ``gitopsd reconcile --kubeconfig`` against the kubeapi emulator.
+
+    python bench/kubeapi_requests.py OUT      (OUT made by bench/generate.py: OUT/work is a Git work tree)
+
+Starts ``python -m gitopsd.testing.kubeapi``, applies deploy/00-namespace.yaml and deploy/10-crds.yaml
+with kubectl, then runs ``gitopsd reconcile OUT/work --kubeconfig KC`` three times as a subprocess:
+cold, no-op, and after one pack's version bump (committed in the work tree). Before each pass the
+emulator's request log is reset; after it the counts by verb and resource are read from
+``GET /__emulator/requests``. Each pass is timed (wall clock of the process) and its peak RSS taken
+from wait4. Prints one JSON document on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv" / "bin"
+PYTHON = str(VENV / "python") if (VENV / "python").exists() else sys.executable
+GITOPSD = [str(VENV / "gitopsd")] if (VENV / "gitopsd").exists() else [PYTHON, "-m", "gitopsd"]
+# The emulator's handler writes a response's headers and body in two sends without TCP_NODELAY, so on a
+# keep-alive connection each response waits for the client's delayed ACK (~40 ms on Linux): 50 requests
+# take 2 s instead of 50 ms. Turned off here so that the pass times are gitopsd's, not Nagle's.
+NODELAY_EMULATOR = ("import sys\nfrom gitopsd.testing.kubeapi import handler\n"
+                    "from gitopsd.testing.kubeapi.__main__ import main\n"
+                    "handler.Handler.disable_nagle_algorithm = True\nsys.exit(main(sys.argv[1:]))")
+WRITE_VERBS = {"create", "update", "patch", "apply", "delete", "deletecollection"}
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def http(method: str, url: str) -> dict:
+    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def counts(url: str) -> dict[str, object]:
+    data = http("GET", url + "/__emulator/requests")
+    by: dict[str, int] = {}
+    for r in data["requests"]:
+        key = f"{r['verb']} {r['resource'] or '(discovery)'}"
+        by[key] = by.get(key, 0) + 1
+    writes = sum(1 for r in data["requests"] if r["verb"] in WRITE_VERBS and not r.get("dry_run"))
+    lists = {}
+    for key, n in by.items():
+        verb, _, resource = key.partition(" ")
+        if verb in ("list", "watch"):
+            lists[resource] = lists.get(resource, 0) + n
+    return {"total": len(data["requests"]), "writes": writes, "by_verb_resource": dict(sorted(by.items())),
+            "list_watch_per_kind": dict(sorted(lists.items())), "max_list_watch_per_kind": max(lists.values(), default=0),
+            "failed": sum(1 for r in data["requests"] if r["code"] >= 400)}
+
+
+def reconcile(work: pathlib.Path, kubeconfig: pathlib.Path, state: pathlib.Path, key: pathlib.Path,
+              logfile: pathlib.Path) -> dict[str, object]:
+    cmd = [*GITOPSD, "reconcile", str(work), "--kubeconfig", str(kubeconfig), "--state-dir", str(state),
+           "--signing-key", str(key), "-o", "json", "--log-level", "warning"]
+    with logfile.open("w") as err, open(os.devnull, "w") as devnull:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=devnull, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"seconds": seconds, "exit": proc.returncode, "rss_mib": usage.ru_maxrss / 1024, "command": cmd}
+
+
+def bump(work: pathlib.Path) -> str:
+    packs = sorted(d.name for d in (work / "packs").iterdir() if d.is_dir())
+    pack = packs[len(packs) // 2 + 1]
+    build = work / "packs" / pack / "packbuild.yaml"
+    text = build.read_text()
+    old = re.search(r"^version: (\S+)$", text, re.M)
+    assert old is not None
+    major, minor, patch = (int(x) for x in old[1].lstrip("v").split("."))
+    build.write_text(text.replace(old[0], f"version: {major}.{minor}.{patch + 1}"))
+    manifest = sorted(p for p in (work / "packs" / pack).rglob("*.yaml")
+                      if p.name != "packbuild.yaml" and "kustomization" not in p.name)[0]
+    manifest.write_text(manifest.read_text().replace("kind: ServiceAccount\nmetadata:\n",
+                                                     "kind: ServiceAccount\nmetadata:\n  annotations: {bench/bump: '1'}\n", 1))
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=bench", "-c", "user.email=bench@example.com",
+                    "commit", "-qam", f"bump {pack}"], check=True)
+    return pack
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=pathlib.Path, help="a folder made by bench/generate.py")
+    p.add_argument("--scratch", type=pathlib.Path, help="state dir, kubeconfig, logs (default: OUT/kube)")
+    p.add_argument("--emulator-as-is", action="store_true",
+                   help="run the emulator without TCP_NODELAY (every keep-alive request then waits ~40 ms for a delayed ACK)")
+    args = p.parse_args()
+    out: dict[str, object] = {"emulator_tcp_nodelay": not args.emulator_as_is}
+    work = args.out / "work"
+    scratch = args.scratch or args.out / "kube"
+    scratch.mkdir(parents=True, exist_ok=True)
+    kubeconfig, state, keys = scratch / "kubeconfig", scratch / "state", scratch / "keys"
+    subprocess.run([*GITOPSD, "keygen", "--dir", str(keys)], check=True, capture_output=True)
+    emu_log = (scratch / "emulator.log").open("w")
+    launch = ["-m", "gitopsd.testing.kubeapi"] if args.emulator_as_is else ["-c", NODELAY_EMULATOR]
+    emulator = subprocess.Popen([PYTHON, *launch, "--port", "0", "--kubeconfig", str(kubeconfig)],
+                                stdout=subprocess.PIPE, stderr=emu_log, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert emulator.stdout is not None
+        url = emulator.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"emulator did not start; see {scratch / 'emulator.log'}")
+        for manifest in ("00-namespace.yaml", "10-crds.yaml"):
+            subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "apply", "--server-side", "-f",
+                            str(ROOT / "deploy" / manifest)], check=True, capture_output=True)
+        for name in ("cold", "noop", "one_pack_changed"):
+            if name == "one_pack_changed":
+                out["changed_pack"] = bump(work)
+            http("POST", url + "/__emulator/reset")
+            run = reconcile(work, kubeconfig, state, keys / "signing.key", scratch / f"gitopsd-{name}.log")
+            run["requests"] = counts(url)
+            out[name] = run
+            log(f"  kube {name}: {run['seconds']:.2f} s, exit {run['exit']}, {run['requests']['total']} requests, "
+                f"{run['requests']['writes']} writes, max {run['requests']['max_list_watch_per_kind']} list/watch per kind")
+    finally:
+        emulator.terminate()
+        _, _, usage = os.wait4(emulator.pid, 0)
+        emulator.returncode = 0
+        emu_log.close()
+        out["emulator_rss_mib"] = usage.ru_maxrss / 1024
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
