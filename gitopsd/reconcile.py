@@ -270,7 +270,8 @@ def verify(env: Env, state: PassState) -> None:
                 continue
             data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
         else:
-            memo_key = None
+            # Once stored, this spec comes back as the observed one: remember the verdict for it too.
+            memo_key = (cp.name, pack.canonical_json(cp.spec()), cp.signature) if cp.signature else None
             data, signature = signing.payload(cp), cp.signature
         if signature is None:
             verdict = plan.Verdict.PENDING if env.dry_run and env.signer is None and found is None else plan.Verdict.MISSING

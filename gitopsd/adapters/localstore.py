@@ -47,6 +47,7 @@ class LocalStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._cache: tuple[int, str, instance.Observed] | None = None
+        self._staged: list[tuple[str, str, dict[str, object] | None]] = []
         self.writes = 0
 
     def close(self) -> None:
@@ -117,9 +118,10 @@ class LocalStore:
         """Execute the plan's writes in one transaction; returns the number of objects written."""
         db = self._db
         written = 0
+        self._staged: list[tuple[str, str, dict[str, object] | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            rv = self.resource_version()
+            rv = before = self.resource_version()
             for c in changes:
                 rv, wrote = self._apply_one(namespace, c, rv, revision, now)
                 written += wrote
@@ -131,13 +133,34 @@ class LocalStore:
             db.execute("COMMIT")
         except errors.GitopsdError:
             db.execute("ROLLBACK")
+            self._cache = None
             raise
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._cache = None
             raise errors.TransientError(f"local store {self.path}: {err}", reason="StoreError") from err
         self.writes += written
+        self._advance_cache(namespace, before, rv)
         return written
+
+    def _advance_cache(self, namespace: str, before: int, after: int) -> None:
+        """Carry the observed state over the pass's own writes instead of re-reading every row: valid
+        only when the cache was current when the transaction began (nobody else wrote in between)."""
+        cached = self._cache
+        if cached is None or cached[0] != before or cached[1] != namespace:
+            self._cache = None
+            return
+        packs, instances = dict(cached[2].packs), dict(cached[2].instances)
+        for kind, name, obj in self._staged:
+            if kind == CLUSTER_PACK:
+                if obj is None:
+                    packs.pop(name, None)
+                else:
+                    packs[name] = codec.observed_pack_from_object(obj)
+            elif obj is not None:
+                instances[name] = codec.pack_instance_from_object(obj)
+        self._cache = (after, namespace, instance.Observed(packs=packs, instances=instances))
 
     def _apply_one(self, namespace: str, c: change.Change, rv: int, revision: str, now: str) -> tuple[int, int]:
         if c.kind is change.ObjectKind.CLUSTER_PACK:
@@ -155,6 +178,7 @@ class LocalStore:
             if c.action is change.Action.UNINSTALL:
                 rv += 1
                 self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (CLUSTER_PACK, namespace, c.name))
+                self._staged.append((CLUSTER_PACK, c.name, None))
                 self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Pruned", c.reason, revision)
                 return rv, 1
             if c.action is change.Action.BLOCKED and c.condition is not None:
@@ -204,10 +228,12 @@ class LocalStore:
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
         body = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
+        uid = uid or str(uuid.uuid4())
         self._db.execute(
             "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) VALUES (?,?,?,?,?,?,?)",
-            (kind, namespace, name, uid or str(uuid.uuid4()), rv, generation, body),
+            (kind, namespace, name, uid, rv, generation, body),
         )
+        self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str, revision: str) -> None:
         last = self._db.execute(

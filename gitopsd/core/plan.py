@@ -154,14 +154,23 @@ def _assign(
     blocked: list[change.Change] = []
     winners: dict[tuple[str, str], Desired] = {}
     for key, group in sorted(contenders.items()):
-        group.sort(key=lambda d: _rank(d, key[1], observed))
+        if len(group) > 1:
+            group.sort(key=lambda d: _rank(d, key[1], observed))
         winners[key] = group[0]
         for loser in group[1:]:
             blocked.append(_collision(loser, key[1], group[0], "both build basePackName " + key[0]))
 
+    # Only packs sharing an object with another pack can collide: find them once, across clusters,
+    # and sort only those per cluster (the rest can never be blocked for an overlap).
+    holders: dict[tuple[str, str, str, str], list[Desired]] = defaultdict(list)
+    for d in {id(d): d for d in winners.values()}.values():
+        for identity in d.compiled.identities:
+            holders[identity].append(d)
+    suspects = {id(d) for group in holders.values() if len(group) > 1 for d in group}
     by_cluster: dict[str, list[Desired]] = defaultdict(list)
     for (_, cluster), d in winners.items():
-        by_cluster[cluster].append(d)
+        if id(d) in suspects:
+            by_cluster[cluster].append(d)
     for cluster, group in sorted(by_cluster.items()):
         group.sort(key=lambda d: _rank(d, cluster, observed))
         owners: dict[tuple[str, str, str, str], Desired] = {}

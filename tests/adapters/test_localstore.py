@@ -79,3 +79,16 @@ def test_observe_is_served_from_memory_while_nothing_was_written(tmp_path: pathl
     other.apply("seam-system", up.changes, up.revision, "t2")
     assert store.observe("seam-system").instances["web-c1"].version == "1.1.0"
     assert dataclasses.is_dataclass(store.observe("seam-system"))
+
+
+def test_observed_state_carried_over_a_pass_equals_a_fresh_read(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    store.observe("seam-system")  # a current cache: the pass's writes are carried into it
+    first = build_plan(desired("web", "1.0.0", clusters=("c1", "c2")), desired("api", "2.0.0"))
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    carried = store.observe("seam-system")
+    assert carried == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
+    up = build_plan(desired("web", "1.1.0", clusters=("c1",)), observed=carried)  # supersede one, uninstall one, drop api
+    store.apply("seam-system", up.changes, up.revision, "t2")
+    assert store.observe("seam-system") == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
+    assert store.observe("seam-system").instances["web-c2"].state.value == "uninstalled"
