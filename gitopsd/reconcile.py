@@ -116,6 +116,8 @@ def load_specs(env: Env, state: PassState) -> None:
             if kind is not ports.EntryKind.FILE or not name.endswith((".yaml", ".yml")):
                 continue
             cluster = parse.parse_cluster(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
+            if state.config.clusters is not None and cluster.name not in state.config.clusters:
+                continue  # not in gitopsd.yaml's allow-list
             if cluster.name in state.clusters:
                 raise errors.SpecError(
                     f"cluster {cluster.name!r} is also defined in {state.clusters[cluster.name].path}; keep one",

@@ -146,3 +146,11 @@ def test_memos_of_a_long_running_process_never_hide_a_change(tmp_path: pathlib.P
     tampered = reconcile.run(env)
     assert tampered.plan is not None
     assert {c.reason for c in tampered.plan.changes if c.action is change.Action.BLOCKED} == {"SignatureInvalid"}
+
+
+def test_the_clusters_allow_list_of_gitopsd_yaml_limits_delivery(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one", targets="[{matchExpressions: [{key: env, operator: Exists}]}]"),
+                           "gitopsd.yaml": b"clusters: [a]\n"})
+    state = h.run()
+    assert state.plan is not None
+    assert sorted(c.cluster for c in state.plan.changes if c.cluster) == ["a"]

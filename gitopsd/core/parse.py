@@ -101,6 +101,7 @@ def parse_config(raw: object, schemas: Schemas, *, file: str = "gitopsd.yaml") -
         registry=raw.get("registry"),
         keep_versions=int(policies.get("keepVersions", 5)),
         installed_by=policies.get("installedBy"),
+        clusters=tuple(raw["clusters"]) if "clusters" in raw else None,
         path=file,
     )
 

@@ -92,6 +92,7 @@ class RepoConfig:
     registry: str | None = None
     keep_versions: int = 5
     installed_by: str | None = None
+    clusters: tuple[str, ...] | None = None  # allow-list: clusters/*.yaml not named here are ignored
     path: str = "gitopsd.yaml"
 
 
