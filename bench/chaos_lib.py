@@ -7,7 +7,12 @@
 - ``registry <fault>``: a pass through ``harness.FaultProxy`` in front of a real docker-registry,
   then a pass without the fault: the first must block every pack (or absorb the fault), deliver
   nothing the registry does not serve exactly, and stay within three tries per request; the
-  second must deliver everything.
+  second must deliver everything;
+- ``git: ...``: tests/reliability/test_git_faults.py through the CLI on real Git: ``--git-trials``
+  rounds of a user push racing the status commit (user commits lost, merges, unverifiable status
+  commits), and a tenth as many force-pushes, unreachable-remote passes, corrupted clone caches;
+- ``kube: <fault>``: tests/reliability/test_kube_faults.py against the API emulator, ``--kube-trials``
+  seeded trials per fault (409 storm, 500s, watch 410, dropped watch) compared with a run without.
 
 A trial fails when any check fails; "lost items" are ClusterPacks or PackInstances an
 uninterrupted run has and the trial's final state lacks (or has different). All must be 0.
@@ -242,7 +247,8 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[str] | None) -> int:
+def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[str] | None, git_trials: int = 100,
+         kube_trials: int = 5) -> int:
     logs.configure("warning")  # the registry checks run in this process; their debug lines are noise here
     work = pathlib.Path(tempfile.mkdtemp(prefix="gitopsd-chaos-"))
     pool = harness.ZygotePool(workers)
@@ -263,6 +269,11 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
                 for mode in FAULTS:
                     rows.append(registry_fault(zygote, registry, work / "registry-trials", mode, registry_trials))
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
+        if only is None or "git" in only:
+            rows += git_faults(pool, work / "git", git_trials, seed)
+            print("\n".join(table(rows[-4:]).splitlines()[2:]), flush=True)
+        if only is None or "kube" in only:
+            rows += kube_faults(work / "kube", kube_trials, seed)
     finally:
         if registry is not None:
             registry.stop()
@@ -281,3 +292,61 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
     total_lost = sum(r.lost for r in rows)
     print(f"{sum(r.trials for r in rows)} trials, {total_failures} failures, {total_lost} lost items")
     return 0 if total_failures == 0 and total_lost == 0 else 1
+
+
+# --- Git and Kubernetes API faults (tests/reliability/test_git_faults.py, test_kube_faults.py) ----------
+def _row_of(tally: object, seconds: float) -> Row:
+    row = Row(tally.scenario, tally.trials, 0, tally.lost, seconds, tally.notes)  # type: ignore[attr-defined]
+    for failure in tally.failures:  # type: ignore[attr-defined]
+        row.failed(failure)
+    return row
+
+
+def git_faults(pool: harness.ZygotePool, work: pathlib.Path, trials: int, seed: int) -> list[Row]:
+    """``trials`` rounds of a user push racing the status commit; a tenth as many (at least 3)
+    force-pushes, unreachable-remote passes and clone-cache corruptions, through the CLI."""
+    from tests.reliability import test_git_faults as git_scenarios  # noqa: PLC0415
+
+    others = max(3, trials // 10)
+    plans = [
+        ("race", lambda z, root: git_scenarios.push_races(z, root, trials, seed)),
+        ("force", lambda z, root: git_scenarios.force_pushes(z, root, others)),
+        ("unreachable", lambda z, root: git_scenarios.unreachable(z, root, others)),
+        ("corrupt", lambda z, root: git_scenarios.corrupt_cache(z, root, max(others, len(git_scenarios.CORRUPTIONS)))),
+    ]
+
+    def one(plan: tuple[str, object]) -> Row:
+        name, scenario = plan
+        started = time.monotonic()
+        with pool.get() as zygote:
+            try:
+                tally = scenario(zygote, work / name)  # type: ignore[operator]
+            except Exception as err:  # noqa: BLE001 - a bench keeps going and reports
+                row = Row(f"git: {name}", 1, 0, 0, time.monotonic() - started)
+                row.failed(f"{type(err).__name__}: {err}")
+                return row
+        shutil.rmtree(work / name, ignore_errors=True)
+        return _row_of(tally, time.monotonic() - started)
+
+    with concurrent.futures.ThreadPoolExecutor(len(pool._all)) as executor:
+        return list(executor.map(one, plans))
+
+
+def kube_faults(work: pathlib.Path, trials: int, seed: int) -> list[Row]:
+    """Every fault kind of test_kube_faults ``trials`` times against the API emulator, in process."""
+    from tests.reliability import test_kube_faults as kube_scenarios  # noqa: PLC0415
+
+    logs.configure("error")  # each injected fault logs a warning in this process; the table says what matters
+    reference = kube_scenarios.reference_run(work / "reference")
+    rows = []
+    for index, fault in enumerate(kube_scenarios.FAULTS):
+        started = time.monotonic()
+        try:
+            tally = kube_scenarios.kube_faults(work / f"fault-{index}", fault, trials, seed * 100 + index + 1, reference)
+            rows.append(_row_of(tally, time.monotonic() - started))
+        except Exception as err:  # noqa: BLE001
+            row = Row(f"kube: {fault}", 1, 0, 0, time.monotonic() - started)
+            row.failed(f"{type(err).__name__}: {err}")
+            rows.append(row)
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
