@@ -256,6 +256,10 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
     memory: list[tuple[str, float]] = []
     registry = None
     try:
+        # first: the emulator runs in this process and serves watches with select(), which fails once
+        # the process has 1024 descriptors open (the zygote commands of the other rows leak two each)
+        if only is None or "kube" in only:
+            rows += kube_faults(work / "kube", kube_trials, seed)
         if only is None or "crash" in only:
             rows.append(crash(pool, work / "crash", trials, seed))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
@@ -272,8 +276,6 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
         if only is None or "git" in only:
             rows += git_faults(pool, work / "git", git_trials, seed)
             print("\n".join(table(rows[-4:]).splitlines()[2:]), flush=True)
-        if only is None or "kube" in only:
-            rows += kube_faults(work / "kube", kube_trials, seed)
     finally:
         if registry is not None:
             registry.stop()
