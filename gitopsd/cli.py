@@ -367,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except errors.GitopsdError as err:
-        print(f"error: {err}", file=sys.stderr)
+        retry = "; transient, retrying later may succeed" if err.transient else ""
+        print(f"error: {err} (reason {err.reason}{retry})", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

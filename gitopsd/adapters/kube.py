@@ -535,6 +535,12 @@ def write_order(c: change.Change) -> int:
 # -- the adapter ------------------------------------------------------------------------------------
 
 
+def created_message(source_build_ref: str, commit: str) -> str:
+    """The Ready message of a created ClusterPack, from its spec alone: a status rewritten after a
+    lost write reads the same as the first one."""
+    return f"created from {source_build_ref} at {commit}"
+
+
 class KubeCluster:
     """``ports.Cluster`` on the Kubernetes API. Close it to stop its watches."""
 
@@ -714,7 +720,7 @@ class KubeCluster:
         informer.upsert(obj)
         generation = int(obj["metadata"].get("generation") or 1)
         status["conditions"] = conditions(
-            (instance.Condition("Ready", "True", "Created", f"created from {cp.source_build_ref} at {revision}"),),
+            (instance.Condition("Ready", "True", "Created", created_message(cp.source_build_ref, cp.provenance.commit)),),
             generation=generation, now=now,
         )
         obj = self._write_status(namespace, CLUSTER_PACKS, obj, status)
@@ -732,7 +738,9 @@ class KubeCluster:
             if signature is not None:
                 status["packSignature"] = signature
             status["conditions"] = conditions(
-                (instance.Condition("Ready", "True", "Created", f"ClusterPack {meta['name']} created"),),
+                (instance.Condition("Ready", "True", "Created", created_message(
+                    str((obj.get("spec") or {}).get("sourceBuildRef", "")),
+                    str(((obj.get("spec") or {}).get("provenance") or {}).get("commit", "")))),),
                 generation=int(meta.get("generation") or 1), now=now,
             )
             self._write_status(namespace, CLUSTER_PACKS, obj, status)

@@ -35,6 +35,13 @@ CLUSTER_PACK = "InfrastructureClusterPack"
 PACK_INSTANCE = "PackInstance"
 
 
+def _temp_path(folder: pathlib.Path, prefix: str) -> pathlib.Path:
+    """A fresh unique file name; the descriptor mkstemp opens is closed at once (no leak per run)."""
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    return pathlib.Path(name)
+
+
 def example_packs() -> dict[str, str]:
     """basePackName -> version of every examples-repo pack, read from its PackBuild."""
     out = {}
@@ -68,8 +75,8 @@ class Run:
 def run_gitopsd(*argv: str, cwd: pathlib.Path, timeout: float = 120.0, env: dict[str, str] | None = None) -> Run:
     """``python -m gitopsd ARGV`` in a subprocess; its own peak RSS comes from ``wait4``."""
     cwd.mkdir(parents=True, exist_ok=True)
-    out_path = pathlib.Path(tempfile.mkstemp(prefix=".out-", dir=cwd)[1])  # unique: runs may overlap in threads
-    err_path = pathlib.Path(tempfile.mkstemp(prefix=".err-", dir=cwd)[1])
+    out_path = _temp_path(cwd, ".out-")  # unique: runs may overlap in threads
+    err_path = _temp_path(cwd, ".err-")
     started = time.monotonic()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen([PYTHON, "-m", "gitopsd", *argv], stdout=out, stderr=err, cwd=cwd,
@@ -122,8 +129,8 @@ class Zygote:
     def start(self, *argv: str, cwd: pathlib.Path, env: dict[str, str] | None = None) -> Started:
         """Fork ``gitopsd ARGV``; returns at once with its pid (for kill -9 at a chosen moment)."""
         cwd.mkdir(parents=True, exist_ok=True)
-        out = pathlib.Path(tempfile.mkstemp(prefix=".out-", dir=cwd)[1])
-        err = pathlib.Path(tempfile.mkstemp(prefix=".err-", dir=cwd)[1])
+        out = _temp_path(cwd, ".out-")
+        err = _temp_path(cwd, ".err-")
         request = {"argv": list(argv), "cwd": str(cwd), "stdout": str(out), "stderr": str(err), "env": env or {}}
         assert self.proc.stdin is not None
         self.proc.stdin.write((json.dumps(request) + "\n").encode())

@@ -340,12 +340,6 @@ def test_an_unreachable_remote_fails_the_pass_transiently_and_keeps_the_last_goo
         report(unreachable(zygote, tmp_path, UNREACHABLE_TRIALS))
 
 
-CLI_REASON_BUG = ("gitopsd/cli.py main(): a GitopsdError is printed as 'error: {err}' without err.reason, so a "
-                  "transient SourceUnavailable (retry later) reads like a ConfigError; both exit 2. Fix: print the "
-                  "reason, e.g. f'error: {err.reason}: {err}' (or at least for err.transient)")
-
-
-@pytest.mark.xfail(strict=True, reason=CLI_REASON_BUG)
 def test_the_cli_names_the_transient_reason_of_an_unreachable_remote(zygotes: harness.ZygotePool,
                                                                        tmp_path: pathlib.Path) -> None:
     world = make_world(tmp_path)

@@ -268,10 +268,8 @@ def _in_child(root: str, trials: int) -> None:
 
 @pytest.fixture(scope="module")
 def tallies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tally]:
-    """``kube_faults`` of every fault kind in one fresh interpreter. The emulator serves watches with
-    ``select()``, which fails on a descriptor >= 1024, and the zygote commands of the other
-    reliability tests leak two descriptors each in the pytest process (tests/reliability/harness.py
-    Zygote.start and run_gitopsd keep the descriptors of ``tempfile.mkstemp``)."""
+    """``kube_faults`` of every fault kind in one fresh interpreter, apart from the many subprocesses
+    and descriptors of the other reliability tests in this pytest process."""
     root = tmp_path_factory.mktemp("kube-faults")
     code = f"from tests.reliability.test_kube_faults import _in_child; _in_child({str(root)!r}, {TRIALS})"
     proc = subprocess.run([sys.executable, "-c", code], cwd=harness.ROOT, capture_output=True, text=True,
@@ -290,12 +288,6 @@ def test_kube_api_faults_converge_to_the_objects_of_a_run_without_faults(fault: 
     assert tally.lost == 0
 
 
-MESSAGE_BUG = ("gitopsd/adapters/kube.py KubeCluster._complete_packs: a ClusterPack whose status write was lost gets "
-               "Ready message 'ClusterPack <name> created' instead of 'created from <sourceBuildRef> at <revision>' "
-               "that a pass without the fault writes; fix: build the same message from the spec's provenance")
-
-
-@pytest.mark.xfail(strict=True, reason=MESSAGE_BUG)
 def test_a_completed_cluster_pack_status_keeps_its_provenance_message(tmp_path: pathlib.Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(harness.EXAMPLES, repo)

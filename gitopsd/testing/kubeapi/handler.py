@@ -192,7 +192,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _peer_closed(self) -> bool:
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
+            poller = select.poll()  # not select.select: it fails for descriptors >= 1024
+            poller.register(self.connection, select.POLLIN | select.POLLHUP)
+            readable = poller.poll(0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
