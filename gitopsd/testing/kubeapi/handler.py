@@ -127,6 +127,9 @@ def _verb(method: str, target: _Target, params: dict[str, str], content_type: st
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY every keep-alive request
+    # waits ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
     server: EmulatorServer
 
     def log_message(self, format: str, *args: Any) -> None:
