@@ -145,16 +145,6 @@ def _delivered_ok(state: pathlib.Path, registry_host: str, path: str) -> list[st
     return problems
 
 
-def _max_streak(proxy: harness.FaultProxy) -> int:
-    streaks: dict[tuple[str, str], int] = {}
-    worst = 0
-    for method, path, status in list(proxy.requests):
-        key = (method, path)
-        streaks[key] = streaks.get(key, 0) + 1 if status >= 500 or status == 0 else 0
-        worst = max(worst, streaks[key])
-    return worst
-
-
 FAULTS = ("down", "500", "reset", "flaky", "corrupt-blob", "digest-lie", "lying-head")
 
 
@@ -197,8 +187,9 @@ def registry_fault(zygote: harness.Zygote, registry: registry_fixture.RunningReg
                 problems.append(f"faulty pass exited {faulty.returncode}: {faulty.stderr[-300:]}")
             if seconds > 30:
                 problems.append(f"faulty pass took {seconds:.1f}s")
-            if _max_streak(proxy) > 3:
-                problems.append(f"a request was tried {_max_streak(proxy)} times in a row")
+            worst, _ = proxy.longest_streak()
+            if worst > 3:
+                problems.append(f"a request was tried {worst} times in a row")
             result = json.loads(faulty.stdout) if faulty.stdout.strip() else {}
             if mode == "flaky":
                 if faulty.returncode != 0:

@@ -717,6 +717,16 @@ class FaultProxy:
         with self.lock:
             return collections.Counter((method, path) for method, path, _ in self.requests)
 
+    def longest_streak(self) -> tuple[int, dict[tuple[str, str], int]]:
+        """The most times one request (method, path) was tried in a row without an answer below 500."""
+        streaks: dict[tuple[str, str], int] = {}
+        worst = 0
+        for method, path, status in list(self.requests):
+            key = (method, path)
+            streaks[key] = streaks.get(key, 0) + 1 if status >= 500 or status == 0 else 0
+            worst = max(worst, streaks[key])
+        return worst, streaks
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -78,12 +78,7 @@ def assert_only_verified_packs_delivered(state: pathlib.Path, registry_host: str
 
 def assert_bounded(proxy: harness.FaultProxy) -> None:
     """No request was tried more than ``MAX_ATTEMPTS`` times in a row without an answer below 500."""
-    streaks: dict[tuple[str, str], int] = {}
-    worst = 0
-    for method, path, status in list(proxy.requests):
-        key = (method, path)
-        streaks[key] = streaks.get(key, 0) + 1 if status >= 500 or status == 0 else 0
-        worst = max(worst, streaks[key])
+    worst, streaks = proxy.longest_streak()
     assert worst <= MAX_ATTEMPTS, sorted(streaks.items(), key=lambda kv: -kv[1])[:3]
 
 
