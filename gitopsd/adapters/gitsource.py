@@ -558,16 +558,7 @@ class GitRemote:
         ref = remote.references.get(self.target.ref)
         if ref is None:
             raise errors.StalledError(f"branch {self.target.name} was deleted from {self.display}", reason="BranchNotFound")
-        if ref.target != parent:
-            return False
-        try:
-            ref.set_target(commit, "gitopsd: status")
-        except (pygit2.GitError, OSError) as err:  # a push holding the ref lock comes as OSError
-            if any(word in str(err).lower() for word in _REJECTED):
-                return False
-            raise errors.TransientError(f"cannot update {self.target.name} in {self.display}: {_one_line(err)}",
-                                        reason="StatusPushFailed") from None
-        return True
+        return swap_ref(ref, commit, parent, where=f"{self.target.name} in {self.display}")
 
     def _publish_remote(self, repo: pygit2.Repository, commit: pygit2.Oid) -> bool:
         assert self.target is not None
@@ -587,6 +578,23 @@ class GitRemote:
             log.info("status push rejected", ref=self.target.name, reason=next(iter(callbacks.rejected.values())))
             return False
         return True
+
+
+def swap_ref(ref: pygit2.Reference, commit: pygit2.Oid, parent: pygit2.Oid, *, where: str,
+             rejected: tuple[str, ...] = _REJECTED) -> bool:
+    """Move ``ref`` from ``parent`` to ``commit`` (compare-and-swap under git's ref lock).
+
+    ``False`` when the ref moved meanwhile or a concurrent writer holds its lock (libgit2 reports a
+    held lock as ``OSError``): the caller rebuilds on the new tip. Anything else is transient."""
+    if ref.target != parent:
+        return False
+    try:
+        ref.set_target(commit, "gitopsd: status")
+    except (pygit2.GitError, OSError) as err:
+        if any(word in str(err).lower() for word in rejected):
+            return False
+        raise errors.TransientError(f"cannot update {where}: {_one_line(err)}", reason="StatusPushFailed") from None
+    return True
 
 
 class _CacheBroken(Exception):

@@ -29,7 +29,7 @@ import structlog
 import yaml
 
 from gitopsd import errors
-from gitopsd.adapters import keys, schemafiles, sshsig
+from gitopsd.adapters import gitsource, keys, schemafiles, sshsig
 
 log = structlog.get_logger()
 
@@ -248,14 +248,8 @@ class WorkTreeBranch:
 
     def publish(self, repo: pygit2.Repository, commit: pygit2.Oid, parent: pygit2.Oid) -> bool:
         ref = repo.lookup_reference(repo.head.name)
-        if ref.target != parent:
+        if not gitsource.swap_ref(ref, commit, parent, where=f"{repo.head.shorthand} in {self.path}", rejected=_REJECTED):
             return False
-        try:
-            ref.set_target(commit, "gitopsd: status")
-        except (pygit2.GitError, OSError) as err:  # a commit holding the ref lock comes as OSError
-            if any(word in str(err).lower() for word in _REJECTED):
-                return False
-            raise errors.TransientError(f"cannot update {repo.head.shorthand} in {self.path}: {err}", reason="StatusPushFailed") from None
         self._follow(repo, repo[parent].tree, repo[commit].tree)
         return True
 
