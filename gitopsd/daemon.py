@@ -259,6 +259,8 @@ class Daemon:
         except Exception as err:  # noqa: BLE001 - every failure is classified in _failed
             self._failed(err, head, self._clock() - started, retry_pass=True)
             return
+        finally:
+            reconcile.settle()  # the next pass does not walk this one's long-lived objects again
         self._succeeded(state, action)
 
     def _succeeded(self, state: reconcile.PassState, action: str) -> None:

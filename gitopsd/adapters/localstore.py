@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL,
     name TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL, revision TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_object ON events(kind, namespace, name, id);
 """
 
 CLUSTER_PACK = pack.CLUSTER_PACK_KIND
@@ -236,12 +237,13 @@ class LocalStore:
         self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str, revision: str) -> None:
-        last = self._db.execute(
-            "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",
-            (kind, namespace, name),
-        ).fetchone()
-        if type_ == "Warning" and last == (reason, message):
-            return  # the same warning again: like Kubernetes, do not repeat it
+        if type_ == "Warning":
+            last = self._db.execute(
+                "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",
+                (kind, namespace, name),
+            ).fetchone()
+            if last == (reason, message):
+                return  # the same warning again: like Kubernetes, do not repeat it
         self._db.execute(
             "INSERT INTO events(time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?)",
             (now, kind, namespace, name, type_, reason, message, revision),

@@ -75,17 +75,36 @@ def build(inputs: Inputs) -> change.Plan:
 
     assignments, blocked = _assign(desired, inputs.observed)
     kept_names: set[str] = set()
+    # This loop runs for every PackInstance of the fleet on every pass: what depends only on the
+    # pack is worked out once per pack, and an instance that runs it already costs one lookup.
+    instances = inputs.observed.instances
+    facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], str]] = {}
     for (base, cluster), d in sorted(assignments.items()):
-        c = _instance_change(d, cluster, inputs, poisoned)
-        kept_names.add(c.name)
+        known = facts.get(id(d))
+        if known is None:
+            cp = d.cluster_pack
+            known = facts[id(d)] = (cp, _pack_block(d, inputs, poisoned),
+                                    (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
+                                    f"runs {cp.version}")
+        cp, block, runs_this, reason = known
+        name = f"{base}-{cluster}"
+        obs = instances.get(name)
+        if (block is None and obs is not None and obs.state is not InstallState.UNINSTALLED
+                and (obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) == runs_this):
+            c = change.Change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster)
+        else:
+            c = _instance_change(d, cp, cluster, inputs, block)
+        kept_names.add(name)
         changes.append(c)
     for c in blocked:
         kept_names.add(c.name)
         changes.append(c)
 
     protected_bases = inputs.protected_bases
-    for name, obs in sorted(inputs.observed.instances.items()):
-        if name in kept_names or obs.state is InstallState.UNINSTALLED:
+    leftovers = [name for name in inputs.observed.instances if name not in kept_names]
+    for name in sorted(leftovers):
+        obs = inputs.observed.instances[name]
+        if obs.state is InstallState.UNINSTALLED:
             continue
         if obs.base_pack_name in protected_bases or obs.source_build_ref in inputs.protected_paths:
             kept_names.add(name)
@@ -147,23 +166,30 @@ def _assign(
     desired: list[Desired], observed: instance.Observed
 ) -> tuple[dict[tuple[str, str], Desired], list[change.Change]]:
     """Pick, per cluster, one PackBuild per basePackName and refuse packs whose objects overlap."""
-    contenders: dict[tuple[str, str], list[Desired]] = defaultdict(list)
-    for d in desired:
-        for cluster in d.clusters:
-            contenders[(d.build.base_pack_name, cluster)].append(d)
-    blocked: list[change.Change] = []
     winners: dict[tuple[str, str], Desired] = {}
-    for key, group in sorted(contenders.items()):
-        if len(group) > 1:
-            group.sort(key=lambda d: _rank(d, key[1], observed))
+    contended: dict[tuple[str, str], list[Desired]] = {}
+    for d in desired:
+        base = d.build.base_pack_name
+        for cluster in d.clusters:
+            key = (base, cluster)
+            first = winners.setdefault(key, d)
+            if first is not d:
+                contended.setdefault(key, [first]).append(d)
+    blocked: list[change.Change] = []
+    for key, group in sorted(contended.items()):
+        group.sort(key=lambda d: _rank(d, key[1], observed))
         winners[key] = group[0]
         for loser in group[1:]:
             blocked.append(_collision(loser, key[1], group[0], "both build basePackName " + key[0]))
 
     # Only packs sharing an object with another pack can collide: find them once, across clusters,
     # and sort only those per cluster (the rest can never be blocked for an overlap).
+    packs = {id(d): d for d in winners.values()}.values()
+    every = [identity for d in packs for identity in d.compiled.identities]
+    if len(set(every)) == len(every):
+        return winners, blocked  # no object is built by two packs: nothing to check per cluster
     holders: dict[tuple[str, str, str, str], list[Desired]] = defaultdict(list)
-    for d in {id(d): d for d in winners.values()}.values():
+    for d in packs:
         for identity in d.compiled.identities:
             holders[identity].append(d)
     suspects = {id(d) for group in holders.values() if len(group) > 1 for d in group}
@@ -230,12 +256,10 @@ def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Directio
     )
 
 
-def _instance_change(d: Desired, cluster: str, inputs: Inputs, poisoned: set[str]) -> change.Change:
+def _pack_block(d: Desired, inputs: Inputs, poisoned: set[str]) -> change.Change | None:
+    """Why no instance of this pack may be written, as a template Change (name and cluster unset), or None."""
     cp = d.cluster_pack
-    name = f"{cp.base_pack_name}-{cluster}"
-    obs = inputs.observed.instances.get(name)
-    live = obs is not None and obs.state is not InstallState.UNINSTALLED
-    common = dict(kind=ObjectKind.PACK_INSTANCE, name=name, base_pack_name=cp.base_pack_name, version=cp.version, cluster=cluster)
+    common = dict(kind=ObjectKind.PACK_INSTANCE, name="", base_pack_name=cp.base_pack_name, version=cp.version)
     if cp.name in poisoned:
         return change.Change(
             action=Action.BLOCKED,
@@ -252,8 +276,16 @@ def _instance_change(d: Desired, cluster: str, inputs: Inputs, poisoned: set[str
             condition=Condition("SignatureInvalid", "True", "SignatureInvalid", f"ClusterPack {cp.name} has {word}; delivery blocked"),
             **common,
         )
-    if live and obs is not None and _same(obs, d):
-        return change.Change(action=Action.UNCHANGED, reason=f"runs {cp.version}", **common)
+    return None
+
+
+def _instance_change(d: Desired, cp: pack.ClusterPack, cluster: str, inputs: Inputs, block: change.Change | None) -> change.Change:
+    """The change of an instance that does not run this pack as it is yet (``build`` handles those that do)."""
+    name = f"{cp.base_pack_name}-{cluster}"
+    if block is not None:
+        return dataclasses.replace(block, name=name, cluster=cluster)
+    obs = inputs.observed.instances.get(name)
+    live = obs is not None and obs.state is not InstallState.UNINSTALLED
     if not live or obs is None:
         direction, from_version, state, action = Direction.INITIAL, None, InstallState.INSTALLED, Action.CREATE
         reason = "initial install"
@@ -284,23 +316,16 @@ def _instance_change(d: Desired, cluster: str, inputs: Inputs, poisoned: set[str
         resource_version=obs.resource_version if obs is not None else None,
     )
     return change.Change(
+        kind=ObjectKind.PACK_INSTANCE,
+        name=name,
         action=action,
         reason=reason,
+        base_pack_name=cp.base_pack_name,
+        version=cp.version,
+        cluster=cluster,
         from_version=from_version,
         direction=direction,
         pack_instance=desired_instance,
-        **common,
-    )
-
-
-def _same(obs: instance.PackInstance, d: Desired) -> bool:
-    cp = d.cluster_pack
-    return (
-        obs.cluster_pack == cp.name
-        and obs.manifest_digest == cp.manifest_digest
-        and obs.checksum == cp.checksum
-        and obs.priority == d.build.priority
-        and obs.source_build_ref == d.build.path
     )
 
 
@@ -342,6 +367,11 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
 
 def _prune(desired: list[Desired], inputs: Inputs, changes: list[change.Change]) -> list[change.Change]:
     """Old ClusterPacks beyond ``keep_versions`` per basePackName, not desired and not in use."""
+    by_base: dict[str, list[instance.ObservedPack]] = defaultdict(list)
+    for p in inputs.observed.packs.values():
+        by_base[p.base_pack_name].append(p)
+    if all(len(packs) <= inputs.policy.keep_versions for packs in by_base.values()):
+        return []
     wanted = {d.cluster_pack.name for d in desired}
     in_use = {c.pack_instance.cluster_pack for c in changes if c.pack_instance is not None and c.action is not Action.UNINSTALL}
     leaving = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and c.action is Action.UNINSTALL}
@@ -350,9 +380,6 @@ def _prune(desired: list[Desired], inputs: Inputs, changes: list[change.Change])
         for name, obs in inputs.observed.instances.items()
         if obs.state is not InstallState.UNINSTALLED and name not in leaving
     }
-    by_base: dict[str, list[instance.ObservedPack]] = defaultdict(list)
-    for p in inputs.observed.packs.values():
-        by_base[p.base_pack_name].append(p)
     desired_by_base: dict[str, set[str]] = defaultdict(set)
     for d in desired:
         desired_by_base[d.cluster_pack.base_pack_name].add(d.cluster_pack.name)
