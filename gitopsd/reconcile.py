@@ -33,13 +33,14 @@ class Memo:
     """Results of pure work kept between passes of one process (the daemon), each keyed by what
     it depends on, so that a pass where nothing changed redoes nothing: parsed PackBuilds by blob
     id, renderer inputs by the tree ids they were read from, signature verdicts by the exact bytes,
-    and the last plan by a fingerprint of all its inputs."""
+    the last plan by a fingerprint of all its inputs, and each status record by the objects it is made of."""
 
     specs: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError] = dataclasses.field(default_factory=dict)
     inputs: dict[str, tuple[list[str], tuple[str, ...]]] = dataclasses.field(default_factory=dict)
     verdicts: dict[tuple[str, str, str | None], plan.Verdict] = dataclasses.field(default_factory=dict)
     plan: tuple[object, change.Plan, instance.Observed] | None = None
     status_written: bool = False
+    status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
 
 
 @dataclasses.dataclass
@@ -416,7 +417,8 @@ def write_status(env: Env, state: PassState) -> None:
         return
     if state.plan_reused and env.memo.status_written:
         return  # nothing changed since the records were last written
-    records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision)
+    records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision,
+                             memo=env.memo.status_text)
     message = status.commit_message(state.plan, state.revision)
     try:
         state.status_commit = env.status_writer.write(records, message)
