@@ -9,6 +9,7 @@ store exactly as it was (nothing half-applied). An uninstalled PackInstance stay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sqlite3
@@ -48,7 +49,9 @@ class LocalStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._cache: tuple[int, str, instance.Observed] | None = None
-        self._staged: list[tuple[str, str, dict[str, object] | None]] = []
+        # What this pass wrote, to carry the observed state over it: a decoded PackInstance when the
+        # plan's own value is what was stored, else the stored object (None: deleted).
+        self._staged: list[tuple[str, str, instance.PackInstance | dict[str, object] | None]] = []
         self.writes = 0
 
     def close(self) -> None:
@@ -119,7 +122,7 @@ class LocalStore:
         """Execute the plan's writes in one transaction; returns the number of objects written."""
         db = self._db
         written = 0
-        self._staged: list[tuple[str, str, dict[str, object] | None]] = []
+        self._staged = []
         try:
             db.execute("BEGIN IMMEDIATE")
             rv = before = self.resource_version()
@@ -158,7 +161,10 @@ class LocalStore:
                 if obj is None:
                     packs.pop(name, None)
                 else:
+                    assert isinstance(obj, dict)
                     packs[name] = codec.observed_pack_from_object(obj)
+            elif isinstance(obj, instance.PackInstance):
+                instances[name] = obj
             elif obj is not None:
                 instances[name] = codec.pack_instance_from_object(obj)
         self._cache = (after, namespace, instance.Observed(packs=packs, instances=instances))
@@ -203,7 +209,10 @@ class LocalStore:
                 if existing.get("spec") != c.pack_instance.spec():
                     generation += 1
             rv += 1
-            self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid)
+            uid = self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid,
+                            stage=False)
+            # the plan's value is what was stored (the codec round-trips it): no second decode, no copy
+            self._staged.append((PACK_INSTANCE, c.name, dataclasses.replace(c.pack_instance, uid=uid, resource_version=str(rv))))
             kind = "Normal"
             reason = {change.Action.CREATE: "Installed", change.Action.SUPERSEDE: str(c.direction or "Superseded"),
                       change.Action.UNINSTALL: "Uninstalled"}[c.action]
@@ -224,7 +233,8 @@ class LocalStore:
                     return rv, 1
         return rv, 0
 
-    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int, uid: str | None = None) -> None:
+    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int, uid: str | None = None,
+             *, stage: bool = True) -> str:
         meta = dict(obj["metadata"])  # type: ignore[call-overload]
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
@@ -234,7 +244,9 @@ class LocalStore:
             "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) VALUES (?,?,?,?,?,?,?)",
             (kind, namespace, name, uid, rv, generation, body),
         )
-        self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
+        if stage:
+            self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
+        return uid
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str, revision: str) -> None:
         if type_ == "Warning":
