@@ -288,9 +288,10 @@ _EVENTS_V1_NAMES = {
 _CORE_NAMES = {new: old for old, new in _EVENTS_V1_NAMES.items()}
 
 
-def to_external(rt: ResourceType, stored: JSON) -> JSON:
-    """The stored object as the requested group/version presents it."""
-    obj = copy.deepcopy(stored)
+def to_external(rt: ResourceType, stored: JSON, *, copied: bool = True) -> JSON:
+    """The stored object as the requested group/version presents it; ``copied=False`` shares all but
+    the top level with ``stored`` (a view to match selectors against, not to hand out)."""
+    obj = copy.deepcopy(stored) if copied else dict(stored)
     if rt.group == "events.k8s.io":
         obj = {_EVENTS_V1_NAMES.get(k, k): v for k, v in obj.items()}
     obj["apiVersion"] = rt.api_version

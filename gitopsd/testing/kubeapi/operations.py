@@ -319,18 +319,24 @@ class Api:
     def list_objects(self, req: Request) -> Response:
         rt, matches = req.rt, self._matcher(req)
         limit = self._int_param(req, "limit")
-        with self.store.lock:
+        plain = not req.param("labelSelector") and not req.param("fieldSelector")
+        with self.store.lock:  # the stored objects themselves: only the page's are copied (external)
             list_rv, start, items = self._list_source(req)
-        selected = [o for o in (self.external(rt, i) for i in items) if matches(o)]
-        if start is not None:
-            selected = [o for o in selected if self._key(o) > start]
+            if start is not None:
+                items = [i for i in items if self._key(i) > start]  # items are in key order
+            if plain and limit:
+                total = len(items)  # without selectors every item of the namespace matches
+                selected = [self.external(rt, i) for i in items[:limit]]
+            else:  # match a view of each object; copy only the page
+                matched = [i for i in items if matches(kinds.to_external(rt, i, copied=False))]
+                total = len(matched)
+                selected = [self.external(rt, i) for i in (matched[:limit] if limit else matched)]
         metadata: JSON = {"resourceVersion": str(list_rv)}
-        if limit and len(selected) > limit:
-            remaining = len(selected) - limit
+        if limit and total > limit:
             selected = selected[:limit]
             metadata["continue"] = self._continue_token(list_rv, self._key(selected[-1]))
-            if not req.param("labelSelector") and not req.param("fieldSelector"):
-                metadata["remainingItemCount"] = remaining
+            if plain:
+                metadata["remainingItemCount"] = total - limit
         if not rt.custom:
             for obj in selected:
                 obj.pop("apiVersion", None)
@@ -354,7 +360,7 @@ class Api:
                     start,
                     [
                         o
-                        for o in self.store.snapshot(rt.storage_key, list_rv)
+                        for o in self.store.snapshot(rt.storage_key, list_rv, copies=False)
                         if namespace in (None, o["metadata"].get("namespace"))
                     ],
                 )
@@ -377,13 +383,13 @@ class Api:
                     None,
                     [
                         o
-                        for o in self.store.snapshot(rt.storage_key, wanted)
+                        for o in self.store.snapshot(rt.storage_key, wanted, copies=False)
                         if namespace in (None, o["metadata"].get("namespace"))
                     ],
                 )
             except Expired as err:
                 raise errors.expired(f"The resourceVersion for the provided list is too old: {err}") from err
-        return current, None, self.store.objects(rt.storage_key, namespace)
+        return current, None, self.store.objects(rt.storage_key, namespace, copies=False)
 
     @staticmethod
     def _key(obj: JSON) -> tuple[str, str]:

@@ -84,14 +84,16 @@ class Store:
             obj = self._objects.get(key, {}).get((namespace, name))
             return copy.deepcopy(obj) if obj is not None else None
 
-    def objects(self, key: StorageKey, namespace: str | None = None) -> list[JSON]:
-        """Copies of the stored objects in key order (namespace, name), like etcd."""
+    def objects(self, key: StorageKey, namespace: str | None = None, *, copies: bool = True) -> list[JSON]:
+        """Copies of the stored objects in key order (namespace, name), like etcd. ``copies=False``:
+        the stored objects themselves, for a caller that holds ``lock`` and copies what it keeps."""
         with self.lock:
             items = self._objects.get(key, {})
-            return [copy.deepcopy(items[k]) for k in sorted(items) if namespace is None or k[0] == namespace]
+            pick = copy.deepcopy if copies else _same
+            return [pick(items[k]) for k in sorted(items) if namespace is None or k[0] == namespace]
 
-    def snapshot(self, key: StorageKey, rv: int) -> list[JSON]:
-        """The objects of ``key`` as they were at revision ``rv``, in key order."""
+    def snapshot(self, key: StorageKey, rv: int, *, copies: bool = True) -> list[JSON]:
+        """The objects of ``key`` as they were at revision ``rv``, in key order (``copies`` as in ``objects``)."""
         with self.lock:
             self._check_retained(rv)
             state = {k: v for k, v in self._objects.get(key, {}).items()}
@@ -106,7 +108,8 @@ class Store:
                 else:
                     assert change.old is not None
                     state[target] = change.old
-            return [copy.deepcopy(state[k]) for k in sorted(state)]
+            pick = copy.deepcopy if copies else _same
+            return [pick(state[k]) for k in sorted(state)]
 
     def changes_after(self, rv: int) -> list[Change]:
         with self.lock:
@@ -170,3 +173,7 @@ class Store:
     def keys(self, predicate: Callable[[StorageKey], bool]) -> list[StorageKey]:
         with self.lock:
             return [key for key in self._objects if predicate(key)]
+
+
+def _same(obj: JSON) -> JSON:
+    return obj
