@@ -10,6 +10,7 @@ Events (one storage, two shapes), and the status the apiextensions controller gi
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -291,7 +292,8 @@ _CORE_NAMES = {new: old for old, new in _EVENTS_V1_NAMES.items()}
 def to_external(rt: ResourceType, stored: JSON, *, copied: bool = True) -> JSON:
     """The stored object as the requested group/version presents it; ``copied=False`` shares all but
     the top level with ``stored`` (a view to match selectors against, not to hand out)."""
-    obj = copy.deepcopy(stored) if copied else dict(stored)
+    # stored objects are plain JSON values: a JSON round trip copies them several times faster than deepcopy
+    obj = json.loads(json.dumps(stored)) if copied else dict(stored)
     if rt.group == "events.k8s.io":
         obj = {_EVENTS_V1_NAMES.get(k, k): v for k, v in obj.items()}
     obj["apiVersion"] = rt.api_version
