@@ -26,12 +26,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv" / "bin"
 PYTHON = str(VENV / "python") if (VENV / "python").exists() else sys.executable
 GITOPSD = [str(VENV / "gitopsd")] if (VENV / "gitopsd").exists() else [PYTHON, "-m", "gitopsd"]
-# The emulator's handler writes a response's headers and body in two sends without TCP_NODELAY, so on a
-# keep-alive connection each response waits for the client's delayed ACK (~40 ms on Linux): 50 requests
-# take 2 s instead of 50 ms. Turned off here so that the pass times are gitopsd's, not Nagle's.
-NODELAY_EMULATOR = ("import sys\nfrom gitopsd.testing.kubeapi import handler\n"
-                    "from gitopsd.testing.kubeapi.__main__ import main\n"
-                    "handler.Handler.disable_nagle_algorithm = True\nsys.exit(main(sys.argv[1:]))")
 WRITE_VERBS = {"create", "update", "patch", "apply", "delete", "deletecollection"}
 
 
@@ -105,18 +99,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=pathlib.Path, help="a folder made by bench/generate.py")
     p.add_argument("--scratch", type=pathlib.Path, help="state dir, kubeconfig, logs (default: OUT/kube)")
-    p.add_argument("--emulator-as-is", action="store_true",
-                   help="run the emulator without TCP_NODELAY (every keep-alive request then waits ~40 ms for a delayed ACK)")
     args = p.parse_args()
-    out: dict[str, object] = {"emulator_tcp_nodelay": not args.emulator_as_is}
+    out: dict[str, object] = {}
     work = args.out / "work"
     scratch = args.scratch or args.out / "kube"
     scratch.mkdir(parents=True, exist_ok=True)
     kubeconfig, state, keys = scratch / "kubeconfig", scratch / "state", scratch / "keys"
     subprocess.run([*GITOPSD, "keygen", "--dir", str(keys)], check=True, capture_output=True)
     emu_log = (scratch / "emulator.log").open("w")
-    launch = ["-m", "gitopsd.testing.kubeapi"] if args.emulator_as_is else ["-c", NODELAY_EMULATOR]
-    emulator = subprocess.Popen([PYTHON, *launch, "--port", "0", "--kubeconfig", str(kubeconfig)],
+    emulator = subprocess.Popen([PYTHON, "-m", "gitopsd.testing.kubeapi", "--port", "0", "--kubeconfig", str(kubeconfig)],
                                 stdout=subprocess.PIPE, stderr=emu_log, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
