@@ -24,6 +24,24 @@ def common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = 
     p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"), help="log format (default: JSON unless stderr is a TTY)")
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
+def render(p: argparse.ArgumentParser) -> None:
+    """How many renderer child processes the compile step runs at once (for reconcile, dry-run, diff, run)."""
+    p.add_argument("--render-workers", type=_workers, metavar="N", help="run up to N kustomize/helm renders at once "
+                   "while raw packs compile; 1 renders one pack after another; results are the same either way "
+                   f"(default: ${wiring.RENDER_WORKERS_ENV}, else one per CPU)")
+
+
+def render_workers(args: argparse.Namespace) -> int | None:
+    """``--render-workers``, or ``None`` when not given (then ``wiring.resolve_render_workers`` decides)."""
+    return getattr(args, "render_workers", None)
+
+
 def signing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signing-key", metavar="PATH", help="Ed25519 private key (OpenSSH or PKCS#8 PEM, or a Secret folder) "
                    "that signs ClusterPacks (default: a key generated in the state dir)")

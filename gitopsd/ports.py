@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from gitopsd.model import change, instance, pack, spec
@@ -74,6 +74,18 @@ class Renderer(Protocol):
         ...
 
     def render(self, tree: Tree, build: spec.PackBuild) -> Rendered: ...
+
+
+class Preparing(Protocol):
+    """A Renderer whose slow part (a child process) can run apart from the Tree (optional).
+
+    ``prepare`` does every read of the Tree (checks, ``materialize``) in the calling thread and
+    raises what ``render`` would raise there; the call it returns runs the child and turns its
+    answer into ``Rendered`` (or raises ``render``'s error) without the Tree, so the compile step
+    may call it from a worker thread. ``render(tree, build)`` is ``prepare(tree, build)()``.
+    """
+
+    def prepare(self, tree: Tree, build: spec.PackBuild) -> Callable[[], Rendered]: ...
 
 
 class Cluster(Protocol):

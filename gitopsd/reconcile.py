@@ -9,9 +9,12 @@ side effects (publish, apply, status).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import gc
 import hashlib
+import os
 import time
 from collections.abc import Callable
 
@@ -43,6 +46,14 @@ class Memo:
     status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
 
 
+def default_render_workers() -> int:
+    """One renderer child process at a time per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclasses.dataclass
 class Env:
     """The adapters and options of a pass; built once by the CLI or the daemon."""
@@ -62,6 +73,8 @@ class Env:
     progress: Callable[[str, dict[str, object]], None] | None = None
     pack_filter: Callable[[str], bool] | None = None  # sharding: which basePackNames this replica owns
     memo: Memo = dataclasses.field(default_factory=Memo)
+    # renderer child processes (kustomize, helm) the compile step runs at once; 1: one after another
+    render_workers: int = dataclasses.field(default_factory=default_render_workers)
 
 
 @dataclasses.dataclass
@@ -192,11 +205,24 @@ def _registry_prefix(env: Env, state: PassState, build: spec.PackBuild) -> str:
     return build.registry_url or env.registry_url or state.config.registry or LOCAL_REGISTRY
 
 
-def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:
+@dataclasses.dataclass
+class _Started:
+    """A compile past its cache lookup and every read of the Tree: the render's result, or the call
+    that makes it (a renderer child process, which may run in another thread), and what compiling
+    and caching the result need."""
+
+    build: spec.PackBuild
+    key: str
+    inputs: compile_core.Inputs
+    clusters: tuple[str, ...]
+    rendered: ports.Rendered | None = None
+    finish: Callable[[], ports.Rendered] | None = None
+
+
+def _key(env: Env, state: PassState, build: spec.PackBuild) -> tuple[str, compile_core.Inputs, tuple[str, ...]]:
     tree = state.tree
     assert tree is not None
     clusters = targets.resolve(build, state.clusters)
-    renderer = env.renderers[build.category]
     folders = _inputs(env, tree, build)
     inputs = compile_core.Inputs(
         namespace=state.config.namespace,
@@ -208,39 +234,159 @@ def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache:
         compiler=COMPILER,
     )
     key = cache_key(tree, build, extra=f"{inputs.namespace}|{inputs.registry}|{','.join(clusters)}", folders=folders)
+    return key, inputs, clusters
+
+
+def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: compile_core.Inputs,
+           clusters: tuple[str, ...], *, use_cache: bool, defer: bool) -> CompileResult | _Started:
+    """The cache lookup and the render up to its child process (all of it when ``defer`` is off or
+    the renderer cannot split, e.g. raw). Reads the Tree: main thread only."""
     if use_cache:
         hit = env.cache.get(key)
         if hit is not None:
             return CompileResult(build, hit, clusters, cached=True)
-    rendered = renderer.render(tree, build)
+    assert state.tree is not None
+    renderer = env.renderers[build.category]
+    started = _Started(build, key, inputs, clusters)
+    prepare = getattr(renderer, "prepare", None) if defer else None
+    if prepare is None:
+        started.rendered = renderer.render(state.tree, build)
+    else:
+        started.finish = prepare(state.tree, build)
+    return started
+
+
+def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult:
     compiled = compile_core.compile_pack(
-        build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=inputs
+        started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs
     )
-    env.cache.put(key, compiled)
-    return CompileResult(build, compiled, clusters, cached=False)
+    env.cache.put(started.key, compiled)
+    return CompileResult(started.build, compiled, started.clusters, cached=False)
+
+
+def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:
+    key, inputs, clusters = _key(env, state, build)
+    started = _start(env, state, build, key, inputs, clusters, use_cache=use_cache, defer=False)
+    if isinstance(started, CompileResult):
+        return started
+    assert started.rendered is not None
+    return _end(env, started, started.rendered)
 
 
 def compile_packs(env: Env, state: PassState) -> None:
-    total = len(state.builds)
-    for index, build in enumerate(sorted(state.builds, key=lambda b: b.path)):
-        try:
-            result = compile_one(env, state, build)
-        except errors.GitopsdError as err:
-            state.protected_paths.add(build.path)
-            state.protected_bases.add(build.base_pack_name)
-            state.pack_errors.append(
-                change.PackError(path=build.path, pack=build.base_pack_name, reason=err.reason, message=str(err))
-            )
-            log.warning("pack failed", pack=build.base_pack_name, path=build.path, reason=err.reason, error=str(err))
-            if env.progress:
-                env.progress("failed", {"index": index + 1, "total": total, "path": build.path, "error": str(err)})
-            continue
-        state.compiled.append(result)
-        if env.progress:
-            env.progress("compiled", {"index": index + 1, "total": total, "path": build.path, "cached": result.cached})
+    """Compile every PackBuild, in path order; a failing pack is recorded and the others go on.
+    With ``env.render_workers`` above 1 the renderer child processes overlap
+    (``_compile_overlapped``); the results, errors, cache entries and progress lines are the same."""
+    builds = sorted(state.builds, key=lambda b: b.path)
+    if env.render_workers <= 1:
+        for index, build in enumerate(builds):
+            try:
+                outcome: CompileResult | errors.GitopsdError = compile_one(env, state, build)
+            except errors.GitopsdError as err:
+                outcome = err
+            _record(env, state, index, len(builds), build, outcome)
+    else:
+        _compile_overlapped(env, state, builds, env.render_workers)
     flush = getattr(env.cache, "flush", None)
     if flush is not None:
         flush()
+
+
+def _record(env: Env, state: PassState, index: int, total: int, build: spec.PackBuild,
+            outcome: CompileResult | errors.GitopsdError) -> None:
+    if isinstance(outcome, errors.GitopsdError):
+        err = outcome
+        state.protected_paths.add(build.path)
+        state.protected_bases.add(build.base_pack_name)
+        state.pack_errors.append(
+            change.PackError(path=build.path, pack=build.base_pack_name, reason=err.reason, message=str(err))
+        )
+        log.warning("pack failed", pack=build.base_pack_name, path=build.path, reason=err.reason, error=str(err))
+        if env.progress:
+            env.progress("failed", {"index": index + 1, "total": total, "path": build.path, "error": str(err)})
+        return
+    state.compiled.append(outcome)
+    if env.progress:
+        env.progress("compiled", {"index": index + 1, "total": total, "path": build.path, "cached": outcome.cached})
+
+
+RENDERS_AHEAD = 2  # renders started per worker beyond the oldest one not yet taken back: bounds their output in memory
+PACKS_AHEAD = 8  # packs started per worker and not yet recorded (raw ones are rendered at once): bounds memory too
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One pack between its start and its record, in build order. ``late``: another pack ahead
+    in the window has the same cache key, so this one starts at its turn, as one after another
+    would (and meets that pack's cache entry)."""
+
+    build: spec.PackBuild
+    started: CompileResult | _Started | Exception | None = None
+    future: concurrent.futures.Future[ports.Rendered] | None = None
+    key: str = ""
+    late: bool = False
+
+
+def _compile_overlapped(env: Env, state: PassState, builds: list[spec.PackBuild], workers: int) -> None:
+    """``compile_packs`` with up to ``workers`` renderer child processes at once, while this thread
+    goes on with the next packs (raw ones are pure Python here). The Tree, the cache and the
+    progress callback are used from this thread only; a pool thread only runs the call a
+    renderer's ``prepare`` returned. Packs are compiled, cached and recorded in build order, with
+    the same results and errors as one after another; a cache hit starts no child process."""
+    window: collections.deque[_Slot] = collections.deque()
+    upcoming = collections.deque(builds)
+    index = 0
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gitopsd-render")
+    try:
+        while window or upcoming:
+            futures = [slot.future for slot in window if slot.future is not None]
+            head = window[0] if window else None
+            head_waits = head is not None and head.future is not None and not head.future.done()
+            busy = sum(1 for f in futures if not f.done())
+            can_start = bool(upcoming) and len(futures) < RENDERS_AHEAD * workers and len(window) < PACKS_AHEAD * workers
+            if can_start and (head is None or head_waits or busy < workers):
+                slot = _Slot(upcoming.popleft())
+                _begin(env, state, slot, pool, pending={s.key for s in window if s.key and not s.late})
+                window.append(slot)
+                continue
+            assert head is not None
+            window.popleft()
+            _record(env, state, index, len(builds), head.build, _take(env, state, head))
+            index += 1
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an unexpected error: no new child, wait for running ones
+
+
+def _begin(env: Env, state: PassState, slot: _Slot, pool: concurrent.futures.ThreadPoolExecutor, *,
+           pending: set[str]) -> None:
+    try:
+        slot.key, inputs, clusters = _key(env, state, slot.build)
+        if slot.key in pending:
+            slot.late = True
+            return
+        slot.started = _start(env, state, slot.build, slot.key, inputs, clusters, use_cache=True, defer=True)
+    except Exception as err:  # recorded (or, when not a GitopsdError, raised) at the pack's turn
+        slot.started = err
+        return
+    if isinstance(slot.started, _Started) and slot.started.finish is not None:
+        slot.future = pool.submit(slot.started.finish)
+
+
+def _take(env: Env, state: PassState, slot: _Slot) -> CompileResult | errors.GitopsdError:
+    try:
+        if slot.late:
+            return compile_one(env, state, slot.build)
+        started = slot.started
+        if isinstance(started, Exception):
+            raise started
+        assert started is not None
+        if isinstance(started, CompileResult):
+            return started
+        rendered = slot.future.result() if slot.future is not None else started.rendered
+        assert rendered is not None
+        return _end(env, started, rendered)
+    except errors.GitopsdError as err:
+        return err
 
 
 def observe(env: Env, state: PassState) -> None:

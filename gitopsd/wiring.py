@@ -99,10 +99,27 @@ def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str 
 
 
 def local_env(repo: pathlib.Path, local: Local, *, dry_run: bool, signing_key: str | None = None,
-              trusted_keys: str | None = None, registry_url: str | None = None) -> reconcile.Env:
+              trusted_keys: str | None = None, registry_url: str | None = None,
+              render_workers: int | None = None) -> reconcile.Env:
     """The Env of a local folder REPO on the embedded backends (no status write-back)."""
     return build_env(str(repo), local, dry_run=dry_run, signing_key=signing_key, trusted_keys=trusted_keys,
-                     registry_url=registry_url).env
+                     registry_url=registry_url, render_workers=render_workers).env
+
+
+RENDER_WORKERS_ENV = "GITOPSD_RENDER_WORKERS"
+
+
+def resolve_render_workers(given: int | None) -> int:
+    """Renderer child processes at once: ``--render-workers``, else $GITOPSD_RENDER_WORKERS, else one per CPU."""
+    if given is not None:
+        return given
+    text = os.environ.get(RENDER_WORKERS_ENV, "").strip()
+    if not text:
+        return reconcile.default_render_workers()
+    if not text.isdigit() or int(text) < 1:
+        raise errors.ConfigError(f"{RENDER_WORKERS_ENV}={text!r}: give a whole number of at least 1 (1 renders one "
+                                 "pack after another)", reason="Usage")
+    return int(text)
 
 
 # ---------------------------------------------------------------- Git sources and status write-back
@@ -257,7 +274,7 @@ def ensure_demo_remote(folder: pathlib.Path, state_dir: pathlib.Path) -> pathlib
 
 def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None = None, trusted_keys: str | None = None,
               registry_url: str | None = None, git: GitOptions | None = None,
-              registry: RegistryOptions | None = None) -> Wired:
+              registry: RegistryOptions | None = None, render_workers: int | None = None) -> Wired:
     """The Env of one pass for any REPO form; status write-back wired when it applies."""
     git = git or GitOptions()
     if registry is not None:
@@ -282,6 +299,7 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
         verifier=verifier,
         registry_url=registry_url,
         dry_run=dry_run,
+        render_workers=resolve_render_workers(render_workers),
     )
     if registry is not None:
         env.registry = open_registry(registry)

@@ -13,6 +13,10 @@ external renderers run as child processes under a watchdog (``run_bounded``) tha
 template or base that multiplies never takes the daemon down. Helm runs in a child process for
 that reason (``python -c ... helm_child()``): the SDK is Go code loaded in-process, which no
 timeout or memory limit could otherwise stop.
+
+The two external renderers also offer ``prepare`` (``ports.Preparing``): the checks and the export
+of the sources happen in the caller's thread, and the call it returns (the child process and the
+reading of its answer) touches no Tree, so ``reconcile.compile_packs`` runs several at once.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from gitopsd import errors, ports
 from gitopsd.core import compile as compile_core
@@ -405,6 +410,11 @@ def kustomize_error(stderr: bytes, fallback: str) -> str:
 
 class KustomizeRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
+        return self.prepare(tree, build)()
+
+    def prepare(self, tree: ports.Tree, build: spec.PackBuild) -> Callable[[], ports.Rendered]:
+        """Checks and the export of the sources here; kustomize itself in the call returned
+        (``ports.Preparing``)."""
         assert isinstance(build.source, spec.KustomizeSource)
         folder = build.source.path
         field = "kustomizeSource.path"
@@ -418,21 +428,28 @@ class KustomizeRenderer(_Renderer):
         relative = posixpath.relpath(folder, root) if root else folder
         command, version = _kustomize_command()
         target = on_disk / relative if relative != "." else on_disk
-        result = run_bounded(
-            [*command, str(target)],
-            env={**os.environ, "KUSTOMIZE_PLUGIN_HOME": "/nonexistent", "GIT_TERMINAL_PROMPT": "0"},
-            cwd=on_disk,
-        )
-        if result.stopped is not None:
-            raise _stopped_error(result, tool="kustomize", what=folder, build=build, field=field)
-        if result.returncode != 0:
-            detail = kustomize_error(result.stderr, f"exit code {result.returncode}").replace(str(on_disk), root or ".")
-            raise errors.RenderError(f"field {field!r}: kustomize build of {folder} failed: {detail}", path=build.path)
-        return ports.Rendered(documents=((f"{folder} (kustomize)", result.stdout),), renderers=(("kustomize", version),))
+        argv = [*command, str(target)]
+        child_env = {**os.environ, "KUSTOMIZE_PLUGIN_HOME": "/nonexistent", "GIT_TERMINAL_PROMPT": "0"}
+
+        def finish() -> ports.Rendered:
+            result = run_bounded(argv, env=child_env, cwd=on_disk)
+            if result.stopped is not None:
+                raise _stopped_error(result, tool="kustomize", what=folder, build=build, field=field)
+            if result.returncode != 0:
+                detail = kustomize_error(result.stderr, f"exit code {result.returncode}").replace(str(on_disk), root or ".")
+                raise errors.RenderError(f"field {field!r}: kustomize build of {folder} failed: {detail}", path=build.path)
+            return ports.Rendered(documents=((f"{folder} (kustomize)", result.stdout),), renderers=(("kustomize", version),))
+
+        return finish
 
 
 class HelmRenderer(_Renderer):
     def render(self, tree: ports.Tree, build: spec.PackBuild) -> ports.Rendered:
+        return self.prepare(tree, build)()
+
+    def prepare(self, tree: ports.Tree, build: spec.PackBuild) -> Callable[[], ports.Rendered]:
+        """Checks, values and the chart's export here; the helm child and the reading of its
+        answer in the call returned (``ports.Preparing``)."""
         assert isinstance(build.source, spec.HelmSource)
         source = build.source
         if importlib.util.find_spec("helm_python") is None:
@@ -479,44 +496,49 @@ class HelmRenderer(_Renderer):
                 path=build.path,
                 reason="SourceNotFound",
             )
-        result = run_bounded([sys.executable, "-c", "from gitopsd.adapters import render; render.helm_child()"],
-                             stdin=json.dumps(request).encode("utf-8"), max_output=2 * MAX_PACK_BYTES + (1 << 20))
-        if result.stopped is not None:
-            raise _stopped_error(result, tool="helm", what=source.chart, build=build, field="helmSource")
-        try:
-            answer = json.loads(result.stdout)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: "
-                                     f"{result.last_error_line()}", path=build.path)
-        if answer.get("error") == "version":
-            raise errors.SpecError(
-                f"field 'helmSource.version': chart {answer['chart']} is version {answer['chartVersion']}, not "
-                f"{source.version}; update the field or the chart",
-                path=build.path,
-                reason="ChartVersionMismatch",
-            )
-        if answer.get("error"):
-            raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: {answer['error']}",
-                                     path=build.path)
-        rendered: dict[str, str] = answer["rendered"]
-        crds: list[dict[str, str]] = answer["crds"]
-        if sum(len(t) for t in rendered.values()) + sum(len(c["data"]) for c in crds) > MAX_PACK_BYTES:
-            raise _too_big(build, "helmSource", f"helm rendered {source.chart} into")
-        documents: list[tuple[str, bytes]] = []
-        for crd in sorted(crds, key=lambda c: c["filename"]):
-            documents.append((crd["filename"], crd["data"].encode("utf-8")))
-        for name in sorted(rendered):
-            if name.endswith("NOTES.txt") or not rendered[name].strip():
-                continue
-            kept = [doc for doc in yamlload.load_all(rendered[name].encode("utf-8"), name) if not _is_hook(doc)]
-            if kept:
-                documents.append((name, "".join(f"---\n{pack.canonical_json(d)}\n" for d in kept).encode("utf-8")))
-        sdk = str(answer["sdk"])
-        info = pack.ChartInfo(name=str(answer["chart"]), version=str(answer["chartVersion"]), url=source.chart,
-                              helm_version=sdk)
-        return ports.Rendered(documents=tuple(documents), renderers=(("helm", sdk),), chart=info)
+        child_input = json.dumps(request).encode("utf-8")
+
+        def finish() -> ports.Rendered:
+            result = run_bounded([sys.executable, "-c", "from gitopsd.adapters import render; render.helm_child()"],
+                                 stdin=child_input, max_output=2 * MAX_PACK_BYTES + (1 << 20))
+            if result.stopped is not None:
+                raise _stopped_error(result, tool="helm", what=source.chart, build=build, field="helmSource")
+            try:
+                answer = json.loads(result.stdout)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: "
+                                         f"{result.last_error_line()}", path=build.path)
+            if answer.get("error") == "version":
+                raise errors.SpecError(
+                    f"field 'helmSource.version': chart {answer['chart']} is version {answer['chartVersion']}, not "
+                    f"{source.version}; update the field or the chart",
+                    path=build.path,
+                    reason="ChartVersionMismatch",
+                )
+            if answer.get("error"):
+                raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: {answer['error']}",
+                                         path=build.path)
+            rendered: dict[str, str] = answer["rendered"]
+            crds: list[dict[str, str]] = answer["crds"]
+            if sum(len(t) for t in rendered.values()) + sum(len(c["data"]) for c in crds) > MAX_PACK_BYTES:
+                raise _too_big(build, "helmSource", f"helm rendered {source.chart} into")
+            documents: list[tuple[str, bytes]] = []
+            for crd in sorted(crds, key=lambda c: c["filename"]):
+                documents.append((crd["filename"], crd["data"].encode("utf-8")))
+            for name in sorted(rendered):
+                if name.endswith("NOTES.txt") or not rendered[name].strip():
+                    continue
+                kept = [doc for doc in yamlload.load_all(rendered[name].encode("utf-8"), name) if not _is_hook(doc)]
+                if kept:
+                    documents.append((name, "".join(f"---\n{pack.canonical_json(d)}\n" for d in kept).encode("utf-8")))
+            sdk = str(answer["sdk"])
+            info = pack.ChartInfo(name=str(answer["chart"]), version=str(answer["chartVersion"]), url=source.chart,
+                                  helm_version=sdk)
+            return ports.Rendered(documents=tuple(documents), renderers=(("helm", sdk),), chart=info)
+
+        return finish
 
 
 def helm_child() -> None:
