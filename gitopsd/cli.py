@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
         flags.signing(p)
         flags.registry(p)
         flags.git(p)
+        flags.render(p)
         wiring_kube.add_flags(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         p.set_defaults(func=cmd_pass, mode=name)
@@ -150,7 +151,7 @@ def cmd_pass(args: argparse.Namespace) -> int:
     try:
         wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
-                                 registry=flags.registry_options(args))
+                                 registry=flags.registry_options(args), render_workers=flags.render_workers(args))
         wired.env.progress = _progress(sys.stderr)
         with wiring_kube.use(args, wired.env) as env:
             state = reconcile.run(env)

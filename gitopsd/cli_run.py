@@ -87,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.signing(p)
     flags.registry(p)
     flags.git(p)
+    flags.render(p)
     wiring_kube.add_flags(p)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
     p.add_argument("--interval", type=parse_duration, default=30.0, metavar="DURATION",
@@ -123,7 +124,7 @@ def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
     try:
         wired = wiring.build_env(repo, local, dry_run=False, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
-                                 registry=flags.registry_options(args))
+                                 registry=flags.registry_options(args), render_workers=flags.render_workers(args))
         with wiring_kube.use(args, wired.env, daemon=not args.once, stop=stop) as env:
             yield env
     finally:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Sequence
 
 from gitopsd import errors, ports
@@ -78,11 +80,19 @@ class MemoryTree:
         assert self.scratch is not None, "MemoryTree needs scratch= to materialize"
         prefix = f"{path}/" if path else ""
         root = self.scratch / self.tree_id(path).split(":")[1]
+        if root.exists():  # named by content: written once, never rewritten while a renderer reads it
+            return root
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(dir=self.scratch, prefix=".tmp-"))
         for p, data in self.files.items():
             if p.startswith(prefix):
-                dest = root / p[len(prefix):]
+                dest = staging / p[len(prefix):]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(data)
+        try:
+            staging.rename(root)
+        except OSError:  # made meanwhile: the same content
+            shutil.rmtree(staging, ignore_errors=True)
         return root
 
 
