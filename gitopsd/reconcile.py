@@ -141,6 +141,8 @@ def load_specs(env: Env, state: PassState) -> None:
             state.clusters[cluster.name] = cluster
     if tree.kind("packs") is not ports.EntryKind.DIR:
         return
+    # Only this pass's PackBuilds stay memoized: a daemon does not keep every version it ever parsed.
+    earlier, env.memo.specs = env.memo.specs, {}
     for name, kind in tree.listdir("packs"):
         if kind is not ports.EntryKind.DIR:
             continue
@@ -156,7 +158,7 @@ def load_specs(env: Env, state: PassState) -> None:
             if tree.kind(path) is None:
                 continue
             try:
-                build = _packbuild(env, tree, path)
+                build = _packbuild(env, tree, path, earlier)
             except errors.GitopsdError as err:
                 state.protected_paths.add(path)
                 state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
@@ -166,10 +168,13 @@ def load_specs(env: Env, state: PassState) -> None:
             state.builds.append(build)
 
 
-def _packbuild(env: Env, tree: ports.Tree, path: str) -> spec.PackBuild:
+def _packbuild(env: Env, tree: ports.Tree, path: str,
+               earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError]) -> spec.PackBuild:
     key = (path, tree.tree_id(path))
-    known = env.memo.specs.get(key)
-    if known is None:
+    known = earlier.get(key)
+    if known is not None:
+        env.memo.specs[key] = known
+    else:
         try:
             if tree.kind(path) is not ports.EntryKind.FILE:
                 raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
@@ -409,14 +414,15 @@ def sign(env: Env, state: PassState) -> None:
 def verify(env: Env, state: PassState) -> None:
     """A verdict per desired ClusterPack: the signature that delivery would rely on, checked."""
     assert state.observed is not None
+    earlier, env.memo.verdicts = env.memo.verdicts, {}  # keep the verdicts of this pass's packs only
     for result in state.compiled:
         cp = result.compiled.cluster_pack
         found = state.observed.packs.get(cp.name)
         if found is not None and found.checksum == cp.checksum:
             memo_key = (cp.name, found.spec_json, found.signature)
-            cached = env.memo.verdicts.get(memo_key)
+            cached = earlier.get(memo_key)
             if cached is not None:
-                state.verdicts[cp.name] = cached
+                state.verdicts[cp.name] = env.memo.verdicts[memo_key] = cached
                 continue
             data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
         else:

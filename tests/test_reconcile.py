@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 
 import pytest
 
@@ -154,3 +155,28 @@ def test_the_clusters_allow_list_of_gitopsd_yaml_limits_delivery(tmp_path: pathl
     state = h.run()
     assert state.plan is not None
     assert sorted(c.cluster for c in state.plan.changes if c.cluster) == ["a"]
+
+
+def test_memos_and_the_compile_cache_keep_only_what_the_last_pass_used(tmp_path: pathlib.Path) -> None:
+    from gitopsd.adapters import compilecache
+
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
+    signer = keys.load_private_key(h.key)
+    cache = compilecache.SqliteCompileCache(tmp_path / "cache.db")
+    tree = fakes.MemoryTree(h.files, scratch=tmp_path / "scratch")
+    env = reconcile.Env(
+        source=fakes.StaticSource(tree), cluster=h.cluster, registry=h.registry, cache=cache,
+        clock=fakes.FixedClock(), renderers=render.renderers(), schemas=schemafiles.schemas(), signer=signer,
+    )
+    for patch in range(12):  # a daemon's life: one pack bumped again and again
+        tree.files.update(packbuild("one", f"1.0.{patch}"))
+        state = reconcile.run(env)
+        assert state.writes and not state.pack_errors
+        reconcile.run(env)  # and a quiet pass after each
+    assert sorted(path for path, _ in env.memo.specs) == ["packs/one/packbuild.yaml", "packs/two/packbuild.yaml"]
+    assert sorted(name for name, _, _ in env.memo.verdicts) == ["one-v1.0.11", "two-v1.0.0"]
+    assert len(cache._memory) == 2  # memory holds this pass's entries only ...
+    assert env.memo.status_text == {}  # (no status writer: no records kept)
+    cache.close()
+    rows = sqlite3.connect(tmp_path / "cache.db").execute("SELECT COUNT(*) FROM compiled").fetchone()[0]
+    assert rows == 13  # ... the disk keeps every version compiled: two/1.0.0 and one/1.0.0 .. 1.0.11

@@ -22,9 +22,11 @@ class SqliteCompileCache:
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._memory: dict[str, pack.CompiledPack] = {}
+        self._used: set[str] = set()  # keys asked for or stored since the last flush
         self._pending: list[tuple[str, str]] = []
 
     def get(self, key: str) -> pack.CompiledPack | None:
+        self._used.add(key)
         hit = self._memory.get(key)
         if hit is not None:
             return hit
@@ -43,10 +45,16 @@ class SqliteCompileCache:
 
     def put(self, key: str, compiled: pack.CompiledPack) -> None:
         slim = compiled.without_artifact()
+        self._used.add(key)
         self._memory[key] = slim
         self._pending.append((key, codec.compiled_to_text(slim)))
 
     def flush(self) -> None:
+        """Write what was stored to disk, and keep in memory only the entries used since the last
+        flush (the end of a compile step): a daemon does not hold every version it ever compiled."""
+        if len(self._memory) > len(self._used):
+            self._memory = {k: v for k, v in self._memory.items() if k in self._used}
+        self._used = set()
         if not self._pending:
             return
         try:
