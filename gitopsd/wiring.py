@@ -18,10 +18,13 @@ import hashlib
 import os
 import pathlib
 import re
+from typing import TYPE_CHECKING
 
 from gitopsd import errors, reconcile
 from gitopsd.adapters import compilecache, gitsource, gittree, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
-from gitopsd.adapters import registry as registry_adapter
+
+if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported only with --registry
+    from gitopsd.adapters import registry as registry_adapter
 
 
 def default_state_dir(repo: str) -> pathlib.Path:
@@ -172,6 +175,7 @@ class RegistryOptions:
 
 def open_registry(options: RegistryOptions) -> registry_adapter.OciRegistry:
     """The registry adapter; bad URLs, credential files or an insecure non-loopback host stop here."""
+    from gitopsd.adapters import registry as registry_adapter  # noqa: PLC0415 - see the imports
     return registry_adapter.OciRegistry(
         options.url,
         ca=options.ca,

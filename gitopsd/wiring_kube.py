@@ -23,11 +23,14 @@ import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import structlog
 
 from gitopsd import __version__, errors, reconcile
-from gitopsd.adapters import kube, lease
+
+if TYPE_CHECKING:  # imported when a Kubernetes flag is given: the client costs ~0.2 s of every command otherwise
+    from gitopsd.adapters import kube, lease
 
 log = structlog.get_logger()
 
@@ -67,6 +70,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _shard(text: str) -> tuple[int, int]:
+    from gitopsd.adapters import lease  # noqa: PLC0415 - see the imports
+
     try:
         return lease.parse_shard(text)
     except errors.ConfigError as err:
@@ -85,6 +90,8 @@ def options(args: argparse.Namespace) -> Options | None:
         return None
     if in_cluster and context:
         raise errors.ConfigError("--context selects a kubeconfig context; it does not apply with --in-cluster", reason="Usage")
+    from gitopsd.adapters import lease  # noqa: PLC0415 - see the imports
+
     return Options(
         kubeconfig=kubeconfig,
         context=context,
@@ -107,6 +114,8 @@ class Kube:
 
     @property
     def pack_filter(self) -> Callable[[str], bool] | None:
+        from gitopsd.adapters import lease  # noqa: PLC0415 - see the imports
+
         return None if self.options.shard is None else lease.shard_filter(*self.options.shard)
 
     def install(self, env: reconcile.Env) -> reconcile.Env:
@@ -127,6 +136,8 @@ class Kube:
 
 def open_kube(opts: Options, *, daemon: bool, writes: bool) -> Kube:
     """Client, adapter and (when it writes with leader election) an elector, not yet started."""
+    from gitopsd.adapters import kube, lease  # noqa: PLC0415 - see the imports
+
     shard = f" shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else ""
     api = kube.connect(kubeconfig=opts.kubeconfig, context=opts.context, in_cluster=opts.in_cluster,
                        user_agent=f"gitopsd/{__version__} ({opts.identity}{shard})")
