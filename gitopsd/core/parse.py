@@ -82,7 +82,7 @@ def describe(err: _SchemaError, *, known: tuple[str, ...] = (), kind: str = "doc
     if err.validator == "enum":
         choices = ", ".join(str(v) for v in err.validator_value)
         return f"field {where!r}: {err.instance!r} is not one of: {choices}"
-    if err.validator == "oneOf" and where.startswith("targetClusters"):
+    if err.validator in ("anyOf", "oneOf") and where.startswith("targetClusters"):
         return (
             f"field {where!r}: {json.dumps(err.instance)} is neither a cluster name (DNS-1123 label) "
             "nor a label selector {matchLabels: ..., matchExpressions: ...}"
