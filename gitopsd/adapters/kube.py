@@ -743,7 +743,15 @@ class KubeCluster:
                     str(((obj.get("spec") or {}).get("provenance") or {}).get("commit", "")))),),
                 generation=int(meta.get("generation") or 1), now=now,
             )
-            self._write_status(namespace, CLUSTER_PACKS, obj, status)
+            try:
+                self._write_status(namespace, CLUSTER_PACKS, obj, status)
+            except errors.TransientError as err:
+                # Another writer (a replica, or the CLI) was between its create and its status write
+                # when this cache saw the object; once that status is there, there is nothing to complete.
+                current = self.informer(CLUSTER_PACKS, namespace).get(meta["name"])
+                if err.reason != "Conflict" or not ((current or {}).get("status") or {}).get("conditions"):
+                    raise
+                continue
             done += 1
         return done
 

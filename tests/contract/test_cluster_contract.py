@@ -144,6 +144,27 @@ def test_a_cluster_pack_created_meanwhile_with_the_same_content_is_adopted(targe
     assert [o["metadata"]["name"] for o in json.loads(listed.data)["items"]] == [cp.name]
 
 
+def test_a_status_another_writer_completes_after_this_cache_saw_the_pack_is_left_to_it(target: Target) -> None:
+    """A cache that saw another writer's ClusterPack between its create and its status write does not
+    take it for a lost status write once that status has landed (it used to fail the pass: Conflict)."""
+    cp = cluster_pack(target.namespace)
+    body = cp.to_object()
+    status = body.pop("status")
+    body["metadata"]["namespace"] = target.namespace
+    custom = target.custom()
+    custom.create_namespaced_custom_object(harness.GROUP, V1, target.namespace, harness.PACKS, body, _preload_content=False)
+    with target.cluster(watch=False) as late:
+        assert cp.name in late.observe(target.namespace).packs  # seen with no status yet
+        finished = {**status, "conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "by the other writer",
+                                              "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}
+        custom.patch_namespaced_custom_object_status(harness.GROUP, V1, target.namespace, harness.PACKS, cp.name,
+                                                     {"status": finished}, _preload_content=False)
+        assert late.apply(target.namespace, [create_pack(cp)], REV, NOW) == 1  # adopted, status written once
+    stored = read(target, harness.PACKS, cp.name)
+    assert stored is not None and stored["status"]["conditions"][0]["reason"] == "Created"
+    assert stored["status"]["packSignature"] == status["packSignature"]
+
+
 def test_pruning_deletes_the_cluster_pack(target: Target) -> None:
     cp = cluster_pack(target.namespace)
     with target.cluster() as adapter:
