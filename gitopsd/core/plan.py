@@ -80,23 +80,26 @@ def build(inputs: Inputs) -> change.Plan:
     instances = inputs.observed.instances
     facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], str]] = {}
     shared: dict[tuple[object, ...], tuple[instance.InstallRecord, tuple[Condition, ...]]] = {}
+    lookup, keep, add = instances.get, kept_names.add, changes.append  # (local names: this loop is hot)
+    new_change, uninstalled = change.Change, InstallState.UNINSTALLED
+    last: Desired | None = None
     for (base, cluster), d in sorted(assignments.items()):
-        known = facts.get(id(d))
-        if known is None:
-            cp = d.cluster_pack
-            known = facts[id(d)] = (cp, _pack_block(d, inputs, poisoned),
-                                    (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
-                                    f"runs {cp.version}")
-        cp, block, runs_this, reason = known
+        if d is not last:  # the clusters of one pack come one after another (the keys sort by base first)
+            last, known = d, facts.get(id(d))
+            if known is None:
+                cp = d.cluster_pack
+                known = facts[id(d)] = (cp, _pack_block(d, inputs, poisoned),
+                                        (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
+                                        f"runs {cp.version}")
+            cp, block, runs_this, reason = known
         name = f"{base}-{cluster}"
-        obs = instances.get(name)
-        if (block is None and obs is not None and obs.state is not InstallState.UNINSTALLED
+        obs = lookup(name)
+        if (block is None and obs is not None and obs.state is not uninstalled
                 and (obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) == runs_this):
-            c = change.Change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster)
+            add(new_change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster))
         else:
-            c = _instance_change(d, cp, cluster, inputs, block, shared)
-        kept_names.add(name)
-        changes.append(c)
+            add(_instance_change(d, cp, cluster, inputs, block, shared))
+        keep(name)
     for c in blocked:
         kept_names.add(c.name)
         changes.append(c)

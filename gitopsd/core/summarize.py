@@ -106,12 +106,13 @@ def summarize(
             PackLine(base_pack_name=base, version="", path="", category="", objects=0, stages=(), checksum="",
                      cached=False, changes=tuple(by_base[base]))
         )
-    counts = Counter(f"{c.kind} {c.action}" for c in plan.changes)
-    blocked = any(c.action is change.Action.BLOCKED for c in plan.changes)
+    by_kind_action = Counter((c.kind, c.action) for c in plan.changes)  # text made once per pair, not per change
+    counts = {f"{kind} {action}": n for (kind, action), n in by_kind_action.items()}
+    blocked = any(action is change.Action.BLOCKED for _, action in by_kind_action)
     return Summary(
         revision=plan.revision,
         packs=tuple(lines),
-        counts=dict(counts),
+        counts=counts,
         errors=plan.errors,
         writes=writes,
         published=published,

@@ -55,7 +55,8 @@ class Change:
 
     @property
     def writes(self) -> bool:
-        return self.action in (Action.CREATE, Action.SUPERSEDE, Action.UNINSTALL)
+        action = self.action
+        return action is Action.CREATE or action is Action.SUPERSEDE or action is Action.UNINSTALL
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -82,14 +83,19 @@ class Plan:
     revision: str
     changes: tuple[Change, ...]
     errors: tuple[PackError, ...] = ()
+    # the changes that write, worked out once: a pass asks several times and a fleet has a change per instance
+    _writes: tuple[Change, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_writes", tuple(c for c in self.changes if c.writes))
 
     @property
     def writes(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.writes)
+        return self._writes
 
     @property
     def has_changes(self) -> bool:
-        return any(c.writes for c in self.changes)
+        return bool(self._writes)
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
