@@ -25,6 +25,16 @@ EXAMPLES = ROOT / "examples-repo"
 PRINCIPAL = "gitopsd@localhost"
 
 
+# Ways a bare mirror gets broken (disk full, a killed process, a bad copy), by name: each takes the mirror's path.
+MIRROR_CORRUPTIONS: dict[str, Callable[[pathlib.Path], object]] = {
+    "garbage-head": lambda m: (m / "HEAD").write_text("garbage\n"),
+    "garbage-config": lambda m: (m / "config").write_bytes(b"\x00\xff[[[not config"),
+    "packs-deleted": lambda m: [p.unlink() for p in (m / "objects/pack").iterdir()],
+    "pack-truncated": lambda m: [p.write_bytes(p.read_bytes()[:64]) for p in (m / "objects/pack").glob("*.pack")],
+    "objects-deleted": lambda m: shutil.rmtree(m / "objects"),
+}
+
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import shutil
 import time
 
 import pygit2
@@ -165,13 +164,7 @@ def test_force_pushed_upstream_is_followed_with_a_warning(tmp_path: pathlib.Path
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["upstream history rewritten"]
 
 
-CORRUPTIONS = {
-    "garbage-head": lambda m: (m / "HEAD").write_text("garbage\n"),
-    "garbage-config": lambda m: (m / "config").write_bytes(b"\x00\xff[[[not config"),
-    "packs-deleted": lambda m: [p.unlink() for p in (m / "objects/pack").iterdir()],
-    "pack-truncated": lambda m: [p.write_bytes(p.read_bytes()[:64]) for p in (m / "objects/pack").glob("*.pack")],
-    "objects-deleted": lambda m: shutil.rmtree(m / "objects"),
-}
+CORRUPTIONS = gitutil.MIRROR_CORRUPTIONS
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())

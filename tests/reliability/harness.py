@@ -625,6 +625,20 @@ def state_checks(zygote: Zygote, state: pathlib.Path, trusted: str, workdir: pat
 CHAOS: list[tuple[str, int, int, int]] = []  # (scenario, trials, failures, lost items), printed at the end
 
 
+@dataclasses.dataclass
+class Tally:
+    """What one fault scenario did (its ``row`` goes to CHAOS; ``bench/chaos`` reuses the scenarios)."""
+
+    scenario: str
+    trials: int = 0
+    failures: list[str] = dataclasses.field(default_factory=list)  # one line per failed trial
+    lost: int = 0
+    notes: str = ""
+
+    def row(self) -> tuple[str, int, int, int]:
+        return (self.scenario, self.trials, len(self.failures), self.lost)
+
+
 # --- registry faults: an HTTP proxy on loopback in front of the real registry ------------------------
 class FaultProxy:
     """Forwards to a registry, or misbehaves: ``mode`` is read per request, so a test can switch it.

@@ -30,6 +30,7 @@ import pytest
 
 from tests import gitutil
 from tests.reliability import harness
+from tests.reliability.harness import Tally
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,25 +38,9 @@ RACE_ROUNDS = 100
 FORCE_TRIALS = 3
 UNREACHABLE_TRIALS = 3
 CORRUPTIONS = {
-    "garbage-head": lambda m: (m / "HEAD").write_text("garbage\n"),
-    "garbage-config": lambda m: (m / "config").write_bytes(b"\x00\xff[[[not config"),
-    "packs-deleted": lambda m: [p.unlink() for p in (m / "objects/pack").iterdir()],
-    "pack-truncated": lambda m: [p.write_bytes(p.read_bytes()[:64]) for p in (m / "objects/pack").glob("*.pack")],
-    "objects-deleted": lambda m: shutil.rmtree(m / "objects"),
+    **gitutil.MIRROR_CORRUPTIONS,
     "loose-garbage": lambda m: [p.write_bytes(b"garbage") for p in (m / "objects").glob("[0-9a-f][0-9a-f]/*")],
 }
-
-
-@dataclasses.dataclass
-class Tally:
-    scenario: str
-    trials: int = 0
-    failures: list[str] = dataclasses.field(default_factory=list)  # one line per failed trial
-    lost: int = 0
-    notes: str = ""
-
-    def row(self) -> tuple[str, int, int, int]:
-        return (self.scenario, self.trials, len(self.failures), self.lost)
 
 
 @dataclasses.dataclass

@@ -36,6 +36,7 @@ from gitopsd.testing import kubeapi
 from tests.contract import harness as kharness
 from tests.contract.harness import INSTANCES, NAMESPACE, PACKS
 from tests.reliability import harness
+from tests.reliability.harness import Tally
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -90,18 +91,6 @@ FAULTS: dict[str, Callable[[kubeapi.Emulator, random.Random], None]] = {
         kubeapi.DropWatch(after_events=rng.randint(0, 3), abrupt=rng.random() < 0.5), verb="watch",
         probability=rng.uniform(0.3, 1.0), times=rng.randint(1, 6)),
 }
-
-
-@dataclasses.dataclass
-class Tally:
-    scenario: str
-    trials: int = 0
-    failures: list[str] = dataclasses.field(default_factory=list)
-    lost: int = 0
-    notes: str = ""
-
-    def row(self) -> tuple[str, int, int, int]:
-        return (self.scenario, self.trials, len(self.failures), self.lost)
 
 
 @dataclasses.dataclass
