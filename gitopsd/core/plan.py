@@ -98,7 +98,7 @@ def build(inputs: Inputs) -> change.Plan:
                 and (obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) == runs_this):
             add(new_change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster))
         else:
-            add(_instance_change(d, cp, cluster, inputs, block, shared))
+            add(_instance_change(d, cp, name, cluster, obs, inputs, block, shared))
         keep(name)
     for c in blocked:
         kept_names.add(c.name)
@@ -283,17 +283,17 @@ def _pack_block(d: Desired, inputs: Inputs, poisoned: set[str]) -> change.Change
     return None
 
 
-def _instance_change(d: Desired, cp: pack.ClusterPack, cluster: str, inputs: Inputs, block: change.Change | None,
+def _instance_change(d: Desired, cp: pack.ClusterPack, name: str, cluster: str, obs: instance.PackInstance | None,
+                     inputs: Inputs, block: change.Change | None,
                      shared: dict[tuple[object, ...], tuple[instance.InstallRecord, tuple[Condition, ...]]]) -> change.Change:
-    """The change of an instance that does not run this pack as it is yet (``build`` handles those that do).
+    """The change of instance ``name`` (``obs`` as observed), which does not run this pack as it is yet
+    (``build`` handles those that do).
 
     The install record and the condition do not depend on the cluster: instances of one pack that
     move the same way share them (``shared``), which keeps a first install of 10,000 packs on 100
     clusters within memory."""
-    name = f"{cp.base_pack_name}-{cluster}"
     if block is not None:
         return dataclasses.replace(block, name=name, cluster=cluster)
-    obs = inputs.observed.instances.get(name)
     live = obs is not None and obs.state is not InstallState.UNINSTALLED
     if not live or obs is None:
         direction, from_version, state, action = Direction.INITIAL, None, InstallState.INSTALLED, Action.CREATE
