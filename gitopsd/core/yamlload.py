@@ -202,12 +202,22 @@ def load_one(data: bytes, path: str) -> object:
 def _check_nesting(text: str, path: str) -> None:
     """Refuse nesting deeper than ``MAX_DEPTH`` before composing: the C composer recurses without
     a limit. Each level of nesting needs one of ``[ { - ? :``, so most files are cleared by counting
-    those; the rest are walked as parser events (iterative, no recursion)."""
+    those; the rest are walked as parser events (iterative, no recursion). The C parser may stop on
+    a limit of its own while it looks ahead; the walk is then done again with the pure-Python
+    parser, so a too-deep document always gets ``TooDeep`` at the line where it passes the limit,
+    whatever the library's own limits are."""
     bound = sum(text.count(ch) for ch in "[{-?:")
     if bound <= MAX_DEPTH:
         return
+    try:
+        _walk_depth(text, path, _Loader)
+    except yaml.YAMLError:
+        _walk_depth(text, path, yaml.SafeLoader)  # raises TooDeep, or the YAML error itself
+
+
+def _walk_depth(text: str, path: str, loader: type) -> None:
     depth = 0
-    for event in yaml.parse(text, Loader=_Loader):
+    for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
