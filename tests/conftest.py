@@ -1,4 +1,5 @@
-"""Shared fixtures: a private copy of examples-repo and a runner for the real CLI."""
+"""Shared fixtures: a private copy of examples-repo, a runner for the real CLI, and real Kubernetes
+control planes (``tests.realkube``) with a counting, fault-injecting proxy in front."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import pathlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
+import yaml
+
+from tests.realkube import clusters as realkube_clusters
+from tests.realkube import proxy as realkube_proxy
 
 pytest.register_assert_rewrite("tests.registry_fixture")
 pytest_plugins = ["tests.registry_fixture"]  # a real OCI registry (Debian's docker-registry) on loopback
@@ -54,3 +60,40 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: pathlib.Path) -> Cli:
     return Cli(tmp_path)
+
+
+# -- real Kubernetes -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def clusters() -> Iterator[realkube_clusters.Clusters]:
+    """Real control planes by name (``mgmt``, ``t1``, ``t2``...), started on first use."""
+    started = realkube_clusters.Clusters()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def mgmt_kubeconfig(clusters: realkube_clusters.Clusters) -> pathlib.Path:
+    """The management cluster, with gitopsd's CRDs from deploy/10-crds.yaml applied as they are."""
+    kubeconfig = clusters.kubeconfig("mgmt")
+    with realkube_clusters.api(kubeconfig) as api_client:
+        crds = [d for d in yaml.safe_load_all((ROOT / "deploy" / "10-crds.yaml").read_text()) if d]
+        realkube_clusters.apply_documents(api_client, crds)
+    return kubeconfig
+
+
+@pytest.fixture
+def kube_proxy(mgmt_kubeconfig: pathlib.Path) -> Iterator[realkube_proxy.KubeProxy]:
+    """A fault-injecting, request-counting proxy in front of the management cluster's API server."""
+    with realkube_proxy.KubeProxy(mgmt_kubeconfig) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def kube_namespace(mgmt_kubeconfig: pathlib.Path) -> Iterator[str]:
+    """A namespace of the test's own on the management cluster, deleted afterwards."""
+    with realkube_clusters.api(mgmt_kubeconfig) as api_client:
+        name = realkube_clusters.fresh_namespace(api_client)
+        yield name
+        realkube_clusters.delete_namespace(api_client, name)

@@ -224,6 +224,14 @@ def kustomize_inputs(tree: ports.Tree, folder: str, *, build: spec.PackBuild) ->
         doc = yamlload.load_one(tree.read(kfile), kfile)
         if not isinstance(doc, dict):
             raise errors.SpecError("a kustomization must be a mapping", path=kfile, reason="InvalidSpec")
+        for field in ("helmCharts", "helmChartInflationGenerator", "helmGlobals"):
+            if doc.get(field):
+                raise errors.SpecError(
+                    f"field {field!r}: kustomize's Helm chart inflation is not run (it would run helm and fetch "
+                    "charts at build time); render the chart as its own pack with category: helm",
+                    path=kfile,
+                    reason="HelmInKustomize",
+                )
         for field in ("resources", "bases", "components"):
             entries = doc.get(field) or []
             if not isinstance(entries, list):
@@ -393,10 +401,13 @@ _KLOG_QUOTED = re.compile(r'err="(?P<text>(?:[^"\\]|\\.)*)"')
 _CONFIG_DUMP = re.compile(r"with config: `.*?`:", re.S)
 
 
-def kustomize_error(stderr: bytes, fallback: str) -> str:
+def kustomize_error(stderr: bytes, fallback: str, *, exported: str = "", shown: str = ".") -> str:
     """The one line that says why kustomize failed, from kubectl's klog block (``err=<...>`` or
-    ``err="..."``) or kustomize's ``Error: ...``, without the YAML config it echoes."""
+    ``err="..."``) or kustomize's ``Error: ...``, without the YAML config it echoes; paths under
+    the export folder ``exported`` are shown as repo paths under ``shown`` (before the line is cut)."""
     text = stderr.decode("utf-8", "replace")
+    if exported:
+        text = text.replace(exported, shown)
     match = _KLOG_BLOCK.search(text) or _KLOG_QUOTED.search(text)
     if match is not None:
         detail = match.group("text").replace('\\"', '"')
@@ -436,7 +447,8 @@ class KustomizeRenderer(_Renderer):
             if result.stopped is not None:
                 raise _stopped_error(result, tool="kustomize", what=folder, build=build, field=field)
             if result.returncode != 0:
-                detail = kustomize_error(result.stderr, f"exit code {result.returncode}").replace(str(on_disk), root or ".")
+                detail = kustomize_error(result.stderr, f"exit code {result.returncode}", exported=str(on_disk),
+                                         shown=root or ".")
                 raise errors.RenderError(f"field {field!r}: kustomize build of {folder} failed: {detail}", path=build.path)
             return ports.Rendered(documents=((f"{folder} (kustomize)", result.stdout),), renderers=(("kustomize", version),))
 
