@@ -167,6 +167,9 @@ class MemoryCluster:
                     rv += 1
                     obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": f"uid-{c.name}"}  # type: ignore[dict-item]
                     staged[key] = obj
+            elif c.action is change.Action.UNINSTALL:
+                if staged.pop((instance.PACK_INSTANCE_KIND, namespace, c.name), None) is None:
+                    continue
             else:
                 assert c.pack_instance is not None
                 key = (instance.PACK_INSTANCE_KIND, namespace, c.name)

@@ -3,8 +3,10 @@
 It behaves like the Kubernetes backend where gitopsd depends on it: objects keyed by kind,
 namespace and name, a global integer resourceVersion bumped on every write, uid and generation,
 and Events for every change. Every pass's writes happen in ONE transaction: a failure leaves the
-store exactly as it was (nothing half-applied). An uninstalled PackInstance stays as a tombstone
-(state ``uninstalled``) so that its install history survives and a re-install continues it.
+store exactly as it was (nothing half-applied). Uninstall deletes a PackInstance, as on Kubernetes
+(one meaning for every ``ports.Cluster``): its history, ending with the ``uninstalled`` record, is
+in the Event of the deletion and in the pass's signed status record in Git; a re-install starts
+a new history with an Initial install.
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ class LocalStore:
                 else:
                     assert isinstance(obj, dict)
                     packs[name] = codec.observed_pack_from_object(obj)
+            elif obj is None:
+                instances.pop(name, None)
             elif isinstance(obj, instance.PackInstance):
                 instances[name] = obj
             elif obj is not None:
@@ -201,6 +205,14 @@ class LocalStore:
                         f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
                         reason="Conflict",
                     )
+            if c.action is change.Action.UNINSTALL:
+                if existing is None:
+                    return rv, 0
+                rv += 1
+                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (PACK_INSTANCE, namespace, c.name))
+                self._staged.append((PACK_INSTANCE, c.name, None))
+                self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
+                return rv, 1
             generation = 1
             uid = None
             if existing is not None:
@@ -214,8 +226,7 @@ class LocalStore:
             # the plan's value is what was stored (the codec round-trips it): no second decode, no copy
             self._staged.append((PACK_INSTANCE, c.name, dataclasses.replace(c.pack_instance, uid=uid, resource_version=str(rv))))
             kind = "Normal"
-            reason = {change.Action.CREATE: "Installed", change.Action.SUPERSEDE: str(c.direction or "Superseded"),
-                      change.Action.UNINSTALL: "Uninstalled"}[c.action]
+            reason = "Installed" if c.action is change.Action.CREATE else str(c.direction or "Superseded")
             self._event(now, PACK_INSTANCE, namespace, c.name, kind, reason, c.reason, revision)
             return rv, 1
         if c.action is change.Action.BLOCKED and c.condition is not None:

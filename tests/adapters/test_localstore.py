@@ -1,4 +1,4 @@
-"""The embedded store: resourceVersions, one transaction per pass, tombstones, events."""
+"""The embedded store: resourceVersions, one transaction per pass, uninstall as deletion, events."""
 
 from __future__ import annotations
 
@@ -44,15 +44,17 @@ def test_a_failing_change_rolls_back_the_whole_pass(tmp_path: pathlib.Path) -> N
     assert store.get_object("InfrastructureClusterPack", "seam-system", "api-v1.0.0") is None  # nothing half-applied
 
 
-def test_uninstall_keeps_a_tombstone_with_history(tmp_path: pathlib.Path) -> None:
+def test_uninstall_deletes_the_instance_and_records_an_event(tmp_path: pathlib.Path) -> None:
     store = localstore.LocalStore(tmp_path / "s.db")
     first = build_plan(desired("web", "1.0.0"))
     store.apply("seam-system", first.changes, first.revision, "t1")
     gone = build_plan(observed=store.observe("seam-system"))
-    store.apply("seam-system", gone.changes, gone.revision, "t2")
-    obj = store.get_object("PackInstance", "seam-system", "web-c1")
-    assert obj is not None and obj["status"]["state"] == "uninstalled"  # type: ignore[index]
-    assert [r["state"] for r in obj["status"]["history"]] == ["installed", "uninstalled"]  # type: ignore[index]
+    assert [r.state.value for r in gone.changes[0].pack_instance.history] == ["installed", "uninstalled"]  # type: ignore[union-attr]
+    assert store.apply("seam-system", gone.changes, gone.revision, "t2") == 1
+    assert store.get_object("PackInstance", "seam-system", "web-c1") is None
+    assert store.observe("seam-system").instances == {}
+    assert store.observe("seam-system") == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
+    assert [(e["name"], e["reason"]) for e in store.events()][-1] == ("web-c1", "Uninstalled")
     again = build_plan(observed=store.observe("seam-system"))
     assert again.changes == ()
 
@@ -91,4 +93,4 @@ def test_observed_state_carried_over_a_pass_equals_a_fresh_read(tmp_path: pathli
     up = build_plan(desired("web", "1.1.0", clusters=("c1",)), observed=carried)  # supersede one, uninstall one, drop api
     store.apply("seam-system", up.changes, up.revision, "t2")
     assert store.observe("seam-system") == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
-    assert store.observe("seam-system").instances["web-c2"].state.value == "uninstalled"
+    assert "web-c2" not in store.observe("seam-system").instances
