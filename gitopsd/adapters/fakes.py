@@ -127,11 +127,14 @@ class MemoryCache:
 
 
 class MemoryCluster:
-    """Objects kept as Kubernetes-shaped dicts with a global resourceVersion, like the real backends."""
+    """Objects kept as Kubernetes-shaped dicts with a global resourceVersion, like the real backends:
+    a new object gets a new uid, a PackInstance write from a stale read is a ``Conflict``, and the
+    whole apply is all or nothing."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, object]] = {}
         self.rv = 0
+        self.uids = 0
         self.applied: list[change.Change] = []
         self.fail_next_apply: Exception | None = None
 
@@ -165,16 +168,27 @@ class MemoryCluster:
                     assert c.cluster_pack is not None
                     obj = c.cluster_pack.to_object()
                     rv += 1
-                    obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": f"uid-{c.name}"}  # type: ignore[dict-item]
+                    self.uids += 1
+                    obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": f"uid-{self.uids}"}  # type: ignore[dict-item]
                     staged[key] = obj
-            elif c.action is change.Action.UNINSTALL:
-                if staged.pop((instance.PACK_INSTANCE_KIND, namespace, c.name), None) is None:
-                    continue
             else:
                 assert c.pack_instance is not None
                 key = (instance.PACK_INSTANCE_KIND, namespace, c.name)
                 old = staged.get(key)
-                uid = old["metadata"]["uid"] if old else f"uid-{c.name}"  # type: ignore[index]
+                planned_from = c.pack_instance.resource_version
+                if old is not None and planned_from is not None and old["metadata"]["resourceVersion"] != planned_from:  # type: ignore[index]
+                    raise errors.TransientError(
+                        f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
+                        reason="Conflict",
+                    )
+                if c.action is change.Action.UNINSTALL:
+                    written += staged.pop(key, None) is not None
+                    continue
+                if old is not None:
+                    uid = old["metadata"]["uid"]  # type: ignore[index]
+                else:
+                    self.uids += 1
+                    uid = f"uid-{self.uids}"
                 obj = codec.pack_instance_object(dataclasses.replace(c.pack_instance, uid=None, resource_version=None))
                 rv += 1
                 obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": uid}  # type: ignore[dict-item]

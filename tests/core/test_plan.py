@@ -18,7 +18,8 @@ POLICY = plan.Policy(namespace="seam-system", now=NOW, installed_by="alice <a@ex
 
 
 def desired(base: str, version: str, *, clusters: tuple[str, ...] = ("c1",), priority: int = 0,
-            objects: tuple[str, ...] = ("cm-a",), path: str | None = None, extra: str = "") -> plan.Desired:
+            objects: tuple[str, ...] = ("cm-a",), path: str | None = None, extra: str = "",
+            namespace: str = "seam-system") -> plan.Desired:
     build = spec.PackBuild(
         path=path or f"packs/{base}/packbuild.yaml",
         name=base,
@@ -35,7 +36,7 @@ def desired(base: str, version: str, *, clusters: tuple[str, ...] = ("c1",), pri
     )
     compiled = compile_core.compile_pack(
         build, (("m.yaml", docs.encode()),), renderers=(), chart=None,
-        inputs=compile_core.Inputs("seam-system", "reg/packs", clusters, "main@sha1:1", NOW, "t", "gitopsd/test"),
+        inputs=compile_core.Inputs(namespace, "reg/packs", clusters, "main@sha1:1", NOW, "t", "gitopsd/test"),
     )
     signed = dataclasses.replace(compiled, cluster_pack=compiled.cluster_pack.with_signature("sig"))
     return plan.Desired(build, signed, clusters)
@@ -52,6 +53,8 @@ def observed_from(*plans_applied: change.Plan) -> instance.Observed:
                 packs[c.name] = codec.observed_pack_from_object(c.cluster_pack.to_object())
             elif c.kind is ObjectKind.CLUSTER_PACK and c.action is Action.UNINSTALL:
                 packs.pop(c.name)
+            elif c.kind is ObjectKind.PACK_INSTANCE and c.action is Action.UNINSTALL:
+                instances.pop(c.name)  # uninstall deletes the instance
             elif c.pack_instance is not None and c.writes:
                 instances[c.name] = codec.pack_instance_from_object(codec.pack_instance_object(c.pack_instance))
     return instance.Observed(packs=packs, instances=instances)
@@ -131,13 +134,16 @@ def test_cluster_dropped_from_targets_uninstalls_only_that_instance() -> None:
     assert [a for a in actions(p) if a[2] != "unchanged"] == [("PackInstance", "web-c2", "uninstall", None)]
 
 
-def test_reinstall_after_uninstall_creates_again_and_keeps_history() -> None:
+def test_reinstall_after_uninstall_creates_again_with_a_new_history() -> None:
     first = build_plan(desired("web", "1.0.0"))
     gone = build_plan(observed=observed_from(first))
+    assert actions(gone) == [("PackInstance", "web-c1", "uninstall", None)]
+    states = [r.state for r in gone.changes[0].pack_instance.history]  # type: ignore[union-attr]
+    assert states == [instance.InstallState.INSTALLED, instance.InstallState.UNINSTALLED]  # what the status record keeps
     back = build_plan(desired("web", "1.0.0"), observed=observed_from(first, gone))
-    assert actions(back)[1] == ("PackInstance", "web-c1", "create", "Initial")
+    assert actions(back) == [("ClusterPack", "web-v1.0.0", "unchanged", None), ("PackInstance", "web-c1", "create", "Initial")]
     states = [r.state for r in back.changes[1].pack_instance.history]  # type: ignore[union-attr]
-    assert states == [instance.InstallState.INSTALLED, instance.InstallState.UNINSTALLED, instance.InstallState.INSTALLED]
+    assert states == [instance.InstallState.INSTALLED]
 
 
 def test_same_name_with_other_content_is_an_immutability_violation() -> None:
