@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.realkube import clusters as realkube_clusters
+from tests.realkube import env as realkube_env
 from tests.realkube import proxy as realkube_proxy
 
 pytest.register_assert_rewrite("tests.registry_fixture")
@@ -97,3 +98,13 @@ def kube_namespace(mgmt_kubeconfig: pathlib.Path) -> Iterator[str]:
         name = realkube_clusters.fresh_namespace(api_client)
         yield name
         realkube_clusters.delete_namespace(api_client, name)
+
+
+@pytest.fixture
+def kube_env(kube_proxy: realkube_proxy.KubeProxy, kube_namespace: str, mgmt_kubeconfig: pathlib.Path,
+             tmp_path: pathlib.Path) -> Iterator[realkube_env.KubeEnv]:
+    """The test's namespace on the management cluster, the proxy gitopsd talks through (its
+    kubeconfig) and a direct client for the test's own reads and writes."""
+    with realkube_clusters.api(mgmt_kubeconfig) as direct:
+        yield realkube_env.KubeEnv(kube_proxy, direct, kube_namespace,
+                                   kube_proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig", kube_namespace))

@@ -1,5 +1,5 @@
 """deploy/ and the Dockerfile: CRDs generated from schemas/, least-privilege RBAC, a hardened
-Deployment, applied with the real kubectl to the API emulator and reconciled into by gitopsd."""
+Deployment, applied with the real kubectl to a real kube-apiserver and reconciled into by gitopsd."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import yaml
 
 from gitopsd import deploygen
 from gitopsd.adapters import kube, lease
-from gitopsd.testing import kubeapi
 from tests.contract import harness
+from tests.realkube import clusters as realkube
+from tests.realkube import proxy as realkube_proxy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -205,29 +206,33 @@ def test_the_dockerfile_builds_a_non_root_multi_stage_image() -> None:
     assert not re.search(r"\b(curl|wget)\b", text)  # nothing but package managers downloads
 
 
-# -- kubectl against the emulator ----------------------------------------------------------------
+# -- kubectl against a real API server -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deploy_cluster(clusters: realkube.Clusters) -> pathlib.Path:
+    """A cluster of this module's own: the test applies and deletes deploy/, CRDs included."""
+    return clusters.kubeconfig("deploy")
 
 
 @pytest.fixture
-def emulator() -> Iterator[kubeapi.Emulator]:
+def proxy(deploy_cluster: pathlib.Path) -> Iterator[realkube_proxy.KubeProxy]:
     before = set(threading.enumerate())
-    # a namespace takes a while to go, as on a real cluster: `kubectl delete -f` removes it first
-    with kubeapi.Emulator(bookmark_interval=0.2, namespace_deletion_delay=10.0) as emu:
-        yield emu
+    with realkube_proxy.KubeProxy(deploy_cluster) as counting:
+        yield counting
     assert not harness.threads_left(before)
 
 
 @pytest.fixture
-def kubectl(emulator: kubeapi.Emulator, tmp_path: pathlib.Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def kubectl(deploy_cluster: pathlib.Path, tmp_path: pathlib.Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     binary = shutil.which("kubectl")
     assert binary, "kubectl must be on PATH"
-    kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
     home = tmp_path / "home"
     home.mkdir()
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "kcache"), *args]
-        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120,
+        command = [binary, "--kubeconfig", str(deploy_cluster), "--cache-dir", str(tmp_path / "kcache"), *args]
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=180,
                                 env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)})
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -236,7 +241,7 @@ def kubectl(emulator: kubeapi.Emulator, tmp_path: pathlib.Path) -> Callable[...,
     return run
 
 
-def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeapi.Emulator, kubectl: Callable[..., Any],
+def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(proxy: realkube_proxy.KubeProxy, kubectl: Callable[..., Any],
                                                                   tmp_path: pathlib.Path) -> None:
     applied = kubectl("apply", "--server-side", "-f", str(DEPLOY))
     assert sorted(applied.stdout.split()[::2]) == sorted([
@@ -251,7 +256,7 @@ def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeap
 
     repo = tmp_path / "repo"
     shutil.copytree(harness.EXAMPLES, repo)
-    api = kube.connect(kubeconfig=str(tmp_path / "kubeconfig"))
+    api = kube.connect(kubeconfig=str(proxy.write_kubeconfig(tmp_path / "kubeconfig")))
     elector = lease.Elector(api, namespace=NAMESPACE, identity="gitopsd-0", lease_duration=2.0, renew_deadline=1.5, retry_period=0.2)
     cluster = kube.KubeCluster(api, may_write=elector.is_leader)
     passes = harness.Passes(repo, tmp_path / "state", cluster)
@@ -262,7 +267,7 @@ def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeap
         assert state.summary is not None and state.summary.ready and state.writes == 20
         shutil.rmtree(repo / "packs" / "web-frontend")
         passes.run()
-        used = {(r.verb, r.resource) for r in emulator.requests() if r.user_agent.startswith("gitopsd/")}
+        used = {(r.verb, r.resource) for r in proxy.requests() if r.user_agent.startswith("gitopsd/")}
     finally:
         elector.stop()
         passes.close()
@@ -286,8 +291,7 @@ def test_kubectl_applies_deploy_then_gitopsd_reconciles_into_it(emulator: kubeap
     assert len(instances) == 13 and {i["status"]["state"] for i in instances} == {"installed"}
     assert kubectl("get", "leases", "-n", NAMESPACE, "-o", "name").stdout.split() == ["lease.coordination.k8s.io/gitopsd-leader"]
 
-    deleted = kubectl("delete", "-f", str(DEPLOY))
-    assert deleted.stdout.count("deleted") == 8
-    emulator.finalize_namespaces()
+    deleted = kubectl("delete", "-f", str(DEPLOY), "--wait=true", "--timeout=120s")
+    assert deleted.stdout.count("deleted") == 8  # the namespace controller finished seam-system: --wait returned
     assert "infrastructure.ontai.dev" not in kubectl("api-resources").stdout
     assert NAMESPACE not in kubectl("get", "namespaces", "-o", "name").stdout

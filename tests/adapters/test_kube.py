@@ -1,7 +1,8 @@
-"""The Kubernetes Cluster adapter, leader election and sharding against the API emulator.
+"""The Kubernetes Cluster adapter, leader election and sharding against a real kube-apiserver.
 
-Real HTTP, the unmodified ``kubernetes`` client, real reconcile passes of examples-repo; the
-emulator's request log is how the tests see what gitopsd sent.
+The unmodified ``kubernetes`` client, real reconcile passes of examples-repo, each test in a
+namespace of its own; gitopsd talks through a proxy (``tests.realkube.proxy``) whose request log is
+how the tests see what gitopsd sent, and which injects the faults.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from kubernetes import client
 from gitopsd import errors, reconcile
 from gitopsd.adapters import kube, lease
 from gitopsd.model import change, instance
-from gitopsd.testing import kubeapi
 from tests.contract import harness
-from tests.contract.harness import INSTANCES, NAMESPACE, PACKS
+from tests.contract.harness import INSTANCES, PACKS
+from tests.realkube import faults
+from tests.realkube.env import KubeEnv
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,15 +40,8 @@ def no_leaked_threads() -> Iterator[None]:
 
 
 @pytest.fixture
-def emulator() -> Iterator[kubeapi.Emulator]:
-    with kubeapi.Emulator(bookmark_interval=0.2, namespace_deletion_delay=0.05) as emu:
-        harness.seed_emulator(emu)
-        yield emu
-
-
-@pytest.fixture
-def kubeconfig(emulator: kubeapi.Emulator, tmp_path: pathlib.Path) -> pathlib.Path:
-    return emulator.write_kubeconfig(tmp_path / "kubeconfig")
+def kubeconfig(kube_env: KubeEnv) -> pathlib.Path:
+    return kube_env.kubeconfig
 
 
 @pytest.fixture
@@ -62,9 +57,12 @@ def cluster(api: client.ApiClient) -> Iterator[kube.KubeCluster]:
 
 
 @pytest.fixture
-def repo(tmp_path: pathlib.Path) -> pathlib.Path:
+def repo(tmp_path: pathlib.Path, kube_env: KubeEnv) -> pathlib.Path:
+    """examples-repo, its ClusterPacks and PackInstances in the test's own namespace."""
     dest = tmp_path / "repo"
     shutil.copytree(harness.EXAMPLES, dest)
+    settings = dest / "gitopsd.yaml"
+    settings.write_text(settings.read_text().replace("namespace: seam-system", f"namespace: {kube_env.namespace}", 1))
     return dest
 
 
@@ -75,11 +73,11 @@ def passes(repo: pathlib.Path, tmp_path: pathlib.Path, cluster: kube.KubeCluster
     runner.close()
 
 
-def objects(emu: kubeapi.Emulator, resource: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in emu.list_objects(resource, NAMESPACE)}
+def objects(emu: KubeEnv, resource: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in emu.list_objects(resource)}
 
 
-def counts(emu: kubeapi.Emulator) -> dict[str, int]:
+def counts(emu: KubeEnv) -> dict[str, int]:
     return dict(sorted(emu.request_counts().items()))
 
 
@@ -101,11 +99,11 @@ def assert_complete(obj: dict[str, Any]) -> None:
 # -- reconcile examples-repo --------------------------------------------------------------------
 
 
-def test_first_pass_creates_cluster_packs_and_instances_with_status_and_events(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+def test_first_pass_creates_cluster_packs_and_instances_with_status_and_events(kube_env: KubeEnv, passes: harness.Passes) -> None:
     state = passes.run()
 
     assert state.summary is not None and state.summary.ready and state.writes == 20
-    packs, instances = objects(emulator, PACKS), objects(emulator, INSTANCES)
+    packs, instances = objects(kube_env, PACKS), objects(kube_env, INSTANCES)
     assert sorted(p.rsplit("-v", 1)[0] for p in packs) == EXAMPLE_PACKS
     assert len(instances) == 15
     for cp in packs.values():
@@ -116,44 +114,44 @@ def test_first_pass_creates_cluster_packs_and_instances_with_status_and_events(e
         assert pi["status"]["state"] == "installed" and len(pi["status"]["history"]) == 1
         assert [c["type"] for c in pi["status"]["conditions"]] == ["Ready", "Reconciling", "Stalled"]
         assert_complete(pi)
-    events = emulator.list_objects("events", NAMESPACE)
+    events = kube_env.list_objects("events")
     reasons = sorted({(e["involvedObject"]["kind"], e["reason"], e["type"]) for e in events})
     assert reasons == [("InfrastructureClusterPack", "Created", "Normal"), ("PackInstance", "Installed", "Normal")]
     assert len(events) == 20 and all(e["involvedObject"].get("uid") for e in events)
-    writes = emulator.requests()
+    writes = kube_env.requests()
     assert {r.field_manager for r in writes if r.is_write} == {"gitopsd"}
-    print(f"\nfirst pass of examples-repo: {emulator.write_count()} writes; requests {counts(emulator)}")
+    print(f"\nfirst pass of examples-repo: {kube_env.write_count()} writes; requests {counts(kube_env)}")
 
 
-def test_a_pass_with_nothing_to_do_sends_no_request(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+def test_a_pass_with_nothing_to_do_sends_no_request(kube_env: KubeEnv, passes: harness.Passes) -> None:
     passes.run()
-    emulator.reset_requests()
+    kube_env.reset_requests()
 
     state = passes.run()
 
     assert state.plan is not None and not state.plan.has_changes and state.writes == 0
-    assert emulator.requests() == []  # observe came from the watch-backed cache: no list, no get, no write
+    assert kube_env.requests() == []  # observe came from the watch-backed cache: no list, no get, no write
     print("\nno-op pass of examples-repo: 0 requests")
 
 
-def test_list_and_watch_happen_once_per_kind_across_passes(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+def test_list_and_watch_happen_once_per_kind_across_passes(kube_env: KubeEnv, passes: harness.Passes) -> None:
     for _ in range(3):
         passes.run()
     for resource in (PACKS, INSTANCES):
-        assert emulator.request_counts().get(f"list {resource}", 0) == 1
-        assert emulator.request_counts().get(f"watch {resource}", 0) <= 1
+        assert kube_env.request_counts().get(f"list {resource}", 0) == 1
+        assert kube_env.request_counts().get(f"watch {resource}", 0) <= 1
 
 
-def test_version_bump_supersedes_the_instances_in_place(emulator: kubeapi.Emulator, passes: harness.Passes, repo: pathlib.Path) -> None:
+def test_version_bump_supersedes_the_instances_in_place(kube_env: KubeEnv, passes: harness.Passes, repo: pathlib.Path) -> None:
     passes.run()
-    before = objects(emulator, INSTANCES)
+    before = objects(kube_env, INSTANCES)
     bump(repo, "web-frontend", "v1.4.2", "v1.5.0")
-    emulator.reset_requests()
+    kube_env.reset_requests()
 
     state = passes.run()
 
     assert state.summary is not None and state.summary.ready and state.writes == 3
-    after = objects(emulator, INSTANCES)
+    after = objects(kube_env, INSTANCES)
     assert sorted(after) == sorted(before)
     for name in ("web-frontend-prod-eu", "web-frontend-prod-us"):
         old, new = before[name], after[name]
@@ -167,35 +165,35 @@ def test_version_bump_supersedes_the_instances_in_place(emulator: kubeapi.Emulat
         assert_complete(new)
     for name in set(before) - {"web-frontend-prod-eu", "web-frontend-prod-us"}:
         assert after[name]["metadata"]["resourceVersion"] == before[name]["metadata"]["resourceVersion"]
-    assert "web-frontend-v1.4.2" in objects(emulator, PACKS)  # kept for a rollback
-    written = sorted({(r.verb, r.resource, r.name) for r in emulator.requests() if r.is_write and r.resource != "events"})
+    assert "web-frontend-v1.4.2" in objects(kube_env, PACKS)  # kept for a rollback
+    written = sorted({(r.verb, r.resource, r.name) for r in kube_env.requests() if r.is_write and r.resource != "events"})
     assert written == [  # a create names its object in the body, not the URL
         ("apply", f"{PACKS}/status", "web-frontend-v1.5.0"),
         ("apply", INSTANCES, "web-frontend-prod-eu"), ("apply", INSTANCES, "web-frontend-prod-us"),
         ("apply", f"{INSTANCES}/status", "web-frontend-prod-eu"), ("apply", f"{INSTANCES}/status", "web-frontend-prod-us"),
         ("create", PACKS, ""),
     ]
-    print(f"\none-pack version bump: {emulator.write_count()} writes; requests {counts(emulator)}")
+    print(f"\none-pack version bump: {kube_env.write_count()} writes; requests {counts(kube_env)}")
 
 
-def test_uninstall_deletes_the_instances_and_keeps_the_cluster_pack(emulator: kubeapi.Emulator, passes: harness.Passes, repo: pathlib.Path) -> None:
+def test_uninstall_deletes_the_instances_and_keeps_the_cluster_pack(kube_env: KubeEnv, passes: harness.Passes, repo: pathlib.Path) -> None:
     passes.run()
     shutil.rmtree(repo / "packs" / "web-frontend")
-    emulator.reset_requests()
+    kube_env.reset_requests()
 
     state = passes.run()
 
     assert state.plan is not None and state.plan.count(change.Action.UNINSTALL) == 2
-    assert not any(name.startswith("web-frontend") for name in objects(emulator, INSTANCES))
-    assert "web-frontend-v1.4.2" in objects(emulator, PACKS)
-    deletes = [(r.resource, r.name) for r in emulator.requests(verb="delete")]
+    assert not any(name.startswith("web-frontend") for name in objects(kube_env, INSTANCES))
+    assert "web-frontend-v1.4.2" in objects(kube_env, PACKS)
+    deletes = [(r.resource, r.name) for r in kube_env.requests(verb="delete")]
     assert sorted(deletes) == [(INSTANCES, "web-frontend-prod-eu"), (INSTANCES, "web-frontend-prod-us")]
-    uninstalled = [e for e in emulator.list_objects("events", NAMESPACE) if e["reason"] == "Uninstalled"]
+    uninstalled = [e for e in kube_env.list_objects("events") if e["reason"] == "Uninstalled"]
     assert sorted(e["involvedObject"]["name"] for e in uninstalled) == ["web-frontend-prod-eu", "web-frontend-prod-us"]
     assert passes.run().writes == 0
 
 
-def test_a_collision_writes_the_blocked_condition_once(emulator: kubeapi.Emulator, passes: harness.Passes, repo: pathlib.Path) -> None:
+def test_a_collision_writes_the_blocked_condition_once(kube_env: KubeEnv, passes: harness.Passes, repo: pathlib.Path) -> None:
     passes.run()
     rogue = repo / "packs" / "rogue"
     (rogue / "manifests").mkdir(parents=True)
@@ -210,24 +208,24 @@ def test_a_collision_writes_the_blocked_condition_once(emulator: kubeapi.Emulato
     assert state.plan is not None
     [blocked] = [c for c in state.plan.changes if c.action is change.Action.BLOCKED]
     assert (blocked.name, blocked.reason) == ("platform-base-dev", "PackCollisionDetected")
-    status = objects(emulator, INSTANCES)["platform-base-dev"]["status"]
+    status = objects(kube_env, INSTANCES)["platform-base-dev"]["status"]
     by_type = {c["type"]: c for c in status["conditions"]}
     assert (by_type["Ready"]["status"], by_type["Stalled"]["status"], by_type["PackCollisionDetected"]["status"]) == ("False", "True", "True")
     assert status["state"] == "installed" and len(status["history"]) == 1  # blocked: the install record stays
-    warnings = [e for e in emulator.list_objects("events", NAMESPACE) if e["type"] == "Warning"]
+    warnings = [e for e in kube_env.list_objects("events") if e["type"] == "Warning"]
     assert [(e["involvedObject"]["name"], e["reason"]) for e in warnings] == [("platform-base-dev", "PackCollisionDetected")]
-    emulator.reset_requests()
+    kube_env.reset_requests()
 
     again = passes.run()
 
-    assert again.writes == 0 and emulator.write_count() == 0 and emulator.requests() == []
+    assert again.writes == 0 and kube_env.write_count() == 0 and kube_env.requests() == []
 
 
 # -- conflicts, failures, watch trouble ---------------------------------------------------------
 
 
-def test_a_conflict_storm_converges_without_duplicates(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
-    emulator.faults.add(kubeapi.Conflict(), verb="write", probability=0.5, times=40)
+def test_a_conflict_storm_converges_without_duplicates(kube_env: KubeEnv, passes: harness.Passes) -> None:
+    kube_env.faults.add(faults.Conflict(), verb="write", probability=0.5, times=40)
     failures = []
     for _ in range(6):
         try:
@@ -237,15 +235,15 @@ def test_a_conflict_storm_converges_without_duplicates(emulator: kubeapi.Emulato
             continue
         if state.summary is not None and state.summary.ready and not state.plan.has_changes:  # type: ignore[union-attr]
             break
-    emulator.faults.clear()
+    kube_env.faults.clear()
     final = passes.run()
 
     assert final.plan is not None and not final.plan.has_changes and final.writes == 0
     assert set(failures) <= {"Conflict"}
-    conflicts = [r for r in emulator.requests() if r.code == 409]
+    conflicts = [r for r in kube_env.requests() if r.code == 409]
     assert conflicts, "the storm should have hit some writes"
-    instances = objects(emulator, INSTANCES)
-    assert len(instances) == 15 and len(objects(emulator, PACKS)) == 5
+    instances = objects(kube_env, INSTANCES)
+    assert len(instances) == 15 and len(objects(kube_env, PACKS)) == 5
     for pi in instances.values():
         assert len(pi["status"]["history"]) == 1  # no duplicated install record
         assert_complete(pi)
@@ -266,13 +264,13 @@ class Interfering:
         return self.inner.apply(namespace, changes, revision, now)
 
 
-def test_a_change_made_during_the_pass_is_not_overwritten(emulator: kubeapi.Emulator, passes: harness.Passes,
+def test_a_change_made_during_the_pass_is_not_overwritten(kube_env: KubeEnv, passes: harness.Passes,
                                                           repo: pathlib.Path, api: client.ApiClient) -> None:
     passes.run()
     custom = client.CustomObjectsApi(api)
 
     def meddle() -> None:
-        custom.patch_namespaced_custom_object(harness.GROUP, "v1alpha1", NAMESPACE, INSTANCES, "web-frontend-prod-eu",
+        custom.patch_namespaced_custom_object(harness.GROUP, "v1alpha1", kube_env.namespace, INSTANCES, "web-frontend-prod-eu",
                                               {"metadata": {"annotations": {"audit.example.com/seen": "yes"}}},
                                               field_manager="auditor")
 
@@ -281,7 +279,7 @@ def test_a_change_made_during_the_pass_is_not_overwritten(emulator: kubeapi.Emul
     with pytest.raises(errors.TransientError) as raised:
         passes.run()
     assert raised.value.reason == "Conflict" and "not overwriting" in str(raised.value)
-    instances = objects(emulator, INSTANCES)
+    instances = objects(kube_env, INSTANCES)
     assert instances["web-frontend-prod-eu"]["metadata"]["annotations"] == {"audit.example.com/seen": "yes"}
     assert instances["web-frontend-prod-eu"]["status"]["version"] == "1.4.2"  # not written from the stale read
     assert instances["web-frontend-prod-us"]["status"]["version"] == "1.5.0"  # one conflict does not stop the others
@@ -290,14 +288,14 @@ def test_a_change_made_during_the_pass_is_not_overwritten(emulator: kubeapi.Emul
     state = passes.run()
 
     assert state.writes == 1
-    healed = objects(emulator, INSTANCES)["web-frontend-prod-eu"]
+    healed = objects(kube_env, INSTANCES)["web-frontend-prod-eu"]
     assert healed["metadata"]["annotations"] == {"audit.example.com/seen": "yes"}
     assert [h["packVersion"] for h in healed["status"]["history"]] == ["1.4.2", "1.5.0"]
     assert_complete(healed)
 
 
-def test_server_errors_are_transient_and_the_next_pass_converges(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
-    emulator.faults.add(kubeapi.InternalError(), verb="apply", resource=INSTANCES, times=1)
+def test_server_errors_are_transient_and_the_next_pass_converges(kube_env: KubeEnv, passes: harness.Passes) -> None:
+    kube_env.faults.add(faults.InternalError(), verb="apply", resource=INSTANCES, times=1)
     with pytest.raises(errors.TransientError) as raised:
         passes.run()
     assert raised.value.reason == "ClusterUnavailable"
@@ -305,31 +303,31 @@ def test_server_errors_are_transient_and_the_next_pass_converges(emulator: kubea
     state = passes.run()
 
     assert state.summary is not None and state.summary.ready
-    assert len(objects(emulator, INSTANCES)) == 15
+    assert len(objects(kube_env, INSTANCES)) == 15
     assert passes.run().writes == 0
 
 
-def test_a_lost_status_write_is_redone_by_the_next_pass(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+def test_a_lost_status_write_is_redone_by_the_next_pass(kube_env: KubeEnv, passes: harness.Passes) -> None:
     """Spec applied, status write failed: the next pass sees the instance as not installed yet."""
-    emulator.faults.add(kubeapi.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{INSTANCES}/status",
+    kube_env.faults.add(faults.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{INSTANCES}/status",
                         name="network-policies-dev", times=1)
-    emulator.faults.add(kubeapi.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{PACKS}/status",
+    kube_env.faults.add(faults.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{PACKS}/status",
                         name="observability-v2.3.0", times=1)
     with pytest.raises(errors.StalledError):
         passes.run()
-    half = objects(emulator, INSTANCES)["network-policies-dev"]
+    half = objects(kube_env, INSTANCES)["network-policies-dev"]
     assert "status" not in half and half["spec"]["cluster"] == "dev"
-    assert "status" not in objects(emulator, PACKS)["observability-v2.3.0"]
-    assert not any(n.startswith("observability-") for n in objects(emulator, INSTANCES))  # skipped with their pack
+    assert "status" not in objects(kube_env, PACKS)["observability-v2.3.0"]
+    assert not any(n.startswith("observability-") for n in objects(kube_env, INSTANCES))  # skipped with their pack
 
     state = passes.run()
 
     assert state.summary is not None and state.summary.ready
-    redone = objects(emulator, INSTANCES)["network-policies-dev"]
+    redone = objects(kube_env, INSTANCES)["network-policies-dev"]
     assert redone["metadata"]["uid"] == half["metadata"]["uid"]
     assert [(h["state"], h.get("upgradeDirection")) for h in redone["status"]["history"]] == [("installed", "Initial")]
     assert_complete(redone)
-    assert_complete(objects(emulator, PACKS)["observability-v2.3.0"])
+    assert_complete(objects(kube_env, PACKS)["observability-v2.3.0"])
     assert passes.run().writes == 0
 
 
@@ -340,63 +338,60 @@ def test_an_unreachable_api_server_is_transient(tmp_path: pathlib.Path) -> None:
     configuration = client.Configuration(host=f"http://127.0.0.1:{port}")
     configuration.retries = 0
     with client.ApiClient(configuration) as api, kube.KubeCluster(api) as adapter, pytest.raises(errors.TransientError) as raised:
-        adapter.observe(NAMESPACE)
+        adapter.observe("seam-system")
     assert raised.value.reason == "ClusterUnavailable" and "cannot reach the API server" in str(raised.value)
 
 
-def test_a_refusal_names_the_rbac_needed(emulator: kubeapi.Emulator, cluster: kube.KubeCluster) -> None:
-    emulator.faults.add(kubeapi.Fail(403, "Forbidden", "packinstances is forbidden: User cannot list"), verb="list")
+def test_a_refusal_names_the_rbac_needed(kube_env: KubeEnv, cluster: kube.KubeCluster) -> None:
+    kube_env.faults.add(faults.Fail(403, "Forbidden", "packinstances is forbidden: User cannot list"), verb="list")
     with pytest.raises(errors.ConfigError) as raised:
-        cluster.observe(NAMESPACE)
+        cluster.observe(kube_env.namespace)
     assert raised.value.reason == "ClusterUnauthorized"
     assert "list, watch" in str(raised.value) and "kubectl apply -f deploy/20-rbac.yaml" in str(raised.value)
 
 
-def test_missing_crds_tell_how_to_install_them(tmp_path: pathlib.Path) -> None:
-    with (
-        kubeapi.Emulator() as emu,
-        kube.connect(kubeconfig=str(emu.write_kubeconfig(tmp_path / "kc"))) as api,
-        kube.KubeCluster(api) as adapter,
-        pytest.raises(errors.ConfigError) as raised,
-    ):
-        adapter.observe(NAMESPACE)
+def test_missing_crds_tell_how_to_install_them(clusters: Any) -> None:
+    # a second real cluster, on which deploy/10-crds.yaml was never applied
+    with kube.connect(kubeconfig=str(clusters.kubeconfig("t1"))) as api, kube.KubeCluster(api) as adapter, \
+            pytest.raises(errors.ConfigError) as raised:
+        adapter.observe("default")
     assert raised.value.reason == "CRDNotInstalled" and "kubectl apply -f deploy/10-crds.yaml" in str(raised.value)
 
 
-def test_a_watch_gone_410_relists(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+def test_a_watch_gone_410_relists(kube_env: KubeEnv, api: client.ApiClient) -> None:
     with kube.KubeCluster(api, watch_timeout=1, backoff=(0.05, 0.5)) as adapter:
-        assert adapter.observe(NAMESPACE).instances == {}
-        harness.wait_until(lambda: emulator.request_counts().get(f"watch {INSTANCES}", 0) >= 1)
-        emulator.faults.add(kubeapi.WatchGone(), verb="watch", resource=INSTANCES, times=1)
-        emulator.create_object(labelled_instance("late-dev"))
+        assert adapter.observe(kube_env.namespace).instances == {}
+        harness.wait_until(lambda: kube_env.request_counts().get(f"watch {INSTANCES}", 0) >= 1)
+        kube_env.faults.add(faults.WatchGone(), verb="watch", resource=INSTANCES, times=1)
+        kube_env.create_object(labelled_instance("late-dev"))
 
-        harness.wait_until(lambda: emulator.request_counts().get(f"list {INSTANCES}", 0) == 2, timeout=15)
-        seen = harness.wait_until(lambda: adapter.observe(NAMESPACE).instances.get("late-dev"))
+        harness.wait_until(lambda: kube_env.request_counts().get(f"list {INSTANCES}", 0) == 2, timeout=15)
+        seen = harness.wait_until(lambda: adapter.observe(kube_env.namespace).instances.get("late-dev"))
 
     assert seen.cluster == "dev"
-    assert emulator.request_counts()[f"list {PACKS}"] == 1
+    assert kube_env.request_counts()[f"list {PACKS}"] == 1
 
 
-def test_a_dropped_watch_resumes_from_its_last_resource_version(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+def test_a_dropped_watch_resumes_from_its_last_resource_version(kube_env: KubeEnv, api: client.ApiClient) -> None:
     # The fault is in place before the first watch opens: added later, it could miss a watch already open.
-    emulator.faults.add(kubeapi.DropWatch(after_events=1, abrupt=True), verb="watch", resource=INSTANCES, times=1)
+    kube_env.faults.add(faults.DropWatch(after_events=1, abrupt=True), verb="watch", resource=INSTANCES, times=1)
     with kube.KubeCluster(api, watch_timeout=1, backoff=(0.05, 0.5)) as adapter:
-        adapter.observe(NAMESPACE)
-        emulator.create_object(labelled_instance("first-dev"))
-        emulator.create_object(labelled_instance("second-dev"))
+        adapter.observe(kube_env.namespace)
+        kube_env.create_object(labelled_instance("first-dev"))
+        kube_env.create_object(labelled_instance("second-dev"))
 
-        harness.wait_until(lambda: {"first-dev", "second-dev"} <= set(adapter.observe(NAMESPACE).instances), timeout=15)
+        harness.wait_until(lambda: {"first-dev", "second-dev"} <= set(adapter.observe(kube_env.namespace).instances), timeout=15)
 
-    dropped = [r for r in emulator.requests(verb="watch", resource=INSTANCES) if r.fault == "DropWatch"]
-    assert dropped and emulator.request_counts()[f"list {INSTANCES}"] == 1  # resumed, not relisted
+    dropped = [r for r in kube_env.requests(verb="watch", resource=INSTANCES) if r.fault == "DropWatch"]
+    assert dropped and kube_env.request_counts()[f"list {INSTANCES}"] == 1  # resumed, not relisted
 
 
-def test_objects_without_the_managed_by_label_are_not_observed(emulator: kubeapi.Emulator, cluster: kube.KubeCluster) -> None:
+def test_objects_without_the_managed_by_label_are_not_observed(kube_env: KubeEnv, cluster: kube.KubeCluster) -> None:
     foreign = labelled_instance("foreign-dev")
     foreign["metadata"]["labels"] = {}
-    emulator.create_object(foreign)
-    emulator.create_object(labelled_instance("ours-dev"))
-    assert set(cluster.observe(NAMESPACE).instances) == {"ours-dev"}
+    kube_env.create_object(foreign)
+    kube_env.create_object(labelled_instance("ours-dev"))
+    assert set(cluster.observe(kube_env.namespace).instances) == {"ours-dev"}
 
 
 def labelled_instance(name: str) -> dict[str, Any]:
@@ -409,7 +404,7 @@ def labelled_instance(name: str) -> dict[str, Any]:
     }
     return {
         "apiVersion": "infrastructure.ontai.dev/v1alpha1", "kind": "PackInstance",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "gitopsd"}},
+        "metadata": {"name": name, "namespace": "", "labels": {"app.kubernetes.io/managed-by": "gitopsd"}},
         "spec": {"basePackName": base, "cluster": cluster_name,
                  "clusterPackRef": {"name": f"{base}-v1.0.0", "version": "1.0.0", "digest": "sha256:1", "checksum": "sha256:3"}},
         "status": {"state": "installed", "version": "1.0.0", "history": [record],
@@ -486,9 +481,9 @@ class Sampler:
         self._thread.join()
 
 
-def test_two_electors_never_lead_at_once_and_a_crash_fails_over_within_the_lease(api: client.ApiClient) -> None:
-    a = lease.Elector(api, namespace=NAMESPACE, identity="replica-a", **FAST)
-    b = lease.Elector(api, namespace=NAMESPACE, identity="replica-b", **FAST)
+def test_two_electors_never_lead_at_once_and_a_crash_fails_over_within_the_lease(api: client.ApiClient, kube_env: KubeEnv) -> None:
+    a = lease.Elector(api, namespace=kube_env.namespace, identity="replica-a", **FAST)
+    b = lease.Elector(api, namespace=kube_env.namespace, identity="replica-b", **FAST)
     electors = {"a": a, "b": b}
     with Sampler(electors) as sampler:
         a.start()
@@ -503,7 +498,7 @@ def test_two_electors_never_lead_at_once_and_a_crash_fails_over_within_the_lease
         harness.wait_until(follower.is_leader, timeout=4 * FAST["lease_duration"])
         failover = time.monotonic() - crashed
 
-        restarted = lease.Elector(api, namespace=NAMESPACE, identity=leader.identity + "-2", **FAST)
+        restarted = lease.Elector(api, namespace=kube_env.namespace, identity=leader.identity + "-2", **FAST)
         electors["restarted"] = restarted
         restarted.start()
         time.sleep(1.0)
@@ -520,8 +515,8 @@ def test_two_electors_never_lead_at_once_and_a_crash_fails_over_within_the_lease
           f"after a clean release: {handover:.2f}s; {sampler.samples} samples, never two leaders")
 
 
-def test_only_one_of_many_contenders_wins(api: client.ApiClient) -> None:
-    electors = {f"r{i}": lease.Elector(api, namespace=NAMESPACE, identity=f"r{i}", **FAST) for i in range(5)}
+def test_only_one_of_many_contenders_wins(api: client.ApiClient, kube_env: KubeEnv) -> None:
+    electors = {f"r{i}": lease.Elector(api, namespace=kube_env.namespace, identity=f"r{i}", **FAST) for i in range(5)}
     with Sampler(electors) as sampler:
         for e in electors.values():
             e.start()
@@ -533,25 +528,25 @@ def test_only_one_of_many_contenders_wins(api: client.ApiClient) -> None:
     assert sum(e.transitions for e in electors.values()) >= 1
 
 
-def test_a_deposed_leader_sends_no_write(emulator: kubeapi.Emulator, api: client.ApiClient, passes: harness.Passes) -> None:
-    elector = lease.Elector(api, namespace=NAMESPACE, identity="only", **FAST).start()
+def test_a_deposed_leader_sends_no_write(kube_env: KubeEnv, api: client.ApiClient, passes: harness.Passes) -> None:
+    elector = lease.Elector(api, namespace=kube_env.namespace, identity="only", **FAST).start()
     try:
         harness.wait_until(elector.is_leader)
         gated = kube.KubeCluster(api, may_write=elector.is_leader)
         passes.cluster = gated
         passes.run()
-        assert len(objects(emulator, INSTANCES)) == 15
+        assert len(objects(kube_env, INSTANCES)) == 15
         shutil.rmtree(passes.repo / "packs" / "web-frontend")
         elector.stop(release=False)  # stops renewing, as a partitioned leader would
         harness.wait_until(lambda: not elector.is_leader(), timeout=2 * FAST["renew_deadline"])
-        emulator.reset_requests()
+        kube_env.reset_requests()
         with pytest.raises(errors.TransientError) as raised:
             passes.run()
     finally:
         elector.stop()
         passes.cluster.close()  # type: ignore[attr-defined]
     assert raised.value.reason == "NotLeader"
-    assert emulator.write_count() == 0
+    assert kube_env.write_count() == 0
 
 
 # -- sharding -----------------------------------------------------------------------------------
@@ -569,7 +564,7 @@ def test_shards_partition_packs_by_a_stable_hash() -> None:
         lease.parse_shard("2/2")
 
 
-def test_two_shards_never_write_the_same_pack(emulator: kubeapi.Emulator, repo: pathlib.Path, tmp_path: pathlib.Path,
+def test_two_shards_never_write_the_same_pack(kube_env: KubeEnv, repo: pathlib.Path, tmp_path: pathlib.Path,
                                               kubeconfig: pathlib.Path) -> None:
     runners = []
     for index in range(2):
@@ -584,14 +579,14 @@ def test_two_shards_never_write_the_same_pack(emulator: kubeapi.Emulator, repo: 
         written: list[set[str]] = []  # object names in the URLs of each shard's writes (a create's is in its body,
         for index in range(2):       # but its status write right after names it)
             agent = f"gitopsd-test shard-{index}"
-            written.append({r.name for r in emulator.requests() if r.is_write and r.resource != "events" and r.user_agent == agent and r.name})
+            written.append({r.name for r in kube_env.requests() if r.is_write and r.resource != "events" and r.user_agent == agent and r.name})
         assert written[0] and written[1] and not written[0] & written[1]
         for index, names in enumerate(written):
             assert all(lease.shard_of(_base(n), 2) == index for n in names), (index, sorted(names))
-        assert len(emulator.requests(verb="create", resource=PACKS)) == 5  # each ClusterPack created once, by one shard
-        assert len(objects(emulator, INSTANCES)) == 15 and len(objects(emulator, PACKS)) == 5
+        assert len(kube_env.requests(verb="create", resource=PACKS)) == 5  # each ClusterPack created once, by one shard
+        assert len(objects(kube_env, INSTANCES)) == 15 and len(objects(kube_env, PACKS)) == 5
         # each shard observes only its own packs: neither uninstalled the other's instances
-        assert emulator.requests(verb="delete") == []
+        assert kube_env.requests(verb="delete") == []
     finally:
         for api, adapter, runner in runners:
             runner.close()
@@ -604,10 +599,10 @@ def _base(name: str) -> str:
     return next(b for b in EXAMPLE_PACKS if name.startswith(b + "-"))
 
 
-def test_dry_run_against_the_cluster_writes_nothing(emulator: kubeapi.Emulator, passes: harness.Passes) -> None:
+def test_dry_run_against_the_cluster_writes_nothing(kube_env: KubeEnv, passes: harness.Passes) -> None:
     state = passes.run(dry_run=True)
     assert state.plan is not None and state.plan.has_changes
-    assert emulator.write_count() == 0
+    assert kube_env.write_count() == 0
 
 
 def test_env_is_untouched_without_kubernetes_flags(tmp_path: pathlib.Path) -> None:
@@ -631,61 +626,61 @@ def test_env_is_untouched_without_kubernetes_flags(tmp_path: pathlib.Path) -> No
         assert used is env and used.cluster is marker
 
 
-def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(emulator: kubeapi.Emulator, api: client.ApiClient) -> None:
+def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(kube_env: KubeEnv, api: client.ApiClient) -> None:
     with kube.KubeCluster(api, watch=False) as adapter:
-        adapter.observe(NAMESPACE)
-        adapter.observe(NAMESPACE)
+        adapter.observe(kube_env.namespace)
+        adapter.observe(kube_env.namespace)
         assert not list(harness.gitopsd_threads())
-    assert emulator.request_counts() == {f"list {PACKS}": 2, f"list {INSTANCES}": 2}
+    assert kube_env.request_counts() == {f"list {PACKS}": 2, f"list {INSTANCES}": 2}
 
 
-def kube_args(kubeconfig: pathlib.Path, *extra: str) -> Any:
+def kube_args(kubeconfig: pathlib.Path, namespace: str, *extra: str) -> Any:
     import argparse
 
     from gitopsd import wiring_kube
 
     parser = argparse.ArgumentParser()
     wiring_kube.add_flags(parser)
-    return parser.parse_args(["--kubeconfig", str(kubeconfig), "--lease-namespace", NAMESPACE, *extra])
+    return parser.parse_args(["--kubeconfig", str(kubeconfig), "--lease-namespace", namespace, *extra])
 
 
-def test_use_wires_the_cluster_and_holds_the_lease_for_a_one_shot_write(emulator: kubeapi.Emulator, kubeconfig: pathlib.Path,
+def test_use_wires_the_cluster_and_holds_the_lease_for_a_one_shot_write(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                                         passes: harness.Passes) -> None:
     from gitopsd import wiring_kube
 
-    with wiring_kube.use(kube_args(kubeconfig, "--shard", "1/2"), passes.env()) as env:
+    with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace, "--shard", "1/2"), passes.env()) as env:
         assert isinstance(env.cluster, kube.KubeCluster) and env.pack_filter is not None
         state = reconcile.run(env)
-        lease_obj = emulator.get_object("leases", "gitopsd-shard-1-of-2", NAMESPACE)
+        lease_obj = kube_env.get_object("leases", "gitopsd-shard-1-of-2", kube_env.namespace)
         assert lease_obj is not None and lease_obj["spec"]["holderIdentity"] == lease.default_identity()
     assert state.summary is not None and state.summary.ready
     built = {c.base_pack_name for c in state.plan.changes}  # type: ignore[union-attr]
     assert built == {"cert-manager-lite", "observability"}  # shard 1 of 2
-    assert emulator.get_object("leases", "gitopsd-shard-1-of-2", NAMESPACE)["spec"]["holderIdentity"] == ""  # released
+    assert kube_env.get_object("leases", "gitopsd-shard-1-of-2", kube_env.namespace)["spec"]["holderIdentity"] == ""  # released
 
 
-def test_a_one_shot_write_refuses_while_another_replica_leads(emulator: kubeapi.Emulator, kubeconfig: pathlib.Path,
+def test_a_one_shot_write_refuses_while_another_replica_leads(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                               api: client.ApiClient, passes: harness.Passes) -> None:
     from gitopsd import wiring_kube
 
-    with lease.Elector(api, namespace=NAMESPACE, identity="the-daemon", **FAST) as daemon:
+    with lease.Elector(api, namespace=kube_env.namespace, identity="the-daemon", **FAST) as daemon:
         harness.wait_until(daemon.is_leader)
-        with wiring_kube.use(kube_args(kubeconfig), passes.env()) as env, pytest.raises(errors.ConfigError) as raised:
+        with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env, pytest.raises(errors.ConfigError) as raised:
             reconcile.run(env)  # the Lease is asked for at the first write, and refused
         assert raised.value.reason == "LeaseHeld" and "the-daemon" in str(raised.value)
-        with wiring_kube.use(kube_args(kubeconfig), passes.env(dry_run=True)) as env:  # reading needs no lease
+        with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env(dry_run=True)) as env:  # reading needs no lease
             assert reconcile.run(env).writes == 0
-    assert [r for r in emulator.requests() if r.is_write and r.resource != "leases"] == []
+    assert [r for r in kube_env.requests() if r.is_write and r.resource != "leases"] == []
 
 
-def test_a_one_shot_pass_with_nothing_to_change_sends_no_write_at_all(emulator: kubeapi.Emulator, kubeconfig: pathlib.Path,
+def test_a_one_shot_pass_with_nothing_to_change_sends_no_write_at_all(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                                      passes: harness.Passes) -> None:
     from gitopsd import wiring_kube
 
-    with wiring_kube.use(kube_args(kubeconfig), passes.env()) as env:
+    with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env:
         assert reconcile.run(env).writes > 0
-    emulator.reset_requests()
-    with wiring_kube.use(kube_args(kubeconfig), passes.env()) as env:  # a new process: cold cache, leader election on
+    kube_env.reset_requests()
+    with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env:  # a new process: cold cache, leader election on
         assert reconcile.run(env).writes == 0
-    assert emulator.write_count() == 0  # not even the Lease: it is taken only before a first write
-    assert sorted(r.verb for r in emulator.requests()) == ["list", "list"]
+    assert kube_env.write_count() == 0  # not even the Lease: it is taken only before a first write
+    assert sorted(r.verb for r in kube_env.requests()) == ["list", "list"]

@@ -1,8 +1,7 @@
 """The Cluster contract of the Kubernetes adapter: what gitopsd relies on from the API server.
 
-Runs against the API emulator, and unchanged against a real cluster when ``GITOPSD_TEST_KUBECONFIG``
-is set (see ``conftest.py``). Only the Kubernetes API and the adapter's own request counters are
-used to check, never the emulator's internals.
+Runs against a real kube-apiserver (see ``conftest.py``). Only the Kubernetes API and the adapter's
+own request counters are used to check.
 """
 
 from __future__ import annotations
