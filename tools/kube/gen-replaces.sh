@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pins tools/kubecluster/go.mod to one Kubernetes release.
+# Pins tools/kube/go.mod to one Kubernetes release.
 #
 # k8s.io/kubernetes requires its staging modules (k8s.io/api, k8s.io/client-go, ...)
 # at v0.0.0 and points them at ./staging in its own go.mod; a module that imports it
@@ -7,11 +7,12 @@
 # the release's own go.mod, writes those replace lines, pins go.etcd.io/etcd/server/v3
 # to the version Kubernetes itself pins, and tidies. A version bump is one command:
 #
-#   tools/kubecluster/gen-replaces.sh v1.37.3
+#   tools/kube/gen-replaces.sh v1.37.3
 #
 # Without an argument it regenerates the lines for the version go.mod already has.
 set -euo pipefail
 
+export GOWORK=off
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 
