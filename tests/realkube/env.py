@@ -51,10 +51,12 @@ class KubeEnv:
     # -- the cluster as another user sees it (not counted) -----------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self.direct.call_api(path, method, body=body, header_params={"Content-Type": "application/json",
-                                                                             "Accept": "application/json"},
-                                        _preload_content=False, auth_settings=["BearerToken"])
-        return json.loads(response[0].data)
+        response = self.direct.call_api(method, self.direct.configuration.host + path, body=body,
+                                        header_params={"Content-Type": "application/json", "Accept": "application/json"})
+        data = response.read()
+        if response.status >= 300:
+            raise client.ApiException(status=response.status, reason=response.reason, body=data)
+        return json.loads(data)
 
     def _path(self, resource: str, namespace: str | None, name: str = "") -> str:
         ns = self.namespace if namespace is None else namespace

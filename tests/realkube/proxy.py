@@ -151,15 +151,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.proxy._track(self.connection, add=True)
+        self.server.proxy._track(self, add=True)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.proxy._track(self.connection, add=False)
+            self.server.proxy._track(self, add=False)
             if self.upstream is not None:
                 self.upstream.close()
+
+    def cut(self) -> None:
+        """End this connection now, and the upstream one it may be waiting on (a watch)."""
+        for sock in (self.connection, getattr(self.upstream, "sock", None)):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def do_GET(self) -> None:
         self._forward()
@@ -300,7 +309,7 @@ class KubeProxy:
         self.faults = faults_mod.Faults(seed)
         self._lock = threading.Lock()
         self._records: list[Record] = []
-        self._connections: set[socket.socket] = set()
+        self._handlers: set[_Handler] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -318,12 +327,9 @@ class KubeProxy:
             return
         self._server.shutdown()
         with self._lock:
-            open_now = list(self._connections)
-        for sock in open_now:  # watches in flight end now, not when the client gives up
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            open_now = list(self._handlers)
+        for handler in open_now:  # kept-alive connections and watches in flight end now
+            handler.cut()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -363,9 +369,9 @@ class KubeProxy:
         with self._lock:
             self._records.append(record)
 
-    def _track(self, sock: socket.socket, *, add: bool) -> None:
+    def _track(self, handler: _Handler, *, add: bool) -> None:
         with self._lock:
-            (self._connections.add if add else self._connections.discard)(sock)
+            (self._handlers.add if add else self._handlers.discard)(handler)
 
     def requests(self, *, verb: str | None = None, resource: str | None = None, namespace: str | None = None,
                  name: str | None = None) -> list[Record]:
