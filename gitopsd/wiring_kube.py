@@ -180,6 +180,10 @@ def wait_for_leadership(elector: lease.Elector, *, stop: threading.Event | None,
                 return
         return
     if not elector.wait_until_leader(elector.retry_period + elector.request_timeout + 1):
+        failed = elector.last_error
+        if isinstance(failed, errors.ConfigError):
+            hint = "; or pass --lease-namespace" if failed.reason == "LeaseNamespaceNotFound" else ""
+            raise errors.ConfigError(f"{failed}{hint}", reason=failed.reason) from failed
         raise errors.ConfigError(
             f"Lease {elector.namespace}/{elector.name} is held by {elector.holder or 'another replica'}: another gitopsd "
             "writes to this cluster; use dry-run or diff, or stop it (a crashed holder's lease expires after "

@@ -139,6 +139,7 @@ class Elector:
         self.clock = clock
         self.wall = wall
         self.transitions = 0  # times this elector became leader
+        self.last_error: errors.GitopsdError | None = None  # why the last round failed, when it said why
         self._lock = threading.Lock()
         self._leading = False
         self._renewed_at = float("-inf")  # monotonic start of the last successful acquire/renew
@@ -197,8 +198,11 @@ class Elector:
             try:
                 acquired = self.try_acquire_or_renew()
             except Exception as err:  # a failed attempt is a lost round, never a dead thread
+                self.last_error = err if isinstance(err, errors.GitopsdError) else None
                 log.warning("lease attempt failed", lease=self.name, identity=self.identity, error=str(err))
                 acquired = False
+            else:
+                self.last_error = None
             if not acquired and self._leading and self.clock() - self._renewed_at >= self.renew_deadline:
                 log.warning("leadership lost", lease=self.name, identity=self.identity,
                             note=f"no renew for {self.renew_deadline}s")
@@ -315,6 +319,12 @@ class Elector:
         try:
             response = method(*args, **kwargs)
         except ApiException as err:
+            if err.status == 404 and method != self.leases.read_namespaced_lease:
+                raise errors.ConfigError(
+                    f"namespace {self.namespace} does not exist, so Lease {self.namespace}/{self.name} cannot be "
+                    "created: create the namespace or elect the leader in another one",
+                    reason="LeaseNamespaceNotFound",
+                ) from err
             if err.status in (401, 403):
                 raise errors.ConfigError(
                     f"the API server refused access to Lease {self.namespace}/{self.name} ({err.status}): the "
