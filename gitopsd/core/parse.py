@@ -118,7 +118,11 @@ def parse_cluster(raw: object, schemas: Schemas, *, file: str) -> spec.Cluster:
                 path=file,
                 reason="InvalidSpec",
             )
-    return spec.Cluster(name=raw["name"], labels=tuple(sorted(labels.items())), path=file)
+    reach = raw.get("kubeconfig") or {}
+    secret = reach.get("secretRef")
+    return spec.Cluster(name=raw["name"], labels=tuple(sorted(labels.items())), path=file,
+                        kubeconfig_secret=(secret["name"], secret.get("key", "value")) if secret else None,
+                        context=reach.get("context"))
 
 
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
@@ -167,6 +171,25 @@ def parse_packbuild(raw: object, schemas: Schemas, *, file: str) -> spec.PackBui
         priority=int(raw.get("priority", 0)),
         license=raw.get("license"),
         depends_on=tuple(raw.get("dependsOn", ())),
+        delivery=_delivery(raw.get("delivery") or {}),
+    )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """Seconds of a duration such as ``90s``, ``5m``, ``1.5h`` (the schema checked its form)."""
+    unit = "ms" if text.endswith("ms") else text[-1]
+    return float(text[: -len(unit)]) * _UNITS[unit]
+
+
+def _delivery(raw: dict[str, Any]) -> spec.DeliverySettings:
+    default = spec.DeliverySettings()
+    return spec.DeliverySettings(
+        timeout=duration(raw["timeout"]) if "timeout" in raw else default.timeout,
+        drift=str(raw.get("drift", default.drift)),
+        force=bool(raw.get("force", default.force)),
     )
 
 

@@ -82,6 +82,8 @@ class Cluster:
     name: str
     labels: tuple[tuple[str, str], ...]
     path: str
+    kubeconfig_secret: tuple[str, str] | None = None  # (Secret name, key) in gitopsd's namespace
+    context: str | None = None  # kubeconfig context to use
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,6 +121,15 @@ Source = RawSource | KustomizeSource | HelmSource
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """``delivery:`` of a PackBuild."""
+
+    timeout: float = 300.0  # seconds each stage may take to become healthy
+    drift: str = "correct"  # correct | warn
+    force: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PackBuild:
     """One ``packs/<pack>/packbuild.yaml``: one version of one pack."""
 
@@ -134,6 +145,7 @@ class PackBuild:
     priority: int = 0
     license: str | None = None
     depends_on: tuple[str, ...] = ()
+    delivery: DeliverySettings = dataclasses.field(default_factory=lambda: DeliverySettings())
 
     @property
     def cluster_pack_name(self) -> str:

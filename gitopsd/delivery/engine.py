@@ -1,0 +1,316 @@
+"""The delivery engine: make one target cluster run what one PackInstance says.
+
+For a PackInstance whose ClusterPack the cluster does not run yet (or whose last delivery failed):
+
+1. verify before apply: the ClusterPack's signature against the trusted keys, then the artifact
+   fetched by digest (manifest and every blob recomputed, layer digests as the ClusterPack says);
+   any mismatch refuses the delivery with nothing applied (``Refused``);
+2. apply stage by stage (``gitopsd.core.delivery.STAGES``) with server-side apply, field manager
+   ``gitopsd``; each stage waits until its objects are healthy (``gitopsd.core.health``) for at
+   most the pack's timeout; a refused object or a stage that fails or times out stops the later
+   stages and says which objects and why;
+3. once every stage is healthy, prune what the previous inventory has and the new one lacks
+   (never an object another PackInstance holds, one labelled for another instance, or one
+   annotated ``gitopsd.dev/prune: disabled``).
+
+For one the cluster runs already, a drift check (on resync): each inventory object is read and
+compared with a server-side apply dry run of what was applied; ``correct`` re-applies drifted
+objects, ``warn`` reports them. Uninstall deletes the whole inventory in reverse stage order.
+
+Everything here runs against ``gitopsd.delivery.target.Target``; the result is a
+``model.delivery.Delivery`` that the caller stores on the PackInstance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from gitopsd import errors, ports
+from gitopsd.core import artifact as artifact_core
+from gitopsd.core import delivery as delivery_core
+from gitopsd.core import health, signing
+from gitopsd.delivery import target as target_mod
+from gitopsd.model import delivery, pack
+
+log = structlog.get_logger()
+
+DEFAULT_TIMEOUT = 300.0
+
+
+class ArtifactSource(Protocol):
+    def pull(self, repository: str, digest: str) -> tuple[bytes, dict[str, bytes]]:
+        """The manifest bytes and every blob it names, as stored (not yet checked)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    timeout: float = DEFAULT_TIMEOUT  # seconds a stage may take to become healthy
+    drift: delivery.DriftMode = delivery.DriftMode.CORRECT
+    force: bool = False  # take over fields another field manager owns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One PackInstance on one cluster."""
+
+    instance: str
+    cluster: str
+    base_pack_name: str
+    version: str
+    spec_json: str  # the ClusterPack's spec, canonical JSON: what its signature covers
+    signature: str | None
+    previous: delivery.Delivery | None
+    options: Options = Options()
+    held_elsewhere: frozenset[tuple[str, str, str, str]] = frozenset()  # inventory of other instances here
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)  # type: ignore[no-any-return]
+
+    @property
+    def digest(self) -> str:
+        return str(self.spec["registryRef"]["digest"])
+
+
+class Refused(errors.GitopsdError):
+    reason = "ArtifactRefused"
+
+
+class Engine:
+    def __init__(self, artifacts: ArtifactSource, verifier: ports.Verifier | None, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 now: Callable[[], str] = lambda: "") -> None:
+        self.artifacts = artifacts
+        self.verifier = verifier
+        self.clock = clock
+        self.sleep = sleep
+        self.now = now
+        self._parsed: dict[str, dict[pack.Layer, list[tuple[dict[str, Any], str]]]] = {}  # by manifest digest
+
+    # -- verify and read ---------------------------------------------------------------------
+
+    def objects(self, job: Job) -> dict[pack.Layer, list[tuple[dict[str, Any], str]]]:
+        """The artifact's objects by layer, each with its layer digest, after every check passed."""
+        digest = job.digest
+        cached = self._parsed.get(digest)
+        if cached is not None:
+            return cached
+        if job.signature is None:
+            raise Refused(f"ClusterPack {job.base_pack_name} {job.version} is not signed; nothing is delivered unsigned")
+        if self.verifier is not None and not self.verifier.verify(signing.payload_of_spec_json(job.spec_json), job.signature):
+            raise Refused(f"the signature of ClusterPack {job.base_pack_name} {job.version} does not verify against the "
+                          "trusted keys; nothing applied", reason="SignatureInvalid")
+        manifest, blobs = self.artifacts.pull(job.base_pack_name, digest)
+        if artifact_core.digest_of(manifest) != digest:
+            raise Refused(f"artifact {job.base_pack_name}@{digest}: the manifest has digest {artifact_core.digest_of(manifest)}; "
+                          "nothing applied", reason="ArtifactMismatch")
+        try:
+            descriptors = json.loads(manifest)["layers"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise Refused(f"artifact {job.base_pack_name}@{digest}: not a pack manifest ({err})", reason="ArtifactMismatch") from err
+        expected = {layer: job.spec.get(field) for layer, field in (
+            (pack.Layer.RBAC, "rbacDigest"), (pack.Layer.CLUSTER_SCOPED, "clusterScopedDigest"),
+            (pack.Layer.WORKLOAD, "workloadDigest"))}
+        by_layer: dict[pack.Layer, list[tuple[dict[str, Any], str]]] = {}
+        for descriptor in descriptors:
+            layer = next((lay for lay in pack.Layer if lay.media_type == descriptor.get("mediaType")), None)
+            blob_digest = str(descriptor.get("digest"))
+            data = blobs.get(blob_digest)
+            if layer is None:
+                continue
+            if data is None or artifact_core.digest_of(data) != blob_digest:
+                raise Refused(f"artifact {job.base_pack_name}@{digest}: layer {layer} {blob_digest} is missing or does not "
+                              "match its digest; nothing applied", reason="ArtifactMismatch")
+            if expected.get(layer) and expected[layer] != blob_digest:
+                raise Refused(f"artifact {job.base_pack_name}@{digest}: layer {layer} is {blob_digest}, the ClusterPack says "
+                              f"{expected[layer]}; nothing applied", reason="ArtifactMismatch")
+            by_layer[layer] = [(obj, blob_digest) for obj in delivery_core.objects_of_layer(data)]
+        self._parsed[digest] = by_layer
+        return by_layer
+
+    # -- deliver -----------------------------------------------------------------------------
+
+    def deliver(self, job: Job, target: target_mod.Target) -> delivery.Delivery:
+        previous = job.previous
+        kept = previous.inventory if previous is not None else ()
+        try:
+            planned = delivery_core.stages(self.objects(job), instance=job.instance)
+        except Refused as err:
+            log.warning("delivery refused", instance=job.instance, cluster=job.cluster, reason=err.reason, error=str(err))
+            return self._record(job, delivery.Result.REFUSED, f"{err.reason}: {err}", kept, (), "")
+        except errors.GitopsdError as err:
+            return self._record(job, delivery.Result.FAILED, f"{err.reason}: {err}", kept, (), "")
+        runs: list[delivery.StageRun] = []
+        applied: list[delivery.Entry] = []
+        for stage in planned:
+            started = self.clock()
+            try:
+                self._apply_stage(stage, target, job, applied)
+                waited = self._wait_healthy(stage, target, job.options.timeout)
+            except errors.TransientError as err:
+                runs.append(delivery.StageRun(stage.name, len(stage.items), self.clock() - started, False, str(err)))
+                return self._record(job, delivery.Result.UNREACHABLE, f"stage {stage.name}: {err}",
+                                    _union(kept, applied), runs, stage.name)
+            except errors.GitopsdError as err:
+                runs.append(delivery.StageRun(stage.name, len(stage.items), self.clock() - started, False, str(err)))
+                return self._record(job, delivery.Result.FAILED, f"stage {stage.name}: {err}", _union(kept, applied), runs,
+                                    stage.name)
+            seconds = self.clock() - started
+            if waited:
+                runs.append(delivery.StageRun(stage.name, len(stage.items), seconds, False, waited))
+                result = delivery.Result.FAILED if waited.startswith("failed") else delivery.Result.TIMED_OUT
+                return self._record(job, result, f"stage {stage.name}: {waited}", _union(kept, applied), runs, stage.name)
+            runs.append(delivery.StageRun(stage.name, len(stage.items), seconds, True))
+        inventory = delivery_core.inventory(planned)
+        try:
+            pruned = self._prune(target, delivery_core.to_prune(kept, inventory, job.held_elsewhere), job.instance)
+        except errors.GitopsdError as err:
+            return self._record(job, delivery.Result.FAILED, f"prune: {err}", _union(kept, inventory), runs, "prune")
+        message = f"{job.base_pack_name} {job.version} delivered in {len(runs)} stages"
+        if pruned:
+            message += f"; pruned {', '.join(pruned)}"
+        log.info("delivered", instance=job.instance, cluster=job.cluster, version=job.version, stages=len(runs),
+                 pruned=len(pruned))
+        return self._record(job, delivery.Result.DELIVERED, message, inventory, runs, runs[-1].name if runs else "")
+
+    def _apply_stage(self, stage: delivery_core.Stage, target: target_mod.Target, job: Job,
+                     applied: list[delivery.Entry]) -> None:
+        for it in stage.items:
+            if it.hook and ("before-hook-creation" in it.delete_policy or not it.delete_policy):
+                e = it.entry
+                if target.delete(e.api_version, e.kind, e.namespace, e.name):
+                    self._wait_gone(target, e, job.options.timeout)
+            target.apply(it.body, force=job.options.force)
+            if not it.hook:
+                applied.append(it.entry)
+
+    def _wait_healthy(self, stage: delivery_core.Stage, target: target_mod.Target, timeout: float) -> str:
+        """"" when every item of the stage is healthy; otherwise why not (``failed: ...`` when
+        an object failed for good, ``timed out ...`` when time ran out)."""
+        deadline = self.clock() + timeout
+        pending = list(stage.items)
+        delay = 0.2
+        while True:
+            waiting = []
+            for it in pending:
+                e = it.entry
+                live = target.get(e.api_version, e.kind, e.namespace, e.name)
+                if live is None:
+                    waiting.append((it, "not found"))
+                    continue
+                verdict = self._health(live, target)
+                if verdict.status is health.Status.FAILED:
+                    return f"failed: {e.subject}: {verdict.message}"
+                if not verdict.healthy:
+                    waiting.append((it, verdict.message))
+            if not waiting:
+                for it in stage.items:
+                    if it.hook and "hook-succeeded" in it.delete_policy:
+                        target.delete(it.entry.api_version, it.entry.kind, it.entry.namespace, it.entry.name)
+                return ""
+            if self.clock() >= deadline:
+                shown = "; ".join(f"{it.entry.subject}: {why}" for it, why in waiting[:5])
+                more = f" (and {len(waiting) - 5} more)" if len(waiting) > 5 else ""
+                return f"timed out after {timeout:g}s waiting for {shown}{more}"
+            pending = [it for it, _ in waiting]
+            self.sleep(min(delay, max(0.0, deadline - self.clock())))
+            delay = min(delay * 1.5, 2.0)
+
+    def _health(self, live: Mapping[str, Any], target: target_mod.Target) -> health.Health:
+        verdict = health.of(live)
+        if live.get("kind") == "PersistentVolumeClaim" and not verdict.healthy:
+            # A claim whose class binds on first use stays Pending until a Pod uses it, which a
+            # later stage creates: it is as healthy as it can be before then.
+            name = (live.get("spec") or {}).get("storageClassName")
+            cls = target.get("storage.k8s.io/v1", "StorageClass", "", name) if name else None
+            if cls is not None and cls.get("volumeBindingMode") == "WaitForFirstConsumer":
+                return health.CURRENT
+        return verdict
+
+    def _wait_gone(self, target: target_mod.Target, e: delivery.Entry, timeout: float) -> None:
+        deadline = self.clock() + timeout
+        while target.get(e.api_version, e.kind, e.namespace, e.name) is not None and self.clock() < deadline:
+            self.sleep(0.2)
+
+    # -- prune and uninstall -----------------------------------------------------------------
+
+    def _prune(self, target: target_mod.Target, entries: Iterable[delivery.Entry], instance: str) -> list[str]:
+        pruned = []
+        for e in entries:
+            try:
+                live = target.get(e.api_version, e.kind, e.namespace, e.name)
+            except target_mod.UnknownKind:
+                continue  # its CRD is gone already: so is the object
+            if live is None:
+                continue
+            meta = live.get("metadata") or {}
+            if (meta.get("annotations") or {}).get(delivery_core.PRUNE_ANNOTATION) == "disabled":
+                log.info("prune skipped", subject=e.subject, why="gitopsd.dev/prune: disabled")
+                continue
+            owner = (meta.get("labels") or {}).get(delivery_core.INSTANCE_LABEL)
+            if owner not in (None, instance):
+                log.info("prune skipped", subject=e.subject, why=f"now delivered by {owner}")
+                continue
+            if target.delete(e.api_version, e.kind, e.namespace, e.name):
+                pruned.append(e.subject)
+        return pruned
+
+    def uninstall(self, job: Job, target: target_mod.Target) -> delivery.Delivery:
+        """Delete the whole inventory of ``job.previous``, in reverse stage order."""
+        previous = job.previous
+        inventory = previous.inventory if previous is not None else ()
+        gone = self._prune(target, delivery_core.to_prune(inventory, (), job.held_elsewhere), job.instance)
+        log.info("uninstalled from cluster", instance=job.instance, cluster=job.cluster, deleted=len(gone))
+        return self._record(job, delivery.Result.PRUNED, f"deleted {len(gone)} objects", (), (), "uninstall")
+
+    # -- drift -------------------------------------------------------------------------------
+
+    def check_drift(self, job: Job, target: target_mod.Target) -> delivery.Delivery:
+        """Compare each inventory object with a dry run of what was applied; correct or report."""
+        previous = job.previous
+        assert previous is not None
+        try:
+            planned = delivery_core.stages(self.objects(job), instance=job.instance)
+        except errors.GitopsdError as err:
+            return dataclasses.replace(previous, message=f"drift check: {err}", at=self.now())
+        drifted: list[str] = []
+        corrected = 0
+        for stage in planned:
+            for it in stage.items:
+                if it.hook:
+                    continue
+                e = it.entry
+                live = target.get(e.api_version, e.kind, e.namespace, e.name)
+                if live is not None and not delivery_core.drifted(live, target.apply(it.body, dry_run=True)):
+                    continue
+                drifted.append(e.subject)
+                if job.options.drift is delivery.DriftMode.CORRECT:
+                    target.apply(it.body, force=job.options.force)
+                    corrected += 1
+        if drifted:
+            log.warning("drift", instance=job.instance, cluster=job.cluster, objects=len(drifted),
+                        action="corrected" if corrected else "reported")
+        message = previous.message if not drifted else (
+            f"corrected drift of {', '.join(drifted)}" if corrected else f"drifted: {', '.join(drifted)}")
+        return dataclasses.replace(previous, drifted=tuple(drifted), corrected=corrected, drift_mode=job.options.drift,
+                                   message=message, at=self.now())
+
+    def _record(self, job: Job, result: delivery.Result, message: str, inventory: Iterable[delivery.Entry],
+                runs: Iterable[delivery.StageRun], stage: str) -> delivery.Delivery:
+        return delivery.Delivery(cluster=job.cluster, result=result, digest=job.digest, version=job.version,
+                                 message=" ".join(message.split())[:1000], inventory=tuple(inventory), stages=tuple(runs),
+                                 stage=stage, drift_mode=job.options.drift, at=self.now())
+
+
+def _union(kept: Iterable[delivery.Entry], applied: Iterable[delivery.Entry]) -> tuple[delivery.Entry, ...]:
+    """The previous inventory and what was applied since: what may be on the cluster now."""
+    by_key: dict[tuple[str, str, str, str], delivery.Entry] = {}
+    for e in (*kept, *applied):
+        by_key[e.key] = e
+    return tuple(by_key.values())

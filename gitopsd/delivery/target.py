@@ -1,0 +1,153 @@
+"""A target cluster as delivery sees it: server-side apply, get, delete and dry runs of arbitrary
+objects, on the ``kubernetes`` client's connection (its TLS and credentials) with a thin REST layer.
+
+Kinds are resolved to their resource paths by API discovery (``/api/v1``, ``/apis/G/V``), cached
+and refreshed when a kind is unknown (a CRD applied in an earlier stage). Every call has a timeout;
+connection failures are ``errors.TransientError`` (``ClusterUnreachable``), refusals by the API
+server are ``ApiRefusal`` with the server's own message, one line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import urllib3
+from kubernetes import client
+
+from gitopsd import errors
+
+FIELD_MANAGER = "gitopsd"
+REQUEST_TIMEOUT = 30.0
+JSON = dict[str, Any]
+
+
+class ApiRefusal(errors.GitopsdError):
+    """The target's API server refused a request (validation, admission, conflict...)."""
+
+    reason = "ApiRefused"
+
+    def __init__(self, message: str, *, status: int, reason: str = "ApiRefused") -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+
+
+class UnknownKind(errors.GitopsdError):
+    reason = "UnknownKind"
+
+
+class Target:
+    def __init__(self, name: str, api: client.ApiClient, *, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.name = name
+        self.api = api
+        self.timeout = timeout
+        self.requests: dict[str, int] = {}
+        self._kinds: dict[tuple[str, str], tuple[str, bool]] = {}  # (apiVersion, kind) -> (plural, namespaced)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.api.close()
+
+    # -- raw requests ------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, body: Any = None, query: Mapping[str, str] | None = None,
+              content_type: str = "application/json", verb: str = "") -> tuple[int, Any]:
+        url = self.api.configuration.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        data = json.dumps(body) if body is not None and not isinstance(body, str) else body
+        key = verb or method.lower()
+        with self._lock:
+            self.requests[key] = self.requests.get(key, 0) + 1
+        try:
+            response = self.api.call_api(method, url, header_params=headers, body=data, _request_timeout=self.timeout)
+            raw = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise errors.TransientError(f"cluster {self.name}: cannot reach the API server: {err}",
+                                        reason="ClusterUnreachable") from err
+        try:
+            decoded = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return response.status, decoded
+
+    def _ok(self, status: int, decoded: Any, what: str) -> Any:
+        if status < 300:
+            return decoded
+        message = decoded.get("message") if isinstance(decoded, dict) else str(decoded)[:300]
+        reason = decoded.get("reason") if isinstance(decoded, dict) else ""
+        if status in (401, 403):
+            raise ApiRefusal(f"cluster {self.name}: {what}: access refused ({status}): {message}", status=status,
+                             reason="ClusterUnauthorized")
+        if status >= 500 or status == 429:
+            raise errors.TransientError(f"cluster {self.name}: {what}: {status} {reason}: {message}",
+                                        reason="ClusterUnavailable")
+        raise ApiRefusal(f"cluster {self.name}: {what}: {' '.join(str(message).split())}", status=status,
+                         reason=str(reason or "ApiRefused"))
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def _discover(self, api_version: str) -> None:
+        path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        status, decoded = self._call("GET", path, verb="discovery")
+        if status == 404:
+            return
+        found = self._ok(status, decoded, f"discovery of {api_version}")
+        for resource in found.get("resources", []):
+            if "/" in resource["name"]:
+                continue
+            self._kinds[(api_version, resource["kind"])] = (resource["name"], bool(resource["namespaced"]))
+
+    def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
+        """(plural, namespaced) of a kind; discovery again when it is not known yet."""
+        key = (api_version, kind)
+        if key not in self._kinds:
+            self._discover(api_version)
+        if key not in self._kinds:
+            raise UnknownKind(f"cluster {self.name}: the API server does not serve {kind} in {api_version} (is its "
+                              "CustomResourceDefinition installed?)")
+        return self._kinds[key]
+
+    def path(self, api_version: str, kind: str, namespace: str, name: str = "") -> str:
+        plural, namespaced = self.resource(api_version, kind)
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        where = f"/namespaces/{namespace}" if namespaced and namespace else ""
+        return f"{prefix}{where}/{plural}" + (f"/{name}" if name else "")
+
+    def namespaced(self, api_version: str, kind: str) -> bool:
+        return self.resource(api_version, kind)[1]
+
+    # -- verbs -------------------------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any], *, force: bool = False, dry_run: bool = False) -> JSON:
+        """Server-side apply of ``obj`` with field manager ``gitopsd``; the object as stored."""
+        meta = obj["metadata"]
+        path = self.path(obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
+        query = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        if dry_run:
+            query["dryRun"] = "All"
+        status, decoded = self._call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml",
+                                     verb="dry-run" if dry_run else "apply")
+        return self._ok(status, decoded, f"apply {obj['kind']} {_subject(obj)}")  # type: ignore[no-any-return]
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> JSON | None:
+        status, decoded = self._call("GET", self.path(api_version, kind, namespace, name), verb="get")
+        if status == 404:
+            return None
+        return self._ok(status, decoded, f"get {kind} {namespace + '/' if namespace else ''}{name}")  # type: ignore[no-any-return]
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        status, decoded = self._call("DELETE", self.path(api_version, kind, namespace, name), body=body, verb="delete")
+        if status == 404:
+            return False
+        self._ok(status, decoded, f"delete {kind} {namespace + '/' if namespace else ''}{name}")
+        return True
+
+
+def _subject(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta["name"])
