@@ -263,7 +263,8 @@ def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: 
 
 def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult:
     compiled = compile_core.compile_pack(
-        started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs
+        started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs,
+        dropped_hooks=rendered.dropped_hooks, reproducible=rendered.reproducible,
     )
     env.cache.put(started.key, compiled)
     return CompileResult(started.build, compiled, started.clusters, cached=False)

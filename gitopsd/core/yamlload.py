@@ -185,8 +185,9 @@ for _tag in ("binary", "set", "timestamp", "omap", "pairs"):
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 
 
-def load_all(data: bytes, path: str) -> list[object]:
-    """Every non-empty document of a YAML stream, as plain JSON-compatible values."""
+def load_all(data: bytes, path: str, *, first_line: int = 1) -> list[object]:
+    """Every non-empty document of a YAML stream, as plain JSON-compatible values; errors give
+    lines counted from ``first_line`` (the stream may be a piece of a larger file)."""
     if len(data) > MAX_FILE_BYTES:
         raise errors.SpecError(
             f"file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit; split it into smaller files",
@@ -201,6 +202,7 @@ def load_all(data: bytes, path: str) -> list[object]:
         ) from err
     docs: list[object] = []
     for offset, chunk in split_documents(text):
+        offset += first_line - 1
         try:
             _check_nesting(chunk, path, offset)
             docs.extend(doc for doc in yaml.load_all(chunk, Loader=_Loader) if doc is not None)

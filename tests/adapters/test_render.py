@@ -43,7 +43,7 @@ def objects(rendered) -> list[dict]:
     return out
 
 
-def test_helm_renders_templates_and_crds_drops_hooks_tests_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
+def test_helm_renders_templates_and_crds_keeps_hooks_drops_tests_and_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
     write(tmp_path, {f"packs/demo/chart/{k}": v for k, v in CHART.items()})
     write(tmp_path, {
         "packs/demo/values-prod.yaml": "replicas: 2\nimage: {tag: '2.0'}\n",
@@ -53,7 +53,9 @@ def test_helm_renders_templates_and_crds_drops_hooks_tests_notes_and_merges_valu
     build = load(tmp_path, "packs/demo/packbuild.yaml")
     rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), build)
     objs = objects(rendered)
-    assert sorted(o["kind"] for o in objs) == ["CustomResourceDefinition", "Deployment"]
+    assert sorted(o["kind"] for o in objs) == ["CustomResourceDefinition", "Deployment", "Job"]
+    assert rendered.dropped_hooks == ("Pod/smoke (test)",)
+    assert rendered.reproducible is True
     deploy = next(o for o in objs if o["kind"] == "Deployment")
     assert deploy["metadata"] == {"name": "demo", "namespace": "tools"}
     assert deploy["spec"]["replicas"] == 3  # inline values override the values file, which overrides the chart
@@ -68,7 +70,7 @@ def test_helm_chart_from_a_tgz_in_the_repo(tmp_path: pathlib.Path) -> None:
         tar.add(tmp_path / "src/demo", arcname="demo")
     write(tmp_path, {"packs/demo/packbuild.yaml": "name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\nhelmSource: {chart: demo-1.2.3.tgz}\n"})
     rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
-    assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment"]
+    assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment", "Job"]
 
 
 @pytest.mark.parametrize(
