@@ -437,6 +437,10 @@ class KustomizeRenderer(_Renderer):
                 raise _stopped_error(result, tool="kustomize", what=folder, build=build, field=field)
             if result.returncode != 0:
                 detail = kustomize_error(result.stderr, f"exit code {result.returncode}").replace(str(on_disk), root or ".")
+                if "--enable-helm" in detail or "HelmChartInflationGenerator" in detail:
+                    detail = (detail.split("; ")[0].replace("--enable-helm", "").rstrip(" :;,") +
+                              "; gitopsd renders no helmCharts inside a kustomization (HelmChartInflationGenerator): make "
+                              "the chart a pack of its own with category: helm, or commit its rendered output")
                 raise errors.RenderError(f"field {field!r}: kustomize build of {folder} failed: {detail}", path=build.path)
             return ports.Rendered(documents=((f"{folder} (kustomize)", result.stdout),), renderers=(("kustomize", version),))
 

@@ -201,7 +201,14 @@ def load_all(data: bytes, path: str, *, first_line: int = 1) -> list[object]:
             f"byte {err.start} is not valid UTF-8; save the file as UTF-8", path=path, reason="InvalidEncoding"
         ) from err
     docs: list[object] = []
-    for offset, chunk in split_documents(text):
+    chunks = split_documents(text)
+    if len(chunks) > MAX_DOCUMENTS:
+        raise errors.SpecError(
+            f"{len(chunks)} documents, over the limit of {MAX_DOCUMENTS}; split the pack",
+            path=path,
+            reason="TooManyDocuments",
+        )
+    for offset, chunk in chunks:
         offset += first_line - 1
         try:
             _check_nesting(chunk, path, offset)
