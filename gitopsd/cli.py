@@ -29,7 +29,7 @@ EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 EPILOG = """\
 exit codes:
   0  success (diff: in sync)
-  1  diff: changes pending; reconcile/dry-run: a pack failed or is blocked; verify: a pack failed
+  1  diff: changes pending or a pack failed; reconcile/dry-run: a pack failed or is blocked; verify: a pack failed
   2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure)
 
 examples:
@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("reconcile", "one pass with writes: compile, sign, publish, apply"),
         ("dry-run", "one pass that writes nothing: shows the plan and the desired ClusterPacks"),
-        ("diff", "what would change; exit 0 = in sync, 1 = changes, 2 = error"),
+        ("diff", "what would change; exit 0 = in sync, 1 = changes or a failed pack, 2 = error"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         flags.common(p)
@@ -171,10 +171,8 @@ def cmd_pass(args: argparse.Namespace) -> int:
             printer.line(line)
     else:
         output.dump(pass_document(state, args.mode, state_dir), args.output)
-    if args.mode == "diff":
-        if summary.errors:
-            return EXIT_ERROR
-        return EXIT_CHANGES if summary.has_changes else EXIT_OK
+    if args.mode == "diff":  # a failed pack exits 1 as with reconcile; 2 is for errors of the run itself
+        return EXIT_CHANGES if summary.has_changes or summary.errors else EXIT_OK
     return EXIT_OK if summary.ready else EXIT_CHANGES
 
 

@@ -90,7 +90,7 @@ def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbos
     ready = "Ready" if summary.ready else "NotReady"
     tail = ", ".join(parts) if parts else "no changes"
     p.line(
-        f"{len([x for x in summary.packs if x.version])} packs ({summary.compiled} compiled, {summary.cached} cached, "
+        f"{summary.compiled + summary.cached + len(summary.errors)} packs ({summary.compiled} compiled, {summary.cached} cached, "
         f"{len(summary.errors)} failed); {tail}; {ready}"
     )
 

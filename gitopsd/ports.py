@@ -66,6 +66,8 @@ class Rendered:
     documents: tuple[tuple[str, bytes], ...]
     renderers: tuple[tuple[str, str], ...]  # (renderer, version) for provenance
     chart: pack.ChartInfo | None = None
+    dropped_hooks: tuple[str, ...] = ()  # Helm test hooks left out, as "Kind/name (test)"
+    reproducible: bool = True  # False: rendering the same inputs twice gave different output
 
 
 class Renderer(Protocol):

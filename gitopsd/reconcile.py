@@ -1,6 +1,6 @@
 """One reconcile pass, as an ordered list of small steps with one signature.
 
-fetch → load specs → compile (cached by content ids) → observe → sign → verify → plan → publish →
+fetch → load specs → compile (cached by content ids) → observe → adopt published versions → sign → verify → plan → publish →
 apply → write status → summarize. Every step is ``step(env, state) -> None``: it reads what earlier
 steps left in ``state`` and adds its own result. Only ``plan`` decides what changes; ``summarize``
 alone decides Ready. dry-run, diff and reconcile share every line: ``env.dry_run`` only gates the
@@ -14,6 +14,7 @@ import concurrent.futures
 import dataclasses
 import gc
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import structlog
 
 from gitopsd import __version__, errors, ports
 from gitopsd.core import compile as compile_core
-from gitopsd.core import parse, plan, signing, status, summarize, targets, yamlload
+from gitopsd.core import codec, parse, plan, signing, status, summarize, targets, yamlload
 from gitopsd.model import change, instance, pack, spec
 
 log = structlog.get_logger()
@@ -263,9 +264,13 @@ def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: 
 
 def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult:
     compiled = compile_core.compile_pack(
-        started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs
+        started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs,
+        dropped_hooks=rendered.dropped_hooks, reproducible=rendered.reproducible,
     )
-    env.cache.put(started.key, compiled)
+    if compiled.reproducible:
+        # a render that differs each time is never cached: a cached one (from a dry-run, say) would
+        # not match the artifact a later pass renders and publishes
+        env.cache.put(started.key, compiled)
     return CompileResult(started.build, compiled, started.clusters, cached=False)
 
 
@@ -396,6 +401,33 @@ def _take(env: Env, state: PassState, slot: _Slot) -> CompileResult | errors.Git
 
 def observe(env: Env, state: PassState) -> None:
     state.observed = env.cluster.observe(state.config.namespace)
+
+
+def adopt_published(env: Env, state: PassState) -> None:
+    """The published artifact is the truth for a published version: when a ClusterPack of the same
+    name exists and this pass's render of it differs only because the render is not reproducible
+    (random values: ``randAlphaNum``, ``genCA``, ...) or only in its artifact's layout (same
+    checksum), the published ClusterPack is kept as the desired one, with a warning naming the chart
+    for the first case. A real change of the sources still gives an immutability violation."""
+    assert state.observed is not None
+    for result in state.compiled:
+        cp = result.compiled.cluster_pack
+        found = state.observed.packs.get(cp.name)
+        if found is None or (found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest):
+            continue
+        if found.checksum != cp.checksum and result.compiled.reproducible:
+            continue
+        raw = {"name": cp.name, "namespace": cp.namespace, "spec": json.loads(found.spec_json), "signature": found.signature}
+        published = codec.cluster_pack_from_json(raw)
+        warnings = result.compiled.warnings
+        if not result.compiled.reproducible:
+            chart = cp.chart.name if cp.chart is not None else result.build.base_pack_name
+            warnings = (*warnings, (
+                f"chart {chart} renders differently each time (random values such as randAlphaNum or genCA); "
+                f"the published {cp.name} is kept; set the generated values (passwords, keys, certificates) in "
+                f"helmSource.values of {result.build.path} to make the render reproducible"))
+            log.warning("render not reproducible", pack=cp.base_pack_name, version=cp.version, chart=chart)
+        result.compiled = dataclasses.replace(result.compiled, cluster_pack=published, artifact=None, warnings=warnings)
 
 
 def sign(env: Env, state: PassState) -> None:
@@ -600,6 +632,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("load", load_specs),
     ("compile", compile_packs),
     ("observe", observe),
+    ("adopt", adopt_published),
     ("sign", sign),
     ("verify", verify),
     ("plan", make_plan),

@@ -60,7 +60,7 @@ class Harness:
 
 def test_steps_run_in_the_documented_order() -> None:
     assert [name for name, _ in reconcile.STEPS] == [
-        "fetch", "load", "compile", "observe", "sign", "verify", "plan", "publish", "check", "apply", "status", "summarize",
+        "fetch", "load", "compile", "observe", "adopt", "sign", "verify", "plan", "publish", "check", "apply", "status", "summarize",
     ]
 
 
@@ -180,3 +180,34 @@ def test_memos_and_the_compile_cache_keep_only_what_the_last_pass_used(tmp_path:
     cache.close()
     rows = sqlite3.connect(tmp_path / "cache.db").execute("SELECT COUNT(*) FROM compiled").fetchone()[0]
     assert rows == 13  # ... the disk keeps every version compiled: two/1.0.0 and one/1.0.0 .. 1.0.11
+
+
+RANDOM_CHART = {
+    "packs/rnd/packbuild.yaml": b"name: rnd\nversion: 1.0.0\nbasePackName: rnd\ncategory: helm\ntargetClusters: [a]\n"
+                                b"helmSource: {chart: chart, namespace: apps}\n",
+    "packs/rnd/chart/Chart.yaml": b"apiVersion: v2\nname: rnd\nversion: 0.1.0\n",
+    "packs/rnd/chart/templates/secret.yaml": b"apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\n"
+                                             b"stringData: {password: {{ randAlphaNum 16 }}}\n",
+}
+
+
+@pytest.mark.parametrize("first", ["dry-run", "reconcile"], ids=["dry-run-first", "reconcile-first"])
+def test_a_chart_with_random_values_keeps_its_published_version_on_cold_recompiles(tmp_path: pathlib.Path, first: str) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **RANDOM_CHART})
+    if first == "dry-run":
+        h.run(dry_run=True)
+    published = h.run()
+    assert published.summary is not None and published.summary.ready
+    name = published.compiled[0].compiled.cluster_pack.name
+    checksum = published.compiled[0].compiled.cluster_pack.checksum
+    for cold in (False, True):
+        if cold:
+            h.cache = fakes.MemoryCache()  # a new state dir, a restarted pod
+        state = h.run()
+        assert state.plan is not None and state.summary is not None
+        cp = state.compiled[0].compiled.cluster_pack
+        assert (cp.name, cp.checksum, state.plan.count(change.Action.BLOCKED), state.summary.ready) == (name, checksum, 0, True)
+        assert state.compiled[0].compiled.warnings == (
+            "chart rnd renders differently each time (random values such as randAlphaNum or genCA); the published "
+            "rnd-v1.0.0 is kept; set the generated values (passwords, keys, certificates) in helmSource.values of "
+            "packs/rnd/packbuild.yaml to make the render reproducible",)

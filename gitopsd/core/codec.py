@@ -104,6 +104,12 @@ def cluster_pack_from_json(raw: Mapping[str, Any]) -> pack.ClusterPack:
             commit_time=prov.get("commitTime", ""),
             compiler=prov.get("compiler", ""),
             renderers=tuple(sorted((prov.get("renderers") or {}).items())),
+            hooks=tuple(
+                pack.Hook(h["object"], tuple(h.get("phases", ())), int(h.get("weight", 0)), tuple(h.get("deletePolicies", ())))
+                for h in prov.get("hooks", ())
+            ),
+            dropped_hooks=tuple(prov.get("droppedHooks", ())),
+            reproducible=bool(prov.get("reproducible", True)),
         ),
         chart=chart,
         signature=raw.get("signature"),
@@ -118,6 +124,8 @@ def compiled_to_text(c: pack.CompiledPack) -> str:
             "subjects": list(c.subjects),
             "secretSubjects": list(c.secret_subjects),
             "objects": c.object_count,
+            "reproducible": c.reproducible,
+            "warnings": list(c.warnings),
         },
         separators=(",", ":"),
     )
@@ -132,4 +140,6 @@ def compiled_from_text(text: str) -> pack.CompiledPack:
         secret_subjects=tuple(raw.get("secretSubjects", ())),
         artifact=None,
         object_count=int(raw["objects"]),
+        reproducible=bool(raw.get("reproducible", True)),
+        warnings=tuple(raw.get("warnings", ())),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 
 from gitopsd import errors
@@ -38,6 +39,7 @@ class Inputs:
     commit_time: str
     tree_id: str
     compiler: str
+    crd_scopes: tuple[tuple[str, str], ...] = ()  # (group/Kind, Cluster|Namespaced) of CRDs known outside the pack
 
 
 def parse_objects(documents: tuple[tuple[str, bytes], ...], *, field: str = "source",
@@ -56,7 +58,9 @@ def parse_objects(documents: tuple[tuple[str, bytes], ...], *, field: str = "sou
                     f"{where}: a manifest must be a mapping with apiVersion, kind and metadata; got {type(doc).__name__}",
                     path=source,
                 )
-            if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            kind = doc.get("kind")
+            if isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), list):
+                # kind: List and typed lists (ConfigMapList, SecretList, ...): kubectl applies the items
                 out.extend((where, item) for item in doc["items"])
             else:
                 out.append((where, doc))
@@ -70,7 +74,7 @@ def parse_objects(documents: tuple[tuple[str, bytes], ...], *, field: str = "sou
 
 def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, bytes], ...], *,
                  renderers: tuple[tuple[str, str], ...], chart: pack.ChartInfo | None,
-                 inputs: Inputs) -> pack.CompiledPack:
+                 inputs: Inputs, dropped_hooks: tuple[str, ...] = (), reproducible: bool = True) -> pack.CompiledPack:
     size = sum(len(data) for _, data in rendered_documents)
     if size > MAX_PACK_BYTES:
         raise errors.RenderError(
@@ -85,11 +89,14 @@ def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, byt
             f"the source rendered no Kubernetes objects; check {_source_field(build)}",
             path=build.path,
         )
-    extra_cluster_kinds = _cluster_scoped_crd_kinds(objects)
+    crd_scopes = dict(inputs.crd_scopes)
+    crd_scopes.update(_crd_scopes(objects))
     default_ns = build.namespace or (build.source.namespace if isinstance(build.source, spec.HelmSource) else None)
-    manifests = [_manifest(where, obj, default_ns, extra_cluster_kinds) for where, obj in objects]
+    notes: dict[str, str] = {}
+    manifests = [_manifest(where, obj, default_ns, crd_scopes, notes) for where, obj in objects]
     _refuse_duplicates(manifests, build.path)
-    manifests.sort(key=lambda m: (layers.LAYER_RANK[m.layer], layers.STAGE_RANK[m.stage], m.identity))
+    manifests.sort(key=order_key)
+    hooks = _hooks(manifests) if build.category is spec.Category.HELM else ()
     checksum = canonical_checksum(manifests)
     by_layer: dict[pack.Layer, list[pack.Manifest]] = {layer: [] for layer in layers.LAYER_ORDER}
     for m in manifests:
@@ -111,6 +118,9 @@ def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, byt
         commit_time=inputs.commit_time,
         compiler=inputs.compiler,
         renderers=renderers,
+        hooks=hooks,
+        dropped_hooks=dropped_hooks,
+        reproducible=reproducible,
     )
     cluster_pack = pack.ClusterPack(
         name=build.cluster_pack_name,
@@ -136,7 +146,39 @@ def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, byt
         secret_subjects=tuple(m.subject for m in manifests if m.kind == "Secret"),
         artifact=art,
         object_count=len(manifests),
+        reproducible=reproducible,
+        warnings=tuple(notes[k] for k in sorted(notes)),
     )
+
+
+def order_key(m: pack.Manifest) -> tuple[object, ...]:
+    """Artifact order: layer, stage, then Helm's install order of kinds, then identity."""
+    return (layers.LAYER_RANK[m.layer], layers.STAGE_RANK[m.stage], layers.kind_rank(m.kind), m.identity)
+
+
+def _hooks(manifests: list[pack.Manifest]) -> tuple[pack.Hook, ...]:
+    """The Helm hooks among the objects, in the order Helm runs them: by weight, then Helm's install
+    order of kinds, then name."""
+    found: list[tuple[tuple[object, ...], pack.Hook]] = []
+    for m in manifests:
+        annotations = (json.loads(m.canonical).get("metadata") or {}).get("annotations") or {}
+        value = annotations.get("helm.sh/hook")
+        if not isinstance(value, str) or not value.strip():
+            continue
+        phases = tuple(p.strip() for p in value.split(",") if p.strip())
+        try:
+            weight = int(str(annotations.get("helm.sh/hook-weight", "0")).strip() or "0")
+        except ValueError as err:
+            raise errors.RenderError(
+                f"{m.source}: field 'metadata.annotations.helm.sh/hook-weight' of {m.subject}: "
+                f"{yamlload.short(annotations.get('helm.sh/hook-weight'))} is not an integer; fix it",
+                path=m.source,
+            ) from err
+        policy = annotations.get("helm.sh/hook-delete-policy")
+        policies = tuple(p.strip() for p in policy.split(",") if p.strip()) if isinstance(policy, str) else ()
+        hook = pack.Hook(m.subject, phases, weight, policies or ("before-hook-creation",))
+        found.append(((weight, layers.kind_rank(m.kind), m.name), hook))
+    return tuple(hook for _, hook in sorted(found, key=lambda item: item[0]))
 
 
 def canonical_checksum(manifests: list[pack.Manifest]) -> str:
@@ -155,19 +197,22 @@ def _source_field(build: spec.PackBuild) -> str:
     return f"{field}.path ({build.source.path})"
 
 
-def _cluster_scoped_crd_kinds(objects: list[tuple[str, dict[str, object]]]) -> frozenset[str]:
-    kinds = set()
+def _crd_scopes(objects: list[tuple[str, dict[str, object]]]) -> dict[str, str]:
+    """``group/Kind`` -> ``Cluster``/``Namespaced`` for every CRD among the objects."""
+    scopes: dict[str, str] = {}
     for _, obj in objects:
         if obj.get("kind") == "CustomResourceDefinition":
             body = obj.get("spec")
-            if isinstance(body, dict) and body.get("scope") == "Cluster":
+            if isinstance(body, dict) and isinstance(body.get("group"), str):
                 names = body.get("names")
                 if isinstance(names, dict) and isinstance(names.get("kind"), str):
-                    kinds.add(names["kind"])
-    return frozenset(kinds)
+                    scope = "Cluster" if body.get("scope") == "Cluster" else "Namespaced"
+                    scopes[f"{body['group']}/{names['kind']}"] = scope
+    return scopes
 
 
-def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra: frozenset[str]) -> pack.Manifest:
+def _manifest(where: str, obj: dict[str, object], default_ns: str | None, crd_scopes: dict[str, str],
+              notes: dict[str, str]) -> pack.Manifest:
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     metadata = obj.get("metadata")
     if not isinstance(api_version, str) or not api_version:
@@ -188,7 +233,14 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra:
     _check_name(where, kind, name)
     _check_labels(where, kind, name, metadata)
     yamlload.check_json_safe(obj, where)
-    cluster_scoped = layers.is_cluster_scoped(kind, extra)
+    group = api_version.rpartition("/")[0]
+    scope = layers.scope_of(group, kind, crd_scopes)
+    cluster_scoped = scope in (layers.Scope.CLUSTER, layers.Scope.ASSUMED_CLUSTER)
+    if scope is layers.Scope.ASSUMED_CLUSTER:
+        notes[f"{group}/{kind}"] = (
+            f"{kind} ({api_version}): no CRD for it in this pack or another, taken as cluster-scoped (its name starts "
+            "with Cluster) and given no namespace; add its CRD to a pack if that is wrong"
+        )
     namespace = metadata.get("namespace")
     if namespace is not None and (not isinstance(namespace, str) or not _SUBDOMAIN.match(namespace) or len(namespace) > 63):
         raise errors.RenderError(f"{where}: field 'metadata.namespace' of {kind}/{name}: {yamlload.short(namespace)} is not a valid namespace name (DNS-1123 label); rename it", path=where)
@@ -197,6 +249,11 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra:
     elif not namespace and default_ns:
         obj = {**obj, "metadata": {**metadata, "namespace": default_ns}}
         namespace = default_ns
+        if scope is layers.Scope.UNKNOWN:
+            notes[f"{group}/{kind}"] = (
+                f"{kind} ({api_version}): no CRD for it in this pack or another, so its scope is unknown; taken as "
+                f"namespaced and given namespace {default_ns}; add its CRD to a pack, or set metadata.namespace"
+            )
     canonical = pack.canonical_json(obj)
     if len(canonical.encode("utf-8")) > MAX_OBJECT_BYTES:
         raise errors.RenderError(
@@ -210,7 +267,7 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, extra:
         namespace=namespace or None,
         canonical=canonical,
         source=where,
-        layer=layers.layer_of(kind, extra),
+        layer=layers.layer_of(kind, cluster_scoped=cluster_scoped),
         stage=layers.stage_of(kind),
     )
 

@@ -13,6 +13,7 @@ file and the line, on one line. Neighbours: ``gitopsd.core.parse`` (specs) and
 from __future__ import annotations
 
 import math
+import re
 
 import yaml
 
@@ -83,10 +84,37 @@ class _Loader(_Base):  # type: ignore[misc,valid-type]
         return len(merge)
 
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+# Scalars resolve as Kubernetes reads them (go-yaml v2 through sigs.k8s.io/yaml, which kubectl,
+# kustomize and Helm share), not as PyYAML's YAML 1.1 tables do: no timestamps, no base-60 numbers
+# (``1:30`` stays a string), no ``=`` value tag (``=`` is the string "="), ``y``/``n`` are booleans,
+# ``1e3`` is a number, ``_`` may separate digits.
+_BOOL = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$")
+_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_TRUE = frozenset({"y", "yes", "true", "on"})
+
+
+def _resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]]]:
+    table: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
+    rows = (
+        ("tag:yaml.org,2002:bool", _BOOL, "yYnNtTfFoO"),
+        ("tag:yaml.org,2002:int", _INT, "-+0123456789"),
+        ("tag:yaml.org,2002:float", _FLOAT, "-+0123456789."),
+        ("tag:yaml.org,2002:null", _NULL, "~nN"),
+        ("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), "<"),
+    )
+    for tag, regexp, firsts in rows:
+        for first in firsts:
+            table.setdefault(first, []).append((tag, regexp))
+    table.setdefault("", []).append(("tag:yaml.org,2002:null", _NULL))
+    return table
+
+
+_Loader.yaml_implicit_resolvers = _resolvers()
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[str, object]:
@@ -129,6 +157,10 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
         ) from err
 
 
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
+    return str(node.value).lower() in _TRUE
+
+
 def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
     value: float = loader.construct_yaml_float(node)
     if not math.isfinite(value):
@@ -147,13 +179,15 @@ def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> object:
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 for _tag in ("binary", "set", "timestamp", "omap", "pairs"):
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 
 
-def load_all(data: bytes, path: str) -> list[object]:
-    """Every non-empty document of a YAML stream, as plain JSON-compatible values."""
+def load_all(data: bytes, path: str, *, first_line: int = 1) -> list[object]:
+    """Every non-empty document of a YAML stream, as plain JSON-compatible values; errors give
+    lines counted from ``first_line`` (the stream may be a piece of a larger file)."""
     if len(data) > MAX_FILE_BYTES:
         raise errors.SpecError(
             f"file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit; split it into smaller files",
@@ -166,17 +200,29 @@ def load_all(data: bytes, path: str) -> list[object]:
         raise errors.SpecError(
             f"byte {err.start} is not valid UTF-8; save the file as UTF-8", path=path, reason="InvalidEncoding"
         ) from err
-    try:
-        _check_nesting(text, path)
-        docs = [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
-    except _Bomb as err:
-        raise errors.SpecError(_yaml_message(err), path=path, reason="AliasBomb") from err
-    except yaml.YAMLError as err:
-        raise errors.SpecError(_yaml_message(err), path=path, reason="InvalidYAML") from err
-    except RecursionError as err:
+    docs: list[object] = []
+    chunks = split_documents(text)
+    if len(chunks) > MAX_DOCUMENTS:
         raise errors.SpecError(
-            "nesting deeper than Python can parse; flatten the document", path=path, reason="TooDeep"
-        ) from err
+            f"{len(chunks)} documents, over the limit of {MAX_DOCUMENTS}; split the pack",
+            path=path,
+            reason="TooManyDocuments",
+        )
+    for offset, chunk in chunks:
+        offset += first_line - 1
+        try:
+            _check_nesting(chunk, path, offset)
+            docs.extend(doc for doc in yaml.load_all(chunk, Loader=_Loader) if doc is not None)
+        except _Bomb as err:
+            raise errors.SpecError(_yaml_message(err, offset), path=path, reason="AliasBomb") from err
+        except yaml.YAMLError as err:
+            raise errors.SpecError(_yaml_message(err, offset), path=path, reason="InvalidYAML") from err
+        except RecursionError as err:
+            raise errors.SpecError(
+                "nesting deeper than Python can parse; flatten the document", path=path, reason="TooDeep"
+            ) from err
+        if len(docs) > MAX_DOCUMENTS:
+            break
     if len(docs) > MAX_DOCUMENTS:
         raise errors.SpecError(
             f"{len(docs)} documents, over the limit of {MAX_DOCUMENTS}; split the pack",
@@ -189,6 +235,27 @@ def load_all(data: bytes, path: str) -> list[object]:
     return docs
 
 
+def split_documents(text: str) -> list[tuple[int, str]]:
+    """The documents of a stream as kubectl's and Helm's readers cut them, each with the number of
+    lines before it: a line starting with ``---`` followed by nothing but blanks or a comment
+    (``---``, ``--- # note``, ``---# note`` left by ``{{- if -}}`` trimming) separates documents."""
+    if "---" not in text:
+        return [(0, text)]
+    chunks: list[tuple[int, str]] = []
+    start, lines = 0, text.splitlines(keepends=True)
+    current: list[str] = []
+    for number, line in enumerate(lines):
+        if line.startswith("---"):
+            rest = line[3:].strip()
+            if not rest or rest.startswith("#"):
+                chunks.append((start, "".join(current)))
+                current, start = [], number + 1
+                continue
+        current.append(line)
+    chunks.append((start, "".join(current)))
+    return [(offset, chunk) for offset, chunk in chunks if chunk.strip()]
+
+
 def load_one(data: bytes, path: str) -> object:
     docs = load_all(data, path)
     if len(docs) != 1:
@@ -199,7 +266,7 @@ def load_one(data: bytes, path: str) -> object:
     return docs[0]
 
 
-def _check_nesting(text: str, path: str) -> None:
+def _check_nesting(text: str, path: str, offset: int = 0) -> None:
     """Refuse nesting deeper than ``MAX_DEPTH`` before composing: the C composer recurses without
     a limit. Each level of nesting needs one of ``[ { - ? :``, so most files are cleared by counting
     those; the rest are walked as parser events (iterative, no recursion). The C parser may stop on
@@ -210,12 +277,12 @@ def _check_nesting(text: str, path: str) -> None:
     if bound <= MAX_DEPTH:
         return
     try:
-        _walk_depth(text, path, _Loader)
+        _walk_depth(text, path, _Loader, offset)
     except yaml.YAMLError:
-        _walk_depth(text, path, yaml.SafeLoader)  # raises TooDeep, or the YAML error itself
+        _walk_depth(text, path, yaml.SafeLoader, offset)  # raises TooDeep, or the YAML error itself
 
 
-def _walk_depth(text: str, path: str, loader: type) -> None:
+def _walk_depth(text: str, path: str, loader: type, offset: int = 0) -> None:
     depth = 0
     for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
@@ -223,7 +290,7 @@ def _walk_depth(text: str, path: str, loader: type) -> None:
             if depth > MAX_DEPTH:
                 mark = event.start_mark
                 raise errors.SpecError(
-                    f"line {mark.line + 1} column {mark.column + 1}: nesting deeper than {MAX_DEPTH} levels; "
+                    f"line {offset + mark.line + 1} column {mark.column + 1}: nesting deeper than {MAX_DEPTH} levels; "
                     "flatten the document",
                     path=path,
                     reason="TooDeep",
@@ -284,10 +351,10 @@ def short(text: object, limit: int = 60) -> str:
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
-def _yaml_message(err: yaml.YAMLError) -> str:
+def _yaml_message(err: yaml.YAMLError, offset: int = 0) -> str:
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     problem = getattr(err, "problem", None) or str(err)
-    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    where = f"line {offset + mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
     problem = " ".join(str(problem).split())  # one line, whatever the parser put in it
     if problem.startswith("could not determine a constructor for the tag"):
         tag = problem.rpartition(" ")[2].strip("'").replace("tag:yaml.org,2002:", "!!")

@@ -105,6 +105,27 @@ class ChartInfo:
     helm_version: str
 
 
+HOOK_PHASES = ("pre-install", "pre-upgrade", "post-install", "post-upgrade", "pre-delete", "post-delete",
+               "pre-rollback", "post-rollback")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hook:
+    """A Helm hook kept in the artifact: the object (``Kind/namespace/name``), the phases Helm runs it
+    in (``helm.sh/hook``), its weight (``helm.sh/hook-weight``) and delete policies
+    (``helm.sh/hook-delete-policy``, Helm's default ``before-hook-creation`` when unset). The object
+    itself keeps these annotations, so delivery reads the same marks from the artifact."""
+
+    subject: str
+    phases: tuple[str, ...]
+    weight: int
+    delete_policies: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"object": self.subject, "phases": list(self.phases), "weight": self.weight,
+                "deletePolicies": list(self.delete_policies)}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Provenance:
     commit: str  # revision, e.g. main@sha1:<hex> or dir@sha256:<hex>
@@ -113,9 +134,12 @@ class Provenance:
     commit_time: str  # RFC 3339, UTC
     compiler: str  # gitopsd/<version>
     renderers: tuple[tuple[str, str], ...]
+    hooks: tuple[Hook, ...] = ()  # Helm hooks kept, in the order Helm runs them
+    dropped_hooks: tuple[str, ...] = ()  # test hooks left out, as "Kind/name (test)"
+    reproducible: bool = True  # False: two renders of the same inputs differed (random values)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "commit": self.commit,
             "path": self.path,
             "tree": self.tree,
@@ -123,6 +147,13 @@ class Provenance:
             "compiler": self.compiler,
             "renderers": dict(self.renderers),
         }
+        if self.hooks:
+            out["hooks"] = [hook.to_json() for hook in self.hooks]
+        if self.dropped_hooks:
+            out["droppedHooks"] = list(self.dropped_hooks)
+        if not self.reproducible:
+            out["reproducible"] = False
+        return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -211,6 +242,8 @@ class CompiledPack:
     secret_subjects: tuple[str, ...]
     artifact: Artifact | None
     object_count: int
+    reproducible: bool = True  # False: the renderer gave different objects for the same inputs
+    warnings: tuple[str, ...] = ()  # one line each, shown with the pack (unknown scopes, ...)
 
     def without_artifact(self) -> CompiledPack:
         return dataclasses.replace(self, artifact=None)

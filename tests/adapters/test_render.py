@@ -43,7 +43,7 @@ def objects(rendered) -> list[dict]:
     return out
 
 
-def test_helm_renders_templates_and_crds_drops_hooks_tests_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
+def test_helm_renders_templates_and_crds_keeps_hooks_drops_tests_and_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
     write(tmp_path, {f"packs/demo/chart/{k}": v for k, v in CHART.items()})
     write(tmp_path, {
         "packs/demo/values-prod.yaml": "replicas: 2\nimage: {tag: '2.0'}\n",
@@ -53,7 +53,9 @@ def test_helm_renders_templates_and_crds_drops_hooks_tests_notes_and_merges_valu
     build = load(tmp_path, "packs/demo/packbuild.yaml")
     rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), build)
     objs = objects(rendered)
-    assert sorted(o["kind"] for o in objs) == ["CustomResourceDefinition", "Deployment"]
+    assert sorted(o["kind"] for o in objs) == ["CustomResourceDefinition", "Deployment", "Job"]
+    assert rendered.dropped_hooks == ("Pod/smoke (test)",)
+    assert rendered.reproducible is True
     deploy = next(o for o in objs if o["kind"] == "Deployment")
     assert deploy["metadata"] == {"name": "demo", "namespace": "tools"}
     assert deploy["spec"]["replicas"] == 3  # inline values override the values file, which overrides the chart
@@ -68,7 +70,7 @@ def test_helm_chart_from_a_tgz_in_the_repo(tmp_path: pathlib.Path) -> None:
         tar.add(tmp_path / "src/demo", arcname="demo")
     write(tmp_path, {"packs/demo/packbuild.yaml": "name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\nhelmSource: {chart: demo-1.2.3.tgz}\n"})
     rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
-    assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment"]
+    assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment", "Job"]
 
 
 @pytest.mark.parametrize(
@@ -172,3 +174,89 @@ def test_raw_follows_symlinks_inside_the_repo_and_refuses_others(tmp_path: pathl
     (tmp_path / "packs/r/m/evil.yaml").symlink_to("/etc/passwd")
     with pytest.raises(errors.SpecError, match="outside the config repo"):
         render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
+
+
+def helm_pack(tmp_path: pathlib.Path, templates: dict[str, str], *, values: str = "", chart_yaml: str = "",
+              packbuild: str = "helmSource: {chart: chart, namespace: apps}", extra: dict[str, str] | None = None):
+    files = {"Chart.yaml": chart_yaml or "apiVersion: v2\nname: small\nversion: 0.1.0\n", "values.yaml": values}
+    files.update({f"templates/{k}": v for k, v in templates.items()})
+    write(tmp_path, {f"packs/small/chart/{k}": v for k, v in files.items()})
+    write(tmp_path, {f"packs/small/{k}": v for k, v in (extra or {}).items()})
+    write(tmp_path, {"packs/small/packbuild.yaml": f"name: small\nversion: 1.0.0\nbasePackName: small\ncategory: helm\ntargetClusters: [a]\n{packbuild}\n"})
+    return render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/small/packbuild.yaml"))
+
+
+CM = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s}\n"
+HELM_READS = {
+    "null-deletes-chart-and-file-defaults": (
+        {"cm.yaml": CM % "cm" + "data: {b: {{ .Values.b | toJson | quote }}}\n"},
+        "b: {x: 1, z: 2, v: 5}\n",
+        "helmSource: {chart: chart, valuesFile: prod.yaml, values: {b: {x: null, w: null}}}",
+        {"prod.yaml": "b: {w: 3, v: 6}\n"},
+        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"b": '{"v":6,"w":null,"z":2}'}}],  # w: set only by the file; Helm keeps the null
+    ),
+    "block-scalar-at-the-end-keeps-its-newline": (
+        {"cm.yaml": CM % "cm" + "data:\n  s: |\n    {}\n{{- /* trimmed */ -}}"},
+        "", "helmSource: {chart: chart}", {},
+        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"s": "{}\n"}}],
+    ),
+    "comment-glued-to-a-separator": (
+        {"two.yaml": CM % "one" + "{{- if true }}\n---# second\n" + CM % "two" + "{{- end }}\n"},
+        "", "helmSource: {chart: chart}", {},
+        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "one"}},
+         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "two"}}],
+    ),
+    "unquoted-equals-and-base-60": (
+        {"cm.yaml": CM % "cm" + "data:\n  op: =\n  at: 1:30\n"},
+        "", "helmSource: {chart: chart}", {},
+        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"op": "=", "at": "1:30"}}],
+    ),
+}
+
+
+@pytest.mark.parametrize(("templates", "values", "packbuild", "extra", "expected"), HELM_READS.values(), ids=HELM_READS.keys())
+def test_helm_output_is_read_as_helm_reads_it(tmp_path: pathlib.Path, templates: dict[str, str], values: str,
+                                              packbuild: str, extra: dict[str, str], expected: list[dict]) -> None:
+    rendered = helm_pack(tmp_path, templates, values=values, packbuild=packbuild, extra=extra)
+    assert objects(rendered) == expected
+
+
+@pytest.mark.parametrize(
+    ("templates", "reproducible"),
+    [({"s.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {p: {{ randAlphaNum 12 }}}\n"}, False),
+     ({"s.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {p: {{ .Values.p | default \"fixed\" }}}\n"}, True)],
+    ids=["random-value", "set-value"],
+)
+def test_helm_renders_twice_and_says_whether_they_agree(tmp_path: pathlib.Path, templates: dict[str, str],
+                                                        reproducible: bool) -> None:
+    assert helm_pack(tmp_path, templates).reproducible is reproducible
+
+
+@pytest.mark.parametrize(
+    ("chart_yaml", "templates", "message"),
+    [
+        ("apiVersion: v2\nname: small\nversion: 0.1.0\ndependencies:\n- {name: db, version: 1.0.0}\n- {name: cache, version: 2.0.0, condition: cache.enabled}\n",
+         {"cm.yaml": CM % "cm"},
+         "packs/small/packbuild.yaml: field 'helmSource.chart': chart small declares dependencies missing from its charts/ "
+         "folder: db, cache; vendor them (helm dependency build) and commit charts/ too (a chart's .gitignore often "
+         "excludes charts/*, so git add -A leaves them out)"),
+        ("", {"cm.yaml": CM % "cm" + "{{ fail \"first line\\nthe reason on the second line\" }}\n"},
+         "packs/small/packbuild.yaml: field 'helmSource': helm could not render packs/small/chart: execution error at "
+         "(small/templates/cm.yaml:4:3): first line | the reason on the second line"),
+        ("", {"cm.yaml": CM % "cm" + "data:\n  a: 1\n  a: 2\n"},
+         "small/templates/cm.yaml: line 6 column 3: invalid YAML: duplicate key 'a'; keep one"),
+    ],
+    ids=["missing-dependencies", "multi-line-error", "template-line"],
+)
+def test_helm_refusals_are_whole_and_name_the_place(tmp_path: pathlib.Path, chart_yaml: str, templates: dict[str, str],
+                                                    message: str) -> None:
+    with pytest.raises(errors.GitopsdError) as caught:
+        helm_pack(tmp_path, templates, chart_yaml=chart_yaml)
+    assert str(caught.value) == message
+
+
+def test_a_long_helm_error_is_cut_with_the_count_left_out() -> None:
+    text = "schema error:\n" + "\n".join(f"- key{i}: bad" for i in range(400))
+    shown = render.helm_error_text(text)
+    assert shown.startswith("schema error: | - key0: bad | - key1: bad")
+    assert shown.endswith(f"... ({len(' | '.join(['schema error:'] + [f'- key{i}: bad' for i in range(400)])) - render.MAX_HELM_ERROR} more characters)")

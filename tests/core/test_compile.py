@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -184,3 +185,89 @@ def test_timestamps_stay_strings() -> None:
     c = compile_docs(("m/t.yaml", doc))
     assert c.artifact is not None
     assert b'"since":"2024-01-01"' in c.artifact.layers[-1].data
+
+
+def layer_objects(c: pack.CompiledPack) -> dict[str, list[str]]:
+    assert c.artifact is not None
+    out = {}
+    for blob in c.artifact.layers:
+        docs = [json.loads(d) for d in blob.data.decode().split("---\n") if d.strip()]
+        out[blob.media_type.split(".")[-2]] = [
+            f"{d['kind']}/{d['metadata'].get('namespace', '-')}/{d['metadata']['name']}" for d in docs]
+    return out
+
+
+SCOPES = {
+    "crd-in-this-pack": (
+        b"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.example.com}\n"
+        b"spec: {group: example.com, scope: Cluster, names: {kind: Gadget, plural: gadgets}}\n---\n"
+        b"apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}\n",
+        {"cluster-scoped": ["CustomResourceDefinition/-/gadgets.example.com", "Gadget/-/g"], "rbac": [], "workload": []}, ()),
+    "well-known-policy-engine-kinds": (
+        b"apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: p}\n---\n"
+        b"apiVersion: constraints.gatekeeper.sh/v1beta1\nkind: K8sRequiredLabels\nmetadata: {name: c}\n",
+        {"cluster-scoped": ["ClusterPolicy/-/p", "K8sRequiredLabels/-/c"], "rbac": [], "workload": []}, ()),
+    "unknown-kind-is-namespaced-with-a-warning": (
+        b"apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
+        {"rbac": [], "workload": ["Widget/apps/w"]},
+        ("Widget (example.com/v1): no CRD for it in this pack or another, so its scope is unknown; taken as namespaced "
+         "and given namespace apps; add its CRD to a pack, or set metadata.namespace",)),
+    "unknown-cluster-named-kind-with-a-warning": (
+        b"apiVersion: example.com/v1\nkind: ClusterWidget\nmetadata: {name: w}\n",
+        {"cluster-scoped": ["ClusterWidget/-/w"], "rbac": [], "workload": []},
+        ("ClusterWidget (example.com/v1): no CRD for it in this pack or another, taken as cluster-scoped (its name "
+         "starts with Cluster) and given no namespace; add its CRD to a pack if that is wrong",)),
+    "typed-lists-expanded": (
+        b"apiVersion: v1\nkind: ConfigMapList\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n"
+        b"- {apiVersion: v1, kind: Secret, metadata: {name: b}}\n",
+        {"rbac": [], "workload": ["Secret/apps/b", "ConfigMap/apps/a"]}, ()),
+}
+
+
+@pytest.mark.parametrize(("doc", "expected", "warnings"), SCOPES.values(), ids=SCOPES.keys())
+def test_scope_and_layer_of_custom_kinds_and_lists(doc: bytes, expected: dict[str, list[str]], warnings: tuple[str, ...]) -> None:
+    c = compile_docs(("m/x.yaml", doc))
+    assert (layer_objects(c), c.warnings) == (expected, warnings)
+
+
+def test_crd_scopes_known_from_other_packs_decide_the_scope() -> None:
+    inputs = dataclasses.replace(INPUTS, crd_scopes=(("example.com/Gadget", "Cluster"),))
+    c = compile_core.compile_pack(BUILD, (("m/g.yaml", b"apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}\n"),),
+                                  renderers=(("raw", "1"),), chart=None, inputs=inputs)
+    assert (layer_objects(c), c.warnings) == ({"cluster-scoped": ["Gadget/-/g"], "rbac": [], "workload": []}, ())
+
+
+def test_namespace_comes_first_and_kinds_follow_helms_install_order() -> None:
+    docs = b"".join(b"---\napiVersion: %s\nkind: %s\nmetadata: {name: x}\n" % pair for pair in [
+        (b"apps/v1", b"Deployment"), (b"v1", b"Service"), (b"rbac.authorization.k8s.io/v1", b"RoleBinding"),
+        (b"rbac.authorization.k8s.io/v1", b"Role"), (b"v1", b"ServiceAccount"), (b"v1", b"Namespace"),
+        (b"v1", b"ConfigMap"), (b"v1", b"Secret"), (b"scheduling.k8s.io/v1", b"PriorityClass"),
+        (b"batch/v1", b"Job"), (b"v1", b"PersistentVolumeClaim")])
+    c = compile_docs(("m/all.yaml", docs))
+    assert layer_objects(c) == {
+        "rbac": ["ServiceAccount/apps/x", "Role/apps/x", "RoleBinding/apps/x"],
+        "cluster-scoped": ["Namespace/-/x", "PriorityClass/-/x"],
+        "workload": ["PersistentVolumeClaim/apps/x", "Job/apps/x", "Secret/apps/x", "ConfigMap/apps/x",
+                     "Service/apps/x", "Deployment/apps/x"],
+    }
+    assert [str(s) for s in c.cluster_pack.execution_order] == ["rbac", "storage", "stateful", "stateless"]
+
+
+HELM_BUILD = dataclasses.replace(BUILD, category=spec.Category.HELM,
+                                 source=spec.HelmSource(chart="packs/demo/chart", version=None, values_file=None,
+                                                        values_json="{}", namespace=None))
+
+
+def test_helm_hooks_are_kept_and_listed_in_provenance_by_weight() -> None:
+    hooks = (b"apiVersion: batch/v1\nkind: Job\nmetadata: {name: certs, annotations: {helm.sh/hook: 'pre-install,pre-upgrade', "
+             b"helm.sh/hook-weight: '-5', helm.sh/hook-delete-policy: hook-succeeded}}\n---\n"
+             b"apiVersion: v1\nkind: Secret\nmetadata: {name: seed, annotations: {helm.sh/hook: pre-install}}\n---\n"
+             b"apiVersion: batch/v1\nkind: Job\nmetadata: {name: bucket, annotations: {helm.sh/hook: post-install, helm.sh/hook-weight: '1'}}\n")
+    c = compile_core.compile_pack(HELM_BUILD, (("t/h.yaml", hooks), ("t/d.yaml", DEPLOY)), renderers=(("helm", "v3"),),
+                                  chart=None, inputs=INPUTS, dropped_hooks=("Pod/smoke (test)",))
+    prov = c.cluster_pack.spec()["provenance"]
+    assert (prov["hooks"], prov["droppedHooks"], c.object_count) == ([
+        {"object": "Job/apps/certs", "phases": ["pre-install", "pre-upgrade"], "weight": -5, "deletePolicies": ["hook-succeeded"]},
+        {"object": "Secret/apps/seed", "phases": ["pre-install"], "weight": 0, "deletePolicies": ["before-hook-creation"]},
+        {"object": "Job/apps/bucket", "phases": ["post-install"], "weight": 1, "deletePolicies": ["before-hook-creation"]},
+    ], ["Pod/smoke (test)"], 4)

@@ -15,14 +15,14 @@ from gitopsd.core import yamlload
 # ones, the first mapping listed in ``<<: [...]`` wins, and a merged mapping brings its own merges
 # with it (as Kubernetes' YAML reader and kubectl give them).
 MERGES = {
-    "one-mapping": ("a: &a {x: 1, y: 2}\nb: {<<: *a, z: 3}\n",
-                    {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 2, "z": 3}}),
+    "one-mapping": ("a: &a {x: 1, w: 2}\nb: {<<: *a, z: 3}\n",
+                    {"a": {"x": 1, "w": 2}, "b": {"x": 1, "w": 2, "z": 3}}),
     "own-key-overrides": ("a: &a {x: 1}\nb: {<<: *a, x: 2}\n", {"a": {"x": 1}, "b": {"x": 2}}),
-    "first-listed-wins": ("a: &a {x: 1}\nb: &b {x: 2, y: 2}\nc: {<<: [*a, *b]}\n",
-                          {"a": {"x": 1}, "b": {"x": 2, "y": 2}, "c": {"x": 1, "y": 2}}),
-    "nested-merges": ("a: &a {x: 1, y: 1}\nb: &b {<<: *a, x: 2}\nc: {<<: *b, z: 3}\nd: *b\n",
-                      {"a": {"x": 1, "y": 1}, "b": {"x": 2, "y": 1}, "c": {"x": 2, "y": 1, "z": 3},
-                       "d": {"x": 2, "y": 1}}),
+    "first-listed-wins": ("a: &a {x: 1}\nb: &b {x: 2, w: 2}\nc: {<<: [*a, *b]}\n",
+                          {"a": {"x": 1}, "b": {"x": 2, "w": 2}, "c": {"x": 1, "w": 2}}),
+    "nested-merges": ("a: &a {x: 1, w: 1}\nb: &b {<<: *a, x: 2}\nc: {<<: *b, z: 3}\nd: *b\n",
+                      {"a": {"x": 1, "w": 1}, "b": {"x": 2, "w": 1}, "c": {"x": 2, "w": 1, "z": 3},
+                       "d": {"x": 2, "w": 1}}),
     "merge-used-before-own-construction": ("a: &a {x: 1}\nb: &b {<<: *a, x: 2}\nc: {<<: *b}\n",
                                            {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 2}}),
     "block-style": ("base: &base\n  image: nginx\n  port: 80\nweb:\n  <<: *base\n  port: 8080\n",
@@ -47,8 +47,8 @@ def test_merges_that_multiply_at_every_level_stay_small() -> None:
 
 
 def test_a_key_written_twice_next_to_a_merge_is_still_a_duplicate() -> None:
-    with pytest.raises(errors.SpecError, match="duplicate key 'y'; keep one"):
-        yamlload.load_all(b"a: &a {x: 1}\nb: {<<: *a, y: 2, y: 3}\n", "f.yaml")
+    with pytest.raises(errors.SpecError, match="duplicate key 'w'; keep one"):
+        yamlload.load_all(b"a: &a {x: 1}\nb: {<<: *a, w: 2, w: 3}\n", "f.yaml")
 
 
 @pytest.mark.parametrize(
