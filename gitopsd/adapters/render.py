@@ -2,8 +2,8 @@
 
 raw reads every ``*.yaml``/``*.yml`` under the path in name order; kustomize runs a ``kustomize``
 binary or ``kubectl kustomize`` offline (remote bases are refused before it runs); helm renders
-templates and ``crds/`` with the pinned Helm SDK of the ``helm`` extra, dropping hooks, tests and
-NOTES. ``gitopsd.core.compile`` takes the bytes from here.
+templates and ``crds/`` with the pinned Helm SDK of the ``helm`` extra, keeping hooks (with their
+annotations), dropping test hooks and NOTES. ``gitopsd.core.compile`` takes the bytes from here.
 
 Hostile sources are stopped here, before they cost anything: every renderer refuses symlinks that
 leave the repo and any read of another pack's folder (a pack reads its own folder and shared
@@ -489,7 +489,7 @@ class HelmRenderer(_Renderer):
             from_file = yamlload.load_one(tree.read(source.values_file), source.values_file) or {}
             if not isinstance(from_file, dict):
                 raise errors.SpecError("a values file must be a mapping", path=source.values_file, reason="InvalidSpec")
-            values = deep_merge(from_file, values)
+            values = merge_user_values(from_file, values)
         request: dict[str, object] = {
             "values": values,
             "name": build.base_pack_name,
@@ -529,6 +529,15 @@ class HelmRenderer(_Renderer):
                     path=build.path,
                     reason="ChartVersionMismatch",
                 )
+            if answer.get("error") == "dependencies":
+                names = ", ".join(answer["missing"])
+                raise errors.RenderError(
+                    f"field 'helmSource.chart': chart {answer['chart']} declares dependencies missing from its charts/ "
+                    f"folder: {names}; vendor them (helm dependency build) and commit charts/ too (a chart's "
+                    ".gitignore often excludes charts/*, so git add -A leaves them out)",
+                    path=build.path,
+                    reason="ChartDependencyMissing",
+                )
             if answer.get("error"):
                 raise errors.RenderError(f"field 'helmSource': helm could not render {source.chart}: {answer['error']}",
                                          path=build.path)
@@ -536,26 +545,42 @@ class HelmRenderer(_Renderer):
             crds: list[dict[str, str]] = answer["crds"]
             if sum(len(t) for t in rendered.values()) + sum(len(c["data"]) for c in crds) > MAX_PACK_BYTES:
                 raise _too_big(build, "helmSource", f"helm rendered {source.chart} into")
-            documents: list[tuple[str, bytes]] = []
-            for crd in sorted(crds, key=lambda c: c["filename"]):
-                documents.append((crd["filename"], crd["data"].encode("utf-8")))
-            for name in sorted(rendered):
-                if name.endswith("NOTES.txt") or not rendered[name].strip():
-                    continue
-                kept = [doc for doc in yamlload.load_all(rendered[name].encode("utf-8"), name) if not _is_hook(doc)]
-                if kept:
-                    documents.append((name, "".join(f"---\n{pack.canonical_json(d)}\n" for d in kept).encode("utf-8")))
+            documents, dropped = helm_documents(rendered, crds)
             sdk = str(answer["sdk"])
             info = pack.ChartInfo(name=str(answer["chart"]), version=str(answer["chartVersion"]), url=source.chart,
                                   helm_version=sdk)
-            return ports.Rendered(documents=tuple(documents), renderers=(("helm", sdk),), chart=info)
+            return ports.Rendered(documents=documents, renderers=(("helm", sdk),), chart=info, dropped_hooks=dropped,
+                                  reproducible=bool(answer.get("reproducible", True)))
 
         return finish
 
 
+MAX_HELM_ERROR = 2000  # characters of a Helm error shown in the message
+
+
+def helm_error_text(text: str) -> str:
+    """A Helm error in full on one readable line: its lines joined with ' | ', runs of blanks
+    folded, cut past ``MAX_HELM_ERROR`` characters with the count of what was left out."""
+    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
+    joined = " | ".join(line for line in lines if line)
+    if len(joined) > MAX_HELM_ERROR:
+        joined = f"{joined[:MAX_HELM_ERROR]}... ({len(joined) - MAX_HELM_ERROR} more characters)"
+    return joined
+
+
+def missing_dependencies(metadata: dict[str, object], loaded: list[dict[str, object]]) -> list[str]:
+    """Dependencies ``Chart.yaml`` declares that are not in the chart's ``charts/`` folder (Helm's
+    install refuses the chart for them, whatever their ``condition``)."""
+    have = {str(d.get("name")) for d in loaded}
+    declared = metadata.get("dependencies") or []
+    names = [str(d.get("name")) for d in declared if isinstance(d, dict)] if isinstance(declared, list) else []
+    return [n for n in names if n not in have]
+
+
 def helm_child() -> None:
     """The helm render, in its own process (see ``HelmRenderer``): a JSON request on stdin, a JSON
-    answer on stdout (``rendered``, ``crds``, chart name and version, SDK version, or ``error``)."""
+    answer on stdout (``rendered``, ``crds``, chart name and version, SDK version, whether two
+    renders agreed, or ``error``)."""
     import helm_python  # noqa: PLC0415 - only this child loads the Go library
 
     request = json.loads(sys.stdin.buffer.read())
@@ -567,35 +592,79 @@ def helm_child() -> None:
             chart = helm_python.Chart.load_archive(base64.b64decode(request["archive"]))
         answer = {"chart": chart.name, "chartVersion": str(chart.version), "sdk": helm_python.helm_sdk_version()}
         wanted = request.get("version")
+        missing = missing_dependencies(chart.metadata, chart.dependencies)
         if wanted and str(wanted).lstrip("v") != str(chart.version).lstrip("v"):
             answer["error"] = "version"
+        elif missing:
+            answer["error"] = "dependencies"
+            answer["missing"] = missing
         else:
-            answer["rendered"] = chart.render(chart.merge_values(request["values"]), name=request["name"],
-                                              namespace=request["namespace"], is_install=True)
+            def once() -> dict[str, str]:
+                # the user's values as given (nulls included): the render coalesces them with the
+                # chart's defaults as an install does, and a null deletes the default
+                return chart.render(request["values"], name=request["name"], namespace=request["namespace"],
+                                    is_install=True)
+
+            first = once()
+            answer["rendered"] = first
+            answer["reproducible"] = once() == first
             answer["crds"] = chart.crds
     except helm_python.HelmError as err:
-        text = str(err).strip()
-        answer = {"error": " ".join(text.splitlines()[0].split()) if text else type(err).__name__}
+        answer = {"error": helm_error_text(str(err)) or type(err).__name__}
     sys.stdout.write(json.dumps(answer))
     sys.stdout.flush()
 
 
-def _is_hook(doc: object) -> bool:
+_TEST_HOOKS = frozenset({"test", "test-success", "test-failure"})
+
+
+def _hook_phases(doc: object) -> tuple[str, ...]:
     if not isinstance(doc, dict):
-        return False
+        return ()
     metadata = doc.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    return isinstance(annotations, dict) and "helm.sh/hook" in annotations
+    value = annotations.get("helm.sh/hook") if isinstance(annotations, dict) else None
+    return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else ()
 
 
-def deep_merge(base: dict[str, object], override: dict[str, object]) -> dict[str, object]:
-    """Helm's values coalescing: maps merge key by key, anything else is replaced; ``null`` deletes."""
+def helm_documents(rendered: dict[str, str], crds: list[dict[str, str]]) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:
+    """Helm's render output read as Helm's install reads it: each template cut into documents where
+    Helm cuts them, each document trimmed and ended with one newline (a block scalar at the end of a
+    template keeps its final newline), NOTES left out, test hooks dropped (returned as
+    ``Kind/name (test)``), every other hook kept with its annotations. Errors name the template
+    and the line in it."""
+    documents: list[tuple[str, bytes]] = []
+    dropped: list[str] = []
+    for crd in sorted(crds, key=lambda c: c["filename"]):
+        documents.append((crd["filename"], crd["data"].encode("utf-8")))
+    for name in sorted(rendered):
+        text = rendered[name]
+        if name.endswith("NOTES.txt") or not text.strip():
+            continue
+        kept: list[object] = []
+        for offset, chunk in yamlload.split_documents(text):
+            lead = len(chunk) - len(chunk.lstrip())
+            first_line = offset + 1 + chunk[:lead].count("\n")
+            for doc in yamlload.load_all((chunk.strip() + "\n").encode("utf-8"), name, first_line=first_line):
+                phases = _hook_phases(doc)
+                if phases and all(p in _TEST_HOOKS for p in phases):
+                    meta = doc.get("metadata") if isinstance(doc, dict) else None
+                    dropped.append(f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'} (test)")  # type: ignore[union-attr]
+                    continue
+                kept.append(doc)
+        if kept:
+            documents.append((name, "".join(f"---\n{pack.canonical_json(d)}\n" for d in kept).encode("utf-8")))
+    return tuple(documents), tuple(sorted(dropped))
+
+
+def merge_user_values(base: dict[str, object], override: dict[str, object]) -> dict[str, object]:
+    """``valuesFile`` then inline ``values``, merged as Helm merges ``-f`` files and ``--set``: maps
+    key by key, anything else replaced, and ``null`` kept, so that Helm's coalescing with the
+    chart's defaults then deletes the key wherever it was set (chart defaults or the values file)."""
     out = dict(base)
     for key, value in override.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)  # type: ignore[arg-type]
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_user_values(out[key], value)  # type: ignore[arg-type]
         else:
             out[key] = value
     return out
