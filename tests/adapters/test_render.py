@@ -12,16 +12,8 @@ import pytest
 from gitopsd import errors
 from gitopsd.adapters import fstree, gittree, render, schemafiles
 from gitopsd.core import parse, yamlload
-
-CHART = {
-    "Chart.yaml": "apiVersion: v2\nname: demo\nversion: 1.2.3\n",
-    "values.yaml": "replicas: 1\nimage: {repo: nginx, tag: '1.0'}\nextra: {keep: yes}\n",
-    "crds/widget.yaml": "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec: {group: example.com, scope: Namespaced, names: {kind: Widget, plural: widgets}}\n",
-    "templates/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: {{ .Release.Name }}, namespace: {{ .Release.Namespace }}}\nspec: {replicas: {{ .Values.replicas }}, template: {spec: {containers: [{name: c, image: \"{{ .Values.image.repo }}:{{ .Values.image.tag }}\"}]}}}\n",
-    "templates/hook.yaml": "apiVersion: batch/v1\nkind: Job\nmetadata: {name: migrate, annotations: {helm.sh/hook: pre-install}}\n",
-    "templates/tests/test.yaml": "apiVersion: v1\nkind: Pod\nmetadata: {name: smoke, annotations: {helm.sh/hook: test}}\n",
-    "templates/NOTES.txt": "installed {{ .Release.Name }}\n",
-}
+from tests import helm_fixtures
+from tests.helm_fixtures import CHART, CM, HELM_READS, REPRODUCIBILITY
 
 
 def write(root: pathlib.Path, files: dict[str, str]) -> None:
@@ -44,12 +36,7 @@ def objects(rendered) -> list[dict]:
 
 
 def test_helm_renders_templates_and_crds_keeps_hooks_drops_tests_and_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
-    write(tmp_path, {f"packs/demo/chart/{k}": v for k, v in CHART.items()})
-    write(tmp_path, {
-        "packs/demo/values-prod.yaml": "replicas: 2\nimage: {tag: '2.0'}\n",
-        "packs/demo/packbuild.yaml": "name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\n"
-                                      "helmSource: {chart: chart, version: 1.2.3, valuesFile: values-prod.yaml, values: {replicas: 3}, namespace: tools}\n",
-    })
+    write(tmp_path, helm_fixtures.DEMO_PACK)
     build = load(tmp_path, "packs/demo/packbuild.yaml")
     rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), build)
     objs = objects(rendered)
@@ -64,11 +51,9 @@ def test_helm_renders_templates_and_crds_keeps_hooks_drops_tests_and_notes_and_m
 
 
 def test_helm_chart_from_a_tgz_in_the_repo(tmp_path: pathlib.Path) -> None:
-    write(tmp_path / "src", {f"demo/{k}": v for k, v in CHART.items()})
-    (tmp_path / "packs/demo").mkdir(parents=True)
-    with tarfile.open(tmp_path / "packs/demo/demo-1.2.3.tgz", "w:gz") as tar:
-        tar.add(tmp_path / "src/demo", arcname="demo")
-    write(tmp_path, {"packs/demo/packbuild.yaml": "name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\nhelmSource: {chart: demo-1.2.3.tgz}\n"})
+    write(tmp_path, helm_fixtures.TGZ_PACK)
+    with tarfile.open(tmp_path / helm_fixtures.TGZ_PATH, "w:gz") as tar:
+        tar.add(tmp_path / helm_fixtures.TGZ_SOURCE, arcname="demo")
     rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
     assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment", "Job"]
 
@@ -176,42 +161,9 @@ def test_raw_follows_symlinks_inside_the_repo_and_refuses_others(tmp_path: pathl
         render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
 
 
-def helm_pack(tmp_path: pathlib.Path, templates: dict[str, str], *, values: str = "", chart_yaml: str = "",
-              packbuild: str = "helmSource: {chart: chart, namespace: apps}", extra: dict[str, str] | None = None):
-    files = {"Chart.yaml": chart_yaml or "apiVersion: v2\nname: small\nversion: 0.1.0\n", "values.yaml": values}
-    files.update({f"templates/{k}": v for k, v in templates.items()})
-    write(tmp_path, {f"packs/small/chart/{k}": v for k, v in files.items()})
-    write(tmp_path, {f"packs/small/{k}": v for k, v in (extra or {}).items()})
-    write(tmp_path, {"packs/small/packbuild.yaml": f"name: small\nversion: 1.0.0\nbasePackName: small\ncategory: helm\ntargetClusters: [a]\n{packbuild}\n"})
+def helm_pack(tmp_path: pathlib.Path, templates: dict[str, str], **layout):
+    write(tmp_path, helm_fixtures.small_pack(templates, **layout))
     return render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/small/packbuild.yaml"))
-
-
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s}\n"
-HELM_READS = {
-    "null-deletes-chart-and-file-defaults": (
-        {"cm.yaml": CM % "cm" + "data: {b: {{ .Values.b | toJson | quote }}}\n"},
-        "b: {x: 1, z: 2, v: 5}\n",
-        "helmSource: {chart: chart, valuesFile: prod.yaml, values: {b: {x: null, w: null}}}",
-        {"prod.yaml": "b: {w: 3, v: 6}\n"},
-        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"b": '{"v":6,"w":null,"z":2}'}}],  # w: set only by the file; Helm keeps the null
-    ),
-    "block-scalar-at-the-end-keeps-its-newline": (
-        {"cm.yaml": CM % "cm" + "data:\n  s: |\n    {}\n{{- /* trimmed */ -}}"},
-        "", "helmSource: {chart: chart}", {},
-        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"s": "{}\n"}}],
-    ),
-    "comment-glued-to-a-separator": (
-        {"two.yaml": CM % "one" + "{{- if true }}\n---# second\n" + CM % "two" + "{{- end }}\n"},
-        "", "helmSource: {chart: chart}", {},
-        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "one"}},
-         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "two"}}],
-    ),
-    "unquoted-equals-and-base-60": (
-        {"cm.yaml": CM % "cm" + "data:\n  op: =\n  at: 1:30\n"},
-        "", "helmSource: {chart: chart}", {},
-        [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"op": "=", "at": "1:30"}}],
-    ),
-}
 
 
 @pytest.mark.parametrize(("templates", "values", "packbuild", "extra", "expected"), HELM_READS.values(), ids=HELM_READS.keys())
@@ -221,12 +173,7 @@ def test_helm_output_is_read_as_helm_reads_it(tmp_path: pathlib.Path, templates:
     assert objects(rendered) == expected
 
 
-@pytest.mark.parametrize(
-    ("templates", "reproducible"),
-    [({"s.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {p: {{ randAlphaNum 12 }}}\n"}, False),
-     ({"s.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {p: {{ .Values.p | default \"fixed\" }}}\n"}, True)],
-    ids=["random-value", "set-value"],
-)
+@pytest.mark.parametrize(("templates", "reproducible"), REPRODUCIBILITY.values(), ids=REPRODUCIBILITY.keys())
 def test_helm_renders_twice_and_says_whether_they_agree(tmp_path: pathlib.Path, templates: dict[str, str],
                                                         reproducible: bool) -> None:
     assert helm_pack(tmp_path, templates).reproducible is reproducible
