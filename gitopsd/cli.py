@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_kube
+from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
 from gitopsd.adapters import keys, localstore
 from gitopsd.core import signing, yamlload
-from gitopsd.model import instance, pack
+from gitopsd.core import delivery as delivery_core
+from gitopsd.model import delivery, instance, pack
 
 log = structlog.get_logger()
 
@@ -67,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
         flags.registry(p)
         flags.git(p)
         flags.render(p)
+        flags.delivery(p)
         wiring_kube.add_flags(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         p.set_defaults(func=cmd_pass, mode=name)
@@ -154,6 +156,7 @@ def cmd_pass(args: argparse.Namespace) -> int:
                                  registry=flags.registry_options(args), render_workers=flags.render_workers(args))
         wired.env.progress = _progress(sys.stderr)
         with wiring_kube.use(args, wired.env) as env:
+            wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
             state = reconcile.run(env)
     finally:
         local.close()
@@ -166,6 +169,8 @@ def cmd_pass(args: argparse.Namespace) -> int:
         verb = {"reconcile": "Reconciled", "dry-run": "Dry run of", "diff": "Diff of"}[args.mode]
         header = f"{verb} {args.repo} ({state.tree.snapshot.description}) at {state.revision}"
         output.print_summary(printer, summary, header=header, verbose=args.verbose)
+        for line in delivery_lines(state):
+            printer.line(line)
         printer.line(f"state dir {state_dir}; {state.timings['total']:.2f}s")
         for line in status_lines(wired, state):
             printer.line(line)
@@ -173,7 +178,25 @@ def cmd_pass(args: argparse.Namespace) -> int:
         output.dump(pass_document(state, args.mode, state_dir), args.output)
     if args.mode == "diff":  # a failed pack exits 1 as with reconcile; 2 is for errors of the run itself
         return EXIT_CHANGES if summary.has_changes or summary.errors else EXIT_OK
-    return EXIT_OK if summary.ready else EXIT_CHANGES
+    delivered = all(result.result in (delivery.Result.DELIVERED, delivery.Result.PRUNED) for _, result in state.deliveries)
+    return EXIT_OK if summary.ready and delivered else EXIT_CHANGES
+
+
+def delivery_lines(state: reconcile.PassState) -> list[str]:
+    """What delivery did this pass: a count by result, then one line per delivery that did not succeed."""
+    if not state.deliveries and not state.records_only:
+        return []
+    counts: dict[str, int] = {}
+    for job, result in state.deliveries:
+        word = "drift checked" if job.action is delivery_core.Action.DRIFT and result.ready else str(result.result).lower()
+        counts[word] = counts.get(word, 0) + 1
+    parts = [f"{n} {word}" for word, n in sorted(counts.items())] or ["nothing to deliver"]
+    lines = [f"delivery: {', '.join(parts)}" + (f"; records only (no kubeconfig): {', '.join(state.records_only)}"
+                                                 if state.records_only else "")]
+    for job, result in sorted(state.deliveries, key=lambda d: (d[0].cluster, d[0].instance)):
+        if result.result not in (delivery.Result.DELIVERED, delivery.Result.PRUNED) or result.drifted:
+            lines.append(f"  {job.cluster:<12} {job.instance} {job.version}: {result.result}: {result.message}")
+    return lines
 
 
 def status_lines(wired: wiring.Wired, state: reconcile.PassState) -> list[str]:
@@ -208,6 +231,9 @@ def pass_document(state: reconcile.PassState, mode: str, state_dir: pathlib.Path
         "errors": [e.to_json() for e in state.plan.errors],
         "clusterPacks": [r.compiled.cluster_pack.to_object() for r in state.compiled],
         "statusCommit": state.status_commit,
+        "deliveries": [{"instance": job.instance, "action": str(job.action), **result.to_json()}
+                       for job, result in state.deliveries],
+        "recordsOnly": state.records_only,
         "timings": {k: round(v, 4) for k, v in state.timings.items()},
     }
 
@@ -246,17 +272,21 @@ def cmd_get(args: argparse.Namespace) -> int:
         for o in items:
             st = o.get("status") or {}
             ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)  # type: ignore[union-attr]
+            shipped = st.get("delivery") or {}  # type: ignore[union-attr]
+            drift = shipped.get("drift") or {}
             rows.append([
                 str(o["metadata"]["name"]),  # type: ignore[index]
                 str(o["spec"]["cluster"]),  # type: ignore[index]
                 str(st.get("version", "")),  # type: ignore[union-attr]
+                str(shipped.get("version", "")) if shipped.get("result") == "Delivered" else "",
+                str(shipped.get("result", "records only")),
+                (f"{len(drift['drifted'])} drifted" if drift.get("drifted") else "none") if shipped else "",
                 str(st.get("state", "")),  # type: ignore[union-attr]
                 str(st.get("upgradeDirection") or ""),  # type: ignore[union-attr]
-                str(st.get("upgradeFromVersion") or ""),  # type: ignore[union-attr]
                 str(ready["status"]) if ready else "",
                 str(o["metadata"]["resourceVersion"]),  # type: ignore[index]
             ])
-        output.table(rows, ["NAME", "CLUSTER", "VERSION", "STATE", "DIRECTION", "FROM", "READY", "RV"])
+        output.table(rows, ["NAME", "CLUSTER", "WANTED", "DELIVERED", "DELIVERY", "DRIFT", "STATE", "DIRECTION", "READY", "RV"])
     else:
         output.table([[str(e["time"]), str(e["type"]), f"{e['kind']}/{e['name']}", str(e["reason"]), str(e["message"])] for e in items],
                      ["TIME", "TYPE", "OBJECT", "REASON", "MESSAGE"])

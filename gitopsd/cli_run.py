@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring, wiring_kube
+from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring, wiring_delivery, wiring_kube
 from gitopsd.adapters import watch
 
 log = structlog.get_logger()
@@ -88,6 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.registry(p)
     flags.git(p)
     flags.render(p)
+    flags.delivery(p)
     wiring_kube.add_flags(p)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
     p.add_argument("--interval", type=parse_duration, default=30.0, metavar="DURATION",
@@ -126,6 +127,7 @@ def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args), render_workers=flags.render_workers(args))
         with wiring_kube.use(args, wired.env, daemon=not args.once, stop=stop) as env:
+            wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
             yield env
     finally:
         local.close()

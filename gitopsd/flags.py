@@ -7,6 +7,7 @@ same thing everywhere. Secrets are never flag values: flags name files or enviro
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 from gitopsd import errors, wiring
 
@@ -134,3 +135,25 @@ def require_signing_key(args: argparse.Namespace, *, writes: bool, kube: bool) -
             "Secret): signatures must verify on every replica and for every tenant",
             reason="NoSigningKey",
         )
+
+
+def delivery(p: argparse.ArgumentParser) -> None:
+    """How gitopsd reaches target clusters to deliver packs (push mode)."""
+    g = p.add_argument_group("delivery", "push packs into target clusters; a cluster with no kubeconfig here or in "
+                             "clusters/<name>.yaml (kubeconfig.secretRef) is records-only")
+    g.add_argument("--kubeconfig-dir", metavar="DIR", help="folder of kubeconfigs named <cluster>.kubeconfig")
+    g.add_argument("--cluster-kubeconfig", metavar="NAME=PATH", action="append", default=[],
+                   help="the kubeconfig of cluster NAME (repeatable; before --kubeconfig-dir)")
+    g.add_argument("--delivery-workers", type=_workers, metavar="N", default=4,
+                   help="clusters delivered at once (default: %(default)s)")
+
+
+def cluster_kubeconfigs(args: argparse.Namespace) -> dict[str, pathlib.Path]:
+    """``--cluster-kubeconfig NAME=PATH`` flags as a mapping."""
+    out = {}
+    for value in getattr(args, "cluster_kubeconfig", None) or ():
+        name, eq, path = value.partition("=")
+        if not eq or not name or not path:
+            raise errors.ConfigError(f"--cluster-kubeconfig {value!r}: expected NAME=PATH", reason="Usage")
+        out[name] = pathlib.Path(path)
+    return out

@@ -13,7 +13,8 @@ import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from gitopsd.model import change, instance, pack, spec
+from gitopsd.core import delivery as delivery_core
+from gitopsd.model import change, delivery, instance, pack, spec
 
 
 class EntryKind(enum.StrEnum):
@@ -99,6 +100,14 @@ class Cluster(Protocol):
         """Execute the writes of a plan, all or nothing where the backend allows; returns writes done."""
         ...
 
+    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+        """The last delivery record of each PackInstance (``status.delivery``), by instance name."""
+        ...
+
+    def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        """Keep ``record`` on PackInstance ``name`` (and an Event); nothing when the instance is gone."""
+        ...
+
 
 class Registry(Protocol):
     """Where artifacts are published: an OCI layout folder or an OCI registry."""
@@ -141,4 +150,17 @@ class Pollable(Protocol):
 
     def head(self) -> str | None:
         """The revision a ``fetch`` would read now (``main@sha1:<hex>``), or ``None`` if unknown."""
+        ...
+
+
+class Deliverer(Protocol):
+    """Push-mode delivery into target clusters (``gitopsd.delivery.runner``)."""
+
+    def reachable(self, cluster: spec.Cluster) -> bool:
+        """Whether gitopsd has a way to reach ``cluster`` (otherwise it is records-only)."""
+        ...
+
+    def run(self, clusters: dict[str, spec.Cluster], jobs: Sequence[delivery_core.Job],
+            namespace: str) -> list[tuple[delivery_core.Job, delivery.Delivery]]:
+        """Carry out ``jobs``, clusters concurrently; one result per job, whatever happens to the others."""
         ...

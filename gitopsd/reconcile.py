@@ -1,7 +1,8 @@
 """One reconcile pass, as an ordered list of small steps with one signature.
 
 fetch → load specs → compile (cached by content ids) → observe → adopt published versions → sign → verify → plan → publish →
-apply → write status → summarize. Every step is ``step(env, state) -> None``: it reads what earlier
+check artifacts → unpack (delete what uninstalled instances left on their clusters) → apply → deliver
+(into reachable target clusters) → write status → summarize. Every step is ``step(env, state) -> None``: it reads what earlier
 steps left in ``state`` and adds its own result. Only ``plan`` decides what changes; ``summarize``
 alone decides Ready. dry-run, diff and reconcile share every line: ``env.dry_run`` only gates the
 side effects (publish, apply, status).
@@ -23,8 +24,9 @@ import structlog
 
 from gitopsd import __version__, errors, ports
 from gitopsd.core import compile as compile_core
+from gitopsd.core import delivery as delivery_core
 from gitopsd.core import codec, parse, plan, signing, status, summarize, targets, yamlload
-from gitopsd.model import change, instance, pack, spec
+from gitopsd.model import change, delivery, instance, pack, spec
 
 log = structlog.get_logger()
 
@@ -76,6 +78,8 @@ class Env:
     memo: Memo = dataclasses.field(default_factory=Memo)
     # renderer child processes (kustomize, helm) the compile step runs at once; 1: one after another
     render_workers: int = dataclasses.field(default_factory=default_render_workers)
+    deliverer: ports.Deliverer | None = None  # push delivery into target clusters; None: records only
+    resync: bool = True  # a full pass: retry failed deliveries and check drift (the daemon's resync)
 
 
 @dataclasses.dataclass
@@ -107,6 +111,8 @@ class PassState:
     now: str = ""
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     summary: summarize.Summary | None = None
+    deliveries: list[tuple[delivery_core.Job, delivery.Delivery]] = dataclasses.field(default_factory=list)
+    records_only: list[str] = dataclasses.field(default_factory=list)  # clusters with no way to reach them
 
     @property
     def revision(self) -> str:
@@ -595,6 +601,111 @@ def apply(env: Env, state: PassState) -> None:
     state.writes = env.cluster.apply(state.config.namespace, todo, state.revision, state.now)
 
 
+def _job(env: Env, state: PassState, pi: instance.PackInstance, previous: delivery.Delivery | None,
+         action: delivery_core.Action, held: dict[str, set[tuple[str, str, str, str]]]) -> delivery_core.Job | None:
+    """The delivery job of PackInstance ``pi``; None when its ClusterPack is not known here."""
+    assert state.observed is not None
+    found = state.observed.packs.get(pi.cluster_pack)
+    created = next((r.compiled.cluster_pack for r in state.compiled if r.compiled.cluster_pack.name == pi.cluster_pack), None)
+    if found is not None:
+        spec_json, signature = found.spec_json, found.signature
+    elif created is not None:
+        spec_json, signature = pack.canonical_json(created.spec()), created.signature
+    else:
+        return None
+    build = next((r.build for r in state.compiled if r.compiled.cluster_pack.name == pi.cluster_pack), None)
+    settings = build.delivery if build is not None else spec.DeliverySettings()
+    options = delivery_core.Options(timeout=settings.timeout, drift=delivery.DriftMode(settings.drift), force=settings.force)
+    elsewhere = frozenset(k for name, keys in held.items() if name != pi.name for k in keys)
+    return delivery_core.Job(instance=pi.name, cluster=pi.cluster, base_pack_name=pi.base_pack_name, version=pi.version,
+                             spec_json=spec_json, signature=signature, previous=previous, options=options,
+                             held_elsewhere=elsewhere, action=action,
+                             depends_on=build.depends_on if build is not None else ())
+
+
+def _inventories(records: dict[str, delivery.Delivery]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+    """cluster -> PackInstance -> keys of the objects its delivery holds there."""
+    out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = collections.defaultdict(dict)
+    for name, record in records.items():
+        out[record.cluster][name] = {e.key for e in record.inventory}
+    return out
+
+
+def _keep_deliveries(env: Env, state: PassState, results: list[tuple[delivery_core.Job, delivery.Delivery]]) -> None:
+    for job, result in results:
+        if not delivery_core.same_record(job.previous, result):
+            env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+    state.deliveries.extend(results)
+
+
+def deliver_removals(env: Env, state: PassState) -> None:
+    """Before the PackInstances go: delete what their deliveries left on reachable clusters. One
+    that cannot be cleaned up yet is held back (``UninstallPending``) and retried next pass."""
+    assert state.plan is not None
+    if env.dry_run or env.deliverer is None:
+        return
+    leaving = [c for c in state.plan.changes
+               if c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL and c.pack_instance]
+    if not leaving:
+        return
+    records = env.cluster.deliveries(state.config.namespace)
+    held = _inventories(records)
+    jobs = []
+    for c in leaving:
+        previous = records.get(c.name)
+        cluster = state.clusters.get(c.cluster or "")
+        if previous is None or not previous.inventory or cluster is None or not env.deliverer.reachable(cluster):
+            continue
+        assert c.pack_instance is not None
+        job = _job(env, state, c.pack_instance, previous, delivery_core.Action.UNINSTALL, held.get(previous.cluster, {}))
+        if job is not None:
+            jobs.append(job)
+    if not jobs:
+        return
+    results = env.deliverer.run(state.clusters, jobs, state.config.namespace)
+    state.deliveries.extend(results)
+    pending = {job.instance: result.message for job, result in results if result.result is not delivery.Result.PRUNED}
+    for job, result in results:
+        if result.result is not delivery.Result.PRUNED:
+            env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+    if pending:
+        state.plan = plan.hold_uninstalls(state.plan, pending)
+
+
+def deliver(env: Env, state: PassState) -> None:
+    """Make every reachable target cluster run what its PackInstances say (push mode)."""
+    assert state.plan is not None
+    if env.deliverer is None:
+        return
+    reachable = {name for name, cluster in state.clusters.items() if env.deliverer.reachable(cluster)}
+    state.records_only = sorted(set(state.clusters) - reachable)
+    if env.dry_run or not reachable:
+        return
+    records = env.cluster.deliveries(state.config.namespace)
+    held = _inventories(records)
+    jobs = []
+    for c in state.plan.changes:
+        if c.kind is not change.ObjectKind.PACK_INSTANCE or c.cluster not in reachable:
+            continue
+        if c.action in (change.Action.CREATE, change.Action.SUPERSEDE):
+            pi = c.pack_instance
+        elif c.action is change.Action.UNCHANGED:
+            pi = state.observed.instances.get(c.name) if state.observed is not None else None
+        else:
+            continue
+        if pi is None:
+            continue
+        previous = records.get(c.name)
+        action = delivery_core.action_for(previous, pi.manifest_digest, resync=env.resync)
+        if action is None:
+            continue
+        job = _job(env, state, pi, previous, action, held.get(pi.cluster, {}))
+        if job is not None:
+            jobs.append(job)
+    if jobs:
+        _keep_deliveries(env, state, env.deliverer.run(state.clusters, jobs, state.config.namespace))
+
+
 def write_status(env: Env, state: PassState) -> None:
     assert state.plan is not None and state.tree is not None
     if env.dry_run or env.status_writer is None:
@@ -638,7 +749,9 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("plan", make_plan),
     ("publish", publish),
     ("check", check_artifacts),
+    ("unpack", deliver_removals),
     ("apply", apply),
+    ("deliver", deliver),
     ("status", write_status),
     ("summarize", summarize_pass),
 )

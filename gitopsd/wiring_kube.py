@@ -207,3 +207,13 @@ def use(args: argparse.Namespace, env: reconcile.Env, *, daemon: bool = False,
         yield handle.install(env)
     finally:
         handle.close()
+
+
+def secret_reader(env: reconcile.Env) -> Callable[[str, str, str], bytes | None] | None:
+    """Reads kubeconfig Secrets from the management cluster that ``env`` writes to, if it is one."""
+    from gitopsd.adapters import kube  # noqa: PLC0415 - see the imports
+    from gitopsd.delivery import reach  # noqa: PLC0415
+
+    if not isinstance(env.cluster, kube.KubeCluster):
+        return None
+    return reach.secret_reader(env.cluster.api)

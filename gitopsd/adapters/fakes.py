@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from gitopsd import errors, ports
 from gitopsd.core import codec
-from gitopsd.model import change, instance, pack
+from gitopsd.model import change, delivery, instance, pack
 
 
 class FixedClock:
@@ -135,6 +135,7 @@ class MemoryCluster:
         self.objects: dict[tuple[str, str, str], dict[str, object]] = {}
         self.rv = 0
         self.uids = 0
+        self.delivered: dict[tuple[str, str], delivery.Delivery] = {}
         self.applied: list[change.Change] = []
         self.fail_next_apply: Exception | None = None
 
@@ -196,4 +197,12 @@ class MemoryCluster:
             written += 1
         self.objects, self.rv = staged, rv
         self.applied.extend(c for c in changes if c.writes)
+        self.delivered = {k: v for k, v in self.delivered.items() if (instance.PACK_INSTANCE_KIND, *k) in staged}
         return written
+
+    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+        return {name: d for (ns, name), d in self.delivered.items() if ns == namespace}
+
+    def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        if (instance.PACK_INSTANCE_KIND, namespace, name) in self.objects:
+            self.delivered[(namespace, name)] = record

@@ -70,7 +70,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from gitopsd import __version__, errors
 from gitopsd.core import codec
-from gitopsd.model import change, instance, pack
+from gitopsd.model import change, delivery, instance, pack
 
 log = structlog.get_logger()
 
@@ -78,6 +78,7 @@ GROUP = pack.GROUP
 VERSION = pack.API_VERSION.rpartition("/")[2]
 API_VERSION = pack.API_VERSION
 FIELD_MANAGER = "gitopsd"
+DELIVERY_FIELD_MANAGER = "gitopsd-delivery"  # owns status.delivery of PackInstances
 MANAGED_BY = "app.kubernetes.io/managed-by=gitopsd"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -633,6 +634,40 @@ class KubeCluster:
         self._observed[namespace] = (key, observed)
         self._basis[namespace] = basis
         return observed
+
+    # -- delivery records -------------------------------------------------------------------
+
+    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+        """``status.delivery`` of the PackInstances in the cache (no request once it is listed)."""
+        out = {}
+        for obj in self.informer(PACK_INSTANCES, namespace).snapshot():
+            raw = (obj.get("status") or {}).get("delivery")
+            if raw and self.owns(_base_of(obj)):
+                out[obj["metadata"]["name"]] = delivery.Delivery.from_json(raw)
+        return out
+
+    def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        """Server-side apply of ``status.delivery`` alone, by field manager ``gitopsd-delivery``:
+        the plan's own status writes (manager ``gitopsd``) leave it in place, and it leaves theirs."""
+        body = {"apiVersion": API_VERSION, "kind": PACK_INSTANCES.kind, "metadata": {"name": name, "namespace": namespace},
+                "status": {"delivery": record.to_json()}}
+        try:
+            written = self.requests.send(
+                "apply", f"{PACK_INSTANCES.plural}/status", self.requests.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, PACK_INSTANCES.plural, name, body,
+                field_manager=DELIVERY_FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return  # uninstalled meanwhile: its delivery record went with it
+            raise translate(err, action="write the delivery status of", kind=PACK_INSTANCES, namespace=namespace,
+                            name=name) from err
+        except Exception as err:
+            raise translate(err, action="write the delivery status of", kind=PACK_INSTANCES, namespace=namespace,
+                            name=name) from err
+        self.informer(PACK_INSTANCES, namespace).upsert(written)
+        type_ = "Normal" if record.result in (delivery.Result.DELIVERED, delivery.Result.PRUNED) else "Warning"
+        self._event(namespace, PACK_INSTANCES, name, type_, str(record.result), record.message, now, written)
 
     # -- apply ------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from gitopsd import errors
 from gitopsd.core import codec
-from gitopsd.model import change, instance, pack
+from gitopsd.model import change, delivery, instance, pack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS events (
     name TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL, revision TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_object ON events(kind, namespace, name, id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (namespace, name)
+);
 """
 
 CLUSTER_PACK = pack.CLUSTER_PACK_KIND
@@ -97,7 +100,7 @@ class LocalStore:
         for body, uid, rv, generation in self._db.execute(query + " ORDER BY namespace, name", args):
             obj = json.loads(body)
             obj["metadata"].update({"uid": uid, "resourceVersion": str(rv), "generation": generation})
-            out.append(obj)
+            out.append(self._with_delivery(kind, obj))
         return out
 
     def get_object(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
@@ -109,7 +112,41 @@ class LocalStore:
             return None
         obj = json.loads(row[0])
         obj["metadata"].update({"uid": row[1], "resourceVersion": str(row[2]), "generation": row[3]})
+        return self._with_delivery(kind, obj)
+
+    def _with_delivery(self, kind: str, obj: dict[str, object]) -> dict[str, object]:
+        """A PackInstance as Kubernetes would show it: its delivery record in ``status.delivery``."""
+        if kind != PACK_INSTANCE:
+            return obj
+        meta = obj["metadata"]
+        row = self._db.execute("SELECT body FROM deliveries WHERE namespace=? AND name=?",
+                               (meta["namespace"], meta["name"])).fetchone()  # type: ignore[index]
+        if row is not None:
+            obj["status"] = {**(obj.get("status") or {}), "delivery": json.loads(row[0])}  # type: ignore[dict-item]
         return obj
+
+    # --- delivery records ----------------------------------------------------------------------
+    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+        rows = self._db.execute("SELECT name, body FROM deliveries WHERE namespace=?", (namespace,))
+        return {name: delivery.Delivery.from_json(json.loads(body)) for name, body in rows}
+
+    def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        """Keep ``record`` as the PackInstance's delivery (with an Event); nothing when it is gone."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM objects WHERE kind=? AND namespace=? AND name=?",
+                                (PACK_INSTANCE, namespace, name)).fetchone() is None:
+                self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, name))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO deliveries(namespace, name, body) VALUES (?,?,?)",
+                                 (namespace, name, json.dumps(record.to_json(), sort_keys=True)))
+                type_ = "Normal" if record.result in (delivery.Result.DELIVERED, delivery.Result.PRUNED) else "Warning"
+                self._event(now, PACK_INSTANCE, namespace, name, type_, str(record.result), record.message, "")
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise errors.TransientError(f"local store {self.path}: {err}", reason="StoreError") from err
 
     def events(self, limit: int = 100) -> list[dict[str, str]]:
         rows = self._db.execute(
@@ -210,6 +247,7 @@ class LocalStore:
                     return rv, 0
                 rv += 1
                 self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (PACK_INSTANCE, namespace, c.name))
+                self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
                 self._staged.append((PACK_INSTANCE, c.name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
                 return rv, 1

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 
+from gitopsd import errors
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
@@ -56,6 +57,22 @@ class OciLayout:
         if artifact_core.digest_of(data) != digest:
             raise ValueError(f"blob {digest} in {self.root} is corrupt (content does not match its digest)")
         return data
+
+    def pull(self, repository: str, digest: str) -> tuple[bytes, dict[str, bytes]]:
+        """The manifest bytes and every blob it names, as stored (delivery checks every digest)."""
+        try:
+            manifest = self._blob_path(digest).read_bytes()
+            descriptors = [(json.loads(manifest).get("config") or {}), *json.loads(manifest).get("layers", [])]
+            blobs = {}
+            for descriptor in descriptors:
+                blob_digest = str(descriptor.get("digest", ""))
+                path = self._blob_path(blob_digest)
+                if path.exists():
+                    blobs[blob_digest] = path.read_bytes()
+        except (OSError, ValueError) as err:
+            raise errors.StalledError(f"artifact {repository}@{digest} is not readable in {self.root}: {err}",
+                                      reason="ArtifactNotFound") from err
+        return manifest, blobs
 
     def verify(self, repository: str, manifest_digest: str, layers: Mapping[str, str] | None = None) -> list[str]:
         """Problems with the stored artifact (empty when sound): every digest recomputed from bytes."""

@@ -13,6 +13,7 @@ prunes what the old inventory has and the new one lacks, in reverse stage order.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,44 @@ STAGES = ("namespaces", "rbac", "cluster", "pre-hooks", "storage", "stateful", "
 _PRE = {"pre-install", "pre-upgrade"}
 _POST = {"post-install", "post-upgrade"}
 VOLATILE_METADATA = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid", "selfLink")
+
+
+class Action(enum.StrEnum):
+    DELIVER = "deliver"  # apply the ClusterPack the instance wants (new, changed, or retried)
+    DRIFT = "drift"  # the cluster runs it: compare with the inventory
+    UNINSTALL = "uninstall"  # delete the inventory
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    timeout: float = 300.0  # seconds a stage may take to become healthy
+    drift: delivery.DriftMode = delivery.DriftMode.CORRECT
+    force: bool = False  # take over fields another field manager owns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One PackInstance on one cluster."""
+
+    instance: str
+    cluster: str
+    base_pack_name: str
+    version: str
+    spec_json: str  # the ClusterPack's spec, canonical JSON: what its signature covers
+    signature: str | None
+    previous: delivery.Delivery | None
+    options: Options = Options()
+    held_elsewhere: frozenset[tuple[str, str, str, str]] = frozenset()  # inventory of other instances here
+    action: Action = dataclasses.field(default_factory=lambda: Action.DELIVER)
+    depends_on: tuple[str, ...] = ()  # basePackNames delivered first on the same cluster
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)  # type: ignore[no-any-return]
+
+    @property
+    def digest(self) -> str:
+        return str(self.spec["registryRef"]["digest"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,3 +189,62 @@ def drifted(live: Mapping[str, Any] | None, after_apply: Mapping[str, Any]) -> b
     A missing object has drifted; fields another manager owns are kept by the dry run, so they
     are never drift."""
     return live is None or comparable(live) != comparable(after_apply)
+
+
+_RETRIED_ON_RESYNC = (delivery.Result.FAILED, delivery.Result.TIMED_OUT, delivery.Result.REFUSED)
+
+
+def action_for(previous: delivery.Delivery | None, digest: str, *, resync: bool) -> Action | None:
+    """What a pass does for an instance that wants the ClusterPack with manifest ``digest``:
+    deliver what the cluster does not run yet (or could not be reached for), retry a failed
+    delivery of the same digest only on resync (it needs a change or time), check drift on resync."""
+    if previous is None or previous.digest != digest or previous.result is delivery.Result.UNREACHABLE:
+        return Action.DELIVER
+    if previous.result in _RETRIED_ON_RESYNC:
+        return Action.DELIVER if resync else None
+    if previous.result is delivery.Result.DELIVERED and resync:
+        return Action.DRIFT
+    return None
+
+
+def same_record(a: delivery.Delivery | None, b: delivery.Delivery) -> bool:
+    """Equal but for when they were made: storing ``b`` over ``a`` would change nothing."""
+    return a is not None and dataclasses.replace(a, at="") == dataclasses.replace(b, at="")
+
+
+def provides_and_needs(objects: Iterable[Mapping[str, Any]]) -> tuple[frozenset[tuple[str, ...]], frozenset[tuple[str, ...]]]:
+    """What a pack's objects make available on a cluster (Namespaces, custom kinds of its CRDs) and
+    what they rely on (the namespaces they live in, the kinds they are)."""
+    provides: set[tuple[str, ...]] = set()
+    needs: set[tuple[str, ...]] = set()
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        kind = str(obj.get("kind", ""))
+        if kind == "Namespace":
+            provides.add(("namespace", str(meta.get("name", ""))))
+        elif kind == "CustomResourceDefinition":
+            crd = obj.get("spec") or {}
+            provides.add(("kind", str(crd.get("group", "")), str((crd.get("names") or {}).get("kind", ""))))
+        if meta.get("namespace"):
+            needs.add(("namespace", str(meta["namespace"])))
+        needs.add(("kind", str(obj.get("apiVersion", "")).rpartition("/")[0], kind))
+    return frozenset(provides), frozenset(needs - provides)
+
+
+def order(names: Sequence[str], provides: Mapping[str, frozenset[tuple[str, ...]]],
+          needs: Mapping[str, frozenset[tuple[str, ...]]], depends: Mapping[str, frozenset[str]]) -> list[str]:
+    """``names`` (PackInstances of one cluster) so that each comes after those that provide what it
+    needs and those it ``dependsOn``; otherwise by name. A cycle is broken in name order."""
+    after: dict[str, set[str]] = {n: set() for n in names}
+    for n in names:
+        for m in names:
+            if m != n and (needs.get(n, frozenset()) & provides.get(m, frozenset()) or m in depends.get(n, frozenset())):
+                after[n].add(m)
+    out: list[str] = []
+    left = sorted(names)
+    while left:
+        ready = [n for n in left if not (after[n] & set(left))]
+        pick = ready[0] if ready else left[0]
+        out.append(pick)
+        left.remove(pick)
+    return out

@@ -452,3 +452,19 @@ def block_packs(current: change.Plan, failed: Mapping[str, str], *, reason: str)
         else:
             out.append(c)
     return dataclasses.replace(current, changes=tuple(out))
+
+
+def hold_uninstalls(current: change.Plan, held: Mapping[str, str]) -> change.Plan:
+    """The plan with the uninstall of each PackInstance in ``held`` (name -> why) turned into
+    BLOCKED ``UninstallPending``: its objects are still on its cluster, so the instance (and the
+    inventory it records) stays until a later pass has deleted them."""
+    out = []
+    for c in current.changes:
+        if c.kind is ObjectKind.PACK_INSTANCE and c.action is Action.UNINSTALL and c.name in held:
+            message = f"{c.name}: its objects on cluster {c.cluster} could not be deleted yet: {held[c.name]}"
+            out.append(dataclasses.replace(c, action=Action.BLOCKED, reason="UninstallPending",
+                                           condition=Condition("Ready", "False", "UninstallPending", message),
+                                           pack_instance=None))
+        else:
+            out.append(c)
+    return dataclasses.replace(current, changes=tuple(out))

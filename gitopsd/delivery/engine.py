@@ -40,42 +40,13 @@ from gitopsd.model import delivery, pack
 
 log = structlog.get_logger()
 
-DEFAULT_TIMEOUT = 300.0
+Job = delivery_core.Job
+Options = delivery_core.Options
 
 
 class ArtifactSource(Protocol):
     def pull(self, repository: str, digest: str) -> tuple[bytes, dict[str, bytes]]:
         """The manifest bytes and every blob it names, as stored (not yet checked)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Options:
-    timeout: float = DEFAULT_TIMEOUT  # seconds a stage may take to become healthy
-    drift: delivery.DriftMode = delivery.DriftMode.CORRECT
-    force: bool = False  # take over fields another field manager owns
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Job:
-    """One PackInstance on one cluster."""
-
-    instance: str
-    cluster: str
-    base_pack_name: str
-    version: str
-    spec_json: str  # the ClusterPack's spec, canonical JSON: what its signature covers
-    signature: str | None
-    previous: delivery.Delivery | None
-    options: Options = Options()
-    held_elsewhere: frozenset[tuple[str, str, str, str]] = frozenset()  # inventory of other instances here
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)  # type: ignore[no-any-return]
-
-    @property
-    def digest(self) -> str:
-        return str(self.spec["registryRef"]["digest"])
 
 
 class Refused(errors.GitopsdError):
@@ -148,6 +119,11 @@ class Engine:
             return self._record(job, delivery.Result.FAILED, f"{err.reason}: {err}", kept, (), "")
         runs: list[delivery.StageRun] = []
         applied: list[delivery.Entry] = []
+        try:
+            created = self._create_namespaces(planned, target, job.instance)
+        except errors.GitopsdError as err:
+            result = delivery.Result.UNREACHABLE if isinstance(err, errors.TransientError) else delivery.Result.FAILED
+            return self._record(job, result, f"namespaces: {err}", kept, (), "")
         for stage in planned:
             started = self.clock()
             try:
@@ -173,11 +149,28 @@ class Engine:
         except errors.GitopsdError as err:
             return self._record(job, delivery.Result.FAILED, f"prune: {err}", _union(kept, inventory), runs, "prune")
         message = f"{job.base_pack_name} {job.version} delivered in {len(runs)} stages"
+        if created:
+            message += f"; created namespace {', '.join(created)}"
         if pruned:
             message += f"; pruned {', '.join(pruned)}"
         log.info("delivered", instance=job.instance, cluster=job.cluster, version=job.version, stages=len(runs),
                  pruned=len(pruned))
         return self._record(job, delivery.Result.DELIVERED, message, inventory, runs, runs[-1].name if runs else "")
+
+    def _create_namespaces(self, planned: list[delivery_core.Stage], target: target_mod.Target, instance: str) -> list[str]:
+        """Create the namespaces the pack's objects live in that neither exist nor come with the
+        pack (as ``helm install --create-namespace`` does). They are not in the inventory: an
+        uninstall leaves them, with whatever else lives in them."""
+        own = {it.entry.name for stage in planned for it in stage.items if it.entry.kind == "Namespace"}
+        wanted = sorted({it.entry.namespace for stage in planned for it in stage.items
+                         if it.entry.namespace and it.entry.namespace not in own})
+        created = []
+        for name in wanted:
+            if target.get("v1", "Namespace", "", name) is None:
+                target.apply({"apiVersion": "v1", "kind": "Namespace",
+                              "metadata": {"name": name, "labels": {delivery_core.INSTANCE_LABEL: instance}}})
+                created.append(name)
+        return created
 
     def _apply_stage(self, stage: delivery_core.Stage, target: target_mod.Target, job: Job,
                      applied: list[delivery.Entry]) -> None:

@@ -57,12 +57,11 @@ class Target:
               content_type: str = "application/json", verb: str = "") -> tuple[int, Any]:
         url = self.api.configuration.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        data = json.dumps(body) if body is not None and not isinstance(body, str) else body
         key = verb or method.lower()
         with self._lock:
             self.requests[key] = self.requests.get(key, 0) + 1
         try:
-            response = self.api.call_api(method, url, header_params=headers, body=data, _request_timeout=self.timeout)
+            response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
             raw = response.read()
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise errors.TransientError(f"cluster {self.name}: cannot reach the API server: {err}",

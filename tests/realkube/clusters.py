@@ -43,8 +43,9 @@ class Clusters:
                 if name == "mgmt" and os.environ.get("GITOPSD_TEST_KUBECONFIG"):
                     self._kubeconfigs[name] = pathlib.Path(os.environ["GITOPSD_TEST_KUBECONFIG"])
                 else:
-                    self._kubeconfigs[name] = up(f"test-{name}")
-                    self._started.append(f"test-{name}")
+                    self._kubeconfigs[name], started = up(f"test-{name}")
+                    if started:  # one found running (another session's, or kept) is left running
+                        self._started.append(f"test-{name}")
             return self._kubeconfigs[name]
 
     def stop(self) -> None:
@@ -54,7 +55,8 @@ class Clusters:
         self._started.clear()
 
 
-def up(name: str) -> pathlib.Path:
+def up(name: str) -> tuple[pathlib.Path, bool]:
+    """The kubeconfig of cluster ``name``, and whether this call started it."""
     started = time.monotonic()
     result = subprocess.run([sys.executable, str(TOOL), "up", name], capture_output=True, text=True,
                             timeout=UP_TIMEOUT, check=False)
@@ -65,7 +67,7 @@ def up(name: str) -> pathlib.Path:
     if not path.is_file():
         raise RuntimeError(f"tools/kubecluster up {name} did not print a kubeconfig path:\n{result.stdout[-2000:]}")
     sys.stderr.write(f"\ncluster {name} ready in {time.monotonic() - started:.1f} s: {path}\n")
-    return path
+    return path, "is already running" not in result.stdout + result.stderr
 
 
 def api(kubeconfig: pathlib.Path | str, user_agent: str = "gitopsd-tests") -> client.ApiClient:
