@@ -123,11 +123,19 @@ def fetch(env: Env, state: PassState) -> None:
 def load_specs(env: Env, state: PassState) -> None:
     tree = state.tree
     assert tree is not None
+    for top in ("gitopsd.yaml", "clusters", "packs"):
+        if tree.kind(top) is ports.EntryKind.LINK:
+            raise errors.SpecError(f"{top} is a symlink; gitopsd reads only real files and folders of the config repo: "
+                                   f"replace the link with the {'file' if '.' in top else 'folder'} itself",
+                                   path=top, reason="PathEscape")
     if tree.kind("gitopsd.yaml") is ports.EntryKind.FILE:
         state.config = parse.parse_config(yamlload.load_one(tree.read("gitopsd.yaml"), "gitopsd.yaml"), env.schemas)
     if tree.kind("clusters") is ports.EntryKind.DIR:
         for name, kind in tree.listdir("clusters"):
             path = f"clusters/{name}"
+            if kind is ports.EntryKind.LINK and name.endswith((".yaml", ".yml")):
+                raise errors.SpecError(f"{path} is a symlink; a cluster file must be a regular file in clusters/: "
+                                       "replace the link with the file itself", path=path, reason="PathEscape")
             if kind is not ports.EntryKind.FILE or not name.endswith((".yaml", ".yml")):
                 continue
             cluster = parse.parse_cluster(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
@@ -144,6 +152,13 @@ def load_specs(env: Env, state: PassState) -> None:
     # Only this pass's PackBuilds stay memoized: a daemon does not keep every version it ever parsed.
     earlier, env.memo.specs = env.memo.specs, {}
     for name, kind in tree.listdir("packs"):
+        if kind is ports.EntryKind.LINK and name.isprintable():
+            path = f"packs/{name}"
+            state.pack_errors.append(change.PackError(
+                path=path, pack=name, reason="PathEscape",
+                message=f"{path} is a symlink to {tree.readlink(path)!r}; a pack folder must be a real folder in "
+                        "packs/: replace the link with the folder itself"))
+            continue
         if kind is not ports.EntryKind.DIR:
             continue
         if not name.isprintable() or "/" in name:
