@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_kube
-from gitopsd.adapters import keys, localstore
+from gitopsd.adapters import keys, localstore, statelock
 from gitopsd.core import signing, yamlload
 from gitopsd.model import instance, pack
 
@@ -138,6 +138,17 @@ def cmd_pass(args: argparse.Namespace) -> int:
     repo = args.repo
     wiring.repo_kind(repo)  # a missing folder or a URL holding credentials stops here, before the state dir is made
     state_dir = _state_dir(args)
+    dry_run = args.mode != "reconcile"
+    # One writer per state dir: held from before its first write (the demo remote, the key) to the end.
+    held = statelock.acquire(state_dir) if not dry_run or args.as_git_remote else None
+    try:
+        return _pass(args, repo, state_dir, dry_run)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run: bool) -> int:
     if args.as_git_remote:
         if wiring.repo_kind(repo) is not wiring.RepoKind.FOLDER:
             raise errors.ConfigError(f"--as-git-remote takes a plain folder; {repo} already is a Git remote", reason="Usage")
@@ -145,7 +156,6 @@ def cmd_pass(args: argparse.Namespace) -> int:
     kind = wiring.repo_kind(repo)
     if kind is not wiring.RepoKind.URL:
         wiring.check_state_dir(state_dir, pathlib.Path(repo))
-    dry_run = args.mode != "reconcile"
     flags.require_signing_key(args, writes=not dry_run, kube=wiring_kube.options(args) is not None)
     local = wiring.open_local(state_dir)
     try:
@@ -272,6 +282,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
     _, verifier = wiring.signing(state_dir, None, args.trusted_keys, create=False)
     if verifier is None:
+        if kube_options is None:
+            store = localstore.LocalStore(state_dir / "store.db")
+            try:
+                signed = store.signed_packs()
+            finally:
+                store.close()
+            if signed:
+                raise errors.ConfigError(
+                    f"{state_dir / 'keys' / 'signing.key'} is missing, but the local store holds {signed} signed "
+                    "ClusterPack(s): restore the key file, or pass --trusted-keys with its public key",
+                    reason="SigningKeyMissing")
         raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
     registry_options = flags.registry_options(args)
     local = wiring.open_local(state_dir)

@@ -18,6 +18,7 @@ import hashlib
 import os
 import pathlib
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gitopsd import errors, reconcile
@@ -80,7 +81,8 @@ class KeyVerifier:
         return keys.verify_any(self.trusted, data, signature) is not None
 
 
-def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str | None, *, create: bool) -> tuple[keys.SigningKey | None, KeyVerifier | None]:
+def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str | None, *, create: bool,
+            signed_packs: Callable[[], int] | None = None) -> tuple[keys.SigningKey | None, KeyVerifier | None]:
     """The signer and the verifier of a local run.
 
     With ``--signing-key`` that key signs; otherwise a key kept in the state dir (made on first
@@ -92,7 +94,19 @@ def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str 
     else:
         local = state_dir / "keys" / "signing.key"
         if not local.exists() and create:
-            keys.generate(local.parent)
+            signed = signed_packs() if signed_packs is not None else 0
+            if signed:
+                raise errors.ConfigError(
+                    f"{local} is missing, but the local store holds {signed} signed ClusterPack(s): a new key would not "
+                    "verify them, so none is made; restore the key file from a backup, or pass --signing-key (and "
+                    "--trusted-keys with the old public key)",
+                    reason="SigningKeyMissing",
+                )
+            try:
+                keys.generate(local.parent)
+            except keys.KeyLoadError:
+                if not local.exists():
+                    raise  # not a lost race with another first run: say what failed
         signer = keys.load_private_key(local) if local.exists() else None
     if trusted_keys:
         return signer, KeyVerifier(keys.load_public_keys(trusted_keys))
@@ -290,7 +304,8 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
             )
         registry_url = registry.url
     kind = repo_kind(repo)
-    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run)
+    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run,
+                               signed_packs=local.store.signed_packs)
     env = reconcile.Env(
         source=system.LocalSource(pathlib.Path(repo), local.state_dir / "trees"),
         cluster=local.store,

@@ -85,6 +85,10 @@ class LocalStore:
         self._cache = (rv, namespace, observed)
         return observed
 
+    def signed_packs(self) -> int:
+        """How many ClusterPacks the store holds (each one signed when it was applied)."""
+        return int(self._db.execute("SELECT count(*) FROM objects WHERE kind=?", (CLUSTER_PACK,)).fetchone()[0])
+
     def list_objects(self, kind: str, namespace: str | None = None) -> list[dict[str, object]]:
         query = "SELECT body, uid, resource_version, generation FROM objects WHERE kind=?"
         args: tuple[str, ...] = (kind,)
