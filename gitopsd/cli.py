@@ -20,6 +20,7 @@ import structlog
 from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_kube
 from gitopsd.adapters import keys, localstore, statelock
 from gitopsd.core import signing, yamlload
+from gitopsd.core import status as status_core
 from gitopsd.model import instance, pack
 
 log = structlog.get_logger()
@@ -313,10 +314,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failures += bool(problems)
             results.append({"name": name, "ok": not problems, "problems": problems})
         if args.repo:
-            for path, data in wiring.status_records(args.repo, state_dir, flags.git_options(args)):
+            records = wiring.status_records(args.repo, state_dir, flags.git_options(args))
+            for path, data in records:
                 problems = verify_record(path, data, observed)
                 failures += bool(problems)
                 results.append({"name": path, "ok": not problems, "problems": problems})
+            for missing in missing_records(records, observed):
+                failures += 1
+                results.append(missing)
     finally:
         local.close()
     if args.output == "table":
@@ -350,8 +355,10 @@ def verify_pack(found: instance.ObservedPack, verifier: wiring.KeyVerifier, arti
 
 
 def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[str]:
-    """A status record must agree with the stored (and separately verified) ClusterPacks: same
-    checksum, digests and signature for every version it lists."""
+    """A status record must agree with what the store or cluster holds (each ClusterPack verified on
+    its own): the ClusterPacks it lists (checksum, digests, signature, version, provenance), the
+    PackInstances it lists (cluster, version, state, history), and it must be about a pack the store
+    knows: a record with neither a ClusterPack nor a PackInstance behind it is invented."""
     try:
         record = yamlload.load_one(data, path)
     except errors.GitopsdError as err:
@@ -359,7 +366,19 @@ def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[s
     if not isinstance(record, dict):
         return ["not a status record (a YAML mapping)"]
     problems = []
-    for entry in record.get("clusterPacks") or []:
+    base = str(record.get("basePackName", ""))
+    if f"{status_core.STATUS_DIR}/{base}.yaml" != path:
+        problems.append(f"basePackName {base!r} does not match the file name")
+    entries = record.get("clusterPacks") or []
+    listed = record.get("instances") or []
+    if not isinstance(entries, list) or not isinstance(listed, list):
+        return [*problems, "clusterPacks and instances must be lists"]
+    ours = [p for p in observed.packs.values() if p.base_pack_name == base]
+    theirs = [i for i in observed.instances.values() if i.base_pack_name == base]
+    if not ours and not theirs and (entries or listed or not record.get("errors")):
+        problems.append(f"no ClusterPack or PackInstance of {base!r} is in the store or cluster: the record is not gitopsd's")
+    for entry in entries:
+        entry = entry if isinstance(entry, dict) else {}
         name = str(entry.get("name", "?"))
         found = observed.packs.get(name)
         if found is None:
@@ -368,10 +387,46 @@ def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[s
         spec = json.loads(found.spec_json)
         pairs = [("checksum", entry.get("checksum"), found.checksum),
                  ("registryRef.digest", (entry.get("registryRef") or {}).get("digest"), found.manifest_digest),
-                 ("packSignature", entry.get("packSignature"), found.signature)]
+                 ("packSignature", entry.get("packSignature"), found.signature),
+                 ("signed", entry.get("signed"), found.signature is not None),
+                 ("version", entry.get("version"), spec.get("version")),
+                 ("provenance", entry.get("provenance"), spec.get("provenance", {}))]
         pairs += [(field, entry.get(field), spec.get(field)) for field in ("rbacDigest", "clusterScopedDigest", "workloadDigest")]
         problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}" for field, mine, theirs in pairs if mine != theirs]
+    for entry in listed:
+        entry = entry if isinstance(entry, dict) else {}
+        name = str(entry.get("name", "?"))
+        pi = observed.instances.get(name)
+        if pi is None:
+            if entry.get("state") != "blocked":
+                problems.append(f"PackInstance {name} is not in the store or cluster")
+            continue
+        state = entry.get("state")
+        pairs = [("cluster", entry.get("cluster"), pi.cluster), ("version", entry.get("version"), pi.version),
+                 ("history", entry.get("history"), [r.to_json() for r in pi.history])]
+        if not (state == "blocked" and pi.state is not instance.InstallState.INSTALLED):
+            pairs.append(("state", state, str(pi.state)))
+        problems += [f"PackInstance {name}: {field} {mine!r} differs from the stored {theirs!r}"
+                     for field, mine, theirs in pairs if mine != theirs]
     return problems
+
+
+def missing_records(records: list[tuple[str, bytes]], observed: instance.Observed) -> list[dict[str, object]]:
+    """A result per installed PackInstance that no status record lists (records dropped by a force-push)."""
+    listed: set[str] = set()
+    for path, data in records:
+        try:
+            record = yamlload.load_one(data, path)
+        except errors.GitopsdError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("instances"), list):
+            listed |= {str(e.get("name")) for e in record["instances"] if isinstance(e, dict)}
+    out: list[dict[str, object]] = []
+    for name, pi in sorted(observed.instances.items()):
+        if pi.state is instance.InstallState.INSTALLED and name not in listed:
+            path = f"{status_core.STATUS_DIR}/{pi.base_pack_name}.yaml"
+            out.append({"name": path, "ok": False, "problems": [f"PackInstance {name} is installed but no status record lists it"]})
+    return out
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -213,8 +213,11 @@ class Daemon:
                     self._failed(err, None, None, retry_pass=action != "poll")
                     continue
                 if action == "poll" and head is not None and head in (self.last_revision, self._stalled_head):
-                    self._skip(head, now)
-                    continue
+                    moved = getattr(env.source, "status_moved", None)
+                    if head != self.last_revision or moved is None or not moved():
+                        self._skip(head, now)
+                        continue
+                    action = "status"  # the same revision under another tip: check (and repair) the status records
             self._pass(env, action, head)
 
     def _decide(self, now: float, pending: str | None) -> tuple[str | None, float]:

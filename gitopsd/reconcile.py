@@ -582,8 +582,9 @@ def write_status(env: Env, state: PassState) -> None:
     assert state.plan is not None and state.tree is not None
     if env.dry_run or env.status_writer is None:
         return
-    if state.plan_reused and env.memo.status_written:
-        return  # nothing changed since the records were last written
+    in_place = getattr(env.status_writer, "in_place", None)
+    if state.plan_reused and env.memo.status_written and (in_place is None or in_place()):
+        return  # nothing changed since the records were last written, and the branch still holds them
     records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision,
                              memo=env.memo.status_text)
     message = status.commit_message(state.plan, state.revision)

@@ -94,7 +94,11 @@ def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str 
     else:
         local = state_dir / "keys" / "signing.key"
         if not local.exists() and create:
-            signed = signed_packs() if signed_packs is not None else 0
+            # Made here once (its public half is still here) and signed the store: a new key would
+            # not verify a single ClusterPack. (Without the public half the store was signed by a
+            # --signing-key of earlier runs, and a local key is made as on a first run.)
+            made_here = local.with_suffix(".key.pub").exists()
+            signed = signed_packs() if signed_packs is not None and made_here else 0
             if signed:
                 raise errors.ConfigError(
                     f"{local} is missing, but the local store holds {signed} signed ClusterPack(s): a new key would not "
@@ -342,7 +346,11 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
             wired.status_off = "folder (pass --write-status to commit status to its branch)"
     else:
         remote = git_remote(repo, local.state_dir, git)
-        env.source = gitsource.GitSource(remote, local.state_dir / "trees", verifier=commit_verifier(git))
+        status_keys = tuple(verifier.trusted) if verifier is not None else ()
+        if signer is not None:
+            status_keys = (signer.public_key(), *status_keys)
+        env.source = gitsource.GitSource(remote, local.state_dir / "trees", verifier=commit_verifier(git),
+                                         status_keys=status_keys)
         wired.remote = remote
         wired.status_repo = remote.location.local_path
         if git.tag:
