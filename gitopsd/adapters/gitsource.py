@@ -778,7 +778,7 @@ def _folder_tree(repo: pygit2.Repository, folder: pathlib.Path, *, top: bool) ->
                 builder.insert(entry.name, sub, pygit2.enums.FileMode.TREE)
         elif entry.is_file():
             mode = pygit2.enums.FileMode.BLOB_EXECUTABLE if os.access(path, os.X_OK) else pygit2.enums.FileMode.BLOB
-            builder.insert(entry.name, repo.create_blob(path.read_bytes()), mode)
+            builder.insert(entry.name, repo.create_blob_fromdisk(str(path)), mode)  # streamed: a large file is never held whole
     return builder.write()
 
 

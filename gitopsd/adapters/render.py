@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import json
 import os
+import pathlib
 import posixpath
 import re
 import selectors
@@ -132,6 +133,15 @@ def check_export(tree: ports.Tree, root: str, *, build: spec.PackBuild, field: s
     (the state dir's own keys, any host file). A renderer never reads a path outside its folder."""
     try:
         links.check_export(tree, root)
+    except errors.SpecError as err:
+        raise errors.SpecError(f"field {field!r}: {err}", path=build.path, reason=err.reason) from None
+
+
+def materialize(tree: ports.Tree, root: str, *, build: spec.PackBuild, field: str) -> pathlib.Path:
+    """``tree.materialize(root)``, with a refusal (a file over the size cap, a link) naming the
+    PackBuild and its field."""
+    try:
+        return tree.materialize(root)
     except errors.SpecError as err:
         raise errors.SpecError(f"field {field!r}: {err}", path=build.path, reason=err.reason) from None
 
@@ -455,7 +465,7 @@ class KustomizeRenderer(_Renderer):
             check_links(tree, f, build=build, field=field)
         root = common_folder(folders + files)
         check_export(tree, root, build=build, field=field)
-        on_disk = tree.materialize(root)
+        on_disk = materialize(tree, root, build=build, field=field)
         relative = posixpath.relpath(folder, root) if root else folder
         command, version = _kustomize_command()
         target = on_disk / relative if relative != "." else on_disk
@@ -521,7 +531,7 @@ class HelmRenderer(_Renderer):
         if kind is ports.EntryKind.DIR:
             check_links(tree, source.chart, build=build, field="helmSource.chart")
             check_export(tree, source.chart, build=build, field="helmSource.chart")
-            request["chartDir"] = str(tree.materialize(source.chart))
+            request["chartDir"] = str(materialize(tree, source.chart, build=build, field="helmSource.chart"))
         elif kind is ports.EntryKind.FILE and source.chart.endswith((".tgz", ".tar.gz")):
             request["archive"] = base64.b64encode(tree.read(source.chart)).decode("ascii")
         else:
