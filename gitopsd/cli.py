@@ -4,13 +4,17 @@ Exit codes (also in ``--help``):
   0  success; for ``diff``: in sync
   1  for ``diff``: there are changes; for ``reconcile``/``dry-run``/``verify``: some pack failed,
      is blocked or did not verify
-  2  error: bad arguments, unreadable repo, a broken gitopsd.yaml, a backend failure
+  2  error: bad arguments, unreadable repo, a broken gitopsd.yaml, a backend failure (a full disk,
+     a read-only or locked state dir, a damaged store.db), one line on stderr
+  141  the output pipe closed early (``gitopsd get packs | head``): output stops quietly
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -26,12 +30,15 @@ from gitopsd.model import instance, pack
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+EXIT_PIPE = 141  # the output pipe closed early (128 + SIGPIPE, as a shell reports it)
 
 EPILOG = """\
 exit codes:
   0  success (diff: in sync)
   1  diff: changes pending; reconcile/dry-run: a pack failed or is blocked; verify: a pack failed
-  2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure)
+  2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure: full disk,
+     read-only or locked state dir, damaged store.db)
+  141  the output pipe closed early (e.g. piped into head)
 
 examples:
   gitopsd reconcile examples-repo            compile, sign, publish and apply on the embedded default
@@ -158,7 +165,7 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
     if kind is not wiring.RepoKind.URL:
         wiring.check_state_dir(state_dir, pathlib.Path(repo))
     flags.require_signing_key(args, writes=not dry_run, kube=wiring_kube.options(args) is not None)
-    local = wiring.open_local(state_dir)
+    local = wiring.open_local(state_dir, read_only=dry_run and not wiring.writable(state_dir))
     try:
         wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
@@ -229,7 +236,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     if not (state_dir / "store.db").exists():
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
-    store = localstore.LocalStore(state_dir / "store.db")
+    store = localstore.LocalStore(state_dir / "store.db", read_only=not wiring.writable(state_dir))
     try:
         if args.what == "events":
             items: list[dict[str, object]] = store.events(200)  # type: ignore[assignment]
@@ -284,7 +291,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _, verifier = wiring.signing(state_dir, None, args.trusted_keys, create=False)
     if verifier is None:
         if kube_options is None:
-            store = localstore.LocalStore(state_dir / "store.db")
+            store = localstore.LocalStore(state_dir / "store.db", read_only=not wiring.writable(state_dir))
             try:
                 signed = store.signed_packs()
             finally:
@@ -296,7 +303,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     reason="SigningKeyMissing")
         raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
     registry_options = flags.registry_options(args)
-    local = wiring.open_local(state_dir)
+    local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     failures = 0
     results = []
     try:
@@ -446,6 +453,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.GitopsdError as err:
         retry = "; transient, retrying later may succeed" if err.transient else ""
         print(f"error: {err} (reason {err.reason}{retry})", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (``gitopsd get packs | head``): stop quietly, as a shell tool would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        return EXIT_PIPE
+    except OSError as err:
+        # A backend on a bad day (a full disk, a read-only mount, a vanished file): one line, exit 2.
+        where = f"{err.filename}: " if err.filename else ""
+        what = {errno.ENOSPC: "the disk is full; free space and run again",
+                errno.EROFS: "the file system is read-only; a pass that writes needs a writable state dir",
+                errno.EDQUOT: "the disk quota is exhausted; free space and run again"}.get(err.errno or 0, err.strerror or str(err))
+        print(f"error: {where}{what} (reason BackendFailure)", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

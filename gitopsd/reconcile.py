@@ -523,11 +523,49 @@ def publish(env: Env, state: PassState) -> None:
         except errors.GitopsdError as err:
             failed[c.name] = f"{err.reason}: {err}"
             log.warning("artifact push failed", pack=cp.base_pack_name, reason=err.reason, error=str(err))
+    _repair_artifacts(env, state, by_name)
     flush = getattr(env.registry, "flush", None)
     if flush is not None:
         flush()
     if failed:
         state.plan = plan.block_packs(state.plan, failed, reason="ArtifactPublishFailed")
+
+
+def _repair_artifacts(env: Env, state: PassState, by_name: dict[str, CompileResult]) -> None:
+    """Damage to artifacts already published (a tag lost from the index, a blob gone or corrupt) is
+    noticed on every pass by a registry that can tell cheaply (``sound``, the OCI layout) and
+    repaired from the compile cache or a recompile; what cannot be repaired becomes a pack error."""
+    sound = getattr(env.registry, "sound", None)
+    repair = getattr(env.registry, "repair", None)
+    if sound is None or repair is None:
+        return
+    assert state.plan is not None
+    problems = []
+    for c in state.plan.changes:
+        if c.kind is not change.ObjectKind.CLUSTER_PACK or c.action is not change.Action.UNCHANGED or c.name not in by_name:
+            continue
+        result = by_name[c.name]
+        cp = result.compiled.cluster_pack
+        if sound(cp.base_pack_name, cp.manifest_digest):
+            continue
+        try:
+            art = result.compiled.artifact or compile_one(env, state, result.build, use_cache=False).compiled.artifact
+            assert art is not None
+            if art.manifest_digest != cp.manifest_digest:
+                raise errors.StalledError(f"a recompile gave {art.manifest_digest}, not the published "
+                                          f"{cp.manifest_digest}", reason="NonDeterministic")
+            repair(cp.base_pack_name, art)
+        except errors.GitopsdError as err:
+            message = (f"the artifact of {cp.name} ({cp.manifest_digest}) is damaged in the registry and could not be "
+                       f"repaired: {err}; run 'gitopsd verify' and restore it")
+            problems.append(change.PackError(path=result.build.path, pack=cp.base_pack_name,
+                                             reason="ArtifactDamaged", message=message))
+            log.warning("artifact damaged", pack=cp.base_pack_name, digest=cp.manifest_digest, error=str(err))
+            continue
+        state.published += 1
+        log.warning("artifact repaired", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
+    if problems:
+        state.plan = dataclasses.replace(state.plan, errors=state.plan.errors + tuple(problems))
 
 
 def check_artifacts(env: Env, state: PassState) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import os
 import pathlib
 import re
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -57,19 +58,44 @@ class Local:
     layout: ocilayout.OciLayout
     cache: compilecache.SqliteCompileCache
 
+    read_only: bool = False
+    scratch: tempfile.TemporaryDirectory[str] | None = None  # exports of a read-only state dir
+
+    @property
+    def trees(self) -> pathlib.Path:
+        """Where trees are exported for kustomize and helm: the state dir's, or a scratch folder."""
+        return pathlib.Path(self.scratch.name) if self.scratch is not None else self.state_dir / "trees"
+
     def close(self) -> None:
         self.cache.close()
         self.store.close()
+        if self.scratch is not None:
+            self.scratch.cleanup()
 
 
-def open_local(state_dir: pathlib.Path) -> Local:
-    state_dir.mkdir(parents=True, exist_ok=True)
+def writable(state_dir: pathlib.Path) -> bool:
+    """False for a state dir on a read-only mount (or one gitopsd may not write)."""
+    return not state_dir.is_dir() or os.access(state_dir, os.W_OK)
+
+
+def open_local(state_dir: pathlib.Path, *, read_only: bool = False) -> Local:
+    """The embedded backends. ``read_only`` (read-only commands on a state dir that cannot be
+    written): nothing under the state dir is created or changed."""
+    if not read_only:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise errors.ConfigError(f"state dir {state_dir}: cannot create it ({err.strerror}); choose a writable "
+                                     "--state-dir", reason="StateDirUnwritable") from None
     state_dir = state_dir.resolve()  # renderers run in other folders: exported trees need absolute paths
+    store = localstore.LocalStore(state_dir / "store.db", read_only=read_only)
     return Local(
         state_dir=state_dir,
-        store=localstore.LocalStore(state_dir / "store.db"),
-        layout=ocilayout.OciLayout(state_dir / "oci"),
-        cache=compilecache.SqliteCompileCache(state_dir / "cache.db"),
+        store=store,
+        layout=ocilayout.OciLayout(state_dir / "oci", read_only=read_only),
+        cache=compilecache.SqliteCompileCache(state_dir / "cache.db", read_only=read_only),
+        read_only=read_only,
+        scratch=tempfile.TemporaryDirectory(prefix="gitopsd-trees-") if read_only else None,
     )
 
 
@@ -311,7 +337,7 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
     signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run,
                                signed_packs=local.store.signed_packs)
     env = reconcile.Env(
-        source=system.LocalSource(pathlib.Path(repo), local.state_dir / "trees"),
+        source=system.LocalSource(pathlib.Path(repo), local.trees),
         cluster=local.store,
         registry=local.layout,
         cache=local.cache,
@@ -349,7 +375,7 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
         status_keys = tuple(verifier.trusted) if verifier is not None else ()
         if signer is not None:
             status_keys = (signer.public_key(), *status_keys)
-        env.source = gitsource.GitSource(remote, local.state_dir / "trees", verifier=commit_verifier(git),
+        env.source = gitsource.GitSource(remote, local.trees, verifier=commit_verifier(git),
                                          status_keys=status_keys)
         wired.remote = remote
         wired.status_repo = remote.location.local_path

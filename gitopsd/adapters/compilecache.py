@@ -10,17 +10,59 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 
+import structlog
+
 from gitopsd.core import codec
 from gitopsd.model import pack
 
+log = structlog.get_logger()
+_SCHEMA = "CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def _discard(path: pathlib.Path) -> None:
+    """Move a corrupt cache (and its WAL files) aside; a later pass compiles what it needs again."""
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        try:
+            part.replace(path.with_name(f"{path.name}{suffix}.corrupt"))
+        except OSError:
+            continue
+
 
 class SqliteCompileCache:
-    def __init__(self, path: pathlib.Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    """Only a cache: a corrupt ``cache.db`` is moved away and made again, and a state dir where it
+    cannot be written (read-only, full) gets a cache in memory for the process. Never fatal."""
+
+    def __init__(self, path: pathlib.Path, *, read_only: bool = False) -> None:
+        self.path = path
+        self.rebuilt = False
+        self._db = self._open(path, read_only)
+        self._memory: dict[str, pack.CompiledPack] = {}
+        self._used: set[str] = set()  # keys asked for or stored since the last flush
+        self._pending: list[tuple[str, str]] = []
+
+    def _open(self, path: pathlib.Path, read_only: bool) -> sqlite3.Connection:
+        if not read_only:
+            for attempt in range(2):
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=OFF")
+                    db.execute(_SCHEMA)
+                    db.execute("SELECT count(*) FROM compiled WHERE key=''").fetchone()
+                    return db
+                except (sqlite3.Error, OSError) as err:
+                    corrupt = any(word in str(err) for word in ("not a database", "malformed", "no such table"))
+                    if attempt or not corrupt:
+                        log.warning("compile cache unusable, keeping one in memory", path=str(path), error=str(err))
+                        break
+                    log.warning("compile cache corrupt, made again", path=str(path), error=str(err))
+                    _discard(path)
+                    self.rebuilt = True
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.execute(_SCHEMA)
+        return db
         self._memory: dict[str, pack.CompiledPack] = {}
         self._used: set[str] = set()  # keys asked for or stored since the last flush
         self._pending: list[tuple[str, str]] = []
@@ -66,4 +108,7 @@ class SqliteCompileCache:
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass

@@ -68,3 +68,74 @@ def first_runs(pool: harness.ZygotePool, work: pathlib.Path, *, rounds: int, run
             tally.failures.append(f"round {index}: {'; '.join(problems)}")
         shutil.rmtree(state, ignore_errors=True)
     return tally
+
+
+# --- damaged state dirs ---------------------------------------------------------------------------
+def _first_layer(state: pathlib.Path) -> pathlib.Path:
+    index = json.loads((state / "oci" / "index.json").read_text())
+    manifest = json.loads((state / "oci" / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    return state / "oci" / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]
+
+
+def _flip(path: pathlib.Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+# id -> (what it does to a reconciled state dir, the verify exit code before a pass, the reconcile
+# exit code, the first words of its one stderr line when it fails). After a reconcile that exits 0
+# the state dir must verify and hold what it held.
+DAMAGE: dict[str, tuple[object, int, int, str]] = {
+    "index-json-corrupt": (lambda s: (s / "oci" / "index.json").write_text("{not json"), 1, 0, ""),
+    "index-json-tags-lost": (lambda s: (s / "oci" / "index.json").write_text(
+        '{"schemaVersion": 2, "manifests": []}'), 1, 0, ""),
+    "blob-of-version-in-use-corrupt": (lambda s: _flip(_first_layer(s)), 1, 0, ""),
+    "blob-of-version-in-use-missing": (lambda s: _first_layer(s).unlink(), 1, 0, ""),
+    "cache-db-corrupt": (lambda s: (s / "cache.db").write_bytes(b"not a database" * 100), 0, 0, ""),
+    "store-db-corrupt": (lambda s: (s / "store.db").write_bytes(b"not a database" * 100), 2, 2,
+                         f"error: local store {{state}}/store.db is damaged (file is not a database); move it away"),
+}
+
+
+def damaged(pool: harness.ZygotePool, work: pathlib.Path, scenario: str, *, trials: int = 1) -> harness.Tally:
+    """``trials`` times: reconcile, damage the state dir as ``scenario`` says, then check ``verify``,
+    ``reconcile`` (exit codes, one line, no traceback) and, when the pass succeeds, that the state
+    verifies and equals the state before the damage (else it is lost)."""
+    damage, verify_code, reconcile_code, line = DAMAGE[scenario]
+    tally = harness.Tally(f"state dir: {scenario}")
+    repo = harness.write_pack_repo(work / "repo", packs=3)
+    for index in range(trials):
+        state = work / f"{scenario}-{index:03d}"
+        problems = []
+        first = pool.run("reconcile", str(repo), "--state-dir", str(state), cwd=work)
+        assert first.returncode == 0, first.describe()
+        before = harness.final_state(state)
+        damage(state)  # type: ignore[operator]
+        pub = str(state / "keys" / "signing.key.pub")
+        verify = pool.run("verify", "--state-dir", str(state), "--trusted-keys", pub, cwd=work)
+        if verify.returncode != verify_code:
+            problems.append(f"verify exited {verify.returncode}, expected {verify_code}: {verify.stdout[-300:]}")
+        run = pool.run("reconcile", str(repo), "--state-dir", str(state), cwd=work)
+        if run.returncode != reconcile_code:
+            problems.append(f"reconcile exited {run.returncode}, expected {reconcile_code}: {run.stderr[-300:]}")
+        for what in (verify, run):
+            if "Traceback" in what.stderr:
+                problems.append(f"a traceback from {' '.join(what.argv[:1])}")
+        if line:
+            last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
+            if not last.startswith(line.format(state=state.resolve())):
+                problems.append(f"stderr line {last[:300]!r}")
+        if reconcile_code == 0:
+            problems += harness.layout_problems(state)
+            again = pool.run("verify", "--state-dir", str(state), "--trusted-keys", pub, cwd=work)
+            if again.returncode != 0:
+                problems.append(f"verify after the pass exited {again.returncode}: {again.stdout[-300:]}")
+            if harness.final_state(state) != before:
+                problems.append("the state after the pass differs from the state before the damage")
+        tally.trials += 1
+        if problems:
+            tally.lost += 1
+            tally.failures.append(f"{scenario} #{index}: {'; '.join(problems)}")
+        shutil.rmtree(state, ignore_errors=True)
+    return tally

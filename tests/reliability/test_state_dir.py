@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -87,3 +89,70 @@ def test_keygen_replaces_a_key_only_when_forced(tmp_path: pathlib.Path, force: b
     else:
         second = keys.generate(tmp_path, force=True)
         assert keys.load_private_key(first.private_path).public_key().openssh() == second.public_key.openssh()
+
+
+@pytest.mark.parametrize("scenario", list(statedir.DAMAGE), ids=list(statedir.DAMAGE))
+def test_a_damaged_state_dir_is_repaired_or_named_in_one_line(
+        zygotes: harness.ZygotePool, tmp_path: pathlib.Path, scenario: str) -> None:
+    tally = statedir.damaged(zygotes, tmp_path, scenario)
+    harness.CHAOS.append(tally.row())
+    assert (tally.trials, tally.failures, tally.lost) == (1, [], 0)
+
+
+@pytest.fixture
+def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A 16 MiB tmpfs mounted for the test (the state dir goes there: it can fill up or turn read-only)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_read_only_commands_work_on_a_read_only_state_dir(
+        zygotes: harness.ZygotePool, tmp_path: pathlib.Path, small_disk: pathlib.Path) -> None:
+    repo = harness.write_pack_repo(tmp_path / "repo", packs=3)
+    state = small_disk / "state"
+    assert zygotes.run("reconcile", str(repo), "--state-dir", str(state), cwd=tmp_path).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    pub = str(state / "keys" / "signing.key.pub")
+    codes = {argv[0]: zygotes.run(*argv, cwd=tmp_path) for argv in (
+        ("get", "packs", "--state-dir", str(state)),
+        ("verify", "--state-dir", str(state), "--trusted-keys", pub),
+        ("dry-run", str(repo), "--state-dir", str(state)),
+        ("diff", str(repo), "--state-dir", str(state)),
+        ("reconcile", str(repo), "--state-dir", str(state)))}
+    assert {cmd: run.returncode for cmd, run in codes.items()} == {
+        "get": 0, "verify": 0, "dry-run": 0, "diff": 0, "reconcile": 2}
+    assert [line for run in codes.values() for line in run.stderr.splitlines()] == [
+        f"error: state dir {state}: cannot open its lock file {state}/lock for writing (Read-only file system); a pass "
+        "that writes needs a writable state dir (read-only commands: get, verify, dry-run, diff) (reason StateDirUnwritable)"]
+    assert codes["get"].stdout.count("app-0") == 3
+
+
+def test_a_full_disk_fails_the_pass_in_one_line_and_loses_nothing(
+        zygotes: harness.ZygotePool, tmp_path: pathlib.Path, small_disk: pathlib.Path) -> None:
+    repo = harness.write_pack_repo(tmp_path / "repo", packs=3)
+    state = small_disk / "state"
+    assert zygotes.run("reconcile", str(repo), "--state-dir", str(state), cwd=tmp_path).returncode == 0
+    before = harness.final_state(state)
+    filler = small_disk / "filler"
+    with filler.open("wb") as handle:  # fill the disk to the last byte
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    harness.write_pack_repo(repo, packs=3, revision="B")
+    run = zygotes.run("reconcile", str(repo), "--state-dir", str(state), cwd=tmp_path)
+    lines = [line for line in run.stderr.strip().splitlines() if not line.startswith("{")]  # not log records
+    assert (run.returncode, "Traceback" in run.stderr, lines) == (2, False, [
+        "error: the disk is full; free space and run again (reason BackendFailure)"]), run.describe()
+    assert harness.final_state(state) == before  # nothing half-applied
+    filler.unlink()
+    after = zygotes.run("reconcile", str(repo), "--state-dir", str(state), cwd=tmp_path)
+    assert after.returncode == 0, after.describe()
+    assert harness.state_checks(zygotes._all[0], state, str(state / "keys" / "signing.key.pub"), tmp_path) == []
