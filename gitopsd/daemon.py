@@ -258,6 +258,7 @@ class Daemon:
         started = self._clock()
         try:
             with structlog.contextvars.bound_contextvars(revision=head or self.last_revision or "", trigger=action):
+                env.retry_failed = action == "resync"  # a resync renders remembered failures again
                 state = self._run_pass(env)
         except Exception as err:  # noqa: BLE001 - every failure is classified in _failed
             self._failed(err, head, self._clock() - started, retry_pass=True)

@@ -44,6 +44,7 @@ class Memo:
     plan: tuple[object, change.Plan, instance.Observed] | None = None
     status_written: bool = False
     status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
+    failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
 
 
 def default_render_workers() -> int:
@@ -73,6 +74,11 @@ class Env:
     progress: Callable[[str, dict[str, object]], None] | None = None
     pack_filter: Callable[[str], bool] | None = None  # sharding: which basePackNames this replica owns
     memo: Memo = dataclasses.field(default_factory=Memo)
+    # A pack whose render failed is not rendered again while its inputs keep their ids (a template
+    # that spins would cost the render timeout on every pass): its failure is remembered by cache
+    # key, in this process and in the compile cache for FAILURE_TTL seconds. A resync of the daemon
+    # sets this to retry them all.
+    retry_failed: bool = False
     # renderer child processes (kustomize, helm) the compile step runs at once; 1: one after another
     render_workers: int = dataclasses.field(default_factory=default_render_workers)
 
@@ -257,6 +263,34 @@ def _key(env: Env, state: PassState, build: spec.PackBuild) -> tuple[str, compil
     return key, inputs, clusters
 
 
+FAILURE_TTL = 600.0  # seconds a remembered render failure holds for a new process (the default resync interval)
+
+
+def _remembered(env: Env, key: str) -> errors.GitopsdError | None:
+    """The failure of an earlier render of exactly these inputs, unless this pass retries failures."""
+    if env.retry_failed:
+        return None
+    known = env.memo.failures.get(key)
+    if known is None:
+        lookup = getattr(env.cache, "failure", None)
+        known = lookup(key, FAILURE_TTL) if lookup is not None else None
+        if known is None:
+            return None
+        env.memo.failures[key] = known
+    reason, message = known
+    return errors.StalledError(message, reason=reason)
+
+
+def _remember(env: Env, key: str, err: errors.GitopsdError) -> None:
+    """Remember a render failure that needs a change in Git (not a transient one) by its cache key."""
+    if not isinstance(err, errors.StalledError) or env.memo.failures.get(key) == (err.reason, str(err)):
+        return  # a missing tool or an outage is not a property of the inputs
+    env.memo.failures[key] = (err.reason, str(err))
+    store = getattr(env.cache, "remember_failure", None)
+    if store is not None:
+        store(key, err.reason, str(err))
+
+
 def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: compile_core.Inputs,
            clusters: tuple[str, ...], *, use_cache: bool, defer: bool) -> CompileResult | _Started:
     """The cache lookup and the render up to its child process (all of it when ``defer`` is off or
@@ -265,6 +299,9 @@ def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: 
         hit = env.cache.get(key)
         if hit is not None:
             return CompileResult(build, hit, clusters, cached=True)
+        failed = _remembered(env, key)
+        if failed is not None:
+            raise failed
     assert state.tree is not None
     renderer = env.renderers[build.category]
     started = _Started(build, key, inputs, clusters)
@@ -286,11 +323,15 @@ def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult
 
 def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:
     key, inputs, clusters = _key(env, state, build)
-    started = _start(env, state, build, key, inputs, clusters, use_cache=use_cache, defer=False)
-    if isinstance(started, CompileResult):
-        return started
-    assert started.rendered is not None
-    return _end(env, started, started.rendered)
+    try:
+        started = _start(env, state, build, key, inputs, clusters, use_cache=use_cache, defer=False)
+        if isinstance(started, CompileResult):
+            return started
+        assert started.rendered is not None
+        return _end(env, started, started.rendered)
+    except errors.GitopsdError as err:
+        _remember(env, key, err)
+        raise
 
 
 def compile_packs(env: Env, state: PassState) -> None:
@@ -406,6 +447,8 @@ def _take(env: Env, state: PassState, slot: _Slot) -> CompileResult | errors.Git
         assert rendered is not None
         return _end(env, started, rendered)
     except errors.GitopsdError as err:
+        if slot.key is not None and not slot.late:
+            _remember(env, slot.key, err)
         return err
 
 
