@@ -157,7 +157,14 @@ def load_specs(env: Env, state: PassState) -> None:
         return
     # Only this pass's PackBuilds stay memoized: a daemon does not keep every version it ever parsed.
     earlier, env.memo.specs = env.memo.specs, {}
-    for name, kind in tree.listdir("packs"):
+    listed = tree.listdir("packs")
+    for sub in sorted(p for p in getattr(tree, "submodules", ()) if p.startswith("packs/") and p.count("/") == 1):
+        name = sub.removeprefix("packs/")
+        state.pack_errors.append(change.PackError(
+            path=sub, pack=name, reason="Submodule",
+            message=f"{sub} is a Git submodule; gitopsd reads only files of the config repo: commit the pack's files "
+                    "into the repo instead"))
+    for name, kind in listed:
         if kind is ports.EntryKind.LINK and name.isprintable():
             path = f"packs/{name}"
             state.pack_errors.append(change.PackError(

@@ -30,6 +30,7 @@ class GitTree:
         self._root = commit.tree
         self._entries: dict[str, pygit2.Object | None] = {}
         self.export_dir = export_dir
+        self.submodules: set[str] = set()  # submodule paths that listdir met (and left out)
         when = datetime.datetime.fromtimestamp(commit.commit_time, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.snapshot = ports.Snapshot(
             revision=f"{ref}@sha1:{commit.id}",
@@ -80,6 +81,9 @@ class GitTree:
             if not path and entry.name == ".gitopsd":
                 continue
             sub = f"{path}/{entry.name}" if path else entry.name
+            if entry.filemode == _SUBMODULE:
+                self.submodules.add(sub)  # not listed: a reader that needs it asks kind() and gets the error
+                continue
             kind = self.kind(sub)
             if kind is not None:
                 out.append((entry.name, kind))
