@@ -9,8 +9,10 @@ import os
 import pathlib
 import stat
 
-from gitopsd import wiring
-from gitopsd import reconcile
+import pytest
+
+from gitopsd import reconcile, wiring
+from gitopsd.adapters import render
 from tests.reliability import harness
 
 
@@ -63,10 +65,13 @@ def test_a_failed_render_is_not_repeated_until_an_input_changes(
     ]
 
 
-def test_a_resync_renders_remembered_failures_again(tmp_path: pathlib.Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_resync_renders_remembered_failures_again(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                    request: pytest.FixtureRequest) -> None:
     log = tmp_path / "builds.log"
     for key, value in _failing_kustomize(tmp_path / "bin", log).items():
         monkeypatch.setenv(key, value)
+    render._kustomize_command.cache_clear()  # this process may have found another kustomize before
+    request.addfinalizer(render._kustomize_command.cache_clear)
     repo = _repo(tmp_path / "repo")
     local = wiring.open_local(tmp_path / "state")
     try:
