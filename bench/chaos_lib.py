@@ -239,7 +239,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[str] | None, git_trials: int = 100,
-         kube_trials: int = 5) -> int:
+         kube_trials: int = 5, first_runs: int = 100, first_run_rounds: int = 3) -> int:
     logs.configure("warning")  # the registry checks run in this process; their debug lines are noise here
     work = pathlib.Path(tempfile.mkdtemp(prefix="gitopsd-chaos-"))
     pool = harness.ZygotePool(workers)
@@ -267,6 +267,10 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
         if only is None or "git" in only:
             rows += git_faults(pool, work / "git", git_trials, seed)
             print("\n".join(table(rows[-4:]).splitlines()[2:]), flush=True)
+        if only is None or "statedir" in only:
+            for row in state_dir_faults(pool, work / "statedir", first_runs, first_run_rounds):
+                rows.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
     finally:
         if registry is not None:
             registry.stop()
@@ -342,4 +346,18 @@ def kube_faults(work: pathlib.Path, trials: int, seed: int) -> list[Row]:
             row.failed(f"{type(err).__name__}: {err}")
             rows.append(row)
         print(table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+# --- the state dir: first runs at once, damaged state dirs (tests/reliability/test_state_dir.py) -------
+def state_dir_faults(pool: harness.ZygotePool, work: pathlib.Path, runs: int, rounds: int) -> list[Row]:
+    from tests.reliability import statedir  # noqa: PLC0415
+
+    rows = []
+    started = time.monotonic()
+    rows.append(_row_of(statedir.first_runs(pool, work / "first-runs", rounds=rounds, runs=runs),
+                        time.monotonic() - started))
+    for scenario in getattr(statedir, "DAMAGE", ()):
+        started = time.monotonic()
+        rows.append(_row_of(statedir.damaged(pool, work / "damaged", scenario, trials=rounds), time.monotonic() - started))
     return rows

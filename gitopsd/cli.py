@@ -4,13 +4,17 @@ Exit codes (also in ``--help``):
   0  success; for ``diff``: in sync
   1  for ``diff``: there are changes; for ``reconcile``/``dry-run``/``verify``: some pack failed,
      is blocked or did not verify
-  2  error: bad arguments, unreadable repo, a broken gitopsd.yaml, a backend failure
+  2  error: bad arguments, unreadable repo, a broken gitopsd.yaml, a backend failure (a full disk,
+     a read-only or locked state dir, a damaged store.db), one line on stderr
+  141  the output pipe closed early (``gitopsd get packs | head``): output stops quietly
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -18,20 +22,25 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
-from gitopsd.adapters import keys, localstore
+from gitopsd.adapters import keys, localstore, statelock
 from gitopsd.core import signing, yamlload
 from gitopsd.core import delivery as delivery_core
+from gitopsd.core import status as status_core
 from gitopsd.model import delivery, instance, pack
 
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+EXIT_PIPE = 141  # the output pipe closed early (128 + SIGPIPE, as a shell reports it)
 
 EPILOG = """\
 exit codes:
   0  success (diff: in sync)
-  1  diff: changes pending or a pack failed; reconcile/dry-run: a pack failed or is blocked; verify: a pack failed
-  2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure)
+  1  diff: changes pending or a pack failed; reconcile/dry-run: a pack failed or is blocked, or a delivery failed;
+     verify: a pack failed
+  2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure: full disk,
+     read-only or locked state dir, damaged store.db)
+  141  the output pipe closed early (e.g. piped into head)
 
 examples:
   gitopsd reconcile examples-repo            compile, sign, publish and apply on the embedded default
@@ -140,6 +149,17 @@ def cmd_pass(args: argparse.Namespace) -> int:
     repo = args.repo
     wiring.repo_kind(repo)  # a missing folder or a URL holding credentials stops here, before the state dir is made
     state_dir = _state_dir(args)
+    dry_run = args.mode != "reconcile"
+    # One writer per state dir: held from before its first write (the demo remote, the key) to the end.
+    held = statelock.acquire(state_dir) if not dry_run or args.as_git_remote else None
+    try:
+        return _pass(args, repo, state_dir, dry_run)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run: bool) -> int:
     if args.as_git_remote:
         if wiring.repo_kind(repo) is not wiring.RepoKind.FOLDER:
             raise errors.ConfigError(f"--as-git-remote takes a plain folder; {repo} already is a Git remote", reason="Usage")
@@ -147,9 +167,8 @@ def cmd_pass(args: argparse.Namespace) -> int:
     kind = wiring.repo_kind(repo)
     if kind is not wiring.RepoKind.URL:
         wiring.check_state_dir(state_dir, pathlib.Path(repo))
-    dry_run = args.mode != "reconcile"
     flags.require_signing_key(args, writes=not dry_run, kube=wiring_kube.options(args) is not None)
-    local = wiring.open_local(state_dir)
+    local = wiring.open_local(state_dir, read_only=dry_run and not wiring.writable(state_dir))
     try:
         wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
@@ -242,7 +261,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     if not (state_dir / "store.db").exists():
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
-    store = localstore.LocalStore(state_dir / "store.db")
+    store = localstore.LocalStore(state_dir / "store.db", read_only=not wiring.writable(state_dir))
     try:
         if args.what == "events":
             items: list[dict[str, object]] = store.events(200)  # type: ignore[assignment]
@@ -300,9 +319,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
     _, verifier = wiring.signing(state_dir, None, args.trusted_keys, create=False)
     if verifier is None:
+        if kube_options is None:
+            store = localstore.LocalStore(state_dir / "store.db", read_only=not wiring.writable(state_dir))
+            try:
+                signed = store.signed_packs()
+            finally:
+                store.close()
+            if signed:
+                raise errors.ConfigError(
+                    f"{state_dir / 'keys' / 'signing.key'} is missing, but the local store holds {signed} signed "
+                    "ClusterPack(s): restore the key file, or pass --trusted-keys with its public key",
+                    reason="SigningKeyMissing")
         raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
     registry_options = flags.registry_options(args)
-    local = wiring.open_local(state_dir)
+    local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     failures = 0
     results = []
     try:
@@ -320,10 +350,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failures += bool(problems)
             results.append({"name": name, "ok": not problems, "problems": problems})
         if args.repo:
-            for path, data in wiring.status_records(args.repo, state_dir, flags.git_options(args)):
+            records = wiring.status_records(args.repo, state_dir, flags.git_options(args))
+            for path, data in records:
                 problems = verify_record(path, data, observed)
                 failures += bool(problems)
                 results.append({"name": path, "ok": not problems, "problems": problems})
+            for missing in missing_records(records, observed):
+                failures += 1
+                results.append(missing)
     finally:
         local.close()
     if args.output == "table":
@@ -357,8 +391,10 @@ def verify_pack(found: instance.ObservedPack, verifier: wiring.KeyVerifier, arti
 
 
 def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[str]:
-    """A status record must agree with the stored (and separately verified) ClusterPacks: same
-    checksum, digests and signature for every version it lists."""
+    """A status record must agree with what the store or cluster holds (each ClusterPack verified on
+    its own): the ClusterPacks it lists (checksum, digests, signature, version, provenance), the
+    PackInstances it lists (cluster, version, state, history), and it must be about a pack the store
+    knows: a record with neither a ClusterPack nor a PackInstance behind it is invented."""
     try:
         record = yamlload.load_one(data, path)
     except errors.GitopsdError as err:
@@ -366,7 +402,19 @@ def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[s
     if not isinstance(record, dict):
         return ["not a status record (a YAML mapping)"]
     problems = []
-    for entry in record.get("clusterPacks") or []:
+    base = str(record.get("basePackName", ""))
+    if f"{status_core.STATUS_DIR}/{base}.yaml" != path:
+        problems.append(f"basePackName {base!r} does not match the file name")
+    entries = record.get("clusterPacks") or []
+    listed = record.get("instances") or []
+    if not isinstance(entries, list) or not isinstance(listed, list):
+        return [*problems, "clusterPacks and instances must be lists"]
+    ours = [p for p in observed.packs.values() if p.base_pack_name == base]
+    theirs = [i for i in observed.instances.values() if i.base_pack_name == base]
+    if not ours and not theirs and (entries or listed or not record.get("errors")):
+        problems.append(f"no ClusterPack or PackInstance of {base!r} is in the store or cluster: the record is not gitopsd's")
+    for entry in entries:
+        entry = entry if isinstance(entry, dict) else {}
         name = str(entry.get("name", "?"))
         found = observed.packs.get(name)
         if found is None:
@@ -375,10 +423,46 @@ def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[s
         spec = json.loads(found.spec_json)
         pairs = [("checksum", entry.get("checksum"), found.checksum),
                  ("registryRef.digest", (entry.get("registryRef") or {}).get("digest"), found.manifest_digest),
-                 ("packSignature", entry.get("packSignature"), found.signature)]
+                 ("packSignature", entry.get("packSignature"), found.signature),
+                 ("signed", entry.get("signed"), found.signature is not None),
+                 ("version", entry.get("version"), spec.get("version")),
+                 ("provenance", entry.get("provenance"), spec.get("provenance", {}))]
         pairs += [(field, entry.get(field), spec.get(field)) for field in ("rbacDigest", "clusterScopedDigest", "workloadDigest")]
         problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}" for field, mine, theirs in pairs if mine != theirs]
+    for entry in listed:
+        entry = entry if isinstance(entry, dict) else {}
+        name = str(entry.get("name", "?"))
+        pi = observed.instances.get(name)
+        if pi is None:
+            if entry.get("state") != "blocked":
+                problems.append(f"PackInstance {name} is not in the store or cluster")
+            continue
+        state = entry.get("state")
+        pairs = [("cluster", entry.get("cluster"), pi.cluster), ("version", entry.get("version"), pi.version),
+                 ("history", entry.get("history"), [r.to_json() for r in pi.history])]
+        if not (state == "blocked" and pi.state is not instance.InstallState.INSTALLED):
+            pairs.append(("state", state, str(pi.state)))
+        problems += [f"PackInstance {name}: {field} {mine!r} differs from the stored {theirs!r}"
+                     for field, mine, theirs in pairs if mine != theirs]
     return problems
+
+
+def missing_records(records: list[tuple[str, bytes]], observed: instance.Observed) -> list[dict[str, object]]:
+    """A result per installed PackInstance that no status record lists (records dropped by a force-push)."""
+    listed: set[str] = set()
+    for path, data in records:
+        try:
+            record = yamlload.load_one(data, path)
+        except errors.GitopsdError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("instances"), list):
+            listed |= {str(e.get("name")) for e in record["instances"] if isinstance(e, dict)}
+    out: list[dict[str, object]] = []
+    for name, pi in sorted(observed.instances.items()):
+        if pi.state is instance.InstallState.INSTALLED and name not in listed:
+            path = f"{status_core.STATUS_DIR}/{pi.base_pack_name}.yaml"
+            out.append({"name": path, "ok": False, "problems": [f"PackInstance {name} is installed but no status record lists it"]})
+    return out
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -398,6 +482,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.GitopsdError as err:
         retry = "; transient, retrying later may succeed" if err.transient else ""
         print(f"error: {err} (reason {err.reason}{retry})", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (``gitopsd get packs | head``): stop quietly, as a shell tool would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        return EXIT_PIPE
+    except OSError as err:
+        # A backend on a bad day (a full disk, a read-only mount, a vanished file): one line, exit 2.
+        where = f"{err.filename}: " if err.filename else ""
+        what = {errno.ENOSPC: "the disk is full; free space and run again",
+                errno.EROFS: "the file system is read-only; a pass that writes needs a writable state dir",
+                errno.EDQUOT: "the disk quota is exhausted; free space and run again"}.get(err.errno or 0, err.strerror or str(err))
+        print(f"error: {where}{what} (reason BackendFailure)", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

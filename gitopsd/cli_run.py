@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import structlog
 
 from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring, wiring_delivery, wiring_kube
-from gitopsd.adapters import watch
+from gitopsd.adapters import statelock, watch
 
 log = structlog.get_logger()
 
@@ -121,7 +121,12 @@ def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
     """The Env of ``run`` for any REPO form (folder, bare repository, URL), with status write-back
     to a Git remote and, with Kubernetes flags, the cluster backend behind a Lease (a follower
     waits here until it leads); the embedded store, cache and layout are closed on exit."""
-    local = wiring.open_local(state_dir)
+    held = statelock.acquire(state_dir)  # one writer per state dir, for the whole pass
+    try:
+        local = wiring.open_local(state_dir)
+    except BaseException:
+        held.release()
+        raise
     try:
         wired = wiring.build_env(repo, local, dry_run=False, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
@@ -131,18 +136,25 @@ def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
             yield env
     finally:
         local.close()
+        held.release()
 
 
 @contextlib.contextmanager
 def open_local_env(repo: pathlib.Path, state_dir: pathlib.Path, *, signing_key: str | None, trusted_keys: str | None,
                    registry_url: str | None) -> Iterator[reconcile.Env]:
     """The Env of ``run`` on a local folder with the embedded store and default Git options."""
-    local = wiring.open_local(state_dir)
+    held = statelock.acquire(state_dir)
+    try:
+        local = wiring.open_local(state_dir)
+    except BaseException:
+        held.release()
+        raise
     try:
         yield wiring.local_env(repo, local, dry_run=False, signing_key=signing_key, trusted_keys=trusted_keys,
                                registry_url=registry_url)
     finally:
         local.close()
+        held.release()
 
 
 def read_secret(path: str) -> bytes:
@@ -208,7 +220,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.as_git_remote:
         if kind is not wiring.RepoKind.FOLDER:
             raise errors.ConfigError(f"--as-git-remote takes a plain folder; {args.repo} already is a Git remote", reason="Usage")
-        repo_arg = str(wiring.ensure_demo_remote(pathlib.Path(args.repo), state_dir))
+        with statelock.acquire(state_dir):
+            repo_arg = str(wiring.ensure_demo_remote(pathlib.Path(args.repo), state_dir))
         kind = wiring.repo_kind(repo_arg)
     if kind is not wiring.RepoKind.URL:
         wiring.check_state_dir(state_dir, pathlib.Path(repo_arg))

@@ -213,8 +213,11 @@ class Daemon:
                     self._failed(err, None, None, retry_pass=action != "poll")
                     continue
                 if action == "poll" and head is not None and head in (self.last_revision, self._stalled_head):
-                    self._skip(head, now)
-                    continue
+                    moved = getattr(env.source, "status_moved", None)
+                    if head != self.last_revision or moved is None or not moved():
+                        self._skip(head, now)
+                        continue
+                    action = "status"  # the same revision under another tip: check (and repair) the status records
             self._pass(env, action, head)
 
     def _decide(self, now: float, pending: str | None) -> tuple[str | None, float]:
@@ -255,6 +258,7 @@ class Daemon:
         started = self._clock()
         try:
             with structlog.contextvars.bound_contextvars(revision=head or self.last_revision or "", trigger=action):
+                env.retry_failed = action == "resync"  # a resync renders remembered failures again
                 state = self._run_pass(env)
         except Exception as err:  # noqa: BLE001 - every failure is classified in _failed
             self._failed(err, head, self._clock() - started, retry_pass=True)

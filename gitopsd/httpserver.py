@@ -8,8 +8,9 @@
 
 It only moves bytes: ``gitopsd.webhook`` judges a webhook, the ``Backend`` (``gitopsd.daemon``)
 answers health questions and takes triggers. Webhook bodies are bounded (``Content-Length``
-checked before reading) and every connection has a read timeout, so a slow or huge request cannot
-tie up the daemon. Request headers and the secret are never logged.
+checked before reading), connections are bounded in number and in total time (``_Server``), and a
+replayed signed delivery (same delivery id) triggers no second pass, so slow, huge or repeated
+requests cannot tie up the daemon. Request headers and the secret are never logged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import http
 import http.server
 import socket
 import threading
+import time
 from typing import Protocol
 
 import structlog
@@ -27,7 +29,10 @@ from gitopsd import metrics, webhook
 
 log = structlog.get_logger()
 
-READ_TIMEOUT = 10.0  # seconds a client may take to send its request
+READ_TIMEOUT = 10.0  # seconds one read from a client may take
+REQUEST_TIMEOUT = 15.0  # seconds a connection may stay open in all: whole requests, not single reads
+MAX_CONNECTIONS = 64  # connections (handler threads) at once; at the cap the oldest is dropped
+REAP_INTERVAL = 0.5
 
 
 class Backend(Protocol):
@@ -41,14 +46,54 @@ class Backend(Protocol):
 
 
 class _Server(http.server.ThreadingHTTPServer):
+    """One thread per connection, but at most ``MAX_CONNECTIONS`` of them, and each connection has
+    ``REQUEST_TIMEOUT`` seconds in all (not per read) to be done. At the cap, the connection open
+    the longest (a client that drips its request, or an idle keep-alive) is dropped for the new one:
+    quick requests such as ``/healthz`` are answered under any number of slow clients."""
+
     daemon_threads = True
+    request_queue_size = 128
     app: Server
 
     def __init__(self, address: tuple[str, int], app: Server) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.app = app
+        self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted
+        self._open_lock = threading.Lock()
+        self._stopped = threading.Event()
         super().__init__(address, _Handler)
+        threading.Thread(target=self._reap, name="gitopsd-http-reaper", daemon=True).start()
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        with self._open_lock:
+            if len(self._open) >= MAX_CONNECTIONS:
+                oldest = min(self._open, key=self._open.__getitem__)
+                self._drop(oldest)
+            self._open[request] = time.monotonic()
+        super().process_request(request, client_address)  # type: ignore[arg-type]
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)  # type: ignore[arg-type]
+
+    def _drop(self, request: socket.socket) -> None:
+        """End a connection from outside its thread: its blocked read returns, the thread ends."""
+        self._open.pop(request, None)
+        with contextlib.suppress(OSError):
+            request.shutdown(socket.SHUT_RDWR)
+
+    def _reap(self) -> None:
+        while not self._stopped.wait(REAP_INTERVAL):
+            cutoff = time.monotonic() - REQUEST_TIMEOUT
+            with self._open_lock:
+                for request in [r for r, opened in self._open.items() if opened < cutoff]:
+                    self._drop(request)
+
+    def server_close(self) -> None:
+        self._stopped.set()
+        super().server_close()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -138,7 +183,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers = webhook.lower_headers(dict(self.headers.items()))
         verdict = webhook.receive(headers, body, secret=app.secret, branch=app.backend.branch(), provider=provider)
         status, message = verdict.status, verdict.message
-        if verdict.trigger and not app.backend.trigger(f"webhook {verdict.provider}"):
+        delivery = webhook.delivery_id(verdict.provider, headers) if verdict.trigger and verdict.provider else None
+        if delivery is not None and not app.deliveries.first(delivery):
+            status, message = 200, f"delivery {delivery.partition(':')[2]} was already received: no second pass"
+        elif verdict.trigger and not app.backend.trigger(f"webhook {verdict.provider}"):
             status, message = 503, "shutting down: push not taken, the next start reconciles it"
         log.info("webhook received", status=status, provider=str(verdict.provider or ""), hook_event=verdict.event,
                  ref=verdict.ref, outcome=message, peer=self.client_address[0])
@@ -174,6 +222,7 @@ class Server:
         self.metrics = metrics
         self.secret = secret
         self.max_body = max_body
+        self.deliveries = webhook.Deliveries()  # signed deliveries taken recently: a replay triggers nothing
         self._httpd = _Server((host, port), self)
         self._thread: threading.Thread | None = None
 

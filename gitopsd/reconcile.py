@@ -47,6 +47,7 @@ class Memo:
     plan: tuple[object, change.Plan, instance.Observed] | None = None
     status_written: bool = False
     status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
+    failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
 
 
 def default_render_workers() -> int:
@@ -76,6 +77,11 @@ class Env:
     progress: Callable[[str, dict[str, object]], None] | None = None
     pack_filter: Callable[[str], bool] | None = None  # sharding: which basePackNames this replica owns
     memo: Memo = dataclasses.field(default_factory=Memo)
+    # A pack whose render failed is not rendered again while its inputs keep their ids (a template
+    # that spins would cost the render timeout on every pass): its failure is remembered by cache
+    # key, in this process and in the compile cache for FAILURE_TTL seconds. A resync of the daemon
+    # sets this to retry them all.
+    retry_failed: bool = False
     # renderer child processes (kustomize, helm) the compile step runs at once; 1: one after another
     render_workers: int = dataclasses.field(default_factory=default_render_workers)
     deliverer: ports.Deliverer | None = None  # push delivery into target clusters; None: records only
@@ -130,11 +136,19 @@ def fetch(env: Env, state: PassState) -> None:
 def load_specs(env: Env, state: PassState) -> None:
     tree = state.tree
     assert tree is not None
+    for top in ("gitopsd.yaml", "clusters", "packs"):
+        if tree.kind(top) is ports.EntryKind.LINK:
+            raise errors.SpecError(f"{top} is a symlink; gitopsd reads only real files and folders of the config repo: "
+                                   f"replace the link with the {'file' if '.' in top else 'folder'} itself",
+                                   path=top, reason="PathEscape")
     if tree.kind("gitopsd.yaml") is ports.EntryKind.FILE:
         state.config = parse.parse_config(yamlload.load_one(tree.read("gitopsd.yaml"), "gitopsd.yaml"), env.schemas)
     if tree.kind("clusters") is ports.EntryKind.DIR:
         for name, kind in tree.listdir("clusters"):
             path = f"clusters/{name}"
+            if kind is ports.EntryKind.LINK and name.endswith((".yaml", ".yml")):
+                raise errors.SpecError(f"{path} is a symlink; a cluster file must be a regular file in clusters/: "
+                                       "replace the link with the file itself", path=path, reason="PathEscape")
             if kind is not ports.EntryKind.FILE or not name.endswith((".yaml", ".yml")):
                 continue
             cluster = parse.parse_cluster(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
@@ -150,7 +164,21 @@ def load_specs(env: Env, state: PassState) -> None:
         return
     # Only this pass's PackBuilds stay memoized: a daemon does not keep every version it ever parsed.
     earlier, env.memo.specs = env.memo.specs, {}
-    for name, kind in tree.listdir("packs"):
+    listed = tree.listdir("packs")
+    for sub in sorted(p for p in getattr(tree, "submodules", ()) if p.startswith("packs/") and p.count("/") == 1):
+        name = sub.removeprefix("packs/")
+        state.pack_errors.append(change.PackError(
+            path=sub, pack=name, reason="Submodule",
+            message=f"{sub} is a Git submodule; gitopsd reads only files of the config repo: commit the pack's files "
+                    "into the repo instead"))
+    for name, kind in listed:
+        if kind is ports.EntryKind.LINK and name.isprintable():
+            path = f"packs/{name}"
+            state.pack_errors.append(change.PackError(
+                path=path, pack=name, reason="PathEscape",
+                message=f"{path} is a symlink to {tree.readlink(path)!r}; a pack folder must be a real folder in "
+                        "packs/: replace the link with the folder itself"))
+            continue
         if kind is not ports.EntryKind.DIR:
             continue
         if not name.isprintable() or "/" in name:
@@ -249,6 +277,34 @@ def _key(env: Env, state: PassState, build: spec.PackBuild) -> tuple[str, compil
     return key, inputs, clusters
 
 
+FAILURE_TTL = 600.0  # seconds a remembered render failure holds for a new process (the default resync interval)
+
+
+def _remembered(env: Env, key: str) -> errors.GitopsdError | None:
+    """The failure of an earlier render of exactly these inputs, unless this pass retries failures."""
+    if env.retry_failed:
+        return None
+    known = env.memo.failures.get(key)
+    if known is None:
+        lookup = getattr(env.cache, "failure", None)
+        known = lookup(key, FAILURE_TTL) if lookup is not None else None
+        if known is None:
+            return None
+        env.memo.failures[key] = known
+    reason, message = known
+    return errors.StalledError(message, reason=reason)
+
+
+def _remember(env: Env, key: str, err: errors.GitopsdError) -> None:
+    """Remember a render failure that needs a change in Git (not a transient one) by its cache key."""
+    if not isinstance(err, errors.StalledError) or env.memo.failures.get(key) == (err.reason, str(err)):
+        return  # a missing tool or an outage is not a property of the inputs
+    env.memo.failures[key] = (err.reason, str(err))
+    store = getattr(env.cache, "remember_failure", None)
+    if store is not None:
+        store(key, err.reason, str(err))
+
+
 def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: compile_core.Inputs,
            clusters: tuple[str, ...], *, use_cache: bool, defer: bool) -> CompileResult | _Started:
     """The cache lookup and the render up to its child process (all of it when ``defer`` is off or
@@ -257,6 +313,9 @@ def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: 
         hit = env.cache.get(key)
         if hit is not None:
             return CompileResult(build, hit, clusters, cached=True)
+        failed = _remembered(env, key)
+        if failed is not None:
+            raise failed
     assert state.tree is not None
     renderer = env.renderers[build.category]
     started = _Started(build, key, inputs, clusters)
@@ -282,11 +341,15 @@ def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult
 
 def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:
     key, inputs, clusters = _key(env, state, build)
-    started = _start(env, state, build, key, inputs, clusters, use_cache=use_cache, defer=False)
-    if isinstance(started, CompileResult):
-        return started
-    assert started.rendered is not None
-    return _end(env, started, started.rendered)
+    try:
+        started = _start(env, state, build, key, inputs, clusters, use_cache=use_cache, defer=False)
+        if isinstance(started, CompileResult):
+            return started
+        assert started.rendered is not None
+        return _end(env, started, started.rendered)
+    except errors.GitopsdError as err:
+        _remember(env, key, err)
+        raise
 
 
 def compile_packs(env: Env, state: PassState) -> None:
@@ -402,6 +465,8 @@ def _take(env: Env, state: PassState, slot: _Slot) -> CompileResult | errors.Git
         assert rendered is not None
         return _end(env, started, rendered)
     except errors.GitopsdError as err:
+        if slot.key is not None and not slot.late:
+            _remember(env, slot.key, err)
         return err
 
 
@@ -546,11 +611,49 @@ def publish(env: Env, state: PassState) -> None:
         except errors.GitopsdError as err:
             failed[c.name] = f"{err.reason}: {err}"
             log.warning("artifact push failed", pack=cp.base_pack_name, reason=err.reason, error=str(err))
+    _repair_artifacts(env, state, by_name)
     flush = getattr(env.registry, "flush", None)
     if flush is not None:
         flush()
     if failed:
         state.plan = plan.block_packs(state.plan, failed, reason="ArtifactPublishFailed")
+
+
+def _repair_artifacts(env: Env, state: PassState, by_name: dict[str, CompileResult]) -> None:
+    """Damage to artifacts already published (a tag lost from the index, a blob gone or corrupt) is
+    noticed on every pass by a registry that can tell cheaply (``sound``, the OCI layout) and
+    repaired from the compile cache or a recompile; what cannot be repaired becomes a pack error."""
+    sound = getattr(env.registry, "sound", None)
+    repair = getattr(env.registry, "repair", None)
+    if sound is None or repair is None:
+        return
+    assert state.plan is not None
+    problems = []
+    for c in state.plan.changes:
+        if c.kind is not change.ObjectKind.CLUSTER_PACK or c.action is not change.Action.UNCHANGED or c.name not in by_name:
+            continue
+        result = by_name[c.name]
+        cp = result.compiled.cluster_pack
+        if sound(cp.base_pack_name, cp.manifest_digest):
+            continue
+        try:
+            art = result.compiled.artifact or compile_one(env, state, result.build, use_cache=False).compiled.artifact
+            assert art is not None
+            if art.manifest_digest != cp.manifest_digest:
+                raise errors.StalledError(f"a recompile gave {art.manifest_digest}, not the published "
+                                          f"{cp.manifest_digest}", reason="NonDeterministic")
+            repair(cp.base_pack_name, art)
+        except errors.GitopsdError as err:
+            message = (f"the artifact of {cp.name} ({cp.manifest_digest}) is damaged in the registry and could not be "
+                       f"repaired: {err}; run 'gitopsd verify' and restore it")
+            problems.append(change.PackError(path=result.build.path, pack=cp.base_pack_name,
+                                             reason="ArtifactDamaged", message=message))
+            log.warning("artifact damaged", pack=cp.base_pack_name, digest=cp.manifest_digest, error=str(err))
+            continue
+        state.published += 1
+        log.warning("artifact repaired", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
+    if problems:
+        state.plan = dataclasses.replace(state.plan, errors=state.plan.errors + tuple(problems))
 
 
 def check_artifacts(env: Env, state: PassState) -> None:
@@ -710,8 +813,9 @@ def write_status(env: Env, state: PassState) -> None:
     assert state.plan is not None and state.tree is not None
     if env.dry_run or env.status_writer is None:
         return
-    if state.plan_reused and env.memo.status_written:
-        return  # nothing changed since the records were last written
+    in_place = getattr(env.status_writer, "in_place", None)
+    if state.plan_reused and env.memo.status_written and (in_place is None or in_place()):
+        return  # nothing changed since the records were last written, and the branch still holds them
     records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision,
                              memo=env.memo.status_text)
     message = status.commit_message(state.plan, state.revision)

@@ -21,10 +21,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import collections
 import hmac
 import json
+import threading
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 MAX_BODY = 1024 * 1024  # GitHub push payloads stay far below this; bigger bodies get 413
 
@@ -152,6 +155,41 @@ def wanted(ref: str, branch: str | None) -> bool:
     return ref == f"refs/heads/{branch}"
 
 
+_DELIVERY_HEADER = {
+    Provider.GITHUB: "x-github-delivery",
+    Provider.GITLAB: "x-gitlab-event-uuid",
+    Provider.GITEA: "x-gitea-delivery",
+    Provider.GOGS: "x-gogs-delivery",
+}
+
+
+def delivery_id(provider: Provider, headers: Mapping[str, str]) -> str | None:
+    """The sender's id of one delivery (the same on a redelivery or a replay), when it sends one."""
+    value = lower_headers(headers).get(_DELIVERY_HEADER[provider], "").strip()
+    return f"{provider}:{value[:200]}" if value else None
+
+
+class Deliveries:
+    """Delivery ids taken within the last ``window`` seconds: a replayed signed delivery (same id)
+    triggers no second pass. Bounded: the oldest ids are forgotten first."""
+
+    def __init__(self, window: float = 600.0, limit: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window, self.limit, self.clock = window, limit, clock
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, delivery: str) -> bool:
+        """True the first time ``delivery`` is seen within the window (and remember it)."""
+        now = self.clock()
+        with self._lock:
+            while self._seen and (len(self._seen) >= self.limit or next(iter(self._seen.values())) < now - self.window):
+                self._seen.popitem(last=False)
+            if delivery in self._seen:
+                return False
+            self._seen[delivery] = now
+            return True
+
+
 def receive(headers: Mapping[str, str], body: bytes, *, secret: bytes, branch: str | None,
             provider: Provider | None = None) -> Verdict:
     """Judge one request whose body was read in full. ``provider`` pins it (``/hooks/<provider>``);
@@ -167,6 +205,8 @@ def receive(headers: Mapping[str, str], body: bytes, *, secret: bytes, branch: s
         event = parse_event(provider, headers, body)
     except (ValueError, UnicodeDecodeError) as err:
         return Verdict(400, f"unreadable push payload: {err}", provider=provider)
+    except RecursionError:
+        return Verdict(400, "unreadable push payload: JSON nested too deeply", provider=provider)
     if event.kind is EventKind.PING:
         return Verdict(200, "pong", provider=provider, event=event.name)
     if event.kind is EventKind.OTHER:

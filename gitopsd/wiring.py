@@ -18,6 +18,8 @@ import hashlib
 import os
 import pathlib
 import re
+import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gitopsd import errors, reconcile
@@ -56,19 +58,44 @@ class Local:
     layout: ocilayout.OciLayout
     cache: compilecache.SqliteCompileCache
 
+    read_only: bool = False
+    scratch: tempfile.TemporaryDirectory[str] | None = None  # exports of a read-only state dir
+
+    @property
+    def trees(self) -> pathlib.Path:
+        """Where trees are exported for kustomize and helm: the state dir's, or a scratch folder."""
+        return pathlib.Path(self.scratch.name) if self.scratch is not None else self.state_dir / "trees"
+
     def close(self) -> None:
         self.cache.close()
         self.store.close()
+        if self.scratch is not None:
+            self.scratch.cleanup()
 
 
-def open_local(state_dir: pathlib.Path) -> Local:
-    state_dir.mkdir(parents=True, exist_ok=True)
+def writable(state_dir: pathlib.Path) -> bool:
+    """False for a state dir on a read-only mount (or one gitopsd may not write)."""
+    return not state_dir.is_dir() or os.access(state_dir, os.W_OK)
+
+
+def open_local(state_dir: pathlib.Path, *, read_only: bool = False) -> Local:
+    """The embedded backends. ``read_only`` (read-only commands on a state dir that cannot be
+    written): nothing under the state dir is created or changed."""
+    if not read_only:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise errors.ConfigError(f"state dir {state_dir}: cannot create it ({err.strerror}); choose a writable "
+                                     "--state-dir", reason="StateDirUnwritable") from None
     state_dir = state_dir.resolve()  # renderers run in other folders: exported trees need absolute paths
+    store = localstore.LocalStore(state_dir / "store.db", read_only=read_only)
     return Local(
         state_dir=state_dir,
-        store=localstore.LocalStore(state_dir / "store.db"),
-        layout=ocilayout.OciLayout(state_dir / "oci"),
-        cache=compilecache.SqliteCompileCache(state_dir / "cache.db"),
+        store=store,
+        layout=ocilayout.OciLayout(state_dir / "oci", read_only=read_only),
+        cache=compilecache.SqliteCompileCache(state_dir / "cache.db", read_only=read_only),
+        read_only=read_only,
+        scratch=tempfile.TemporaryDirectory(prefix="gitopsd-trees-") if read_only else None,
     )
 
 
@@ -80,7 +107,8 @@ class KeyVerifier:
         return keys.verify_any(self.trusted, data, signature) is not None
 
 
-def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str | None, *, create: bool) -> tuple[keys.SigningKey | None, KeyVerifier | None]:
+def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str | None, *, create: bool,
+            signed_packs: Callable[[], int] | None = None) -> tuple[keys.SigningKey | None, KeyVerifier | None]:
     """The signer and the verifier of a local run.
 
     With ``--signing-key`` that key signs; otherwise a key kept in the state dir (made on first
@@ -92,7 +120,23 @@ def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str 
     else:
         local = state_dir / "keys" / "signing.key"
         if not local.exists() and create:
-            keys.generate(local.parent)
+            # Made here once (its public half is still here) and signed the store: a new key would
+            # not verify a single ClusterPack. (Without the public half the store was signed by a
+            # --signing-key of earlier runs, and a local key is made as on a first run.)
+            made_here = local.with_suffix(".key.pub").exists()
+            signed = signed_packs() if signed_packs is not None and made_here else 0
+            if signed:
+                raise errors.ConfigError(
+                    f"{local} is missing, but the local store holds {signed} signed ClusterPack(s): a new key would not "
+                    "verify them, so none is made; restore the key file from a backup, or pass --signing-key (and "
+                    "--trusted-keys with the old public key)",
+                    reason="SigningKeyMissing",
+                )
+            try:
+                keys.generate(local.parent)
+            except keys.KeyLoadError:
+                if not local.exists():
+                    raise  # not a lost race with another first run: say what failed
         signer = keys.load_private_key(local) if local.exists() else None
     if trusted_keys:
         return signer, KeyVerifier(keys.load_public_keys(trusted_keys))
@@ -290,9 +334,10 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
             )
         registry_url = registry.url
     kind = repo_kind(repo)
-    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run)
+    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run,
+                               signed_packs=local.store.signed_packs)
     env = reconcile.Env(
-        source=system.LocalSource(pathlib.Path(repo), local.state_dir / "trees"),
+        source=system.LocalSource(pathlib.Path(repo), local.trees),
         cluster=local.store,
         registry=local.layout,
         cache=local.cache,
@@ -327,7 +372,11 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
             wired.status_off = "folder (pass --write-status to commit status to its branch)"
     else:
         remote = git_remote(repo, local.state_dir, git)
-        env.source = gitsource.GitSource(remote, local.state_dir / "trees", verifier=commit_verifier(git))
+        status_keys = tuple(verifier.trusted) if verifier is not None else ()
+        if signer is not None:
+            status_keys = (signer.public_key(), *status_keys)
+        env.source = gitsource.GitSource(remote, local.trees, verifier=commit_verifier(git),
+                                         status_keys=status_keys)
         wired.remote = remote
         wired.status_repo = remote.location.local_path
         if git.tag:

@@ -9,21 +9,64 @@ from __future__ import annotations
 
 import pathlib
 import sqlite3
+import time
+
+import structlog
 
 from gitopsd.core import codec
 from gitopsd.model import pack
 
+log = structlog.get_logger()
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+           "CREATE TABLE IF NOT EXISTS failed (key TEXT PRIMARY KEY, reason TEXT NOT NULL, message TEXT NOT NULL, "
+           "at REAL NOT NULL)")
+
+
+def _discard(path: pathlib.Path) -> None:
+    """Move a corrupt cache (and its WAL files) aside; a later pass compiles what it needs again."""
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        try:
+            part.replace(path.with_name(f"{path.name}{suffix}.corrupt"))
+        except OSError:
+            continue
+
 
 class SqliteCompileCache:
-    def __init__(self, path: pathlib.Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    """Only a cache: a corrupt ``cache.db`` is moved away and made again, and a state dir where it
+    cannot be written (read-only, full) gets a cache in memory for the process. Never fatal."""
+
+    def __init__(self, path: pathlib.Path, *, read_only: bool = False) -> None:
+        self.path = path
+        self.rebuilt = False
+        self._db = self._open(path, read_only)
         self._memory: dict[str, pack.CompiledPack] = {}
         self._used: set[str] = set()  # keys asked for or stored since the last flush
         self._pending: list[tuple[str, str]] = []
+        self._failed: list[tuple[str, str, str, float]] = []  # render failures to remember: key, reason, message, time
+
+    def _open(self, path: pathlib.Path, read_only: bool) -> sqlite3.Connection:
+        if not read_only:
+            for attempt in range(2):
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=OFF")
+                    db.executescript(_SCHEMA)
+                    db.execute("SELECT count(*) FROM compiled WHERE key=''").fetchone()
+                    return db
+                except (sqlite3.Error, OSError) as err:
+                    corrupt = any(word in str(err) for word in ("not a database", "malformed", "no such table"))
+                    if attempt or not corrupt:
+                        log.warning("compile cache unusable, keeping one in memory", path=str(path), error=str(err))
+                        break
+                    log.warning("compile cache corrupt, made again", path=str(path), error=str(err))
+                    _discard(path)
+                    self.rebuilt = True
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.executescript(_SCHEMA)
+        return db
 
     def get(self, key: str) -> pack.CompiledPack | None:
         self._used.add(key)
@@ -43,6 +86,18 @@ class SqliteCompileCache:
         self._memory[key] = hit
         return hit
 
+    def failure(self, key: str, max_age: float) -> tuple[str, str] | None:
+        """(reason, message) of a render of exactly these inputs that failed within ``max_age`` seconds."""
+        try:
+            row = self._db.execute("SELECT reason, message FROM failed WHERE key=? AND at>=?",
+                                   (key, time.time() - max_age)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (str(row[0]), str(row[1])) if row else None
+
+    def remember_failure(self, key: str, reason: str, message: str) -> None:
+        self._failed.append((key, reason, message, time.time()))
+
     def put(self, key: str, compiled: pack.CompiledPack) -> None:
         slim = compiled.without_artifact()
         self._used.add(key)
@@ -55,15 +110,22 @@ class SqliteCompileCache:
         if len(self._memory) > len(self._used):
             self._memory = {k: v for k, v in self._memory.items() if k in self._used}
         self._used = set()
-        if not self._pending:
+        if not self._pending and not self._failed:
             return
         try:
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO compiled(key, value) VALUES (?, ?)", self._pending)
+                self._db.executemany("INSERT OR REPLACE INTO failed(key, reason, message, at) VALUES (?, ?, ?, ?)",
+                                     self._failed)
+                self._db.execute("DELETE FROM failed WHERE at < ?", (time.time() - 7 * 86400,))
         except sqlite3.Error:
             pass  # a cache that cannot be written only costs a recompile next time
         self._pending.clear()
+        self._failed.clear()
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass

@@ -18,6 +18,7 @@ import pathlib
 import stat
 
 from gitopsd import errors, ports
+from gitopsd.adapters import links
 
 SKIP = frozenset({".git", ".gitopsd"})
 MAX_READ_BYTES = 64 * 1024 * 1024  # no config-repo file gitopsd reads (YAML, a chart .tgz) is near this
@@ -27,6 +28,7 @@ class FsTree:
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root.resolve()
         self._ids: dict[str, str] = {}
+        self._real: set[str] = set()  # folders known to be real folders, not symlinks
         newest = 0.0
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if d not in SKIP]
@@ -48,6 +50,27 @@ class FsTree:
         )
 
     def _path(self, path: str) -> pathlib.Path:
+        """The file-system path of ``path``, once every folder above it is known to be a real folder:
+        a path through a symlinked folder (``ext -> /outside`` then ``ext/sub``) is never followed."""
+        head = path.rpartition("/")[0]
+        if head and head not in self._real:
+            parts = head.split("/")
+            for index in range(1, len(parts) + 1):
+                prefix = "/".join(parts[:index])
+                if prefix in self._real:
+                    continue
+                try:
+                    mode = os.lstat(self.root / prefix).st_mode
+                except OSError:
+                    break  # missing: lstat of what is below fails too
+                if stat.S_ISLNK(mode):
+                    raise errors.SpecError(
+                        f"{path} goes through the symlink {prefix}; gitopsd does not follow a symlinked folder in a "
+                        "path: point the path at the real folder",
+                        path=path,
+                        reason="PathEscape",
+                    )
+                self._real.add(prefix)
         return self.root / path if path else self.root
 
     def kind(self, path: str) -> ports.EntryKind | None:
@@ -63,6 +86,9 @@ class FsTree:
 
     def listdir(self, path: str) -> list[tuple[str, ports.EntryKind]]:
         out = []
+        if path and self.kind(path) is ports.EntryKind.LINK:
+            raise errors.SpecError(f"{path} is a symlinked folder; gitopsd does not list a folder through a symlink",
+                                   path=path, reason="PathEscape")
         for name in sorted(os.listdir(self._path(path))):
             if not path and name in SKIP:
                 continue
@@ -73,7 +99,10 @@ class FsTree:
 
     def read(self, path: str) -> bytes:
         full = self._path(path)
-        info = os.stat(full)  # follows a link the caller resolved on purpose; the renderers check targets
+        info = os.lstat(full)  # a link is never read through: the renderers read the target they resolved
+        if stat.S_ISLNK(info.st_mode):
+            raise errors.SpecError(f"{path} is a symlink; gitopsd reads the file it leads to, not the link", path=path,
+                                   reason="PathEscape")
         if not stat.S_ISREG(info.st_mode):
             raise errors.SpecError(
                 f"{path} is not a regular file (a FIFO, socket or device); remove it from the config repo",
@@ -86,8 +115,12 @@ class FsTree:
                 path=path,
                 reason="FileTooLarge",
             )
-        with open(full, "rb") as handle:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as handle:
             return handle.read(MAX_READ_BYTES + 1)
+
+    def size(self, path: str) -> int:
+        return os.lstat(self._path(path)).st_size
 
     def readlink(self, path: str) -> str:
         return os.readlink(self._path(path))
@@ -118,4 +151,9 @@ class FsTree:
         return result
 
     def materialize(self, path: str) -> pathlib.Path:
+        """The folder itself: the external renderer reads it in place, so every symlink below it must
+        lead inside it (``links.check_export``), as in an export of a Git tree."""
+        if self.kind(path) is not ports.EntryKind.DIR:
+            raise NotADirectoryError(path)
+        links.check_export(self, path)
         return self._path(path)

@@ -639,12 +639,18 @@ def desired_tree_equal(a: pygit2.Tree, b: pygit2.Tree) -> bool:
 class GitSource:
     """``ports.Source`` and ``ports.Pollable`` over a :class:`GitRemote`."""
 
-    def __init__(self, remote: GitRemote, export_dir: pathlib.Path, *, verifier: CommitVerifier | None = None) -> None:
+    def __init__(self, remote: GitRemote, export_dir: pathlib.Path, *, verifier: CommitVerifier | None = None,
+                 status_keys: tuple[keys.PublicKey, ...] = ()) -> None:
         self.remote = remote
         self.export_dir = export_dir
         self.verifier = verifier
+        # With verification on, a commit that changes only .gitopsd/ must be signed by one of these
+        # (gitopsd's own key): a status record is gitopsd's word, nobody else's.
+        self.status_keys = {key.raw: key for key in status_keys}
+        self._status_verified: set[str] = set()
         self._desired: dict[str, str] = {}  # tip commit -> its desired commit
         self.tip: str | None = None  # the commit the last fetch found at the tip
+        self.listed_tip: str | None = None  # the tip the last head() listed
 
     def revision(self, commit: str) -> str:
         assert self.remote.target is not None
@@ -662,6 +668,7 @@ class GitSource:
                     f"{problem}; nothing was applied, the last verified revision stays in place",
                     reason="CommitVerificationFailed",
                 )
+            self._verify_status_commits(repo, tip, desired)
         target = self.remote.target
         assert target is not None
         if desired.id != tip.id:
@@ -670,6 +677,48 @@ class GitSource:
             how = f"{target.name} at {str(tip.id)[:12]}"
         return gittree.GitTree(repo, desired, ref=target.name, export_dir=self.export_dir,
                                description=f"git {self.remote.display} {how}")
+
+    def _verify_status_commits(self, repo: pygit2.Repository, tip: pygit2.Commit, desired: pygit2.Commit) -> None:
+        """Every commit above the desired commit changes only ``.gitopsd/``: each must be gitopsd's own,
+        signed by its status key (or, with no such key known, pass the commit verifier)."""
+        commit = tip
+        while commit.id != desired.id:
+            key = str(commit.id)
+            if key not in self._status_verified:
+                problem = self._status_problem(repo, commit)
+                if problem is not None:
+                    raise errors.StalledError(
+                        f"commit {commit.id} in {self.remote.display} changes only {STATUS_ROOT}/ (status records) and "
+                        f"was refused: {problem}; only gitopsd's key may write status: revert the commit (or push the "
+                        "branch without it); nothing was applied",
+                        reason="CommitVerificationFailed",
+                    )
+                self._status_verified.add(key)
+            if not commit.parent_ids:
+                return
+            commit = repo[commit.parent_ids[0]]
+
+    def _status_problem(self, repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
+        if not self.status_keys:
+            assert self.verifier is not None
+            return self.verifier.problem(repo, commit)
+        signature, payload = _signature(commit)
+        if signature is None or payload is None:
+            return "it is not signed"
+        if not signature.lstrip().startswith(b"-----BEGIN SSH SIGNATURE-----"):
+            return "it is not signed with gitopsd's SSH key"
+        signer = sshsig.verify(signature.decode("ascii", "replace"), payload, "git")
+        if signer is None:
+            return "its SSH signature is invalid (the commit or the signature was altered)"
+        if signer.raw not in self.status_keys:
+            return f"it is signed by {signer.key_id()}, not by gitopsd's key"
+        return None
+
+    def status_moved(self) -> bool:
+        """True when the tip ``head()`` listed is not the one the last fetch read, while the desired
+        revision is the same: someone else's commit on top (status records edited) or a force-push
+        (status records dropped). A pass then puts the true records back."""
+        return self.listed_tip is not None and self.tip is not None and self.listed_tip != self.tip
 
     def head(self) -> str | None:
         """The revision ``fetch`` would read now, from a ref listing (no fetch).
@@ -680,6 +729,7 @@ class GitSource:
         """
         repo = self.remote.open()
         target = self.remote.remote_tip(repo)
+        self.listed_tip = target.commit
         if not _has(repo, target.commit):
             return self.revision(target.commit)
         return self.revision(str(self.desired_commit(repo, repo[target.commit].peel(pygit2.Commit)).id))
@@ -728,7 +778,7 @@ def _folder_tree(repo: pygit2.Repository, folder: pathlib.Path, *, top: bool) ->
                 builder.insert(entry.name, sub, pygit2.enums.FileMode.TREE)
         elif entry.is_file():
             mode = pygit2.enums.FileMode.BLOB_EXECUTABLE if os.access(path, os.X_OK) else pygit2.enums.FileMode.BLOB
-            builder.insert(entry.name, repo.create_blob(path.read_bytes()), mode)
+            builder.insert(entry.name, repo.create_blob_fromdisk(str(path)), mode)  # streamed: a large file is never held whole
     return builder.write()
 
 

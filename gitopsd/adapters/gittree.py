@@ -15,8 +15,11 @@ import tempfile
 import pygit2
 
 from gitopsd import errors, ports
+from gitopsd.adapters import fstree, links
 
 _DIR, _LINK, _SUBMODULE = 0o040000, 0o120000, 0o160000
+MAX_BLOB_BYTES = fstree.MAX_READ_BYTES  # the same cap as for a file of a plain folder
+MAX_EXPORT_BYTES = 4 * MAX_BLOB_BYTES  # a folder exported for kustomize or helm, symlinks counted as copies
 
 
 class GitTree:
@@ -27,6 +30,7 @@ class GitTree:
         self._root = commit.tree
         self._entries: dict[str, pygit2.Object | None] = {}
         self.export_dir = export_dir
+        self.submodules: set[str] = set()  # submodule paths that listdir met (and left out)
         when = datetime.datetime.fromtimestamp(commit.commit_time, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.snapshot = ports.Snapshot(
             revision=f"{ref}@sha1:{commit.id}",
@@ -77,22 +81,42 @@ class GitTree:
             if not path and entry.name == ".gitopsd":
                 continue
             sub = f"{path}/{entry.name}" if path else entry.name
+            if entry.filemode == _SUBMODULE:
+                self.submodules.add(sub)  # not listed: a reader that needs it asks kind() and gets the error
+                continue
             kind = self.kind(sub)
             if kind is not None:
                 out.append((entry.name, kind))
         out.sort()
         return out
 
-    def read(self, path: str) -> bytes:
+    def size(self, path: str) -> int:
+        """The size of the file at ``path`` from its object header: nothing of it is read."""
         entry = self._entry(path)
         if entry is None or entry.filemode in (_DIR, _LINK):
             raise FileNotFoundError(path)
+        return int(self.repo.odb.read_header(entry.id)[1])
+
+    def read(self, path: str) -> bytes:
+        """The bytes of the file at ``path``; over ``MAX_BLOB_BYTES`` (told by the object header, before
+        anything is read) it is refused with an error naming the file."""
+        size = self.size(path)
+        if size > MAX_BLOB_BYTES:
+            raise errors.SpecError(
+                f"file is {size} bytes, over the {MAX_BLOB_BYTES}-byte limit; keep large files out of the config repo",
+                path=path,
+                reason="FileTooLarge",
+            )
+        entry = self._entry(path)
+        assert entry is not None
         return self.repo[entry.id].data
 
     def readlink(self, path: str) -> str:
         entry = self._entry(path)
         if entry is None or entry.filemode != _LINK:
             raise FileNotFoundError(path)
+        if self.repo.odb.read_header(entry.id)[1] > 4096:
+            raise errors.SpecError("a symlink's target is over 4096 bytes; remove the link", path=path, reason="PathEscape")
         return self.repo[entry.id].data.decode("utf-8", "surrogateescape")
 
     def tree_id(self, path: str) -> str:
@@ -102,34 +126,52 @@ class GitTree:
         return f"sha1:{entry.id}"
 
     def materialize(self, path: str) -> pathlib.Path:
+        """The folder ``path`` written under the export dir, once per tree id. A symlink in it is
+        written as a copy of what it leads to inside ``path``; one that leads outside ``path`` (even
+        back into the repo: its text would be read against the export dir) is refused, and so is a
+        file over ``MAX_BLOB_BYTES`` or an export over ``MAX_EXPORT_BYTES``, checked from object
+        headers before anything is read."""
         entry = self._entry(path)
         if not isinstance(entry, pygit2.Tree):
             raise NotADirectoryError(path)
         target = self.export_dir / str(entry.id)
         if target.is_dir():
             return target
+        links.check_export(self, path)
         self.export_dir.mkdir(parents=True, exist_ok=True)
         scratch = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=self.export_dir))
-        self._write(entry, scratch)
+        try:
+            self._write(path, scratch, path, [0])
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         try:
             os.rename(scratch, target)
         except OSError:
             shutil.rmtree(scratch, ignore_errors=True)  # another pass exported it first
         return target
 
-    def _write(self, tree: pygit2.Tree, into: pathlib.Path) -> None:
-        for entry in tree:
-            dest = into / entry.name
-            if entry.filemode == _DIR:
+    def _write(self, path: str, into: pathlib.Path, root: str, budget: list[int]) -> None:
+        for name, kind in self.listdir(path):
+            sub = f"{path}/{name}" if path else name
+            dest = into / name
+            if kind is ports.EntryKind.LINK:
+                sub, kind = links.export_target(self, sub, root)
+            if kind is ports.EntryKind.DIR:
                 dest.mkdir()
-                self._write(self.repo[entry.id], dest)
-            elif entry.filemode == _LINK:
-                os.symlink(self.repo[entry.id].data, dest)
-            elif entry.filemode != _SUBMODULE:
-                dest.write_bytes(self.repo[entry.id].data)
-                if entry.filemode == 0o100755:
-                    dest.chmod(0o755)
-
+                self._write(sub, dest, root, budget)
+                continue
+            entry = self._entry(sub)
+            assert entry is not None
+            budget[0] += self.size(sub)
+            if budget[0] > MAX_EXPORT_BYTES:
+                raise errors.SpecError(
+                    f"the folder {root or '.'} holds more than {MAX_EXPORT_BYTES // (1024 * 1024)} MiB (symlinks "
+                    "counted as copies); keep large files out of the config repo",
+                    path=root or ".", reason="FileTooLarge")
+            dest.write_bytes(self.read(sub))
+            if entry.filemode == 0o100755:
+                dest.chmod(0o755)
 
 def open_worktree(path: pathlib.Path, export_dir: pathlib.Path) -> GitTree | None:
     """The HEAD commit of the Git repository at ``path``; ``None`` when it is not one (or is empty)."""

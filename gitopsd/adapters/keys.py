@@ -322,7 +322,10 @@ def generate(
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
-    _write_atomic(private_path, pem, mode=0o600)
+    if force:
+        _write_atomic(private_path, pem, mode=0o600)
+    else:
+        _write_new(private_path, pem, mode=0o600)  # two first runs at once: one key wins, none is replaced
     comment = f" {name}" if name else ""
     _write_atomic(public_path, f"{public.openssh()}{comment}\n".encode("ascii"), mode=0o644)
     allowed = f'{principal} namespaces="git" {public.openssh()}'
@@ -334,16 +337,43 @@ def generate(
     )
 
 
-def _write_atomic(path: pathlib.Path, data: bytes, *, mode: int) -> None:
+def _write_atomic(path: pathlib.Path, data: bytes, *, mode: int, replace: bool = True) -> None:
+    """Write ``path`` whole or not at all (a temporary file, synced, then renamed or linked in).
+    With ``replace`` off an existing ``path`` is never touched: ``FileExistsError``."""
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(handle, mode)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
+            stream.flush()
+            os.fsync(stream.fileno())
+        if replace:
+            os.replace(temp_name, path)
+        else:
+            os.link(temp_name, path)  # fails when path exists, whoever made it and however recently
+        _sync_dir(path.parent)
+    finally:
         pathlib.Path(temp_name).unlink(missing_ok=True)
-        raise
+
+
+def _write_new(path: pathlib.Path, data: bytes, *, mode: int) -> None:
+    try:
+        _write_atomic(path, data, mode=mode, replace=False)
+    except FileExistsError:
+        raise KeyLoadError(f"{path}: a key already exists; keep it, or pass force to replace it") from None
+
+
+def _sync_dir(folder: pathlib.Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- files

@@ -12,11 +12,13 @@ a new history with an Initial install.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from gitopsd import errors
 from gitopsd.core import codec
@@ -43,16 +45,55 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CLUSTER_PACK = pack.CLUSTER_PACK_KIND
 PACK_INSTANCE = instance.PACK_INSTANCE_KIND
 MAX_EVENTS = 10_000
+T = TypeVar("T")
+
+
+def store_error(path: pathlib.Path, err: sqlite3.Error) -> errors.GitopsdError:
+    """One line for a store that cannot be used: what is wrong with which file, and what to do."""
+    text = str(err)
+    if "disk is full" in text:
+        return errors.TransientError(f"local store {path}: the disk is full; free space on it and run again",
+                                     reason="StoreFailed")
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return errors.TransientError(f"local store {path}: cannot be written ({text}); a pass that writes needs a "
+                                     "writable state dir", reason="StoreFailed")
+    return errors.ConfigError(
+        f"local store {path} is damaged ({text}); move it away (ClusterPacks and PackInstances are then made again "
+        "from Git on the next reconcile, with new install history) or restore it from a backup",
+        reason="StoreCorrupt")
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """A read of the store: a SQLite failure (a damaged page, a vanished file) becomes one line."""
+
+    @functools.wraps(method)
+    def call(self: LocalStore, *args: object, **kwargs: object) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as err:
+            raise store_error(self.path, err) from None
+
+    return call
 
 
 class LocalStore:
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, path: pathlib.Path, *, read_only: bool = False) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self.read_only = read_only
+        try:
+            if read_only:
+                # A read-only state dir (a read-only mount): nothing may be created, not even the WAL
+                # index, so the file is opened immutable; the commands that do this only read.
+                self._db = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+                self._db.execute("SELECT count(*) FROM objects").fetchone()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as err:
+            raise store_error(path, err) from None
         self._cache: tuple[int, str, instance.Observed] | None = None
         # What this pass wrote, to carry the observed state over it: a decoded PackInstance when the
         # plan's own value is what was stored, else the stored object (None: deleted).
@@ -63,10 +104,12 @@ class LocalStore:
         self._db.close()
 
     # --- reads -----------------------------------------------------------------------------
+    @_guarded
     def resource_version(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         return int(row[0]) if row else 0
 
+    @_guarded
     def observe(self, namespace: str) -> instance.Observed:
         rv = self.resource_version()
         if self._cache is not None and self._cache[0] == rv and self._cache[1] == namespace:
@@ -90,6 +133,12 @@ class LocalStore:
         self._cache = (rv, namespace, observed)
         return observed
 
+    @_guarded
+    def signed_packs(self) -> int:
+        """How many ClusterPacks the store holds (each one signed when it was applied)."""
+        return int(self._db.execute("SELECT count(*) FROM objects WHERE kind=?", (CLUSTER_PACK,)).fetchone()[0])
+
+    @_guarded
     def list_objects(self, kind: str, namespace: str | None = None) -> list[dict[str, object]]:
         query = "SELECT body, uid, resource_version, generation FROM objects WHERE kind=?"
         args: tuple[str, ...] = (kind,)
@@ -103,6 +152,7 @@ class LocalStore:
             out.append(self._with_delivery(kind, obj))
         return out
 
+    @_guarded
     def get_object(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
         row = self._db.execute(
             "SELECT body, uid, resource_version, generation FROM objects WHERE kind=? AND namespace=? AND name=?",
@@ -119,13 +169,17 @@ class LocalStore:
         if kind != PACK_INSTANCE:
             return obj
         meta = obj["metadata"]
-        row = self._db.execute("SELECT body FROM deliveries WHERE namespace=? AND name=?",
-                               (meta["namespace"], meta["name"])).fetchone()  # type: ignore[index]
+        try:
+            row = self._db.execute("SELECT body FROM deliveries WHERE namespace=? AND name=?",
+                                   (meta["namespace"], meta["name"])).fetchone()  # type: ignore[index]
+        except sqlite3.OperationalError:  # a store made before delivery, opened read-only: none yet
+            row = None
         if row is not None:
             obj["status"] = {**(obj.get("status") or {}), "delivery": json.loads(row[0])}  # type: ignore[dict-item]
         return obj
 
     # --- delivery records ----------------------------------------------------------------------
+    @_guarded
     def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
         rows = self._db.execute("SELECT name, body FROM deliveries WHERE namespace=?", (namespace,))
         return {name: delivery.Delivery.from_json(json.loads(body)) for name, body in rows}
@@ -148,6 +202,7 @@ class LocalStore:
                 self._db.execute("ROLLBACK")
             raise errors.TransientError(f"local store {self.path}: {err}", reason="StoreError") from err
 
+    @_guarded
     def events(self, limit: int = 100) -> list[dict[str, str]]:
         rows = self._db.execute(
             "SELECT time, kind, namespace, name, type, reason, message, revision FROM events ORDER BY id DESC LIMIT ?",
@@ -182,7 +237,7 @@ class LocalStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._cache = None
-            raise errors.TransientError(f"local store {self.path}: {err}", reason="StoreError") from err
+            raise store_error(self.path, err) from err
         self.writes += written
         self._advance_cache(namespace, before, rv)
         return written

@@ -15,22 +15,29 @@ import tempfile
 import time
 from collections.abc import Mapping
 
+import structlog
+
 from gitopsd import errors
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
 REF_NAME = "org.opencontainers.image.ref.name"
+log = structlog.get_logger()
 
 
 class OciLayout:
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, *, read_only: bool = False) -> None:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        layout = root / "oci-layout"
-        if not layout.exists():
-            _atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
-        _remove_stale_temporaries(root, self.blobs)
+        self.read_only = read_only
+        if not read_only:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            layout = root / "oci-layout"
+            if not layout.exists():
+                _atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+            _remove_stale_temporaries(root, self.blobs)
+        self.index_problem: str | None = None  # why index.json was unreadable, when it was
+        self._verified: dict[str, tuple[int, int, int]] = {}  # digest -> (size, mtime, inode) when it matched
         self._index: dict[str, object] | None = None
         self._dirty = False
         self.pushed = 0
@@ -84,6 +91,8 @@ class OciLayout:
         except ValueError as err:
             return [f"{ref}: {err}"]
         problems = []
+        if not self.has(repository, manifest_digest):
+            problems.append(f"{ref}: index.json has no tag {repository}:<version> for it (a pass tags it again)")
         descriptors = [manifest.get("config", {}), *manifest.get("layers", [])]
         for descriptor in descriptors:
             digest = str(descriptor.get("digest", ""))
@@ -103,6 +112,39 @@ class OciLayout:
                 problems.append(f"{ref}: {field} {digest} is not a layer of this manifest")
         return problems
 
+    def sound(self, repository: str, manifest_digest: str) -> bool:
+        """The artifact is tagged for ``repository`` and every blob of it is present with the bytes of
+        its digest. A blob is hashed once per process while its size, mtime and inode stay the same."""
+        if not self.has(repository, manifest_digest):
+            return False
+        try:
+            manifest = json.loads(self._checked(manifest_digest))
+            for descriptor in [manifest.get("config", {}), *manifest.get("layers", [])]:
+                self._checked(str(descriptor.get("digest", "")))
+        except (OSError, ValueError, AttributeError):
+            return False
+        return True
+
+    def _checked(self, digest: str) -> bytes:
+        path = self._blob_path(digest)
+        info = path.stat()
+        mark = (info.st_size, info.st_mtime_ns, info.st_ino)
+        if self._verified.get(digest) == mark:
+            return path.read_bytes()
+        data = self.read_blob(digest)  # ValueError when the bytes do not match the digest
+        self._verified[digest] = mark
+        return data
+
+    def repair(self, repository: str, art: pack.Artifact) -> None:
+        """Write again every blob of ``art`` that is missing or does not match its digest, and tag it."""
+        for digest, data in [*((b.digest, b.data) for b in art.blobs), (art.manifest_digest, art.manifest)]:
+            path = self._blob_path(digest)
+            try:
+                self.read_blob(digest)
+            except (OSError, ValueError):
+                _atomic_write(path, data)
+        self._tag(f"{repository}:{art.tag}", art)
+
     def push(self, repository: str, art: pack.Artifact) -> bool:
         present = self._blob_path(art.manifest_digest).exists()
         if not present:
@@ -118,10 +160,20 @@ class OciLayout:
     def _load_index(self) -> dict[str, object]:
         if self._index is None:
             path = self.root / "index.json"
-            if path.exists():
-                self._index = json.loads(path.read_text("utf-8"))
-            else:
-                self._index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+            empty = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+            try:
+                loaded = json.loads(path.read_text("utf-8")) if path.exists() else empty
+                if not isinstance(loaded, dict) or not isinstance(loaded.get("manifests"), list) or not all(
+                        isinstance(m, dict) and isinstance(m.get("annotations", {}), dict) for m in loaded["manifests"]):
+                    raise ValueError("not an OCI image index")
+            except (ValueError, UnicodeDecodeError) as err:
+                # Only tags live here (blobs are content-addressed): start from an empty index, and the
+                # pass tags again every artifact in use (reconcile.repair_artifacts).
+                self.index_problem = f"{path} is unreadable ({err}); its tags are made again"
+                log.warning("oci index unreadable, tags made again", path=str(path), error=str(err))
+                loaded = empty
+                self._dirty = True
+            self._index = loaded
         return self._index
 
     def _tag(self, ref: str, art: pack.Artifact) -> None:
@@ -150,7 +202,7 @@ class OciLayout:
         return None
 
     def flush(self) -> None:
-        if self._dirty and self._index is not None:
+        if self._dirty and self._index is not None and not self.read_only:
             manifests = sorted(self._index["manifests"], key=lambda d: d["annotations"][REF_NAME])  # type: ignore[index, arg-type]
             self._index["manifests"] = manifests
             _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())

@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import json
 import os
+import pathlib
 import posixpath
 import re
 import selectors
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable
 
 from gitopsd import errors, ports
+from gitopsd.adapters import links
 from gitopsd.core import compile as compile_core
 from gitopsd.core import paths, yamlload
 from gitopsd.model import pack, spec
@@ -76,7 +78,7 @@ def check_links(tree: ports.Tree, folder: str, *, build: spec.PackBuild, field: 
             if kind is ports.EntryKind.DIR:
                 stack.append(sub)
             elif kind is ports.EntryKind.LINK:
-                target = paths.resolve_link(sub, tree.readlink(sub))
+                target = links.resolve(tree, sub)
                 if target is None:
                     raise errors.SpecError(
                         f"field {field!r}: {sub} is a symlink to {_shown(tree.readlink(sub))!r}, outside the config repo; "
@@ -125,7 +127,41 @@ def check_own(tree: ports.Tree, build: spec.PackBuild, path: str, *, field: str)
         )
 
 
+def check_export(tree: ports.Tree, root: str, *, build: spec.PackBuild, field: str) -> None:
+    """Refuse to hand ``root`` to an external renderer when a symlink below it leads outside ``root``:
+    an exported folder lives under the state dir, where the link's text would lead somewhere else
+    (the state dir's own keys, any host file). A renderer never reads a path outside its folder."""
+    try:
+        links.check_export(tree, root)
+    except errors.SpecError as err:
+        raise errors.SpecError(f"field {field!r}: {err}", path=build.path, reason=err.reason) from None
+
+
+def materialize(tree: ports.Tree, root: str, *, build: spec.PackBuild, field: str) -> pathlib.Path:
+    """``tree.materialize(root)``, with a refusal (a file over the size cap, a link) naming the
+    PackBuild and its field."""
+    try:
+        return tree.materialize(root)
+    except errors.SpecError as err:
+        raise errors.SpecError(f"field {field!r}: {err}", path=build.path, reason=err.reason) from None
+
+
+def check_path(tree: ports.Tree, path: str, *, file: str, field: str) -> None:
+    """Refuse a path with a symlink in any component but the last: ``ext -> /outside`` and then
+    ``ext/sub`` would read outside the repo although ``ext/sub`` itself is no link."""
+    parts = path.split("/")
+    link = links.first_link(tree, "/".join(parts[:-1])) if len(parts) > 1 else None
+    if link is not None:
+        raise errors.SpecError(
+            f"field {field!r}: {_shown(path)} goes through {_shown(link)}, a symlink to {_shown(tree.readlink(link))!r}; "
+            "a path must name real folders: point the field at the folder itself",
+            path=file,
+            reason="PathEscape",
+        )
+
+
 def _need_dir(tree: ports.Tree, path: str, *, file: str, field: str) -> None:
+    check_path(tree, path, file=file, field=field)
     kind = tree.kind(path)
     if kind is ports.EntryKind.LINK:
         raise errors.SpecError(f"field {field!r}: {path} is a symlink; point the field at a real folder", path=file, reason="PathEscape")
@@ -167,7 +203,7 @@ class RawRenderer(_Renderer):
                     stack.append(sub)
                 elif name.endswith((".yaml", ".yml")) and sub != build.path:
                     if kind is ports.EntryKind.LINK:
-                        target = paths.resolve_link(sub, tree.readlink(sub))
+                        target = links.resolve(tree, sub)
                         if target is None or tree.kind(target) is not ports.EntryKind.FILE:
                             where = "outside the config repo" if target is None else "not a regular file"
                             raise errors.SpecError(
@@ -181,7 +217,10 @@ class RawRenderer(_Renderer):
         for sub in sorted(files):
             target = sub
             if tree.kind(sub) is ports.EntryKind.LINK:
-                target = paths.resolve_link(sub, tree.readlink(sub)) or sub
+                target = links.resolve(tree, sub) or sub
+            size = getattr(tree, "size", None)
+            if size is not None and total + size(target) > MAX_PACK_BYTES:  # told before anything is read
+                raise _too_big(build, field, f"the files under {root or '.'} hold")
             data = tree.read(target)
             total += len(data)
             if total > MAX_PACK_BYTES:
@@ -247,6 +286,7 @@ def kustomize_inputs(tree: ports.Tree, folder: str, *, build: spec.PackBuild) ->
                         reason="RemoteBase",
                     )
                 target = paths.join(current, entry, file=kfile, field=f"{field}[{index}]")
+                check_path(tree, target, file=kfile, field=f"{field}[{index}]")
                 other = other_pack(tree, build, target)
                 if other is not None:
                     raise errors.SpecError(
@@ -435,7 +475,8 @@ class KustomizeRenderer(_Renderer):
         for f in folders:
             check_links(tree, f, build=build, field=field)
         root = common_folder(folders + files)
-        on_disk = tree.materialize(root)
+        check_export(tree, root, build=build, field=field)
+        on_disk = materialize(tree, root, build=build, field=field)
         relative = posixpath.relpath(folder, root) if root else folder
         command, version = _kustomize_command()
         target = on_disk / relative if relative != "." else on_disk
@@ -476,9 +517,11 @@ class HelmRenderer(_Renderer):
                 path=build.path,
                 reason="RemoteChart",
             )
+        check_path(tree, source.chart, file=build.path, field="helmSource.chart")
         check_own(tree, build, source.chart, field="helmSource.chart")
         values = json.loads(source.values_json)
         if source.values_file:
+            check_path(tree, source.values_file, file=build.path, field="helmSource.valuesFile")
             check_own(tree, build, source.values_file, field="helmSource.valuesFile")
             kind = tree.kind(source.values_file)
             if kind is ports.EntryKind.LINK:
@@ -499,7 +542,8 @@ class HelmRenderer(_Renderer):
         kind = tree.kind(source.chart)
         if kind is ports.EntryKind.DIR:
             check_links(tree, source.chart, build=build, field="helmSource.chart")
-            request["chartDir"] = str(tree.materialize(source.chart))
+            check_export(tree, source.chart, build=build, field="helmSource.chart")
+            request["chartDir"] = str(materialize(tree, source.chart, build=build, field="helmSource.chart"))
         elif kind is ports.EntryKind.FILE and source.chart.endswith((".tgz", ".tar.gz")):
             request["archive"] = base64.b64encode(tree.read(source.chart)).decode("ascii")
         else:
@@ -686,6 +730,11 @@ def source_folders(tree: ports.Tree, build: spec.PackBuild) -> list[str]:
     """
     src = build.source
     found: list[str]
+    for p, field in ((getattr(src, "path", None), "rawSource.path" if isinstance(src, spec.RawSource) else
+                      "kustomizeSource.path"), (getattr(src, "chart", None), "helmSource.chart"),
+                     (getattr(src, "values_file", None), "helmSource.valuesFile")):
+        if p and "://" not in p:
+            check_path(tree, p, file=build.path, field=field)
     if isinstance(src, spec.KustomizeSource):
         check_own(tree, build, src.path, field="kustomizeSource.path")
         if tree.kind(src.path) is ports.EntryKind.DIR:

@@ -141,6 +141,13 @@ def status_tree(repo: pygit2.Repository, root: pygit2.Tree, files: dict[str, byt
     return top.write()
 
 
+def _status_id(root: pygit2.Tree) -> str:
+    try:
+        return str(root[STATUS_DIR].id)
+    except KeyError:
+        return ""
+
+
 def _status_blobs(repo: pygit2.Repository, root: pygit2.Tree) -> set[str]:
     try:
         folder = root[STATUS_DIR]
@@ -167,11 +174,21 @@ class GitStatusWriter:
         self.before_publish = before_publish  # called with the commit id between building and pushing it
         self.last: Outcome | None = None
         self._valid: set[str] = set()  # blob ids of records that passed the schema
+        self._written: str | None = None  # the id of .gitopsd/status as last written (or found equal)
 
+
+    def in_place(self) -> bool:
+        """True while the branch's tip holds the status this writer last wrote (or found there): a
+        commit that edited the records, or a force-push that dropped them, makes it False."""
+        if self._written is None:
+            return False
+        repo, tip = self.branch.tip()
+        return _status_id(tip.tree) == self._written
 
     def write(self, records: Iterable[tuple[str, bytes]], message: str) -> str | None:
         started = time.perf_counter()
         records = list(records)
+        self._written = None
         repo, tip = self.branch.tip()
         committed = _status_blobs(repo, tip.tree)
         known = self._valid | committed
@@ -180,6 +197,7 @@ class GitStatusWriter:
         for attempt in range(1, self.attempts + 1):
             tree = status_tree(repo, tip.tree, files, self.owns)
             if tree == tip.tree_id:
+                self._written = _status_id(tip.tree)
                 self.last = Outcome(None, str(tip.id), attempt, time.perf_counter() - started)
                 log.info("status unchanged", branch=self.branch.display, tip=str(tip.id))
                 return None
@@ -187,6 +205,7 @@ class GitStatusWriter:
             if self.before_publish is not None:
                 self.before_publish(str(commit))
             if self.branch.publish(repo, commit, tip.id):
+                self._written = _status_id(repo[tree])
                 self.last = Outcome(str(commit), str(tip.id), attempt, time.perf_counter() - started)
                 log.info("status committed", commit=str(commit), parent=str(tip.id), attempts=attempt,
                          branch=self.branch.display)

@@ -386,22 +386,29 @@ def _prune(desired: list[Desired], inputs: Inputs, changes: list[change.Change])
     by_base: dict[str, list[instance.ObservedPack]] = defaultdict(list)
     for p in inputs.observed.packs.values():
         by_base[p.base_pack_name].append(p)
-    if all(len(packs) <= inputs.policy.keep_versions for packs in by_base.values()):
+    # The versions this pass creates count too, and an instance this pass moves to another version
+    # no longer holds its old one: prune in the same pass, not one pass late.
+    created: dict[str, int] = defaultdict(int)
+    for d in desired:
+        if d.cluster_pack.name not in inputs.observed.packs:
+            created[d.cluster_pack.base_pack_name] += 1
+    if all(len(packs) + created[base] <= inputs.policy.keep_versions for base, packs in by_base.items()):
         return []
     wanted = {d.cluster_pack.name for d in desired}
     in_use = {c.pack_instance.cluster_pack for c in changes if c.pack_instance is not None and c.action is not Action.UNINSTALL}
-    leaving = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and c.action is Action.UNINSTALL}
+    moved = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
+        c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE)))}
     in_use |= {
         obs.cluster_pack
         for name, obs in inputs.observed.instances.items()
-        if obs.state is not InstallState.UNINSTALLED and name not in leaving
+        if obs.state is not InstallState.UNINSTALLED and name not in moved
     }
     desired_by_base: dict[str, set[str]] = defaultdict(set)
     for d in desired:
         desired_by_base[d.cluster_pack.base_pack_name].add(d.cluster_pack.name)
     pruned = []
     for base, packs in sorted(by_base.items()):
-        if base in inputs.protected_bases or len(packs) <= inputs.policy.keep_versions:
+        if base in inputs.protected_bases or len(packs) + created[base] <= inputs.policy.keep_versions:
             continue
         packs.sort(key=lambda p: semver.parse(p.version).key() if _is_semver(p.version) else (), reverse=True)
         keep = set(desired_by_base.get(base, ()))

@@ -292,8 +292,10 @@ def test_gitopsd_status_commits_need_not_be_in_the_allowed_signers(tmp_path: pat
     user.push()
     src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
     rev = src.fetch().snapshot.revision
-    status_writer(src, tmp_path).write([(".gitopsd/status/alpha.yaml", STATUS.format(rev=rev).encode())], "status\n")
-    assert src.fetch().snapshot.revision == f"main@sha1:{good}"  # the desired commit is verified, not the status tip
+    writer = status_writer(src, tmp_path)
+    src.status_keys = {writer.key.public_key().raw: writer.key.public_key()}  # gitopsd's own key signs status
+    writer.write([(".gitopsd/status/alpha.yaml", STATUS.format(rev=rev).encode())], "status\n")
+    assert src.fetch().snapshot.revision == f"main@sha1:{good}"  # status commits: gitopsd's key, not allowed_signers
 
 
 def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path, gpg_keys) -> None:  # type: ignore[no-untyped-def]
