@@ -14,6 +14,7 @@ What every twin promises:
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Iterator
 
@@ -36,7 +37,7 @@ class Twin:
         self.cluster = cluster
         self.namespace = namespace
         self.policy = plan.Policy(namespace=namespace, now=POLICY.now, installed_by=POLICY.installed_by,
-                                  registry_hash=POLICY.registry_hash, keep_versions=1)
+                                  registry_hash=POLICY.registry_hash)
 
     def desired(self, base: str, version: str, **kw: object) -> plan.Desired:
         return desired(base, version, namespace=self.namespace, **kw)  # type: ignore[arg-type]
@@ -167,6 +168,7 @@ def test_a_pruned_cluster_pack_is_gone(twin: Twin) -> None:
     twin.run(twin.desired("web", "1.1.0"))
     assert set(twin.observe().packs) == {"web-v1.0.0", "web-v1.1.0"}
 
+    twin.policy = dataclasses.replace(twin.policy, keep_versions=1)
     pruned = []
     for _ in range(3):  # keep_versions=1: the versions no instance runs any more go
         p = twin.plan(twin.desired("web", "1.2.0"))
