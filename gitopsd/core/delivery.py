@@ -248,3 +248,12 @@ def order(names: Sequence[str], provides: Mapping[str, frozenset[tuple[str, ...]
         out.append(pick)
         left.remove(pick)
     return out
+
+
+_HAND_EDITORS = ("kubectl", "before-first-apply", "k9s", "Mozilla")
+
+
+def hand_edit(manager: str) -> bool:
+    """Is ``manager`` a person's tool (kubectl edit/patch/apply, a dashboard) rather than a
+    controller? A field such a manager took from gitopsd is drift; one a controller owns is not."""
+    return manager.startswith(_HAND_EDITORS)

@@ -280,11 +280,19 @@ class Engine:
                     continue
                 e = it.entry
                 live = target.get(e.api_version, e.kind, e.namespace, e.name)
-                if live is not None and not delivery_core.drifted(live, target.apply(it.body, dry_run=True)):
-                    continue
+                force = job.options.force
+                if live is not None:
+                    try:
+                        if not delivery_core.drifted(live, target.apply(it.body, dry_run=True)):
+                            continue
+                    except target_mod.ApiRefusal as err:
+                        managers = err.conflicting_managers()
+                        if err.status != 409 or not managers or not all(delivery_core.hand_edit(m) for m in managers):
+                            continue  # fields another controller owns now (an HPA's replicas): not drift
+                        force = True  # a person's edit of a field gitopsd manages: take it back
                 drifted.append(e.subject)
                 if job.options.drift is delivery.DriftMode.CORRECT:
-                    target.apply(it.body, force=job.options.force)
+                    target.apply(it.body, force=force)
                     corrected += 1
         if drifted:
             log.warning("drift", instance=job.instance, cluster=job.cluster, objects=len(drifted),

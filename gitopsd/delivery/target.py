@@ -30,9 +30,20 @@ class ApiRefusal(errors.GitopsdError):
 
     reason = "ApiRefused"
 
-    def __init__(self, message: str, *, status: int, reason: str = "ApiRefused") -> None:
+    def __init__(self, message: str, *, status: int, reason: str = "ApiRefused",
+                 causes: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message, reason=reason)
         self.status = status
+        self.causes = causes  # (field, message) pairs of the Status's details.causes
+
+    def conflicting_managers(self) -> set[str]:
+        """The field managers an apply conflicted with (409 ``Conflict``), from the structured causes."""
+        found = set()
+        for _, message in self.causes:
+            head, quote, rest = message.partition('"')
+            if quote and head.strip() == "conflict with":
+                found.add(rest.partition('"')[0])
+        return found
 
 
 class UnknownKind(errors.GitopsdError):
@@ -83,8 +94,11 @@ class Target:
         if status >= 500 or status == 429:
             raise errors.TransientError(f"cluster {self.name}: {what}: {status} {reason}: {message}",
                                         reason="ClusterUnavailable")
+        causes = tuple((str(c.get("field", "")), str(c.get("message", "")))
+                       for c in ((decoded.get("details") or {}).get("causes") or ()) if isinstance(c, dict)) \
+            if isinstance(decoded, dict) else ()
         raise ApiRefusal(f"cluster {self.name}: {what}: {' '.join(str(message).split())}", status=status,
-                         reason=str(reason or "ApiRefused"))
+                         reason=str(reason or "ApiRefused"), causes=causes)
 
     # -- discovery ---------------------------------------------------------------------------
 
