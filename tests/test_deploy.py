@@ -142,6 +142,7 @@ ROLE_RULES = [
     {"apiGroups": ["infrastructure.ontai.dev"], "resources": ["infrastructureclusterpacks/status", "packinstances/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},  # kubeconfig Secrets of target clusters
 ]
 
 
