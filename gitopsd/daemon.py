@@ -259,6 +259,8 @@ class Daemon:
         try:
             with structlog.contextvars.bound_contextvars(revision=head or self.last_revision or "", trigger=action):
                 env.retry_failed = action == "resync"  # a resync renders remembered failures again
+                # ... and retries failed deliveries and checks drift; so does the first pass of the process
+                env.resync = action == "resync" or self.passes == 1
                 state = self._run_pass(env)
         except Exception as err:  # noqa: BLE001 - every failure is classified in _failed
             self._failed(err, head, self._clock() - started, retry_pass=True)

@@ -67,6 +67,15 @@ class Metrics:
         self.packs = Gauge("gitopsd_packs", "Packs in the last completed pass (including failed ones).", registry=r)
         self.skipped = Counter(
             "gitopsd_polls_skipped", "Polls that found the revision already reconciled, so ran no pass.", registry=r)
+        self.deliveries = Counter(
+            "gitopsd_deliveries", "Deliveries into target clusters by action (deliver, drift, uninstall) and result "
+            "(Delivered, Failed, TimedOut, Refused, Unreachable, Pruned).", ["action", "result"], registry=r)
+        self.delivery_duration = Histogram(
+            "gitopsd_delivery_apply_duration_seconds", "Time a delivery spent applying its stages and waiting for them "
+            "to be healthy.", buckets=DURATION_BUCKETS, registry=r)
+        self.drifted = Gauge(
+            "gitopsd_drifted_objects", "Objects found drifted from what gitopsd applied, at the last drift check of each "
+            "target cluster.", ["cluster"], registry=r)
 
     def pass_finished(self, state: reconcile.PassState, seconds: float, *, now: float) -> None:
         """Record a completed pass; ``now`` is the Unix time at its end."""
@@ -82,6 +91,15 @@ class Metrics:
             committed = commit_seconds(state.tree.snapshot.commit_time)
             if committed is not None and now >= committed:
                 self.commit_to_applied.observe(now - committed)
+        drifted: dict[str, int] = {}
+        for job, result in state.deliveries:
+            self.deliveries.labels(action=str(job.action), result=str(result.result)).inc()
+            if result.stages:
+                self.delivery_duration.observe(sum(s.seconds for s in result.stages))
+            if str(job.action) == "drift":
+                drifted[job.cluster] = drifted.get(job.cluster, 0) + len(result.drifted)
+        for cluster, count in drifted.items():
+            self.drifted.labels(cluster=cluster).set(count)
         self.last_applied.info({"revision": state.revision})
         self.last_success.set(now)
         self.packs.set(len(summary.packs))

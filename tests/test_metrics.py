@@ -83,3 +83,35 @@ def test_two_instances_do_not_share_state() -> None:
     a.failed("X", 1.0)
     assert 'gitopsd_errors_total{reason="X"}' in a.exposition().decode()
     assert 'gitopsd_errors_total{reason="X"}' not in b.exposition().decode()
+
+
+def test_deliveries_are_counted_by_action_and_result_with_apply_time_and_drift(examples: pathlib.Path,
+                                                                               state_dir: pathlib.Path) -> None:
+    from gitopsd.core import delivery as delivery_core
+    from gitopsd.model import delivery
+
+    state = one_pass(examples, state_dir)
+
+    def job(instance: str, cluster: str, action: delivery_core.Action) -> delivery_core.Job:
+        return delivery_core.Job(instance=instance, cluster=cluster, base_pack_name="p", version="1.0.0",
+                                 spec_json='{"registryRef": {"digest": "sha256:1"}}', signature="s", previous=None, action=action)
+
+    def record(result: delivery.Result, *, seconds: tuple[float, ...] = (), drifted: tuple[str, ...] = ()) -> delivery.Delivery:
+        return delivery.Delivery(cluster="x", result=result, digest="sha256:1", version="1.0.0", message="",
+                                 stages=tuple(delivery.StageRun(f"s{i}", 1, s, True) for i, s in enumerate(seconds)), drifted=drifted)
+
+    state.deliveries = [
+        (job("p-a", "a", delivery_core.Action.DELIVER), record(delivery.Result.DELIVERED, seconds=(1.0, 2.0))),
+        (job("p-b", "b", delivery_core.Action.DELIVER), record(delivery.Result.TIMED_OUT, seconds=(0.5,))),
+        (job("q-a", "a", delivery_core.Action.DRIFT), record(delivery.Result.DELIVERED, drifted=("ConfigMap/x/y", "Deployment/x/z"))),
+    ]
+    m = metrics.Metrics()
+    m.pass_finished(state, 0.1, now=0.0)
+
+    got = samples(m)
+    assert got[("gitopsd_deliveries_total", (("action", "deliver"), ("result", "Delivered")))] == 1
+    assert got[("gitopsd_deliveries_total", (("action", "deliver"), ("result", "TimedOut")))] == 1
+    assert got[("gitopsd_deliveries_total", (("action", "drift"), ("result", "Delivered")))] == 1
+    assert got[("gitopsd_delivery_apply_duration_seconds_count", ())] == 2
+    assert got[("gitopsd_delivery_apply_duration_seconds_sum", ())] == pytest.approx(3.5)
+    assert got[("gitopsd_drifted_objects", (("cluster", "a"),))] == 2
