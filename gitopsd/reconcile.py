@@ -814,10 +814,11 @@ def write_status(env: Env, state: PassState) -> None:
     if env.dry_run or env.status_writer is None:
         return
     in_place = getattr(env.status_writer, "in_place", None)
-    if state.plan_reused and env.memo.status_written and (in_place is None or in_place()):
+    if state.plan_reused and env.memo.status_written and not state.deliveries and (in_place is None or in_place()):
         return  # nothing changed since the records were last written, and the branch still holds them
+    shipped = env.cluster.deliveries(state.config.namespace) if env.deliverer is not None else None
     records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision,
-                             memo=env.memo.status_text)
+                             memo=env.memo.status_text, deliveries=shipped)
     message = status.commit_message(state.plan, state.revision)
     try:
         state.status_commit = env.status_writer.write(records, message)
