@@ -6,7 +6,7 @@ streams the answer back, watches included (newline-delimited JSON, re-chunked li
 resource request is logged as a :class:`Record` (kubectl's verb words, ``plural`` or
 ``plural/subresource``, namespace, name, field manager, status code), so "a no-op pass sends 0
 writes" is measured at the real server's door. ``faults`` (``tests.realkube.faults``) makes
-matching requests fail, stall, lose their watch or get 410 Gone.
+matching requests fail, stall, lose their watch or get 410 Gone (injected, or the server's own).
 """
 
 from __future__ import annotations
@@ -225,11 +225,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             proxy._log(Record(code=200, fault="WatchGone", seconds=time.monotonic() - started, **record))
             return
+        path = self.path
+        if isinstance(effect, faults_mod.StaleWatch):
+            query["resourceVersion"] = [effect.resource_version]
+            path = urllib.parse.urlunsplit(("", "", split.path, urllib.parse.urlencode(query, doseq=True), ""))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"}
         if body or self.command in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(body))
         try:
-            response = self._upstream_request(verb, body, headers)
+            response = self._upstream_request(verb, path, body, headers)
         except OSError as err:
             payload = faults_mod.ServiceUnavailable(message=f"proxy: upstream unreachable: {err}").body(resource, name)
             self.send_response(503)
@@ -255,14 +259,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self._stream_watch(response, effect if isinstance(effect, faults_mod.DropWatch) else None)
 
-    def _upstream_request(self, verb: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def _upstream_request(self, verb: str, path: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
         for attempt in (1, 2):
             if self.upstream is None or verb == "watch":
                 if self.upstream is not None:
                     self.upstream.close()
                 self.upstream = self.server.proxy.upstream.connect(timeout=None if verb == "watch" else 60)
             try:
-                self.upstream.request(self.command, self.path, body=body or None, headers=headers)
+                self.upstream.request(self.command, path, body=body or None, headers=headers)
                 return self.upstream.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.upstream.close()
