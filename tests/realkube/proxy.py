@@ -143,6 +143,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers (40 ms on Linux) on every response
+    disable_nagle_algorithm = True
     server: _Server
     upstream: http.client.HTTPSConnection | None = None
 
@@ -378,11 +381,12 @@ class KubeProxy:
             (self._handlers.add if add else self._handlers.discard)(handler)
 
     def requests(self, *, verb: str | None = None, resource: str | None = None, namespace: str | None = None,
-                 name: str | None = None) -> list[Record]:
-        """Resource requests in the order they came, optionally filtered (discovery is left out)."""
+                 name: str | None = None, discovery: bool = False) -> list[Record]:
+        """Resource requests in the order they came, optionally filtered (discovery and other
+        non-resource paths are left out unless ``discovery``)."""
         with self._lock:
             records = list(self._records)
-        return [r for r in records if r.resource
+        return [r for r in records if (r.resource or discovery)
                 and (verb is None or r.verb == verb) and (resource is None or r.resource == resource)
                 and (namespace is None or r.namespace == namespace) and (name is None or r.name == name)]
 
