@@ -80,12 +80,35 @@ def pack_view(obj: dict[str, Any]) -> object:
 GENERIC = "ClusterPack {} created"
 
 
-def view(env: KubeEnv, steps: list[ports.Snapshot], verifier: ports.Verifier) -> dict[str, dict[str, object]]:
+class TrialEnv(KubeEnv):
+    """A ``KubeEnv`` in a fresh namespace of the management cluster, with its own proxy; ``upstream``
+    is the cluster's own kubeconfig (etcd compaction finds its ports next to it)."""
+
+    def __init__(self, upstream: pathlib.Path, root: pathlib.Path, seed: int) -> None:
+        self.upstream = upstream
+        self._stack = contextlib.ExitStack()
+        with self._stack:
+            proxy = self._stack.enter_context(kproxy.KubeProxy(upstream, seed=seed))
+            direct = self._stack.enter_context(realkube.api(upstream))
+            namespace = realkube.fresh_namespace(direct, "faults")
+            self._stack.callback(realkube.delete_namespace, direct, namespace)
+            root.mkdir(parents=True, exist_ok=True)
+            super().__init__(proxy, direct, namespace, proxy.write_kubeconfig(root / "kubeconfig", namespace))
+            self._stack = self._stack.pop_all()  # started: __exit__ closes it
+
+    def __enter__(self) -> TrialEnv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+
+def view(env: TrialEnv, steps: list[ports.Snapshot], verifier: ports.Verifier) -> dict[str, dict[str, object]]:
     """ClusterPacks and PackInstances, without what differs between equivalent runs. What differs
-    because each run has a namespace of its own is named, not dropped: the namespace reads
-    ``NAMESPACE``, the revision of the repo at step N ``REVISION-N`` wherever they appear (a plain folder's revision
-    hashes gitopsd.yaml, which names the namespace), and a pack signature reads ``VERIFIED`` when it
-    verifies over that run's own spec."""
+    because each run has a namespace of its own is named, not dropped: wherever they appear, the
+    namespace reads ``NAMESPACE`` and the repo's revision at step N ``REVISION-N`` (a plain folder's
+    revision hashes gitopsd.yaml, which names the namespace); a pack signature reads ``VERIFIED``
+    when it verifies over that run's own spec."""
     packs = {}
     for obj in env.list_objects(PACKS):
         status = obj.get("status") or {}
@@ -105,7 +128,7 @@ def view(env: KubeEnv, steps: list[ports.Snapshot], verifier: ports.Verifier) ->
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-def stale_watches(env: KubeEnv, rng: random.Random) -> None:
+def stale_watches(env: TrialEnv, rng: random.Random) -> None:
     """Compact etcd for real, then watches from a resourceVersion long gone (the real server answers
     410 Expired) and injected 410 ERROR events."""
     realkube.compact(env.upstream)
@@ -114,7 +137,7 @@ def stale_watches(env: KubeEnv, rng: random.Random) -> None:
 
 
 # fault kind -> adds its rules to the proxy for one step (rng: the trial's seeded choices)
-FAULTS: dict[str, Callable[[KubeEnv, random.Random], None]] = {
+FAULTS: dict[str, Callable[[TrialEnv, random.Random], None]] = {
     "409 storm": lambda env, rng: env.faults.add(kfaults.Conflict(), verb="write", probability=rng.uniform(0.3, 0.7),
                                                  times=rng.randint(5, 20)),
     "500s": lambda env, rng: env.faults.add(kfaults.InternalError(), verb="*", probability=rng.uniform(0.1, 0.4),
@@ -124,27 +147,6 @@ FAULTS: dict[str, Callable[[KubeEnv, random.Random], None]] = {
         kfaults.DropWatch(after_events=rng.randint(0, 3), abrupt=rng.random() < 0.5), verb="watch",
         probability=rng.uniform(0.3, 1.0), times=rng.randint(1, 6)),
 }
-
-
-class TrialEnv(KubeEnv):
-    """A ``KubeEnv`` in a fresh namespace of the management cluster, with its own proxy; ``upstream``
-    is the cluster's own kubeconfig (etcd compaction finds its ports next to it)."""
-
-    def __init__(self, upstream: pathlib.Path, root: pathlib.Path, seed: int) -> None:
-        self.upstream = upstream
-        self._stack = contextlib.ExitStack()
-        proxy = self._stack.enter_context(kproxy.KubeProxy(upstream, seed=seed))
-        direct = self._stack.enter_context(realkube.api(upstream))
-        namespace = realkube.fresh_namespace(direct, "faults")
-        self._stack.callback(realkube.delete_namespace, direct, namespace)
-        root.mkdir(parents=True, exist_ok=True)
-        super().__init__(proxy, direct, namespace, proxy.write_kubeconfig(root / "kubeconfig", namespace))
-
-    def __enter__(self) -> TrialEnv:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stack.close()
 
 
 @dataclasses.dataclass
