@@ -16,6 +16,7 @@ stopped at the end. Prints one JSON document on stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -60,7 +61,9 @@ def counts(proxy: kube_proxy.KubeProxy) -> dict[str, object]:
     return {"total": len(records), "writes": writes, "by_verb_resource": dict(sorted(by.items())),
             "list_watch_per_kind": dict(sorted(lists.items())), "list_pages_per_kind": dict(sorted(pages.items())),
             "max_list_watch_per_kind": max(lists.values(), default=0),
-            "failed": sum(1 for r in records if r.code >= 400)}
+            "failed": sum(1 for r in records if r.code >= 400),
+            "failed_by_verb_resource_code": dict(sorted(collections.Counter(
+                f"{r.verb} {r.resource or '(discovery)'} {r.code}" for r in records if r.code >= 400).items()))}
 
 
 def server_cpu(pids: dict[str, int]) -> float:
