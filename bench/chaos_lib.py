@@ -11,8 +11,10 @@
 - ``git: ...``: tests/reliability/test_git_faults.py through the CLI on real Git: ``--git-trials``
   rounds of a user push racing the status commit (user commits lost, merges, unverifiable status
   commits), and a tenth as many force-pushes, unreachable-remote passes, corrupted clone caches;
-- ``kube: <fault>``: tests/reliability/test_kube_faults.py against the API emulator, ``--kube-trials``
-  seeded trials per fault (409 storm, 500s, watch 410, dropped watch) compared with a run without.
+- ``kube: <fault>``: tests/reliability/test_kube_faults.py against a real control plane
+  (``tools/kubecluster up bench-chaos``, stopped at the end) through the fault-injecting proxy,
+  ``--kube-trials`` seeded trials per fault (409 storm, 500s, watch 410, dropped watch), each in a
+  namespace of its own, compared with a run without.
 
 A trial fails when any check fails; "lost items" are ClusterPacks or PackInstances an
 uninterrupted run has and the trial's final state lacks (or has different). All must be 0.
@@ -28,6 +30,7 @@ import pathlib
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +43,9 @@ from gitopsd.adapters import keys  # noqa: E402
 from gitopsd.adapters import registry as registry_adapter  # noqa: E402
 from tests import registry_fixture  # noqa: E402
 from tests.reliability import harness  # noqa: E402
+
+
+CHAOS_CLUSTER = "bench-chaos"  # the control plane of the kube rows (tools/kubecluster), stopped at the end
 
 
 @dataclasses.dataclass
@@ -247,8 +253,6 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
     memory: list[tuple[str, float]] = []
     registry = None
     try:
-        # first: the emulator runs in this process and serves watches with select(), which fails once
-        # the process has 1024 descriptors open (the zygote commands of the other rows leak two each)
         if only is None or "kube" in only:
             rows += kube_faults(work / "kube", kube_trials, seed)
         if only is None or "crash" in only:
@@ -330,22 +334,41 @@ def git_faults(pool: harness.ZygotePool, work: pathlib.Path, trials: int, seed: 
 
 
 def kube_faults(work: pathlib.Path, trials: int, seed: int) -> list[Row]:
-    """Every fault kind of test_kube_faults ``trials`` times against the API emulator, in process."""
+    """Every fault kind of test_kube_faults ``trials`` times against a real control plane started
+    for the bench (``bench-chaos``, gitopsd's CRDs applied), through the proxy, in process."""
+    import yaml  # noqa: PLC0415
+
+    from tests.realkube import clusters  # noqa: PLC0415
     from tests.reliability import test_kube_faults as kube_scenarios  # noqa: PLC0415
 
     logs.configure("error")  # each injected fault logs a warning in this process; the table says what matters
-    reference = kube_scenarios.reference_run(work / "reference")
     rows = []
-    for index, fault in enumerate(kube_scenarios.FAULTS):
-        started = time.monotonic()
-        try:
-            tally = kube_scenarios.kube_faults(work / f"fault-{index}", fault, trials, seed * 100 + index + 1, reference)
-            rows.append(_row_of(tally, time.monotonic() - started))
-        except Exception as err:  # noqa: BLE001
-            row = Row(f"kube: {fault}", 1, 0, 0, time.monotonic() - started)
-            row.failed(f"{type(err).__name__}: {err}")
-            rows.append(row)
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    started = time.monotonic()
+    try:
+        kubeconfig = clusters.up(CHAOS_CLUSTER)
+    except Exception as err:  # noqa: BLE001 - a bench keeps going and reports
+        row = Row("kube: control plane", 1, 0, 0, time.monotonic() - started)
+        row.failed(f"{type(err).__name__}: {err}")
+        return [row]
+    try:
+        with clusters.api(kubeconfig) as api_client:
+            crds = [d for d in yaml.safe_load_all((ROOT / "deploy" / "10-crds.yaml").read_text()) if d]
+            clusters.apply_documents(api_client, crds)
+        reference = kube_scenarios.reference_run(work / "reference", kubeconfig)
+        for index, fault in enumerate(kube_scenarios.FAULTS):
+            started = time.monotonic()
+            try:
+                tally = kube_scenarios.kube_faults(work / f"fault-{index}", kubeconfig, fault, trials,
+                                                   seed * 100 + index + 1, reference)
+                rows.append(_row_of(tally, time.monotonic() - started))
+            except Exception as err:  # noqa: BLE001
+                row = Row(f"kube: {fault}", 1, 0, 0, time.monotonic() - started)
+                row.failed(f"{type(err).__name__}: {err}")
+                rows.append(row)
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    finally:
+        subprocess.run([sys.executable, str(clusters.TOOL), "down", CHAOS_CLUSTER], check=False, capture_output=True,
+                       timeout=120)
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the tests that run gitopsd against a Kubernetes API (the emulator or a real cluster).
+"""Helpers for the tests that run gitopsd against a real Kubernetes API server.
 
 ``Passes`` runs real reconcile passes of a config repo with the Kubernetes Cluster adapter; the
 source, OCI layout, compile cache and keys stay local, as ``gitopsd.wiring`` sets them up.
@@ -12,30 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import yaml
-
 from gitopsd import ports, reconcile, wiring
 from gitopsd.adapters import render, schemafiles, system
-from gitopsd.testing import kubeapi
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CRDS = ROOT / "deploy" / "10-crds.yaml"
 EXAMPLES = ROOT / "examples-repo"
-NAMESPACE = "seam-system"
 GROUP = "infrastructure.ontai.dev"
 PACKS = "infrastructureclusterpacks"
 INSTANCES = "packinstances"
-
-
-def crd_documents() -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(CRDS.read_text("utf-8")) if doc]
-
-
-def seed_emulator(emu: kubeapi.Emulator, namespace: str = NAMESPACE) -> None:
-    """The generated CRDs and the namespace, created without requests (not in the request log)."""
-    for doc in crd_documents():
-        emu.create_object(doc)
-    emu.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
 
 
 class Passes:

@@ -9,7 +9,9 @@ RNG so a run is reproducible. Its effect is one of:
   ``TooManyRequests()``, ``ServiceUnavailable()``); ``Conflict(times=N)`` on ``write`` is a 409 storm;
 * :class:`Delay` - sleep, then forward (delays of several rules add up);
 * :class:`DropWatch` - end a watch stream after N events (cleanly, or by cutting the connection);
-* :class:`WatchGone` - answer a watch with an ``ERROR`` event carrying 410 Gone.
+* :class:`WatchGone` - answer a watch with an ``ERROR`` event carrying 410 Gone;
+* :class:`StaleWatch` - forward a watch from a resourceVersion long gone, so that the real API
+  server answers 410 Expired itself (what a watcher that fell behind the server's history meets).
 """
 
 from __future__ import annotations
@@ -106,8 +108,16 @@ class WatchGone:
         return json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
 
 
-Effect = Fail | Delay | DropWatch | WatchGone
-_WATCH_ONLY = (DropWatch, WatchGone)
+@dataclass(frozen=True, slots=True)
+class StaleWatch:
+    """Forward the watch with ``resourceVersion`` replaced by ``resource_version``: older than the
+    API server's watch window, the server itself answers with an ``ERROR`` event, 410 Expired."""
+
+    resource_version: str = "1"
+
+
+Effect = Fail | Delay | DropWatch | WatchGone | StaleWatch
+_WATCH_ONLY = (DropWatch, WatchGone, StaleWatch)
 
 
 @dataclass(slots=True)
@@ -139,7 +149,7 @@ class Decision:
     """What the rules say about one request."""
 
     delay: float = 0.0
-    effect: Fail | DropWatch | WatchGone | None = None
+    effect: Fail | DropWatch | WatchGone | StaleWatch | None = None
 
 
 class Faults:

@@ -6,7 +6,7 @@ streams the answer back, watches included (newline-delimited JSON, re-chunked li
 resource request is logged as a :class:`Record` (kubectl's verb words, ``plural`` or
 ``plural/subresource``, namespace, name, field manager, status code), so "a no-op pass sends 0
 writes" is measured at the real server's door. ``faults`` (``tests.realkube.faults``) makes
-matching requests fail, stall, lose their watch or get 410 Gone.
+matching requests fail, stall, lose their watch or get 410 Gone (injected, or the server's own).
 """
 
 from __future__ import annotations
@@ -143,6 +143,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers (40 ms on Linux) on every response
+    disable_nagle_algorithm = True
     server: _Server
     upstream: http.client.HTTPSConnection | None = None
 
@@ -225,11 +228,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             proxy._log(Record(code=200, fault="WatchGone", seconds=time.monotonic() - started, **record))
             return
+        path = self.path
+        if isinstance(effect, faults_mod.StaleWatch):
+            query["resourceVersion"] = [effect.resource_version]
+            path = urllib.parse.urlunsplit(("", "", split.path, urllib.parse.urlencode(query, doseq=True), ""))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"}
         if body or self.command in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(body))
         try:
-            response = self._upstream_request(verb, body, headers)
+            response = self._upstream_request(verb, path, body, headers)
         except OSError as err:
             payload = faults_mod.ServiceUnavailable(message=f"proxy: upstream unreachable: {err}").body(resource, name)
             self.send_response(503)
@@ -255,14 +262,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self._stream_watch(response, effect if isinstance(effect, faults_mod.DropWatch) else None)
 
-    def _upstream_request(self, verb: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def _upstream_request(self, verb: str, path: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
         for attempt in (1, 2):
             if self.upstream is None or verb == "watch":
                 if self.upstream is not None:
                     self.upstream.close()
                 self.upstream = self.server.proxy.upstream.connect(timeout=None if verb == "watch" else 60)
             try:
-                self.upstream.request(self.command, self.path, body=body or None, headers=headers)
+                self.upstream.request(self.command, path, body=body or None, headers=headers)
                 return self.upstream.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.upstream.close()
@@ -374,11 +381,12 @@ class KubeProxy:
             (self._handlers.add if add else self._handlers.discard)(handler)
 
     def requests(self, *, verb: str | None = None, resource: str | None = None, namespace: str | None = None,
-                 name: str | None = None) -> list[Record]:
-        """Resource requests in the order they came, optionally filtered (discovery is left out)."""
+                 name: str | None = None, discovery: bool = False) -> list[Record]:
+        """Resource requests in the order they came, optionally filtered (discovery and other
+        non-resource paths are left out unless ``discovery``)."""
         with self._lock:
             records = list(self._records)
-        return [r for r in records if r.resource
+        return [r for r in records if (r.resource or discovery)
                 and (verb is None or r.verb == verb) and (resource is None or r.resource == resource)
                 and (namespace is None or r.namespace == namespace) and (name is None or r.name == name)]
 
