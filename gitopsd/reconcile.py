@@ -714,6 +714,8 @@ def _job(env: Env, state: PassState, pi: instance.PackInstance, previous: delive
         spec_json, signature = found.spec_json, found.signature
     elif created is not None:
         spec_json, signature = pack.canonical_json(created.spec()), created.signature
+    elif action is delivery_core.Action.UNINSTALL and previous is not None:  # only its inventory is needed
+        spec_json, signature = pack.canonical_json({"registryRef": {"digest": previous.digest}}), None
     else:
         return None
     build = next((r.build for r in state.compiled if r.compiled.cluster_pack.name == pi.cluster_pack), None)

@@ -118,11 +118,12 @@ def item(obj: Mapping[str, Any], *, digest: str, instance: str) -> Item:
     return Item(body, entry, phases, weight, policy)
 
 
-def stage_of(it: Item, layer: pack.Layer) -> str | None:
-    """The delivery stage of an item from ``layer``; None for a hook that never runs on install or
-    upgrade (test hooks, delete and rollback hooks)."""
+def stage_of(it: Item, layer: pack.Layer, *, upgrade: bool = False) -> str | None:
+    """The delivery stage of an item from ``layer``; None for a hook that does not run now: on a
+    first install only ``*-install`` hooks run, on an upgrade only ``*-upgrade`` ones (as in Helm);
+    test, delete and rollback hooks never do."""
     if it.hook:
-        phases = set(it.hook)
+        phases = set(it.hook) & ({"pre-upgrade", "post-upgrade"} if upgrade else {"pre-install", "post-install"})
         if phases & _PRE:
             return "pre-hooks"
         if phases & _POST:
@@ -138,14 +139,16 @@ def stage_of(it: Item, layer: pack.Layer) -> str | None:
     return str(layers_core.stage_of(kind)) if layers_core.stage_of(kind) is not pack.Stage.RBAC else "stateless"
 
 
-def stages(layer_objects: Mapping[pack.Layer, Sequence[tuple[Mapping[str, Any], str]]], *, instance: str) -> list[Stage]:
+def stages(layer_objects: Mapping[pack.Layer, Sequence[tuple[Mapping[str, Any], str]]], *, instance: str,
+           upgrade: bool = False) -> list[Stage]:
     """The non-empty stages of a delivery, in order; ``layer_objects`` maps each layer to its
-    objects, each with the digest of the layer it came from."""
+    objects, each with the digest of the layer it came from; ``upgrade``: the cluster runs an
+    earlier version of the pack (which hooks run)."""
     by_stage: dict[str, list[Item]] = {name: [] for name in STAGES}
     for layer, objects in layer_objects.items():
         for obj, digest in objects:
             it = item(obj, digest=digest, instance=instance)
-            name = stage_of(it, layer)
+            name = stage_of(it, layer, upgrade=upgrade)
             if name is not None:
                 by_stage[name].append(it)
     for name in ("pre-hooks", "post-hooks"):

@@ -111,7 +111,7 @@ class Engine:
         previous = job.previous
         kept = previous.inventory if previous is not None else ()
         try:
-            planned = delivery_core.stages(self.objects(job), instance=job.instance)
+            planned = delivery_core.stages(self.objects(job), instance=job.instance, upgrade=bool(kept))
         except Refused as err:
             log.warning("delivery refused", instance=job.instance, cluster=job.cluster, reason=err.reason, error=str(err))
             return self._record(job, delivery.Result.REFUSED, f"{err.reason}: {err}", kept, (), "")

@@ -22,7 +22,7 @@ def o(kind: str, name: str, ns: str = "", api: str = "v1", **annotations: str) -
     return {"apiVersion": api, "kind": kind, "metadata": meta}
 
 
-def test_objects_go_to_stages_in_order_with_hooks_by_weight_and_test_hooks_dropped() -> None:
+def test_objects_go_to_stages_in_order_with_the_hooks_of_the_phase_by_weight_and_test_hooks_dropped() -> None:
     layers = {
         pack.Layer.RBAC: [(o("ServiceAccount", "sa", "app"), "sha256:r")],
         pack.Layer.CLUSTER_SCOPED: [(o("Namespace", "app"), "sha256:c"), (o("ClusterRole", "x", api="rbac.authorization.k8s.io/v1"), "sha256:c"),
@@ -41,11 +41,15 @@ def test_objects_go_to_stages_in_order_with_hooks_by_weight_and_test_hooks_dropp
     planned = core.stages(layers, instance="app-prod")
 
     assert [(s.name, [it.entry.name for it in s.items]) for s in planned] == [
-        ("namespaces", ["app", "w.example.com"]), ("rbac", ["sa"]), ("cluster", ["x", "p"]), ("pre-hooks", ["first", "second"]),
+        ("namespaces", ["app", "w.example.com"]), ("rbac", ["sa"]), ("cluster", ["x", "p"]), ("pre-hooks", ["second"]),
         ("storage", ["data"]), ("stateful", ["db"]), ("stateless", ["web"]), ("post-hooks", ["late"]),
     ]
+    upgrading = core.stages({pack.Layer.WORKLOAD: layers[pack.Layer.WORKLOAD]}, instance="app-prod", upgrade=True)
+    assert [(s.name, [it.entry.name for it in s.items]) for s in upgrading] == [
+        ("pre-hooks", ["first"]), ("storage", ["data"]), ("stateful", ["db"]), ("stateless", ["web"]), ("post-hooks", ["late"]),
+    ]  # an upgrade runs the *-upgrade hooks only, by weight
     assert [e.name for e in core.inventory(planned)] == ["app", "w.example.com", "sa", "x", "p", "data", "db", "web"]
-    web = planned[6].items[0]
+    web = planned[6].items[0]  # the stateless stage
     assert web.body["metadata"]["labels"] == {core.INSTANCE_LABEL: "app-prod"}
     assert web.entry == Entry("apps/v1", "Deployment", "app", "web", "sha256:w")
 
