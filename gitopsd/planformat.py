@@ -116,6 +116,12 @@ def _code(text: str) -> str:
     return f"<code>{_md(text)}</code>"
 
 
+def _short(revision: str) -> str:
+    """``main@sha1:<12 hex>``: a revision short enough for a heading."""
+    ref, sep, hexdigest = revision.rpartition(":")
+    return f"{ref}{sep}{hexdigest[:12]}" if sep else revision
+
+
 def _fence(lines: Iterable[str]) -> str:
     body = "\n".join(lines)
     ticks = "```"
@@ -125,7 +131,7 @@ def _fence(lines: Iterable[str]) -> str:
 
 
 def markdown(report: preview_core.Report, *, max_lines: int = MAX_LINES, budget: int = BUDGET) -> str:
-    out: list[str] = [f"### gitopsd plan: {_code(report.base)} → {_code(report.head)}", ""]
+    out: list[str] = [f"### gitopsd plan: {_code(_short(report.base))} → {_code(_short(report.head))}", ""]
     if not report.packs:
         out.append(f"No changes: {report.unchanged} pack(s) render the same objects on the same clusters.")
         return "\n".join(out) + "\n"
@@ -154,6 +160,8 @@ def markdown(report: preview_core.Report, *, max_lines: int = MAX_LINES, budget:
             section.append("")
             section += [f"- added {_code(name)}" for name in c.objects.added]
             section += [f"- removed (pruned) {_code(name)}" for name in c.objects.removed]
+            if c.objects.added or c.objects.removed:
+                section.append("")
             for changed in c.objects.changed:
                 section.append(f"- changed {_code(changed.subject)}")
                 section.append("")

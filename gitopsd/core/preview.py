@@ -124,10 +124,10 @@ class PackChange:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Objects added, removed and changed over all clusters of the pack."""
-        return {"added": sum(len(c.objects.added) for c in self.clusters),
-                "removed": sum(len(c.objects.removed) for c in self.clusters),
-                "changed": sum(len(c.objects.changed) for c in self.clusters)}
+        """Distinct objects added, removed and changed on at least one cluster of the pack."""
+        return {"added": len({s for c in self.clusters for s in c.objects.added}),
+                "removed": len({s for c in self.clusters for s in c.objects.removed}),
+                "changed": len({o.subject for c in self.clusters for o in c.objects.changed})}
 
     def to_json(self) -> dict[str, object]:
         return {"basePackName": self.base_pack_name, "baseVersion": self.base_version, "headVersion": self.head_version,
