@@ -130,59 +130,76 @@ def _fence(lines: Iterable[str]) -> str:
     return f"{ticks}diff\n{body}\n{ticks}"
 
 
+class _Page:
+    """Lines of a comment that must stay under ``budget`` characters; what does not fit is counted."""
+
+    RESERVE = 600  # room kept for the closing tags and the lines that say what was left out
+
+    def __init__(self, budget: int) -> None:
+        self.lines: list[str] = []
+        self.budget = budget
+        self.used = 0
+        self.left_out: dict[str, int] = {}
+
+    def fits(self, *lines: str) -> bool:
+        return self.used + sum(len(line) + 1 for line in lines) <= self.budget - self.RESERVE
+
+    def add(self, *lines: str, what: str | None = None) -> bool:
+        """Add ``lines`` when they fit; otherwise count one ``what`` left out (when given) and add nothing."""
+        if what is not None and not self.fits(*lines):
+            self.left_out[what] = self.left_out.get(what, 0) + 1
+            return False
+        self.lines.extend(lines)
+        self.used += sum(len(line) + 1 for line in lines)
+        return True
+
+
 def markdown(report: preview_core.Report, *, max_lines: int = MAX_LINES, budget: int = BUDGET) -> str:
-    out: list[str] = [f"### gitopsd plan: {_code(_short(report.base))} → {_code(_short(report.head))}", ""]
+    page = _Page(budget)
+    page.add(f"### gitopsd plan: {_code(_short(report.base))} → {_code(_short(report.head))}", "")
     if not report.packs:
-        out.append(f"No changes: {report.unchanged} pack(s) render the same objects on the same clusters.")
-        return "\n".join(out) + "\n"
-    out += [summary_line(report), "",
-            "| pack | version | clusters | added | removed | changed |", "|---|---|---|---:|---:|---:|"]
+        page.add(f"No changes: {report.unchanged} pack(s) render the same objects on the same clusters.")
+        return "\n".join(page.lines) + "\n"
+    page.add(summary_line(report), "", "| pack | version | clusters | added | removed | changed |", "|---|---|---|---:|---:|---:|")
     for pack in report.packs:
         where = "; ".join(f"{g.first.action} {', '.join(g.clusters)}" for g in groups(pack)) or "—"
         if pack.errors:
             where = "; ".join(f"error {e.reason}" for e in pack.errors) + (f"; {where}" if where != "—" else "")
         counts = pack.counts
-        out.append(f"| {_md(pack.base_pack_name)} | {_md(_versions(pack))} | {_md(where)} | {counts['added']} | "
-                   f"{counts['removed']} | {counts['changed']} |")
-    out.append("")
-    used = sum(len(line) + 1 for line in out)
-    left_out = 0
+        page.add(f"| {_md(pack.base_pack_name)} | {_md(_versions(pack))} | {_md(where)} | {counts['added']} | "
+                 f"{counts['removed']} | {counts['changed']} |", what="table row")
+    if page.left_out.get("table row"):
+        page.add(f"| … {page.left_out['table row']} more pack(s): run `gitopsd plan` to see them all | | | | | |")
+    page.add("")
     for pack in report.packs:
         counts = pack.counts
-        section = ["<details>", f"<summary><b>{_md(pack.base_pack_name)}</b> {_md(_versions(pack))}: "
-                   f"+{counts['added']} -{counts['removed']} ~{counts['changed']}</summary>", ""]
+        if not page.add("<details>", f"<summary><b>{_md(pack.base_pack_name)}</b> {_md(_versions(pack))}: "
+                        f"+{counts['added']} -{counts['removed']} ~{counts['changed']}</summary>", "", what="pack"):
+            continue
         for e in pack.errors:
-            section.append(f"**error** {_md(e.reason)} in {_code(e.path)}: {_md(e.message)}")
-            section.append("")
+            page.add(f"**error** {_md(e.reason)} in {_code(e.path)}: {_md(e.message)}", "", what="line")
         for g in groups(pack):
             c = g.first
-            section.append(f"**{_md(', '.join(g.clusters))}**: {c.action}, {_md(g.words)}")
-            section.append("")
-            section += [f"- added {_code(name)}" for name in c.objects.added]
-            section += [f"- removed (pruned) {_code(name)}" for name in c.objects.removed]
-            if c.objects.added or c.objects.removed:
-                section.append("")
+            page.add(f"**{_md(', '.join(g.clusters))}**: {c.action}, {_md(g.words)}", "", what="line")
+            listed = [page.add(f"- added {_code(name)}", what="line") for name in c.objects.added]
+            listed += [page.add(f"- removed (pruned) {_code(name)}", what="line") for name in c.objects.removed]
+            if any(listed):
+                page.add("")
             for changed in c.objects.changed:
-                section.append(f"- changed {_code(changed.subject)}")
-                section.append("")
+                if not page.add(f"- changed {_code(changed.subject)}", "", what="line"):
+                    continue
                 lines = list(changed.diff)
                 cut = len(lines) - max_lines
-                block = _fence(lines[:max_lines] if cut > 0 else lines)
-                if used + len(block) > budget:
-                    left_out += 1
-                    section.append("  (diff left out to keep this comment short; run `gitopsd plan` to see it)")
-                    section.append("")
-                    continue
-                used += len(block)
-                section.append(block)
+                block = [_fence(lines[:max_lines] if cut > 0 else lines)]
                 if cut > 0:
-                    section.append(f"({cut} more line(s) of this diff cut)")
-                section.append("")
-        section += ["</details>", ""]
-        used += sum(len(line) + 1 for line in section)
-        out += section
+                    block.append(f"({cut} more line(s) of this diff cut)")
+                if not page.add(*block, "", what="diff"):
+                    page.add("  (diff left out to keep this comment short; run `gitopsd plan` to see it)", "")
+        page.add("</details>", "")
     for e in report.errors:
-        out.append(f"Base revision: **error** {_md(e.reason)} in {_code(e.path)}: {_md(e.message)}")
-    if left_out:
-        out.append(f"{left_out} diff(s) left out to keep this comment under {budget} characters.")
-    return "\n".join(out).rstrip("\n") + "\n"
+        page.add(f"Base revision: **error** {_md(e.reason)} in {_code(e.path)}: {_md(e.message)}", what="line")
+    words = {"pack": "pack section(s)", "line": "line(s)", "diff": "diff(s)"}
+    gone = [f"{page.left_out[k]} {w}" for k, w in words.items() if page.left_out.get(k)]
+    if gone:
+        page.add(f"{', '.join(gone)} left out to keep this comment under {budget} characters.")
+    return "\n".join(page.lines).rstrip("\n") + "\n"
