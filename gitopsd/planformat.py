@@ -38,7 +38,7 @@ class Group:
         if c.action == "uninstall":
             return f"uninstall {c.from_version} (every object pruned)"
         if c.action == "blocked":
-            return f"blocked: {c.reason}" + (f": {c.message}" if c.message else "")
+            return c.reason + (f": {c.message}" if c.message else "")
         return c.reason
 
 

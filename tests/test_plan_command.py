@@ -270,3 +270,26 @@ def test_markdown_is_a_summary_table_then_one_collapsible_block_per_pack(cli: Cl
                    "```diff\n" + "\n".join(DEPLOYMENT_DIFF_WEB[:5]) + "\n```\n(6 more line(s) of this diff cut)\n\n")
     assert blocks[1][1] == ("\n**dev, prod-eu, prod-us, staging**: supersede, Upgrade 1.1.0 → 1.2.0\n\n"
                             "- removed (pruned) <code>NetworkPolicy/web/allow-dns</code>\n\n")
+
+
+def test_a_pack_that_would_own_another_packs_object_is_blocked_with_both_named(cli: Cli, repo: pathlib.Path,
+                                                                              state_dir: pathlib.Path) -> None:
+    (repo / "packs/dup/m").mkdir(parents=True)
+    (repo / "packs/dup/packbuild.yaml").write_text(
+        "name: dup\nversion: 0.1.0\nbasePackName: dup\ncategory: raw\nrawSource: {path: m}\ntargetClusters: [prod-eu]\n")
+    (repo / "packs/dup/m/svc.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: web}\nspec: {ports: [{port: 80}]}\n")
+    commit(repo, "a second owner of Service/web/web")
+    doc = json.loads(plan(cli, repo, state_dir, "--base", "HEAD~1", "-o", "json").stdout)
+    assert doc["summary"]["instances"] == {"blocked": 1}
+    (dup,) = doc["packs"]
+    assert (dup["basePackName"], dup["baseVersion"], dup["headVersion"]) == ("dup", None, "0.1.0")
+    assert dup["clusters"] == [{
+        "cluster": "prod-eu", "instance": "dup-prod-eu", "action": "blocked", "version": None, "fromVersion": None,
+        "direction": None, "reason": "PackCollisionDetected",
+        "message": "dup-v0.1.0 (packs/dup/packbuild.yaml, priority 0) collides with web-frontend-v1.4.2 "
+                   "(packs/web-frontend/packbuild.yaml, priority 10) on cluster prod-eu: both own Service/web/web; "
+                   "web-frontend-v1.4.2 wins (higher priority). Raise 'priority' or remove the overlap.",
+        "objects": {"added": [], "removed": [], "changed": []}}]
+    table = plan(cli, repo, state_dir, "--base", "HEAD~1").stdout.splitlines()
+    assert table[2].startswith("      blocked   prod-eu: PackCollisionDetected: dup-v0.1.0 (packs/dup/packbuild.yaml")
