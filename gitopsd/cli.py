@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from gitopsd import __version__, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
+from gitopsd import __version__, cli_plan, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
 from gitopsd.adapters import keys, localstore, statelock
 from gitopsd.core import signing, yamlload
 from gitopsd.core import delivery as delivery_core
@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keygen)
 
     cli_run.add_parser(sub)
+    cli_plan.add_parser(sub)
     return top
 
 

@@ -1,0 +1,195 @@
+"""``gitopsd plan``: run the pass on two revisions of the config repo and compare what they give.
+
+The base revision is planned against an empty in-memory store (``Scratch``) and its plan applied
+there: that store then holds what the clusters run at the base revision. The head revision is
+planned against it with the real plan code, so creates, supersedes (and their upgrade direction),
+uninstalls, collisions, immutability violations and blocked packs are exactly what a reconcile
+would decide. Both passes are dry runs sharing the state dir's compile cache, so a pack that did
+not change is rendered at most once (and not at all when an earlier run cached it). The objects of
+the packs that change come from their artifacts: the fresh ones this run rendered, else the layer
+cache (``adapters.layercache``) or the OCI layout, else a render of that one pack.
+``core.preview`` builds the report; ``planformat`` prints it; ``cli_plan`` is the command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from gitopsd import errors, reconcile, wiring
+from gitopsd.adapters import gitrev, layercache, render, schemafiles, system
+from gitopsd.core import delivery as delivery_core
+from gitopsd.core import preview as preview_core
+from gitopsd.model import change, delivery, instance, pack
+
+log = structlog.get_logger()
+
+
+class Scratch:
+    """An in-memory management cluster for one plan: ClusterPacks and PackInstances as values."""
+
+    def __init__(self) -> None:
+        self.packs: dict[str, instance.ObservedPack] = {}
+        self.instances: dict[str, instance.PackInstance] = {}
+
+    def observe(self, namespace: str) -> instance.Observed:
+        return instance.Observed(packs=dict(self.packs), instances=dict(self.instances))
+
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
+        written = 0
+        for c in changes:
+            if not c.writes:
+                continue
+            written += 1
+            if c.kind is change.ObjectKind.CLUSTER_PACK:
+                if c.action is change.Action.UNINSTALL:
+                    self.packs.pop(c.name, None)
+                elif c.cluster_pack is not None:
+                    cp = c.cluster_pack
+                    self.packs[cp.name] = instance.ObservedPack(
+                        name=cp.name, version=cp.version, base_pack_name=cp.base_pack_name, checksum=cp.checksum,
+                        manifest_digest=cp.manifest_digest, signature=cp.signature,
+                        spec_json=pack.canonical_json(cp.spec()), created_revision=revision)
+            elif c.action is change.Action.UNINSTALL:
+                self.instances.pop(c.name, None)
+            elif c.pack_instance is not None:
+                self.instances[c.name] = c.pack_instance
+        return written
+
+    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+        return {}
+
+    def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Side:
+    env: reconcile.Env
+    state: reconcile.PassState
+
+
+@dataclasses.dataclass
+class Outcome:
+    report: preview_core.Report
+    base: Side
+    head: Side
+    timings: dict[str, float]
+    rendered_again: list[str]  # packs rendered only to show their objects (cache hits without stored layers)
+
+
+def _env(tree: object, scratch: Scratch, local: wiring.Local, *, registry_url: str | None, workers: int,
+         progress: Callable[[str, dict[str, object]], None] | None) -> reconcile.Env:
+    return reconcile.Env(
+        source=gitrev.FixedSource(tree),  # type: ignore[arg-type]
+        cluster=scratch,
+        registry=local.layout,
+        cache=local.cache,
+        clock=system.SystemClock(),
+        renderers=render.renderers(),
+        schemas=schemafiles.schemas(),
+        registry_url=registry_url,
+        dry_run=True,
+        render_workers=workers,
+        progress=progress,
+    )
+
+
+def _keep_layers(side: Side, layers: layercache.LayerCache) -> None:
+    for r in side.state.compiled:
+        if r.compiled.artifact is not None:
+            for blob in r.compiled.artifact.layers:
+                layers.put(blob.digest, blob.data)
+
+
+def _stored_layer(digest: str, layers: layercache.LayerCache, local: wiring.Local) -> bytes | None:
+    data = layers.get(digest)
+    if data is not None:
+        return data
+    try:
+        data = local.layout.read_blob(digest)
+    except (OSError, ValueError):
+        return None
+    layers.put(digest, data)
+    return data
+
+
+def _objects(side: Side, result: reconcile.CompileResult, layers: layercache.LayerCache, local: wiring.Local,
+             rendered_again: list[str]) -> list[dict[str, Any]]:
+    """The objects of one compiled pack, from its artifact: in memory, stored by digest, or rendered again."""
+    art = result.compiled.artifact
+    if art is None:
+        cp = result.compiled.cluster_pack
+        digests = [d for d in (cp.rbac_digest, cp.cluster_scoped_digest, cp.workload_digest) if d]
+        stored = [_stored_layer(d, layers, local) for d in digests]
+        if all(data is not None for data in stored):
+            return [obj for data in stored if data is not None for obj in delivery_core.objects_of_layer(data)]
+        art = reconcile.compile_one(side.env, side.state, result.build, use_cache=False).compiled.artifact
+        assert art is not None
+        rendered_again.append(cp.base_pack_name)
+        for blob in art.layers:
+            layers.put(blob.digest, blob.data)
+    return [obj for blob in art.layers for obj in delivery_core.objects_of_layer(blob.data)]
+
+
+def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: str | None,
+         registry_url: str | None = None, render_workers: int | None = None,
+         progress: Callable[[str, dict[str, object]], None] | None = None) -> Outcome:
+    """The report of what moving the config repo from ``base_ref`` to ``head_ref`` (None: HEAD) does."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    git = gitrev.open_repository(repo)
+    base_tree = gitrev.revision_tree(git, base_ref, local.trees, flag="--base")
+    head_tree = gitrev.revision_tree(git, head_ref, local.trees, flag="--head")
+    workers = wiring.resolve_render_workers(render_workers)
+    scratch = Scratch()
+    layers = layercache.LayerCache(local.state_dir / "layers.db", read_only=local.read_only)
+    try:
+        t0 = time.perf_counter()
+        base_env = _env(base_tree, scratch, local, registry_url=registry_url, workers=workers, progress=progress)
+        base = Side(base_env, reconcile.run(base_env))
+        assert base.state.plan is not None
+        scratch.apply(base.state.config.namespace, base.state.plan.writes, base.state.revision, base.state.now)
+        running = dict(scratch.instances)
+        timings["base"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        head_env = _env(head_tree, scratch, local, registry_url=registry_url, workers=workers, progress=progress)
+        head = Side(head_env, reconcile.run(head_env))
+        assert head.state.plan is not None
+        timings["head"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        _keep_layers(base, layers)
+        _keep_layers(head, layers)
+        all_moves = preview_core.moves(running, head.state.plan)
+        wanted = preview_core.needed(all_moves)
+        sources: dict[str, tuple[Side, reconcile.CompileResult]] = {}
+        for side in (base, head):
+            for r in side.state.compiled:
+                checksum = r.compiled.cluster_pack.checksum
+                if checksum in wanted and (checksum not in sources or sources[checksum][1].compiled.artifact is None):
+                    sources[checksum] = (side, r)
+        rendered_again: list[str] = []
+        objects = {checksum: _objects(side, r, layers, local, rendered_again) for checksum, (side, r) in sorted(sources.items())}
+        missing = wanted - set(objects)
+        if missing:
+            raise errors.StalledError(f"no compiled pack has checksum {sorted(missing)[0]}; this is a bug in gitopsd plan",
+                                      reason="PlanIncomplete")
+        report = preview_core.report(
+            base.state.revision, head.state.revision, all_moves,
+            base_versions={r.build.base_pack_name: r.compiled.cluster_pack.version for r in base.state.compiled},
+            head_versions={r.build.base_pack_name: r.compiled.cluster_pack.version for r in head.state.compiled},
+            objects=objects, head_errors=head.state.plan.errors, base_errors=base.state.plan.errors)
+        timings["diff"] = time.perf_counter() - t0
+    finally:
+        layers.close()
+    timings["total"] = time.perf_counter() - started
+    log.info("plan made", base=base.state.revision, head=head.state.revision, packs_changed=len(report.packs),
+             seconds=round(timings["total"], 3))
+    return Outcome(report, base, head, timings, rendered_again)
