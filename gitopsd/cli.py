@@ -182,7 +182,7 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
         local.close()
     assert state.summary is not None and state.plan is not None and state.tree is not None
     summary = state.summary
-    log.info("pass finished", mode=args.mode, **summary.to_json(),
+    log.info("pass finished", mode=args.mode, **summary.to_json(notes=False),
              seconds=round(state.timings["total"], 3))
     if args.output == "table":
         printer = output.Printer()

@@ -76,7 +76,7 @@ def branch_of(revision: str | None) -> str | None:
 def summary_facts(state: reconcile.PassState) -> dict[str, object]:
     """The facts of the one summary log line of a pass."""
     assert state.summary is not None
-    facts = state.summary.to_json()
+    facts = state.summary.to_json(notes=False)
     facts["seconds"] = round(state.timings.get("total", 0.0), 3)
     return facts
 

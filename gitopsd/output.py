@@ -18,7 +18,8 @@ import yaml
 from gitopsd.core import summarize
 from gitopsd.model import change
 
-_COLOURS = {"create": "32", "supersede": "36", "uninstall": "33", "blocked": "31", "unchanged": "2", "error": "31"}
+_COLOURS = {"create": "32", "supersede": "36", "uninstall": "33", "blocked": "31", "unchanged": "2", "error": "31",
+            "warning": "33"}
 
 
 class Printer:
@@ -54,6 +55,17 @@ def change_words(c: change.Change) -> str:
     return c.reason
 
 
+def hook_words(line: summarize.PackLine) -> str | None:
+    """``hooks: pre-install Job/ns/x (weight -5), post-install Job/ns/y; dropped: Pod/smoke (test)``,
+    or None for a pack without hooks."""
+    if not line.hooks and not line.dropped_hooks:
+        return None
+    kept = ", ".join(f"{','.join(h.phases)} {h.subject}" + (f" (weight {h.weight})" if h.weight else "")
+                     for h in line.hooks) or "none kept"
+    dropped = f"; dropped: {', '.join(line.dropped_hooks)}" if line.dropped_hooks else ""
+    return f"hooks: {kept}{dropped}"
+
+
 def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbose: bool = False) -> None:
     p.line(header)
     for line in summary.packs:
@@ -70,6 +82,11 @@ def print_summary(p: Printer, summary: summarize.Summary, *, header: str, verbos
             )
         else:
             p.line(f"  {line.base_pack_name}  (removed from Git)")
+        hooks = hook_words(line)
+        if hooks is not None:
+            p.line(f"      {printable(hooks)}")
+        for warning in line.warnings:
+            p.line(f"      {p.paint('warning', 'warning')}: {printable(warning)}")
         writes = [c for c in line.changes if c.action is not change.Action.UNCHANGED]
         unchanged = len(line.changes) - len(writes)
         for c in writes:

@@ -48,6 +48,7 @@ class Memo:
     status_written: bool = False
     status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
+    crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess
 
 
 def default_render_workers() -> int:
@@ -102,10 +103,16 @@ class PassState:
     config: spec.RepoConfig = dataclasses.field(default_factory=spec.RepoConfig)
     clusters: dict[str, spec.Cluster] = dataclasses.field(default_factory=dict)
     builds: list[spec.PackBuild] = dataclasses.field(default_factory=list)
+    unowned: list[spec.PackBuild] = dataclasses.field(default_factory=list)  # of other shards: read for their CRDs only
     pack_errors: list[change.PackError] = dataclasses.field(default_factory=list)
     protected_paths: set[str] = dataclasses.field(default_factory=set)
     protected_bases: set[str] = dataclasses.field(default_factory=set)
     compiled: list[CompileResult] = dataclasses.field(default_factory=list)
+    # (group/Kind, Cluster|Namespaced) of the CRDs known outside any one pack (gitopsd.yaml's crds, the
+    # packs' CRDs), given to every compile; settled at the end of the compile step
+    crd_scopes: tuple[tuple[str, str], ...] = ()
+    renders: dict[str, ports.Rendered] | None = None  # during the compile step: renders kept for a recompile
+    renders_bytes: int = 0
     observed: instance.Observed | None = None
     verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)
     plan: change.Plan | None = None
@@ -199,6 +206,7 @@ def load_specs(env: Env, state: PassState) -> None:
                 state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
                 continue
             if env.pack_filter is not None and not env.pack_filter(build.base_pack_name):
+                state.unowned.append(build)
                 continue
             state.builds.append(build)
 
@@ -234,6 +242,9 @@ def _inputs(env: Env, tree: ports.Tree, build: spec.PackBuild) -> list[str]:
 
 
 def cache_key(tree: ports.Tree, build: spec.PackBuild, *, extra: str, folders: list[str]) -> str:
+    """The content ids of everything a pack reads. The CRD scopes its compile took from outside the
+    pack are the rest of the key: a cached CompiledPack records them (``foreign_scopes``) and counts
+    only while they are the scopes this pass knows (``_fits``); otherwise the pack is compiled again."""
     digest = hashlib.sha256()
     digest.update(f"{COMPILER}\n{extra}\n{tree.tree_id(build.path)}\n{tree.tree_id(build.folder)}\n".encode())
     for folder in folders:
@@ -272,6 +283,7 @@ def _key(env: Env, state: PassState, build: spec.PackBuild) -> tuple[str, compil
         commit_time=tree.snapshot.commit_time,
         tree_id=tree.tree_id(build.folder),
         compiler=COMPILER,
+        crd_scopes=state.crd_scopes,
     )
     key = cache_key(tree, build, extra=f"{inputs.namespace}|{inputs.registry}|{','.join(clusters)}", folders=folders)
     return key, inputs, clusters
@@ -327,7 +339,10 @@ def _start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: 
     return started
 
 
-def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult:
+KEPT_RENDERS_BYTES = 64 * 1024 * 1024  # rendered YAML kept in one compile step for recompiles; past it, render again
+
+
+def _end(env: Env, state: PassState, started: _Started, rendered: ports.Rendered) -> CompileResult:
     compiled = compile_core.compile_pack(
         started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs,
         dropped_hooks=rendered.dropped_hooks, reproducible=rendered.reproducible,
@@ -336,6 +351,12 @@ def _end(env: Env, started: _Started, rendered: ports.Rendered) -> CompileResult
         # a render that differs each time is never cached: a cached one (from a dry-run, say) would
         # not match the artifact a later pass renders and publishes
         env.cache.put(started.key, compiled)
+    settled = dict(state.config.crds)  # gitopsd.yaml's entries win: no pack's CRD changes them
+    if state.renders is not None and any(kind not in settled for kind, _ in compiled.foreign_scopes):
+        size = sum(len(data) for _, data in rendered.documents)
+        if state.renders_bytes + size <= KEPT_RENDERS_BYTES:
+            state.renders[started.build.path] = rendered  # a CRD of a later pack may change a scope it used
+            state.renders_bytes += size
     return CompileResult(started.build, compiled, started.clusters, cached=False)
 
 
@@ -346,7 +367,7 @@ def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache:
         if isinstance(started, CompileResult):
             return started
         assert started.rendered is not None
-        return _end(env, started, started.rendered)
+        return _end(env, state, started, started.rendered)
     except errors.GitopsdError as err:
         _remember(env, key, err)
         raise
@@ -355,32 +376,99 @@ def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache:
 def compile_packs(env: Env, state: PassState) -> None:
     """Compile every PackBuild, in path order; a failing pack is recorded and the others go on.
     With ``env.render_workers`` above 1 the renderer child processes overlap
-    (``_compile_overlapped``); the results, errors, cache entries and progress lines are the same."""
+    (``_compile_overlapped``); the results, errors, cache entries and progress lines are the same.
+
+    A custom kind's scope may come from a CRD in another pack: the packs are compiled with the
+    scopes the last pass settled on (gitopsd.yaml's ``crds`` first), then ``_settle_scopes`` reads
+    every pack's CRDs and compiles again only the packs that used a scope that turned out otherwise."""
     builds = sorted(state.builds, key=lambda b: b.path)
-    if env.render_workers <= 1:
-        for index, build in enumerate(builds):
-            try:
-                outcome: CompileResult | errors.GitopsdError = compile_one(env, state, build)
-            except errors.GitopsdError as err:
-                outcome = err
-            _record(env, state, index, len(builds), build, outcome)
-    else:
-        _compile_overlapped(env, state, builds, env.render_workers)
+    state.crd_scopes = compile_core.known_scopes(state.config.crds, [("", env.memo.crd_scopes)])[0]
+    state.renders = {}
+    try:
+        if env.render_workers <= 1:
+            for index, build in enumerate(builds):
+                try:
+                    outcome: CompileResult | errors.GitopsdError = compile_one(env, state, build)
+                except errors.GitopsdError as err:
+                    outcome = err
+                _record(env, state, index, len(builds), build, outcome)
+        else:
+            _compile_overlapped(env, state, builds, env.render_workers)
+        _settle_scopes(env, state)
+    finally:
+        state.renders, state.renders_bytes = None, 0
     flush = getattr(env.cache, "flush", None)
     if flush is not None:
         flush()
+
+
+def _fits(compiled: pack.CompiledPack, known: dict[str, str]) -> bool:
+    """Whether ``compiled`` was compiled with the scopes in ``known`` for every kind it took from outside."""
+    return all(known.get(kind, "") == scope for kind, scope in compiled.foreign_scopes)
+
+
+def _settle_scopes(env: Env, state: PassState) -> None:
+    """The CRD scopes of this pass (gitopsd.yaml's ``crds``, then the packs' CRDs in path order), and
+    a compile again of each pack that used another scope for one of its kinds: from its kept render,
+    else by rendering it again. A pack's own CRDs do not depend on these scopes, so one round settles
+    them. With shards, the packs of other shards are read (from the compile cache, else rendered)
+    for their CRDs when a pack here has a custom kind gitopsd.yaml does not settle."""
+    sources = [(r.build.path, r.compiled.crds) for r in state.compiled]
+    configured = dict(state.config.crds)
+    if state.unowned and any(kind not in configured for r in state.compiled for kind, _ in r.compiled.foreign_scopes):
+        sources += [(build.path, crds) for build in state.unowned if (crds := _crds_of(env, state, build)) is not None]
+        sources.sort(key=lambda source: source[0])
+    scopes, disagreements = compile_core.known_scopes(state.config.crds, sources)
+    for message in disagreements:
+        log.warning("crd scopes disagree", detail=message)
+    state.crd_scopes = env.memo.crd_scopes = scopes
+    known = dict(scopes)
+    settled: list[CompileResult] = []
+    for result in state.compiled:
+        if _fits(result.compiled, known):
+            settled.append(result)
+            continue
+        build = result.build
+        try:
+            rendered = state.renders.pop(build.path, None) if state.renders is not None else None
+            if rendered is None:
+                settled.append(compile_one(env, state, build, use_cache=False))
+            else:
+                key, inputs, clusters = _key(env, state, build)
+                try:
+                    settled.append(_end(env, state, _Started(build, key, inputs, clusters), rendered))
+                except errors.GitopsdError as err:
+                    _remember(env, key, err)
+                    raise
+        except errors.GitopsdError as err:
+            _failed(state, build, err)
+            continue
+        log.info("pack compiled again with the scopes of CRDs elsewhere", pack=build.base_pack_name, path=build.path)
+    state.compiled = settled
+
+
+def _crds_of(env: Env, state: PassState, build: spec.PackBuild) -> tuple[tuple[str, str], ...] | None:
+    """The CRDs of a pack of another shard, or None when it does not compile (its shard reports it)."""
+    try:
+        return compile_one(env, state, build).compiled.crds
+    except errors.GitopsdError:
+        return None
+
+
+def _failed(state: PassState, build: spec.PackBuild, err: errors.GitopsdError) -> None:
+    state.protected_paths.add(build.path)
+    state.protected_bases.add(build.base_pack_name)
+    state.pack_errors.append(
+        change.PackError(path=build.path, pack=build.base_pack_name, reason=err.reason, message=str(err))
+    )
+    log.warning("pack failed", pack=build.base_pack_name, path=build.path, reason=err.reason, error=str(err))
 
 
 def _record(env: Env, state: PassState, index: int, total: int, build: spec.PackBuild,
             outcome: CompileResult | errors.GitopsdError) -> None:
     if isinstance(outcome, errors.GitopsdError):
         err = outcome
-        state.protected_paths.add(build.path)
-        state.protected_bases.add(build.base_pack_name)
-        state.pack_errors.append(
-            change.PackError(path=build.path, pack=build.base_pack_name, reason=err.reason, message=str(err))
-        )
-        log.warning("pack failed", pack=build.base_pack_name, path=build.path, reason=err.reason, error=str(err))
+        _failed(state, build, err)
         if env.progress:
             env.progress("failed", {"index": index + 1, "total": total, "path": build.path, "error": str(err)})
         return
@@ -463,7 +551,7 @@ def _take(env: Env, state: PassState, slot: _Slot) -> CompileResult | errors.Git
             return started
         rendered = slot.future.result() if slot.future is not None else started.rendered
         assert rendered is not None
-        return _end(env, started, rendered)
+        return _end(env, state, started, rendered)
     except errors.GitopsdError as err:
         if slot.key is not None and not slot.late:
             _remember(env, slot.key, err)

@@ -132,6 +132,55 @@ def test_golden_plan_for_examples_repo(cli: Cli, examples: pathlib.Path, state_d
     assert got == json.loads(GOLDEN.read_text())
 
 
+def pack_block(stdout: str, pack: str) -> list[str]:
+    """The lines of one pack in the table output: its heading and the indented lines under it."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {pack} "))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("      ")), len(lines))
+    return lines[start:end]
+
+
+def test_the_compile_output_lists_kept_hooks(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
+    out = cli("dry-run", str(examples), "--state-dir", str(state_dir)).stdout
+    block = pack_block(out, "cert-manager-lite")
+    assert block[1] == "      hooks: post-install Job/cert-manager/cert-manager-lite-startupapicheck"
+    notes = [line for line in out.splitlines() if line.startswith(("      hooks:", "      warning:"))]
+    assert notes == [block[1]]  # no other pack of examples-repo has hooks or warnings
+
+
+def test_the_compile_output_lists_hooks_by_weight_dropped_test_hooks_and_warnings(
+        cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
+    templates = examples / "packs/cert-manager-lite/chart/templates"
+    (templates / "more-hooks.yaml").write_text(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {{ .Release.Name }}-migrate\n"
+        "  namespace: {{ .Release.Namespace }}\n  annotations:\n    helm.sh/hook: pre-install,pre-upgrade\n"
+        "    helm.sh/hook-weight: \"-5\"\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n"
+        "      containers: [{name: m, image: \"busybox:1.36\"}]\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {{ .Release.Name }}-smoke\n  annotations:\n"
+        "    helm.sh/hook: test\nspec:\n  containers: [{name: t, image: \"busybox:1.36\"}]\n")
+    (examples / "packs/network-policies/manifests/widget.yaml").write_text(
+        "apiVersion: example.com/v1\nkind: ClusterWidget\nmetadata: {name: w}\n")
+    out = cli("dry-run", str(examples), "--state-dir", str(state_dir)).stdout
+    assert pack_block(out, "cert-manager-lite")[1] == (
+        "      hooks: pre-install,pre-upgrade Job/cert-manager/cert-manager-lite-migrate (weight -5), "
+        "post-install Job/cert-manager/cert-manager-lite-startupapicheck; dropped: Pod/cert-manager-lite-smoke (test)")
+    warning = ("ClusterWidget (example.com/v1): no CRD for it in this pack, another pack or gitopsd.yaml's crds, taken "
+               "as cluster-scoped (its name starts with Cluster) and given no namespace; if that is wrong, add its CRD "
+               "to a pack or its scope to crds in gitopsd.yaml")
+    assert pack_block(out, "network-policies")[1] == f"      warning: {warning}"
+
+    doc = cli.json("dry-run", str(examples), "--state-dir", str(state_dir))
+    assert doc["summary"]["packNotes"] == [
+        {"pack": "cert-manager-lite", "version": "0.9.1", "hooks": [
+            {"object": "Job/cert-manager/cert-manager-lite-migrate", "phases": ["pre-install", "pre-upgrade"],
+             "weight": -5, "deletePolicies": ["before-hook-creation"]},
+            {"object": "Job/cert-manager/cert-manager-lite-startupapicheck", "phases": ["post-install"],
+             "weight": 0, "deletePolicies": ["before-hook-creation"]}],
+         "droppedHooks": ["Pod/cert-manager-lite-smoke (test)"], "warnings": []},
+        {"pack": "network-policies", "version": "1.1.0", "hooks": [], "droppedHooks": [], "warnings": [warning]},
+    ]
+
+
 def test_dry_run_writes_nothing(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     out = cli("dry-run", str(examples), "--state-dir", str(state_dir))
     assert "to create" in out.stdout

@@ -126,6 +126,8 @@ def compiled_to_text(c: pack.CompiledPack) -> str:
             "objects": c.object_count,
             "reproducible": c.reproducible,
             "warnings": list(c.warnings),
+            "crds": [list(entry) for entry in c.crds],
+            "foreignScopes": [list(f) for f in c.foreign_scopes],
         },
         separators=(",", ":"),
     )
@@ -142,4 +144,7 @@ def compiled_from_text(text: str) -> pack.CompiledPack:
         object_count=int(raw["objects"]),
         reproducible=bool(raw.get("reproducible", True)),
         warnings=tuple(raw.get("warnings", ())),
+        # required: an entry from before these were kept is a miss (KeyError), not a pack without CRDs
+        crds=tuple((str(gk), str(scope)) for gk, scope in raw["crds"]),
+        foreign_scopes=tuple((str(gk), str(scope)) for gk, scope in raw["foreignScopes"]),
     )

@@ -42,6 +42,24 @@ class Inputs:
     crd_scopes: tuple[tuple[str, str], ...] = ()  # (group/Kind, Cluster|Namespaced) of CRDs known outside the pack
 
 
+def known_scopes(configured: tuple[tuple[str, str], ...], packs: list[tuple[str, tuple[tuple[str, str], ...]]]
+                 ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The scopes of CRDs known outside any one pack, for ``Inputs.crd_scopes``: gitopsd.yaml's
+    ``crds`` (``configured``) first, then each pack's CRDs in the order given (path order). A later
+    scope that differs for the same kind is not used; the second value says each one."""
+    found = dict(configured)
+    origin = {kind: "gitopsd.yaml crds" for kind in found}
+    disagreements: list[str] = []
+    for path, crds in packs:
+        for kind, scope in crds:
+            if kind not in found:
+                found[kind], origin[kind] = scope, path
+            elif found[kind] != scope:
+                disagreements.append(f"{kind}: the CRD in {path} says {scope}, {origin[kind]} says {found[kind]}; "
+                                     f"{found[kind]} is used; make them agree")
+    return tuple(sorted(found.items())), tuple(disagreements)
+
+
 def parse_objects(documents: tuple[tuple[str, bytes], ...], *, field: str = "source",
                   max_objects: int = MAX_OBJECTS) -> list[tuple[str, dict[str, object]]]:
     """Every object of the rendered stream with the file it came from; ``List`` kinds flattened.
@@ -89,8 +107,8 @@ def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, byt
             f"the source rendered no Kubernetes objects; check {_source_field(build)}",
             path=build.path,
         )
-    crd_scopes = dict(inputs.crd_scopes)
-    crd_scopes.update(_crd_scopes(objects))
+    own = _crd_scopes(objects)
+    crd_scopes = {**dict(inputs.crd_scopes), **own}
     default_ns = build.namespace or (build.source.namespace if isinstance(build.source, spec.HelmSource) else None)
     notes: dict[str, str] = {}
     manifests = [_manifest(where, obj, default_ns, crd_scopes, notes) for where, obj in objects]
@@ -148,7 +166,22 @@ def compile_pack(build: spec.PackBuild, rendered_documents: tuple[tuple[str, byt
         object_count=len(manifests),
         reproducible=reproducible,
         warnings=tuple(notes[k] for k in sorted(notes)),
+        crds=tuple(sorted(own.items())),
+        foreign_scopes=_foreign_scopes(manifests, own, dict(inputs.crd_scopes)),
     )
+
+
+def _foreign_scopes(manifests: list[pack.Manifest], own: dict[str, str],
+                    given: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(group/Kind, the scope ``given`` for it or "") of each custom kind whose CRD is not in the pack:
+    all the compile read of ``Inputs.crd_scopes``."""
+    found: dict[str, str] = {}
+    for m in manifests:
+        group = m.api_version.rpartition("/")[0]
+        key = f"{group}/{m.kind}"
+        if key not in own and layers.is_custom(group, m.kind):
+            found[key] = given.get(key, "")
+    return tuple(sorted(found.items()))
 
 
 def order_key(m: pack.Manifest) -> tuple[object, ...]:
@@ -238,8 +271,9 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, crd_sc
     cluster_scoped = scope in (layers.Scope.CLUSTER, layers.Scope.ASSUMED_CLUSTER)
     if scope is layers.Scope.ASSUMED_CLUSTER:
         notes[f"{group}/{kind}"] = (
-            f"{kind} ({api_version}): no CRD for it in this pack or another, taken as cluster-scoped (its name starts "
-            "with Cluster) and given no namespace; add its CRD to a pack if that is wrong"
+            f"{kind} ({api_version}): no CRD for it in this pack, another pack or gitopsd.yaml's crds, taken as "
+            "cluster-scoped (its name starts with Cluster) and given no namespace; if that is wrong, add its CRD to a "
+            "pack or its scope to crds in gitopsd.yaml"
         )
     namespace = metadata.get("namespace")
     if namespace is not None and (not isinstance(namespace, str) or not _SUBDOMAIN.match(namespace) or len(namespace) > 63):
@@ -251,8 +285,9 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, crd_sc
         namespace = default_ns
         if scope is layers.Scope.UNKNOWN:
             notes[f"{group}/{kind}"] = (
-                f"{kind} ({api_version}): no CRD for it in this pack or another, so its scope is unknown; taken as "
-                f"namespaced and given namespace {default_ns}; add its CRD to a pack, or set metadata.namespace"
+                f"{kind} ({api_version}): no CRD for it in this pack, another pack or gitopsd.yaml's crds, so its "
+                f"scope is unknown; taken as namespaced and given namespace {default_ns}; add its CRD to a pack or its "
+                "scope to crds in gitopsd.yaml, or set metadata.namespace"
             )
     canonical = pack.canonical_json(obj)
     if len(canonical.encode("utf-8")) > MAX_OBJECT_BYTES:

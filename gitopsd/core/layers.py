@@ -112,10 +112,8 @@ def scope_of(group: str, kind: str, crd_scopes: dict[str, str]) -> Scope:
     a CRD gitopsd knows (``crd_scopes``: ``group/Kind`` -> ``Cluster``/``Namespaced``), then the table
     of well-known cluster-scoped custom kinds; else a kind named ``Cluster...`` is assumed
     cluster-scoped, and any other is unknown (treated as namespaced)."""
-    if kind in CLUSTER_SCOPED_KINDS and (group in BUILTIN_GROUPS or kind not in _CUSTOM_LOOKALIKES):
-        return Scope.CLUSTER
-    if group in BUILTIN_GROUPS:
-        return Scope.NAMESPACED
+    if not is_custom(group, kind):
+        return Scope.CLUSTER if kind in CLUSTER_SCOPED_KINDS else Scope.NAMESPACED
     found = crd_scopes.get(f"{group}/{kind}")
     if found is not None:
         return Scope.CLUSTER if found == "Cluster" else Scope.NAMESPACED
@@ -124,6 +122,13 @@ def scope_of(group: str, kind: str, crd_scopes: dict[str, str]) -> Scope:
     if kind.startswith("Cluster") and len(kind) > len("Cluster") and kind[len("Cluster")].isupper():
         return Scope.ASSUMED_CLUSTER
     return Scope.UNKNOWN
+
+
+def is_custom(group: str, kind: str) -> bool:
+    """Whether the scope of ``group/kind`` comes from a CRD, not from Kubernetes' own tables."""
+    if kind in CLUSTER_SCOPED_KINDS and (group in BUILTIN_GROUPS or kind not in _CUSTOM_LOOKALIKES):
+        return False
+    return group not in BUILTIN_GROUPS
 
 
 _CUSTOM_LOOKALIKES = frozenset({"ClusterIssuer", "GatewayClass", "VolumeSnapshotClass", "VolumeSnapshotContent"})

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gitopsd import errors
-from gitopsd.core import paths, semver
+from gitopsd.core import layers, paths, semver
 from gitopsd.model import spec
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -102,8 +102,30 @@ def parse_config(raw: object, schemas: Schemas, *, file: str = "gitopsd.yaml") -
         keep_versions=int(policies.get("keepVersions", 5)),
         installed_by=policies.get("installedBy"),
         clusters=tuple(raw["clusters"]) if "clusters" in raw else None,
+        crds=_crds(raw.get("crds", ()), file),
         path=file,
     )
+
+
+def _crds(entries: list[dict[str, str]], file: str) -> tuple[tuple[str, str], ...]:
+    """``crds:`` of gitopsd.yaml as sorted (group/Kind, scope) pairs; one kind listed once."""
+    found: dict[str, tuple[int, str]] = {}
+    for index, entry in enumerate(entries):
+        group, kind, scope = entry["group"], entry["kind"], entry["scope"]
+        if not layers.is_custom(group, kind):
+            raise errors.SpecError(
+                f"field 'crds[{index}].group': {group or 'core'}/{kind} is a Kubernetes kind, its scope is known; "
+                "list only custom resources' CRDs here",
+                path=file, reason="InvalidSpec",
+            )
+        first = found.get(f"{group}/{kind}")
+        if first is not None:
+            raise errors.SpecError(
+                f"field 'crds[{index}]': {group}/{kind} is listed again (first at crds[{first[0]}]); keep one",
+                path=file, reason="InvalidSpec",
+            )
+        found[f"{group}/{kind}"] = (index, scope)
+    return tuple(sorted((key, scope) for key, (_, scope) in found.items()))
 
 
 def parse_cluster(raw: object, schemas: Schemas, *, file: str) -> spec.Cluster:

@@ -24,6 +24,13 @@ class PackLine:
     cached: bool
     changes: tuple[change.Change, ...]
     error: change.PackError | None = None
+    hooks: tuple[pack.Hook, ...] = ()  # Helm hooks kept in the artifact, in the order Helm runs them
+    dropped_hooks: tuple[str, ...] = ()  # test hooks left out
+    warnings: tuple[str, ...] = ()  # what the compile guessed or could not make reproducible
+
+    def notes_json(self) -> dict[str, object]:
+        return {"pack": self.base_pack_name, "version": self.version, "hooks": [h.to_json() for h in self.hooks],
+                "droppedHooks": list(self.dropped_hooks), "warnings": list(self.warnings)}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,8 +48,10 @@ class Summary:
     has_changes: bool
     status_error: str | None = None
 
-    def to_json(self) -> dict[str, object]:
-        return {
+    def to_json(self, *, notes: bool = True) -> dict[str, object]:
+        """The summary for scripts; ``notes``: with ``packNotes``, the hooks and warnings of each pack
+        that has some (left out of the one summary log line of a pass, which stays short)."""
+        out: dict[str, object] = {
             "revision": self.revision,
             "ready": self.ready,
             "hasChanges": self.has_changes,
@@ -55,6 +64,10 @@ class Summary:
             "changes": dict(sorted(self.counts.items())),
             "statusError": self.status_error,
         }
+        if notes:
+            out["packNotes"] = [line.notes_json() for line in self.packs
+                                if line.hooks or line.dropped_hooks or line.warnings]
+        return out
 
 
 def summarize(
@@ -91,6 +104,9 @@ def summarize(
                 checksum=cp.checksum,
                 cached=cached,
                 changes=mine,
+                hooks=cp.provenance.hooks,
+                dropped_hooks=cp.provenance.dropped_hooks,
+                warnings=cp_compiled.warnings,
             )
         )
     for err in plan.errors:

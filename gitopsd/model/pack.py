@@ -244,6 +244,12 @@ class CompiledPack:
     object_count: int
     reproducible: bool = True  # False: the renderer gave different objects for the same inputs
     warnings: tuple[str, ...] = ()  # one line each, shown with the pack (unknown scopes, ...)
+    # (group/Kind, Cluster|Namespaced) of the CRDs among the pack's objects: what it tells other packs
+    crds: tuple[tuple[str, str], ...] = ()
+    # (group/Kind, scope) of each custom kind among the objects whose CRD is not in the pack, with the
+    # scope the compile was given for it from outside (another pack, gitopsd.yaml), "" when none: a
+    # compiled pack holds only while these are still the scopes gitopsd knows
+    foreign_scopes: tuple[tuple[str, str], ...] = ()
 
     def without_artifact(self) -> CompiledPack:
         return dataclasses.replace(self, artifact=None)

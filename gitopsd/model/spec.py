@@ -95,6 +95,7 @@ class RepoConfig:
     keep_versions: int = 5
     installed_by: str | None = None
     clusters: tuple[str, ...] | None = None  # allow-list: clusters/*.yaml not named here are ignored
+    crds: tuple[tuple[str, str], ...] = ()  # (group/Kind, Cluster|Namespaced) of CRDs installed outside gitopsd
     path: str = "gitopsd.yaml"
 
 

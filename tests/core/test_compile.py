@@ -210,13 +210,15 @@ SCOPES = {
     "unknown-kind-is-namespaced-with-a-warning": (
         b"apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
         {"rbac": [], "workload": ["Widget/apps/w"]},
-        ("Widget (example.com/v1): no CRD for it in this pack or another, so its scope is unknown; taken as namespaced "
-         "and given namespace apps; add its CRD to a pack, or set metadata.namespace",)),
+        ("Widget (example.com/v1): no CRD for it in this pack, another pack or gitopsd.yaml's crds, so its scope is "
+         "unknown; taken as namespaced and given namespace apps; add its CRD to a pack or its scope to crds in "
+         "gitopsd.yaml, or set metadata.namespace",)),
     "unknown-cluster-named-kind-with-a-warning": (
         b"apiVersion: example.com/v1\nkind: ClusterWidget\nmetadata: {name: w}\n",
         {"cluster-scoped": ["ClusterWidget/-/w"], "rbac": [], "workload": []},
-        ("ClusterWidget (example.com/v1): no CRD for it in this pack or another, taken as cluster-scoped (its name "
-         "starts with Cluster) and given no namespace; add its CRD to a pack if that is wrong",)),
+        ("ClusterWidget (example.com/v1): no CRD for it in this pack, another pack or gitopsd.yaml's crds, taken as "
+         "cluster-scoped (its name starts with Cluster) and given no namespace; if that is wrong, add its CRD to a "
+         "pack or its scope to crds in gitopsd.yaml",)),
     "typed-lists-expanded": (
         b"apiVersion: v1\nkind: ConfigMapList\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n"
         b"- {apiVersion: v1, kind: Secret, metadata: {name: b}}\n",
@@ -235,6 +237,48 @@ def test_crd_scopes_known_from_other_packs_decide_the_scope() -> None:
     c = compile_core.compile_pack(BUILD, (("m/g.yaml", b"apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}\n"),),
                                   renderers=(("raw", "1"),), chart=None, inputs=inputs)
     assert (layer_objects(c), c.warnings) == ({"cluster-scoped": ["Gadget/-/g"], "rbac": [], "workload": []}, ())
+    assert (c.crds, c.foreign_scopes) == ((), (("example.com/Gadget", "Cluster"),))
+
+
+def test_a_pack_tells_its_crds_and_the_outside_scopes_it_used() -> None:
+    inputs = dataclasses.replace(INPUTS, crd_scopes=(("example.com/Gadget", "Namespaced"), ("kyverno.io/Policy", "Cluster")))
+    doc = (b"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.example.com}\n"
+           b"spec: {group: example.com, scope: Cluster, names: {kind: Gadget, plural: gadgets}}\n---\n"
+           b"apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}\n---\n"
+           b"apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: p}\n---\n"
+           b"apiVersion: example.org/v1\nkind: Widget\nmetadata: {name: w}\n---\n"
+           b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    c = compile_core.compile_pack(BUILD, (("m/x.yaml", doc),), renderers=(("raw", "1"),), chart=None, inputs=inputs)
+    # its own CRD wins over the scope given from outside, and is not an outside scope it used
+    assert (c.crds, c.foreign_scopes) == (
+        (("example.com/Gadget", "Cluster"),),
+        (("example.org/Widget", ""), ("kyverno.io/ClusterPolicy", "")),
+    )
+
+
+KNOWN = {
+    "config-first-then-packs-by-order": (
+        (("kyverno.io/ClusterPolicy", "Cluster"),),
+        [("packs/a/packbuild.yaml", (("example.com/Gadget", "Cluster"),)),
+         ("packs/b/packbuild.yaml", (("example.com/Widget", "Namespaced"),))],
+        ((("example.com/Gadget", "Cluster"), ("example.com/Widget", "Namespaced"), ("kyverno.io/ClusterPolicy", "Cluster")), ()),
+    ),
+    "disagreements-keep-the-first-and-are-said": (
+        (("kyverno.io/ClusterPolicy", "Cluster"),),
+        [("packs/a/packbuild.yaml", (("kyverno.io/ClusterPolicy", "Namespaced"), ("example.com/Gadget", "Cluster"))),
+         ("packs/b/packbuild.yaml", (("example.com/Gadget", "Namespaced"),))],
+        ((("example.com/Gadget", "Cluster"), ("kyverno.io/ClusterPolicy", "Cluster")), (
+            "kyverno.io/ClusterPolicy: the CRD in packs/a/packbuild.yaml says Namespaced, gitopsd.yaml crds says "
+            "Cluster; Cluster is used; make them agree",
+            "example.com/Gadget: the CRD in packs/b/packbuild.yaml says Namespaced, packs/a/packbuild.yaml says "
+            "Cluster; Cluster is used; make them agree")),
+    ),
+}
+
+
+@pytest.mark.parametrize(("configured", "packs", "expected"), KNOWN.values(), ids=KNOWN.keys())
+def test_known_scopes_come_from_gitopsd_yaml_then_packs(configured, packs, expected) -> None:
+    assert compile_core.known_scopes(configured, packs) == expected
 
 
 def test_namespace_comes_first_and_kinds_follow_helms_install_order() -> None:

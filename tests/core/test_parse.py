@@ -83,6 +83,37 @@ def test_config_defaults_and_unknown_keys() -> None:
         parse.parse_config({"namespce": "x"}, schemafiles.schemas())
 
 
+def test_config_crds_give_scopes_of_crds_installed_outside_gitopsd() -> None:
+    cfg = parse.parse_config(yaml.safe_load(
+        "crds:\n- {group: kyverno.io, kind: ClusterPolicy, scope: Cluster}\n"
+        "- {group: example.com, kind: Gadget, scope: Namespaced}\n"), schemafiles.schemas())
+    assert cfg.crds == (("example.com/Gadget", "Namespaced"), ("kyverno.io/ClusterPolicy", "Cluster"))
+
+
+@pytest.mark.parametrize(
+    ("crds", "message"),
+    [
+        ("[{group: kyverno.io, kind: ClusterPolicy, scope: Cluster}, {group: kyverno.io, kind: ClusterPolicy, scope: Namespaced}]",
+         "gitopsd.yaml: field 'crds[1]': kyverno.io/ClusterPolicy is listed again (first at crds[0]); keep one"),
+        ("[{group: rbac.authorization.k8s.io, kind: Role, scope: Cluster}]",
+         "gitopsd.yaml: field 'crds[0].group': rbac.authorization.k8s.io/Role is a Kubernetes kind, its scope is known; "
+         "list only custom resources' CRDs here"),
+    ],
+    ids=["listed-twice", "built-in-kind"],
+)
+def test_config_crds_refuse_what_cannot_be_meant(crds: str, message: str) -> None:
+    with pytest.raises(errors.SpecError) as caught:
+        parse.parse_config(yaml.safe_load(f"crds: {crds}"), schemafiles.schemas())
+    assert str(caught.value) == message
+
+
+def test_config_crds_scope_must_be_cluster_or_namespaced() -> None:
+    with pytest.raises(errors.SpecError) as caught:
+        parse.parse_config(yaml.safe_load("crds: [{group: kyverno.io, kind: ClusterPolicy, scope: cluster}]"),
+                           schemafiles.schemas())
+    assert str(caught.value) == "gitopsd.yaml: field 'crds[0].scope': 'cluster' is not one of: Cluster, Namespaced"
+
+
 def test_cluster_labels_are_checked() -> None:
     c = parse.parse_cluster({"name": "eu", "labels": {"env": "prod"}}, schemafiles.schemas(), file="clusters/eu.yaml")
     assert c.labels == (("env", "prod"),)
