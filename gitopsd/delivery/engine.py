@@ -69,14 +69,14 @@ class Engine:
     def objects(self, job: Job) -> dict[pack.Layer, list[tuple[dict[str, Any], str]]]:
         """The artifact's objects by layer, each with its layer digest, after every check passed."""
         digest = job.digest
-        cached = self._parsed.get(digest)
-        if cached is not None:
-            return cached
         if job.signature is None:
             raise Refused(f"ClusterPack {job.base_pack_name} {job.version} is not signed; nothing is delivered unsigned")
         if self.verifier is not None and not self.verifier.verify(signing.payload_of_spec_json(job.spec_json), job.signature):
             raise Refused(f"the signature of ClusterPack {job.base_pack_name} {job.version} does not verify against the "
                           "trusted keys; nothing applied", reason="SignatureInvalid")
+        cached = self._parsed.get(digest)  # bytes already checked against this digest (every job's signature is checked)
+        if cached is not None:
+            return cached
         manifest, blobs = self.artifacts.pull(job.base_pack_name, digest)
         if artifact_core.digest_of(manifest) != digest:
             raise Refused(f"artifact {job.base_pack_name}@{digest}: the manifest has digest {artifact_core.digest_of(manifest)}; "
