@@ -41,6 +41,7 @@ from gitopsd.model import delivery, pack
 log = structlog.get_logger()
 
 Job = delivery_core.Job
+PARSED_KEPT = 256  # artifacts whose checked objects are kept between passes
 Options = delivery_core.Options
 
 
@@ -102,6 +103,8 @@ class Engine:
                 raise Refused(f"artifact {job.base_pack_name}@{digest}: layer {layer} is {blob_digest}, the ClusterPack says "
                               f"{expected[layer]}; nothing applied", reason="ArtifactMismatch")
             by_layer[layer] = [(obj, blob_digest) for obj in delivery_core.objects_of_layer(data)]
+        if len(self._parsed) >= PARSED_KEPT:  # a long-running daemon keeps a bounded number of artifacts read
+            self._parsed.pop(next(iter(self._parsed)))
         self._parsed[digest] = by_layer
         return by_layer
 
