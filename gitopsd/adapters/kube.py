@@ -399,6 +399,9 @@ class Informer:
             finally:
                 self._response = None
                 with contextlib.suppress(Exception):
+                    # A watch left mid-stream (410, stop, a dropped event) still has bytes in flight:
+                    # close its connection rather than hand them to the pool's next request.
+                    response.close()
                     response.release_conn()
 
     def _consume(self, response: Any) -> int:

@@ -80,14 +80,14 @@ def api(kubeconfig: pathlib.Path | str, user_agent: str = "gitopsd-tests") -> cl
 def fresh_namespace(api_client: client.ApiClient, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
     body = {"metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "gitopsd-tests", **(labels or {})}}}
-    client.CoreV1Api(api_client).create_namespace(body, _preload_content=False).release_conn()
+    _done(client.CoreV1Api(api_client).create_namespace(body, _preload_content=False))
     return name
 
 
 def delete_namespace(api_client: client.ApiClient, name: str) -> None:
     """Delete without waiting: the namespace controller finishes it in the background."""
     try:
-        client.CoreV1Api(api_client).delete_namespace(name, _preload_content=False).release_conn()
+        _done(client.CoreV1Api(api_client).delete_namespace(name, _preload_content=False))
     except client.ApiException as err:
         if err.status != 404:
             raise
@@ -99,8 +99,8 @@ def apply_documents(api_client: client.ApiClient, documents: list[dict[str, Any]
     extensions = client.ApiextensionsV1Api(api_client)
     for doc in documents:
         assert doc["kind"] == "CustomResourceDefinition", doc["kind"]
-        extensions.patch_custom_resource_definition(doc["metadata"]["name"], doc, field_manager=manager, force=True,
-                                                    _content_type=kube.APPLY_PATCH, _preload_content=False).release_conn()
+        _done(extensions.patch_custom_resource_definition(doc["metadata"]["name"], doc, field_manager=manager, force=True,
+                                                          _content_type=kube.APPLY_PATCH, _preload_content=False))
     if not wait_established:
         return
     for doc in documents:
@@ -138,3 +138,12 @@ def compact(kubeconfig: pathlib.Path | str) -> int:
         if "required revision has been compacted" not in detail:  # nothing written since the last one
             raise RuntimeError(f"etcd compaction at {revision} failed: {err.code} {detail}") from err
     return revision
+
+
+def _done(response: Any) -> None:
+    """Read the whole body before the connection goes back to the pool: a connection returned with
+    unread bytes hands them to the next request as its status line."""
+    try:
+        response.data  # noqa: B018 - reading it is the point
+    finally:
+        response.release_conn()
