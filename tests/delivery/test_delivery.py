@@ -27,12 +27,12 @@ def configmap(ns: str, name: str, value: str = "1") -> str:
     return f"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata: {{value: '{value}'}}\n"
 
 
-def deployment(ns: str, name: str, *, replicas: int = 2, schedulable: bool = True, image: str = "pause:3.9") -> str:
+def deployment(ns: str, name: str, *, replicas: int = 2, schedulable: bool = True) -> str:
     never = "      nodeSelector: {gitopsd.dev/no-such-node: 'true'}\n" if not schedulable else ""
     return (f"---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}}}\n"
             f"spec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n"
             f"  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{never}"
-            f"      containers: [{{name: main, image: 'registry.k8s.io/{image}'}}]\n")
+            "      containers: [{name: main, image: 'registry.k8s.io/pause:3.9'}]\n")
 
 
 # -- examples-repo ---------------------------------------------------------------------------------
@@ -85,8 +85,8 @@ def test_a_stage_that_never_becomes_healthy_stops_the_later_stages_and_nothing_i
     reconcile(repo.root)
     assert targets.get("a", "configmap", "legacy", "-n", ns) is not None
 
-    # 2.0.0 drops the legacy ConfigMap, adds a StatefulSet-free job that never runs, and its
-    # Deployment can never be scheduled: the stateless stage times out
+    # 2.0.0 drops the legacy ConfigMap, and its Deployment can never be scheduled (no node has the
+    # label it selects): the stateless stage times out
     repo.pack("app", "2.0.0", namespace(ns) + configmap(ns, "settings", "2") + deployment(ns, "web", schedulable=False),
               clusters="[a]", extra="delivery: {timeout: 4s}\n")
     result = reconcile(repo.root, check=1)
