@@ -23,8 +23,8 @@ import structlog
 
 from gitopsd import __version__, cli_plan, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
 from gitopsd.adapters import keys, localstore, statelock
-from gitopsd.core import signing, yamlload
 from gitopsd.core import delivery as delivery_core
+from gitopsd.core import signing, yamlload
 from gitopsd.core import status as status_core
 from gitopsd.model import delivery, instance, pack
 
@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
         ("dry-run", "one pass that writes nothing: shows the plan and the desired ClusterPacks"),
         ("diff", "what would change; exit 0 = in sync, 1 = changes or a failed pack, 2 = error"),
     ):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         flags.common(p)
         flags.signing(p)
         flags.registry(p)
@@ -128,7 +129,8 @@ def _state_dir(args: argparse.Namespace) -> pathlib.Path:
 def _repo_path(args: argparse.Namespace) -> pathlib.Path:
     repo = pathlib.Path(args.repo)
     if not repo.is_dir():
-        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo", reason="RepoNotFound")
+        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo",
+                                 reason="RepoNotFound")
     return repo
 
 
@@ -308,7 +310,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             ])
         output.table(rows, ["NAME", "CLUSTER", "WANTED", "DELIVERED", "DELIVERY", "DRIFT", "STATE", "DIRECTION", "READY", "RV"])
     else:
-        output.table([[str(e["time"]), str(e["type"]), f"{e['kind']}/{e['name']}", str(e["reason"]), str(e["message"])] for e in items],
+        output.table([[str(e["time"]), str(e["type"]), f"{e['kind']}/{e['name']}", str(e["reason"]), str(e["message"])]
+                      for e in items],
                      ["TIME", "TYPE", "OBJECT", "REASON", "MESSAGE"])
     return EXIT_OK
 
@@ -331,7 +334,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     f"{state_dir / 'keys' / 'signing.key'} is missing, but the local store holds {signed} signed "
                     "ClusterPack(s): restore the key file, or pass --trusted-keys with its public key",
                     reason="SigningKeyMissing")
-        raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
+        raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key",
+                                 reason="NoTrustedKeys")
     registry_options = flags.registry_options(args)
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     failures = 0
@@ -364,11 +368,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.output == "table":
         for r in results:
             mark = "ok  " if r["ok"] else "FAIL"
-            what = "agrees with the verified ClusterPacks" if str(r["name"]).startswith(".gitopsd/") else "signature and artifact verified"
+            what = ("agrees with the verified ClusterPacks" if str(r["name"]).startswith(".gitopsd/")
+                    else "signature and artifact verified")
             detail = what if r["ok"] else "; ".join(r["problems"])  # type: ignore[arg-type]
             print(f"{mark} {r['name']}: {detail}")
         records = sum(1 for r in results if str(r["name"]).startswith(".gitopsd/"))
-        print(f"{len(results) - failures} of {len(results)} verified ({len(results) - records} ClusterPacks, {records} status records)")
+        print(f"{len(results) - failures} of {len(results)} verified "
+              f"({len(results) - records} ClusterPacks, {records} status records)")
     else:
         output.dump({"results": results, "failed": failures}, args.output)
     return EXIT_CHANGES if failures else EXIT_OK
@@ -429,7 +435,8 @@ def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[s
                  ("version", entry.get("version"), spec.get("version")),
                  ("provenance", entry.get("provenance"), spec.get("provenance", {}))]
         pairs += [(field, entry.get(field), spec.get(field)) for field in ("rbacDigest", "clusterScopedDigest", "workloadDigest")]
-        problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}" for field, mine, theirs in pairs if mine != theirs]
+        problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}"
+                     for field, mine, theirs in pairs if mine != theirs]
     for entry in listed:
         entry = entry if isinstance(entry, dict) else {}
         name = str(entry.get("name", "?"))
@@ -462,7 +469,8 @@ def missing_records(records: list[tuple[str, bytes]], observed: instance.Observe
     for name, pi in sorted(observed.instances.items()):
         if pi.state is instance.InstallState.INSTALLED and name not in listed:
             path = f"{status_core.STATUS_DIR}/{pi.base_pack_name}.yaml"
-            out.append({"name": path, "ok": False, "problems": [f"PackInstance {name} is installed but no status record lists it"]})
+            out.append({"name": path, "ok": False,
+                        "problems": [f"PackInstance {name} is installed but no status record lists it"]})
     return out
 
 
@@ -494,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         what = {errno.ENOSPC: "the disk is full; free space and run again",
                 errno.EROFS: "the file system is read-only; a pass that writes needs a writable state dir",
-                errno.EDQUOT: "the disk quota is exhausted; free space and run again"}.get(err.errno or 0, err.strerror or str(err))
+                errno.EDQUOT: "the disk quota is exhausted; free space and run again",
+                }.get(err.errno or 0, err.strerror or str(err))
         print(f"error: {where}{what} (reason BackendFailure)", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

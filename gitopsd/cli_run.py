@@ -171,7 +171,8 @@ def read_secret(path: str) -> bytes:
 def _repo_path(args: argparse.Namespace) -> pathlib.Path:
     repo = pathlib.Path(args.repo)
     if not repo.is_dir():
-        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo", reason="RepoNotFound")
+        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo",
+                                 reason="RepoNotFound")
     return repo
 
 

@@ -23,7 +23,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gitopsd import errors, reconcile
-from gitopsd.adapters import compilecache, gitsource, gittree, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
+from gitopsd.adapters import (
+    compilecache,
+    gitsource,
+    gittree,
+    keys,
+    localstore,
+    ocilayout,
+    render,
+    schemafiles,
+    statuswriter,
+    system,
+)
 
 if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported only with --registry
     from gitopsd.adapters import registry as registry_adapter

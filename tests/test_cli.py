@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import sqlite3
 import subprocess
 
 import jsonschema
@@ -259,8 +260,6 @@ def test_state_dir_inside_the_repo_is_refused(cli: Cli, examples: pathlib.Path) 
 
 
 def test_verify_detects_a_tampered_spec(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
-    import sqlite3
-
     cli("reconcile", str(examples), "--state-dir", str(state_dir))
     assert cli("verify", "--state-dir", str(state_dir), check=0).stdout.count("ok ") == 5
     db = sqlite3.connect(state_dir / "store.db")

@@ -6,9 +6,8 @@ import json
 import pathlib
 import sqlite3
 
-import requests
-
 import pytest
+import requests
 
 from tests.conftest import Cli
 from tests.registry_fixture import RunningRegistry, SecureRegistry

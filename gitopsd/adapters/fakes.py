@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import pathlib
 import shutil
 import tempfile
@@ -41,7 +42,8 @@ class MemoryTree:
                  scratch: pathlib.Path | None = None) -> None:
         self.files = dict(files)
         self.scratch = scratch
-        self.snapshot = ports.Snapshot(revision=revision, commit_time="2026-01-01T00:00:00Z", author="test <test@example.com>", description="memory")
+        self.snapshot = ports.Snapshot(revision=revision, commit_time="2026-01-01T00:00:00Z", author="test <test@example.com>",
+                                       description="memory")
 
     def kind(self, path: str) -> ports.EntryKind | None:
         if path in self.files:
@@ -67,8 +69,6 @@ class MemoryTree:
         raise FileNotFoundError(path)
 
     def tree_id(self, path: str) -> str:
-        import hashlib
-
         prefix = f"{path}/" if path else ""
         digest = hashlib.sha256()
         for p in sorted(self.files):

@@ -184,13 +184,16 @@ def load_auth(location: Location, *, credentials_file: str | None = None, creden
                 reason="CredentialsInvalid",
             ) from err
         except UnicodeDecodeError as err:
-            raise errors.ConfigError(f"--git-credentials-file {credentials_file}: not a text file", reason="CredentialsInvalid") from err
+            raise errors.ConfigError(f"--git-credentials-file {credentials_file}: not a text file",
+                                     reason="CredentialsInvalid") from err
         if not secret:
-            raise errors.ConfigError(f"--git-credentials-file {credentials_file} is empty; write user:token or token in it", reason="CredentialsInvalid")
+            raise errors.ConfigError(f"--git-credentials-file {credentials_file} is empty; write user:token or token in it",
+                                     reason="CredentialsInvalid")
     elif credentials_env:
         secret = os.environ.get(credentials_env, "").strip()
         if not secret:
-            raise errors.ConfigError(f"--git-credentials-env {credentials_env}: the variable is unset or empty", reason="CredentialsInvalid")
+            raise errors.ConfigError(f"--git-credentials-env {credentials_env}: the variable is unset or empty",
+                                     reason="CredentialsInvalid")
     if secret is not None:
         if location.scheme == "http" and urllib.parse.urlsplit(location.url).hostname not in ("127.0.0.1", "localhost", "::1"):
             raise errors.ConfigError(
@@ -233,7 +236,8 @@ class _Callbacks(pygit2.RemoteCallbacks):
             return pygit2.KeypairFromAgent(user)
         if allowed_types & kinds.USERNAME:
             return pygit2.Username(user)
-        raise _AuthRejected("the server asks for credentials; pass --git-credentials-file, --git-credentials-env or --git-ssh-key")
+        raise _AuthRejected("the server asks for credentials; "
+                            "pass --git-credentials-file, --git-credentials-env or --git-ssh-key")
 
     def push_update_reference(self, refname: str, message: str | None) -> None:
         if message:
@@ -389,7 +393,8 @@ class GitRemote:
         """The mirror, created on first use and rebuilt when it cannot be opened."""
         if self.mirror.exists():
             try:
-                repo = pygit2.Repository(str(self.mirror), pygit2.enums.RepositoryOpenFlag.NO_SEARCH | pygit2.enums.RepositoryOpenFlag.BARE)
+                repo = pygit2.Repository(str(self.mirror),
+                                         pygit2.enums.RepositoryOpenFlag.NO_SEARCH | pygit2.enums.RepositoryOpenFlag.BARE)
                 repo.references.get("HEAD")  # a garbage HEAD fails here
                 if not repo.config.get_bool("core.bare"):  # and a garbage config here (we wrote core.bare = true)
                     raise ValueError("its config lost core.bare = true")
@@ -426,7 +431,8 @@ class GitRemote:
         if self.tag:
             ref = f"refs/tags/{self.tag}"
             if ref not in by_name:
-                tags = sorted(n.removeprefix("refs/tags/") for n in by_name if n.startswith("refs/tags/") and not n.endswith("^{}"))
+                tags = sorted(n.removeprefix("refs/tags/") for n in by_name
+                              if n.startswith("refs/tags/") and not n.endswith("^{}"))
                 raise errors.ConfigError(
                     f"--tag {self.tag}: no such tag in {self.display}; tags there: {', '.join(tags[:20]) or 'none'}",
                     reason="TagNotFound",
@@ -437,7 +443,8 @@ class GitRemote:
             ref = f"refs/heads/{self.branch}"
             if ref not in by_name:
                 raise errors.ConfigError(
-                    f"--branch {self.branch}: no such branch in {self.display}; branches there: {', '.join(branches[:20]) or 'none'}",
+                    f"--branch {self.branch}: no such branch in {self.display}; "
+                    f"branches there: {', '.join(branches[:20]) or 'none'}",
                     reason="BranchNotFound",
                 )
             return Target(ref=ref, name=self.branch, oid=str(by_name[ref].oid), commit=str(by_name[ref].oid))

@@ -69,7 +69,8 @@ class GitTree:
         if mode == _LINK:
             return ports.EntryKind.LINK
         if mode == _SUBMODULE:
-            raise errors.SpecError(f"{path} is a Git submodule; gitopsd reads only files of the config repo", path=path, reason="Submodule")
+            raise errors.SpecError(f"{path} is a Git submodule; gitopsd reads only files of the config repo", path=path,
+                                   reason="Submodule")
         return ports.EntryKind.FILE
 
     def listdir(self, path: str) -> list[tuple[str, ports.EntryKind]]:

@@ -197,7 +197,7 @@ class Elector:
             started = self.clock()
             try:
                 acquired = self.try_acquire_or_renew()
-            except Exception as err:  # a failed attempt is a lost round, never a dead thread
+            except Exception as err:  # noqa: BLE001 - a failed attempt is a lost round, never a dead thread
                 self.last_error = err if isinstance(err, errors.GitopsdError) else None
                 log.warning("lease attempt failed", lease=self.name, identity=self.identity, error=str(err))
                 acquired = False

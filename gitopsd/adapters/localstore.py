@@ -291,17 +291,18 @@ class LocalStore:
         if c.action in (change.Action.CREATE, change.Action.SUPERSEDE, change.Action.UNINSTALL):
             assert c.pack_instance is not None
             existing = self.get_object(PACK_INSTANCE, namespace, c.name)
-            if c.pack_instance.resource_version is not None and existing is not None:
-                if existing["metadata"]["resourceVersion"] != c.pack_instance.resource_version:  # type: ignore[index]
-                    raise errors.TransientError(
-                        f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
-                        reason="Conflict",
-                    )
+            if (c.pack_instance.resource_version is not None and existing is not None
+                    and existing["metadata"]["resourceVersion"] != c.pack_instance.resource_version):  # type: ignore[index]
+                raise errors.TransientError(
+                    f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
+                    reason="Conflict",
+                )
             if c.action is change.Action.UNINSTALL:
                 if existing is None:
                     return rv, 0
                 rv += 1
-                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (PACK_INSTANCE, namespace, c.name))
+                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
+                                 (PACK_INSTANCE, namespace, c.name))
                 self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
                 self._staged.append((PACK_INSTANCE, c.name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
@@ -345,14 +346,16 @@ class LocalStore:
         body = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
         uid = uid or str(uuid.uuid4())
         self._db.execute(
-            "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
+            "VALUES (?,?,?,?,?,?,?)",
             (kind, namespace, name, uid, rv, generation, body),
         )
         if stage:
             self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
         return uid
 
-    def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str, revision: str) -> None:
+    def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
+               revision: str) -> None:
         if type_ == "Warning":
             last = self._db.execute(
                 "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",

@@ -117,7 +117,7 @@ def status_tree(repo: pygit2.Repository, root: pygit2.Tree, files: dict[str, byt
     With ``owns`` (a sharded replica: which basePackNames are its own), records of other packs at
     the tip are kept as they are; only this replica's records are replaced or removed.
     """
-    meta_entry = root[STATUS_ROOT] if STATUS_ROOT in root else None
+    meta_entry = root[STATUS_ROOT] if STATUS_ROOT in root else None  # noqa: SIM401 - pygit2.Tree has no .get
     if meta_entry is not None and meta_entry.filemode != _TREE:
         raise errors.StalledError(f"{STATUS_ROOT} is a file in the config repo; gitopsd keeps its status in a "
                                   f"{STATUS_ROOT}/ folder: remove the file", reason="StatusPathTaken", path=STATUS_ROOT)
@@ -182,7 +182,7 @@ class GitStatusWriter:
         commit that edited the records, or a force-push that dropped them, makes it False."""
         if self._written is None:
             return False
-        repo, tip = self.branch.tip()
+        _repo, tip = self.branch.tip()
         return _status_id(tip.tree) == self._written
 
     def write(self, records: Iterable[tuple[str, bytes]], message: str) -> str | None:
@@ -249,9 +249,11 @@ class WorkTreeBranch:
         if repo.is_bare or repo.workdir is None:
             raise errors.ConfigError(f"--write-status: {self.path} is not a work tree", reason="NotAGitRepo")
         if repo.head_is_unborn:
-            raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first", reason="EmptyRepository")
+            raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first",
+                                      reason="EmptyRepository")
         if repo.head_is_detached:
-            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch", reason="DetachedHead")
+            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch",
+                                     reason="DetachedHead")
         dirty = sorted(p for p, flags in repo.status().items()
                        if (p == STATUS_ROOT or p.startswith(f"{STATUS_ROOT}/")) and flags != pygit2.enums.FileStatus.CURRENT)
         if dirty:

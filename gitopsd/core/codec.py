@@ -82,7 +82,8 @@ def cluster_pack_from_json(raw: Mapping[str, Any]) -> pack.ClusterPack:
     prov = spec.get("provenance", {})
     chart = None
     if "chartName" in spec:
-        chart = pack.ChartInfo(spec["chartName"], spec.get("chartVersion", ""), spec.get("chartURL", ""), spec.get("helmVersion", ""))
+        chart = pack.ChartInfo(spec["chartName"], spec.get("chartVersion", ""), spec.get("chartURL", ""),
+                               spec.get("helmVersion", ""))
     return pack.ClusterPack(
         name=raw["name"],
         namespace=raw["namespace"],

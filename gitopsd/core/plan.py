@@ -142,7 +142,7 @@ def _dedupe_names(desired: tuple[Desired, ...], errors: list[change.PackError]) 
 def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Change:
     cp = d.cluster_pack
     found = observed.packs.get(cp.name)
-    common = dict(kind=ObjectKind.CLUSTER_PACK, name=cp.name, base_pack_name=cp.base_pack_name, version=cp.version)
+    common = {"kind": ObjectKind.CLUSTER_PACK, "name": cp.name, "base_pack_name": cp.base_pack_name, "version": cp.version}
     if found is None:
         return change.Change(action=Action.CREATE, reason="new pack version", cluster_pack=cp, **common)
     if found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest:
@@ -241,7 +241,8 @@ def _collision(loser: Desired, cluster: str, winner: Desired, what: str) -> chan
     )
 
 
-def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Direction, from_version: str | None) -> instance.InstallRecord:
+def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Direction,
+            from_version: str | None) -> instance.InstallRecord:
     cp = d.cluster_pack
     return instance.InstallRecord(
         state=state,
@@ -263,12 +264,13 @@ def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Directio
 def _pack_block(d: Desired, inputs: Inputs, poisoned: set[str]) -> change.Change | None:
     """Why no instance of this pack may be written, as a template Change (name and cluster unset), or None."""
     cp = d.cluster_pack
-    common = dict(kind=ObjectKind.PACK_INSTANCE, name="", base_pack_name=cp.base_pack_name, version=cp.version)
+    common = {"kind": ObjectKind.PACK_INSTANCE, "name": "", "base_pack_name": cp.base_pack_name, "version": cp.version}
     if cp.name in poisoned:
         return change.Change(
             action=Action.BLOCKED,
             reason="ImmutabilityViolation",
-            condition=Condition("Ready", "False", "ImmutabilityViolation", f"ClusterPack {cp.name} changed without a version bump; the instance stays as it is"),
+            condition=Condition("Ready", "False", "ImmutabilityViolation",
+                                f"ClusterPack {cp.name} changed without a version bump; the instance stays as it is"),
             **common,
         )
     verdict = inputs.verdicts.get(cp.name, Verdict.MISSING)
@@ -277,7 +279,8 @@ def _pack_block(d: Desired, inputs: Inputs, poisoned: set[str]) -> change.Change
         return change.Change(
             action=Action.BLOCKED,
             reason="SignatureInvalid",
-            condition=Condition("SignatureInvalid", "True", "SignatureInvalid", f"ClusterPack {cp.name} has {word}; delivery blocked"),
+            condition=Condition("SignatureInvalid", "True", "SignatureInvalid",
+                                f"ClusterPack {cp.name} has {word}; delivery blocked"),
             **common,
         )
     return None
@@ -366,7 +369,7 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
         obs,
         state=InstallState.UNINSTALLED,
         revision=inputs.revision,
-        history=(obs.history + (record,))[-MAX_HISTORY:],
+        history=(*obs.history, record)[-MAX_HISTORY:],
         conditions=(Condition("Ready", "False", "Uninstalled", f"removed from Git at {inputs.revision}"),),
     )
     return change.Change(

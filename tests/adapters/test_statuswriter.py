@@ -121,7 +121,7 @@ def test_an_invalid_record_is_refused_before_anything_is_written(tmp_path: pathl
         writer.write([(".gitopsd/status/alpha.yaml", bad.encode())], "status\n")
     assert caught.value.reason == "InvalidStatusRecord"
     assert str(caught.value).startswith(".gitopsd/status/alpha.yaml: instances/0/state: 'sideways' is not one of")
-    with pytest.raises(errors.StalledError, match="directly under .gitopsd/status/"):
+    with pytest.raises(errors.StalledError, match=r"directly under \.gitopsd/status/"):
         writer.write([("packs/alpha/status.yaml", RECORD.encode())], "status\n")
     assert gitutil.rev(bare, "main") == user.head()
 
@@ -186,7 +186,7 @@ def test_user_pushes_from_another_thread_are_never_lost(tmp_path: pathlib.Path) 
                 sha = user.commit(f"user {len(pushed)}", {f"notes/{len(pushed)}.txt": "x\n"})
                 if user.push(check=False).returncode == 0:  # a push that lost the race is the user's to redo
                     pushed.append(sha)
-        except BaseException as err:  # pragma: no cover - reported below
+        except BaseException as err:  # noqa: BLE001 - reported below  # pragma: no cover
             failures.append(err)
 
     thread = threading.Thread(target=user_loop)
