@@ -18,6 +18,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import structlog
 
@@ -265,12 +266,13 @@ def cmd_get(args: argparse.Namespace) -> int:
     if not (state_dir / "store.db").exists():
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
     store = localstore.LocalStore(state_dir / "store.db", read_only=not wiring.writable(state_dir))
+    items: list[dict[str, Any]]  # the stored objects as raw JSON, read for display only
     try:
         if args.what == "events":
-            items: list[dict[str, object]] = store.events(200)  # type: ignore[assignment]
+            items = cast("list[dict[str, Any]]", store.events(200))
         else:
             kind = pack.CLUSTER_PACK_KIND if args.what == "packs" else "PackInstance"
-            items = store.list_objects(kind)
+            items = cast("list[dict[str, Any]]", store.list_objects(kind))
     finally:
         store.close()
     if args.output != "table":
@@ -279,12 +281,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.what == "packs":
         rows = [
             [
-                str(o["metadata"]["name"]),  # type: ignore[index]
-                str(o["spec"]["version"]),  # type: ignore[index]
-                "yes" if o.get("status", {}).get("signed") else "no",  # type: ignore[union-attr]
-                output.short(str(o["spec"]["registryRef"].get("digest", ""))),  # type: ignore[index]
-                ",".join(o["spec"].get("targetClusters", [])),  # type: ignore[union-attr]
-                ",".join(s["name"] for s in o["spec"].get("executionOrder", [])),  # type: ignore[union-attr]
+                str(o["metadata"]["name"]),
+                str(o["spec"]["version"]),
+                "yes" if o.get("status", {}).get("signed") else "no",
+                output.short(str(o["spec"]["registryRef"].get("digest", ""))),
+                ",".join(o["spec"].get("targetClusters", [])),
+                ",".join(s["name"] for s in o["spec"].get("executionOrder", [])),
             ]
             for o in items
         ]
@@ -293,20 +295,20 @@ def cmd_get(args: argparse.Namespace) -> int:
         rows = []
         for o in items:
             st = o.get("status") or {}
-            ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)  # type: ignore[union-attr]
-            shipped = st.get("delivery") or {}  # type: ignore[union-attr]
+            ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+            shipped = st.get("delivery") or {}
             drift = shipped.get("drift") or {}
             rows.append([
-                str(o["metadata"]["name"]),  # type: ignore[index]
-                str(o["spec"]["cluster"]),  # type: ignore[index]
-                str(st.get("version", "")),  # type: ignore[union-attr]
+                str(o["metadata"]["name"]),
+                str(o["spec"]["cluster"]),
+                str(st.get("version", "")),
                 str(shipped.get("version", "")) if shipped.get("result") == "Delivered" else "",
                 str(shipped.get("result", "records only")),
                 (f"{len(drift['drifted'])} drifted" if drift.get("drifted") else "none") if shipped else "",
-                str(st.get("state", "")),  # type: ignore[union-attr]
-                str(st.get("upgradeDirection") or ""),  # type: ignore[union-attr]
+                str(st.get("state", "")),
+                str(st.get("upgradeDirection") or ""),
                 str(ready["status"]) if ready else "",
-                str(o["metadata"]["resourceVersion"]),  # type: ignore[index]
+                str(o["metadata"]["resourceVersion"]),
             ])
         output.table(rows, ["NAME", "CLUSTER", "WANTED", "DELIVERED", "DELIVERY", "DRIFT", "STATE", "DIRECTION", "READY", "RV"])
     else:
@@ -370,11 +372,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             mark = "ok  " if r["ok"] else "FAIL"
             what = ("agrees with the verified ClusterPacks" if str(r["name"]).startswith(".gitopsd/")
                     else "signature and artifact verified")
+            # the ignore below: problems is a list[str] in a dict[str, object] row
             detail = what if r["ok"] else "; ".join(r["problems"])  # type: ignore[arg-type]
             print(f"{mark} {r['name']}: {detail}")
-        records = sum(1 for r in results if str(r["name"]).startswith(".gitopsd/"))
+        record_count = sum(1 for r in results if str(r["name"]).startswith(".gitopsd/"))
         print(f"{len(results) - failures} of {len(results)} verified "
-              f"({len(results) - records} ClusterPacks, {records} status records)")
+              f"({len(results) - record_count} ClusterPacks, {record_count} status records)")
     else:
         output.dump({"results": results, "failed": failures}, args.output)
     return EXIT_CHANGES if failures else EXIT_OK
@@ -393,6 +396,7 @@ def verify_pack(found: instance.ObservedPack, verifier: wiring.KeyVerifier, arti
     if not found.manifest_digest:
         problems.append("spec.registryRef.digest is empty")
     else:
+        # the ignore below: only registries that serve artifacts back have verify(); checked above
         problems.extend(artifacts.verify(found.base_pack_name, found.manifest_digest, layers))  # type: ignore[attr-defined]
     return problems
 

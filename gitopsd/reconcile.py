@@ -609,6 +609,7 @@ def verify(env: Env, state: PassState) -> None:
     for result in state.compiled:
         cp = result.compiled.cluster_pack
         found = state.observed.packs.get(cp.name)
+        memo_key: tuple[str, str, str | None] | None
         if found is not None and found.checksum == cp.checksum:
             memo_key = (cp.name, found.spec_json, found.signature)
             cached = earlier.get(memo_key)

@@ -170,6 +170,7 @@ class MemoryCluster:
                     obj = c.cluster_pack.to_object()
                     rv += 1
                     self.uids += 1
+                    # the ignore below: object JSON: metadata is a dict
                     obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": f"uid-{self.uids}"}  # type: ignore[dict-item]
                     staged[key] = obj
             else:
@@ -177,6 +178,7 @@ class MemoryCluster:
                 key = (instance.PACK_INSTANCE_KIND, namespace, c.name)
                 old = staged.get(key)
                 planned_from = c.pack_instance.resource_version
+                # the ignore below: object JSON: metadata is a dict
                 if old is not None and planned_from is not None and old["metadata"]["resourceVersion"] != planned_from:  # type: ignore[index]
                     raise errors.TransientError(
                         f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
@@ -186,12 +188,13 @@ class MemoryCluster:
                     written += staged.pop(key, None) is not None
                     continue
                 if old is not None:
-                    uid = old["metadata"]["uid"]  # type: ignore[index]
+                    uid = old["metadata"]["uid"]  # type: ignore[index]  # object JSON: metadata is a dict
                 else:
                     self.uids += 1
                     uid = f"uid-{self.uids}"
                 obj = codec.pack_instance_object(dataclasses.replace(c.pack_instance, uid=None, resource_version=None))
                 rv += 1
+                # the ignore below: object JSON: metadata is a dict
                 obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": uid}  # type: ignore[dict-item]
                 staged[key] = obj
             written += 1

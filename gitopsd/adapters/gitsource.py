@@ -40,7 +40,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 import pygit2
 import structlog
@@ -221,7 +221,7 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self.asked = 0
         self.rejected: dict[str, str] = {}
 
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: pygit2.enums.CredentialType):  # type: ignore[no-untyped-def]
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: pygit2.enums.CredentialType):
         self.asked += 1
         if self.asked > 1:
             raise _AuthRejected("the server refused the credentials")
@@ -426,7 +426,8 @@ class GitRemote:
 
     def resolve(self, heads: list[pygit2.remotes.RemoteHead]) -> Target:
         """The followed ref among the remote's refs; a missing ``--branch``/``--tag`` names the flag."""
-        by_name = {head.name: head for head in heads}
+        by_name = {head.name: head for head in heads if head.name is not None}  # every advertised ref has a name
+        ref: str | None
         branches = sorted(name.removeprefix("refs/heads/") for name in by_name if name.startswith("refs/heads/"))
         if self.tag:
             ref = f"refs/tags/{self.tag}"
@@ -520,7 +521,7 @@ class GitRemote:
                     continue
                 seen.add(key)
                 if entry.filemode == 0o040000:
-                    stack.append(repo[entry.id])
+                    stack.append(cast(pygit2.Tree, repo[entry.id]))
                 elif not repo.odb.exists(entry.id):
                     raise KeyError(f"object {key} is missing")
         self._complete.add(str(commit.id))
@@ -703,7 +704,7 @@ class GitSource:
                 self._status_verified.add(key)
             if not commit.parent_ids:
                 return
-            commit = repo[commit.parent_ids[0]]
+            commit = cast(pygit2.Commit, repo[commit.parent_ids[0]])
 
     def _status_problem(self, repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
         if not self.status_keys:
@@ -750,16 +751,16 @@ class GitSource:
         """The newest first-parent ancestor-or-self of ``tip`` that changed anything outside ``.gitopsd/``."""
         key = str(tip.id)
         if key in self._desired:
-            return repo[self._desired[key]]
+            return cast(pygit2.Commit, repo[self._desired[key]])
         commit, walked = tip, []
         for _ in range(_MAX_DESIRED_WALK):
             if str(commit.id) in self._desired:
-                commit = repo[self._desired[str(commit.id)]]
+                commit = cast(pygit2.Commit, repo[self._desired[str(commit.id)]])
                 break
             walked.append(str(commit.id))
             if not commit.parent_ids or not _has(repo, str(commit.parent_ids[0])):
                 break
-            parent = repo[commit.parent_ids[0]]
+            parent = cast(pygit2.Commit, repo[commit.parent_ids[0]])
             if not desired_tree_equal(commit.tree, parent.tree):
                 break
             commit = parent
@@ -781,7 +782,7 @@ def _folder_tree(repo: pygit2.Repository, folder: pathlib.Path, *, top: bool) ->
             builder.insert(entry.name, repo.create_blob(os.fsencode(os.readlink(path))), pygit2.enums.FileMode.LINK)
         elif entry.is_dir():
             sub = _folder_tree(repo, path, top=False)
-            if len(repo[sub]):
+            if len(cast(pygit2.Tree, repo[sub])):
                 builder.insert(entry.name, sub, pygit2.enums.FileMode.TREE)
         elif entry.is_file():
             mode = pygit2.enums.FileMode.BLOB_EXECUTABLE if os.access(path, os.X_OK) else pygit2.enums.FileMode.BLOB
@@ -807,7 +808,7 @@ def import_folder(folder: pathlib.Path, bare: pathlib.Path, *, branch: str = "ma
         repo.references.create(f"refs/heads/{branch}", commit)
         return str(commit)
     tip = ref.peel(pygit2.Commit)
-    top = repo.TreeBuilder(repo[files])
+    top = repo.TreeBuilder(cast(pygit2.Tree, repo[files]))
     if STATUS_ROOT in tip.tree:
         top.insert(STATUS_ROOT, tip.tree[STATUS_ROOT].id, tip.tree[STATUS_ROOT].filemode)
     tree = top.write()

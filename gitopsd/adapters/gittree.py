@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from typing import cast
 
 import pygit2
 
@@ -79,6 +80,7 @@ class GitTree:
             raise NotADirectoryError(path)
         out = []
         for entry in tree:
+            assert entry.name is not None  # an entry of a tree always has a name
             if not path and entry.name == ".gitopsd":
                 continue
             sub = f"{path}/{entry.name}" if path else entry.name
@@ -110,7 +112,7 @@ class GitTree:
             )
         entry = self._entry(path)
         assert entry is not None
-        return self.repo[entry.id].data
+        return cast(pygit2.Blob, self.repo[entry.id]).data
 
     def readlink(self, path: str) -> str:
         entry = self._entry(path)
@@ -118,7 +120,7 @@ class GitTree:
             raise FileNotFoundError(path)
         if self.repo.odb.read_header(entry.id)[1] > 4096:
             raise errors.SpecError("a symlink's target is over 4096 bytes; remove the link", path=path, reason="PathEscape")
-        return self.repo[entry.id].data.decode("utf-8", "surrogateescape")
+        return cast(pygit2.Blob, self.repo[entry.id]).data.decode("utf-8", "surrogateescape")
 
     def tree_id(self, path: str) -> str:
         entry = self._entry(path)

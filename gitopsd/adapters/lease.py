@@ -336,6 +336,6 @@ class Elector:
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise errors.TransientError(f"Lease {self.namespace}/{self.name}: {err}", reason="ClusterUnavailable") from err
         try:
-            return json.loads(response.data)  # type: ignore[no-any-return]
+            return json.loads(response.data)
         finally:
             response.release_conn()

@@ -380,8 +380,8 @@ def run_bounded(argv: list[str], *, stdin: bytes = b"", cwd: str | os.PathLike[s
 
     def feed() -> None:
         try:
-            proc.stdin.write(stdin)  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
+            proc.stdin.write(stdin)  # type: ignore[union-attr]  # Popen(stdin=PIPE): stdin is set
+            proc.stdin.close()  # type: ignore[union-attr]  # Popen(stdin=PIPE): stdin is set
         except OSError:
             pass  # the child exited or was killed: its exit code tells
 
@@ -696,8 +696,9 @@ def helm_documents(rendered: dict[str, str], crds: list[dict[str, str]]) -> tupl
             for doc in yamlload.load_all((chunk.strip() + "\n").encode("utf-8"), name, first_line=first_line):
                 phases = _hook_phases(doc)
                 if phases and all(p in _TEST_HOOKS for p in phases):
-                    meta = doc.get("metadata") if isinstance(doc, dict) else None
-                    dropped.append(f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'} (test)")  # type: ignore[union-attr]
+                    assert isinstance(doc, dict)  # _hook_phases finds phases on a mapping only
+                    meta = doc.get("metadata")
+                    dropped.append(f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'} (test)")
                     continue
                 kept.append(doc)
         if kept:
@@ -712,7 +713,7 @@ def merge_user_values(base: dict[str, object], override: dict[str, object]) -> d
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_user_values(out[key], value)  # type: ignore[arg-type]
+            out[key] = merge_user_values(out[key], value)  # type: ignore[arg-type]  # both are dicts: checked on the line above
         else:
             out[key] = value
     return out

@@ -138,7 +138,7 @@ def compiled_from_text(text: str) -> pack.CompiledPack:
     raw = json.loads(text)
     return pack.CompiledPack(
         cluster_pack=cluster_pack_from_json(raw["clusterPack"]),
-        identities=tuple(tuple(i) for i in raw["identities"]),  # type: ignore[misc]
+        identities=tuple(tuple(i) for i in raw["identities"]),
         subjects=tuple(raw["subjects"]),
         secret_subjects=tuple(raw.get("secretSubjects", ())),
         artifact=None,
