@@ -551,6 +551,7 @@ class Process:
         return [line for line in self.lines if f'"event": "{event}"' in line]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_daemon_with_exit_0(tmp_path: pathlib.Path, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("do-not-log-me\n")

@@ -190,6 +190,7 @@ RANDOM_CHART = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["dry-run", "reconcile"], ids=["dry-run-first", "reconcile-first"])
 def test_a_chart_with_random_values_keeps_its_published_version_on_cold_recompiles(tmp_path: pathlib.Path, first: str) -> None:
     h = Harness(tmp_path, {**CLUSTERS, **RANDOM_CHART})

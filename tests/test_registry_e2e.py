@@ -12,6 +12,8 @@ import requests
 from tests.conftest import Cli
 from tests.registry_fixture import RunningRegistry, SecureRegistry
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def key(cli: Cli, tmp_path: pathlib.Path) -> str:

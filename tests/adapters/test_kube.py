@@ -27,7 +27,7 @@ from tests.contract.harness import INSTANCES, PACKS
 from tests.realkube import faults
 from tests.realkube.env import KubeEnv
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 EXAMPLE_PACKS = ["cert-manager-lite", "network-policies", "observability", "platform-base", "web-frontend"]
 

@@ -25,6 +25,8 @@ from gitopsd.core import compile as compile_core
 from gitopsd.model import pack, spec
 from tests import registry_fixture
 
+pytestmark = pytest.mark.slow
+
 DOWN_BOUND = 10.0  # seconds: a correctness bound on failing fast, not a benchmark
 
 PACKS = {

@@ -60,6 +60,7 @@ def test_old_versions_are_pruned_in_the_pass_that_makes_them_old(zygotes: harnes
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [("get", "instances", "-o", "yaml"), ("get", "packs", "-o", "json")],
                          ids=["instances-yaml", "packs-json"])  # both over a pipe's 64 KiB buffer
 def test_output_into_a_pipe_closed_early_ends_quietly(zygotes: harness.ZygotePool, tmp_path: pathlib.Path,

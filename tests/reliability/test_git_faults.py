@@ -32,7 +32,7 @@ from tests import gitutil
 from tests.reliability import harness
 from tests.reliability.harness import Tally
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 RACE_ROUNDS = 100
 FORCE_TRIALS = 3

@@ -56,7 +56,7 @@ VOLATILE = {"resourceVersion", "uid", "generation", "creationTimestamp", "manage
             "installedAt", "observedAt", "lastUpdated", "observedGeneration", "lastEventTime", "firstTimestamp",
             "lastTimestamp"}
 
-pytestmark = pytest.mark.timeout(BUDGET + 10)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUDGET + 10)]
 
 
 def strip(obj: object) -> object:

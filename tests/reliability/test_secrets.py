@@ -40,6 +40,8 @@ from gitopsd.adapters import keys
 from tests import registry_fixture
 from tests.reliability import harness
 
+pytestmark = pytest.mark.slow
+
 SECRET_DATA = "canary-secret-data-7f3a9c1e"
 SECRET_STRING = "canary-stringdata-2b8d4e60"
 TOKEN = "canary-git-token-9e1f7a5b3c"
