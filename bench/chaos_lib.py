@@ -44,7 +44,6 @@ from gitopsd.adapters import registry as registry_adapter  # noqa: E402
 from tests import registry_fixture  # noqa: E402
 from tests.reliability import harness  # noqa: E402
 
-
 CHAOS_CLUSTER = "bench-chaos"  # the control plane of the kube rows (tools/kubecluster), stopped at the end
 
 

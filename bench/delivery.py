@@ -60,7 +60,7 @@ def run_pass(repo: pathlib.Path, state: pathlib.Path, folder: pathlib.Path, prox
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([*GITOPSD, "reconcile", str(repo), "--state-dir", str(state), "--kubeconfig-dir", str(folder),
-                           "-o", "json", "--delivery-workers", "4"], capture_output=True, text=True, timeout=timeout)
+                           "-o", "json", "--delivery-workers", "4"], capture_output=True, text=True, timeout=timeout, check=False)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:

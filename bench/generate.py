@@ -37,10 +37,12 @@ def pack_files(index: int, rng: random.Random, clusters: int) -> dict[str, str]:
         kind = rng.choice(["Deployment", "Deployment", "StatefulSet", "Service", "ConfigMap", "ConfigMap"])
         obj = f"{name}-{kind.lower()}-{i}"
         if kind == "ConfigMap":
-            payload = "".join(f"    line{j}: {rng.getrandbits(64):016x}{rng.getrandbits(64):016x}\n" for j in range(rng.randint(20, 80)))
+            payload = "".join(f"    line{j}: {rng.getrandbits(64):016x}{rng.getrandbits(64):016x}\n"
+                              for j in range(rng.randint(20, 80)))
             docs.append(f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {obj}\ndata:\n  settings.yaml: |\n{payload}")
         elif kind == "Service":
-            docs.append(f"apiVersion: v1\nkind: Service\nmetadata:\n  name: {obj}\nspec:\n  selector: {{app: {obj}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")
+            docs.append(f"apiVersion: v1\nkind: Service\nmetadata:\n  name: {obj}\nspec:\n  selector: {{app: {obj}}}\n"
+                        "  ports: [{port: 80, targetPort: 8080}]\n")
         else:
             extra = "  serviceName: svc\n" if kind == "StatefulSet" else ""
             docs.append(
@@ -55,7 +57,8 @@ def pack_files(index: int, rng: random.Random, clusters: int) -> dict[str, str]:
     if kustomize:
         files[f"packs/{name}/base/all.yaml"] = "---\n".join(docs)
         files[f"packs/{name}/base/kustomization.yaml"] = "resources: [all.yaml]\n"
-        files[f"packs/{name}/overlay/kustomization.yaml"] = f"namespace: {name}\nresources: [../base]\ncommonLabels: {{pack: {name}}}\n"
+        files[f"packs/{name}/overlay/kustomization.yaml"] = (
+            f"namespace: {name}\nresources: [../base]\ncommonLabels: {{pack: {name}}}\n")
         source = "category: kustomize\nkustomizeSource: {path: overlay}\n"
     else:
         for j in range(0, len(docs), 8):

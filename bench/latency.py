@@ -26,7 +26,6 @@ import os
 import pathlib
 import random
 import re
-import resource
 import signal
 import socket
 import sqlite3
@@ -101,7 +100,7 @@ class Daemon:
         """SIGTERM, wait; the daemon's peak RSS from wait4."""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            _, status, usage = os.wait4(self.proc.pid, 0)
+            _, _status, usage = os.wait4(self.proc.pid, 0)
         except ChildProcessError:
             usage = None
         self.proc.returncode = 0

@@ -89,10 +89,10 @@ def measure(make: Callable[[], registry.OciRegistry], artifacts: list[tuple[str,
         reg = make()
         counter = Counter(reg)
         for label, action in (
-            ("push (first)", lambda: [reg.push(repo, art) for repo, art in artifacts]),
-            ("push (again)", lambda: [reg.push(repo, art) for repo, art in artifacts]),
-            ("pull", lambda: [reg.pull(repo, art.manifest_digest) for repo, art in artifacts]),
-            ("verify", lambda: [reg.verify(repo, art.manifest_digest) for repo, art in artifacts]),
+            ("push (first)", lambda reg=reg: [reg.push(repo, art) for repo, art in artifacts]),
+            ("push (again)", lambda reg=reg: [reg.push(repo, art) for repo, art in artifacts]),
+            ("pull", lambda reg=reg: [reg.pull(repo, art.manifest_digest) for repo, art in artifacts]),
+            ("verify", lambda reg=reg: [reg.verify(repo, art.manifest_digest) for repo, art in artifacts]),
         ):
             before = counter.count
             figures[label].append((timed(action), counter.count - before))

@@ -18,13 +18,14 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import structlog
 
 from gitopsd import __version__, cli_plan, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
 from gitopsd.adapters import keys, localstore, statelock
-from gitopsd.core import signing, yamlload
 from gitopsd.core import delivery as delivery_core
+from gitopsd.core import signing, yamlload
 from gitopsd.core import status as status_core
 from gitopsd.model import delivery, instance, pack
 
@@ -71,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
         ("dry-run", "one pass that writes nothing: shows the plan and the desired ClusterPacks"),
         ("diff", "what would change; exit 0 = in sync, 1 = changes or a failed pack, 2 = error"),
     ):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         flags.common(p)
         flags.signing(p)
         flags.registry(p)
@@ -128,7 +130,8 @@ def _state_dir(args: argparse.Namespace) -> pathlib.Path:
 def _repo_path(args: argparse.Namespace) -> pathlib.Path:
     repo = pathlib.Path(args.repo)
     if not repo.is_dir():
-        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo", reason="RepoNotFound")
+        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo",
+                                 reason="RepoNotFound")
     return repo
 
 
@@ -263,12 +266,13 @@ def cmd_get(args: argparse.Namespace) -> int:
     if not (state_dir / "store.db").exists():
         raise errors.ConfigError(f"no local store in {state_dir}; run 'gitopsd reconcile REPO' first", reason="NoStore")
     store = localstore.LocalStore(state_dir / "store.db", read_only=not wiring.writable(state_dir))
+    items: list[dict[str, Any]]  # the stored objects as raw JSON, read for display only
     try:
         if args.what == "events":
-            items: list[dict[str, object]] = store.events(200)  # type: ignore[assignment]
+            items = cast("list[dict[str, Any]]", store.events(200))
         else:
             kind = pack.CLUSTER_PACK_KIND if args.what == "packs" else "PackInstance"
-            items = store.list_objects(kind)
+            items = cast("list[dict[str, Any]]", store.list_objects(kind))
     finally:
         store.close()
     if args.output != "table":
@@ -277,12 +281,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.what == "packs":
         rows = [
             [
-                str(o["metadata"]["name"]),  # type: ignore[index]
-                str(o["spec"]["version"]),  # type: ignore[index]
-                "yes" if o.get("status", {}).get("signed") else "no",  # type: ignore[union-attr]
-                output.short(str(o["spec"]["registryRef"].get("digest", ""))),  # type: ignore[index]
-                ",".join(o["spec"].get("targetClusters", [])),  # type: ignore[union-attr]
-                ",".join(s["name"] for s in o["spec"].get("executionOrder", [])),  # type: ignore[union-attr]
+                str(o["metadata"]["name"]),
+                str(o["spec"]["version"]),
+                "yes" if o.get("status", {}).get("signed") else "no",
+                output.short(str(o["spec"]["registryRef"].get("digest", ""))),
+                ",".join(o["spec"].get("targetClusters", [])),
+                ",".join(s["name"] for s in o["spec"].get("executionOrder", [])),
             ]
             for o in items
         ]
@@ -291,24 +295,25 @@ def cmd_get(args: argparse.Namespace) -> int:
         rows = []
         for o in items:
             st = o.get("status") or {}
-            ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)  # type: ignore[union-attr]
-            shipped = st.get("delivery") or {}  # type: ignore[union-attr]
+            ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+            shipped = st.get("delivery") or {}
             drift = shipped.get("drift") or {}
             rows.append([
-                str(o["metadata"]["name"]),  # type: ignore[index]
-                str(o["spec"]["cluster"]),  # type: ignore[index]
-                str(st.get("version", "")),  # type: ignore[union-attr]
+                str(o["metadata"]["name"]),
+                str(o["spec"]["cluster"]),
+                str(st.get("version", "")),
                 str(shipped.get("version", "")) if shipped.get("result") == "Delivered" else "",
                 str(shipped.get("result", "records only")),
                 (f"{len(drift['drifted'])} drifted" if drift.get("drifted") else "none") if shipped else "",
-                str(st.get("state", "")),  # type: ignore[union-attr]
-                str(st.get("upgradeDirection") or ""),  # type: ignore[union-attr]
+                str(st.get("state", "")),
+                str(st.get("upgradeDirection") or ""),
                 str(ready["status"]) if ready else "",
-                str(o["metadata"]["resourceVersion"]),  # type: ignore[index]
+                str(o["metadata"]["resourceVersion"]),
             ])
         output.table(rows, ["NAME", "CLUSTER", "WANTED", "DELIVERED", "DELIVERY", "DRIFT", "STATE", "DIRECTION", "READY", "RV"])
     else:
-        output.table([[str(e["time"]), str(e["type"]), f"{e['kind']}/{e['name']}", str(e["reason"]), str(e["message"])] for e in items],
+        output.table([[str(e["time"]), str(e["type"]), f"{e['kind']}/{e['name']}", str(e["reason"]), str(e["message"])]
+                      for e in items],
                      ["TIME", "TYPE", "OBJECT", "REASON", "MESSAGE"])
     return EXIT_OK
 
@@ -331,7 +336,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     f"{state_dir / 'keys' / 'signing.key'} is missing, but the local store holds {signed} signed "
                     "ClusterPack(s): restore the key file, or pass --trusted-keys with its public key",
                     reason="SigningKeyMissing")
-        raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key", reason="NoTrustedKeys")
+        raise errors.ConfigError("no trusted keys: pass --trusted-keys or reconcile once to create the local key",
+                                 reason="NoTrustedKeys")
     registry_options = flags.registry_options(args)
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     failures = 0
@@ -364,11 +370,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.output == "table":
         for r in results:
             mark = "ok  " if r["ok"] else "FAIL"
-            what = "agrees with the verified ClusterPacks" if str(r["name"]).startswith(".gitopsd/") else "signature and artifact verified"
+            what = ("agrees with the verified ClusterPacks" if str(r["name"]).startswith(".gitopsd/")
+                    else "signature and artifact verified")
+            # the ignore below: problems is a list[str] in a dict[str, object] row
             detail = what if r["ok"] else "; ".join(r["problems"])  # type: ignore[arg-type]
             print(f"{mark} {r['name']}: {detail}")
-        records = sum(1 for r in results if str(r["name"]).startswith(".gitopsd/"))
-        print(f"{len(results) - failures} of {len(results)} verified ({len(results) - records} ClusterPacks, {records} status records)")
+        record_count = sum(1 for r in results if str(r["name"]).startswith(".gitopsd/"))
+        print(f"{len(results) - failures} of {len(results)} verified "
+              f"({len(results) - record_count} ClusterPacks, {record_count} status records)")
     else:
         output.dump({"results": results, "failed": failures}, args.output)
     return EXIT_CHANGES if failures else EXIT_OK
@@ -387,6 +396,7 @@ def verify_pack(found: instance.ObservedPack, verifier: wiring.KeyVerifier, arti
     if not found.manifest_digest:
         problems.append("spec.registryRef.digest is empty")
     else:
+        # the ignore below: only registries that serve artifacts back have verify(); checked above
         problems.extend(artifacts.verify(found.base_pack_name, found.manifest_digest, layers))  # type: ignore[attr-defined]
     return problems
 
@@ -429,7 +439,8 @@ def verify_record(path: str, data: bytes, observed: instance.Observed) -> list[s
                  ("version", entry.get("version"), spec.get("version")),
                  ("provenance", entry.get("provenance"), spec.get("provenance", {}))]
         pairs += [(field, entry.get(field), spec.get(field)) for field in ("rbacDigest", "clusterScopedDigest", "workloadDigest")]
-        problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}" for field, mine, theirs in pairs if mine != theirs]
+        problems += [f"{name}: {field} {mine!r} differs from the stored {theirs!r}"
+                     for field, mine, theirs in pairs if mine != theirs]
     for entry in listed:
         entry = entry if isinstance(entry, dict) else {}
         name = str(entry.get("name", "?"))
@@ -462,7 +473,8 @@ def missing_records(records: list[tuple[str, bytes]], observed: instance.Observe
     for name, pi in sorted(observed.instances.items()):
         if pi.state is instance.InstallState.INSTALLED and name not in listed:
             path = f"{status_core.STATUS_DIR}/{pi.base_pack_name}.yaml"
-            out.append({"name": path, "ok": False, "problems": [f"PackInstance {name} is installed but no status record lists it"]})
+            out.append({"name": path, "ok": False,
+                        "problems": [f"PackInstance {name} is installed but no status record lists it"]})
     return out
 
 
@@ -494,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         what = {errno.ENOSPC: "the disk is full; free space and run again",
                 errno.EROFS: "the file system is read-only; a pass that writes needs a writable state dir",
-                errno.EDQUOT: "the disk quota is exhausted; free space and run again"}.get(err.errno or 0, err.strerror or str(err))
+                errno.EDQUOT: "the disk quota is exhausted; free space and run again",
+                }.get(err.errno or 0, err.strerror or str(err))
         print(f"error: {where}{what} (reason BackendFailure)", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -28,7 +28,7 @@ examples:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     help_text = "compare two revisions of the config repo: per pack and cluster, versions and objects that change"
     p: argparse.ArgumentParser = subparsers.add_parser(
         "plan", help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -79,7 +79,7 @@ def parse_listen(text: str) -> tuple[str, int] | None:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     help_text = "the daemon: reconcile on every new revision, webhook and resync; serve /metrics, /healthz, /readyz"
     p: argparse.ArgumentParser = subparsers.add_parser(
         "run", help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,7 +171,8 @@ def read_secret(path: str) -> bytes:
 def _repo_path(args: argparse.Namespace) -> pathlib.Path:
     repo = pathlib.Path(args.repo)
     if not repo.is_dir():
-        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo", reason="RepoNotFound")
+        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo",
+                                 reason="RepoNotFound")
     return repo
 
 
@@ -210,7 +211,7 @@ class _Signals:
 
     def __exit__(self, *_: object) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)  # type: ignore[arg-type]
+            signal.signal(signum, previous)  # type: ignore[arg-type]  # getsignal() may give None for handlers set outside Python
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -20,9 +20,12 @@ def common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = 
     p.add_argument("--state-dir", metavar="DIR", help="where the embedded store, OCI layout, cache and keys live "
                    "(default: $XDG_STATE_HOME/gitopsd/<repo>-<hash>, i.e. ~/.local/state/gitopsd/...)")
     if output:
-        p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=fmt_default, help="output format (default: %(default)s)")
-    p.add_argument("--log-level", default=log_level, choices=("debug", "info", "warning", "error"), help="log level on stderr (default: %(default)s)")
-    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"), help="log format (default: JSON unless stderr is a TTY)")
+        p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=fmt_default,
+                       help="output format (default: %(default)s)")
+    p.add_argument("--log-level", default=log_level, choices=("debug", "info", "warning", "error"),
+                   help="log level on stderr (default: %(default)s)")
+    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"),
+                   help="log format (default: JSON unless stderr is a TTY)")
 
 
 def _workers(text: str) -> int:
@@ -97,7 +100,8 @@ def registry(p: argparse.ArgumentParser) -> None:
     """The OCI registry flags: without --registry, artifacts go to the OCI layout in the state dir."""
     g = p.add_argument_group("registry", "publish artifacts to an OCI registry instead of the local OCI layout; "
                              "credentials never on the command line")
-    g.add_argument("--registry", metavar="HOST[:PORT]/PATH", help="push each pack's artifact to HOST[:PORT]/PATH/<basePackName>:<version> "
+    g.add_argument("--registry", metavar="HOST[:PORT]/PATH",
+                   help="push each pack's artifact to HOST[:PORT]/PATH/<basePackName>:<version> "
                    "and record that URL in ClusterPacks")
     g.add_argument("--registry-ca", metavar="PATH", help="PEM bundle of CAs that sign the registry's TLS certificate")
     g.add_argument("--registry-insecure", action="store_true", help="plain http (allowed for loopback hosts only)")

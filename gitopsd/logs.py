@@ -17,7 +17,7 @@ _SECRET_KEYS = re.compile(r"(password|passwd|token|secret|authorization|private|
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
 
 
-def _redact(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+def _redact(_: structlog.typing.WrappedLogger, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key):
             event[key] = "[redacted]"

@@ -160,7 +160,8 @@ def markdown(report: preview_core.Report, *, max_lines: int = MAX_LINES, budget:
     if not report.packs:
         page.add(f"No changes: {report.unchanged} pack(s) render the same objects on the same clusters.")
         return "\n".join(page.lines) + "\n"
-    page.add(summary_line(report), "", "| pack | version | clusters | added | removed | changed |", "|---|---|---|---:|---:|---:|")
+    page.add(summary_line(report), "", "| pack | version | clusters | added | removed | changed |",
+             "|---|---|---|---:|---:|---:|")
     for pack in report.packs:
         where = "; ".join(f"{g.first.action} {', '.join(g.clusters)}" for g in groups(pack)) or "—"
         if pack.errors:

@@ -86,6 +86,7 @@ class Outcome:
 def _env(tree: object, scratch: Scratch, local: wiring.Local, *, registry_url: str | None, workers: int,
          progress: Callable[[str, dict[str, object]], None] | None) -> reconcile.Env:
     return reconcile.Env(
+        # the ignore below: FixedSource serves one tree: enough of the Source port for a preview
         source=gitrev.FixedSource(tree),  # type: ignore[arg-type]
         cluster=scratch,
         registry=local.layout,

@@ -23,9 +23,9 @@ from collections.abc import Callable
 import structlog
 
 from gitopsd import __version__, errors, ports
+from gitopsd.core import codec, parse, plan, signing, status, summarize, targets, yamlload
 from gitopsd.core import compile as compile_core
 from gitopsd.core import delivery as delivery_core
-from gitopsd.core import codec, parse, plan, signing, status, summarize, targets, yamlload
 from gitopsd.model import change, delivery, instance, pack, spec
 
 log = structlog.get_logger()
@@ -532,7 +532,7 @@ def _begin(env: Env, state: PassState, slot: _Slot, pool: concurrent.futures.Thr
             slot.late = True
             return
         slot.started = _start(env, state, slot.build, slot.key, inputs, clusters, use_cache=True, defer=True)
-    except Exception as err:  # recorded (or, when not a GitopsdError, raised) at the pack's turn
+    except Exception as err:  # noqa: BLE001 - recorded (or, when not a GitopsdError, raised) at the pack's turn
         slot.started = err
         return
     if isinstance(slot.started, _Started) and slot.started.finish is not None:
@@ -609,6 +609,7 @@ def verify(env: Env, state: PassState) -> None:
     for result in state.compiled:
         cp = result.compiled.cluster_pack
         found = state.observed.packs.get(cp.name)
+        memo_key: tuple[str, str, str | None] | None
         if found is not None and found.checksum == cp.checksum:
             memo_key = (cp.name, found.spec_json, found.signature)
             cached = earlier.get(memo_key)
@@ -692,7 +693,8 @@ def publish(env: Env, state: PassState) -> None:
                 art = compile_one(env, state, result.build, use_cache=False).compiled.artifact
                 assert art is not None
                 if art.manifest_digest != cp.manifest_digest:
-                    raise errors.StalledError(f"recompiling {cp.name} gave another digest; the renderer is not deterministic", reason="NonDeterministic")
+                    raise errors.StalledError(f"recompiling {cp.name} gave another digest; the renderer is not deterministic",
+                                              reason="NonDeterministic")
             if env.registry.push(cp.base_pack_name, art):
                 state.published += 1
                 log.info("artifact pushed", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)

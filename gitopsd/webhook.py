@@ -18,10 +18,10 @@ body is parsed, and a ping is authenticated too, so a wrong secret shows up when
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import hashlib
-import collections
 import hmac
 import json
 import threading
@@ -210,10 +210,12 @@ def receive(headers: Mapping[str, str], body: bytes, *, secret: bytes, branch: s
     if event.kind is EventKind.PING:
         return Verdict(200, "pong", provider=provider, event=event.name)
     if event.kind is EventKind.OTHER:
-        return Verdict(200, f"event {event.name or '(none)'!r} ignored: only pushes trigger a pass", provider=provider, event=event.name)
+        return Verdict(200, f"event {event.name or '(none)'!r} ignored: only pushes trigger a pass", provider=provider,
+                       event=event.name)
     assert event.ref is not None
     if not wanted(event.ref, branch):
         watched = f"refs/heads/{branch}" if branch else "branches (refs/heads/*)"
-        return Verdict(200, f"push to {event.ref} ignored: watching {watched}", provider=provider, event=event.name, ref=event.ref)
+        return Verdict(200, f"push to {event.ref} ignored: watching {watched}", provider=provider, event=event.name,
+                       ref=event.ref)
     return Verdict(202, f"push to {event.ref} accepted: pass triggered", trigger=True, provider=provider,
                    event=event.name, ref=event.ref)

@@ -20,12 +20,25 @@ import pathlib
 import re
 import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gitopsd import errors, reconcile
-from gitopsd.adapters import compilecache, gitsource, gittree, keys, localstore, ocilayout, render, schemafiles, statuswriter, system
+from gitopsd.adapters import (
+    compilecache,
+    gitsource,
+    gittree,
+    keys,
+    localstore,
+    ocilayout,
+    render,
+    schemafiles,
+    statuswriter,
+    system,
+)
 
 if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported only with --registry
+    import pygit2
+
     from gitopsd.adapters import registry as registry_adapter
 
 
@@ -289,9 +302,9 @@ def status_records(repo: str, state_dir: pathlib.Path, options: GitOptions) -> l
     except KeyError:
         return []
     out = []
-    for item in git_repo[entry.id]:
-        if item.name.endswith(".yaml") and item.filemode != 0o040000:
-            out.append((f"{folder}/{item.name}", git_repo[item.id].data))
+    for item in cast("pygit2.Tree", git_repo[entry.id]):
+        if item.name is not None and item.name.endswith(".yaml") and item.filemode != 0o040000:
+            out.append((f"{folder}/{item.name}", cast("pygit2.Blob", git_repo[item.id]).data))
     return sorted(out)
 
 

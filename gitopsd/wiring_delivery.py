@@ -34,6 +34,7 @@ def use(args: argparse.Namespace, env: reconcile.Env, *, secrets: reach.SecretRe
     if pull is None:
         raise errors.ConfigError("this registry cannot serve artifacts back for delivery", reason="Usage")
     where = reach.Reach(files=files, folder=pathlib.Path(folder) if folder else None, secrets=secrets)
+    # the ignore below: checked above: this registry serves artifacts back
     eng = engine.Engine(env.registry, env.verifier, now=_Now(env.clock))  # type: ignore[arg-type]
     env.deliverer = runner.Runner(where, eng, workers=getattr(args, "delivery_workers", 4) or 4)
     return env

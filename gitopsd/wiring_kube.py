@@ -124,6 +124,7 @@ class Kube:
         env.cluster = self.cluster
         env.pack_filter = self.pack_filter
         if env.pack_filter is not None and hasattr(env.status_writer, "owns"):
+            # the ignore below: hasattr-checked: only the Git status writer has owns
             env.status_writer.owns = env.pack_filter  # type: ignore[union-attr]
         return env
 

@@ -45,7 +45,7 @@ class Cli:
 
     def __call__(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "gitopsd", *args], capture_output=True, text=True, cwd=self.cwd, timeout=300
+            [sys.executable, "-m", "gitopsd", *args], capture_output=True, text=True, cwd=self.cwd, timeout=300, check=False
         )
         if check is not None and proc.returncode != check:
             raise AssertionError(

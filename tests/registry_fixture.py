@@ -229,7 +229,7 @@ class TokenIssuer:
         issuer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+            def do_GET(self) -> None:
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 issuer.requests.append(query)
                 expected = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import sqlite3
 import subprocess
 
 import jsonschema
@@ -28,6 +29,7 @@ def instances(cli: Cli, state: pathlib.Path) -> dict[str, dict]:
     return {i["metadata"]["name"]: i for i in items}
 
 
+@pytest.mark.slow
 def test_reconcile_then_diff_is_in_sync(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     first = cli.json("reconcile", str(examples), "--state-dir", str(state_dir))
     assert first["summary"]["ready"] is True
@@ -39,6 +41,7 @@ def test_reconcile_then_diff_is_in_sync(cli: Cli, examples: pathlib.Path, state_
     assert "no changes" in diff.stdout
 
 
+@pytest.mark.slow
 def test_every_cluster_pack_validates_against_the_seed_schema(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     seed = json.loads(SEED.read_text())
     cli("reconcile", str(examples), "--state-dir", str(state_dir))
@@ -59,6 +62,7 @@ def test_every_cluster_pack_validates_against_the_seed_schema(cli: Cli, examples
     assert full["rbacDigest"] and full["clusterScopedDigest"] and full["workloadDigest"]
 
 
+@pytest.mark.slow
 def test_version_bump_upgrades_in_place_and_going_back_rolls_back(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     cli("reconcile", str(examples), "--state-dir", str(state_dir))
     before = instances(cli, state_dir)["web-frontend-prod-eu"]
@@ -89,6 +93,7 @@ def test_version_bump_upgrades_in_place_and_going_back_rolls_back(cli: Cli, exam
     assert instances(cli, state_dir)["web-frontend-prod-eu"]["metadata"]["uid"] == before["metadata"]["uid"]
 
 
+@pytest.mark.slow
 def test_deleting_a_pack_uninstalls_its_instances(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     cli("reconcile", str(examples), "--state-dir", str(state_dir))
     shutil.rmtree(examples / "packs" / "network-policies")
@@ -103,6 +108,7 @@ def test_deleting_a_pack_uninstalls_its_instances(cli: Cli, examples: pathlib.Pa
     assert cli("diff", str(examples), "--state-dir", str(state_dir), check=0).returncode == 0
 
 
+@pytest.mark.slow
 def test_digests_are_identical_across_processes_and_machines(cli: Cli, examples: pathlib.Path, tmp_path: pathlib.Path) -> None:
     a = cli.json("dry-run", str(examples), "--state-dir", str(tmp_path / "a"))
     moved = tmp_path / "elsewhere" / "copy"
@@ -118,6 +124,7 @@ def test_digests_are_identical_across_processes_and_machines(cli: Cli, examples:
     assert len(digests(a)) == 5
 
 
+@pytest.mark.slow
 def test_golden_plan_for_examples_repo(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     doc = cli.json("dry-run", str(examples), "--state-dir", str(state_dir))
     got = {
@@ -140,6 +147,7 @@ def pack_block(stdout: str, pack: str) -> list[str]:
     return lines[start:end]
 
 
+@pytest.mark.slow
 def test_the_compile_output_lists_kept_hooks(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     out = cli("dry-run", str(examples), "--state-dir", str(state_dir)).stdout
     block = pack_block(out, "cert-manager-lite")
@@ -148,6 +156,7 @@ def test_the_compile_output_lists_kept_hooks(cli: Cli, examples: pathlib.Path, s
     assert notes == [block[1]]  # no other pack of examples-repo has hooks or warnings
 
 
+@pytest.mark.slow
 def test_the_compile_output_lists_hooks_by_weight_dropped_test_hooks_and_warnings(
         cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     templates = examples / "packs/cert-manager-lite/chart/templates"
@@ -181,6 +190,7 @@ def test_the_compile_output_lists_hooks_by_weight_dropped_test_hooks_and_warning
     ]
 
 
+@pytest.mark.slow
 def test_dry_run_writes_nothing(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     out = cli("dry-run", str(examples), "--state-dir", str(state_dir))
     assert "to create" in out.stdout
@@ -189,6 +199,7 @@ def test_dry_run_writes_nothing(cli: Cli, examples: pathlib.Path, state_dir: pat
     assert not (state_dir / "keys").exists()
 
 
+@pytest.mark.slow
 def test_one_bad_pack_does_not_stop_the_others_and_nothing_of_it_is_applied(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     bad = examples / "packs" / "broken"
     (bad / "m").mkdir(parents=True)
@@ -229,6 +240,7 @@ def test_bad_input_gives_one_clear_line_and_others_still_reconcile(cli: Cli, exa
     assert "5 packs (4 compiled, 0 cached, 1 failed)" in proc.stdout  # every pack tried is counted
 
 
+@pytest.mark.slow
 def test_immutability_violation_is_refused_and_nothing_overwritten(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     cli("reconcile", str(examples), "--state-dir", str(state_dir))
     before = {p["metadata"]["name"]: p for p in cli.json("get", "packs", "--state-dir", str(state_dir))["items"]}
@@ -258,9 +270,8 @@ def test_state_dir_inside_the_repo_is_refused(cli: Cli, examples: pathlib.Path) 
     assert "inside the config repo" in proc.stderr
 
 
+@pytest.mark.slow
 def test_verify_detects_a_tampered_spec(cli: Cli, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
-    import sqlite3
-
     cli("reconcile", str(examples), "--state-dir", str(state_dir))
     assert cli("verify", "--state-dir", str(state_dir), check=0).stdout.count("ok ") == 5
     db = sqlite3.connect(state_dir / "store.db")

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import Cli
 from tests.realkube.env import KubeEnv
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 EXAMPLE_PACKS = ["cert-manager-lite-v0.9.1", "network-policies-v1.1.0", "observability-v2.3.0", "platform-base-v1.0.0",
                  "web-frontend-v1.4.2"]

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from gitopsd import reconcile, wiring
+from gitopsd.core import codec
 from gitopsd.model import change, pack
 
 CRD = """apiVersion: apiextensions.k8s.io/v1
@@ -175,8 +176,6 @@ def test_a_shard_reads_the_crds_of_packs_it_does_not_own(repo: pathlib.Path, tmp
 
 
 def test_a_cached_entry_from_before_scopes_were_kept_is_a_miss() -> None:
-    from gitopsd.core import codec
-
     text = json.loads(codec.compiled_to_text(pack.CompiledPack(
         cluster_pack=_any_cluster_pack(), identities=(), subjects=(), secret_subjects=(), artifact=None, object_count=0)))
     del text["crds"], text["foreignScopes"]

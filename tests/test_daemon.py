@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import functools
 import http.client
+import itertools
 import os
 import pathlib
 import random
@@ -25,8 +26,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gitopsd.adapters import watch
 from gitopsd import cli_run, daemon, errors, httpserver, metrics, ports, reconcile
+from gitopsd.adapters import watch
 
 STEADY = daemon.Options(interval=30, jitter=0, resync_interval=0)
 
@@ -135,7 +136,7 @@ def test_a_trigger_runs_a_pass_at_once(examples: pathlib.Path, state_dir: pathli
 
 def test_resync_runs_a_pass_even_when_the_revision_did_not_move(examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     options = daemon.Options(interval=30, jitter=0, resync_interval=600)
-    loop, vt, counted = virtual_daemon(local_env(examples, state_dir), options, horizon=1300)
+    loop, _vt, counted = virtual_daemon(local_env(examples, state_dir), options, horizon=1300)
     loop.run()
     assert counted.starts == [0.0, 600.0, 1200.0]
     assert {s.revision for s in counted.states} == {counted.states[0].revision}
@@ -143,7 +144,7 @@ def test_resync_runs_a_pass_even_when_the_revision_did_not_move(examples: pathli
 
 def test_poll_interval_has_jitter_within_ten_percent(examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     options = daemon.Options(interval=30, resync_interval=0)
-    loop, vt, counted = virtual_daemon(local_env(examples, state_dir), options, horizon=600)
+    loop, vt, _counted = virtual_daemon(local_env(examples, state_dir), options, horizon=600)
     loop.run()
     assert len(set(vt.waits)) > 5
     assert all(27.0 <= w <= 33.0 for w in vt.waits), vt.waits
@@ -195,10 +196,10 @@ def test_transient_errors_back_off_exponentially_and_reset_on_success(examples: 
 def test_backoff_delays_grow_with_jitter_and_stop_at_the_cap(examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     open_env = with_source(local_env(examples, state_dir), lambda s: FlakySource(s, set(range(1, 1000))))
     options = daemon.Options(interval=30, resync_interval=0)
-    loop, vt, counted = virtual_daemon(open_env, options, horizon=3000)
+    loop, vt, _counted = virtual_daemon(open_env, options, horizon=3000)
     loop.run()
     waits = vt.waits
-    assert all(a < b for a, b in zip(waits[:8], waits[1:9], strict=True)), waits[:9]
+    assert all(a < b for a, b in itertools.pairwise(waits[:9])), waits[:9]
     for n, w in enumerate(waits[:8]):
         assert 0.9 * 2**n <= w <= 2**n, (n, w)
     assert max(waits) <= 300.0 and waits[-1] >= 270.0
@@ -550,6 +551,7 @@ class Process:
         return [line for line in self.lines if f'"event": "{event}"' in line]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_daemon_with_exit_0(tmp_path: pathlib.Path, examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("do-not-log-me\n")

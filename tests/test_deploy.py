@@ -23,7 +23,7 @@ from tests.contract import harness
 from tests.realkube import clusters as realkube
 from tests.realkube import proxy as realkube_proxy
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -13,6 +13,8 @@ import yaml
 from tests import gitutil
 from tests.conftest import Cli
 
+pytestmark = pytest.mark.slow
+
 
 def status_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith(("status:", "verify:"))]

@@ -8,6 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitopsd import cli_run, metrics, reconcile
+from gitopsd.core import delivery as delivery_core
+from gitopsd.model import delivery
 
 
 def samples(m: metrics.Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -87,9 +89,6 @@ def test_two_instances_do_not_share_state() -> None:
 
 def test_deliveries_are_counted_by_action_and_result_with_apply_time_and_drift(examples: pathlib.Path,
                                                                                state_dir: pathlib.Path) -> None:
-    from gitopsd.core import delivery as delivery_core
-    from gitopsd.model import delivery
-
     state = one_pass(examples, state_dir)
 
     def job(instance: str, cluster: str, action: delivery_core.Action) -> delivery_core.Job:

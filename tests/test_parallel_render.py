@@ -110,6 +110,7 @@ def outcome(state: reconcile.PassState) -> tuple[object, ...]:
     )
 
 
+@pytest.mark.slow
 def test_overlapped_renders_give_the_same_packs_errors_cache_use_and_progress(tmp_path: pathlib.Path) -> None:
     repo = mixed_repo(tmp_path / "repo")
     one = Pass(repo, tmp_path / "exports-1", workers=1)

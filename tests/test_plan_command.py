@@ -79,6 +79,7 @@ def plan(cli: Cli, repo: pathlib.Path, state: pathlib.Path, *args: str, check: i
     return cli("plan", str(repo), "--state-dir", str(state), *args, check=check)
 
 
+@pytest.mark.slow
 def test_plan_shows_each_changed_object_per_cluster_with_its_diff(cli: Cli, changed: pathlib.Path, state_dir: pathlib.Path) -> None:
     doc = json.loads(plan(cli, changed, state_dir, "--base", "HEAD~1", "-o", "json").stdout)
     assert doc["kind"] == "RevisionPlan"
@@ -107,6 +108,7 @@ def test_plan_shows_each_changed_object_per_cluster_with_its_diff(cli: Cli, chan
     assert packs["web-frontend"]["clusters"] == [cluster(c, "web-frontend", "1.4.2", "1.4.3", web) for c in ("prod-eu", "prod-us")]
 
 
+@pytest.mark.slow
 def test_plan_table_groups_clusters_and_prints_the_diff(cli: Cli, changed: pathlib.Path, state_dir: pathlib.Path) -> None:
     out = plan(cli, changed, state_dir, "--base", "HEAD~1").stdout.splitlines()
     assert "\033[" not in "\n".join(out)  # not a TTY: no colour
@@ -123,6 +125,7 @@ def test_plan_table_groups_clusters_and_prints_the_diff(cli: Cli, changed: pathl
     assert out[-2] == "3 pack(s) changed, 2 unchanged; instances: 9 supersede; objects: 0 added, 1 removed, 2 changed"
 
 
+@pytest.mark.slow
 def test_second_plan_renders_nothing_again_and_gives_the_same_report(cli: Cli, changed: pathlib.Path,
                                                                      state_dir: pathlib.Path) -> None:
     first = json.loads(plan(cli, changed, state_dir, "--base", "HEAD~1", "-o", "json").stdout)
@@ -133,6 +136,7 @@ def test_second_plan_renders_nothing_again_and_gives_the_same_report(cli: Cli, c
     assert "rendered again" not in table  # the objects of cached packs came from the layer cache
 
 
+@pytest.mark.slow
 def test_same_revision_exits_0(cli: Cli, repo: pathlib.Path, state_dir: pathlib.Path) -> None:
     out = plan(cli, repo, state_dir, "--base", "HEAD", "--head", "main", check=0).stdout.splitlines()
     assert out[-2] == "no changes; 5 pack(s) unchanged"
@@ -158,6 +162,7 @@ def test_a_folder_that_is_not_a_git_repository_exits_2(cli: Cli, examples: pathl
                                    "Git work tree or bare repository: give the path of a clone (reason NotARepository)")
 
 
+@pytest.mark.slow
 def test_new_pack_removed_pack_and_a_manifest_edit_without_a_version_bump(cli: Cli, repo: pathlib.Path,
                                                                           state_dir: pathlib.Path) -> None:
     (repo / "packs/extra/manifests").mkdir(parents=True)
@@ -205,6 +210,7 @@ SECRET_VALUES = ("b2xkLXBhc3N3b3Jk", "bmV3LXBhc3N3b3Jk", "YWRtaW4=", "c2VjcmV0LW
                  "old-password", "new-password", "secret-key")
 
 
+@pytest.mark.slow
 def test_secret_values_are_never_printed_only_which_keys_changed(cli: Cli, repo: pathlib.Path, state_dir: pathlib.Path) -> None:
     (repo / "packs/creds/manifests").mkdir(parents=True)
     (repo / "packs/creds/packbuild.yaml").write_text(
@@ -243,6 +249,7 @@ def test_secret_values_are_never_printed_only_which_keys_changed(cli: Cli, repo:
         assert [v for v in SECRET_VALUES if v in text] == []
 
 
+@pytest.mark.slow
 def test_markdown_is_a_summary_table_then_one_collapsible_block_per_pack(cli: Cli, changed: pathlib.Path,
                                                                          state_dir: pathlib.Path) -> None:
     text = plan(cli, changed, state_dir, "--base", "HEAD~1", "-o", "markdown", "--max-diff-lines", "5").stdout
@@ -272,6 +279,7 @@ def test_markdown_is_a_summary_table_then_one_collapsible_block_per_pack(cli: Cl
                             "- removed (pruned) <code>NetworkPolicy/web/allow-dns</code>\n\n")
 
 
+@pytest.mark.slow
 def test_a_pack_that_would_own_another_packs_object_is_blocked_with_both_named(cli: Cli, repo: pathlib.Path,
                                                                               state_dir: pathlib.Path) -> None:
     (repo / "packs/dup/m").mkdir(parents=True)

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from gitopsd import errors, reconcile
-from gitopsd.adapters import fakes, keys, render, schemafiles
+from gitopsd.adapters import compilecache, fakes, keys, render, schemafiles
 from gitopsd.model import change
 
 CLUSTERS = {
@@ -159,8 +159,6 @@ def test_the_clusters_allow_list_of_gitopsd_yaml_limits_delivery(tmp_path: pathl
 
 
 def test_memos_and_the_compile_cache_keep_only_what_the_last_pass_used(tmp_path: pathlib.Path) -> None:
-    from gitopsd.adapters import compilecache
-
     h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
     signer = keys.load_private_key(h.key)
     cache = compilecache.SqliteCompileCache(tmp_path / "cache.db")
@@ -192,6 +190,7 @@ RANDOM_CHART = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["dry-run", "reconcile"], ids=["dry-run-first", "reconcile-first"])
 def test_a_chart_with_random_values_keeps_its_published_version_on_cold_recompiles(tmp_path: pathlib.Path, first: str) -> None:
     h = Harness(tmp_path, {**CLUSTERS, **RANDOM_CHART})

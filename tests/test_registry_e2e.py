@@ -6,12 +6,13 @@ import json
 import pathlib
 import sqlite3
 
-import requests
-
 import pytest
+import requests
 
 from tests.conftest import Cli
 from tests.registry_fixture import RunningRegistry, SecureRegistry
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

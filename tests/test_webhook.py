@@ -291,6 +291,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_signed_push_runs_a_pass_of_the_daemon_at_once(examples: pathlib.Path, state_dir: pathlib.Path) -> None:
     passes: list[float] = []
 

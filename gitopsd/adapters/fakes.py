@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import pathlib
 import shutil
 import tempfile
@@ -41,7 +42,8 @@ class MemoryTree:
                  scratch: pathlib.Path | None = None) -> None:
         self.files = dict(files)
         self.scratch = scratch
-        self.snapshot = ports.Snapshot(revision=revision, commit_time="2026-01-01T00:00:00Z", author="test <test@example.com>", description="memory")
+        self.snapshot = ports.Snapshot(revision=revision, commit_time="2026-01-01T00:00:00Z", author="test <test@example.com>",
+                                       description="memory")
 
     def kind(self, path: str) -> ports.EntryKind | None:
         if path in self.files:
@@ -67,8 +69,6 @@ class MemoryTree:
         raise FileNotFoundError(path)
 
     def tree_id(self, path: str) -> str:
-        import hashlib
-
         prefix = f"{path}/" if path else ""
         digest = hashlib.sha256()
         for p in sorted(self.files):
@@ -170,6 +170,7 @@ class MemoryCluster:
                     obj = c.cluster_pack.to_object()
                     rv += 1
                     self.uids += 1
+                    # the ignore below: object JSON: metadata is a dict
                     obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": f"uid-{self.uids}"}  # type: ignore[dict-item]
                     staged[key] = obj
             else:
@@ -177,6 +178,7 @@ class MemoryCluster:
                 key = (instance.PACK_INSTANCE_KIND, namespace, c.name)
                 old = staged.get(key)
                 planned_from = c.pack_instance.resource_version
+                # the ignore below: object JSON: metadata is a dict
                 if old is not None and planned_from is not None and old["metadata"]["resourceVersion"] != planned_from:  # type: ignore[index]
                     raise errors.TransientError(
                         f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
@@ -186,12 +188,13 @@ class MemoryCluster:
                     written += staged.pop(key, None) is not None
                     continue
                 if old is not None:
-                    uid = old["metadata"]["uid"]  # type: ignore[index]
+                    uid = old["metadata"]["uid"]  # type: ignore[index]  # object JSON: metadata is a dict
                 else:
                     self.uids += 1
                     uid = f"uid-{self.uids}"
                 obj = codec.pack_instance_object(dataclasses.replace(c.pack_instance, uid=None, resource_version=None))
                 rv += 1
+                # the ignore below: object JSON: metadata is a dict
                 obj["metadata"] = {**obj["metadata"], "resourceVersion": str(rv), "uid": uid}  # type: ignore[dict-item]
                 staged[key] = obj
             written += 1

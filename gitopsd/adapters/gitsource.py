@@ -40,7 +40,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 import pygit2
 import structlog
@@ -184,13 +184,16 @@ def load_auth(location: Location, *, credentials_file: str | None = None, creden
                 reason="CredentialsInvalid",
             ) from err
         except UnicodeDecodeError as err:
-            raise errors.ConfigError(f"--git-credentials-file {credentials_file}: not a text file", reason="CredentialsInvalid") from err
+            raise errors.ConfigError(f"--git-credentials-file {credentials_file}: not a text file",
+                                     reason="CredentialsInvalid") from err
         if not secret:
-            raise errors.ConfigError(f"--git-credentials-file {credentials_file} is empty; write user:token or token in it", reason="CredentialsInvalid")
+            raise errors.ConfigError(f"--git-credentials-file {credentials_file} is empty; write user:token or token in it",
+                                     reason="CredentialsInvalid")
     elif credentials_env:
         secret = os.environ.get(credentials_env, "").strip()
         if not secret:
-            raise errors.ConfigError(f"--git-credentials-env {credentials_env}: the variable is unset or empty", reason="CredentialsInvalid")
+            raise errors.ConfigError(f"--git-credentials-env {credentials_env}: the variable is unset or empty",
+                                     reason="CredentialsInvalid")
     if secret is not None:
         if location.scheme == "http" and urllib.parse.urlsplit(location.url).hostname not in ("127.0.0.1", "localhost", "::1"):
             raise errors.ConfigError(
@@ -218,7 +221,7 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self.asked = 0
         self.rejected: dict[str, str] = {}
 
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: pygit2.enums.CredentialType):  # type: ignore[no-untyped-def]
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: pygit2.enums.CredentialType):
         self.asked += 1
         if self.asked > 1:
             raise _AuthRejected("the server refused the credentials")
@@ -233,7 +236,8 @@ class _Callbacks(pygit2.RemoteCallbacks):
             return pygit2.KeypairFromAgent(user)
         if allowed_types & kinds.USERNAME:
             return pygit2.Username(user)
-        raise _AuthRejected("the server asks for credentials; pass --git-credentials-file, --git-credentials-env or --git-ssh-key")
+        raise _AuthRejected("the server asks for credentials; "
+                            "pass --git-credentials-file, --git-credentials-env or --git-ssh-key")
 
     def push_update_reference(self, refname: str, message: str | None) -> None:
         if message:
@@ -389,7 +393,8 @@ class GitRemote:
         """The mirror, created on first use and rebuilt when it cannot be opened."""
         if self.mirror.exists():
             try:
-                repo = pygit2.Repository(str(self.mirror), pygit2.enums.RepositoryOpenFlag.NO_SEARCH | pygit2.enums.RepositoryOpenFlag.BARE)
+                repo = pygit2.Repository(str(self.mirror),
+                                         pygit2.enums.RepositoryOpenFlag.NO_SEARCH | pygit2.enums.RepositoryOpenFlag.BARE)
                 repo.references.get("HEAD")  # a garbage HEAD fails here
                 if not repo.config.get_bool("core.bare"):  # and a garbage config here (we wrote core.bare = true)
                     raise ValueError("its config lost core.bare = true")
@@ -421,12 +426,14 @@ class GitRemote:
 
     def resolve(self, heads: list[pygit2.remotes.RemoteHead]) -> Target:
         """The followed ref among the remote's refs; a missing ``--branch``/``--tag`` names the flag."""
-        by_name = {head.name: head for head in heads}
+        by_name = {head.name: head for head in heads if head.name is not None}  # every advertised ref has a name
+        ref: str | None
         branches = sorted(name.removeprefix("refs/heads/") for name in by_name if name.startswith("refs/heads/"))
         if self.tag:
             ref = f"refs/tags/{self.tag}"
             if ref not in by_name:
-                tags = sorted(n.removeprefix("refs/tags/") for n in by_name if n.startswith("refs/tags/") and not n.endswith("^{}"))
+                tags = sorted(n.removeprefix("refs/tags/") for n in by_name
+                              if n.startswith("refs/tags/") and not n.endswith("^{}"))
                 raise errors.ConfigError(
                     f"--tag {self.tag}: no such tag in {self.display}; tags there: {', '.join(tags[:20]) or 'none'}",
                     reason="TagNotFound",
@@ -437,7 +444,8 @@ class GitRemote:
             ref = f"refs/heads/{self.branch}"
             if ref not in by_name:
                 raise errors.ConfigError(
-                    f"--branch {self.branch}: no such branch in {self.display}; branches there: {', '.join(branches[:20]) or 'none'}",
+                    f"--branch {self.branch}: no such branch in {self.display}; "
+                    f"branches there: {', '.join(branches[:20]) or 'none'}",
                     reason="BranchNotFound",
                 )
             return Target(ref=ref, name=self.branch, oid=str(by_name[ref].oid), commit=str(by_name[ref].oid))
@@ -513,7 +521,7 @@ class GitRemote:
                     continue
                 seen.add(key)
                 if entry.filemode == 0o040000:
-                    stack.append(repo[entry.id])
+                    stack.append(cast(pygit2.Tree, repo[entry.id]))
                 elif not repo.odb.exists(entry.id):
                     raise KeyError(f"object {key} is missing")
         self._complete.add(str(commit.id))
@@ -696,7 +704,7 @@ class GitSource:
                 self._status_verified.add(key)
             if not commit.parent_ids:
                 return
-            commit = repo[commit.parent_ids[0]]
+            commit = cast(pygit2.Commit, repo[commit.parent_ids[0]])
 
     def _status_problem(self, repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
         if not self.status_keys:
@@ -743,16 +751,16 @@ class GitSource:
         """The newest first-parent ancestor-or-self of ``tip`` that changed anything outside ``.gitopsd/``."""
         key = str(tip.id)
         if key in self._desired:
-            return repo[self._desired[key]]
+            return cast(pygit2.Commit, repo[self._desired[key]])
         commit, walked = tip, []
         for _ in range(_MAX_DESIRED_WALK):
             if str(commit.id) in self._desired:
-                commit = repo[self._desired[str(commit.id)]]
+                commit = cast(pygit2.Commit, repo[self._desired[str(commit.id)]])
                 break
             walked.append(str(commit.id))
             if not commit.parent_ids or not _has(repo, str(commit.parent_ids[0])):
                 break
-            parent = repo[commit.parent_ids[0]]
+            parent = cast(pygit2.Commit, repo[commit.parent_ids[0]])
             if not desired_tree_equal(commit.tree, parent.tree):
                 break
             commit = parent
@@ -774,7 +782,7 @@ def _folder_tree(repo: pygit2.Repository, folder: pathlib.Path, *, top: bool) ->
             builder.insert(entry.name, repo.create_blob(os.fsencode(os.readlink(path))), pygit2.enums.FileMode.LINK)
         elif entry.is_dir():
             sub = _folder_tree(repo, path, top=False)
-            if len(repo[sub]):
+            if len(cast(pygit2.Tree, repo[sub])):
                 builder.insert(entry.name, sub, pygit2.enums.FileMode.TREE)
         elif entry.is_file():
             mode = pygit2.enums.FileMode.BLOB_EXECUTABLE if os.access(path, os.X_OK) else pygit2.enums.FileMode.BLOB
@@ -800,7 +808,7 @@ def import_folder(folder: pathlib.Path, bare: pathlib.Path, *, branch: str = "ma
         repo.references.create(f"refs/heads/{branch}", commit)
         return str(commit)
     tip = ref.peel(pygit2.Commit)
-    top = repo.TreeBuilder(repo[files])
+    top = repo.TreeBuilder(cast(pygit2.Tree, repo[files]))
     if STATUS_ROOT in tip.tree:
         top.insert(STATUS_ROOT, tip.tree[STATUS_ROOT].id, tip.tree[STATUS_ROOT].filemode)
     tree = top.write()

@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from typing import cast
 
 import pygit2
 
@@ -69,7 +70,8 @@ class GitTree:
         if mode == _LINK:
             return ports.EntryKind.LINK
         if mode == _SUBMODULE:
-            raise errors.SpecError(f"{path} is a Git submodule; gitopsd reads only files of the config repo", path=path, reason="Submodule")
+            raise errors.SpecError(f"{path} is a Git submodule; gitopsd reads only files of the config repo", path=path,
+                                   reason="Submodule")
         return ports.EntryKind.FILE
 
     def listdir(self, path: str) -> list[tuple[str, ports.EntryKind]]:
@@ -78,6 +80,7 @@ class GitTree:
             raise NotADirectoryError(path)
         out = []
         for entry in tree:
+            assert entry.name is not None  # an entry of a tree always has a name
             if not path and entry.name == ".gitopsd":
                 continue
             sub = f"{path}/{entry.name}" if path else entry.name
@@ -109,7 +112,7 @@ class GitTree:
             )
         entry = self._entry(path)
         assert entry is not None
-        return self.repo[entry.id].data
+        return cast(pygit2.Blob, self.repo[entry.id]).data
 
     def readlink(self, path: str) -> str:
         entry = self._entry(path)
@@ -117,7 +120,7 @@ class GitTree:
             raise FileNotFoundError(path)
         if self.repo.odb.read_header(entry.id)[1] > 4096:
             raise errors.SpecError("a symlink's target is over 4096 bytes; remove the link", path=path, reason="PathEscape")
-        return self.repo[entry.id].data.decode("utf-8", "surrogateescape")
+        return cast(pygit2.Blob, self.repo[entry.id]).data.decode("utf-8", "surrogateescape")
 
     def tree_id(self, path: str) -> str:
         entry = self._entry(path)

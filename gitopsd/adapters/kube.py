@@ -367,7 +367,7 @@ class Informer:
                     resource_version=self.resource_version, timeout_seconds=self.watch_timeout,
                     _request_timeout=(10, self.watch_timeout + 30),
                 )
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a watch that cannot start retries with backoff, never dies
                 if self._stop.is_set():
                     break
                 if isinstance(err, ApiException) and err.status == 410:
@@ -390,7 +390,7 @@ class Informer:
                 elif not self._stop.is_set() and self.synced:  # closed at once, nothing sent: do not spin
                     failures += 1
                     self._stop.wait(self._delay(failures))
-            except Exception as err:  # the connection dropped mid-stream: resume from the last rv
+            except Exception as err:  # noqa: BLE001 - the connection dropped mid-stream: resume from the last rv
                 if self._stop.is_set():
                     break
                 failures += 1
@@ -973,7 +973,7 @@ class KubeCluster:
                 self._events[key] = (event_name, 1)
                 while len(self._events) > 1000:
                     self._events.popitem(last=False)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - an event is best effort: a failed one is logged, never raised
             if isinstance(err, ApiException) and err.status == 404 and key in self._events:
                 del self._events[key]  # expired: the next one is created anew
             log.warning("event not recorded", kind=kind.kind, name=name, reason=reason, error=str(translate(
@@ -994,4 +994,5 @@ class _Attempt:
 
     def retry(self, err: Exception) -> None:
         self.again = True
-        log.info("conflict, retrying", what=self.what, attempt=self.number + 1, of=self.limit, error=getattr(err, "reason", str(err)))
+        log.info("conflict, retrying", what=self.what, attempt=self.number + 1, of=self.limit,
+                 error=getattr(err, "reason", str(err)))

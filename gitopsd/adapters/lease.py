@@ -197,7 +197,7 @@ class Elector:
             started = self.clock()
             try:
                 acquired = self.try_acquire_or_renew()
-            except Exception as err:  # a failed attempt is a lost round, never a dead thread
+            except Exception as err:  # noqa: BLE001 - a failed attempt is a lost round, never a dead thread
                 self.last_error = err if isinstance(err, errors.GitopsdError) else None
                 log.warning("lease attempt failed", lease=self.name, identity=self.identity, error=str(err))
                 acquired = False
@@ -336,6 +336,6 @@ class Elector:
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise errors.TransientError(f"Lease {self.namespace}/{self.name}: {err}", reason="ClusterUnavailable") from err
         try:
-            return json.loads(response.data)  # type: ignore[no-any-return]
+            return json.loads(response.data)
         finally:
             response.release_conn()

@@ -171,10 +171,12 @@ class LocalStore:
         meta = obj["metadata"]
         try:
             row = self._db.execute("SELECT body FROM deliveries WHERE namespace=? AND name=?",
+                                   # the ignore below: object JSON: metadata is a dict
                                    (meta["namespace"], meta["name"])).fetchone()  # type: ignore[index]
         except sqlite3.OperationalError:  # a store made before delivery, opened read-only: none yet
             row = None
         if row is not None:
+            # the ignore below: object JSON: status is a dict
             obj["status"] = {**(obj.get("status") or {}), "delivery": json.loads(row[0])}  # type: ignore[dict-item]
         return obj
 
@@ -291,17 +293,19 @@ class LocalStore:
         if c.action in (change.Action.CREATE, change.Action.SUPERSEDE, change.Action.UNINSTALL):
             assert c.pack_instance is not None
             existing = self.get_object(PACK_INSTANCE, namespace, c.name)
-            if c.pack_instance.resource_version is not None and existing is not None:
-                if existing["metadata"]["resourceVersion"] != c.pack_instance.resource_version:  # type: ignore[index]
-                    raise errors.TransientError(
-                        f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
-                        reason="Conflict",
-                    )
+            if (c.pack_instance.resource_version is not None and existing is not None
+                    # the ignore below: object JSON: metadata is a dict
+                    and existing["metadata"]["resourceVersion"] != c.pack_instance.resource_version):  # type: ignore[index]
+                raise errors.TransientError(
+                    f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
+                    reason="Conflict",
+                )
             if c.action is change.Action.UNINSTALL:
                 if existing is None:
                     return rv, 0
                 rv += 1
-                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (PACK_INSTANCE, namespace, c.name))
+                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
+                                 (PACK_INSTANCE, namespace, c.name))
                 self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
                 self._staged.append((PACK_INSTANCE, c.name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
@@ -309,8 +313,8 @@ class LocalStore:
             generation = 1
             uid = None
             if existing is not None:
-                uid = existing["metadata"]["uid"]  # type: ignore[index]
-                generation = int(existing["metadata"]["generation"])  # type: ignore[index, call-overload]
+                uid = existing["metadata"]["uid"]  # type: ignore[index]  # object JSON: metadata is a dict
+                generation = int(existing["metadata"]["generation"])  # type: ignore[index]  # object JSON: metadata is a dict
                 if existing.get("spec") != c.pack_instance.spec():
                     generation += 1
             rv += 1
@@ -326,33 +330,36 @@ class LocalStore:
             existing = self.get_object(PACK_INSTANCE, namespace, c.name)
             self._event(now, PACK_INSTANCE, namespace, c.name, "Warning", c.reason, c.condition.message, revision)
             if existing is not None:
-                status = dict(existing.get("status") or {})  # type: ignore[call-overload]
+                status = dict(existing.get("status") or {})  # type: ignore[call-overload]  # object JSON: status is a dict
                 conditions = [c.condition.to_json()]
                 if status.get("conditions") != conditions:
                     status["conditions"] = conditions
                     existing["status"] = status
                     rv += 1
                     meta = existing["metadata"]
-                    self._put(PACK_INSTANCE, namespace, c.name, existing, rv, int(meta["generation"]), meta["uid"])  # type: ignore[index, call-overload]
+                    # the ignore below: object JSON: metadata is a dict
+                    self._put(PACK_INSTANCE, namespace, c.name, existing, rv, int(meta["generation"]), meta["uid"])  # type: ignore[index]
                     return rv, 1
         return rv, 0
 
     def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int, uid: str | None = None,
              *, stage: bool = True) -> str:
-        meta = dict(obj["metadata"])  # type: ignore[call-overload]
+        meta = dict(obj["metadata"])  # type: ignore[call-overload]  # object JSON: metadata is a dict
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
         body = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
         uid = uid or str(uuid.uuid4())
         self._db.execute(
-            "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
+            "VALUES (?,?,?,?,?,?,?)",
             (kind, namespace, name, uid, rv, generation, body),
         )
         if stage:
             self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
         return uid
 
-    def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str, revision: str) -> None:
+    def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
+               revision: str) -> None:
         if type_ == "Warning":
             last = self._db.execute(
                 "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",

@@ -14,6 +14,7 @@ import pathlib
 import tempfile
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -38,7 +39,7 @@ class OciLayout:
             _remove_stale_temporaries(root, self.blobs)
         self.index_problem: str | None = None  # why index.json was unreadable, when it was
         self._verified: dict[str, tuple[int, int, int]] = {}  # digest -> (size, mtime, inode) when it matched
-        self._index: dict[str, object] | None = None
+        self._index: dict[str, Any] | None = None  # index.json as read: raw JSON
         self._dirty = False
         self.pushed = 0
 
@@ -55,8 +56,8 @@ class OciLayout:
             return False
         prefix = f"{repository}:"
         return any(
-            m.get("digest") == digest and str(m.get("annotations", {}).get(REF_NAME, "")).startswith(prefix)  # type: ignore[union-attr]
-            for m in self._load_index()["manifests"]  # type: ignore[attr-defined]
+            m.get("digest") == digest and str(m.get("annotations", {}).get(REF_NAME, "")).startswith(prefix)
+            for m in self._load_index()["manifests"]
         )
 
     def read_blob(self, digest: str) -> bytes:
@@ -157,10 +158,10 @@ class OciLayout:
         self._tag(f"{repository}:{art.tag}", art)
         return not present
 
-    def _load_index(self) -> dict[str, object]:
+    def _load_index(self) -> dict[str, Any]:
         if self._index is None:
             path = self.root / "index.json"
-            empty = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+            empty: dict[str, Any] = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
             try:
                 loaded = json.loads(path.read_text("utf-8")) if path.exists() else empty
                 if not isinstance(loaded, dict) or not isinstance(loaded.get("manifests"), list) or not all(
@@ -178,7 +179,7 @@ class OciLayout:
 
     def _tag(self, ref: str, art: pack.Artifact) -> None:
         index = self._load_index()
-        manifests: list[dict[str, object]] = index["manifests"]  # type: ignore[assignment]
+        manifests: list[dict[str, Any]] = index["manifests"]
         descriptor = {
             "mediaType": artifact_core.MANIFEST_MEDIA_TYPE,
             "artifactType": artifact_core.ARTIFACT_TYPE,
@@ -187,7 +188,7 @@ class OciLayout:
             "annotations": {REF_NAME: ref},
         }
         for i, existing in enumerate(manifests):
-            if existing.get("annotations", {}).get(REF_NAME) == ref:  # type: ignore[union-attr]
+            if existing.get("annotations", {}).get(REF_NAME) == ref:
                 if existing != descriptor:
                     manifests[i] = descriptor
                     self._dirty = True
@@ -196,14 +197,14 @@ class OciLayout:
         self._dirty = True
 
     def resolve(self, ref: str) -> str | None:
-        for existing in self._load_index()["manifests"]:  # type: ignore[attr-defined]
+        for existing in self._load_index()["manifests"]:
             if existing.get("annotations", {}).get(REF_NAME) == ref:
                 return str(existing["digest"])
         return None
 
     def flush(self) -> None:
         if self._dirty and self._index is not None and not self.read_only:
-            manifests = sorted(self._index["manifests"], key=lambda d: d["annotations"][REF_NAME])  # type: ignore[index, arg-type]
+            manifests = sorted(self._index["manifests"], key=lambda d: d["annotations"][REF_NAME])
             self._index["manifests"] = manifests
             _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
             self._dirty = False

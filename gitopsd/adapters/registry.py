@@ -159,7 +159,7 @@ class _Client(oras.provider.Registry):
         self.basic = False  # the registry challenged with Basic: send credentials up front
         self.tokens: dict[str, str] = {}  # repository name -> bearer token
 
-    def do_request(self, url: str, method: str = "GET", data: dict | bytes | None = None,  # type: ignore[override]
+    def do_request(self, url: str, method: str = "GET", data: dict | bytes | None = None,
                    headers: dict | None = None, json: dict | None = None, stream: bool = False) -> requests.Response:
         headers = dict(headers or {})
         own_host = urllib.parse.urlsplit(url).netloc == self.owner.host
@@ -430,7 +430,7 @@ class OciRegistry:
             last = attempt == self.retries
             try:
                 response = self.session.request(method, url, timeout=self.timeout, verify=self.verify_tls,
-                                                **kwargs)  # type: ignore[arg-type]
+                                                **kwargs)  # type: ignore[arg-type]  # kwargs are requests' own keyword arguments
             except requests.exceptions.SSLError as err:
                 raise errors.ConfigError(self._tls_message(err), reason=TLS) from err
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:

@@ -164,10 +164,12 @@ def _need_dir(tree: ports.Tree, path: str, *, file: str, field: str) -> None:
     check_path(tree, path, file=file, field=field)
     kind = tree.kind(path)
     if kind is ports.EntryKind.LINK:
-        raise errors.SpecError(f"field {field!r}: {path} is a symlink; point the field at a real folder", path=file, reason="PathEscape")
+        raise errors.SpecError(f"field {field!r}: {path} is a symlink; point the field at a real folder", path=file,
+                               reason="PathEscape")
     if kind is not ports.EntryKind.DIR:
         what = "does not exist" if kind is None else "is a file, not a folder"
-        raise errors.SpecError(f"field {field!r}: {path or '.'} {what}; fix the path (relative to {file})", path=file, reason="SourceNotFound")
+        raise errors.SpecError(f"field {field!r}: {path or '.'} {what}; fix the path (relative to {file})", path=file,
+                               reason="SourceNotFound")
 
 
 def _too_big(build: spec.PackBuild, field: str, what: str) -> errors.RenderError:
@@ -328,11 +330,12 @@ def common_folder(folders: list[str]) -> str:
 def _kustomize_command() -> tuple[tuple[str, ...], str]:
     binary = shutil.which("kustomize")
     if binary:
-        out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30, check=False).stdout.strip()
         return (binary, "build"), f"kustomize {out or 'unknown'}"
     kubectl = shutil.which("kubectl")
     if kubectl:
-        out = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30,
+                             check=False).stdout
         try:
             info = json.loads(out)
             version = f"kubectl {info['clientVersion']['gitVersion']} kustomize {info.get('kustomizeVersion', '?')}"
@@ -377,8 +380,8 @@ def run_bounded(argv: list[str], *, stdin: bytes = b"", cwd: str | os.PathLike[s
 
     def feed() -> None:
         try:
-            proc.stdin.write(stdin)  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
+            proc.stdin.write(stdin)  # type: ignore[union-attr]  # Popen(stdin=PIPE): stdin is set
+            proc.stdin.close()  # type: ignore[union-attr]  # Popen(stdin=PIPE): stdin is set
         except OSError:
             pass  # the child exited or was killed: its exit code tells
 
@@ -528,7 +531,8 @@ class HelmRenderer(_Renderer):
                 raise errors.SpecError(f"field 'helmSource.valuesFile': {source.values_file} is a symlink; point the field at "
                                        "a regular file in the repo", path=build.path, reason="PathEscape")
             if kind is not ports.EntryKind.FILE:
-                raise errors.SpecError(f"field 'helmSource.valuesFile': {source.values_file} is not a file in the repo; fix the path", path=build.path, reason="SourceNotFound")
+                raise errors.SpecError(f"field 'helmSource.valuesFile': {source.values_file} is not a file in the repo; "
+                                       "fix the path", path=build.path, reason="SourceNotFound")
             from_file = yamlload.load_one(tree.read(source.values_file), source.values_file) or {}
             if not isinstance(from_file, dict):
                 raise errors.SpecError("a values file must be a mapping", path=source.values_file, reason="InvalidSpec")
@@ -692,8 +696,9 @@ def helm_documents(rendered: dict[str, str], crds: list[dict[str, str]]) -> tupl
             for doc in yamlload.load_all((chunk.strip() + "\n").encode("utf-8"), name, first_line=first_line):
                 phases = _hook_phases(doc)
                 if phases and all(p in _TEST_HOOKS for p in phases):
-                    meta = doc.get("metadata") if isinstance(doc, dict) else None
-                    dropped.append(f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'} (test)")  # type: ignore[union-attr]
+                    assert isinstance(doc, dict)  # _hook_phases finds phases on a mapping only
+                    meta = doc.get("metadata")
+                    dropped.append(f"{doc.get('kind')}/{meta.get('name') if isinstance(meta, dict) else '?'} (test)")
                     continue
                 kept.append(doc)
         if kept:
@@ -708,7 +713,7 @@ def merge_user_values(base: dict[str, object], override: dict[str, object]) -> d
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_user_values(out[key], value)  # type: ignore[arg-type]
+            out[key] = merge_user_values(out[key], value)  # type: ignore[arg-type]  # both are dicts: checked on the line above
         else:
             out[key] = value
     return out

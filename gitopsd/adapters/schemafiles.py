@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.resources
 import json
+from typing import Any
 
 import jsonschema
 import referencing
@@ -20,7 +21,7 @@ NAMES = ("clusterpack", "packbuild", "packinstance", "status-record", "config", 
 
 
 @functools.cache
-def raw() -> dict[str, dict[str, object]]:
+def raw() -> dict[str, dict[str, Any]]:
     folder = importlib.resources.files("gitopsd") / "schemas"
     return {name: json.loads((folder / f"{name}.schema.json").read_text("utf-8")) for name in NAMES}
 

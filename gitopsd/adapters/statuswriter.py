@@ -22,7 +22,7 @@ import pathlib
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 import pygit2
 import structlog
@@ -42,7 +42,8 @@ _REJECTED = ("old reference value does not match", "failed to lock", "locked")
 class Branch(Protocol):
     """Where status commits go: the tip to build on, and a compare-and-swap publish."""
 
-    display: str
+    @property
+    def display(self) -> str: ...
 
     def tip(self) -> tuple[pygit2.Repository, pygit2.Commit]: ...
 
@@ -117,18 +118,19 @@ def status_tree(repo: pygit2.Repository, root: pygit2.Tree, files: dict[str, byt
     With ``owns`` (a sharded replica: which basePackNames are its own), records of other packs at
     the tip are kept as they are; only this replica's records are replaced or removed.
     """
-    meta_entry = root[STATUS_ROOT] if STATUS_ROOT in root else None
+    meta_entry = root[STATUS_ROOT] if STATUS_ROOT in root else None  # noqa: SIM401 - pygit2.Tree has no .get
     if meta_entry is not None and meta_entry.filemode != _TREE:
         raise errors.StalledError(f"{STATUS_ROOT} is a file in the config repo; gitopsd keeps its status in a "
                                   f"{STATUS_ROOT}/ folder: remove the file", reason="StatusPathTaken", path=STATUS_ROOT)
     status = repo.TreeBuilder()
     if owns is not None and STATUS_DIR in root:
-        for entry in repo[root[STATUS_DIR].id]:
+        for entry in cast(pygit2.Tree, repo[root[STATUS_DIR].id]):
+            assert entry.name is not None  # an entry of a tree always has a name
             if entry.name not in files and not owns(entry.name.removesuffix(".yaml")):
                 status.insert(entry.name, entry.id, entry.filemode)
     for name in sorted(files):
         status.insert(name, repo.create_blob(files[name]), _BLOB)
-    meta = repo.TreeBuilder(repo[meta_entry.id]) if meta_entry is not None else repo.TreeBuilder()
+    meta = repo.TreeBuilder(cast(pygit2.Tree, repo[meta_entry.id])) if meta_entry is not None else repo.TreeBuilder()
     if len(status):
         meta.insert("status", status.write(), _TREE)
     elif meta.get("status") is not None:
@@ -182,7 +184,7 @@ class GitStatusWriter:
         commit that edited the records, or a force-push that dropped them, makes it False."""
         if self._written is None:
             return False
-        repo, tip = self.branch.tip()
+        _repo, tip = self.branch.tip()
         return _status_id(tip.tree) == self._written
 
     def write(self, records: Iterable[tuple[str, bytes]], message: str) -> str | None:
@@ -205,7 +207,7 @@ class GitStatusWriter:
             if self.before_publish is not None:
                 self.before_publish(str(commit))
             if self.branch.publish(repo, commit, tip.id):
-                self._written = _status_id(repo[tree])
+                self._written = _status_id(cast(pygit2.Tree, repo[tree]))
                 self.last = Outcome(str(commit), str(tip.id), attempt, time.perf_counter() - started)
                 log.info("status committed", commit=str(commit), parent=str(tip.id), attempts=attempt,
                          branch=self.branch.display)
@@ -224,7 +226,8 @@ class GitStatusWriter:
     def _commit(self, repo: pygit2.Repository, tree: pygit2.Oid, parent: pygit2.Oid, message: str) -> pygit2.Oid:
         who = pygit2.Signature(self.identity.name, self.identity.email, int(time.time()), 0)
         text = repo.create_commit_string(who, who, message, tree, [parent])
-        signed = sshsig.sign_commit_buffer(self.key, text.encode("utf-8"))
+        # the ignore below: pygit2's stub says create_commit_string returns an Oid; it returns the commit text
+        signed = sshsig.sign_commit_buffer(self.key, text.encode("utf-8"))  # type: ignore[attr-defined]
         return repo.odb.write(pygit2.enums.ObjectType.COMMIT, signed)
 
 
@@ -249,9 +252,11 @@ class WorkTreeBranch:
         if repo.is_bare or repo.workdir is None:
             raise errors.ConfigError(f"--write-status: {self.path} is not a work tree", reason="NotAGitRepo")
         if repo.head_is_unborn:
-            raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first", reason="EmptyRepository")
+            raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first",
+                                      reason="EmptyRepository")
         if repo.head_is_detached:
-            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch", reason="DetachedHead")
+            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch",
+                                     reason="DetachedHead")
         dirty = sorted(p for p, flags in repo.status().items()
                        if (p == STATUS_ROOT or p.startswith(f"{STATUS_ROOT}/")) and flags != pygit2.enums.FileStatus.CURRENT)
         if dirty:
@@ -276,7 +281,7 @@ class WorkTreeBranch:
         workdir = pathlib.Path(repo.workdir)
         index = repo.index
         index.read()
-        for delta in repo.diff(old, new).deltas:
+        for delta in repo.diff(old, new).deltas:  # type: ignore[call-overload]  # no (Tree, Tree) overload in pygit2's stub
             if delta.status == pygit2.enums.DeltaStatus.DELETED:
                 path = delta.old_file.path
                 (workdir / path).unlink(missing_ok=True)
@@ -290,6 +295,6 @@ class WorkTreeBranch:
                 path = delta.new_file.path
                 target = workdir / path
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(repo[delta.new_file.id].data)
+                target.write_bytes(cast(pygit2.Blob, repo[delta.new_file.id]).data)
                 index.add(path)
         index.write()

@@ -49,10 +49,7 @@ def watch_plan(repo: pathlib.Path, export_dir: pathlib.Path) -> tuple[list[pathl
             p = pathlib.Path(path)
             if p.name.endswith(".lock"):
                 return False
-            for root in roots:
-                if p == root / "HEAD" or p == root / "packed-refs" or root / "refs" in p.parents:
-                    return True
-            return False
+            return any(p == root / "HEAD" or p == root / "packed-refs" or root / "refs" in p.parents for root in roots)
 
         return roots, git_filter, "git work tree: commits, checkouts and resets"
 

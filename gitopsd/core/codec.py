@@ -82,7 +82,8 @@ def cluster_pack_from_json(raw: Mapping[str, Any]) -> pack.ClusterPack:
     prov = spec.get("provenance", {})
     chart = None
     if "chartName" in spec:
-        chart = pack.ChartInfo(spec["chartName"], spec.get("chartVersion", ""), spec.get("chartURL", ""), spec.get("helmVersion", ""))
+        chart = pack.ChartInfo(spec["chartName"], spec.get("chartVersion", ""), spec.get("chartURL", ""),
+                               spec.get("helmVersion", ""))
     return pack.ClusterPack(
         name=raw["name"],
         namespace=raw["namespace"],
@@ -137,7 +138,7 @@ def compiled_from_text(text: str) -> pack.CompiledPack:
     raw = json.loads(text)
     return pack.CompiledPack(
         cluster_pack=cluster_pack_from_json(raw["clusterPack"]),
-        identities=tuple(tuple(i) for i in raw["identities"]),  # type: ignore[misc]
+        identities=tuple(tuple(i) for i in raw["identities"]),
         subjects=tuple(raw["subjects"]),
         secret_subjects=tuple(raw.get("secretSubjects", ())),
         artifact=None,

@@ -1,4 +1,4 @@
-"""Compile one PackBuild's rendered manifests into a CompiledPack (design.md §Compile 2–8).
+"""Compile one PackBuild's rendered manifests into a CompiledPack (design.md §Compile 2-8).
 
 Pure and deterministic: the renderer adapters (``gitopsd.adapters.render``) produce YAML bytes;
 from there this module parses, validates, splits into layers, orders stages, computes the
@@ -48,7 +48,7 @@ def known_scopes(configured: tuple[tuple[str, str], ...], packs: list[tuple[str,
     ``crds`` (``configured``) first, then each pack's CRDs in the order given (path order). A later
     scope that differs for the same kind is not used; the second value says each one."""
     found = dict(configured)
-    origin = {kind: "gitopsd.yaml crds" for kind in found}
+    origin = dict.fromkeys(found, "gitopsd.yaml crds")
     disagreements: list[str] = []
     for path, crds in packs:
         for kind, scope in crds:
@@ -249,9 +249,11 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, crd_sc
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     metadata = obj.get("metadata")
     if not isinstance(api_version, str) or not api_version:
-        raise errors.RenderError(f"{where}: field 'apiVersion' is missing; every object needs apiVersion, kind and metadata.name", path=where)
+        raise errors.RenderError(f"{where}: field 'apiVersion' is missing; every object needs apiVersion, kind and metadata.name",
+                                 path=where)
     if not isinstance(kind, str) or not kind:
-        raise errors.RenderError(f"{where}: field 'kind' is missing; every object needs apiVersion, kind and metadata.name", path=where)
+        raise errors.RenderError(f"{where}: field 'kind' is missing; every object needs apiVersion, kind and metadata.name",
+                                 path=where)
     if not _API_VERSION.match(api_version):
         raise errors.RenderError(f"{where}: field 'apiVersion' {yamlload.short(api_version)} is not a Kubernetes API version "
                                  "(group/version or version); fix it", path=where)
@@ -260,7 +262,8 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, crd_sc
                                  "(letters and digits, starting with a letter); fix it", path=where)
     if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
         if isinstance(metadata, dict) and "generateName" in metadata:
-            raise errors.RenderError(f"{where}: {kind} uses 'metadata.generateName'; a pack needs fixed names, set 'metadata.name'", path=where)
+            raise errors.RenderError(f"{where}: {kind} uses 'metadata.generateName'; "
+                                     "a pack needs fixed names, set 'metadata.name'", path=where)
         raise errors.RenderError(f"{where}: field 'metadata.name' is missing on {kind}; every object needs a name", path=where)
     name = metadata["name"]
     _check_name(where, kind, name)
@@ -277,7 +280,8 @@ def _manifest(where: str, obj: dict[str, object], default_ns: str | None, crd_sc
         )
     namespace = metadata.get("namespace")
     if namespace is not None and (not isinstance(namespace, str) or not _SUBDOMAIN.match(namespace) or len(namespace) > 63):
-        raise errors.RenderError(f"{where}: field 'metadata.namespace' of {kind}/{name}: {yamlload.short(namespace)} is not a valid namespace name (DNS-1123 label); rename it", path=where)
+        raise errors.RenderError(f"{where}: field 'metadata.namespace' of {kind}/{name}: {yamlload.short(namespace)} "
+                                 "is not a valid namespace name (DNS-1123 label); rename it", path=where)
     if cluster_scoped:
         namespace = None
     elif not namespace and default_ns:
@@ -332,7 +336,8 @@ def _check_labels(where: str, kind: str, name: str, metadata: dict[str, object])
             not prefix or (len(prefix) <= 253 and bool(_SUBDOMAIN.match(prefix)))
         )
         if not key_ok:
-            raise errors.RenderError(f"{where}: label key {yamlload.short(key)} of {kind}/{name} is not valid (field 'metadata.labels'); rename it", path=where)
+            raise errors.RenderError(f"{where}: label key {yamlload.short(key)} of {kind}/{name} is not valid "
+                                     "(field 'metadata.labels'); rename it", path=where)
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
             raise errors.RenderError(
                 f"{where}: field 'metadata.labels.{key}' of {kind}/{name}: {yamlload.short(value)} is not a valid label value "

@@ -64,7 +64,8 @@ class Job:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return json.loads(self.spec_json)  # type: ignore[no-any-return]
+        spec: dict[str, Any] = json.loads(self.spec_json)
+        return spec
 
     @property
     def digest(self) -> str:

@@ -63,7 +63,8 @@ def of(obj: Mapping[str, Any]) -> Health:
     if ready is not None:
         if ready.get("status") == "True":
             return CURRENT
-        return Health(Status.IN_PROGRESS, f"Ready={ready.get('status')}: {ready.get('message') or ready.get('reason') or ''}".rstrip(": "))
+        return Health(Status.IN_PROGRESS,
+                      f"Ready={ready.get('status')}: {ready.get('message') or ready.get('reason') or ''}".rstrip(": "))
     reconciling = conditions.get("Reconciling")
     if reconciling is not None and reconciling.get("status") == "True":
         return Health(Status.IN_PROGRESS, f"Reconciling: {reconciling.get('message') or ''}".rstrip(": "))

@@ -104,7 +104,8 @@ def _masked(obj: Mapping[str, Any], other: Mapping[str, Any] | None) -> dict[str
     return out
 
 
-def masked_pair(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def masked_pair(before: Mapping[str, Any] | None,
+                after: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Both sides of a comparison, safe to print: Secret values replaced by markers. A value that
     is the same on both sides is ``(hidden)`` on both; one that differs (or is new) is ``(hidden)``
     before and ``(hidden, changed)`` after, so the diff shows the key changed and nothing else."""

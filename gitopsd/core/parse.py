@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gitopsd import errors
@@ -32,7 +32,7 @@ class _SchemaError(Protocol):
 
 
 class Validator(Protocol):
-    def iter_errors(self, instance: object) -> Any: ...
+    def iter_errors(self, instance: Any) -> Any: ...  # Any: jsonschema's Validator takes its own JSON type
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,9 +56,9 @@ def _error_rank(err: _SchemaError) -> tuple[int, int]:
     return (order.get(err.validator, 3), len(list(err.absolute_path)))
 
 
-def field_path(parts: object) -> str:
+def field_path(parts: Iterable[object]) -> str:
     text = ""
-    for part in parts:  # type: ignore[attr-defined]
+    for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 

@@ -43,7 +43,7 @@ def resolve_link(link_path: str, target: str) -> str | None:
 
 
 def is_within(path: str, folder: str) -> bool:
-    return folder == "" or path == folder or path.startswith(folder + "/")
+    return folder in ("", path) or path.startswith(folder + "/")
 
 
 def pack_folder(path: str) -> str | None:

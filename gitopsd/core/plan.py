@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -142,11 +143,12 @@ def _dedupe_names(desired: tuple[Desired, ...], errors: list[change.PackError]) 
 def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Change:
     cp = d.cluster_pack
     found = observed.packs.get(cp.name)
-    common = dict(kind=ObjectKind.CLUSTER_PACK, name=cp.name, base_pack_name=cp.base_pack_name, version=cp.version)
+    make = functools.partial(change.Change, kind=ObjectKind.CLUSTER_PACK, name=cp.name, base_pack_name=cp.base_pack_name,
+                             version=cp.version)
     if found is None:
-        return change.Change(action=Action.CREATE, reason="new pack version", cluster_pack=cp, **common)
+        return make(action=Action.CREATE, reason="new pack version", cluster_pack=cp)
     if found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest:
-        return change.Change(action=Action.UNCHANGED, reason="same checksum", **common)
+        return make(action=Action.UNCHANGED, reason="same checksum")
     condition = Condition(
         "ImmutabilityViolation",
         "True",
@@ -154,7 +156,7 @@ def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Chan
         f"ClusterPack {cp.name} exists with checksum {found.checksum} but {d.build.path} now gives "
         f"{cp.checksum}; published versions are immutable: bump 'version' in {d.build.path}",
     )
-    return change.Change(action=Action.BLOCKED, reason="ImmutabilityViolation", condition=condition, **common)
+    return make(action=Action.BLOCKED, reason="ImmutabilityViolation", condition=condition)
 
 
 def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object, ...]:
@@ -241,7 +243,8 @@ def _collision(loser: Desired, cluster: str, winner: Desired, what: str) -> chan
     )
 
 
-def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Direction, from_version: str | None) -> instance.InstallRecord:
+def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Direction,
+            from_version: str | None) -> instance.InstallRecord:
     cp = d.cluster_pack
     return instance.InstallRecord(
         state=state,
@@ -263,22 +266,23 @@ def _record(d: Desired, inputs: Inputs, state: InstallState, direction: Directio
 def _pack_block(d: Desired, inputs: Inputs, poisoned: set[str]) -> change.Change | None:
     """Why no instance of this pack may be written, as a template Change (name and cluster unset), or None."""
     cp = d.cluster_pack
-    common = dict(kind=ObjectKind.PACK_INSTANCE, name="", base_pack_name=cp.base_pack_name, version=cp.version)
+    make = functools.partial(change.Change, kind=ObjectKind.PACK_INSTANCE, name="", base_pack_name=cp.base_pack_name,
+                             version=cp.version)
     if cp.name in poisoned:
-        return change.Change(
+        return make(
             action=Action.BLOCKED,
             reason="ImmutabilityViolation",
-            condition=Condition("Ready", "False", "ImmutabilityViolation", f"ClusterPack {cp.name} changed without a version bump; the instance stays as it is"),
-            **common,
+            condition=Condition("Ready", "False", "ImmutabilityViolation",
+                                f"ClusterPack {cp.name} changed without a version bump; the instance stays as it is"),
         )
     verdict = inputs.verdicts.get(cp.name, Verdict.MISSING)
     if inputs.policy.require_signatures and verdict in (Verdict.MISSING, Verdict.INVALID):
         word = "no signature" if verdict is Verdict.MISSING else "a signature that does not verify against the trusted keys"
-        return change.Change(
+        return make(
             action=Action.BLOCKED,
             reason="SignatureInvalid",
-            condition=Condition("SignatureInvalid", "True", "SignatureInvalid", f"ClusterPack {cp.name} has {word}; delivery blocked"),
-            **common,
+            condition=Condition("SignatureInvalid", "True", "SignatureInvalid",
+                                f"ClusterPack {cp.name} has {word}; delivery blocked"),
         )
     return None
 
@@ -366,7 +370,7 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
         obs,
         state=InstallState.UNINSTALLED,
         revision=inputs.revision,
-        history=(obs.history + (record,))[-MAX_HISTORY:],
+        history=(*obs.history, record)[-MAX_HISTORY:],
         conditions=(Condition("Ready", "False", "Uninstalled", f"removed from Git at {inputs.revision}"),),
     )
     return change.Change(
@@ -444,7 +448,7 @@ def block_packs(current: change.Plan, failed: Mapping[str, str], *, reason: str)
     out = []
     for c in current.changes:
         target = c.name if c.kind is ObjectKind.CLUSTER_PACK else (c.pack_instance.cluster_pack if c.pack_instance else None)
-        if target in failed and c.action in (Action.CREATE, Action.SUPERSEDE):
+        if target is not None and target in failed and c.action in (Action.CREATE, Action.SUPERSEDE):
             message = f"{target}: {failed[target]}; the next pass retries"
             out.append(
                 dataclasses.replace(

@@ -38,10 +38,11 @@ def records(
     observed_packs = observed.packs if observed else {}
     observed_instances = observed.instances if observed else {}
     packs_in: dict[str, list[tuple[pack.ClusterPack, instance.ObservedPack | None]]] = defaultdict(list)
-    for c in compiled:
-        cp = c.cluster_pack
+    for compiled_pack in compiled:
+        cp = compiled_pack.cluster_pack
         packs_in[cp.base_pack_name].append((cp, observed_packs.get(cp.name)))
-    instances_in: dict[str, list[tuple[change.Change, instance.PackInstance | None, dict[str, object] | None]]] = defaultdict(list)
+    instances_in: dict[str, list[tuple[change.Change, instance.PackInstance | None, dict[str, object] | None]]]
+    instances_in = defaultdict(list)
     shipped = deliveries or {}
     for c in plan.changes:
         if c.kind is change.ObjectKind.PACK_INSTANCE:
@@ -118,7 +119,8 @@ def _record(
             entry = {
                 "name": pi.name,
                 "cluster": pi.cluster,
-                "state": "blocked" if c.action is change.Action.BLOCKED and pi.state is not instance.InstallState.INSTALLED else str(pi.state),
+                "state": ("blocked" if c.action is change.Action.BLOCKED and pi.state is not instance.InstallState.INSTALLED
+                          else str(pi.state)),
                 "version": pi.version,
                 "upgradeFromVersion": latest.upgrade_from_version if latest else None,
                 "upgradeDirection": str(latest.direction) if latest and latest.direction else None,
@@ -133,6 +135,7 @@ def _record(
             entry["delivery"] = shipped
         instances.append(entry)
     packs.sort(key=lambda e: str(e["name"]))
+    # the ignore below: entries built above: provenance is a dict
     rev = latest_rev or (str(packs[-1]["provenance"]["commit"]) if packs else revision)  # type: ignore[index]
     record: dict[str, object] = {
         "apiVersion": "gitopsd.dev/v1alpha1",

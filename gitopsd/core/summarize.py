@@ -1,7 +1,8 @@
 """Summarize a pass: per pack what was compiled, what changed and why, and whether it is Ready.
 
 This is the only place that decides Ready: a pass is Ready when no pack failed, nothing is
-blocked and the status record (when written) reached Git. The CLI and the daemon's summary log line render this value; they decide nothing.
+blocked and the status record (when written) reached Git. The CLI and the daemon's summary log line
+render this value; they decide nothing.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def summarize(
         cp = cp_compiled.cluster_pack
         mine = tuple(
             c for c in by_base.get(build.base_pack_name, [])
-            if c.version == cp.version or c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL
+            if c.version == cp.version or (c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL)
         )
         if build.base_pack_name in seen_bases:
             mine = tuple(c for c in mine if c.version == cp.version)

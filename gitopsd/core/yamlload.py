@@ -31,7 +31,7 @@ class _Bomb(yaml.constructor.ConstructorError):
     """Aliases or merge keys that expand past the budget."""
 
 
-class _Loader(_Base):  # type: ignore[misc,valid-type]
+class _Loader(_Base):  # type: ignore[misc,valid-type]  # _Base is CSafeLoader or SafeLoader, chosen at import
     """Safe loader: no timestamps, duplicate keys refused, all keys turned into strings, merge keys
     (``<<``) flattened without copies (PyYAML's own flattening copies every merged entry at every
     level: ten merges of ten merges ... is a memory bomb before any alias budget can act)."""
@@ -41,7 +41,7 @@ class _Loader(_Base):  # type: ignore[misc,valid-type]
         self.merged: dict[yaml.MappingNode, int] = {}  # flattened node -> how many entries came from merges
         self.merge_budget = MAX_NODES
 
-    def flatten_mapping(self, node: yaml.MappingNode) -> int:  # type: ignore[override]
+    def flatten_mapping(self, node: yaml.MappingNode) -> int:
         """Resolve ``<<`` in place like PyYAML (later entries win), keeping one entry per merged key;
         returns how many leading entries of ``node.value`` came from merges."""
         done = self.merged.get(node)
@@ -150,7 +150,7 @@ def _key_text(key: object) -> str:
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     try:
-        return loader.construct_yaml_int(node)  # type: ignore[no-any-return]
+        return loader.construct_yaml_int(node)
     except ValueError as err:  # more digits than int() reads (sys.get_int_max_str_digits)
         raise yaml.constructor.ConstructorError(
             None, None, f"integer with {len(str(node.value))} characters is too long; quote it", node.start_mark
@@ -289,6 +289,7 @@ def _walk_depth(text: str, path: str, loader: type, offset: int = 0) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 mark = event.start_mark
+                assert mark is not None  # the parser marks every event it emits
                 raise errors.SpecError(
                     f"line {offset + mark.line + 1} column {mark.column + 1}: nesting deeper than {MAX_DEPTH} levels; "
                     "flatten the document",

@@ -85,7 +85,8 @@ class Engine:
         try:
             descriptors = json.loads(manifest)["layers"]
         except (ValueError, KeyError, TypeError) as err:
-            raise Refused(f"artifact {job.base_pack_name}@{digest}: not a pack manifest ({err})", reason="ArtifactMismatch") from err
+            raise Refused(f"artifact {job.base_pack_name}@{digest}: not a pack manifest ({err})",
+                          reason="ArtifactMismatch") from err
         expected = {layer: job.spec.get(field) for layer, field in (
             (pack.Layer.RBAC, "rbacDigest"), (pack.Layer.CLUSTER_SCOPED, "clusterScopedDigest"),
             (pack.Layer.WORKLOAD, "workloadDigest"))}

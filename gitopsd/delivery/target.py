@@ -143,13 +143,13 @@ class Target:
             query["dryRun"] = "All"
         status, decoded = self._call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml",
                                      verb="dry-run" if dry_run else "apply")
-        return self._ok(status, decoded, f"apply {obj['kind']} {_subject(obj)}")  # type: ignore[no-any-return]
+        return self._ok(status, decoded, f"apply {obj['kind']} {_subject(obj)}")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> JSON | None:
         status, decoded = self._call("GET", self.path(api_version, kind, namespace, name), verb="get")
         if status == 404:
             return None
-        return self._ok(status, decoded, f"get {kind} {namespace + '/' if namespace else ''}{name}")  # type: ignore[no-any-return]
+        return self._ok(status, decoded, f"get {kind} {namespace + '/' if namespace else ''}{name}")
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete (background propagation); False when it was already gone."""

@@ -121,7 +121,8 @@ class Delivery:
         reason = str(self.result)
         return [
             {"type": "Ready", "status": ready, "reason": reason, "message": self.message},
-            {"type": "Reconciling", "status": reconciling, "reason": reason, "message": self.message if reconciling == "True" else ""},
+            {"type": "Reconciling", "status": reconciling, "reason": reason,
+             "message": self.message if reconciling == "True" else ""},
             {"type": "Stalled", "status": stalled, "reason": reason, "message": self.message if stalled == "True" else ""},
             {"type": "Drifted", "status": drifted, "reason": "DriftDetected" if self.drifted else "NoDrift",
              "message": ", ".join(self.drifted[:20])},

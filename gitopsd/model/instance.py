@@ -86,7 +86,7 @@ class InstallRecord:
             pack_id=str(raw["packId"]),
             pack_version=str(raw["packVersion"]),
             cluster_pack=str(raw.get("clusterPack", "")),
-            priority=int(raw.get("priority", 0)),  # type: ignore[call-overload]
+            priority=int(raw.get("priority", 0)),  # type: ignore[call-overload]  # raw JSON: the schema makes it an integer
             license=None if raw.get("license") is None else str(raw["license"]),
             registry_version_hash=str(raw.get("registryVersionHash", "")),
             installed_at=str(raw.get("installedAt", "")),

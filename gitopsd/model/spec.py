@@ -146,7 +146,7 @@ class PackBuild:
     priority: int = 0
     license: str | None = None
     depends_on: tuple[str, ...] = ()
-    delivery: DeliverySettings = dataclasses.field(default_factory=lambda: DeliverySettings())
+    delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
 
     @property
     def cluster_pack_name(self) -> str:

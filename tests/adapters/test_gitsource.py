@@ -116,8 +116,9 @@ def test_a_url_with_credentials_is_refused_without_echoing_them() -> None:
             gitsource.parse_location(url)
         assert caught.value.reason == "CredentialsInURL"
         assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
-    assert "--git-credentials-file" in str(pytest.raises(errors.ConfigError, gitsource.parse_location,
-                                                         "https://u:p@h/r.git").value)
+    with pytest.raises(errors.ConfigError) as caught:
+        gitsource.parse_location("https://u:p@h/r.git")
+    assert "--git-credentials-file" in str(caught.value)
     assert gitsource.parse_location("ssh://git@git.example.com/config.git").scheme == "ssh"
     assert gitsource.parse_location("git@git.example.com:org/config.git").scheme == "ssh"
 
@@ -137,7 +138,7 @@ def test_credentials_come_from_a_file_or_an_environment_variable_and_never_show(
     assert auth.token == "tok-789" and "tok-789" not in repr(auth) and "robot" not in repr(auth)
     with pytest.raises(errors.ConfigError, match="--git-credentials-env UNSET_VAR: the variable is unset"):
         gitsource.load_auth(https, credentials_env="UNSET_VAR")
-    with pytest.raises(errors.ConfigError, match="--git-credentials-file .*: cannot read"):
+    with pytest.raises(errors.ConfigError, match=r"--git-credentials-file .*: cannot read"):
         gitsource.load_auth(https, credentials_file=str(tmp_path / "missing"))
     with pytest.raises(errors.ConfigError, match="only over https"):
         gitsource.load_auth(gitsource.parse_location("http://git.example.com/c.git"), credentials_file=str(both))
@@ -336,7 +337,7 @@ def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: path
 
 def test_a_signature_from_our_sshsig_module_is_accepted_by_the_verifier(tmp_path: pathlib.Path) -> None:
     key = keys.load_private_key(keys.generate(tmp_path / "k").private_path)
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    bare, _user = gitutil.make_remote(tmp_path, small_repo())
     repo = pygit2.Repository(str(bare))
     tip = repo.references["refs/heads/main"].peel(pygit2.Commit)
     who = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
@@ -363,5 +364,5 @@ def test_ssh_credentials_answer_with_the_key_file_or_the_agent_and_only_once(tmp
         callbacks.credentials("ssh://git@git.example.com/org/config.git", "git", kinds.SSH_KEY)
     agent = gitsource._Callbacks(gitsource.load_auth(ssh)).credentials("ssh://h/r", None, kinds.SSH_KEY)
     assert isinstance(agent, pygit2.KeypairFromAgent) and agent.credential_tuple[0] == "git"
-    with pytest.raises(errors.ConfigError, match="--git-ssh-key .*: no such file"):
+    with pytest.raises(errors.ConfigError, match=r"--git-ssh-key .*: no such file"):
         gitsource.load_auth(ssh, ssh_key=str(tmp_path / "missing"))

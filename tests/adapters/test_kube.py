@@ -7,6 +7,7 @@ how the tests see what gitopsd sent, and which injects the faults.
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import shutil
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gitopsd import errors, reconcile
+from gitopsd import errors, reconcile, wiring_kube
 from gitopsd.adapters import kube, lease
 from gitopsd.model import change, instance
 from tests.contract import harness
@@ -26,7 +27,7 @@ from tests.contract.harness import INSTANCES, PACKS
 from tests.realkube import faults
 from tests.realkube.env import KubeEnv
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 EXAMPLE_PACKS = ["cert-manager-lite", "network-policies", "observability", "platform-base", "web-frontend"]
 
@@ -606,10 +607,6 @@ def test_dry_run_against_the_cluster_writes_nothing(kube_env: KubeEnv, passes: h
 
 
 def test_env_is_untouched_without_kubernetes_flags(tmp_path: pathlib.Path) -> None:
-    import argparse
-
-    from gitopsd import wiring_kube
-
     parser = argparse.ArgumentParser()
     wiring_kube.add_flags(parser)
     assert wiring_kube.options(parser.parse_args([])) is None
@@ -635,10 +632,6 @@ def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(kube_env: Kube
 
 
 def kube_args(kubeconfig: pathlib.Path, namespace: str, *extra: str) -> Any:
-    import argparse
-
-    from gitopsd import wiring_kube
-
     parser = argparse.ArgumentParser()
     wiring_kube.add_flags(parser)
     return parser.parse_args(["--kubeconfig", str(kubeconfig), "--lease-namespace", namespace, *extra])
@@ -646,8 +639,6 @@ def kube_args(kubeconfig: pathlib.Path, namespace: str, *extra: str) -> Any:
 
 def test_use_wires_the_cluster_and_holds_the_lease_for_a_one_shot_write(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                                         passes: harness.Passes) -> None:
-    from gitopsd import wiring_kube
-
     with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace, "--shard", "1/2"), passes.env()) as env:
         assert isinstance(env.cluster, kube.KubeCluster) and env.pack_filter is not None
         state = reconcile.run(env)
@@ -661,8 +652,6 @@ def test_use_wires_the_cluster_and_holds_the_lease_for_a_one_shot_write(kube_env
 
 def test_a_one_shot_write_refuses_while_another_replica_leads(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                               api: client.ApiClient, passes: harness.Passes) -> None:
-    from gitopsd import wiring_kube
-
     with lease.Elector(api, namespace=kube_env.namespace, identity="the-daemon", **FAST) as daemon:
         harness.wait_until(daemon.is_leader)
         with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env, pytest.raises(errors.ConfigError) as raised:
@@ -675,8 +664,6 @@ def test_a_one_shot_write_refuses_while_another_replica_leads(kube_env: KubeEnv,
 
 def test_a_one_shot_pass_with_nothing_to_change_sends_no_write_at_all(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                                      passes: harness.Passes) -> None:
-    from gitopsd import wiring_kube
-
     with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env:
         assert reconcile.run(env).writes > 0
     kube_env.reset_requests()

@@ -23,8 +23,9 @@ from gitopsd.adapters import registry
 from gitopsd.core import artifact as artifact_core
 from gitopsd.core import compile as compile_core
 from gitopsd.model import pack, spec
-
 from tests import registry_fixture
+
+pytestmark = pytest.mark.slow
 
 DOWN_BOUND = 10.0  # seconds: a correctness bound on failing fast, not a benchmark
 
@@ -301,7 +302,7 @@ CREDENTIALS: dict[str, Callable[[pathlib.Path, str, str, str], dict[str, object]
     "config-auth-field": lambda d, host, u, p: {"config": _docker_config(d, host, _auth(u, p))},
     "config-username-password": lambda d, host, u, p: {"config": _docker_config(d, host, {"username": u, "password": p})},
     "config-key-with-scheme-and-path": lambda d, host, u, p: {"config": _docker_config(d, f"https://{host}/v1/", _auth(u, p))},
-    "default-config-via-DOCKER_CONFIG": lambda d, host, u, p: _default_config(d, host, u, p),
+    "default-config-via-DOCKER_CONFIG": _default_config,
     "username-and-password-files": lambda d, host, u, p: _files(d, u, p),
 }
 

@@ -33,6 +33,8 @@ from gitopsd.model import spec
 from tests import helm_fixtures
 from tests.adapters.test_render import load, write
 
+pytestmark = pytest.mark.slow
+
 RANDOM = "<random>"
 
 

@@ -121,11 +121,12 @@ def test_an_invalid_record_is_refused_before_anything_is_written(tmp_path: pathl
         writer.write([(".gitopsd/status/alpha.yaml", bad.encode())], "status\n")
     assert caught.value.reason == "InvalidStatusRecord"
     assert str(caught.value).startswith(".gitopsd/status/alpha.yaml: instances/0/state: 'sideways' is not one of")
-    with pytest.raises(errors.StalledError, match="directly under .gitopsd/status/"):
+    with pytest.raises(errors.StalledError, match=r"directly under \.gitopsd/status/"):
         writer.write([("packs/alpha/status.yaml", RECORD.encode())], "status\n")
     assert gitutil.rev(bare, "main") == user.head()
 
 
+@pytest.mark.slow
 def test_a_user_push_between_building_and_pushing_is_kept_100_rounds(tmp_path: pathlib.Path) -> None:
     """The race: each round a user pushes while the status commit is in flight (a hook between
     building the commit and pushing it). No user commit is lost, history stays linear, every status
@@ -170,6 +171,7 @@ def test_a_user_push_between_building_and_pushing_is_kept_100_rounds(tmp_path: p
           f"{sum(1 for _ in status_commits)} status commits, all verified")
 
 
+@pytest.mark.slow
 def test_user_pushes_from_another_thread_are_never_lost(tmp_path: pathlib.Path) -> None:
     bare, user = gitutil.make_remote(tmp_path, small_repo())
     key = keys.load_private_key(generated_key(tmp_path / "k"))
@@ -186,7 +188,7 @@ def test_user_pushes_from_another_thread_are_never_lost(tmp_path: pathlib.Path) 
                 sha = user.commit(f"user {len(pushed)}", {f"notes/{len(pushed)}.txt": "x\n"})
                 if user.push(check=False).returncode == 0:  # a push that lost the race is the user's to redo
                     pushed.append(sha)
-        except BaseException as err:  # pragma: no cover - reported below
+        except BaseException as err:  # noqa: BLE001 - reported below  # pragma: no cover
             failures.append(err)
 
     thread = threading.Thread(target=user_loop)
@@ -299,6 +301,7 @@ def test_status_tree_replaces_only_the_status_folder(tmp_path: pathlib.Path) -> 
 # ---------------------------------------------------------------- over the network: smart HTTP with credentials
 
 
+@pytest.mark.slow
 def test_smart_http_remote_with_credentials_fetches_pushes_and_survives_a_race(tmp_path: pathlib.Path) -> None:
     bare, user = gitutil.make_remote(tmp_path / "srv", small_repo(), name="config.git")
     token = tmp_path / "token"

@@ -18,7 +18,7 @@ from gitopsd.model import change, instance, pack
 from tests.contract import harness
 from tests.contract.conftest import Target
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 REV = "main@sha1:" + "3" * 40
 NOW = "2026-01-01T00:00:00Z"

@@ -29,7 +29,7 @@ from tests.realkube import clusters as realkube
 
 pytestmark = pytest.mark.timeout(180)
 
-TWINS = ["sqlite", "memory", "kubernetes"]
+TWINS = ["sqlite", "memory", pytest.param("kubernetes", marks=pytest.mark.slow)]  # a real control plane: slow
 
 
 class Twin:

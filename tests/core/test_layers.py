@@ -31,7 +31,7 @@ from gitopsd.model.pack import Layer, Stage
         ("ConfigMap", Layer.WORKLOAD, Stage.STATELESS),
         ("Secret", Layer.WORKLOAD, Stage.STATELESS),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_kind_maps_to_layer_and_stage(kind: str, layer: Layer, stage: Stage) -> None:
     assert (layers.layer_of(kind), layers.stage_of(kind)) == (layer, stage)

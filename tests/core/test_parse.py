@@ -79,7 +79,7 @@ def test_config_defaults_and_unknown_keys() -> None:
     assert parse.parse_config(None, schemafiles.schemas()).namespace == "seam-system"
     cfg = parse.parse_config(yaml.safe_load("namespace: packs\npolicies: {keepVersions: 3}"), schemafiles.schemas())
     assert (cfg.namespace, cfg.keep_versions) == ("packs", 3)
-    with pytest.raises(errors.SpecError, match="field 'namespce': unknown key in gitopsd.yaml; did you mean 'namespace'"):
+    with pytest.raises(errors.SpecError, match=r"field 'namespce': unknown key in gitopsd\.yaml; did you mean 'namespace'"):
         parse.parse_config({"namespce": "x"}, schemafiles.schemas())
 
 
@@ -117,5 +117,5 @@ def test_config_crds_scope_must_be_cluster_or_namespaced() -> None:
 def test_cluster_labels_are_checked() -> None:
     c = parse.parse_cluster({"name": "eu", "labels": {"env": "prod"}}, schemafiles.schemas(), file="clusters/eu.yaml")
     assert c.labels == (("env", "prod"),)
-    with pytest.raises(errors.SpecError, match="clusters/eu.yaml: field 'labels.bad key'"):
+    with pytest.raises(errors.SpecError, match=r"clusters/eu\.yaml: field 'labels\.bad key'"):
         parse.parse_cluster({"name": "eu", "labels": {"bad key": "x"}}, schemafiles.schemas(), file="clusters/eu.yaml")

@@ -6,9 +6,8 @@ import dataclasses
 
 import pytest
 
-from gitopsd.core import codec
+from gitopsd.core import codec, plan
 from gitopsd.core import compile as compile_core
-from gitopsd.core import plan
 from gitopsd.model import change, instance, spec
 from gitopsd.model.change import Action, ObjectKind
 from gitopsd.model.instance import Direction

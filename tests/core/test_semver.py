@@ -18,7 +18,7 @@ from gitopsd.core import semver
         ("1.0.0-rc.1", "1.0.0-beta.11", 1),
         ("1.0.0+build.1", "1.0.0", 0),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_compare_follows_semver_precedence(a: str, b: str, expected: int) -> None:
     assert semver.compare(a, b) == expected

@@ -14,7 +14,7 @@ import pytest
 
 from tests.delivery.conftest import Reconcile, Repo, Targets, deliveries
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from gitopsd.core import signing
 from gitopsd.delivery import engine, reach
 from gitopsd.model import pack, spec
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 class Artifacts:

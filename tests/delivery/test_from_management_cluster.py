@@ -16,7 +16,7 @@ from kubernetes import client
 from tests.delivery.conftest import Repo, Targets
 from tests.realkube.env import KubeEnv
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_run_once_delivers_with_kubeconfig_secrets_and_never_shows_them(

@@ -176,7 +176,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._forward()
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET  # noqa: N815 - http.server's handler names
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -199,11 +199,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "")
         verb, resource, namespace, name = parse_path(self.command, split.path, query, content_type)
         body = self._read_body()
-        record = dict(
-            verb=verb, resource=resource, namespace=namespace, name=name, method=self.command, path=split.path,
-            query=split.query, content_type=content_type, field_manager=query.get("fieldManager", [""])[0],
-            user_agent=self.headers.get("User-Agent", ""), dry_run=query.get("dryRun", [""])[0] == "All",
-        )
+        record = {
+            "verb": verb, "resource": resource, "namespace": namespace, "name": name, "method": self.command, "path": split.path,
+            "query": split.query, "content_type": content_type, "field_manager": query.get("fieldManager", [""])[0],
+            "user_agent": self.headers.get("User-Agent", ""), "dry_run": query.get("dryRun", [""])[0] == "All",
+        }
         decision = proxy.faults.decide(verb, resource, namespace, name) if resource else faults_mod.Decision()
         if decision.delay:
             time.sleep(decision.delay)

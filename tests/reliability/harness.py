@@ -7,11 +7,11 @@ Nothing here decides a verdict; the tests and the bench do. Everything is stdlib
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
-import collections
-import contextlib
 import os
 import pathlib
 import queue
@@ -471,7 +471,7 @@ def write_pack_repo(dest: pathlib.Path, *, packs: int = 10, revision: str = "A")
         (dest / "clusters" / f"{name}.yaml").write_text(f"name: {name}\nlabels: {{env: {env}}}\n")
     names = [f"app-{i:02d}" for i in range(packs)]
     if revision == "B":
-        names = names[:-1] + ["app-new"]
+        names = [*names[:-1], "app-new"]
     for index, name in enumerate(names):
         bumped = revision == "B" and index % 3 == 0
         version = "1.1.0" if bumped else "1.0.0"

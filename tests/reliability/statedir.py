@@ -94,7 +94,7 @@ DAMAGE: dict[str, tuple[object, int, int, str]] = {
     "blob-of-version-in-use-missing": (lambda s: _first_layer(s).unlink(), 1, 0, ""),
     "cache-db-corrupt": (lambda s: (s / "cache.db").write_bytes(b"not a database" * 100), 0, 0, ""),
     "store-db-corrupt": (lambda s: (s / "store.db").write_bytes(b"not a database" * 100), 2, 2,
-                         f"error: local store {{state}}/store.db is damaged (file is not a database); move it away"),
+                         "error: local store {state}/store.db is damaged (file is not a database); move it away"),
 }
 
 

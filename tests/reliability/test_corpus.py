@@ -19,6 +19,8 @@ import pytest
 
 from tests.reliability import harness
 
+pytestmark = pytest.mark.slow
+
 CASES = harness.load_cases()
 MAX_RSS_MIB = 500  # peak resident memory of one pass, renderers included
 

@@ -23,6 +23,8 @@ import pytest
 
 from tests.reliability import harness
 
+pytestmark = pytest.mark.slow
+
 TRIALS = 50
 # A crash after publish wrote the blobs and before it rewrote index.json must not leave the packs
 # untagged (test_a_restart_tags_artifacts_whose_blobs_a_crash_left_untagged): the random trials

@@ -32,7 +32,7 @@ from tests import gitutil
 from tests.reliability import harness
 from tests.reliability.harness import Tally
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 RACE_ROUNDS = 100
 FORCE_TRIALS = 3
@@ -81,11 +81,9 @@ def set_version(user: gitutil.Clone, pack: str, version: str) -> None:
 def push_with_rebase(user: gitutil.Clone, attempts: int = 20) -> tuple[str, int]:
     """Push HEAD; when rejected (someone pushed first), ``pull --rebase`` and push again. Returns the
     pushed commit and how many pushes were rejected."""
-    rejected = 0
-    for _ in range(attempts):
+    for rejected in range(attempts):
         if user.push(check=False).returncode == 0:
             return user.head(), rejected
-        rejected += 1
         user.git("pull", "-q", "--rebase", "origin", "main")
     raise AssertionError(f"the user's push was rejected {attempts} times in a row")
 

@@ -17,6 +17,8 @@ import pytest
 
 from gitopsd import httpserver
 
+pytestmark = pytest.mark.slow
+
 SECRET = b"load-test-secret"
 
 

@@ -56,7 +56,7 @@ VOLATILE = {"resourceVersion", "uid", "generation", "creationTimestamp", "manage
             "installedAt", "observedAt", "lastUpdated", "observedGeneration", "lastEventTime", "firstTimestamp",
             "lastTimestamp"}
 
-pytestmark = pytest.mark.timeout(BUDGET + 10)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUDGET + 10)]
 
 
 def strip(obj: object) -> object:
@@ -303,7 +303,7 @@ def kube_faults(root: pathlib.Path, kubeconfig: pathlib.Path, fault: str, trials
     generic = expired = 0
     worst = 0
     for index in range(trials):
-        trial = root / f"{fault.split()[0]}-{index:03d}".replace("/", "_")
+        trial = root / f"{fault.split(maxsplit=1)[0]}-{index:03d}".replace("/", "_")
         state = trial / "state"
         shutil.copytree(base_state, state)
         before = set(threading.enumerate())

@@ -12,6 +12,8 @@ import pytest
 from tests import gitutil
 from tests.reliability import harness
 
+pytestmark = pytest.mark.slow
+
 BIG = 96 * 1024 * 1024  # over the 64 MiB cap of one file and the 16 MiB cap of one pack
 MAX_RSS_MIB = 200  # a pass that read the file whole would need several times BIG
 

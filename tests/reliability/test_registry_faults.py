@@ -27,6 +27,8 @@ from gitopsd.adapters import registry as registry_adapter
 from tests import registry_fixture
 from tests.reliability import harness
 
+pytestmark = pytest.mark.slow
+
 EXAMPLE_PACKS = harness.example_packs()
 MAX_ATTEMPTS = 3  # the adapter's first try and its two retries
 

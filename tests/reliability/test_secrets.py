@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -38,6 +39,8 @@ from cryptography.hazmat.primitives import serialization
 from gitopsd.adapters import keys
 from tests import registry_fixture
 from tests.reliability import harness
+
+pytestmark = pytest.mark.slow
 
 SECRET_DATA = "canary-secret-data-7f3a9c1e"
 SECRET_STRING = "canary-stringdata-2b8d4e60"
@@ -227,9 +230,9 @@ def test_registry_passwords_stay_out_of_outputs_logs_and_state(secure_registry: 
 class _AuthChallenge(http.server.BaseHTTPRequestHandler):
     """A Git smart-HTTP server that wants credentials and accepts none: records what it was sent."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         _AuthChallenge.seen.append(self.headers.get("Authorization", ""))
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="git"')
@@ -344,5 +347,5 @@ def test_webhook_secret_stays_out_of_the_daemon_logs(tmp_path: pathlib.Path) -> 
     assert answers["github-good"] == answers["gitlab-good"] == 202, answers
     text = log.read_text()
     assert "webhook received" in text and "webhook" in text
-    found = leaks(text, forms(WEBHOOK_SECRET) + [good.removeprefix("sha256=")])
+    found = leaks(text, [*forms(WEBHOOK_SECRET), good.removeprefix("sha256=")])
     assert not found, f"daemon log leaks {found}:\n{text[-3000:]}"

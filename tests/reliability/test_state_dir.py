@@ -17,6 +17,7 @@ from gitopsd.adapters import keys, statelock
 from tests.reliability import harness, statedir
 
 
+@pytest.mark.slow
 def test_first_runs_started_at_once_on_one_fresh_state_dir_leave_it_sound(
         zygotes: harness.ZygotePool, tmp_path: pathlib.Path) -> None:
     tally = statedir.first_runs(zygotes, tmp_path, rounds=2, runs=8)

@@ -103,6 +103,7 @@ def _remote_status(bare: pathlib.Path) -> dict[str, str]:
     return {line.split("\t")[1]: line.split()[2] for line in out.splitlines()}
 
 
+@pytest.mark.slow
 def test_the_daemon_restores_true_records_after_an_edit_and_after_a_force_push_drops_them(
         zygotes: harness.ZygotePool, tmp_path: pathlib.Path) -> None:
     world = _world(tmp_path, zygotes)
