@@ -126,7 +126,7 @@ class Target:
     def path(self, api_version: str, kind: str, namespace: str, name: str = "") -> str:
         plural, namespaced = self.resource(api_version, kind)
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        where = f"/namespaces/{namespace}" if namespaced and namespace else ""
+        where = f"/namespaces/{namespace or 'default'}" if namespaced else ""  # as kubectl: no namespace is default
         return f"{prefix}{where}/{plural}" + (f"/{name}" if name else "")
 
     def namespaced(self, api_version: str, kind: str) -> bool:
