@@ -118,16 +118,16 @@ class Engine:
             planned = delivery_core.stages(self.objects(job), instance=job.instance, upgrade=bool(kept))
         except Refused as err:
             log.warning("delivery refused", instance=job.instance, cluster=job.cluster, reason=err.reason, error=str(err))
-            return self._record(job, delivery.Result.REFUSED, f"{err.reason}: {err}", kept, (), "")
+            return self._record(job, delivery.Result.REFUSED, f"{err.reason}: {err}", kept, (), "", reason=err.reason)
         except errors.GitopsdError as err:
-            return self._record(job, delivery.Result.FAILED, f"{err.reason}: {err}", kept, (), "")
+            return self._record(job, delivery.Result.FAILED, f"{err.reason}: {err}", kept, (), "", reason=err.reason)
         runs: list[delivery.StageRun] = []
         applied: list[delivery.Entry] = []
         try:
             created = self._create_namespaces(planned, target, job.instance)
         except errors.GitopsdError as err:
             result = delivery.Result.UNREACHABLE if isinstance(err, errors.TransientError) else delivery.Result.FAILED
-            return self._record(job, result, f"namespaces: {err}", kept, (), "")
+            return self._record(job, result, f"namespaces: {err}", kept, (), "", reason=err.reason)
         for stage in planned:
             started = self.clock()
             try:
@@ -136,22 +136,24 @@ class Engine:
             except errors.TransientError as err:
                 runs.append(delivery.StageRun(stage.name, len(stage.items), self.clock() - started, False, str(err)))
                 return self._record(job, delivery.Result.UNREACHABLE, f"stage {stage.name}: {err}",
-                                    _union(kept, applied), runs, stage.name)
+                                    _union(kept, applied), runs, stage.name, reason=err.reason)
             except errors.GitopsdError as err:
                 runs.append(delivery.StageRun(stage.name, len(stage.items), self.clock() - started, False, str(err)))
                 return self._record(job, delivery.Result.FAILED, f"stage {stage.name}: {err}", _union(kept, applied), runs,
-                                    stage.name)
+                                    stage.name, reason=err.reason)
             seconds = self.clock() - started
             if waited:
                 runs.append(delivery.StageRun(stage.name, len(stage.items), seconds, False, waited))
                 result = delivery.Result.FAILED if waited.startswith("failed") else delivery.Result.TIMED_OUT
-                return self._record(job, result, f"stage {stage.name}: {waited}", _union(kept, applied), runs, stage.name)
+                return self._record(job, result, f"stage {stage.name}: {waited}", _union(kept, applied), runs, stage.name,
+                                    reason="HealthCheckFailed" if result is delivery.Result.FAILED else "HealthCheckTimeout")
             runs.append(delivery.StageRun(stage.name, len(stage.items), seconds, True))
         inventory = delivery_core.inventory(planned)
         try:
             pruned = self._prune(target, delivery_core.to_prune(kept, inventory, job.held_elsewhere), job.instance)
         except errors.GitopsdError as err:
-            return self._record(job, delivery.Result.FAILED, f"prune: {err}", _union(kept, inventory), runs, "prune")
+            return self._record(job, delivery.Result.FAILED, f"prune: {err}", _union(kept, inventory), runs, "prune",
+                                reason=err.reason)
         message = f"{job.base_pack_name} {job.version} delivered in {len(runs)} stages"
         if created:
             message += f"; created namespace {', '.join(created)}"
@@ -307,10 +309,10 @@ class Engine:
                                    message=message, at=self.now())
 
     def _record(self, job: Job, result: delivery.Result, message: str, inventory: Iterable[delivery.Entry],
-                runs: Iterable[delivery.StageRun], stage: str) -> delivery.Delivery:
+                runs: Iterable[delivery.StageRun], stage: str, *, reason: str = "") -> delivery.Delivery:
         return delivery.Delivery(cluster=job.cluster, result=result, digest=job.digest, version=job.version,
                                  message=" ".join(message.split())[:1000], inventory=tuple(inventory), stages=tuple(runs),
-                                 stage=stage, drift_mode=job.options.drift, at=self.now())
+                                 stage=stage, drift_mode=job.options.drift, at=self.now(), reason=reason)
 
 
 def _union(kept: Iterable[delivery.Entry], applied: Iterable[delivery.Entry]) -> tuple[delivery.Entry, ...]:

@@ -22,6 +22,7 @@ from gitopsd.model import delivery, spec
 
 log = structlog.get_logger()
 
+UNREACHABLE = "ClusterUnreachable"  # the reason of a failed connection (target.Target)
 _ORDER = {delivery_core.Action.UNINSTALL: 0, delivery_core.Action.DELIVER: 1, delivery_core.Action.DRIFT: 2}
 
 
@@ -56,7 +57,7 @@ class Runner:
             target = self.reach.connect(cluster, namespace)
         except errors.GitopsdError as err:
             log.warning("cluster unreachable", cluster=cluster.name, reason=err.reason, error=str(err))
-            return [(job, self._failed(job, delivery.Result.UNREACHABLE, f"{err.reason}: {err}")) for job in jobs]
+            return [(job, self._failed(job, delivery.Result.UNREACHABLE, f"{err.reason}: {err}", err.reason)) for job in jobs]
         if target is None:
             return []
         jobs = self._ordered(jobs)
@@ -64,9 +65,10 @@ class Runner:
         try:
             for job in jobs:
                 results.append((job, self._one(job, target)))
-                if results[-1][1].result is delivery.Result.UNREACHABLE:  # the others would wait for the same timeout
-                    message = results[-1][1].message
-                    results += [(j, self._failed(j, delivery.Result.UNREACHABLE, message)) for j in jobs[len(results):]]
+                last = results[-1][1]
+                if last.reason == UNREACHABLE:  # no connection: the others would wait for the same timeout
+                    results += [(j, self._failed(j, delivery.Result.UNREACHABLE, last.message, UNREACHABLE))
+                                for j in jobs[len(results):]]
                     break
         finally:
             target.close()
@@ -96,12 +98,12 @@ class Runner:
                 return self.engine.check_drift(job, target)
             return self.engine.deliver(job, target)
         except errors.TransientError as err:
-            return self._failed(job, delivery.Result.UNREACHABLE, f"{err.reason}: {err}")
+            return self._failed(job, delivery.Result.UNREACHABLE, f"{err.reason}: {err}", err.reason)
         except errors.GitopsdError as err:
-            return self._failed(job, delivery.Result.FAILED, f"{err.reason}: {err}")
+            return self._failed(job, delivery.Result.FAILED, f"{err.reason}: {err}", err.reason)
 
-    def _failed(self, job: delivery_core.Job, result: delivery.Result, message: str) -> delivery.Delivery:
+    def _failed(self, job: delivery_core.Job, result: delivery.Result, message: str, reason: str) -> delivery.Delivery:
         kept = job.previous.inventory if job.previous is not None else ()
         return delivery.Delivery(cluster=job.cluster, result=result, digest=job.digest, version=job.version,
                                  message=" ".join(message.split())[:1000], inventory=kept,
-                                 drift_mode=job.options.drift, at=self.engine.now())
+                                 drift_mode=job.options.drift, at=self.engine.now(), reason=reason)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import urllib3
@@ -22,6 +23,7 @@ from gitopsd import errors
 
 FIELD_MANAGER = "gitopsd"
 REQUEST_TIMEOUT = 30.0
+RETRIES = 3  # of a request answered 429 or 5xx
 JSON = dict[str, Any]
 
 
@@ -51,10 +53,12 @@ class UnknownKind(errors.GitopsdError):
 
 
 class Target:
-    def __init__(self, name: str, api: client.ApiClient, *, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, name: str, api: client.ApiClient, *, timeout: float = REQUEST_TIMEOUT,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.name = name
         self.api = api
         self.timeout = timeout
+        self.sleep = sleep
         self.requests: dict[str, int] = {}
         self._kinds: dict[tuple[str, str], tuple[str, bool]] = {}  # (apiVersion, kind) -> (plural, namespaced)
         self._lock = threading.Lock()
@@ -66,6 +70,18 @@ class Target:
 
     def _call(self, method: str, path: str, *, body: Any = None, query: Mapping[str, str] | None = None,
               content_type: str = "application/json", verb: str = "") -> tuple[int, Any]:
+        """One request; a 429 or a 5xx is tried again (after ``Retry-After`` or a short backoff, at
+        most ``RETRIES`` times), as Kubernetes clients do: a busy API server is not a failure yet."""
+        for attempt in range(RETRIES + 1):
+            status, decoded, retry_after = self._once(method, path, body=body, query=query, content_type=content_type,
+                                                      verb=verb)
+            if (status != 429 and status < 500) or attempt == RETRIES:
+                return status, decoded
+            self.sleep(min(retry_after if retry_after is not None else 0.25 * 2 ** attempt, 5.0))
+        raise AssertionError("unreachable")
+
+    def _once(self, method: str, path: str, *, body: Any, query: Mapping[str, str] | None, content_type: str,
+              verb: str) -> tuple[int, Any, float | None]:
         url = self.api.configuration.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         key = verb or method.lower()
@@ -81,7 +97,11 @@ class Target:
             decoded = json.loads(raw) if raw else None
         except ValueError:
             decoded = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        return response.status, decoded
+        try:
+            retry_after = float(response.getheader("Retry-After") or "")
+        except ValueError:
+            retry_after = None
+        return response.status, decoded, retry_after
 
     def _ok(self, status: int, decoded: Any, what: str) -> Any:
         if status < 300:

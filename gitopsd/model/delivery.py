@@ -107,6 +107,7 @@ class Delivery:
     drift_mode: DriftMode = DriftMode.CORRECT
     corrected: int = 0  # drifted objects re-applied at the last check
     at: str = ""  # when this record was made
+    reason: str = ""  # why it did not succeed, as one word (ClusterUnreachable, SignatureInvalid, Conflict...)
 
     @property
     def ready(self) -> bool:
@@ -118,7 +119,7 @@ class Delivery:
         stalled = "True" if self.result in (Result.FAILED, Result.TIMED_OUT, Result.REFUSED) else "False"
         reconciling = "True" if self.result is Result.UNREACHABLE else "False"
         drifted = "True" if self.drifted and self.drift_mode is DriftMode.WARN else "False"
-        reason = str(self.result)
+        reason = self.reason or str(self.result)
         return [
             {"type": "Ready", "status": ready, "reason": reason, "message": self.message},
             {"type": "Reconciling", "status": reconciling, "reason": reason,
@@ -141,6 +142,7 @@ class Delivery:
             "drift": {"mode": str(self.drift_mode), "drifted": list(self.drifted), "corrected": self.corrected},
             "conditions": self.conditions(),
             "at": self.at,
+            **({"reason": self.reason} if self.reason else {}),
         }
 
     @classmethod
@@ -159,4 +161,5 @@ class Delivery:
             drift_mode=DriftMode(str(drift.get("mode", DriftMode.CORRECT))),
             corrected=int(drift.get("corrected", 0)),
             at=str(raw.get("at", "")),
+            reason=str(raw.get("reason", "")),
         )

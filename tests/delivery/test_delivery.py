@@ -92,7 +92,7 @@ def test_a_stage_that_never_becomes_healthy_stops_the_later_stages_and_nothing_i
     result = reconcile(repo.root, check=1)
 
     [shipped] = result["deliveries"]
-    assert (shipped["result"], shipped["stage"]) == ("TimedOut", "stateless")
+    assert (shipped["result"], shipped["stage"], shipped["reason"]) == ("TimedOut", "stateless", "HealthCheckTimeout")
     assert shipped["message"].startswith(f"stage stateless: timed out after 4s waiting for Deployment/{ns}/web")
     assert [(s["name"], s["healthy"]) for s in shipped["stages"]] == [("namespaces", True), ("stateless", False)]
     assert {c["type"]: c["status"] for c in shipped["conditions"]} == {
@@ -219,4 +219,21 @@ def test_an_unreachable_cluster_does_not_stop_the_other(targets: Targets, reconc
     shipped = deliveries(result)
     assert shipped["cfg-a"]["result"] == "Delivered"
     assert shipped["cfg-b"]["result"] == "Unreachable" and "cannot reach the API server" in shipped["cfg-b"]["message"]
+    assert shipped["cfg-b"]["reason"] == "ClusterUnreachable"
     assert targets.get("a", "configmap", "one", "-n", repo.ns) is not None
+
+
+def test_a_busy_api_server_is_waited_out_not_taken_for_unreachable(targets: Targets, reconcile: Reconcile, repo: Repo) -> None:
+    from tests.realkube import faults
+
+    targets.proxies["a"].faults.add(faults.TooManyRequests(retry_after=1), verb="apply", times=2)
+    targets.proxies["a"].faults.add(faults.InternalError(), verb="get", times=1)
+    repo.pack("cfg", "1.0.0", namespace(repo.ns) + configmap(repo.ns, "one") + configmap(repo.ns, "two"), clusters="[a]")
+
+    result = reconcile(repo.root)
+
+    [shipped] = result["deliveries"]
+    assert shipped["result"] == "Delivered" and "reason" not in shipped
+    refused = sorted(r.code for r in targets.proxies["a"].requests() if r.fault)
+    assert refused == [429, 429, 500]  # each answered again after Retry-After or a short backoff
+    assert targets.get("a", "configmap", "two", "-n", repo.ns) is not None
