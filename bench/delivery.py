@@ -68,6 +68,8 @@ def run_pass(repo: pathlib.Path, state: pathlib.Path, folder: pathlib.Path, prox
     except ValueError:
         raise SystemExit(f"gitopsd reconcile failed ({proc.returncode}):\n{proc.stderr[-3000:]}") from None
     results = collections.Counter(f"{d['action']} {d['result']}" for d in doc.get("deliveries", []))
+    failures = collections.Counter(d["message"][:200] for d in doc.get("deliveries", [])
+                                   if d["result"] not in ("Delivered", "Pruned"))
     by_verb: collections.Counter[str] = collections.Counter()
     writes = 0
     for p in proxies.values():
@@ -76,7 +78,8 @@ def run_pass(repo: pathlib.Path, state: pathlib.Path, folder: pathlib.Path, prox
             writes += r.is_write
     return {"wall_s": round(wall, 2), "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
             "exit": proc.returncode, "deliveries": dict(sorted(results.items())), "requests": sum(by_verb.values()),
-            "writes": writes, "by_verb": dict(sorted(by_verb.items())), "records_only": doc.get("recordsOnly", [])}
+            "writes": writes, "by_verb": dict(sorted(by_verb.items())), "records_only": doc.get("recordsOnly", []),
+            "failures": dict(failures.most_common(5))}
 
 
 def show(label: str, fig: dict[str, object]) -> None:
