@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from tests.delivery.conftest import Reconcile, Repo, Targets, deliveries
+from tests.realkube import faults
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -224,8 +225,6 @@ def test_an_unreachable_cluster_does_not_stop_the_other(targets: Targets, reconc
 
 
 def test_a_busy_api_server_is_waited_out_not_taken_for_unreachable(targets: Targets, reconcile: Reconcile, repo: Repo) -> None:
-    from tests.realkube import faults
-
     targets.proxies["a"].faults.add(faults.TooManyRequests(retry_after=1), verb="apply", times=2)
     targets.proxies["a"].faults.add(faults.InternalError(), verb="get", times=1)
     repo.pack("cfg", "1.0.0", namespace(repo.ns) + configmap(repo.ns, "one") + configmap(repo.ns, "two"), clusters="[a]")
