@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
@@ -135,20 +135,6 @@ def _repo_path(args: argparse.Namespace) -> pathlib.Path:
     return repo
 
 
-def _progress(stream: object) -> Callable[[str, dict[str, object]], None] | None:
-    if not getattr(stream, "isatty", lambda: False)():
-        return None
-
-    def show(event: str, facts: dict[str, object]) -> None:
-        word = "cached" if facts.get("cached") else event
-        sys.stderr.write(f"\r\033[K[{facts['index']}/{facts['total']}] {word} {facts['path']}")
-        if facts["index"] == facts["total"]:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    return show
-
-
 def cmd_pass(args: argparse.Namespace) -> int:
     repo = args.repo
     wiring.repo_kind(repo)  # a missing folder or a URL holding credentials stops here, before the state dir is made
@@ -177,7 +163,7 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
         wired = wiring.build_env(repo, local, dry_run=dry_run, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args), render_workers=flags.render_workers(args))
-        wired.env.progress = _progress(sys.stderr)
+        wired.env.progress = output.progress(sys.stderr)
         with wiring_kube.use(args, wired.env) as env:
             wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
             state = reconcile.run(env)

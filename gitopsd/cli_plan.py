@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections.abc import Callable
 
 from gitopsd import errors, flags, output, planformat, preview, wiring
 
@@ -61,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     try:
         outcome = preview.plan(repo, local, base_ref=args.base, head_ref=args.head, registry_url=args.registry_url,
-                               render_workers=flags.render_workers(args), progress=_progress(sys.stderr))
+                               render_workers=flags.render_workers(args), progress=output.progress(sys.stderr))
     finally:
         local.close()
     report = outcome.report
@@ -81,16 +80,3 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if report.has_changes else 0
 
 
-def _progress(stream: object) -> Callable[[str, dict[str, object]], None] | None:
-    """Per-pack progress on a TTY (both revisions are compiled, one after the other)."""
-    if not getattr(stream, "isatty", lambda: False)():
-        return None
-
-    def show(event: str, facts: dict[str, object]) -> None:
-        word = "cached" if facts.get("cached") else event
-        sys.stderr.write(f"\r\033[K[{facts['index']}/{facts['total']}] {word} {output.printable(str(facts['path']))}")
-        if facts["index"] == facts["total"]:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    return show

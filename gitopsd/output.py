@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 import yaml
@@ -129,3 +129,19 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str], stream: IO[str]
     out.write("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
     for row in rows:
         out.write("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def progress(stream: IO[str]) -> Callable[[str, dict[str, object]], None] | None:
+    """Per-pack progress of the compile step, on one line of ``stream`` when it is a TTY (None
+    otherwise): ``[index/total] compiled|cached path``, cleared after the last pack."""
+    if not stream.isatty():
+        return None
+
+    def show(event: str, facts: dict[str, object]) -> None:
+        word = "cached" if facts.get("cached") else event
+        stream.write(f"\r\033[K[{facts['index']}/{facts['total']}] {word} {printable(str(facts['path']))}")
+        if facts["index"] == facts["total"]:
+            stream.write("\r\033[K")
+        stream.flush()
+
+    return show
