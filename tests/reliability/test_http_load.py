@@ -65,34 +65,46 @@ def test_health_is_answered_while_hundreds_of_clients_drip_their_requests(
         served: tuple[httpserver.Server, Backend]) -> None:
     server, _ = served
     stop = threading.Event()
+    lock = threading.Lock()
     slow: list[socket.socket] = []
 
     def drip() -> None:
+        # every open slow connection gets a byte each 0.5 s from the moment it is opened, far within
+        # the per-read timeout: only a bound on connections or on whole-request time can end them
         while not stop.wait(0.5):
-            for sock in list(slow):
+            with lock:
+                dripping = list(slow)
+            for sock in dripping:
                 try:
                     sock.send(b"X")
                 except OSError:
-                    slow.remove(sock)
+                    with lock:
+                        slow.remove(sock)
 
-    for _ in range(400):
-        sock = socket.create_connection(server.address)
-        sock.send(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
-        slow.append(sock)
     dripper = threading.Thread(target=drip, daemon=True)
     dripper.start()
+    baseline = threading.active_count()
+    peak = 0
     try:
-        time.sleep(3)  # every slow connection is accepted and dripping by now
+        for _ in range(400):
+            sock = socket.create_connection(server.address, timeout=5)
+            sock.send(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+            with lock:
+                slow.append(sock)
+            peak = max(peak, threading.active_count() - baseline)  # the server runs in this process
+        time.sleep(2)  # every slow connection is accepted and dripping by now
         answers = [_get(server, "/healthz") for _ in range(20)]
-        threads = threading.active_count()  # the server runs in this process: its handler threads count here
+        peak = max(peak, threading.active_count() - baseline)
     finally:
         stop.set()
         dripper.join()
-        for sock in slow:
-            sock.close()
+        with lock:
+            for sock in slow:
+                sock.close()
     assert [status for status, _ in answers] == [200] * 20
-    assert max(seconds for _, seconds in answers) < 2.0, answers
-    assert threads <= httpserver.MAX_CONNECTIONS + 10, threads
+    # at most MAX_CONNECTIONS handler threads (and the reaper) however many clients drip: an
+    # unbounded server holds one thread per slow client (about 400 here)
+    assert peak <= httpserver.MAX_CONNECTIONS + 5, peak
 
 
 def test_a_connection_gets_a_deadline_for_its_whole_request_not_per_read(
