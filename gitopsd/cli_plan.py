@@ -3,7 +3,8 @@
 ``gitopsd.cli`` registers it with ``cli_plan.add_parser(sub)``. The work is ``gitopsd.preview``
 (two dry-run passes, one plan between them, the objects of what changes); the printing is
 ``gitopsd.planformat``. Exit codes as ``gitopsd diff``: 0 no change, 1 changes (or a failed
-pack), 2 error.
+pack), 2 error. It also holds ``gitopsd diff --live``'s part of ``diff`` (the flag, the comparison
+with the live clusters, its output and exit code), so ``gitopsd.cli`` only calls in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 import pathlib
 import sys
 
-from gitopsd import errors, flags, output, planformat, preview, wiring
+from gitopsd import errors, flags, output, planformat, preview, reconcile, wiring, wiring_delivery
+from gitopsd.core import livediff
+from gitopsd.delivery import reach
 
 EPILOG = """\
 exit codes:
@@ -80,3 +83,47 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if report.has_changes else 0
 
 
+
+
+# ---------------------------------------------------------------- gitopsd diff --live (registered by gitopsd.cli)
+
+
+def add_live_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--live", action="store_true",
+                   help="also compare with what each target cluster holds (reached as delivery reaches it: "
+                   "--kubeconfig-dir, --cluster-kubeconfig or kubeconfig Secrets): a get and a server-side apply dry "
+                   "run of every object, field manager gitopsd; objects that would change (a YAML diff from the live "
+                   "object), are missing, or would be pruned; nothing is written to any cluster")
+
+
+def live_diff(args: argparse.Namespace, env: reconcile.Env, state: reconcile.PassState, local: wiring.Local, *,
+              secrets: reach.SecretReader | None) -> livediff.Report | None:
+    """With ``--live``: the live clusters against what delivering this pass's plan would make of them."""
+    if not getattr(args, "live", False):
+        return None
+    where = wiring_delivery.reach_of(args, secrets=secrets)
+    if where is None:
+        raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
+                                 "NAME=PATH (or --kubeconfig of a management cluster holding the kubeconfig Secrets)",
+                                 reason="Usage")
+    return preview.live(where, env, state, local, workers=getattr(args, "delivery_workers", 4) or 4)
+
+
+def print_live(report: livediff.Report | None, printer: output.Printer) -> None:
+    if report is not None:
+        planformat.live_table(report, printer)
+
+
+def live_document(report: livediff.Report | None) -> dict[str, object]:
+    """The ``live`` key of ``gitopsd diff -o json`` (only with ``--live``)."""
+    return {} if report is None else {"live": report.to_json()}
+
+
+def live_exit(report: livediff.Report | None, code: int) -> int:
+    """``diff``'s exit code with ``--live``: 2 when a cluster could not be reached or read (after
+    the others were compared and shown), 1 when a cluster would change, else the pass's own."""
+    if report is None:
+        return code
+    if report.unreachable:
+        return 2
+    return 1 if report.has_changes else code
