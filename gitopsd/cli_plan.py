@@ -24,7 +24,8 @@ exit codes:
   2  error (bad arguments, not a Git repository, an unknown revision, invalid gitopsd.yaml)
 
 examples:
-  gitopsd plan . --base origin/main                   what this branch changes, against main
+  gitopsd plan . --base origin/main                   what this branch and the uncommitted work change, against main
+  gitopsd plan . --base origin/main --head HEAD       the same, committed work only
   gitopsd plan . --base HEAD~1 -o markdown            the last commit, as a pull-request comment
   gitopsd plan config.git --base v1.4 --head v1.5 -o json
 """
@@ -38,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("repo", metavar="REPO", help="config repo: a Git work tree or a bare repository on disk")
     p.add_argument("--base", required=True, metavar="REF", help="revision to compare from: branch, tag, commit "
                    "(e.g. origin/main, HEAD~1)")
-    p.add_argument("--head", metavar="REF", help="revision to compare to (default: HEAD, the checked-out branch's tip)")
+    p.add_argument("--head", metavar="REF", help="revision to compare to (default: the work tree as it is, uncommitted "
+                   "and untracked files included, .gitignore respected; for a bare repository its HEAD branch's tip)")
     flags.common(p, repo=False, output=False)
     p.add_argument("-o", "--output", choices=("table", "json", "markdown"), default="table",
                    help="output format (default: %(default)s; markdown is sized for a pull-request comment)")

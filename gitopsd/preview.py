@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -145,16 +146,22 @@ def _objects(side: Side, result: reconcile.CompileResult, layers: layercache.Lay
 def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: str | None,
          registry_url: str | None = None, render_workers: int | None = None,
          progress: Callable[[str, dict[str, object]], None] | None = None) -> Outcome:
-    """The report of what moving the config repo from ``base_ref`` to ``head_ref`` (None: HEAD) does."""
+    """The report of what moving the config repo from ``base_ref`` to ``head_ref`` does. Without
+    ``head_ref``: the work tree with its uncommitted changes (untracked files too, ``.gitignore``
+    respected), or for a bare repository the tip of its HEAD branch."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     git = gitrev.open_repository(repo)
     base_tree = gitrev.revision_tree(git, base_ref, local.trees, flag="--base")
-    head_tree = gitrev.revision_tree(git, head_ref, local.trees, flag="--head")
+    snapshot = tempfile.TemporaryDirectory(prefix="gitopsd-worktree-")  # the work tree's objects, this plan only
     workers = wiring.resolve_render_workers(render_workers)
     scratch = Scratch()
     layers = layercache.LayerCache(local.state_dir / "layers.db", read_only=local.read_only)
     try:
+        if head_ref is None and not git.is_bare:
+            head_tree = gitrev.worktree_tree(git, local.trees, pathlib.Path(snapshot.name) / "objects")
+        else:
+            head_tree = gitrev.revision_tree(git, head_ref, local.trees, flag="--head")
         t0 = time.perf_counter()
         base_env = _env(base_tree, scratch, local, registry_url=registry_url, workers=workers, progress=progress)
         base = Side(base_env, reconcile.run(base_env))
@@ -194,6 +201,7 @@ def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: st
         timings["diff"] = time.perf_counter() - t0
     finally:
         layers.close()
+        snapshot.cleanup()
     timings["total"] = time.perf_counter() - started
     log.info("plan made", base=base.state.revision, head=head.state.revision, packs_changed=len(report.packs),
              seconds=round(timings["total"], 3))
