@@ -240,7 +240,7 @@ def live_table(report: livediff.Report, printer: output.Printer) -> None:
             if pk.problem:
                 p.line(f"        {p.paint('error', 'error')} {esc(pk.problem)}")
             for changed in pk.changed:
-                p.line(f"        {p.paint('~', 'supersede')} {esc(changed.subject)} (drifted)")
+                p.line(f"        {p.paint('~', 'supersede')} {esc(changed.subject)} (would change)")
                 for line in changed.diff[2:]:  # the ---/+++ header repeats the subject
                     word = "create" if line.startswith("+") else "uninstall" if line.startswith("-") else "unchanged"
                     p.line(f"            {p.paint(esc(line), word)}")

@@ -102,7 +102,7 @@ def test_live_diff_shows_a_hand_edit_a_deleted_object_and_what_would_be_pruned_a
 
     table = diff(reconcile.state, targets, repo.root, check=1).stdout
     assert "  cluster a: 1 of 1 pack(s) would change" in table
-    assert f"        ~ ConfigMap/{ns}/settings (drifted)" in table
+    assert f"        ~ ConfigMap/{ns}/settings (would change)" in table
     assert "            -  value: hand\n            +  value: '1'\n" in table
     assert f"        + ConfigMap/{ns}/gone (missing in the cluster)" in table
     assert f"        - ConfigMap/{ns}/legacy (would be pruned)" in table
@@ -137,10 +137,10 @@ def test_an_unreachable_cluster_is_reported_while_the_other_is_compared(
 
     table = diff(reconcile.state, targets, repo.root, check=2).stdout
     assert "  cluster b: unreachable: ClusterUnreachable: cluster b: cannot reach the API server" in table
-    assert f"        ~ ConfigMap/{ns}/settings (drifted)" in table
+    assert f"        ~ ConfigMap/{ns}/settings (would change)" in table
 
 
-def test_live_diff_of_a_cluster_in_sync_exits_0(targets: Targets, reconcile: Reconcile, repo: Repo) -> None:
+def test_a_cluster_in_sync_exits_0_and_an_uninstalled_pack_would_be_pruned_whole(targets: Targets, reconcile: Reconcile, repo: Repo) -> None:
     repo.pack("app", "1.0.0", manifests(repo.ns), clusters="[a]")
     reconcile(repo.root)
     targets.reset()
@@ -149,4 +149,14 @@ def test_live_diff_of_a_cluster_in_sync_exits_0(targets: Targets, reconcile: Rec
 
     assert by_cluster(doc)["a"] == {"cluster": "a", "reachable": True, "error": None, "packs": [], "packsInSync": 1}
     assert doc["live"]["summary"]["objects"] == {"changed": 0, "missing": 0, "prune": 0, "refused": 0, "inSync": 5}
+    assert targets.writes() == {"a": 0, "b": 0}
+
+    repo.remove("app")  # uninstalled at this revision: a delivery deletes the whole inventory
+    doc = json.loads(diff(reconcile.state, targets, repo.root, "-o", "json", check=1).stdout)
+
+    [gone] = by_cluster(doc)["a"]["packs"]
+    ns = repo.ns
+    assert (gone["instance"], gone["version"], gone["changed"], gone["missing"]) == ("app-a", None, [], [])
+    assert gone["prune"] == [f"ConfigMap/{ns}/gone", f"ConfigMap/{ns}/legacy", f"ConfigMap/{ns}/settings",
+                             f"Secret/{ns}/creds", f"Namespace/{ns}"]  # in the order a prune deletes them
     assert targets.writes() == {"a": 0, "b": 0}
