@@ -21,7 +21,8 @@ EPILOG = """\
 exit codes:
   0  no change: every cluster would run the same objects
   1  changes (or a pack that fails to compile at the head revision)
-  2  error (bad arguments, not a Git repository, an unknown revision, invalid gitopsd.yaml)
+  2  error (bad arguments, not a Git repository, an unknown revision, invalid gitopsd.yaml); with --live also
+     a target cluster that could not be reached or read (the other clusters are still compared and shown)
 
 examples:
   gitopsd plan . --base origin/main                   what this branch and the uncommitted work change, against main
@@ -49,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
                    "(default: gitopsd.yaml 'registry'); use the one reconcile uses to share its compile cache")
     flags.render(p)
+    add_live_flag(p, what="the head revision")
+    flags.delivery(p)
     p.set_defaults(func=cmd_plan)
     return p
 
@@ -62,37 +65,43 @@ def cmd_plan(args: argparse.Namespace) -> int:
     wiring.check_state_dir(state_dir, repo)
     if args.max_diff_lines < 1:
         raise errors.ConfigError(f"--max-diff-lines {args.max_diff_lines}: give a whole number of at least 1", reason="Usage")
+    where = wiring_delivery.reach_of(args) if args.live else None
+    if args.live and where is None:
+        raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
+                                 "NAME=PATH", reason="Usage")
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     try:
         outcome = preview.plan(repo, local, base_ref=args.base, head_ref=args.head, registry_url=args.registry_url,
-                               render_workers=flags.render_workers(args), progress=output.progress(sys.stderr))
+                               render_workers=flags.render_workers(args), progress=output.progress(sys.stderr),
+                               live_reach=where, live_workers=args.delivery_workers)
     finally:
         local.close()
     report = outcome.report
     if args.output == "json":
         doc = report.to_json()
         doc["timings"] = {k: round(v, 4) for k, v in outcome.timings.items()}
-        output.dump(doc, "json")
+        output.dump({**doc, **live_document(outcome.live)}, "json")
     elif args.output == "markdown":
         sys.stdout.write(planformat.markdown(report, max_lines=args.max_diff_lines))
+        if outcome.live is not None:
+            sys.stdout.write(planformat.live_markdown(outcome.live))
     else:
         printer = output.Printer()
         header = (f"Plan of {args.repo}: {outcome.base.state.tree.snapshot.description if outcome.base.state.tree else args.base}"
                   f" -> {outcome.head.state.tree.snapshot.description if outcome.head.state.tree else 'HEAD'}")
         planformat.table(report, printer, header=output.printable(header))
+        print_live(outcome.live, printer)
         again = f"; rendered again to show objects: {', '.join(outcome.rendered_again)}" if outcome.rendered_again else ""
         printer.line(f"state dir {state_dir}; {outcome.timings['total']:.2f}s{again}")
-    return 1 if report.has_changes else 0
-
-
+    return live_exit(outcome.live, 1 if report.has_changes else 0)
 
 
 # ---------------------------------------------------------------- gitopsd diff --live (registered by gitopsd.cli)
 
 
-def add_live_flag(p: argparse.ArgumentParser) -> None:
+def add_live_flag(p: argparse.ArgumentParser, *, what: str = "this pass") -> None:
     p.add_argument("--live", action="store_true",
-                   help="also compare with what each target cluster holds (reached as delivery reaches it: "
+                   help=f"also compare {what} with what each target cluster holds (reached as delivery reaches it: "
                    "--kubeconfig-dir, --cluster-kubeconfig or kubeconfig Secrets): a get and a server-side apply dry "
                    "run of every object, field manager gitopsd; objects that would change (a YAML diff from the live "
                    "object), are missing, or would be pruned; nothing is written to any cluster")

@@ -12,6 +12,7 @@ saying how many diffs were left out. Text from the config repo is escaped for ea
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Iterable
 
 from gitopsd import output
@@ -250,3 +251,12 @@ def live_table(report: livediff.Report, printer: output.Printer) -> None:
                 p.line(f"        {p.paint('-', 'uninstall')} {esc(name)} (would be pruned)")
             for refused in pk.refused:
                 p.line(f"        {p.paint('!', 'error')} {esc(refused.subject)} refused: {esc(refused.message)}")
+
+
+def live_markdown(report: livediff.Report) -> str:
+    """The live comparison under a Markdown plan: its summary, then the table form in a fenced block."""
+    buffer = io.StringIO()
+    live_table(report, output.Printer(buffer, colour=False))
+    lines = buffer.getvalue().splitlines()
+    return "\n".join(["", f"#### Live clusters: {_md(lines[0])}", "", "<details>", "", _fence(lines[1:]), "",
+                      "</details>", ""]) + "\n"

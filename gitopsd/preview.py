@@ -86,6 +86,7 @@ class Outcome:
     head: Side
     timings: dict[str, float]
     rendered_again: list[str]  # packs rendered only to show their objects (cache hits without stored layers)
+    live: livediff.Report | None = None  # with live_reach: the clusters now against the head revision
 
 
 def _env(tree: object, scratch: Scratch, local: wiring.Local, *, registry_url: str | None, workers: int,
@@ -145,7 +146,8 @@ def _objects(side: Side, result: reconcile.CompileResult, layers: layercache.Lay
 
 def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: str | None,
          registry_url: str | None = None, render_workers: int | None = None,
-         progress: Callable[[str, dict[str, object]], None] | None = None) -> Outcome:
+         progress: Callable[[str, dict[str, object]], None] | None = None,
+         live_reach: reach_mod.Reach | None = None, live_workers: int = 4) -> Outcome:
     """The report of what moving the config repo from ``base_ref`` to ``head_ref`` does. Without
     ``head_ref``: the work tree with its uncommitted changes (untracked files too, ``.gitignore``
     respected), or for a bare repository the tip of its HEAD branch."""
@@ -199,13 +201,21 @@ def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: st
             head_versions={r.build.base_pack_name: r.compiled.cluster_pack.version for r in head.state.compiled},
             objects=objects, head_errors=head.state.plan.errors, base_errors=base.state.plan.errors)
         timings["diff"] = time.perf_counter() - t0
+        live_report = None
+        if live_reach is not None:  # before the work tree's snapshot goes: a pack may be rendered again
+            t0 = time.perf_counter()
+            namespace = head.state.config.namespace
+            delivered, uninstalled = desired_instances(head.state)
+            items = live_items(head, local, delivered, uninstalled, local.store.deliveries(namespace), head.state.observed)
+            live_report = live_mod.compare(live_reach, head.state.clusters, namespace, items, workers=live_workers)
+            timings["live"] = time.perf_counter() - t0
     finally:
         layers.close()
         snapshot.cleanup()
     timings["total"] = time.perf_counter() - started
     log.info("plan made", base=base.state.revision, head=head.state.revision, packs_changed=len(report.packs),
              seconds=round(timings["total"], 3))
-    return Outcome(report, base, head, timings, rendered_again)
+    return Outcome(report, base, head, timings, rendered_again, live_report)
 
 
 # ---------------------------------------------------------------- against the live clusters
@@ -219,7 +229,7 @@ def _held(records: dict[str, delivery.Delivery]) -> dict[str, dict[str, set[tupl
     return out
 
 
-def wanted(side: Side, local: wiring.Local, instances: dict[str, instance.PackInstance], uninstalled: dict[str, str],
+def live_items(side: Side, local: wiring.Local, instances: dict[str, instance.PackInstance], uninstalled: dict[str, str],
            records: dict[str, delivery.Delivery], observed: instance.Observed | None = None) -> list[livediff.Wanted]:
     """What delivery would make of each PackInstance on its cluster: ``instances`` are the ones a
     delivery would carry out, ``uninstalled`` (name -> basePackName) the ones whose whole inventory
@@ -301,7 +311,7 @@ def live(where: reach_mod.Reach, env: reconcile.Env, state: reconcile.PassState,
     namespace = state.config.namespace
     records = env.cluster.deliveries(namespace)
     delivered, uninstalled = desired_instances(state)
-    items = wanted(Side(env, state), local, delivered, uninstalled, records, state.observed)
+    items = live_items(Side(env, state), local, delivered, uninstalled, records, state.observed)
     started = time.perf_counter()
     report = live_mod.compare(where, state.clusters, namespace, items, workers=workers)
     log.info("live diff made", clusters=len(report.clusters), unreachable=len(report.unreachable),

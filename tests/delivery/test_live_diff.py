@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.delivery.conftest import Reconcile, Repo, Targets
+from tests.gitutil import git
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -159,4 +160,33 @@ def test_a_cluster_in_sync_exits_0_and_an_uninstalled_pack_would_be_pruned_whole
     assert (gone["instance"], gone["version"], gone["changed"], gone["missing"]) == ("app-a", None, [], [])
     assert gone["prune"] == [f"ConfigMap/{ns}/gone", f"ConfigMap/{ns}/legacy", f"ConfigMap/{ns}/settings",
                              f"Secret/{ns}/creds", f"Namespace/{ns}"]  # in the order a prune deletes them
+    assert targets.writes() == {"a": 0, "b": 0}
+
+
+def test_plan_live_compares_the_uncommitted_work_tree_with_what_the_clusters_hold(
+        targets: Targets, reconcile: Reconcile, repo: Repo) -> None:
+    ns = repo.ns
+    repo.pack("app", "1.0.0", manifests(ns), clusters="[a]")
+    git("init", "-q", "-b", "main", cwd=repo.root)
+    git("add", "-A", cwd=repo.root)
+    git("commit", "-q", "-m", "app 1.0.0", cwd=repo.root)
+    reconcile(repo.root)
+    targets.kubectl("a", "delete", "configmap", "gone", "-n", ns)
+    repo.pack("app", "1.0.1", manifests(ns).replace("mode: fast, value: '1'", "mode: fast, value: '2'"), clusters="[a]")
+    targets.reset()
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "gitopsd", "plan", str(repo.root), "--base", "HEAD", "--state-dir", str(reconcile.state),
+         "--kubeconfig-dir", str(targets.kubeconfigs), "--live", "-o", "json"],
+        capture_output=True, text=True, timeout=600, cwd=reconcile.state.parent, check=False)
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["head"].startswith("main+worktree@sha1:")
+    live = by_cluster(doc)
+    assert live["b"]["packs"] == [] and live["b"]["reachable"] is True
+    [pack_a] = live["a"]["packs"]
+    assert (pack_a["version"], pack_a["missing"], pack_a["prune"]) == ("1.0.1", [f"ConfigMap/{ns}/gone"], [])
+    [settings] = pack_a["changed"]
+    assert [line for line in settings["diff"] if line.startswith(("-  ", "+  "))] == ["-  value: '1'", "+  value: '2'"]
     assert targets.writes() == {"a": 0, "b": 0}
