@@ -40,7 +40,8 @@ exit codes:
   1  diff: changes pending or a pack failed; reconcile/dry-run: a pack failed or is blocked, or a delivery failed;
      verify: a pack failed
   2  error (bad arguments, unreadable repo, invalid gitopsd.yaml, backend failure: full disk,
-     read-only or locked state dir, damaged store.db)
+     read-only or locked state dir, damaged store.db); diff --live: also a target cluster that could not be
+     reached or read (reported on its own line; the other clusters are still compared and shown)
   141  the output pipe closed early (e.g. piped into head)
 
 examples:
@@ -51,6 +52,8 @@ examples:
   gitopsd reconcile https://git.example.com/org/config.git --git-credentials-file token --signing-key key
                                              a Git remote: status commits are signed and pushed (never forced)
   gitopsd diff examples-repo -o json         what would change, as one JSON document
+  gitopsd diff examples-repo --live --kubeconfig-dir kubeconfigs/
+                                             also what each target cluster holds against it (reads only)
   gitopsd get instances examples-repo        PackInstances in the local store
 """
 
@@ -82,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
         flags.delivery(p)
         wiring_kube.add_flags(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
+        if name == "diff":
+            cli_plan.add_live_flag(p)
         p.set_defaults(func=cmd_pass, mode=name)
 
     p = sub.add_parser("get", help="list ClusterPacks or PackInstances of the local store",
@@ -167,6 +172,7 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
         with wiring_kube.use(args, wired.env) as env:
             wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
             state = reconcile.run(env)
+            live = cli_plan.live_diff(args, env, state, local, secrets=wiring_kube.secret_reader(env))
     finally:
         local.close()
     assert state.summary is not None and state.plan is not None and state.tree is not None
@@ -180,13 +186,14 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
         output.print_summary(printer, summary, header=header, verbose=args.verbose)
         for line in delivery_lines(state):
             printer.line(line)
+        cli_plan.print_live(live, printer)
         printer.line(f"state dir {state_dir}; {state.timings['total']:.2f}s")
         for line in status_lines(wired, state):
             printer.line(line)
     else:
-        output.dump(pass_document(state, args.mode, state_dir), args.output)
+        output.dump({**pass_document(state, args.mode, state_dir), **cli_plan.live_document(live)}, args.output)
     if args.mode == "diff":  # a failed pack exits 1 as with reconcile; 2 is for errors of the run itself
-        return EXIT_CHANGES if summary.has_changes or summary.errors else EXIT_OK
+        return cli_plan.live_exit(live, EXIT_CHANGES if summary.has_changes or summary.errors else EXIT_OK)
     delivered = all(result.result in (delivery.Result.DELIVERED, delivery.Result.PRUNED) for _, result in state.deliveries)
     return EXIT_OK if summary.ready and delivered else EXIT_CHANGES
 

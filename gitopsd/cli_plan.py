@@ -3,7 +3,8 @@
 ``gitopsd.cli`` registers it with ``cli_plan.add_parser(sub)``. The work is ``gitopsd.preview``
 (two dry-run passes, one plan between them, the objects of what changes); the printing is
 ``gitopsd.planformat``. Exit codes as ``gitopsd diff``: 0 no change, 1 changes (or a failed
-pack), 2 error.
+pack), 2 error. It also holds ``gitopsd diff --live``'s part of ``diff`` (the flag, the comparison
+with the live clusters, its output and exit code), so ``gitopsd.cli`` only calls in.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import argparse
 import pathlib
 import sys
 
-from gitopsd import errors, flags, output, planformat, preview, wiring
+from gitopsd import errors, flags, output, planformat, preview, reconcile, wiring, wiring_delivery
+from gitopsd.core import livediff
+from gitopsd.delivery import reach
 
 EPILOG = """\
 exit codes:
   0  no change: every cluster would run the same objects
   1  changes (or a pack that fails to compile at the head revision)
-  2  error (bad arguments, not a Git repository, an unknown revision, invalid gitopsd.yaml)
+  2  error (bad arguments, not a Git repository, an unknown revision, invalid gitopsd.yaml); with --live also
+     a target cluster that could not be reached or read (the other clusters are still compared and shown)
 
 examples:
-  gitopsd plan . --base origin/main                   what this branch changes, against main
+  gitopsd plan . --base origin/main                   what this branch and the uncommitted work change, against main
+  gitopsd plan . --base origin/main --head HEAD       the same, committed work only
   gitopsd plan . --base HEAD~1 -o markdown            the last commit, as a pull-request comment
   gitopsd plan config.git --base v1.4 --head v1.5 -o json
 """
@@ -35,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("repo", metavar="REPO", help="config repo: a Git work tree or a bare repository on disk")
     p.add_argument("--base", required=True, metavar="REF", help="revision to compare from: branch, tag, commit "
                    "(e.g. origin/main, HEAD~1)")
-    p.add_argument("--head", metavar="REF", help="revision to compare to (default: HEAD, the checked-out branch's tip)")
+    p.add_argument("--head", metavar="REF", help="revision to compare to (default: the work tree as it is, uncommitted "
+                   "and untracked files included, .gitignore respected; for a bare repository its HEAD branch's tip)")
     flags.common(p, repo=False, output=False)
     p.add_argument("-o", "--output", choices=("table", "json", "markdown"), default="table",
                    help="output format (default: %(default)s; markdown is sized for a pull-request comment)")
@@ -44,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
                    "(default: gitopsd.yaml 'registry'); use the one reconcile uses to share its compile cache")
     flags.render(p)
+    add_live_flag(p, what="the head revision")
+    flags.delivery(p)
     p.set_defaults(func=cmd_plan)
     return p
 
@@ -57,26 +65,76 @@ def cmd_plan(args: argparse.Namespace) -> int:
     wiring.check_state_dir(state_dir, repo)
     if args.max_diff_lines < 1:
         raise errors.ConfigError(f"--max-diff-lines {args.max_diff_lines}: give a whole number of at least 1", reason="Usage")
+    where = wiring_delivery.reach_of(args) if args.live else None
+    if args.live and where is None:
+        raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
+                                 "NAME=PATH", reason="Usage")
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     try:
         outcome = preview.plan(repo, local, base_ref=args.base, head_ref=args.head, registry_url=args.registry_url,
-                               render_workers=flags.render_workers(args), progress=output.progress(sys.stderr))
+                               render_workers=flags.render_workers(args), progress=output.progress(sys.stderr),
+                               live_reach=where, live_workers=args.delivery_workers)
     finally:
         local.close()
     report = outcome.report
     if args.output == "json":
         doc = report.to_json()
         doc["timings"] = {k: round(v, 4) for k, v in outcome.timings.items()}
-        output.dump(doc, "json")
+        output.dump({**doc, **live_document(outcome.live)}, "json")
     elif args.output == "markdown":
         sys.stdout.write(planformat.markdown(report, max_lines=args.max_diff_lines))
+        if outcome.live is not None:
+            sys.stdout.write(planformat.live_markdown(outcome.live))
     else:
         printer = output.Printer()
         header = (f"Plan of {args.repo}: {outcome.base.state.tree.snapshot.description if outcome.base.state.tree else args.base}"
                   f" -> {outcome.head.state.tree.snapshot.description if outcome.head.state.tree else 'HEAD'}")
         planformat.table(report, printer, header=output.printable(header))
+        print_live(outcome.live, printer)
         again = f"; rendered again to show objects: {', '.join(outcome.rendered_again)}" if outcome.rendered_again else ""
         printer.line(f"state dir {state_dir}; {outcome.timings['total']:.2f}s{again}")
-    return 1 if report.has_changes else 0
+    return live_exit(outcome.live, 1 if report.has_changes else 0)
 
 
+# ---------------------------------------------------------------- gitopsd diff --live (registered by gitopsd.cli)
+
+
+def add_live_flag(p: argparse.ArgumentParser, *, what: str = "this pass") -> None:
+    p.add_argument("--live", action="store_true",
+                   help=f"also compare {what} with what each target cluster holds (reached as delivery reaches it: "
+                   "--kubeconfig-dir, --cluster-kubeconfig or kubeconfig Secrets): a get and a server-side apply dry "
+                   "run of every object, field manager gitopsd; objects that would change (a YAML diff from the live "
+                   "object), are missing, or would be pruned; nothing is written to any cluster")
+
+
+def live_diff(args: argparse.Namespace, env: reconcile.Env, state: reconcile.PassState, local: wiring.Local, *,
+              secrets: reach.SecretReader | None) -> livediff.Report | None:
+    """With ``--live``: the live clusters against what delivering this pass's plan would make of them."""
+    if not getattr(args, "live", False):
+        return None
+    where = wiring_delivery.reach_of(args, secrets=secrets)
+    if where is None:
+        raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
+                                 "NAME=PATH (or --kubeconfig of a management cluster holding the kubeconfig Secrets)",
+                                 reason="Usage")
+    return preview.live(where, env, state, local, workers=getattr(args, "delivery_workers", 4) or 4)
+
+
+def print_live(report: livediff.Report | None, printer: output.Printer) -> None:
+    if report is not None:
+        planformat.live_table(report, printer)
+
+
+def live_document(report: livediff.Report | None) -> dict[str, object]:
+    """The ``live`` key of ``gitopsd diff -o json`` (only with ``--live``)."""
+    return {} if report is None else {"live": report.to_json()}
+
+
+def live_exit(report: livediff.Report | None, code: int) -> int:
+    """``diff``'s exit code with ``--live``: 2 when a cluster could not be reached or read (after
+    the others were compared and shown), 1 when a cluster would change, else the pass's own."""
+    if report is None:
+        return code
+    if report.unreachable:
+        return 2
+    return 1 if report.has_changes else code

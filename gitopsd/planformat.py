@@ -1,5 +1,6 @@
 """Print a revision plan (``core.preview.Report``): a compact table for a terminal, Markdown for a
-pull-request comment. ``-o json`` is ``Report.to_json()`` as it is.
+pull-request comment. ``-o json`` is ``Report.to_json()`` as it is. ``live_table`` prints what
+``gitopsd diff --live`` found on the target clusters (``core.livediff.Report``).
 
 Both group the clusters of a pack that move the same way (same action, versions and objects), so
 a change to a pack on ten clusters shows its diff once. Markdown starts with a summary table, puts
@@ -11,10 +12,11 @@ saying how many diffs were left out. Text from the config repo is escaped for ea
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Iterable
 
 from gitopsd import output
-from gitopsd.core import objdiff
+from gitopsd.core import livediff, objdiff
 from gitopsd.core import preview as preview_core
 
 MAX_LINES = 60  # lines of one object's diff shown in Markdown
@@ -204,3 +206,57 @@ def markdown(report: preview_core.Report, *, max_lines: int = MAX_LINES, budget:
     if gone:
         page.add(f"{', '.join(gone)} left out to keep this comment under {budget} characters.")
     return "\n".join(page.lines).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------- against the live clusters (diff --live)
+
+
+def live_summary(report: livediff.Report) -> str:
+    counts = report.counts()
+    reached = len(report.clusters) - len(report.unreachable)
+    unreachable = f", {len(report.unreachable)} unreachable" if report.unreachable else ""
+    return (f"live: {reached} cluster(s) compared{unreachable}; objects: {counts['changed']} changed, "
+            f"{counts['missing']} missing, {counts['prune']} to prune, {counts['refused']} refused, "
+            f"{counts['inSync']} in sync")
+
+
+def live_table(report: livediff.Report, printer: output.Printer) -> None:
+    """Per cluster, per pack: objects a delivery would change (with the diff from the live object),
+    objects the cluster lacks, objects a delivery would prune; an unreachable cluster on one line."""
+    p = printer
+    esc = output.printable
+    p.line(live_summary(report))
+    for c in report.clusters:
+        if c.error:
+            p.line(f"  cluster {esc(c.cluster)}: {p.paint('unreachable', 'error')}: {esc(c.error)}")
+            continue
+        moving = [pk for pk in c.packs if pk.has_changes]
+        if not moving:
+            p.line(f"  cluster {esc(c.cluster)}: in sync ({len(c.packs)} pack(s))")
+            continue
+        p.line(f"  cluster {esc(c.cluster)}: {len(moving)} of {len(c.packs)} pack(s) would change")
+        for pk in moving:
+            version = pk.version or "uninstalled"
+            p.line(f"    {p.paint(esc(pk.base_pack_name), 'supersede')} {esc(version)} ({esc(pk.instance)})")
+            if pk.problem:
+                p.line(f"        {p.paint('error', 'error')} {esc(pk.problem)}")
+            for changed in pk.changed:
+                p.line(f"        {p.paint('~', 'supersede')} {esc(changed.subject)} (would change)")
+                for line in changed.diff[2:]:  # the ---/+++ header repeats the subject
+                    word = "create" if line.startswith("+") else "uninstall" if line.startswith("-") else "unchanged"
+                    p.line(f"            {p.paint(esc(line), word)}")
+            for name in pk.missing:
+                p.line(f"        {p.paint('+', 'create')} {esc(name)} (missing in the cluster)")
+            for name in pk.prune:
+                p.line(f"        {p.paint('-', 'uninstall')} {esc(name)} (would be pruned)")
+            for refused in pk.refused:
+                p.line(f"        {p.paint('!', 'error')} {esc(refused.subject)} refused: {esc(refused.message)}")
+
+
+def live_markdown(report: livediff.Report) -> str:
+    """The live comparison under a Markdown plan: its summary, then the table form in a fenced block."""
+    buffer = io.StringIO()
+    live_table(report, output.Printer(buffer, colour=False))
+    lines = buffer.getvalue().splitlines()
+    return "\n".join(["", f"#### Live clusters: {_md(lines[0])}", "", "<details>", "", _fence(lines[1:]), "",
+                      "</details>", ""]) + "\n"

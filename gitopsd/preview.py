@@ -14,7 +14,9 @@ cache (``adapters.layercache``) or the OCI layout, else a render of that one pac
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +26,10 @@ import structlog
 from gitopsd import errors, reconcile, wiring
 from gitopsd.adapters import gitrev, layercache, render, schemafiles, system
 from gitopsd.core import delivery as delivery_core
+from gitopsd.core import livediff
 from gitopsd.core import preview as preview_core
+from gitopsd.delivery import live as live_mod
+from gitopsd.delivery import reach as reach_mod
 from gitopsd.model import change, delivery, instance, pack
 
 log = structlog.get_logger()
@@ -81,6 +86,7 @@ class Outcome:
     head: Side
     timings: dict[str, float]
     rendered_again: list[str]  # packs rendered only to show their objects (cache hits without stored layers)
+    live: livediff.Report | None = None  # with live_reach: the clusters now against the head revision
 
 
 def _env(tree: object, scratch: Scratch, local: wiring.Local, *, registry_url: str | None, workers: int,
@@ -140,17 +146,24 @@ def _objects(side: Side, result: reconcile.CompileResult, layers: layercache.Lay
 
 def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: str | None,
          registry_url: str | None = None, render_workers: int | None = None,
-         progress: Callable[[str, dict[str, object]], None] | None = None) -> Outcome:
-    """The report of what moving the config repo from ``base_ref`` to ``head_ref`` (None: HEAD) does."""
+         progress: Callable[[str, dict[str, object]], None] | None = None,
+         live_reach: reach_mod.Reach | None = None, live_workers: int = 4) -> Outcome:
+    """The report of what moving the config repo from ``base_ref`` to ``head_ref`` does. Without
+    ``head_ref``: the work tree with its uncommitted changes (untracked files too, ``.gitignore``
+    respected), or for a bare repository the tip of its HEAD branch."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     git = gitrev.open_repository(repo)
     base_tree = gitrev.revision_tree(git, base_ref, local.trees, flag="--base")
-    head_tree = gitrev.revision_tree(git, head_ref, local.trees, flag="--head")
+    snapshot = tempfile.TemporaryDirectory(prefix="gitopsd-worktree-")  # the work tree's objects, this plan only
     workers = wiring.resolve_render_workers(render_workers)
     scratch = Scratch()
     layers = layercache.LayerCache(local.state_dir / "layers.db", read_only=local.read_only)
     try:
+        if head_ref is None and not git.is_bare:
+            head_tree = gitrev.worktree_tree(git, local.trees, pathlib.Path(snapshot.name) / "objects")
+        else:
+            head_tree = gitrev.revision_tree(git, head_ref, local.trees, flag="--head")
         t0 = time.perf_counter()
         base_env = _env(base_tree, scratch, local, registry_url=registry_url, workers=workers, progress=progress)
         base = Side(base_env, reconcile.run(base_env))
@@ -188,9 +201,119 @@ def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: st
             head_versions={r.build.base_pack_name: r.compiled.cluster_pack.version for r in head.state.compiled},
             objects=objects, head_errors=head.state.plan.errors, base_errors=base.state.plan.errors)
         timings["diff"] = time.perf_counter() - t0
+        live_report = None
+        if live_reach is not None:  # before the work tree's snapshot goes: a pack may be rendered again
+            t0 = time.perf_counter()
+            namespace = head.state.config.namespace
+            delivered, uninstalled = desired_instances(head.state)
+            items = live_items(head, local, delivered, uninstalled, local.store.deliveries(namespace), head.state.observed)
+            live_report = live_mod.compare(live_reach, head.state.clusters, namespace, items, workers=live_workers)
+            timings["live"] = time.perf_counter() - t0
     finally:
         layers.close()
+        snapshot.cleanup()
     timings["total"] = time.perf_counter() - started
     log.info("plan made", base=base.state.revision, head=head.state.revision, packs_changed=len(report.packs),
              seconds=round(timings["total"], 3))
-    return Outcome(report, base, head, timings, rendered_again)
+    return Outcome(report, base, head, timings, rendered_again, live_report)
+
+
+# ---------------------------------------------------------------- against the live clusters
+
+
+def _held(records: dict[str, delivery.Delivery]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+    """cluster -> PackInstance -> keys of the objects its last delivery left there."""
+    out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
+    for name, record in records.items():
+        out.setdefault(record.cluster, {})[name] = {e.key for e in record.inventory}
+    return out
+
+
+def live_items(side: Side, local: wiring.Local, instances: dict[str, instance.PackInstance], uninstalled: dict[str, str],
+           records: dict[str, delivery.Delivery], observed: instance.Observed | None = None) -> list[livediff.Wanted]:
+    """What delivery would make of each PackInstance on its cluster: ``instances`` are the ones a
+    delivery would carry out, ``uninstalled`` (name -> basePackName) the ones whose whole inventory
+    goes. Objects come from ``side``'s compiled packs (or, for a pack not compiled there, the stored
+    layers of the ClusterPack ``observed`` holds); ``records`` are the deliveries made so far."""
+    held = _held(records)
+    layers = layercache.LayerCache(local.state_dir / "layers.db", read_only=local.read_only)
+    by_name = {r.compiled.cluster_pack.name: r for r in side.state.compiled}
+    objects: dict[str, tuple[tuple[dict[str, Any], ...] | None, str]] = {}
+    rendered_again: list[str] = []
+    out = []
+    try:
+        for name, base in sorted(uninstalled.items()):
+            previous = records.get(name)
+            if previous is not None and previous.inventory:
+                elsewhere = frozenset(k for other, keys in held.get(previous.cluster, {}).items() if other != name
+                                      for k in keys)
+                out.append(livediff.Wanted(name, previous.cluster, base, "", None, previous.inventory, elsewhere))
+        for name, pi in sorted(instances.items()):
+            previous = records.get(name)
+            kept = previous.inventory if previous is not None else ()
+            if pi.cluster_pack not in objects:
+                objects[pi.cluster_pack] = _pack_objects(side, by_name.get(pi.cluster_pack), pi, layers, local,
+                                                         observed, rendered_again)
+            found, problem = objects[pi.cluster_pack]
+            result = by_name.get(pi.cluster_pack)
+            force = result.build.delivery.force if result is not None else False
+            elsewhere = frozenset(k for other, keys in held.get(pi.cluster, {}).items() if other != name for k in keys)
+            out.append(livediff.Wanted(name, pi.cluster, pi.base_pack_name, pi.version, found or (), kept, elsewhere,
+                                       force, problem))
+    finally:
+        layers.close()
+    return out
+
+
+def _pack_objects(side: Side, result: reconcile.CompileResult | None, pi: instance.PackInstance,
+                  layers: layercache.LayerCache, local: wiring.Local, observed: instance.Observed | None,
+                  rendered_again: list[str]) -> tuple[tuple[dict[str, Any], ...] | None, str]:
+    if result is not None:
+        try:
+            return tuple(_objects(side, result, layers, local, rendered_again)), ""
+        except errors.GitopsdError as err:
+            return None, f"{err.reason}: {err}"
+    stored = (observed.packs.get(pi.cluster_pack) if observed is not None else None)
+    if stored is not None:
+        spec = json.loads(stored.spec_json)
+        digests = [spec[f] for f in ("rbacDigest", "clusterScopedDigest", "workloadDigest") if spec.get(f)]
+        data = [_stored_layer(d, layers, local) for d in digests]
+        if all(d is not None for d in data):
+            return tuple(obj for d in data if d is not None for obj in delivery_core.objects_of_layer(d)), ""
+    return None, f"the objects of ClusterPack {pi.cluster_pack} are not in this state dir (it does not compile at this revision)"
+
+
+def desired_instances(state: reconcile.PassState) -> tuple[dict[str, instance.PackInstance], dict[str, str]]:
+    """The PackInstances a pass's plan would deliver, as delivery takes them: created and superseded
+    ones with their new ClusterPack, unchanged ones as they are; and the uninstalled ones (name ->
+    basePackName). Blocked ones are left out (delivery leaves them alone)."""
+    assert state.plan is not None
+    delivered: dict[str, instance.PackInstance] = {}
+    uninstalled: dict[str, str] = {}
+    for c in state.plan.changes:
+        if c.kind is not change.ObjectKind.PACK_INSTANCE or c.cluster is None:
+            continue
+        if c.action in (change.Action.CREATE, change.Action.SUPERSEDE) and c.pack_instance is not None:
+            delivered[c.name] = c.pack_instance
+        elif c.action is change.Action.UNCHANGED:
+            pi = state.observed.instances.get(c.name) if state.observed is not None else None
+            if pi is not None and pi.state is not instance.InstallState.UNINSTALLED:
+                delivered[c.name] = pi
+        elif c.action is change.Action.UNINSTALL:
+            uninstalled[c.name] = c.base_pack_name
+    return delivered, uninstalled
+
+
+def live(where: reach_mod.Reach, env: reconcile.Env, state: reconcile.PassState, local: wiring.Local, *,
+         workers: int = 4) -> livediff.Report:
+    """What each cluster ``where`` reaches holds against what delivering ``state``'s plan would make
+    of it (``gitopsd diff --live``). Reads and dry runs only."""
+    namespace = state.config.namespace
+    records = env.cluster.deliveries(namespace)
+    delivered, uninstalled = desired_instances(state)
+    items = live_items(Side(env, state), local, delivered, uninstalled, records, state.observed)
+    started = time.perf_counter()
+    report = live_mod.compare(where, state.clusters, namespace, items, workers=workers)
+    log.info("live diff made", clusters=len(report.clusters), unreachable=len(report.unreachable),
+             seconds=round(time.perf_counter() - started, 3))
+    return report

@@ -38,3 +38,15 @@ def use(args: argparse.Namespace, env: reconcile.Env, *, secrets: reach.SecretRe
     eng = engine.Engine(env.registry, env.verifier, now=_Now(env.clock))  # type: ignore[arg-type]
     env.deliverer = runner.Runner(where, eng, workers=getattr(args, "delivery_workers", 4) or 4)
     return env
+
+
+def reach_of(args: argparse.Namespace, *, secrets: reach.SecretReader | None = None) -> reach.Reach | None:
+    """How the flags (or a management cluster's Secrets) reach target clusters, for reading them
+    (``gitopsd diff --live``); None when nothing can be reached."""
+    files = flags.cluster_kubeconfigs(args)
+    folder = getattr(args, "kubeconfig_dir", None)
+    if folder is not None and not pathlib.Path(folder).is_dir():
+        raise errors.ConfigError(f"--kubeconfig-dir {folder}: not a folder", reason="Usage")
+    if not files and folder is None and secrets is None:
+        return None
+    return reach.Reach(files=files, folder=pathlib.Path(folder) if folder else None, secrets=secrets)

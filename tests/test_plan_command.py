@@ -301,3 +301,58 @@ def test_a_pack_that_would_own_another_packs_object_is_blocked_with_both_named(c
         "objects": {"added": [], "removed": [], "changed": []}}]
     table = plan(cli, repo, state_dir, "--base", "HEAD~1").stdout.splitlines()
     assert table[2].startswith("      blocked   prod-eu: PackCollisionDetected: dup-v0.1.0 (packs/dup/packbuild.yaml")
+
+
+def raw_pack(repo: pathlib.Path, name: str) -> None:
+    (repo / f"packs/{name}/manifests").mkdir(parents=True)
+    (repo / f"packs/{name}/packbuild.yaml").write_text(
+        f"name: {name}\nversion: 0.1.0\nbasePackName: {name}\ncategory: raw\nrawSource: {{path: manifests}}\n"
+        "targetClusters: [dev]\n")
+    (repo / f"packs/{name}/manifests/cm.yaml").write_text(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: web}}\ndata: {{a: '1'}}\n")
+
+
+@pytest.mark.slow
+def test_without_head_the_uncommitted_work_tree_is_planned_untracked_files_included(
+        cli: Cli, repo: pathlib.Path, state_dir: pathlib.Path) -> None:
+    (repo / ".gitignore").write_text("packs/scratch/\n")
+    commit(repo, "ignore packs/scratch")
+    policies = repo / "packs/network-policies/manifests/default-deny.yaml"
+    policies.write_text(policies.read_text().split("---\n")[0])  # an uncommitted change: allow-dns goes
+    edit(repo, "packs/network-policies/packbuild.yaml", "version: 1.1.0", "version: 1.2.0")
+    raw_pack(repo, "extra")  # untracked: git status shows it
+    raw_pack(repo, "scratch")  # ignored: git status does not
+    index = (repo / ".git/index").read_bytes()
+    status = git("status", "--porcelain", cwd=repo).stdout
+    objects = git("count-objects", "-v", cwd=repo).stdout
+
+    doc = json.loads(plan(cli, repo, state_dir, "--base", "HEAD", "-o", "json").stdout)
+
+    assert re.fullmatch(r"main\+worktree@sha1:[0-9a-f]{40}", doc["head"]), doc["head"]
+    packs = {p["basePackName"]: p for p in doc["packs"]}
+    assert list(packs) == ["extra", "network-policies"]
+    assert [c["objects"] for c in packs["extra"]["clusters"]] == [
+        {"added": ["ConfigMap/web/extra"], "removed": [], "changed": []}]
+    assert {(c["action"], c["version"], tuple(c["objects"]["removed"])) for c in packs["network-policies"]["clusters"]} == {
+        ("supersede", "1.2.0", ("NetworkPolicy/web/allow-dns",))}
+    # the repository is as it was: index, status, no object written into it
+    assert (repo / ".git/index").read_bytes() == index
+    assert git("status", "--porcelain", cwd=repo).stdout == status
+    assert git("count-objects", "-v", cwd=repo).stdout == objects
+    table = plan(cli, repo, state_dir, "--base", "HEAD").stdout
+    assert re.search(r"work tree \(uncommitted changes on main [0-9a-f]{12}\)", table.splitlines()[0]), table.splitlines()[0]
+    committed = json.loads(plan(cli, repo, state_dir, "--base", "HEAD", "--head", "HEAD", "-o", "json", check=0).stdout)
+    assert committed["packs"] == []  # --head HEAD leaves the work tree out
+
+
+@pytest.mark.slow
+def test_without_head_a_bare_repository_is_planned_at_its_branch_tip(cli: Cli, changed: pathlib.Path,
+                                                                      state_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    bare = tmp_path / "config.git"
+    git("clone", "-q", "--bare", str(changed), str(bare), cwd=tmp_path)
+    raw_pack(changed, "extra")  # in the clone's work tree only: not in the bare repository
+
+    doc = json.loads(plan(cli, bare, state_dir, "--base", "HEAD~1", "-o", "json").stdout)
+
+    assert re.fullmatch(r"main@sha1:[0-9a-f]{40}", doc["head"])
+    assert [p["basePackName"] for p in doc["packs"]] == ["cert-manager-lite", "network-policies", "web-frontend"]

@@ -1,9 +1,11 @@
-"""Markdown of a revision plan: it stays under the size of a pull-request comment."""
+"""Markdown of a revision plan: it stays under the size of a pull-request comment; the live section's table and block."""
 
 from __future__ import annotations
 
-from gitopsd import planformat
-from gitopsd.core import objdiff
+import io
+
+from gitopsd import output, planformat
+from gitopsd.core import livediff, objdiff
 from gitopsd.core import preview as preview_core
 
 
@@ -42,3 +44,38 @@ def test_markdown_escapes_html_and_table_breaks_from_the_repo() -> None:
     text = planformat.markdown(preview_core.Report(report.base, report.head, (evil,), unchanged=0))
     assert "<img" not in text
     assert "| &lt;img src=x&gt;\\|x | 1.0.0 → 1.0.1 | supersede dev | 0 | 0 | 1 |" in text.splitlines()
+
+
+def live_report() -> livediff.Report:
+    changed = objdiff.Changed("ConfigMap/ns/settings", ("--- live/ConfigMap/ns/settings", "+++ desired/ConfigMap/ns/settings",
+                                                        "@@ -1 +1 @@", "-  value: hand", "+  value: '1'"))
+    pack = livediff.PackLive("app-a", "app", "1.1.0", changed=(changed,), missing=("ConfigMap/ns/gone",),
+                             prune=("ConfigMap/ns/legacy",), in_sync=2)
+    return livediff.Report((livediff.ClusterLive("a", (pack,)), livediff.ClusterLive("b", error="ClusterUnreachable: down"),
+                            livediff.ClusterLive("c", (livediff.PackLive("app-c", "app", "1.1.0", in_sync=4),))))
+
+
+def test_live_table_gives_each_cluster_its_packs_and_an_unreachable_one_its_own_line() -> None:
+    buffer = io.StringIO()
+    planformat.live_table(live_report(), output.Printer(buffer, colour=False))
+    assert buffer.getvalue().splitlines() == [
+        "live: 2 cluster(s) compared, 1 unreachable; objects: 1 changed, 1 missing, 1 to prune, 0 refused, 6 in sync",
+        "  cluster a: 1 of 1 pack(s) would change",
+        "    app 1.1.0 (app-a)",
+        "        ~ ConfigMap/ns/settings (would change)",
+        "            @@ -1 +1 @@",
+        "            -  value: hand",
+        "            +  value: '1'",
+        "        + ConfigMap/ns/gone (missing in the cluster)",
+        "        - ConfigMap/ns/legacy (would be pruned)",
+        "  cluster b: unreachable: ClusterUnreachable: down",
+        "  cluster c: in sync (1 pack(s))",
+    ]
+
+
+def test_live_markdown_is_a_heading_and_one_collapsible_diff_block() -> None:
+    text = planformat.live_markdown(live_report())
+    lines = text.splitlines()
+    assert lines[1].startswith("#### Live clusters: live: 2 cluster(s) compared, 1 unreachable")
+    assert lines[3:6] == ["<details>", "", "```diff"] and lines[-2:] == ["</details>", ""]
+    assert "  cluster b: unreachable: ClusterUnreachable: down" in lines
