@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
         flags.render(p)
         flags.delivery(p)
         wiring_kube.add_flags(p)
+        if name == "reconcile":
+            flags.render_wait(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         p.set_defaults(func=cmd_pass, mode=name)
 
@@ -164,9 +166,10 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args), render_workers=flags.render_workers(args))
         wired.env.progress = output.progress(sys.stderr)
+        wired.env.render_wait = getattr(args, "render_wait", None)  # reconcile only: dry-run and diff wait for every render
         with wiring_kube.use(args, wired.env) as env:
             wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
-            state = reconcile.run(env)
+            state = reconcile.run_applying_slow_renders_last(env)
     finally:
         local.close()
     assert state.summary is not None and state.plan is not None and state.tree is not None

@@ -13,6 +13,7 @@ only gates the side effects (publish, apply, status).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import time
@@ -433,3 +434,21 @@ def run(env: Env) -> PassState:
         state.timings[name] = time.perf_counter() - t0
     state.timings["total"] = time.perf_counter() - started
     return state
+
+
+def run_applying_slow_renders_last(env: Env) -> PassState:
+    """A one-shot pass (``gitopsd reconcile``, ``gitopsd run --once``): one pass applies every pack
+    whose render ended within ``env.render_wait``; when renders were left running, wait for them to
+    end (each is bounded by the renderer's own timeout), then one more pass applies those packs (or
+    reports their failure). The second pass is the one returned; the first one's writes stand."""
+    state = run(env)
+    running = env.memo.renders_running()
+    if not running:
+        return state
+    log.info("waiting for renders left running", renders=len(running), summary="other packs applied")
+    concurrent.futures.wait(running)
+    wait, env.render_wait = env.render_wait, None
+    try:
+        return run(env)
+    finally:
+        env.render_wait = wait
