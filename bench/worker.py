@@ -17,8 +17,9 @@ import time
 
 import yaml
 
-from gitopsd import daemon, logs, reconcile, wiring
+from gitopsd import daemon, logs, reconcile
 from gitopsd.model import spec
+from gitopsd.wiring import compose as wiring
 
 
 def rss_mib() -> float:

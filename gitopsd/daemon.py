@@ -16,7 +16,7 @@ revision, a trigger or the next resync tries again.
 
 Time is injected (``clock``, ``wait``) so tests drive the loop in virtual time. The loop owns the
 ``Env``: it opens it in its own thread (a SQLite store must be used by the thread that opened it)
-and closes it on the way out. ``gitopsd.cli_run`` wires it; ``gitopsd.httpserver`` reads
+and closes it on the way out. ``gitopsd.cli.run`` wires it; ``gitopsd.httpserver`` reads
 ``alive()``/``readiness()`` and calls ``trigger()``; ``gitopsd.metrics`` is fed after every pass.
 """
 

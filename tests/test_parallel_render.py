@@ -14,8 +14,10 @@ import sys
 
 import pytest
 
-from gitopsd import compiling, errors, flags, passstate, reconcile, wiring
+from gitopsd import compiling, errors, passstate, reconcile
 from gitopsd.adapters import fakes, render, schemafiles, system
+from gitopsd.cli import flags
+from gitopsd.wiring import compose as wiring
 
 CLUSTERS = {
     "clusters/a.yaml": "name: a\nlabels: {env: prod}\n",

@@ -1,6 +1,6 @@
 """Command-line flags shared by ``reconcile``, ``dry-run``, ``diff`` and ``run``, and their options.
 
-``gitopsd.cli`` and ``gitopsd.cli_run`` both build their parsers from here, so a flag means the
+``gitopsd.cli.main`` and ``gitopsd.cli.run`` both build their parsers from here, so a flag means the
 same thing everywhere. Secrets are never flag values: flags name files or environment variables.
 """
 
@@ -10,7 +10,8 @@ import argparse
 import pathlib
 import re
 
-from gitopsd import errors, wiring
+from gitopsd import errors
+from gitopsd.wiring import compose as wiring
 
 
 def common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table", output: bool = True,

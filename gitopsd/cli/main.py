@@ -22,12 +22,18 @@ from typing import Any, cast
 
 import structlog
 
-from gitopsd import __version__, cli_plan, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
+from gitopsd import __version__, errors, logs, output, reconcile
 from gitopsd.adapters import keys, localstore, statelock
+from gitopsd.cli import flags
+from gitopsd.cli import plan as cli_plan
+from gitopsd.cli import run as cli_run
 from gitopsd.core import delivery as delivery_core
 from gitopsd.core import signing, yamlload
 from gitopsd.core import status as status_core
 from gitopsd.model import delivery, instance, pack
+from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import delivery as wiring_delivery
+from gitopsd.wiring import kube as wiring_kube
 
 log = structlog.get_logger()
 

@@ -12,7 +12,9 @@ import argparse
 import pathlib
 import sys
 
-from gitopsd import errors, flags, output, planformat, preview, wiring
+from gitopsd import errors, output, planformat, preview
+from gitopsd.cli import flags
+from gitopsd.wiring import compose as wiring
 
 EPILOG = """\
 exit codes:

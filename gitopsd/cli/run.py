@@ -18,8 +18,12 @@ from collections.abc import Iterator
 
 import structlog
 
-from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring, wiring_delivery, wiring_kube
+from gitopsd import daemon, errors, httpserver, metrics, reconcile
 from gitopsd.adapters import statelock, watch
+from gitopsd.cli import flags
+from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import delivery as wiring_delivery
+from gitopsd.wiring import kube as wiring_kube
 
 log = structlog.get_logger()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from gitopsd import errors, flags, ports, reconcile
+from gitopsd import errors, ports, reconcile
+from gitopsd.cli import flags
 from gitopsd.delivery import engine, reach, runner
 
 

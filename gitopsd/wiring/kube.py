@@ -1,6 +1,6 @@
 """The Kubernetes mode of the CLI: its flags, and the Env pieces they build.
 
-``gitopsd.wiring`` builds the local Env (source, OCI layout, compile cache, keys); this module
+``gitopsd.wiring.compose`` builds the local Env (source, OCI layout, compile cache, keys); this module
 swaps in the management cluster when a Kubernetes flag is given: an API client from
 ``--kubeconfig``/``--context`` or ``--in-cluster``, the ``gitopsd.adapters.kube`` Cluster adapter,
 Lease leader election (``gitopsd.adapters.lease``) gating every write, and ``--shard i/N``

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gitopsd import daemon, reconcile, wiring
+from gitopsd import daemon, reconcile
 from gitopsd.adapters import render
+from gitopsd.wiring import compose as wiring
 from tests.reliability import harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
