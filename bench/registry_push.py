@@ -23,7 +23,7 @@ from collections.abc import Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gitopsd import logs, reconcile  # noqa: E402
+from gitopsd import compiling, logs, reconcile  # noqa: E402
 from gitopsd.adapters import fakes, registry, render, schemafiles, system  # noqa: E402
 from gitopsd.core import compile as compile_core  # noqa: E402
 from gitopsd.model import pack, spec  # noqa: E402
@@ -37,7 +37,7 @@ def example_artifacts(scratch: pathlib.Path) -> list[tuple[str, pack.Artifact]]:
         renderers=render.renderers(), schemas=schemafiles.schemas(),
     )
     state = reconcile.PassState()
-    for step in (reconcile.fetch, reconcile.load_specs, reconcile.compile_packs):
+    for step in (reconcile.fetch, reconcile.load_specs, compiling.compile_packs):
         step(env, state)
     if state.pack_errors:
         raise SystemExit(f"examples-repo did not compile: {state.pack_errors}")

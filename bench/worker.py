@@ -17,8 +17,9 @@ import time
 
 import yaml
 
-from gitopsd import logs, reconcile, wiring
+from gitopsd import daemon, logs, reconcile
 from gitopsd.model import spec
+from gitopsd.wiring import compose as wiring
 
 
 def rss_mib() -> float:
@@ -29,11 +30,11 @@ SETTLE: list[float] = []
 
 
 def one_pass(env: reconcile.Env) -> tuple[float, reconcile.PassState]:
-    """One pass, then what ``gitopsd run`` does after every pass (``reconcile.settle``), timed apart."""
+    """One pass, then what ``gitopsd run`` does after every pass (``daemon.settle``), timed apart."""
     t0 = time.perf_counter()
     state = reconcile.run(env)
     seconds = time.perf_counter() - t0
-    SETTLE.append(reconcile.settle())
+    SETTLE.append(daemon.settle())
     return seconds, state
 
 

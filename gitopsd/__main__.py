@@ -1,5 +1,5 @@
 """``python -m gitopsd``: the same as the ``gitopsd`` command."""
 
-from gitopsd import cli
+from gitopsd.cli import main as cli
 
 raise SystemExit(cli.main())

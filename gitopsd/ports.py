@@ -3,6 +3,11 @@
 ``gitopsd.reconcile`` only talks to these; ``gitopsd.adapters`` implements them for each mode (a
 local folder or Git for the source, a SQLite store or Kubernetes for the cluster, an OCI layout or
 a registry for artifacts), and ``gitopsd.adapters.fakes`` has in-memory twins for tests.
+
+A capability only some adapters have (a registry that can verify or repair what it serves, a
+compile cache that remembers failures, a source that can tell cheaply whether anything is new) is
+its own ``runtime_checkable`` Protocol below, and callers ask ``isinstance(adapter, ports.X)``:
+the pass never probes for a method by its name.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pathlib
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from gitopsd.core import delivery as delivery_core
 from gitopsd.model import change, delivery, instance, pack, spec
@@ -79,6 +84,7 @@ class Renderer(Protocol):
     def render(self, tree: Tree, build: spec.PackBuild) -> Rendered: ...
 
 
+@runtime_checkable
 class Preparing(Protocol):
     """A Renderer whose slow part (a child process) can run apart from the Tree (optional).
 
@@ -139,12 +145,84 @@ class StatusWriter(Protocol):
         ...
 
 
+@runtime_checkable
+class Flushing(Protocol):
+    """A compile cache or registry that batches its writes: ``flush`` ends a step's batch (optional)."""
+
+    def flush(self) -> None: ...
+
+
+@runtime_checkable
+class RemembersFailures(Protocol):
+    """A CompileCache that also keeps render failures by cache key, across processes (optional)."""
+
+    def failure(self, key: str, max_age: float) -> tuple[str, str] | None:
+        """(reason, message) of a render of exactly these inputs that failed within ``max_age`` seconds."""
+        ...
+
+    def remember_failure(self, key: str, reason: str, message: str) -> None: ...
+
+
+@runtime_checkable
+class VerifiesArtifacts(Protocol):
+    """A Registry that can check a stored artifact byte for byte against its digests (optional)."""
+
+    def verify(self, repository: str, manifest_digest: str, layers: Mapping[str, str] | None = None) -> list[str]:
+        """Problems with the stored artifact; empty when it is sound."""
+        ...
+
+
+@runtime_checkable
+class RepairsArtifacts(Protocol):
+    """A Registry that can tell cheaply whether a published artifact is intact and write it again (optional)."""
+
+    def sound(self, repository: str, manifest_digest: str) -> bool: ...
+
+    def repair(self, repository: str, art: pack.Artifact) -> None: ...
+
+
+@runtime_checkable
+class ServesArtifacts(Protocol):
+    """A Registry that hands artifacts back (delivery reads them from here) (optional)."""
+
+    def pull(self, repository: str, digest: str) -> tuple[bytes, dict[str, bytes]]: ...
+
+
+@runtime_checkable
+class InPlace(Protocol):
+    """A StatusWriter that can tell whether the branch still holds what it last wrote (optional)."""
+
+    def in_place(self) -> bool: ...
+
+
+@runtime_checkable
+class Sharded(Protocol):
+    """A StatusWriter that can replace only the records of the packs one shard owns (optional)."""
+
+    owns: Callable[[str], bool] | None
+
+
+@runtime_checkable
+class HasSubmodules(Protocol):
+    """A Tree read from Git: the submodule paths it met (and left out of listings) (optional)."""
+
+    submodules: set[str]
+
+
+@runtime_checkable
+class StatusMoves(Protocol):
+    """A Pollable source that can tell when its branch moved under the same desired revision (optional)."""
+
+    def status_moved(self) -> bool: ...
+
+
 class Clock(Protocol):
     def now(self) -> str:
         """The current time as RFC 3339 UTC (``2026-11-22T10:00:00Z``)."""
         ...
 
 
+@runtime_checkable
 class Pollable(Protocol):
     """A Source that can tell cheaply (a ref listing, an empty fetch) whether anything is new."""
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from gitopsd import errors, reconcile, wiring
+from gitopsd import errors, reconcile
 from gitopsd.adapters import gitrev, layercache, render, schemafiles, system
 from gitopsd.core import delivery as delivery_core
 from gitopsd.core import livediff
@@ -31,6 +31,7 @@ from gitopsd.core import preview as preview_core
 from gitopsd.delivery import live as live_mod
 from gitopsd.delivery import reach as reach_mod
 from gitopsd.model import change, delivery, instance, pack
+from gitopsd.wiring import compose as wiring
 
 log = structlog.get_logger()
 

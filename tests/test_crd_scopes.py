@@ -8,9 +8,10 @@ import pathlib
 
 import pytest
 
-from gitopsd import reconcile, wiring
+from gitopsd import reconcile
 from gitopsd.core import codec
 from gitopsd.model import change, pack
+from gitopsd.wiring import compose as wiring
 
 CRD = """apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gitopsd import cli_run, daemon, errors, httpserver, metrics, ports, reconcile
+from gitopsd import daemon, errors, httpserver, metrics, ports, reconcile
 from gitopsd.adapters import watch
+from gitopsd.cli import run as cli_run
 
 STEADY = daemon.Options(interval=30, jitter=0, resync_interval=0)
 
@@ -519,7 +520,8 @@ def test_bad_flags_are_usage_errors(argv: tuple[str, ...]) -> None:
 
 SCRIPT = textwrap.dedent("""\
     import argparse, sys
-    from gitopsd import cli_run, errors, logs
+    from gitopsd import errors, logs
+    from gitopsd.cli import run as cli_run
     top = argparse.ArgumentParser(prog="gitopsd")
     cli_run.add_parser(top.add_subparsers(dest="command", required=True))
     args = top.parse_args(sys.argv[1:])

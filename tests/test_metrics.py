@@ -7,7 +7,8 @@ import pathlib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitopsd import cli_run, metrics, reconcile
+from gitopsd import metrics, reconcile
+from gitopsd.cli import run as cli_run
 from gitopsd.core import delivery as delivery_core
 from gitopsd.model import delivery
 

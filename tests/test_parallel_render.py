@@ -1,4 +1,4 @@
-"""The compile step with several renderer child processes at once (``reconcile.compile_packs``):
+"""The compile step with several renderer child processes at once (``compiling.compile_packs``):
 the same CompiledPacks, errors, cache use and progress lines as one after another, with real
 ``kubectl kustomize`` and the Helm SDK on a real Git work tree; and the children really overlap,
 never more than ``render_workers`` of them."""
@@ -14,8 +14,10 @@ import sys
 
 import pytest
 
-from gitopsd import errors, flags, reconcile, wiring
+from gitopsd import compiling, errors, passstate, reconcile
 from gitopsd.adapters import fakes, render, schemafiles, system
+from gitopsd.cli import flags
+from gitopsd.wiring import compose as wiring
 
 CLUSTERS = {
     "clusters/a.yaml": "name: a\nlabels: {env: prod}\n",
@@ -96,7 +98,7 @@ class Pass:
 
     def compile(self) -> reconcile.PassState:
         state = reconcile.PassState()
-        for step in (reconcile.fetch, reconcile.load_specs, reconcile.compile_packs):
+        for step in (reconcile.fetch, reconcile.load_specs, compiling.compile_packs):
             step(self.env, state)
         return state
 
@@ -226,7 +228,7 @@ def test_compile_one_keeps_its_signature_and_renders_in_place(tmp_path: pathlib.
 @pytest.mark.parametrize(
     ("flag", "variable", "expected"),
     [
-        (None, None, reconcile.default_render_workers()),
+        (None, None, passstate.default_render_workers()),
         (None, "3", 3),
         (2, "3", 2),
         (None, "1", 1),

@@ -60,7 +60,8 @@ class Harness:
 
 def test_steps_run_in_the_documented_order() -> None:
     assert [name for name, _ in reconcile.STEPS] == [
-        "fetch", "load", "compile", "observe", "adopt", "sign", "verify", "plan", "publish", "check", "unpack", "apply", "deliver", "status",
+        "fetch", "load", "compile", "observe", "adopt", "sign", "signatures", "artifacts", "plan", "publish", "unpack", "apply", "deliver",
+        "status",
         "summarize",
     ]
 

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gitopsd import cli_run, daemon, httpserver, reconcile, webhook
+from gitopsd import daemon, httpserver, reconcile, webhook
+from gitopsd.cli import run as cli_run
 
 SECRET = b"s3cret-webhook-key"
 PUSH_MAIN = json.dumps({"ref": "refs/heads/main", "after": "0" * 40}).encode()

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gitopsd import errors, reconcile, wiring_kube
+from gitopsd import errors, reconcile
 from gitopsd.adapters import kube, lease
 from gitopsd.model import change, instance
+from gitopsd.wiring import kube as wiring_kube
 from tests.contract import harness
 from tests.contract.harness import INSTANCES, PACKS
 from tests.realkube import faults

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gitopsd import ports, reconcile, wiring
+from gitopsd import ports, reconcile
 from gitopsd.adapters import render, schemafiles, system
+from gitopsd.wiring import compose as wiring
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples-repo"

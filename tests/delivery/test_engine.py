@@ -9,12 +9,12 @@ import uuid
 
 import pytest
 
-from gitopsd import wiring
 from gitopsd.core import compile as compile_core
 from gitopsd.core import delivery as delivery_core
 from gitopsd.core import signing
 from gitopsd.delivery import engine, reach
 from gitopsd.model import pack, spec
+from gitopsd.wiring import compose as wiring
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

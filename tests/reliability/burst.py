@@ -16,7 +16,7 @@ from tests.reliability import zygote
 
 
 def main() -> None:
-    from gitopsd import cli  # noqa: PLC0415 - imported once, before the forks
+    from gitopsd.cli import main as cli  # noqa: PLC0415 - imported once, before the forks
 
     request = json.loads(sys.stdin.read())
     go_read, go_write = os.pipe()

@@ -11,8 +11,9 @@ import stat
 
 import pytest
 
-from gitopsd import reconcile, wiring
+from gitopsd import reconcile
 from gitopsd.adapters import render
+from gitopsd.wiring import compose as wiring
 from tests.reliability import harness
 
 

@@ -21,9 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from gitopsd import reconcile, wiring
+from gitopsd import reconcile
 from gitopsd.adapters import keys
 from gitopsd.adapters import registry as registry_adapter
+from gitopsd.wiring import compose as wiring
 from tests import registry_fixture
 from tests.reliability import harness
 

@@ -49,8 +49,8 @@ def _child(request: dict[str, object], main: object) -> None:
 
 
 def main() -> None:
-    from gitopsd import cli  # noqa: PLC0415 - the point: import once, here
     from gitopsd.adapters import render  # noqa: F401, PLC0415
+    from gitopsd.cli import main as cli  # noqa: PLC0415 - the point: import once, here
 
     replies = sys.stdout
     for line in sys.stdin:

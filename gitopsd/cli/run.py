@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import functools
 import pathlib
-import re
 import signal
 import threading
 import time
@@ -19,8 +18,12 @@ from collections.abc import Iterator
 
 import structlog
 
-from gitopsd import daemon, errors, flags, httpserver, metrics, reconcile, wiring, wiring_delivery, wiring_kube
+from gitopsd import daemon, errors, httpserver, metrics, reconcile
 from gitopsd.adapters import statelock, watch
+from gitopsd.cli import flags
+from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import delivery as wiring_delivery
+from gitopsd.wiring import kube as wiring_kube
 
 log = structlog.get_logger()
 
@@ -57,16 +60,7 @@ examples:
   gitopsd run repo --listen 0.0.0.0:9797 --webhook-secret-file /etc/gitopsd/webhook-secret
 """
 
-_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """``500ms``, ``30s``, ``10m``, ``1h`` or plain seconds, as seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 500ms, 30s, 10m, 1h")
-    return float(match["value"]) * _UNITS[match["unit"]]
+parse_duration = flags.parse_duration
 
 
 def parse_listen(text: str) -> tuple[str, int] | None:
@@ -88,6 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.registry(p)
     flags.git(p)
     flags.render(p)
+    flags.render_wait(p)
     flags.delivery(p)
     wiring_kube.add_flags(p)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
@@ -131,6 +126,7 @@ def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
         wired = wiring.build_env(repo, local, dry_run=False, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args), render_workers=flags.render_workers(args))
+        wired.env.render_wait = args.render_wait
         with wiring_kube.use(args, wired.env, daemon=not args.once, stop=stop) as env:
             wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
             yield env
@@ -178,7 +174,7 @@ def _repo_path(args: argparse.Namespace) -> pathlib.Path:
 
 def run_once(open_env: daemon.EnvFactory) -> int:
     with structlog.contextvars.bound_contextvars(mode="run"), open_env() as env:
-        state = reconcile.run(env)
+        state = reconcile.run_applying_slow_renders_last(env)
         with structlog.contextvars.bound_contextvars(revision=state.revision):
             log.info("pass finished", trigger="once", **daemon.summary_facts(state))
     assert state.summary is not None

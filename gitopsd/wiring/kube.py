@@ -1,6 +1,6 @@
 """The Kubernetes mode of the CLI: its flags, and the Env pieces they build.
 
-``gitopsd.wiring`` builds the local Env (source, OCI layout, compile cache, keys); this module
+``gitopsd.wiring.compose`` builds the local Env (source, OCI layout, compile cache, keys); this module
 swaps in the management cluster when a Kubernetes flag is given: an API client from
 ``--kubeconfig``/``--context`` or ``--in-cluster``, the ``gitopsd.adapters.kube`` Cluster adapter,
 Lease leader election (``gitopsd.adapters.lease``) gating every write, and ``--shard i/N``
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gitopsd import __version__, errors, reconcile
+from gitopsd import __version__, errors, ports, reconcile
 
 if TYPE_CHECKING:  # imported when a Kubernetes flag is given: the client costs ~0.2 s of every command otherwise
     from gitopsd.adapters import kube, lease
@@ -123,9 +123,8 @@ class Kube:
         written back to Git (a sharded status writer replaces only its own packs' records)."""
         env.cluster = self.cluster
         env.pack_filter = self.pack_filter
-        if env.pack_filter is not None and hasattr(env.status_writer, "owns"):
-            # the ignore below: hasattr-checked: only the Git status writer has owns
-            env.status_writer.owns = env.pack_filter  # type: ignore[union-attr]
+        if env.pack_filter is not None and isinstance(env.status_writer, ports.Sharded):
+            env.status_writer.owns = env.pack_filter
         return env
 
     def close(self) -> None:

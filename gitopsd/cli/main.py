@@ -22,12 +22,18 @@ from typing import Any, cast
 
 import structlog
 
-from gitopsd import __version__, cli_plan, cli_run, errors, flags, logs, output, reconcile, wiring, wiring_delivery, wiring_kube
+from gitopsd import __version__, errors, logs, output, reconcile
 from gitopsd.adapters import keys, localstore, statelock
+from gitopsd.cli import flags
+from gitopsd.cli import plan as cli_plan
+from gitopsd.cli import run as cli_run
 from gitopsd.core import delivery as delivery_core
 from gitopsd.core import signing, yamlload
 from gitopsd.core import status as status_core
 from gitopsd.model import delivery, instance, pack
+from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import delivery as wiring_delivery
+from gitopsd.wiring import kube as wiring_kube
 
 log = structlog.get_logger()
 
@@ -84,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
         flags.render(p)
         flags.delivery(p)
         wiring_kube.add_flags(p)
+        if name == "reconcile":
+            flags.render_wait(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         if name == "diff":
             cli_plan.add_live_flag(p)
@@ -169,9 +177,10 @@ def _pass(args: argparse.Namespace, repo: str, state_dir: pathlib.Path, dry_run:
                                  registry_url=args.registry_url, git=flags.git_options(args),
                                  registry=flags.registry_options(args), render_workers=flags.render_workers(args))
         wired.env.progress = output.progress(sys.stderr)
+        wired.env.render_wait = getattr(args, "render_wait", None)  # reconcile only: dry-run and diff wait for every render
         with wiring_kube.use(args, wired.env) as env:
             wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
-            state = reconcile.run(env)
+            state = reconcile.run_applying_slow_renders_last(env)
             live = cli_plan.live_diff(args, env, state, local, secrets=wiring_kube.secret_reader(env))
     finally:
         local.close()

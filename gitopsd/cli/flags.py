@@ -1,6 +1,6 @@
 """Command-line flags shared by ``reconcile``, ``dry-run``, ``diff`` and ``run``, and their options.
 
-``gitopsd.cli`` and ``gitopsd.cli_run`` both build their parsers from here, so a flag means the
+``gitopsd.cli.main`` and ``gitopsd.cli.run`` both build their parsers from here, so a flag means the
 same thing everywhere. Secrets are never flag values: flags name files or environment variables.
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 
-from gitopsd import errors, wiring
+from gitopsd import errors
+from gitopsd.wiring import compose as wiring
 
 
 def common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table", output: bool = True,
@@ -39,6 +41,27 @@ def render(p: argparse.ArgumentParser) -> None:
     p.add_argument("--render-workers", type=_workers, metavar="N", help="run up to N kustomize/helm renders at once "
                    "while raw packs compile; 1 renders one pack after another; results are the same either way "
                    f"(default: ${wiring.RENDER_WORKERS_ENV}, else one per CPU)")
+
+
+_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+DEFAULT_RENDER_WAIT = 5.0  # seconds a pass that applies waits for one render before it leaves it running
+
+
+def parse_duration(text: str) -> float:
+    """``500ms``, ``30s``, ``10m``, ``1h`` or plain seconds, as seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 500ms, 30s, 10m, 1h")
+    return float(match["value"]) * _UNITS[match["unit"]]
+
+
+def render_wait(p: argparse.ArgumentParser) -> None:
+    """How long a pass that applies (reconcile, run) waits for one slow render before going on without it."""
+    p.add_argument("--render-wait", type=parse_duration, default=DEFAULT_RENDER_WAIT, metavar="DURATION",
+                   help="a kustomize/helm render still running this long after it started is left running: the "
+                   "other packs are applied, that pack keeps what it runs (RenderPending) and a later pass applies "
+                   "it when the render ends (default: 5s)")
 
 
 def render_workers(args: argparse.Namespace) -> int | None:

@@ -13,9 +13,12 @@ import argparse
 import pathlib
 import sys
 
-from gitopsd import errors, flags, output, planformat, preview, reconcile, wiring, wiring_delivery
+from gitopsd import errors, output, planformat, preview, reconcile
+from gitopsd.cli import flags
 from gitopsd.core import livediff
 from gitopsd.delivery import reach
+from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import delivery as wiring_delivery
 
 EPILOG = """\
 exit codes:

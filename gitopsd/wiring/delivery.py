@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from gitopsd import errors, flags, ports, reconcile
+from gitopsd import errors, ports, reconcile
+from gitopsd.cli import flags
 from gitopsd.delivery import engine, reach, runner
 
 
@@ -30,12 +31,10 @@ def use(args: argparse.Namespace, env: reconcile.Env, *, secrets: reach.SecretRe
         raise errors.ConfigError(f"--kubeconfig-dir {folder}: not a folder", reason="Usage")
     if not files and folder is None and secrets is None:
         return env
-    pull = getattr(env.registry, "pull", None)
-    if pull is None:
+    if not isinstance(env.registry, ports.ServesArtifacts):
         raise errors.ConfigError("this registry cannot serve artifacts back for delivery", reason="Usage")
     where = reach.Reach(files=files, folder=pathlib.Path(folder) if folder else None, secrets=secrets)
-    # the ignore below: checked above: this registry serves artifacts back
-    eng = engine.Engine(env.registry, env.verifier, now=_Now(env.clock))  # type: ignore[arg-type]
+    eng = engine.Engine(env.registry, env.verifier, now=_Now(env.clock))
     env.deliverer = runner.Runner(where, eng, workers=getattr(args, "delivery_workers", 4) or 4)
     return env
 

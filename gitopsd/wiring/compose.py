@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from gitopsd import errors, reconcile
+from gitopsd import errors, passstate, reconcile
 from gitopsd.adapters import (
     compilecache,
     gitsource,
@@ -175,7 +175,7 @@ def resolve_render_workers(given: int | None) -> int:
         return given
     text = os.environ.get(RENDER_WORKERS_ENV, "").strip()
     if not text:
-        return reconcile.default_render_workers()
+        return passstate.default_render_workers()
     if not text.isdigit() or int(text) < 1:
         raise errors.ConfigError(f"{RENDER_WORKERS_ENV}={text!r}: give a whole number of at least 1 (1 renders one "
                                  "pack after another)", reason="Usage")

@@ -1,0 +1,149 @@
+"""The artifacts of a pass: verified and repaired before the plan, published after it.
+
+``verify_artifacts`` (before ``plan``) looks at the artifacts already published for this pass's
+ClusterPacks: damage a registry can notice cheaply (a tag lost from the OCI layout's index, a blob
+gone or corrupt) is repaired from the compile cache or a recompile, and the artifact of every
+existing ClusterPack a PackInstance may be about to point at is checked byte for byte against
+its recorded digests. What it finds is an input of the plan (``PassState.artifact_problems``,
+``PassState.pack_errors``): the plan step alone decides what that blocks. ``publish`` (after
+``plan``) pushes the artifacts of the ClusterPacks the plan creates.
+
+Neighbours: ``gitopsd.reconcile`` runs both as steps; ``gitopsd.packcompile`` recompiles a pack
+whose artifact is not in the compile cache; the registry adapters implement the optional
+``ports.VerifiesArtifacts``/``ports.RepairsArtifacts``/``ports.Flushing``.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from gitopsd import errors, packcompile, passstate, ports
+from gitopsd.core import plan
+from gitopsd.model import change, instance
+
+log = structlog.get_logger()
+
+Env = passstate.Env
+PassState = passstate.PassState
+CompileResult = passstate.CompileResult
+
+
+def verify_artifacts(env: Env, state: PassState) -> None:
+    """Repair what can be repaired of the published artifacts of this pass's ClusterPacks, then
+    verify the artifact of every existing ClusterPack an instance may be about to point at: a
+    mismatch is ``ArtifactMismatch``, a registry that cannot be asked ``ArtifactUnverified``
+    (``state.artifact_problems``, which ``plan`` turns into blocked deliveries); an artifact that
+    cannot be repaired is a pack error (``ArtifactDamaged``). Nothing of this in a dry run."""
+    assert state.observed is not None
+    if env.dry_run:
+        return
+    if isinstance(env.registry, ports.RepairsArtifacts):
+        _repair(env, state, env.registry)
+    if isinstance(env.registry, ports.VerifiesArtifacts):
+        _verify(env, state, env.registry)
+
+
+def _published(state: PassState) -> list[CompileResult]:
+    """This pass's ClusterPacks that exist already with the same content (the plan keeps them)."""
+    assert state.observed is not None
+    out = []
+    for result in state.compiled:
+        cp = result.compiled.cluster_pack
+        found = state.observed.packs.get(cp.name)
+        if found is not None and found.checksum == cp.checksum:
+            out.append(result)
+    return out
+
+
+def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts) -> None:
+    repaired = 0
+    for result in _published(state):
+        cp = result.compiled.cluster_pack
+        if registry.sound(cp.base_pack_name, cp.manifest_digest):
+            continue
+        try:
+            art = result.compiled.artifact or packcompile.compile_one(env, state, result.build, use_cache=False).compiled.artifact
+            assert art is not None
+            if art.manifest_digest != cp.manifest_digest:
+                raise errors.StalledError(f"a recompile gave {art.manifest_digest}, not the published "
+                                          f"{cp.manifest_digest}", reason="NonDeterministic")
+            registry.repair(cp.base_pack_name, art)
+        except errors.GitopsdError as err:
+            message = (f"the artifact of {cp.name} ({cp.manifest_digest}) is damaged in the registry and could not be "
+                       f"repaired: {err}; run 'gitopsd verify' and restore it")
+            state.pack_errors.append(change.PackError(path=result.build.path, pack=cp.base_pack_name,
+                                                      reason="ArtifactDamaged", message=message))
+            log.warning("artifact damaged", pack=cp.base_pack_name, digest=cp.manifest_digest, error=str(err))
+            continue
+        repaired += 1
+        state.published += 1
+        log.warning("artifact repaired", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
+    if repaired and isinstance(env.registry, ports.Flushing):
+        env.registry.flush()
+
+
+def _moving(state: PassState, result: CompileResult) -> bool:
+    """Whether a PackInstance of ``result`` may be created or superseded to run it this pass: one of
+    its clusters has no instance that runs exactly it (the plan's own test for an unchanged one)."""
+    assert state.observed is not None
+    cp, build = result.compiled.cluster_pack, result.build
+    runs_this = (cp.name, cp.manifest_digest, cp.checksum, build.priority, build.path)
+    for cluster in result.clusters:
+        obs = state.observed.instances.get(f"{build.base_pack_name}-{cluster}")
+        if obs is None or obs.state is instance.InstallState.UNINSTALLED or (
+                obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) != runs_this:
+            return True
+    return False
+
+
+def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts) -> None:
+    """Existing ClusterPacks only: a new one is uploaded byte for byte and digest-checked by ``publish``."""
+    for result in sorted(_published(state), key=lambda r: r.compiled.cluster_pack.name):
+        if not _moving(state, result):
+            continue
+        cp = result.compiled.cluster_pack
+        layers = {field: digest for field, digest in (
+            ("rbacDigest", cp.rbac_digest), ("clusterScopedDigest", cp.cluster_scoped_digest),
+            ("workloadDigest", cp.workload_digest)) if digest}
+        try:
+            problems = registry.verify(cp.base_pack_name, cp.manifest_digest, layers)
+        except errors.GitopsdError as err:
+            state.artifact_problems[cp.name] = ("ArtifactUnverified", f"{err.reason}: {err}")
+            continue
+        if problems:
+            state.artifact_problems[cp.name] = ("ArtifactMismatch", "; ".join(problems))
+            log.warning("artifact mismatch", pack=cp.base_pack_name, version=cp.version, problems=len(problems))
+
+
+def publish(env: Env, state: PassState) -> None:
+    """Push the artifact of every ClusterPack the plan creates; a failed push blocks only its pack."""
+    assert state.plan is not None
+    if env.dry_run:
+        return
+    by_name = {r.compiled.cluster_pack.name: r for r in state.compiled}
+    failed: dict[str, str] = {}
+    for c in state.plan.changes:
+        if c.kind is not change.ObjectKind.CLUSTER_PACK or c.action is not change.Action.CREATE:
+            continue
+        result = by_name[c.name]
+        cp = result.compiled.cluster_pack
+        try:
+            art = result.compiled.artifact
+            if art is None:
+                if env.registry.has(cp.base_pack_name, cp.manifest_digest):
+                    continue
+                art = packcompile.compile_one(env, state, result.build, use_cache=False).compiled.artifact
+                assert art is not None
+                if art.manifest_digest != cp.manifest_digest:
+                    raise errors.StalledError(f"recompiling {cp.name} gave another digest; the renderer is not deterministic",
+                                              reason="NonDeterministic")
+            if env.registry.push(cp.base_pack_name, art):
+                state.published += 1
+                log.info("artifact pushed", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
+        except errors.GitopsdError as err:
+            failed[c.name] = f"{err.reason}: {err}"
+            log.warning("artifact push failed", pack=cp.base_pack_name, reason=err.reason, error=str(err))
+    if isinstance(env.registry, ports.Flushing):
+        env.registry.flush()
+    if failed:  # a write that failed, like a failed apply: the plan stands, its pack waits for the next pass
+        state.plan = plan.block_packs(state.plan, failed, reason="ArtifactPublishFailed")

@@ -1,0 +1,353 @@
+"""The compile step of a pass: every PackBuild compiled (or taken from the compile cache), with
+renderer child processes overlapping, slow renders left running, and CRD scopes settled.
+
+``gitopsd.reconcile`` runs :func:`compile_packs` as its ``compile`` step; one pack's compile (its
+key, the cache, remembered failures) is ``gitopsd.packcompile``. Packs are recorded in path order
+with the same results, errors, cache entries and progress lines whether renders overlap or not.
+
+A render still running ``Env.render_wait`` seconds after its child process started is left
+running: this pass goes on without that pack (``RenderPending``: it keeps what it runs, nothing
+of it is pruned or uninstalled) and the result is taken by a later pass (``memo.Running``), so one
+slow pack never holds the others' apply.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gitopsd import errors, memo, packcompile, passstate, ports
+from gitopsd.core import compile as compile_core
+from gitopsd.model import change, pack, spec
+
+log = structlog.get_logger()
+
+Env = passstate.Env
+PassState = passstate.PassState
+CompileResult = passstate.CompileResult
+
+RENDERS_AHEAD = 2  # renders started per worker beyond the oldest one not yet taken back: bounds their output in memory
+PACKS_AHEAD = 8  # packs started per worker and not yet recorded (raw ones are rendered at once): bounds memory too
+
+
+def compile_packs(env: Env, state: PassState) -> None:
+    """Compile every PackBuild, in path order; a failing pack is recorded and the others go on.
+    With ``env.render_workers`` above 1, or a bound on waiting (``env.render_wait``), the renderer
+    child processes run in threads (``_compile_overlapped``); the results, errors, cache entries and
+    progress lines are the same.
+
+    A custom kind's scope may come from a CRD in another pack: the packs are compiled with the
+    scopes the last pass settled on (gitopsd.yaml's ``crds`` first), then ``_settle_scopes`` reads
+    every pack's CRDs and compiles again only the packs that used a scope that turned out otherwise."""
+    builds = sorted(state.builds, key=lambda b: b.path)
+    state.crd_scopes = compile_core.known_scopes(state.config.crds, [("", env.memo.crd_scopes)])[0]
+    state.renders = {}
+    earlier = dict(env.memo.running)
+    try:
+        if env.render_workers <= 1 and env.render_wait is None:
+            for index, build in enumerate(builds):
+                try:
+                    outcome: CompileResult | errors.GitopsdError | _Left = packcompile.compile_one(env, state, build)
+                except errors.GitopsdError as err:
+                    outcome = err
+                _record(env, state, index, len(builds), build, outcome)
+        else:
+            _compile_overlapped(env, state, builds, max(1, env.render_workers))
+        _settle_scopes(env, state)
+    finally:
+        state.renders, state.renders_bytes = None, 0
+        for key, running in earlier.items():  # not taken: its pack is gone or its inputs changed
+            if env.memo.running.get(key) is running:
+                del env.memo.running[key]
+    if isinstance(env.cache, ports.Flushing):
+        env.cache.flush()
+
+
+def fits(compiled: pack.CompiledPack, known: dict[str, str]) -> bool:
+    """Whether ``compiled`` was compiled with the scopes in ``known`` for every kind it took from outside."""
+    return all(known.get(kind, "") == scope for kind, scope in compiled.foreign_scopes)
+
+
+def _settle_scopes(env: Env, state: PassState) -> None:
+    """The CRD scopes of this pass (gitopsd.yaml's ``crds``, then the packs' CRDs in path order), and
+    a compile again of each pack that used another scope for one of its kinds: from its kept render,
+    else by rendering it again. A pack's own CRDs do not depend on these scopes, so one round settles
+    them. With shards, the packs of other shards are read (from the compile cache, else rendered)
+    for their CRDs when a pack here has a custom kind gitopsd.yaml does not settle."""
+    sources = [(r.build.path, r.compiled.crds) for r in state.compiled]
+    configured = dict(state.config.crds)
+    if state.unowned and any(kind not in configured for r in state.compiled for kind, _ in r.compiled.foreign_scopes):
+        sources += [(build.path, crds) for build in state.unowned if (crds := _crds_of(env, state, build)) is not None]
+        sources.sort(key=lambda source: source[0])
+    scopes, disagreements = compile_core.known_scopes(state.config.crds, sources)
+    for message in disagreements:
+        log.warning("crd scopes disagree", detail=message)
+    state.crd_scopes = env.memo.crd_scopes = scopes
+    known = dict(scopes)
+    settled: list[CompileResult] = []
+    for result in state.compiled:
+        if fits(result.compiled, known):
+            settled.append(result)
+            continue
+        build = result.build
+        try:
+            rendered = state.renders.pop(build.path, None) if state.renders is not None else None
+            if rendered is None:
+                settled.append(packcompile.compile_one(env, state, build, use_cache=False))
+            else:
+                key, inputs, clusters = packcompile.key(env, state, build)
+                try:
+                    settled.append(packcompile.end(env, state, packcompile.Started(build, key, inputs, clusters), rendered))
+                except errors.GitopsdError as err:
+                    packcompile.remember(env, key, err)
+                    raise
+        except errors.GitopsdError as err:
+            _failed(state, build, err)
+            continue
+        log.info("pack compiled again with the scopes of CRDs elsewhere", pack=build.base_pack_name, path=build.path)
+    state.compiled = settled
+
+
+def _crds_of(env: Env, state: PassState, build: spec.PackBuild) -> tuple[tuple[str, str], ...] | None:
+    """The CRDs of a pack of another shard, or None when it does not compile (its shard reports it)."""
+    try:
+        return packcompile.compile_one(env, state, build).compiled.crds
+    except errors.GitopsdError:
+        return None
+
+
+def _failed(state: PassState, build: spec.PackBuild, err: errors.GitopsdError) -> None:
+    state.protected_paths.add(build.path)
+    state.protected_bases.add(build.base_pack_name)
+    state.pack_errors.append(
+        change.PackError(path=build.path, pack=build.base_pack_name, reason=err.reason, message=str(err))
+    )
+    log.warning("pack failed", pack=build.base_pack_name, path=build.path, reason=err.reason, error=str(err))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Left:
+    """A render still running past ``Env.render_wait``: its pack sits this pass out."""
+
+    key: str
+    running: memo.Running
+
+
+def _left_running(env: Env, state: PassState, build: spec.PackBuild, left: _Left) -> None:
+    """The pack keeps what it runs (its path and basePackName are protected from uninstall and
+    pruning) and is reported ``RenderPending``; a later pass takes the render's result."""
+    env.memo.running[left.key] = left.running
+    state.protected_paths.add(build.path)
+    state.protected_bases.add(build.base_pack_name)
+    seconds = time.monotonic() - left.running.started
+    message = (f"{build.path}: still rendering after {seconds:.0f}s; the pack keeps what it runs and a later pass "
+               "applies it when the render ends")
+    state.pack_errors.append(change.PackError(path=build.path, pack=build.base_pack_name, reason="RenderPending",
+                                              message=message))
+    log.warning("render left running", pack=build.base_pack_name, path=build.path, seconds=round(seconds, 1))
+
+
+def _record(env: Env, state: PassState, index: int, total: int, build: spec.PackBuild,
+            outcome: CompileResult | errors.GitopsdError | _Left) -> None:
+    if isinstance(outcome, _Left):
+        _left_running(env, state, build, outcome)
+        if env.progress:
+            env.progress("pending", {"index": index + 1, "total": total, "path": build.path})
+        return
+    if isinstance(outcome, errors.GitopsdError):
+        err = outcome
+        _failed(state, build, err)
+        if env.progress:
+            env.progress("failed", {"index": index + 1, "total": total, "path": build.path, "error": str(err)})
+        return
+    state.compiled.append(outcome)
+    if env.progress:
+        env.progress("compiled", {"index": index + 1, "total": total, "path": build.path, "cached": outcome.cached})
+
+
+class _Lanes:
+    """At most ``workers`` renderer child processes at once, each call in its own thread, started
+    in the order they were submitted. A render left running gives its lane back (``leave``)."""
+
+    def __init__(self, workers: int) -> None:
+        self._turns = threading.Condition()
+        self._free = workers
+        self._issued = 0
+        self._next = 0
+
+    def submit(self, call: Callable[[], ports.Rendered]) -> _Render:
+        render = _Render(call, self, self._issued)
+        self._issued += 1
+        threading.Thread(target=render.run, name="gitopsd-render", daemon=True).start()
+        return render
+
+    def enter(self, ticket: int) -> None:
+        with self._turns:
+            self._turns.wait_for(lambda: self._next == ticket and self._free > 0)
+            self._free -= 1
+            self._next += 1
+            self._turns.notify_all()
+
+    def leave(self) -> None:
+        with self._turns:
+            self._free += 1
+            self._turns.notify_all()
+
+
+class _Render:
+    """One render call in its lane: a Future, and when its child process started."""
+
+    def __init__(self, call: Callable[[], ports.Rendered], lanes: _Lanes, ticket: int) -> None:
+        self.future: concurrent.futures.Future[ports.Rendered] = concurrent.futures.Future()
+        self.started: float | None = None
+        self._call = call
+        self._lanes = lanes
+        self._ticket = ticket
+        self._lock = threading.Lock()
+        self._holds = False
+
+    def run(self) -> None:
+        self._lanes.enter(self._ticket)
+        with self._lock:
+            self._holds = True
+        try:
+            if not self.future.set_running_or_notify_cancel():
+                return  # cancelled before its turn (the step ended early)
+            self.started = time.monotonic()
+            try:
+                result = self._call()
+            except BaseException as err:  # noqa: BLE001 - handed to whoever takes the future
+                self.future.set_exception(err)
+            else:
+                self.future.set_result(result)
+        finally:
+            self.give_back()
+
+    def give_back(self) -> None:
+        """Free this render's lane (once), whether it ended or is left running."""
+        with self._lock:
+            holds, self._holds = self._holds, False
+        if holds:
+            self._lanes.leave()
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One pack between its start and its record, in build order. ``late``: another pack ahead
+    in the window has the same cache key, so this one starts at its turn, as one after another
+    would (and meets that pack's cache entry)."""
+
+    build: spec.PackBuild
+    started: CompileResult | packcompile.Started | Exception | None = None
+    future: concurrent.futures.Future[ports.Rendered] | None = None
+    render: _Render | None = None
+    key: str = ""
+    late: bool = False
+
+    def since(self) -> float | None:
+        """When this pack's render child started (None while it waits for a lane)."""
+        if self.render is not None:
+            return self.render.started
+        if isinstance(self.started, packcompile.Started) and self.started.running is not None:
+            return self.started.running_since
+        return None
+
+
+def _compile_overlapped(env: Env, state: PassState, builds: list[spec.PackBuild], workers: int) -> None:
+    """``compile_packs`` with up to ``workers`` renderer child processes at once, while this thread
+    goes on with the next packs (raw ones are pure Python here). The Tree, the cache and the
+    progress callback are used from this thread only; a render thread only runs the call a
+    renderer's ``prepare`` returned. Packs are compiled, cached and recorded in build order, with
+    the same results and errors as one after another; a cache hit starts no child process."""
+    window: collections.deque[_Slot] = collections.deque()
+    upcoming = collections.deque(builds)
+    index = 0
+    lanes = _Lanes(workers)
+    try:
+        while window or upcoming:
+            futures = [slot.future for slot in window if slot.future is not None]
+            head = window[0] if window else None
+            head_waits = head is not None and head.future is not None and not head.future.done()
+            busy = sum(1 for f in futures if not f.done())
+            can_start = bool(upcoming) and len(futures) < RENDERS_AHEAD * workers and len(window) < PACKS_AHEAD * workers
+            if can_start and (head is None or head_waits or busy < workers):
+                slot = _Slot(upcoming.popleft())
+                _begin(env, state, slot, lanes, pending={s.key for s in window if s.key and not s.late})
+                window.append(slot)
+                continue
+            assert head is not None
+            window.popleft()
+            _record(env, state, index, len(builds), head.build, _take(env, state, head))
+            index += 1
+    finally:  # after an unexpected error: no new child, wait for the running ones
+        for slot in window:
+            if slot.future is not None and slot.render is not None:
+                slot.future.cancel()
+        concurrent.futures.wait([s.future for s in window if s.future is not None and s.render is not None])
+
+
+def _begin(env: Env, state: PassState, slot: _Slot, lanes: _Lanes, *, pending: set[str]) -> None:
+    try:
+        slot.key, inputs, clusters = packcompile.key(env, state, slot.build)
+        if slot.key in pending:
+            slot.late = True
+            return
+        slot.started = packcompile.start(env, state, slot.build, slot.key, inputs, clusters, use_cache=True, defer=True)
+    except Exception as err:  # noqa: BLE001 - recorded (or, when not a GitopsdError, raised) at the pack's turn
+        slot.started = err
+        return
+    if isinstance(slot.started, packcompile.Started):
+        if slot.started.running is not None:
+            slot.future = slot.started.running
+        elif slot.started.finish is not None:
+            slot.render = lanes.submit(slot.started.finish)
+            slot.future = slot.render.future
+
+
+def _ended_in_time(env: Env, slot: _Slot) -> bool:
+    """Wait for the head's render, at most ``env.render_wait`` seconds after its child started."""
+    assert slot.future is not None
+    bound = env.render_wait
+    if bound is None:
+        return True
+    while not slot.future.done():
+        since = slot.since()
+        if since is None:  # its turn for a lane is about to come: every render ahead of it was taken
+            concurrent.futures.wait([slot.future], timeout=0.05)
+            continue
+        left = since + bound - time.monotonic()
+        if left <= 0:
+            return False
+        concurrent.futures.wait([slot.future], timeout=left)
+    return True
+
+
+def _take(env: Env, state: PassState, slot: _Slot) -> CompileResult | errors.GitopsdError | _Left:
+    try:
+        if slot.late:
+            return packcompile.compile_one(env, state, slot.build)
+        started = slot.started
+        if isinstance(started, Exception):
+            raise started
+        assert started is not None
+        if isinstance(started, CompileResult):
+            return started
+        if slot.future is not None and not _ended_in_time(env, slot):
+            if slot.render is not None:
+                slot.render.give_back()  # the packs behind it render meanwhile
+            since = slot.since()
+            assert since is not None
+            return _Left(slot.key, memo.Running(slot.build.path, slot.future, since))
+        rendered = slot.future.result() if slot.future is not None else started.rendered
+        assert rendered is not None
+        return packcompile.end(env, state, started, rendered)
+    except errors.GitopsdError as err:
+        if slot.key and not slot.late:
+            packcompile.remember(env, slot.key, err)
+        return err

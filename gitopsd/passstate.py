@@ -1,0 +1,109 @@
+"""What one reconcile pass is given (``Env``) and what its steps build (``PassState``).
+
+``gitopsd.reconcile`` runs the steps; ``gitopsd.compiling`` and ``gitopsd.artifacts`` hold the
+larger ones; the CLI, the daemon and the wiring build the ``Env`` (``gitopsd.wiring``) once per
+command. ``Env.memo`` (``gitopsd.memo``) is what a process keeps between its passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from gitopsd import memo as memo_
+from gitopsd import ports
+from gitopsd.core import delivery as delivery_core
+from gitopsd.core import parse, plan, summarize
+from gitopsd.model import change, delivery, instance, pack, spec
+
+
+def default_render_workers() -> int:
+    """One renderer child process at a time per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass
+class Env:
+    """The adapters and options of a pass; built once by the CLI or the daemon."""
+
+    source: ports.Source
+    cluster: ports.Cluster
+    registry: ports.Registry
+    cache: ports.CompileCache
+    clock: ports.Clock
+    renderers: dict[spec.Category, ports.Renderer]
+    schemas: parse.Schemas
+    signer: ports.Signer | None = None
+    verifier: ports.Verifier | None = None
+    status_writer: ports.StatusWriter | None = None
+    registry_url: str | None = None  # overrides gitopsd.yaml's registry for ClusterPack URLs
+    dry_run: bool = False
+    progress: Callable[[str, dict[str, object]], None] | None = None
+    pack_filter: Callable[[str], bool] | None = None  # sharding: which basePackNames this replica owns
+    memo: memo_.Memo = dataclasses.field(default_factory=memo_.Memo)
+    # A pack whose render failed is not rendered again while its inputs keep their ids (a template
+    # that spins would cost the render timeout on every pass): its failure is remembered by cache
+    # key, in this process and in the compile cache for FAILURE_TTL seconds. A resync of the daemon
+    # sets this to retry them all.
+    retry_failed: bool = False
+    # renderer child processes (kustomize, helm) the compile step runs at once; 1: one after another
+    render_workers: int = dataclasses.field(default_factory=default_render_workers)
+    deliverer: ports.Deliverer | None = None  # push delivery into target clusters; None: records only
+    resync: bool = True  # a full pass: retry failed deliveries and check drift (the daemon's resync)
+    # How long (seconds, counted from its child process's start) this pass waits for one render
+    # before it leaves the render running and goes on without that pack (reason ``RenderPending``:
+    # the pack keeps what it runs; a later pass takes the result). None: wait for every render
+    # (dry-run and diff, which show the whole plan).
+    render_wait: float | None = None
+
+
+@dataclasses.dataclass
+class CompileResult:
+    build: spec.PackBuild
+    compiled: pack.CompiledPack
+    clusters: tuple[str, ...]
+    cached: bool
+
+
+@dataclasses.dataclass
+class PassState:
+    tree: ports.Tree | None = None
+    config: spec.RepoConfig = dataclasses.field(default_factory=spec.RepoConfig)
+    clusters: dict[str, spec.Cluster] = dataclasses.field(default_factory=dict)
+    builds: list[spec.PackBuild] = dataclasses.field(default_factory=list)
+    unowned: list[spec.PackBuild] = dataclasses.field(default_factory=list)  # of other shards: read for their CRDs only
+    pack_errors: list[change.PackError] = dataclasses.field(default_factory=list)
+    protected_paths: set[str] = dataclasses.field(default_factory=set)
+    protected_bases: set[str] = dataclasses.field(default_factory=set)
+    compiled: list[CompileResult] = dataclasses.field(default_factory=list)
+    # (group/Kind, Cluster|Namespaced) of the CRDs known outside any one pack (gitopsd.yaml's crds, the
+    # packs' CRDs), given to every compile; settled at the end of the compile step
+    crd_scopes: tuple[tuple[str, str], ...] = ()
+    renders: dict[str, ports.Rendered] | None = None  # during the compile step: renders kept for a recompile
+    renders_bytes: int = 0
+    observed: instance.Observed | None = None
+    verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)
+    # ClusterPack name -> (reason, detail) of a published artifact that does not verify: an input of the plan
+    artifact_problems: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    plan: change.Plan | None = None
+    published: int = 0
+    writes: int = 0
+    status_commit: str | None = None
+    status_error: str | None = None
+    plan_reused: bool = False
+    now: str = ""
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    summary: summarize.Summary | None = None
+    deliveries: list[tuple[delivery_core.Job, delivery.Delivery]] = dataclasses.field(default_factory=list)
+    records_only: list[str] = dataclasses.field(default_factory=list)  # clusters with no way to reach them
+
+    @property
+    def revision(self) -> str:
+        return self.tree.snapshot.revision if self.tree else ""
+
+
+Step = Callable[[Env, PassState], None]
