@@ -153,6 +153,18 @@ class Flushing(Protocol):
 
 
 @runtime_checkable
+class RemembersSpecs(Protocol):
+    """A CompileCache that also keeps validated PackBuild documents by a key of their exact bytes,
+    across processes (optional): a new process does not parse and schema-check unchanged PackBuilds."""
+
+    def spec_documents(self, keys: Sequence[str]) -> dict[str, str]:
+        """The JSON text of each known key's validated document; unknown keys are left out."""
+        ...
+
+    def remember_spec_document(self, key: str, text: str) -> None: ...
+
+
+@runtime_checkable
 class RemembersFailures(Protocol):
     """A CompileCache that also keeps render failures by cache key, across processes (optional)."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import time
 
@@ -78,6 +79,7 @@ def load_specs(env: Env, state: PassState) -> None:
             path=sub, pack=name, reason="Submodule",
             message=f"{sub} is a Git submodule; gitopsd reads only files of the config repo: commit the pack's files "
                     "into the repo instead"))
+    found: list[tuple[str, str]] = []  # (pack folder, PackBuild file)
     for name, kind in listed:
         if kind is ports.EntryKind.LINK and name.isprintable():
             path = f"packs/{name}"
@@ -97,37 +99,73 @@ def load_specs(env: Env, state: PassState) -> None:
             continue
         for file_name in ("packbuild.yaml", "packbuild.yml"):
             path = f"packs/{name}/{file_name}"
-            if tree.kind(path) is None:
-                continue
-            try:
-                build = _packbuild(env, tree, path, earlier)
-            except errors.GitopsdError as err:
-                state.protected_paths.add(path)
-                state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
-                continue
-            if env.pack_filter is not None and not env.pack_filter(build.base_pack_name):
-                state.unowned.append(build)
-                continue
-            state.builds.append(build)
+            if tree.kind(path) is not None:
+                found.append((name, path))
+    persisted = _persisted_specs(env, tree, [path for _, path in found], earlier)
+    for name, path in found:
+        try:
+            build = _packbuild(env, tree, path, earlier, persisted)
+        except errors.GitopsdError as err:
+            state.protected_paths.add(path)
+            state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
+            continue
+        if env.pack_filter is not None and not env.pack_filter(build.base_pack_name):
+            state.unowned.append(build)
+            continue
+        state.builds.append(build)
+
+
+def _spec_key(env: Env, path: str, blob: str) -> str:
+    """What a parsed PackBuild depends on: its path (paths resolve against its folder), its bytes,
+    the schemas and the compiler version."""
+    return hashlib.sha256(f"{packcompile.COMPILER}|{env.schemas.registry_hash}|{path}|{blob}".encode()).hexdigest()
+
+
+def _persisted_specs(env: Env, tree: ports.Tree, paths: list[str],
+                     earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError]) -> dict[str, str]:
+    """The validated documents a cache across processes holds for the PackBuilds this process has
+    not parsed yet (all of them, in a new process), by ``_spec_key``."""
+    if not isinstance(env.cache, ports.RemembersSpecs):
+        return {}
+    keys = [_spec_key(env, path, tree.tree_id(path)) for path in paths if (path, tree.tree_id(path)) not in earlier]
+    return env.cache.spec_documents(keys) if keys else {}
 
 
 def _packbuild(env: Env, tree: ports.Tree, path: str,
-               earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError]) -> spec.PackBuild:
-    key = (path, tree.tree_id(path))
+               earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError],
+               persisted: dict[str, str]) -> spec.PackBuild:
+    blob = tree.tree_id(path)
+    key = (path, blob)
     known = earlier.get(key)
-    if known is not None:
-        env.memo.specs[key] = known
-    else:
-        try:
-            if tree.kind(path) is not ports.EntryKind.FILE:
-                raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
-            known = parse.parse_packbuild(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
-        except errors.GitopsdError as err:
-            known = err
-        env.memo.specs[key] = known
+    if known is None:
+        known = _parsed(env, tree, path, blob, persisted)
+    env.memo.specs[key] = known
     if isinstance(known, errors.GitopsdError):
         raise known
     return known
+
+
+def _parsed(env: Env, tree: ports.Tree, path: str, blob: str,
+            persisted: dict[str, str]) -> spec.PackBuild | errors.GitopsdError:
+    """Parse a PackBuild, or take its validated document from the cache across processes. Only
+    documents that parsed are kept there: a broken one is read again, with its full error."""
+    spec_key = _spec_key(env, path, blob)
+    text = persisted.get(spec_key)
+    if text is not None:
+        try:
+            return parse.parse_packbuild(json.loads(text), env.schemas, file=path, checked=True)
+        except (ValueError, KeyError, TypeError, errors.GitopsdError):
+            pass  # a damaged cache entry: parse the file itself
+    try:
+        if tree.kind(path) is not ports.EntryKind.FILE:
+            raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
+        raw = yamlload.load_one(tree.read(path), path)
+        build = parse.parse_packbuild(raw, env.schemas, file=path)
+    except errors.GitopsdError as err:
+        return err
+    if isinstance(env.cache, ports.RemembersSpecs):
+        env.cache.remember_spec_document(spec_key, json.dumps(raw, separators=(",", ":")))
+    return build
 
 
 def observe(env: Env, state: PassState) -> None:

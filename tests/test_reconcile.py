@@ -9,6 +9,7 @@ import pytest
 
 from gitopsd import errors, reconcile
 from gitopsd.adapters import compilecache, fakes, keys, render, schemafiles
+from gitopsd.core import parse
 from gitopsd.model import change
 
 CLUSTERS = {
@@ -212,3 +213,51 @@ def test_a_chart_with_random_values_keeps_its_published_version_on_cold_recompil
             "chart rnd renders differently each time (random values such as randAlphaNum or genCA); the published "
             "rnd-v1.0.0 is kept; set the generated values (passwords, keys, certificates) in helmSource.values of "
             "packs/rnd/packbuild.yaml to make the render reproducible",)
+
+
+def test_a_new_process_takes_unchanged_packbuilds_from_the_cache_without_parsing_them(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
+    tree = fakes.MemoryTree(h.files, scratch=tmp_path / "scratch")
+
+    def new_process() -> tuple[reconcile.Env, compilecache.SqliteCompileCache]:
+        """A fresh Env and Memo over the same cache.db, as a new CLI process has."""
+        cache = compilecache.SqliteCompileCache(tmp_path / "cache.db")
+        return reconcile.Env(
+            source=fakes.StaticSource(tree), cluster=h.cluster, registry=h.registry, cache=cache,
+            clock=fakes.FixedClock(), renderers=render.renderers(), schemas=schemafiles.schemas(),
+            signer=keys.load_private_key(h.key),
+        ), cache
+
+    first, cache = new_process()
+    parsed_first = reconcile.run(first).builds
+    cache.close()
+
+    read: list[str] = []
+    original = parse.parse_packbuild
+
+    def counting(raw: object, schemas: parse.Schemas, *, file: str, checked: bool = False) -> object:
+        if not checked:
+            read.append(file)
+        return original(raw, schemas, file=file, checked=checked)
+
+    monkeypatch.setattr(parse, "parse_packbuild", counting)
+    tree.files.update(packbuild("two", "2.0.0"))  # one PackBuild changed since
+    second, cache = new_process()
+    state = reconcile.run(second)
+    assert read == ["packs/two/packbuild.yaml"]  # only the changed file is read and checked again
+    assert [b for b in state.builds if b.base_pack_name == "one"] == [b for b in parsed_first if b.base_pack_name == "one"]
+    assert not state.pack_errors
+    cache.close()
+
+    # a damaged entry is only a cache miss: the file is parsed again, with the same result
+    db = sqlite3.connect(tmp_path / "cache.db")
+    with db:
+        db.execute("UPDATE specs SET value = '{\"name\": 1'")
+    db.close()
+    read.clear()
+    third, cache = new_process()
+    state = reconcile.run(third)
+    assert sorted(read) == ["packs/one/packbuild.yaml", "packs/two/packbuild.yaml"]
+    assert not state.pack_errors and len(state.builds) == 2
+    cache.close()

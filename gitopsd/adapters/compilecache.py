@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 import time
+from collections.abc import Sequence
 
 import structlog
 
@@ -19,7 +20,9 @@ from gitopsd.model import pack
 log = structlog.get_logger()
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
            "CREATE TABLE IF NOT EXISTS failed (key TEXT PRIMARY KEY, reason TEXT NOT NULL, message TEXT NOT NULL, "
-           "at REAL NOT NULL)")
+           "at REAL NOT NULL);"
+           "CREATE TABLE IF NOT EXISTS specs (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL)")
+SPEC_TTL = 30 * 86400  # seconds a parsed PackBuild document is kept; a later read parses it again
 
 
 def _discard(path: pathlib.Path) -> None:
@@ -44,6 +47,7 @@ class SqliteCompileCache:
         self._used: set[str] = set()  # keys asked for or stored since the last flush
         self._pending: list[tuple[str, str]] = []
         self._failed: list[tuple[str, str, str, float]] = []  # render failures to remember: key, reason, message, time
+        self._specs: list[tuple[str, str, float]] = []  # validated PackBuild documents to keep: key, JSON, time
 
     def _open(self, path: pathlib.Path, read_only: bool) -> sqlite3.Connection:
         if not read_only:
@@ -98,6 +102,21 @@ class SqliteCompileCache:
     def remember_failure(self, key: str, reason: str, message: str) -> None:
         self._failed.append((key, reason, message, time.time()))
 
+    def spec_documents(self, keys: Sequence[str]) -> dict[str, str]:
+        """The validated PackBuild documents (JSON text) kept under these keys, in batches."""
+        found: dict[str, str] = {}
+        try:
+            for start in range(0, len(keys), 500):
+                batch = keys[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                found.update(self._db.execute(f"SELECT key, value FROM specs WHERE key IN ({marks})", batch))
+        except sqlite3.Error:
+            return {}
+        return found
+
+    def remember_spec_document(self, key: str, text: str) -> None:
+        self._specs.append((key, text, time.time()))
+
     def put(self, key: str, compiled: pack.CompiledPack) -> None:
         slim = compiled.without_artifact()
         self._used.add(key)
@@ -110,7 +129,7 @@ class SqliteCompileCache:
         if len(self._memory) > len(self._used):
             self._memory = {k: v for k, v in self._memory.items() if k in self._used}
         self._used = set()
-        if not self._pending and not self._failed:
+        if not self._pending and not self._failed and not self._specs:
             return
         try:
             with self._db:
@@ -118,10 +137,14 @@ class SqliteCompileCache:
                 self._db.executemany("INSERT OR REPLACE INTO failed(key, reason, message, at) VALUES (?, ?, ?, ?)",
                                      self._failed)
                 self._db.execute("DELETE FROM failed WHERE at < ?", (time.time() - 7 * 86400,))
+                if self._specs:
+                    self._db.executemany("INSERT OR REPLACE INTO specs(key, value, at) VALUES (?, ?, ?)", self._specs)
+                    self._db.execute("DELETE FROM specs WHERE at < ?", (time.time() - SPEC_TTL,))
         except sqlite3.Error:
             pass  # a cache that cannot be written only costs a recompile next time
         self._pending.clear()
         self._failed.clear()
+        self._specs.clear()
 
     def close(self) -> None:
         self.flush()

@@ -157,9 +157,11 @@ def _valid_label_key(key: str) -> bool:
     return bool(_LABEL_NAME.match(name))
 
 
-def parse_packbuild(raw: object, schemas: Schemas, *, file: str) -> spec.PackBuild:
-    """A PackBuild from its YAML document; every path is resolved against the file's folder."""
-    check(schemas.packbuild, raw, file=file, kind="PackBuild", known=schemas.known_keys.get("packbuild", ()))
+def parse_packbuild(raw: object, schemas: Schemas, *, file: str, checked: bool = False) -> spec.PackBuild:
+    """A PackBuild from its YAML document; every path is resolved against the file's folder.
+    ``checked``: this very document passed the schema before (a persisted parse), so it is not checked again."""
+    if not checked:
+        check(schemas.packbuild, raw, file=file, kind="PackBuild", known=schemas.known_keys.get("packbuild", ()))
     assert isinstance(raw, dict)
     folder = file.rpartition("/")[0]
     category = spec.Category(raw["category"])
