@@ -125,22 +125,25 @@ def parse_location(repo: str) -> Location:
             path = pathlib.Path(urllib.parse.unquote(parts.path)).resolve()
             return Location(url=f"file://{path}", scheme="file", local_path=path)
         if scheme not in _NETWORK_SCHEMES:
-            raise errors.ConfigError(
-                f"REPO {_strip_userinfo(parts)}: unsupported scheme {scheme!r}; use a folder, a bare repository "
-                "path, or a file://, ssh:// or https:// URL",
-                reason="UnsupportedURL",
+            raise errors.UsageError(
+                f"{errors.setting('repo')} {_strip_userinfo(parts)}: unsupported scheme {scheme!r}; use a folder, a bare "
+                "repository path, or a file://, ssh:// or https:// URL",
+                setting="repo", reason=errors.UsageReason.UNSUPPORTED_URL,
             )
         if parts.password is not None or (parts.username and scheme in ("https", "http")):
-            raise errors.ConfigError(
-                f"REPO {_strip_userinfo(parts)}: the URL holds credentials; remove them from the URL and pass "
-                "--git-credentials-file PATH (a file holding user:token or token) or --git-credentials-env VAR",
-                reason="CredentialsInURL",
+            raise errors.UsageError(
+                f"{errors.setting('repo')} {_strip_userinfo(parts)}: the URL holds credentials; remove them from the URL "
+                f"and pass {errors.setting('git_credentials_file')} PATH (a file holding user:token or token) or "
+                f"{errors.setting('git_credentials_env')} VAR",
+                setting="repo", reason=errors.UsageReason.CREDENTIALS_IN_URL,
             )
         return Location(url=repo, scheme=scheme)
     match = _SCP_LIKE.match(repo)
     if match and not pathlib.Path(repo).exists():
         if match["user"] and ":" in match["user"]:
-            raise errors.ConfigError("REPO: the URL holds a password; use --git-ssh-key PATH", reason="CredentialsInURL")
+            raise errors.UsageError(f"{errors.setting('repo')}: the URL holds a password; use "
+                                    f"{errors.setting('git_ssh_key')} PATH",
+                                    setting="repo", reason=errors.UsageReason.CREDENTIALS_IN_URL)
         return Location(url=repo, scheme="ssh")
     path = pathlib.Path(repo).resolve()
     return Location(url=str(path), scheme="local", local_path=path)
@@ -163,49 +166,55 @@ class Auth:
 
 def load_auth(location: Location, *, credentials_file: str | None = None, credentials_env: str | None = None,
               ssh_key: str | None = None) -> Auth:
-    """Credentials from the flags; each error names the flag, never the secret."""
+    """Credentials from the settings; each error names the setting, never the secret."""
+    file_setting, env_setting, key_setting = "git_credentials_file", "git_credentials_env", "git_ssh_key"
     if credentials_file and credentials_env:
-        raise errors.ConfigError("give one of --git-credentials-file and --git-credentials-env", reason="Usage")
+        raise errors.UsageError(f"give one of {errors.setting(file_setting)} and {errors.setting(env_setting)}",
+                                setting=file_setting)
     if (credentials_file or credentials_env) and location.scheme not in ("https", "http"):
-        raise errors.ConfigError(
-            f"--git-credentials-{'file' if credentials_file else 'env'} is for https:// URLs; {location.display} "
-            "is not one (ssh uses --git-ssh-key)",
-            reason="Usage",
+        given = file_setting if credentials_file else env_setting
+        raise errors.UsageError(
+            f"{errors.setting(given)} is for https:// URLs; {location.display} is not one "
+            f"(ssh uses {errors.setting(key_setting)})",
+            setting=given,
         )
     if ssh_key and location.scheme != "ssh":
-        raise errors.ConfigError(f"--git-ssh-key is for ssh URLs; {location.display} is not one", reason="Usage")
+        raise errors.UsageError(f"{errors.setting(key_setting)} is for ssh URLs; {location.display} is not one",
+                                setting=key_setting)
     secret: str | None = None
     if credentials_file:
         try:
             secret = pathlib.Path(credentials_file).read_text("utf-8").strip()
         except OSError as err:
-            raise errors.ConfigError(
-                f"--git-credentials-file {credentials_file}: cannot read it ({err.strerror}); check the path",
-                reason="CredentialsInvalid",
+            raise errors.UsageError(
+                f"{errors.setting(file_setting)} {credentials_file}: cannot read it ({err.strerror}); check the path",
+                setting=file_setting, reason=errors.UsageReason.CREDENTIALS_INVALID,
             ) from err
         except UnicodeDecodeError as err:
-            raise errors.ConfigError(f"--git-credentials-file {credentials_file}: not a text file",
-                                     reason="CredentialsInvalid") from err
+            raise errors.UsageError(f"{errors.setting(file_setting)} {credentials_file}: not a text file",
+                                    setting=file_setting, reason=errors.UsageReason.CREDENTIALS_INVALID) from err
         if not secret:
-            raise errors.ConfigError(f"--git-credentials-file {credentials_file} is empty; write user:token or token in it",
-                                     reason="CredentialsInvalid")
+            raise errors.UsageError(
+                f"{errors.setting(file_setting)} {credentials_file} is empty; write user:token or token in it",
+                setting=file_setting, reason=errors.UsageReason.CREDENTIALS_INVALID)
     elif credentials_env:
         secret = os.environ.get(credentials_env, "").strip()
         if not secret:
-            raise errors.ConfigError(f"--git-credentials-env {credentials_env}: the variable is unset or empty",
-                                     reason="CredentialsInvalid")
+            raise errors.UsageError(f"{errors.setting(env_setting)} {credentials_env}: the variable is unset or empty",
+                                    setting=env_setting, reason=errors.UsageReason.CREDENTIALS_INVALID)
     if secret is not None:
         if location.scheme == "http" and urllib.parse.urlsplit(location.url).hostname not in ("127.0.0.1", "localhost", "::1"):
             raise errors.ConfigError(
                 f"{location.display}: credentials are sent only over https (plain http only to localhost)",
-                reason="InsecureTransport",
+                reason=errors.UsageReason.INSECURE_TRANSPORT,
             )
         user, sep, token = secret.partition(":")
         return Auth(username=user if sep else TOKEN_USERNAME, token=token if sep else secret)
     if ssh_key:
         path = pathlib.Path(ssh_key)
         if not path.is_file():
-            raise errors.ConfigError(f"--git-ssh-key {ssh_key}: no such file", reason="CredentialsInvalid")
+            raise errors.UsageError(f"{errors.setting(key_setting)} {ssh_key}: no such file",
+                                    setting=key_setting, reason=errors.UsageReason.CREDENTIALS_INVALID)
         return Auth(ssh_key=path)
     return Auth()
 
@@ -236,8 +245,8 @@ class _Callbacks(pygit2.RemoteCallbacks):
             return pygit2.KeypairFromAgent(user)
         if allowed_types & kinds.USERNAME:
             return pygit2.Username(user)
-        raise _AuthRejected("the server asks for credentials; "
-                            "pass --git-credentials-file, --git-credentials-env or --git-ssh-key")
+        raise _AuthRejected(f"the server asks for credentials; pass {errors.setting('git_credentials_file')}, "
+                            f"{errors.setting('git_credentials_env')} or {errors.setting('git_ssh_key')}")
 
     def push_update_reference(self, refname: str, message: str | None) -> None:
         if message:
@@ -294,10 +303,12 @@ class GpgCommitVerifier:
     def __init__(self, keyring: str | os.PathLike[str], gpg: str = "gpg") -> None:
         self.path = pathlib.Path(keyring).resolve()
         if not self.path.is_file():
-            raise errors.ConfigError(f"--verify-commits-gpg {keyring}: no such keyring file", reason="KeyringNotFound")
+            raise errors.UsageError(f"{errors.setting('verify_commits_gpg')} {keyring}: no such keyring file",
+                                    setting="verify_commits_gpg", reason=errors.UsageReason.KEYRING_NOT_FOUND)
         self.gpg = shutil.which(gpg)
         if self.gpg is None:
-            raise errors.ConfigError("--verify-commits-gpg needs the gpg program; install gnupg", reason="ToolMissing")
+            raise errors.UsageError(f"{errors.setting('verify_commits_gpg')} needs the gpg program; install gnupg",
+                                    setting="verify_commits_gpg", reason=errors.UsageReason.TOOL_MISSING)
         self.armored = self.path.read_bytes()[:64].lstrip().startswith(b"-----BEGIN PGP")
 
     def problem(self, repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
@@ -374,7 +385,7 @@ class GitRemote:
     def __init__(self, location: Location, mirror: pathlib.Path, *, branch: str | None = None, tag: str | None = None,
                  auth: Auth | None = None) -> None:
         if branch and tag:
-            raise errors.ConfigError("give one of --branch and --tag", reason="Usage")
+            raise errors.UsageError(f"give one of {errors.setting('branch')} and {errors.setting('tag')}", setting="branch")
         self.location = location
         self.mirror = mirror
         self.branch = branch
@@ -425,7 +436,7 @@ class GitRemote:
             raise errors.TransientError(f"cannot reach {self.display}: {_one_line(err)}", reason="SourceUnavailable") from None
 
     def resolve(self, heads: list[pygit2.remotes.RemoteHead]) -> Target:
-        """The followed ref among the remote's refs; a missing ``--branch``/``--tag`` names the flag."""
+        """The followed ref among the remote's refs; a missing branch or tag names its setting."""
         by_name = {head.name: head for head in heads if head.name is not None}  # every advertised ref has a name
         ref: str | None
         branches = sorted(name.removeprefix("refs/heads/") for name in by_name if name.startswith("refs/heads/"))
@@ -434,19 +445,20 @@ class GitRemote:
             if ref not in by_name:
                 tags = sorted(n.removeprefix("refs/tags/") for n in by_name
                               if n.startswith("refs/tags/") and not n.endswith("^{}"))
-                raise errors.ConfigError(
-                    f"--tag {self.tag}: no such tag in {self.display}; tags there: {', '.join(tags[:20]) or 'none'}",
-                    reason="TagNotFound",
+                raise errors.UsageError(
+                    f"{errors.setting('tag')} {self.tag}: no such tag in {self.display}; "
+                    f"tags there: {', '.join(tags[:20]) or 'none'}",
+                    setting="tag", reason=errors.UsageReason.TAG_NOT_FOUND,
                 )
             peeled = by_name.get(f"{ref}^{{}}", by_name[ref])
             return Target(ref=ref, name=self.tag, oid=str(by_name[ref].oid), commit=str(peeled.oid))
         if self.branch:
             ref = f"refs/heads/{self.branch}"
             if ref not in by_name:
-                raise errors.ConfigError(
-                    f"--branch {self.branch}: no such branch in {self.display}; "
+                raise errors.UsageError(
+                    f"{errors.setting('branch')} {self.branch}: no such branch in {self.display}; "
                     f"branches there: {', '.join(branches[:20]) or 'none'}",
-                    reason="BranchNotFound",
+                    setting="branch", reason=errors.UsageReason.BRANCH_NOT_FOUND,
                 )
             return Target(ref=ref, name=self.branch, oid=str(by_name[ref].oid), commit=str(by_name[ref].oid))
         if not branches:
@@ -544,7 +556,7 @@ class GitRemote:
         """Move the remote branch from ``parent`` to ``commit`` (a fast-forward); ``False`` when the branch
         is no longer at ``parent`` (someone pushed): the caller rebuilds on the new tip and retries."""
         if self.target is None or not self.target.is_branch:
-            raise errors.ConfigError("status write-back needs a branch; --tag pins a revision", reason="Usage")
+            raise errors.UsageError(f"status write-back needs a branch; {errors.setting('tag')} pins a revision", setting="tag")
         accepted = self._publish_local(repo, commit, parent) if self.location.is_local else self._publish_remote(repo, commit)
         if accepted:
             repo.references.create(self.target.ref, commit, force=True)

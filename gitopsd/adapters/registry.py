@@ -36,20 +36,24 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import http.client
 import ipaddress
 import json
 import os
 import pathlib
 import re
+import socket
+import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NoReturn
 
 import oras.auth.utils
 import oras.provider
 import requests
 import structlog
+import urllib3.exceptions
 
 from gitopsd import __version__, errors
 from gitopsd.core import artifact as artifact_core
@@ -63,9 +67,9 @@ MANIFEST_ACCEPT = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
 ))
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-UNAUTHORIZED = "RegistryUnauthorized"
-UNAVAILABLE = "RegistryUnavailable"
-TLS = "RegistryTLS"
+UNAUTHORIZED = errors.UsageReason.REGISTRY_UNAUTHORIZED
+UNAVAILABLE = errors.TransientReason.REGISTRY_UNAVAILABLE
+TLS = errors.UsageReason.REGISTRY_TLS
 # The distribution spec's repository name grammar, one path component.
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _SSL_DETAIL = re.compile(r"\[SSL(?:: [A-Z_]+)?\] ([^(]+?)\s*\(")
@@ -99,13 +103,15 @@ def default_config_path(environ: Mapping[str, str] = os.environ) -> pathlib.Path
 
 def credentials_from_files(username_file: pathlib.Path, password_file: pathlib.Path) -> Credentials:
     values = []
-    for flag, path in (("--registry-username-file", username_file), ("--registry-password-file", password_file)):
+    for name, path in (("registry_username_file", username_file), ("registry_password_file", password_file)):
         try:
             value = pathlib.Path(path).read_text("utf-8").rstrip("\r\n")
         except OSError as err:
-            raise errors.ConfigError(f"{flag} {path}: cannot read it ({err.strerror})", reason="RegistryConfig") from err
+            raise errors.UsageError(f"{errors.setting(name)} {path}: cannot read it ({err.strerror})", setting=name,
+                                    reason=errors.UsageReason.REGISTRY_CONFIG) from err
         if not value:
-            raise errors.ConfigError(f"{flag} {path} is empty", reason="RegistryConfig")
+            raise errors.UsageError(f"{errors.setting(name)} {path} is empty", setting=name,
+                                    reason=errors.UsageReason.REGISTRY_CONFIG)
         values.append(value)
     return Credentials(values[0], values[1], origin=f"{username_file} and {password_file}")
 
@@ -115,9 +121,11 @@ def credentials_from_config(path: pathlib.Path, host: str) -> Credentials | None
     try:
         doc = json.loads(pathlib.Path(path).read_text("utf-8"))
     except OSError as err:
-        raise errors.ConfigError(f"--registry-config {path}: cannot read it ({err.strerror})", reason="RegistryConfig") from err
+        raise errors.UsageError(f"{errors.setting('registry_config')} {path}: cannot read it ({err.strerror})",
+                                setting="registry_config", reason=errors.UsageReason.REGISTRY_CONFIG) from err
     except ValueError as err:
-        raise errors.ConfigError(f"--registry-config {path}: not JSON ({err})", reason="RegistryConfig") from err
+        raise errors.UsageError(f"{errors.setting('registry_config')} {path}: not JSON ({err})",
+                                setting="registry_config", reason=errors.UsageReason.REGISTRY_CONFIG) from err
     auths = doc.get("auths") if isinstance(doc, dict) else None
     for key, entry in (auths or {}).items():
         if _config_host(key) != host or not isinstance(entry, dict):
@@ -223,18 +231,20 @@ class OciRegistry:
         self.url = url
         self.host, self.hostname, self.path = parse_url(url)
         if insecure and not is_loopback(self.hostname):
-            raise errors.ConfigError(
-                f"--registry-insecure is only allowed for a loopback registry (127.0.0.0/8, ::1, localhost), "
-                f"not {self.hostname}: give the registry's CA with --registry-ca instead",
-                reason="RegistryInsecureRefused",
+            raise errors.UsageError(
+                f"{errors.setting('registry_insecure')} is only allowed for a loopback registry (127.0.0.0/8, ::1, "
+                f"localhost), not {self.hostname}: give the registry's CA with {errors.setting('registry_ca')} instead",
+                setting="registry_insecure", reason=errors.UsageReason.REGISTRY_INSECURE_REFUSED,
             )
         if insecure and ca is not None:
-            raise errors.ConfigError("--registry-ca and --registry-insecure exclude each other: plain http has no TLS",
-                                     reason="RegistryConfig")
+            raise errors.UsageError(f"{errors.setting('registry_ca')} and {errors.setting('registry_insecure')} exclude "
+                                    "each other: plain http has no TLS",
+                                    setting="registry_ca", reason=errors.UsageReason.REGISTRY_CONFIG)
         verify: bool | str = True
         if ca is not None:
             if not pathlib.Path(ca).is_file():
-                raise errors.ConfigError(f"--registry-ca {ca}: no such file", reason=TLS)
+                raise errors.UsageError(f"{errors.setting('registry_ca')} {ca}: no such file", setting="registry_ca",
+                                        reason=TLS)
             verify = str(ca)
         self.ca = str(ca) if ca is not None else None
         self.verify_tls = verify
@@ -462,12 +472,14 @@ class OciRegistry:
         if status == 404:
             if code == "NAME_UNKNOWN" or missing == "RepositoryNotFound":
                 raise errors.StalledError(f"{what}: repository not found on registry {self.host} and not created "
-                                          "by it; create it there or change --registry", reason="RepositoryNotFound")
+                                          f"by it; create it there or change {errors.setting('registry')}",
+                                          reason=errors.StalledReason.REPOSITORY_NOT_FOUND)
             raise errors.StalledError(f"{what}: not found on registry {self.host} ({code or '404'})",
                                       reason="ArtifactNotFound")
         if status == 400 and self.insecure and self._speaks_https(detail):
-            raise errors.ConfigError(f"registry {self.host} speaks https: drop --registry-insecure "
-                                     "(and give --registry-ca if its CA is private)", reason=TLS)
+            raise errors.UsageError(f"registry {self.host} speaks https: drop {errors.setting('registry_insecure')} "
+                                    f"(and give {errors.setting('registry_ca')} if its CA is private)",
+                                    setting="registry_insecure", reason=TLS)
         if status == 429 or status >= 500:
             raise errors.TransientError(f"{what}: registry {self.host} answered {status} {response.reason}"
                                         + (f" ({code}: {detail})" if code else ""), reason=UNAVAILABLE)
@@ -489,17 +501,18 @@ class OciRegistry:
             found = f"{who} requires credentials and none were found (looked in {self.searched})"
         else:
             found = f"{who} {verb} {self.credentials.origin} ({status})"
-        return f"{found}: check --registry-config / credentials for {self.host}"
+        return f"{found}: check {errors.setting('registry_config')} / credentials for {self.host}"
 
     def _tls_message(self, err: Exception) -> str:
         match = _SSL_DETAIL.search(str(err))
         detail = match.group(1).strip() if match else "handshake failed"
         if self.ca:
-            hint = f"the CA in --registry-ca {self.ca} does not verify it"
+            hint = f"the CA in {errors.setting('registry_ca')} {self.ca} does not verify it"
         else:
-            hint = "if the registry's certificate comes from a private CA, give it with --registry-ca PATH"
-        if "WRONG_VERSION_NUMBER" in str(err) or "record layer failure" in str(err):
-            hint = "the registry may speak plain http (--registry-insecure is allowed on loopback only)"
+            hint = f"if the registry's certificate comes from a private CA, give it with {errors.setting('registry_ca')} PATH"
+        if any(isinstance(e, ssl.SSLError) and e.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE")
+               for e in _causes(err)):
+            hint = f"the registry may speak plain http ({errors.setting('registry_insecure')} is allowed on loopback only)"
         return f"TLS with registry {self.host} failed ({detail}): {hint}"
 
 
@@ -507,18 +520,21 @@ def parse_url(url: str) -> tuple[str, str, str]:
     """``HOST[:PORT]/PATH`` → (``HOST[:PORT]``, hostname, ``PATH``)."""
     shown = url.rpartition("@")[2]  # never echo a user:password@ someone typed
     if "://" in url:
-        raise errors.ConfigError(f"--registry {shown!r}: give HOST[:PORT]/PATH without a scheme "
-                                 "(https is used; --registry-insecure selects http on loopback)", reason="RegistryConfig")
+        raise errors.UsageError(f"{errors.setting('registry')} {shown!r}: give HOST[:PORT]/PATH without a scheme "
+                                f"(https is used; {errors.setting('registry_insecure')} selects http on loopback)",
+                                setting="registry", reason=errors.UsageReason.REGISTRY_CONFIG)
     host, _, path = url.partition("/")
     try:
         parts = urllib.parse.urlsplit(f"//{host}")
         hostname, _ = parts.hostname, parts.port
     except ValueError as err:
-        raise errors.ConfigError(f"--registry {shown!r}: bad HOST[:PORT] ({err})", reason="RegistryConfig") from err
+        raise errors.UsageError(f"{errors.setting('registry')} {shown!r}: bad HOST[:PORT] ({err})", setting="registry",
+                                reason=errors.UsageReason.REGISTRY_CONFIG) from err
     path = path.strip("/")
     if not hostname or "@" in host or (path and not all(_COMPONENT.match(c) for c in path.split("/"))):
-        raise errors.ConfigError(f"--registry {shown!r}: expected HOST[:PORT]/PATH with a lowercase repository path "
-                                 "such as registry.example.com/packs", reason="RegistryConfig")
+        raise errors.UsageError(f"{errors.setting('registry')} {shown!r}: expected HOST[:PORT]/PATH with a lowercase "
+                                "repository path such as registry.example.com/packs",
+                                setting="registry", reason=errors.UsageReason.REGISTRY_CONFIG)
     return host.lower(), hostname, path
 
 
@@ -526,8 +542,9 @@ def _find_credentials(host: str, config: pathlib.Path | str | None, username_fil
                       password_file: pathlib.Path | str | None, environ: Mapping[str, str]) -> tuple[Credentials | None, str]:
     if username_file is not None or password_file is not None:
         if username_file is None or password_file is None:
-            raise errors.ConfigError("--registry-username-file and --registry-password-file go together",
-                                     reason="RegistryConfig")
+            raise errors.UsageError(f"{errors.setting('registry_username_file')} and "
+                                    f"{errors.setting('registry_password_file')} go together",
+                                    setting="registry_username_file", reason=errors.UsageReason.REGISTRY_CONFIG)
         return credentials_from_files(pathlib.Path(username_file), pathlib.Path(password_file)), "files"
     if config is not None:
         return credentials_from_config(pathlib.Path(config), host), str(config)
@@ -572,11 +589,25 @@ def _network_detail(err: Exception, timeout: tuple[float, float]) -> str:
         return f"connect timed out after {timeout[0]:g}s"
     if isinstance(err, requests.exceptions.ReadTimeout):
         return f"no answer within {timeout[1]:g}s"
-    text = str(err)
-    if "Connection refused" in text:
+    found = set(_causes(err))
+    if any(isinstance(e, ConnectionRefusedError) for e in found):
         return "connection refused"
-    if "Name or service not known" in text or "NameResolutionError" in text or "nodename nor servname" in text:
+    if any(isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for e in found):
         return "host name not resolved"
-    if "Connection reset" in text or "RemoteDisconnected" in text:
+    if any(isinstance(e, (ConnectionResetError, http.client.RemoteDisconnected)) for e in found):
         return "connection reset"
     return "connection failed"
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it wraps (requests wraps urllib3, which wraps the socket's), by type
+    rather than by message."""
+    stack, seen = [err], set()
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        nested = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        stack.extend(n for n in nested if isinstance(n, BaseException))

@@ -247,16 +247,17 @@ class WorkTreeBranch:
         try:
             repo = pygit2.Repository(str(self.path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
         except pygit2.GitError as err:
-            raise errors.ConfigError(f"--write-status: {self.path} is not a Git work tree; run git init and commit first",
-                                     reason="NotAGitRepo") from err
+            raise errors.UsageError(f"{errors.setting('status')}: {self.path} is not a Git work tree; run git init and "
+                                    "commit first", setting="status", reason=errors.UsageReason.NOT_A_GIT_REPO) from err
         if repo.is_bare or repo.workdir is None:
-            raise errors.ConfigError(f"--write-status: {self.path} is not a work tree", reason="NotAGitRepo")
+            raise errors.UsageError(f"{errors.setting('status')}: {self.path} is not a work tree", setting="status",
+                                    reason=errors.UsageReason.NOT_A_GIT_REPO)
         if repo.head_is_unborn:
             raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first",
                                       reason="EmptyRepository")
         if repo.head_is_detached:
-            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch",
-                                     reason="DetachedHead")
+            raise errors.UsageError(f"{errors.setting('status')}: HEAD of {self.path} is detached; check out a branch",
+                                    setting="status", reason=errors.UsageReason.DETACHED_HEAD)
         dirty = sorted(p for p, flags in repo.status().items()
                        if (p == STATUS_ROOT or p.startswith(f"{STATUS_ROOT}/")) and flags != pygit2.enums.FileStatus.CURRENT)
         if dirty:

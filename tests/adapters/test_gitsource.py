@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 
 import pygit2
@@ -11,7 +12,7 @@ import structlog
 
 from gitopsd import errors
 from gitopsd.adapters import gitsource, keys, sshsig, statuswriter
-from tests import gitutil
+from tests import clitext, gitutil
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")
 quiet_logs = gitutil.quiet_logs
@@ -96,7 +97,7 @@ def test_missing_branch_or_tag_is_a_config_error_naming_the_flag(tmp_path: pathl
     with pytest.raises(errors.ConfigError) as caught:
         source(bare, tmp_path / "state", **kwargs).fetch()
     assert caught.value.reason == reason
-    assert str(caught.value).startswith(flag)
+    assert clitext.shown(caught.value).startswith(flag)
     assert "main" in str(caught.value) or "none" in str(caught.value)
 
 
@@ -118,7 +119,7 @@ def test_a_url_with_credentials_is_refused_without_echoing_them() -> None:
         assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
     with pytest.raises(errors.ConfigError) as caught:
         gitsource.parse_location("https://u:p@h/r.git")
-    assert "--git-credentials-file" in str(caught.value)
+    assert "--git-credentials-file" in clitext.shown(caught.value) and "--" not in str(caught.value)
     assert gitsource.parse_location("ssh://git@git.example.com/config.git").scheme == "ssh"
     assert gitsource.parse_location("git@git.example.com:org/config.git").scheme == "ssh"
 
@@ -136,14 +137,18 @@ def test_credentials_come_from_a_file_or_an_environment_variable_and_never_show(
     monkeypatch.setenv("CONFIG_REPO_TOKEN", "robot:tok-789")
     auth = gitsource.load_auth(https, credentials_env="CONFIG_REPO_TOKEN")
     assert auth.token == "tok-789" and "tok-789" not in repr(auth) and "robot" not in repr(auth)
-    with pytest.raises(errors.ConfigError, match="--git-credentials-env UNSET_VAR: the variable is unset"):
+    with pytest.raises(errors.UsageError) as unset:
         gitsource.load_auth(https, credentials_env="UNSET_VAR")
-    with pytest.raises(errors.ConfigError, match=r"--git-credentials-file .*: cannot read"):
+    assert unset.value.setting == "git_credentials_env"
+    assert clitext.shown(unset.value) == "--git-credentials-env UNSET_VAR: the variable is unset or empty"
+    with pytest.raises(errors.UsageError) as unreadable:
         gitsource.load_auth(https, credentials_file=str(tmp_path / "missing"))
+    assert re.match(r"--git-credentials-file .*: cannot read", clitext.shown(unreadable.value))
     with pytest.raises(errors.ConfigError, match="only over https"):
         gitsource.load_auth(gitsource.parse_location("http://git.example.com/c.git"), credentials_file=str(both))
-    with pytest.raises(errors.ConfigError, match="--git-ssh-key is for ssh"):
+    with pytest.raises(errors.UsageError, match="git ssh key is for ssh") as not_ssh:
         gitsource.load_auth(https, ssh_key=str(both))
+    assert clitext.shown(not_ssh.value).startswith("--git-ssh-key is for ssh")
 
 
 # ---------------------------------------------------------------- following upstream
@@ -364,5 +369,6 @@ def test_ssh_credentials_answer_with_the_key_file_or_the_agent_and_only_once(tmp
         callbacks.credentials("ssh://git@git.example.com/org/config.git", "git", kinds.SSH_KEY)
     agent = gitsource._Callbacks(gitsource.load_auth(ssh)).credentials("ssh://h/r", None, kinds.SSH_KEY)
     assert isinstance(agent, pygit2.KeypairFromAgent) and agent.credential_tuple[0] == "git"
-    with pytest.raises(errors.ConfigError, match=r"--git-ssh-key .*: no such file"):
+    with pytest.raises(errors.UsageError, match=r"git ssh key .*: no such file") as missing:
         gitsource.load_auth(ssh, ssh_key=str(tmp_path / "missing"))
+    assert missing.value.setting == "git_ssh_key" and clitext.shown(missing.value).startswith("--git-ssh-key ")

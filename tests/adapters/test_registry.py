@@ -23,7 +23,7 @@ from gitopsd.adapters import registry
 from gitopsd.core import artifact as artifact_core
 from gitopsd.core import compile as compile_core
 from gitopsd.model import pack, spec
-from tests import registry_fixture
+from tests import clitext, registry_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -343,7 +343,7 @@ def test_missing_or_wrong_credentials_are_a_config_error_naming_the_flag(
 
     err = caught.value
     assert err.reason == "RegistryUnauthorized"
-    assert f"check --registry-config / credentials for {secure_registry.host}" in str(err)
+    assert f"check --registry-config / credentials for {secure_registry.host}" in clitext.shown(err)
     assert "\n" not in str(err)
     for secret in ("not-the-pass-7Q", secure_registry.password, base64.b64encode(b"gitopsd:not-the-pass-7Q").decode()):
         assert secret not in str(err)
@@ -390,7 +390,7 @@ def test_tls_without_the_ca_is_a_tls_error_naming_the_flag(
     with pytest.raises(errors.ConfigError) as caught:
         reg.has("web", artifact_core.digest_of(b"x"))
     assert caught.value.reason == "RegistryTLS"
-    assert "--registry-ca" in str(caught.value) and "certificate verify failed" in str(caught.value)
+    assert "--registry-ca" in clitext.shown(caught.value) and "certificate verify failed" in str(caught.value)
 
 
 def test_tls_with_another_ca_names_that_ca(secure_registry: registry_fixture.SecureRegistry, fresh_path: str,
@@ -418,7 +418,7 @@ def test_plain_http_to_a_tls_registry_is_a_tls_error(secure_registry: registry_f
     with pytest.raises(errors.ConfigError) as caught:
         reg.has("web", artifact_core.digest_of(b"x"))
     assert caught.value.reason == "RegistryTLS"
-    assert "drop --registry-insecure" in str(caught.value)
+    assert "drop --registry-insecure" in clitext.shown(caught.value)
 
 
 @pytest.mark.parametrize("url", [
@@ -531,7 +531,7 @@ def test_a_repository_the_registry_will_not_create_is_named(status_server: regis
     with pytest.raises(errors.StalledError) as caught:
         reg.push("web", artifact_of(compile_yaml("web", PACKS["rbac-and-workload"])))
     assert caught.value.reason == "RepositoryNotFound"
-    assert "packs/web" in str(caught.value) and "--registry" in str(caught.value)
+    assert "packs/web" in str(caught.value) and "--registry" in clitext.shown(caught.value)
 
 
 # configuration --------------------------------------------------------------------------------
