@@ -344,8 +344,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             results.append({"name": name, "ok": not problems, "problems": problems})
         if args.repo:
             records = wiring.status_records(args.repo, state_dir, flags.git_options(args))
+            writers = wiring.status_record_writers(args.repo, state_dir, flags.git_options(args), verifier.trusted)
             for path, data in records:
-                problems = verify_record(path, data, observed)
+                problems = verify_record(path, data, observed) + ([writers[path]] if path in writers else [])
                 failures += bool(problems)
                 results.append({"name": path, "ok": not problems, "problems": problems})
             for missing in missing_records(records, observed):

@@ -285,18 +285,44 @@ def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitso
     return gitsource.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
 
 
+def _status_tip(repo: str, state_dir: pathlib.Path, options: GitOptions) -> tuple[pygit2.Repository, pygit2.Commit] | None:
+    """REPO's branch tip (a Git remote's, fetched into the mirror, or a work tree's HEAD); ``None`` for a plain folder."""
+    if repo_kind(repo) is RepoKind.FOLDER:
+        tree = gittree.open_worktree(pathlib.Path(repo), state_dir / "trees")
+        return None if tree is None else (tree.repo, tree.commit)
+    return git_remote(repo, state_dir, options).tip()
+
+
+def status_record_writers(repo: str, state_dir: pathlib.Path, options: GitOptions,
+                          trusted: tuple[keys.PublicKey, ...]) -> dict[str, str]:
+    """Why each status record at REPO's tip is not gitopsd's word: the commit that wrote its content
+    is not signed by one of ``trusted`` (gitopsd's keys). Records of a plain folder have no writer."""
+    tip = _status_tip(repo, state_dir, options)
+    if tip is None:
+        return {}
+    git_repo, commit = tip
+    folder = ".gitopsd/status"
+    writers = gitsource.record_writers(git_repo, commit, folder)
+    status_keys = {key.raw: key for key in trusted}
+    out = {}
+    for path, _data in status_records(repo, state_dir, options):
+        writer = writers.get(path)
+        problem = "no commit that wrote it was found" if writer is None else gitsource.status_signer_problem(writer, status_keys)
+        if problem is not None:
+            what = "" if writer is None else f"commit {writer.id} wrote it and "
+            out[path] = f"{what}{problem}: only commits signed by gitopsd's key may write status records"
+    return out
+
+
 def status_records(repo: str, state_dir: pathlib.Path, options: GitOptions) -> list[tuple[str, bytes]]:
     """The status records (``.gitopsd/status/*.yaml``) at the tip of REPO's branch: a Git remote's
     (fetched into the mirror), a work tree's HEAD, or a plain folder's files."""
     folder = ".gitopsd/status"
-    if repo_kind(repo) is RepoKind.FOLDER:
-        tree = gittree.open_worktree(pathlib.Path(repo), state_dir / "trees")
-        if tree is None:
-            root = pathlib.Path(repo) / folder
-            return [(f"{folder}/{p.name}", p.read_bytes()) for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
-        git_repo, commit = tree.repo, tree.commit
-    else:
-        git_repo, commit = git_remote(repo, state_dir, options).tip()
+    tip = _status_tip(repo, state_dir, options)
+    if tip is None:
+        root = pathlib.Path(repo) / folder
+        return [(f"{folder}/{p.name}", p.read_bytes()) for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
+    git_repo, commit = tip
     try:
         entry = commit.tree[folder]
     except KeyError:

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol, cast
 
 import pygit2
@@ -56,6 +56,7 @@ _NETWORK_SCHEMES = ("ssh", "https", "http", "git")
 _SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\\].*|/.*)$")
 _ZERO = "0" * 40
 _MAX_DESIRED_WALK = 10_000
+_MAX_RECORD_WALK = 200_000  # commits walked to find who wrote each status record (one tree lookup each)
 
 # libgit2 messages that mean "the server said no to this ref update": a retry on top of the new tip can succeed.
 _REJECTED = ("non-fastforward", "non-fast-forward", "not present locally", "fetch first", "rejected",
@@ -270,6 +271,59 @@ class CommitVerifier(Protocol):
 def _signature(commit: pygit2.Commit) -> tuple[bytes | None, bytes | None]:
     signature, payload = commit.gpg_signature
     return signature, payload
+
+
+def status_signer_problem(commit: pygit2.Commit, status_keys: Mapping[bytes, keys.PublicKey]) -> str | None:
+    """Why ``commit`` is not gitopsd's own (signed by one of ``status_keys``, by raw key), or ``None``."""
+    signature, payload = _signature(commit)
+    if signature is None or payload is None:
+        return "it is not signed"
+    if not signature.lstrip().startswith(b"-----BEGIN SSH SIGNATURE-----"):
+        return "it is not signed with gitopsd's SSH key"
+    signer = sshsig.verify(signature.decode("ascii", "replace"), payload, "git")
+    if signer is None:
+        return "its SSH signature is invalid (the commit or the signature was altered)"
+    if signer.raw not in status_keys:
+        return f"it is signed by {signer.key_id()}, not by gitopsd's key"
+    return None
+
+
+def _entry_id(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:
+    try:
+        return tree[path].id
+    except KeyError:
+        return None
+
+
+def record_writers(repo: pygit2.Repository, tip: pygit2.Commit, folder: str) -> dict[str, pygit2.Commit]:
+    """For each file under ``folder`` at ``tip``: the commit that wrote its current content, i.e. the
+    newest first-parent ancestor-or-self whose parent holds other bytes there (or no such file).
+
+    A status record is gitopsd's word only when that commit is signed by gitopsd's key: a commit
+    that changes config and records together, signed by a key trusted for config, does not make
+    the records true. The walk skips commits that leave ``folder`` as it was."""
+    top = _entry_id(tip.tree, folder)
+    if top is None:
+        return {}
+    pending = {f"{folder}/{e.name}": e.id for e in cast(pygit2.Tree, repo[top]) if e.name is not None}
+    found: dict[str, pygit2.Commit] = {}
+    commit = tip
+    for _ in range(_MAX_RECORD_WALK):
+        if not pending:
+            break
+        parent = (cast(pygit2.Commit, repo[commit.parent_ids[0]])
+                  if commit.parent_ids and _has(repo, str(commit.parent_ids[0])) else None)
+        if parent is not None and _entry_id(parent.tree, folder) == _entry_id(commit.tree, folder):
+            commit = parent
+            continue
+        for path, blob in list(pending.items()):
+            if parent is None or _entry_id(parent.tree, path) != blob:
+                found[path] = commit
+                del pending[path]
+        if parent is None:
+            break
+        commit = parent
+    return found
 
 
 class SshCommitVerifier:
@@ -722,17 +776,7 @@ class GitSource:
         if not self.status_keys:
             assert self.verifier is not None
             return self.verifier.problem(repo, commit)
-        signature, payload = _signature(commit)
-        if signature is None or payload is None:
-            return "it is not signed"
-        if not signature.lstrip().startswith(b"-----BEGIN SSH SIGNATURE-----"):
-            return "it is not signed with gitopsd's SSH key"
-        signer = sshsig.verify(signature.decode("ascii", "replace"), payload, "git")
-        if signer is None:
-            return "its SSH signature is invalid (the commit or the signature was altered)"
-        if signer.raw not in self.status_keys:
-            return f"it is signed by {signer.key_id()}, not by gitopsd's key"
-        return None
+        return status_signer_problem(commit, self.status_keys)
 
     def status_moved(self) -> bool:
         """True when the tip ``head()`` listed is not the one the last fetch read, while the desired
