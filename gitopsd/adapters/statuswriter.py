@@ -8,7 +8,7 @@ When someone pushed in the meantime the branch is no longer where the commit was
 takes the new tip, builds its status change on top of it again, and retries with exponential backoff
 (bounded). A user's commit is never lost or rewritten, history stays linear (no merges).
 
-Where the commit goes is a :class:`Branch`: ``gitsource.GitRemote`` (a remote, through the mirror) or
+Where the commit goes is a :class:`Branch`: ``gitmirror.GitRemote`` (a remote, through the mirror) or
 :class:`WorkTreeBranch` (the checked-out branch of a local work tree, opt-in with ``--write-status``).
 
 Neighbours: ``core.status`` makes the records, ``reconcile.write_status`` calls :meth:`write`
@@ -29,7 +29,7 @@ import structlog
 import yaml
 
 from gitopsd import errors
-from gitopsd.adapters import gitsource, keys, schemafiles, sshsig
+from gitopsd.adapters import gitmirror, keys, schemafiles, sshsig
 
 log = structlog.get_logger()
 
@@ -273,7 +273,7 @@ class WorkTreeBranch:
 
     def publish(self, repo: pygit2.Repository, commit: pygit2.Oid, parent: pygit2.Oid) -> bool:
         ref = repo.lookup_reference(repo.head.name)
-        if not gitsource.swap_ref(ref, commit, parent, where=f"{repo.head.shorthand} in {self.path}", rejected=_REJECTED):
+        if not gitmirror.swap_ref(ref, commit, parent, where=f"{repo.head.shorthand} in {self.path}", rejected=_REJECTED):
             return False
         self._follow(repo, repo[parent].tree, repo[commit].tree)
         return True
