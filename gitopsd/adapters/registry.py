@@ -28,16 +28,13 @@ gets a token from the realm, cached per repository and renewed on the next 401 (
 
 Credentials come from a docker ``config.json`` (``auths.<host>.auth`` or ``username``/``password``)
 or from two files; never from the command line, never in a message or a log line, and only sent to
-the registry's own host (or its token realm). Credential helpers and identity tokens are not read.
+the registry's own host (or its token realm). Credential helpers and identity tokens are not read;
+``adapters.registryconfig`` parses the URL and reads the credentials.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 import http.client
-import ipaddress
 import json
 import os
 import pathlib
@@ -56,6 +53,7 @@ import structlog
 import urllib3.exceptions
 
 from gitopsd import __version__, errors
+from gitopsd.adapters import registryconfig
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
@@ -70,84 +68,7 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 UNAUTHORIZED = errors.UsageReason.REGISTRY_UNAUTHORIZED
 UNAVAILABLE = errors.TransientReason.REGISTRY_UNAVAILABLE
 TLS = errors.UsageReason.REGISTRY_TLS
-# The distribution spec's repository name grammar, one path component.
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _SSL_DETAIL = re.compile(r"\[SSL(?:: [A-Z_]+)?\] ([^(]+?)\s*\(")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str
-    password: str = dataclasses.field(repr=False)
-    origin: str  # where they were read, for messages: a file path, never the values
-
-    def basic(self) -> str:
-        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def default_config_path(environ: Mapping[str, str] = os.environ) -> pathlib.Path:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (docker's own lookup)."""
-    if environ.get("DOCKER_CONFIG"):
-        return pathlib.Path(environ["DOCKER_CONFIG"]) / "config.json"
-    return pathlib.Path.home() / ".docker" / "config.json"
-
-
-def credentials_from_files(username_file: pathlib.Path, password_file: pathlib.Path) -> Credentials:
-    values = []
-    for name, path in (("registry_username_file", username_file), ("registry_password_file", password_file)):
-        try:
-            value = pathlib.Path(path).read_text("utf-8").rstrip("\r\n")
-        except OSError as err:
-            raise errors.UsageError(f"{errors.setting(name)} {path}: cannot read it ({err.strerror})", setting=name,
-                                    reason=errors.UsageReason.REGISTRY_CONFIG) from err
-        if not value:
-            raise errors.UsageError(f"{errors.setting(name)} {path} is empty", setting=name,
-                                    reason=errors.UsageReason.REGISTRY_CONFIG)
-        values.append(value)
-    return Credentials(values[0], values[1], origin=f"{username_file} and {password_file}")
-
-
-def credentials_from_config(path: pathlib.Path, host: str) -> Credentials | None:
-    """The entry for ``host`` (``HOST[:PORT]``) in a docker config.json, or ``None``."""
-    try:
-        doc = json.loads(pathlib.Path(path).read_text("utf-8"))
-    except OSError as err:
-        raise errors.UsageError(f"{errors.setting('registry_config')} {path}: cannot read it ({err.strerror})",
-                                setting="registry_config", reason=errors.UsageReason.REGISTRY_CONFIG) from err
-    except ValueError as err:
-        raise errors.UsageError(f"{errors.setting('registry_config')} {path}: not JSON ({err})",
-                                setting="registry_config", reason=errors.UsageReason.REGISTRY_CONFIG) from err
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    for key, entry in (auths or {}).items():
-        if _config_host(key) != host or not isinstance(entry, dict):
-            continue
-        where = f"{path} (auths.{key})"
-        if entry.get("auth"):
-            try:
-                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError, ValueError) as err:
-                raise errors.ConfigError(f"{where}.auth: not base64 of 'user:password'", reason="RegistryConfig") from err
-            if not sep:
-                raise errors.ConfigError(f"{where}.auth: not base64 of 'user:password'", reason="RegistryConfig")
-            return Credentials(user, password, origin=where)
-        if entry.get("username") and entry.get("password"):
-            return Credentials(str(entry["username"]), str(entry["password"]), origin=where)
-    return None
-
-
-def _config_host(key: str) -> str:
-    """``https://host:5000/v1/`` → ``host:5000``: docker writes keys in several forms."""
-    key = key.split("://", 1)[-1]
-    return key.split("/", 1)[0].lower()
 
 
 def cluster_pack_digests(cp: pack.ClusterPack) -> dict[str, str]:
@@ -229,8 +150,8 @@ class OciRegistry:
                  read_timeout: float = 30.0, retries: int = 2, backoff: tuple[float, ...] = (0.2, 0.5),
                  cooldown: float = 10.0, environ: Mapping[str, str] = os.environ) -> None:
         self.url = url
-        self.host, self.hostname, self.path = parse_url(url)
-        if insecure and not is_loopback(self.hostname):
+        self.host, self.hostname, self.path = registryconfig.parse_url(url)
+        if insecure and not registryconfig.is_loopback(self.hostname):
             raise errors.UsageError(
                 f"{errors.setting('registry_insecure')} is only allowed for a loopback registry (127.0.0.0/8, ::1, "
                 f"localhost), not {self.hostname}: give the registry's CA with {errors.setting('registry_ca')} instead",
@@ -256,7 +177,8 @@ class OciRegistry:
         self.cooldown = cooldown
         self._down_until = 0.0
         self._down_reason = ""
-        self.credentials, self.searched = _find_credentials(self.host, config, username_file, password_file, environ)
+        self.credentials, self.searched = registryconfig.find_credentials(self.host, config, username_file, password_file,
+                                                                          environ)
         self.client = _Client(self, insecure=insecure, verify=verify)
         self.session: requests.Session = self.client.session
 
@@ -345,7 +267,7 @@ class OciRegistry:
 
     def _name(self, repository: str) -> str:
         name = f"{self.path}/{repository}" if self.path else repository
-        if not all(_COMPONENT.match(c) for c in repository.split("/")) or len(name) > 255:
+        if not all(registryconfig.COMPONENT.match(c) for c in repository.split("/")) or len(name) > 255:
             raise errors.StalledError(
                 f"{repository!r} is not a valid OCI repository name (lowercase letters, digits, '.', '_', '-')",
                 reason="InvalidRepositoryName",
@@ -405,7 +327,7 @@ class OciRegistry:
     def _token(self, realm: str, service: str | None, scope: str | None) -> str:
         """A bearer token from the registry's token service (the WWW-Authenticate realm)."""
         parts = urllib.parse.urlsplit(realm)
-        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname or "")):
+        if parts.scheme != "https" and not (parts.scheme == "http" and registryconfig.is_loopback(parts.hostname or "")):
             raise errors.ConfigError(f"registry {self.host} names token service {realm} over plain http; "
                                      "refusing to send credentials there", reason="RegistryTLS")
         params: list[tuple[str, str]] = [("service", service)] if service else []
@@ -514,44 +436,6 @@ class OciRegistry:
                for e in _causes(err)):
             hint = f"the registry may speak plain http ({errors.setting('registry_insecure')} is allowed on loopback only)"
         return f"TLS with registry {self.host} failed ({detail}): {hint}"
-
-
-def parse_url(url: str) -> tuple[str, str, str]:
-    """``HOST[:PORT]/PATH`` → (``HOST[:PORT]``, hostname, ``PATH``)."""
-    shown = url.rpartition("@")[2]  # never echo a user:password@ someone typed
-    if "://" in url:
-        raise errors.UsageError(f"{errors.setting('registry')} {shown!r}: give HOST[:PORT]/PATH without a scheme "
-                                f"(https is used; {errors.setting('registry_insecure')} selects http on loopback)",
-                                setting="registry", reason=errors.UsageReason.REGISTRY_CONFIG)
-    host, _, path = url.partition("/")
-    try:
-        parts = urllib.parse.urlsplit(f"//{host}")
-        hostname, _ = parts.hostname, parts.port
-    except ValueError as err:
-        raise errors.UsageError(f"{errors.setting('registry')} {shown!r}: bad HOST[:PORT] ({err})", setting="registry",
-                                reason=errors.UsageReason.REGISTRY_CONFIG) from err
-    path = path.strip("/")
-    if not hostname or "@" in host or (path and not all(_COMPONENT.match(c) for c in path.split("/"))):
-        raise errors.UsageError(f"{errors.setting('registry')} {shown!r}: expected HOST[:PORT]/PATH with a lowercase "
-                                "repository path such as registry.example.com/packs",
-                                setting="registry", reason=errors.UsageReason.REGISTRY_CONFIG)
-    return host.lower(), hostname, path
-
-
-def _find_credentials(host: str, config: pathlib.Path | str | None, username_file: pathlib.Path | str | None,
-                      password_file: pathlib.Path | str | None, environ: Mapping[str, str]) -> tuple[Credentials | None, str]:
-    if username_file is not None or password_file is not None:
-        if username_file is None or password_file is None:
-            raise errors.UsageError(f"{errors.setting('registry_username_file')} and "
-                                    f"{errors.setting('registry_password_file')} go together",
-                                    setting="registry_username_file", reason=errors.UsageReason.REGISTRY_CONFIG)
-        return credentials_from_files(pathlib.Path(username_file), pathlib.Path(password_file)), "files"
-    if config is not None:
-        return credentials_from_config(pathlib.Path(config), host), str(config)
-    path = default_config_path(environ)
-    if path.is_file():
-        return credentials_from_config(path, host), str(path)
-    return None, f"{path} (absent)"
 
 
 def _descriptors(manifest: bytes, ref: str) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ import requests
 import structlog
 
 from gitopsd import errors
-from gitopsd.adapters import registry
+from gitopsd.adapters import registry, registryconfig
 from gitopsd.core import artifact as artifact_core
 from gitopsd.core import compile as compile_core
 from gitopsd.model import pack, spec
@@ -557,7 +557,7 @@ def test_docker_config_entries_are_matched_by_host_and_port(
         tmp_path: pathlib.Path, entries: dict[str, dict[str, str]], expected: tuple[str, str] | None) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"auths": entries}))
-    found = registry.credentials_from_config(path, "reg.test:5000")
+    found = registryconfig.credentials_from_config(path, "reg.test:5000")
     assert (None if found is None else (found.username, found.password)) == expected
 
 
@@ -580,7 +580,7 @@ def test_unusable_credential_sources_are_config_errors(tmp_path: pathlib.Path, f
 
 
 def test_credentials_never_show_in_repr() -> None:
-    creds = registry.Credentials("u", "hunter2", origin="files")
+    creds = registryconfig.Credentials("u", "hunter2", origin="files")
     assert "hunter2" not in repr(creds)
 
 
