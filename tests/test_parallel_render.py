@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from gitopsd import compiling, errors, passstate, reconcile
-from gitopsd.adapters import fakes, render, schemafiles, system
+from gitopsd.adapters import fakes, render, renderkustomize, schemafiles, system
 from gitopsd.cli import flags
 from gitopsd.wiring import compose as wiring
 
@@ -186,9 +186,9 @@ def probe(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch):
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("PROBE_DIR", str(counts))
-    render._kustomize_command.cache_clear()
+    renderkustomize._kustomize_command.cache_clear()
     yield lambda: json.loads((counts / "counts.json").read_text()) if (counts / "counts.json").exists() else {"runs": 0}
-    render._kustomize_command.cache_clear()
+    renderkustomize._kustomize_command.cache_clear()
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4], ids=["one-worker", "two-workers", "four-workers"])

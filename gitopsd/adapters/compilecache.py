@@ -61,7 +61,9 @@ class SqliteCompileCache:
                     db.execute("SELECT count(*) FROM compiled WHERE key=''").fetchone()
                     return db
                 except (sqlite3.Error, OSError) as err:
-                    corrupt = any(word in str(err) for word in ("not a database", "malformed", "no such table"))
+                    # not a database, malformed, or a schema this cache cannot use (no such table): made again
+                    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF
+                    corrupt = code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_ERROR)
                     if attempt or not corrupt:
                         log.warning("compile cache unusable, keeping one in memory", path=str(path), error=str(err))
                         break

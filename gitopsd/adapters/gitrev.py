@@ -76,7 +76,7 @@ def worktree_tree(repo: pygit2.Repository, export_dir: pathlib.Path, objects_dir
         tree_id = index.write_tree()
     except (pygit2.GitError, OSError) as err:
         raise errors.ConfigError(f"cannot read the work tree of {repo.workdir}: {err}; commit the change and give "
-                                 "--head HEAD", reason="WorkTreeUnreadable") from err
+                                 f"{errors.setting('head')} HEAD", reason="WorkTreeUnreadable") from err
     where = pathlib.Path(repo.workdir).resolve()
     if tree_id == head.tree_id:
         return gittree.GitTree(repo, head, ref=name, export_dir=export_dir,

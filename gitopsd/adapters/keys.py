@@ -50,7 +50,7 @@ _PRIVATE_MARKER = b"PRIVATE KEY-----"
 class KeyLoadError(errors.ConfigError):
     """A key file is missing, unreadable, of the wrong type or malformed (stalled: needs a human)."""
 
-    reason = "KeyInvalid"
+    reason = errors.UsageReason.KEY_INVALID
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         index, count = -1, 0
     if not slash or count < 1 or not 0 <= index < count:
-        raise errors.ConfigError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/2", reason="Usage")
+        raise errors.UsageError(f"{errors.setting('shard')} {text!r}: expected i/N with 0 <= i < N, e.g. 0/2", setting="shard")
     return index, count
 
 

@@ -51,16 +51,17 @@ T = TypeVar("T")
 def store_error(path: pathlib.Path, err: sqlite3.Error) -> errors.GitopsdError:
     """One line for a store that cannot be used: what is wrong with which file, and what to do."""
     text = str(err)
-    if "disk is full" in text:
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL:
         return errors.TransientError(f"local store {path}: the disk is full; free space on it and run again",
-                                     reason="StoreFailed")
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
+                                     reason=errors.TransientReason.STORE_FAILED)
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
         return errors.TransientError(f"local store {path}: cannot be written ({text}); a pass that writes needs a "
-                                     "writable state dir", reason="StoreFailed")
+                                     "writable state dir", reason=errors.TransientReason.STORE_FAILED)
     return errors.ConfigError(
         f"local store {path} is damaged ({text}); move it away (ClusterPacks and PackInstances are then made again "
         "from Git on the next reconcile, with new install history) or restore it from a backup",
-        reason="StoreCorrupt")
+        reason=errors.UsageReason.STORE_CORRUPT)
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -272,9 +273,18 @@ class LocalStore:
             if c.action is change.Action.CREATE:
                 assert c.cluster_pack is not None
                 existing = self.get_object(CLUSTER_PACK, namespace, c.name)
-                if existing is not None:
+                if existing is not None:  # written by another pass since this one read the store
+                    spec = existing.get("spec")
+                    spec = spec if isinstance(spec, dict) else {}
+                    ref = spec.get("registryRef")
+                    digest = ref.get("digest") if isinstance(ref, dict) else None
+                    cp = c.cluster_pack
+                    if spec.get("checksum") == cp.checksum and digest == cp.manifest_digest:
+                        return rv, 1  # the same content: adopt it, as the cluster adapter does
                     raise errors.ImmutabilityViolation(
-                        f"ClusterPack {c.name} appeared in the store during the pass; retry", reason="Conflict"
+                        f"ClusterPack {c.name} appeared in the store during the pass with checksum {spec.get('checksum')} "
+                        f"instead of {cp.checksum}; published versions are immutable: bump 'version' in "
+                        f"{cp.source_build_ref}"
                     )
                 rv += 1
                 self._put(CLUSTER_PACK, namespace, c.name, c.cluster_pack.to_object(), rv, generation=1)

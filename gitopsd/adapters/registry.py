@@ -28,30 +28,32 @@ gets a token from the realm, cached per repository and renewed on the next 401 (
 
 Credentials come from a docker ``config.json`` (``auths.<host>.auth`` or ``username``/``password``)
 or from two files; never from the command line, never in a message or a log line, and only sent to
-the registry's own host (or its token realm). Credential helpers and identity tokens are not read.
+the registry's own host (or its token realm). Credential helpers and identity tokens are not read;
+``adapters.registryconfig`` parses the URL and reads the credentials.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-import ipaddress
+import http.client
 import json
 import os
 import pathlib
 import re
+import socket
+import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NoReturn
 
 import oras.auth.utils
 import oras.provider
 import requests
 import structlog
+import urllib3.exceptions
 
 from gitopsd import __version__, errors
+from gitopsd.adapters import registryconfig
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
@@ -63,83 +65,10 @@ MANIFEST_ACCEPT = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
 ))
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-UNAUTHORIZED = "RegistryUnauthorized"
-UNAVAILABLE = "RegistryUnavailable"
-TLS = "RegistryTLS"
-# The distribution spec's repository name grammar, one path component.
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+UNAUTHORIZED = errors.UsageReason.REGISTRY_UNAUTHORIZED
+UNAVAILABLE = errors.TransientReason.REGISTRY_UNAVAILABLE
+TLS = errors.UsageReason.REGISTRY_TLS
 _SSL_DETAIL = re.compile(r"\[SSL(?:: [A-Z_]+)?\] ([^(]+?)\s*\(")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str
-    password: str = dataclasses.field(repr=False)
-    origin: str  # where they were read, for messages: a file path, never the values
-
-    def basic(self) -> str:
-        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def default_config_path(environ: Mapping[str, str] = os.environ) -> pathlib.Path:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (docker's own lookup)."""
-    if environ.get("DOCKER_CONFIG"):
-        return pathlib.Path(environ["DOCKER_CONFIG"]) / "config.json"
-    return pathlib.Path.home() / ".docker" / "config.json"
-
-
-def credentials_from_files(username_file: pathlib.Path, password_file: pathlib.Path) -> Credentials:
-    values = []
-    for flag, path in (("--registry-username-file", username_file), ("--registry-password-file", password_file)):
-        try:
-            value = pathlib.Path(path).read_text("utf-8").rstrip("\r\n")
-        except OSError as err:
-            raise errors.ConfigError(f"{flag} {path}: cannot read it ({err.strerror})", reason="RegistryConfig") from err
-        if not value:
-            raise errors.ConfigError(f"{flag} {path} is empty", reason="RegistryConfig")
-        values.append(value)
-    return Credentials(values[0], values[1], origin=f"{username_file} and {password_file}")
-
-
-def credentials_from_config(path: pathlib.Path, host: str) -> Credentials | None:
-    """The entry for ``host`` (``HOST[:PORT]``) in a docker config.json, or ``None``."""
-    try:
-        doc = json.loads(pathlib.Path(path).read_text("utf-8"))
-    except OSError as err:
-        raise errors.ConfigError(f"--registry-config {path}: cannot read it ({err.strerror})", reason="RegistryConfig") from err
-    except ValueError as err:
-        raise errors.ConfigError(f"--registry-config {path}: not JSON ({err})", reason="RegistryConfig") from err
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    for key, entry in (auths or {}).items():
-        if _config_host(key) != host or not isinstance(entry, dict):
-            continue
-        where = f"{path} (auths.{key})"
-        if entry.get("auth"):
-            try:
-                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError, ValueError) as err:
-                raise errors.ConfigError(f"{where}.auth: not base64 of 'user:password'", reason="RegistryConfig") from err
-            if not sep:
-                raise errors.ConfigError(f"{where}.auth: not base64 of 'user:password'", reason="RegistryConfig")
-            return Credentials(user, password, origin=where)
-        if entry.get("username") and entry.get("password"):
-            return Credentials(str(entry["username"]), str(entry["password"]), origin=where)
-    return None
-
-
-def _config_host(key: str) -> str:
-    """``https://host:5000/v1/`` → ``host:5000``: docker writes keys in several forms."""
-    key = key.split("://", 1)[-1]
-    return key.split("/", 1)[0].lower()
 
 
 def cluster_pack_digests(cp: pack.ClusterPack) -> dict[str, str]:
@@ -221,20 +150,22 @@ class OciRegistry:
                  read_timeout: float = 30.0, retries: int = 2, backoff: tuple[float, ...] = (0.2, 0.5),
                  cooldown: float = 10.0, environ: Mapping[str, str] = os.environ) -> None:
         self.url = url
-        self.host, self.hostname, self.path = parse_url(url)
-        if insecure and not is_loopback(self.hostname):
-            raise errors.ConfigError(
-                f"--registry-insecure is only allowed for a loopback registry (127.0.0.0/8, ::1, localhost), "
-                f"not {self.hostname}: give the registry's CA with --registry-ca instead",
-                reason="RegistryInsecureRefused",
+        self.host, self.hostname, self.path = registryconfig.parse_url(url)
+        if insecure and not registryconfig.is_loopback(self.hostname):
+            raise errors.UsageError(
+                f"{errors.setting('registry_insecure')} is only allowed for a loopback registry (127.0.0.0/8, ::1, "
+                f"localhost), not {self.hostname}: give the registry's CA with {errors.setting('registry_ca')} instead",
+                setting="registry_insecure", reason=errors.UsageReason.REGISTRY_INSECURE_REFUSED,
             )
         if insecure and ca is not None:
-            raise errors.ConfigError("--registry-ca and --registry-insecure exclude each other: plain http has no TLS",
-                                     reason="RegistryConfig")
+            raise errors.UsageError(f"{errors.setting('registry_ca')} and {errors.setting('registry_insecure')} exclude "
+                                    "each other: plain http has no TLS",
+                                    setting="registry_ca", reason=errors.UsageReason.REGISTRY_CONFIG)
         verify: bool | str = True
         if ca is not None:
             if not pathlib.Path(ca).is_file():
-                raise errors.ConfigError(f"--registry-ca {ca}: no such file", reason=TLS)
+                raise errors.UsageError(f"{errors.setting('registry_ca')} {ca}: no such file", setting="registry_ca",
+                                        reason=TLS)
             verify = str(ca)
         self.ca = str(ca) if ca is not None else None
         self.verify_tls = verify
@@ -246,7 +177,8 @@ class OciRegistry:
         self.cooldown = cooldown
         self._down_until = 0.0
         self._down_reason = ""
-        self.credentials, self.searched = _find_credentials(self.host, config, username_file, password_file, environ)
+        self.credentials, self.searched = registryconfig.find_credentials(self.host, config, username_file, password_file,
+                                                                          environ)
         self.client = _Client(self, insecure=insecure, verify=verify)
         self.session: requests.Session = self.client.session
 
@@ -335,7 +267,7 @@ class OciRegistry:
 
     def _name(self, repository: str) -> str:
         name = f"{self.path}/{repository}" if self.path else repository
-        if not all(_COMPONENT.match(c) for c in repository.split("/")) or len(name) > 255:
+        if not all(registryconfig.COMPONENT.match(c) for c in repository.split("/")) or len(name) > 255:
             raise errors.StalledError(
                 f"{repository!r} is not a valid OCI repository name (lowercase letters, digits, '.', '_', '-')",
                 reason="InvalidRepositoryName",
@@ -395,7 +327,7 @@ class OciRegistry:
     def _token(self, realm: str, service: str | None, scope: str | None) -> str:
         """A bearer token from the registry's token service (the WWW-Authenticate realm)."""
         parts = urllib.parse.urlsplit(realm)
-        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname or "")):
+        if parts.scheme != "https" and not (parts.scheme == "http" and registryconfig.is_loopback(parts.hostname or "")):
             raise errors.ConfigError(f"registry {self.host} names token service {realm} over plain http; "
                                      "refusing to send credentials there", reason="RegistryTLS")
         params: list[tuple[str, str]] = [("service", service)] if service else []
@@ -462,12 +394,14 @@ class OciRegistry:
         if status == 404:
             if code == "NAME_UNKNOWN" or missing == "RepositoryNotFound":
                 raise errors.StalledError(f"{what}: repository not found on registry {self.host} and not created "
-                                          "by it; create it there or change --registry", reason="RepositoryNotFound")
+                                          f"by it; create it there or change {errors.setting('registry')}",
+                                          reason=errors.StalledReason.REPOSITORY_NOT_FOUND)
             raise errors.StalledError(f"{what}: not found on registry {self.host} ({code or '404'})",
                                       reason="ArtifactNotFound")
         if status == 400 and self.insecure and self._speaks_https(detail):
-            raise errors.ConfigError(f"registry {self.host} speaks https: drop --registry-insecure "
-                                     "(and give --registry-ca if its CA is private)", reason=TLS)
+            raise errors.UsageError(f"registry {self.host} speaks https: drop {errors.setting('registry_insecure')} "
+                                    f"(and give {errors.setting('registry_ca')} if its CA is private)",
+                                    setting="registry_insecure", reason=TLS)
         if status == 429 or status >= 500:
             raise errors.TransientError(f"{what}: registry {self.host} answered {status} {response.reason}"
                                         + (f" ({code}: {detail})" if code else ""), reason=UNAVAILABLE)
@@ -489,52 +423,19 @@ class OciRegistry:
             found = f"{who} requires credentials and none were found (looked in {self.searched})"
         else:
             found = f"{who} {verb} {self.credentials.origin} ({status})"
-        return f"{found}: check --registry-config / credentials for {self.host}"
+        return f"{found}: check {errors.setting('registry_config')} / credentials for {self.host}"
 
     def _tls_message(self, err: Exception) -> str:
         match = _SSL_DETAIL.search(str(err))
         detail = match.group(1).strip() if match else "handshake failed"
         if self.ca:
-            hint = f"the CA in --registry-ca {self.ca} does not verify it"
+            hint = f"the CA in {errors.setting('registry_ca')} {self.ca} does not verify it"
         else:
-            hint = "if the registry's certificate comes from a private CA, give it with --registry-ca PATH"
-        if "WRONG_VERSION_NUMBER" in str(err) or "record layer failure" in str(err):
-            hint = "the registry may speak plain http (--registry-insecure is allowed on loopback only)"
+            hint = f"if the registry's certificate comes from a private CA, give it with {errors.setting('registry_ca')} PATH"
+        if any(isinstance(e, ssl.SSLError) and e.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE")
+               for e in _causes(err)):
+            hint = f"the registry may speak plain http ({errors.setting('registry_insecure')} is allowed on loopback only)"
         return f"TLS with registry {self.host} failed ({detail}): {hint}"
-
-
-def parse_url(url: str) -> tuple[str, str, str]:
-    """``HOST[:PORT]/PATH`` → (``HOST[:PORT]``, hostname, ``PATH``)."""
-    shown = url.rpartition("@")[2]  # never echo a user:password@ someone typed
-    if "://" in url:
-        raise errors.ConfigError(f"--registry {shown!r}: give HOST[:PORT]/PATH without a scheme "
-                                 "(https is used; --registry-insecure selects http on loopback)", reason="RegistryConfig")
-    host, _, path = url.partition("/")
-    try:
-        parts = urllib.parse.urlsplit(f"//{host}")
-        hostname, _ = parts.hostname, parts.port
-    except ValueError as err:
-        raise errors.ConfigError(f"--registry {shown!r}: bad HOST[:PORT] ({err})", reason="RegistryConfig") from err
-    path = path.strip("/")
-    if not hostname or "@" in host or (path and not all(_COMPONENT.match(c) for c in path.split("/"))):
-        raise errors.ConfigError(f"--registry {shown!r}: expected HOST[:PORT]/PATH with a lowercase repository path "
-                                 "such as registry.example.com/packs", reason="RegistryConfig")
-    return host.lower(), hostname, path
-
-
-def _find_credentials(host: str, config: pathlib.Path | str | None, username_file: pathlib.Path | str | None,
-                      password_file: pathlib.Path | str | None, environ: Mapping[str, str]) -> tuple[Credentials | None, str]:
-    if username_file is not None or password_file is not None:
-        if username_file is None or password_file is None:
-            raise errors.ConfigError("--registry-username-file and --registry-password-file go together",
-                                     reason="RegistryConfig")
-        return credentials_from_files(pathlib.Path(username_file), pathlib.Path(password_file)), "files"
-    if config is not None:
-        return credentials_from_config(pathlib.Path(config), host), str(config)
-    path = default_config_path(environ)
-    if path.is_file():
-        return credentials_from_config(path, host), str(path)
-    return None, f"{path} (absent)"
 
 
 def _descriptors(manifest: bytes, ref: str) -> list[dict[str, object]]:
@@ -572,11 +473,25 @@ def _network_detail(err: Exception, timeout: tuple[float, float]) -> str:
         return f"connect timed out after {timeout[0]:g}s"
     if isinstance(err, requests.exceptions.ReadTimeout):
         return f"no answer within {timeout[1]:g}s"
-    text = str(err)
-    if "Connection refused" in text:
+    found = set(_causes(err))
+    if any(isinstance(e, ConnectionRefusedError) for e in found):
         return "connection refused"
-    if "Name or service not known" in text or "NameResolutionError" in text or "nodename nor servname" in text:
+    if any(isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for e in found):
         return "host name not resolved"
-    if "Connection reset" in text or "RemoteDisconnected" in text:
+    if any(isinstance(e, (ConnectionResetError, http.client.RemoteDisconnected)) for e in found):
         return "connection reset"
     return "connection failed"
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it wraps (requests wraps urllib3, which wraps the socket's), by type
+    rather than by message."""
+    stack, seen = [err], set()
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        nested = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        stack.extend(n for n in nested if isinstance(n, BaseException))

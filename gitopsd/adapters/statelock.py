@@ -94,7 +94,7 @@ def acquire(state_dir: pathlib.Path, *, timeout: float | None = None) -> StateLo
             os.close(fd)
             raise errors.TransientError(
                 f"state dir {state_dir} is locked by {holder}, which is writing to it; waited {wait:g}s: run again "
-                f"when it is done, or use another --state-dir ({TIMEOUT_ENV} sets the wait)",
+                f"when it is done, or use another {errors.setting('state_dir')} ({TIMEOUT_ENV} sets the wait)",
                 reason="StateDirLocked",
             )
         if not told:

@@ -8,7 +8,7 @@ When someone pushed in the meantime the branch is no longer where the commit was
 takes the new tip, builds its status change on top of it again, and retries with exponential backoff
 (bounded). A user's commit is never lost or rewritten, history stays linear (no merges).
 
-Where the commit goes is a :class:`Branch`: ``gitsource.GitRemote`` (a remote, through the mirror) or
+Where the commit goes is a :class:`Branch`: ``gitmirror.GitRemote`` (a remote, through the mirror) or
 :class:`WorkTreeBranch` (the checked-out branch of a local work tree, opt-in with ``--write-status``).
 
 Neighbours: ``core.status`` makes the records, ``reconcile.write_status`` calls :meth:`write`
@@ -29,7 +29,7 @@ import structlog
 import yaml
 
 from gitopsd import errors
-from gitopsd.adapters import gitsource, keys, schemafiles, sshsig
+from gitopsd.adapters import gitmirror, keys, schemafiles, sshsig
 
 log = structlog.get_logger()
 
@@ -247,16 +247,17 @@ class WorkTreeBranch:
         try:
             repo = pygit2.Repository(str(self.path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
         except pygit2.GitError as err:
-            raise errors.ConfigError(f"--write-status: {self.path} is not a Git work tree; run git init and commit first",
-                                     reason="NotAGitRepo") from err
+            raise errors.UsageError(f"{errors.setting('status')}: {self.path} is not a Git work tree; run git init and "
+                                    "commit first", setting="status", reason=errors.UsageReason.NOT_A_GIT_REPO) from err
         if repo.is_bare or repo.workdir is None:
-            raise errors.ConfigError(f"--write-status: {self.path} is not a work tree", reason="NotAGitRepo")
+            raise errors.UsageError(f"{errors.setting('status')}: {self.path} is not a work tree", setting="status",
+                                    reason=errors.UsageReason.NOT_A_GIT_REPO)
         if repo.head_is_unborn:
             raise errors.StalledError(f"{self.path}: the branch has no commit yet; commit the config first",
                                       reason="EmptyRepository")
         if repo.head_is_detached:
-            raise errors.ConfigError(f"--write-status: HEAD of {self.path} is detached; check out a branch",
-                                     reason="DetachedHead")
+            raise errors.UsageError(f"{errors.setting('status')}: HEAD of {self.path} is detached; check out a branch",
+                                    setting="status", reason=errors.UsageReason.DETACHED_HEAD)
         dirty = sorted(p for p, flags in repo.status().items()
                        if (p == STATUS_ROOT or p.startswith(f"{STATUS_ROOT}/")) and flags != pygit2.enums.FileStatus.CURRENT)
         if dirty:
@@ -272,7 +273,7 @@ class WorkTreeBranch:
 
     def publish(self, repo: pygit2.Repository, commit: pygit2.Oid, parent: pygit2.Oid) -> bool:
         ref = repo.lookup_reference(repo.head.name)
-        if not gitsource.swap_ref(ref, commit, parent, where=f"{repo.head.shorthand} in {self.path}", rejected=_REJECTED):
+        if not gitmirror.swap_ref(ref, commit, parent, where=f"{repo.head.shorthand} in {self.path}", rejected=_REJECTED):
             return False
         self._follow(repo, repo[parent].tree, repo[commit].tree)
         return True

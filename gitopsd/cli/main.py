@@ -360,8 +360,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             results.append({"name": name, "ok": not problems, "problems": problems})
         if args.repo:
             records = wiring.status_records(args.repo, state_dir, flags.git_options(args))
+            writers = wiring.status_record_writers(args.repo, state_dir, flags.git_options(args), verifier.trusted)
             for path, data in records:
-                problems = verify_record(path, data, observed)
+                problems = verify_record(path, data, observed) + ([writers[path]] if path in writers else [])
                 failures += bool(problems)
                 results.append({"name": path, "ok": not problems, "problems": problems})
             for missing in missing_records(records, observed):
@@ -489,15 +490,40 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Exit code of an error, by its family (the same today: the code says "an error", the reason says which).
+EXIT_BY_FAMILY = {errors.Family.TRANSIENT: EXIT_ERROR, errors.Family.STALLED: EXIT_ERROR, errors.Family.USAGE: EXIT_ERROR}
+
+
+def flag_names(top: argparse.ArgumentParser) -> dict[str, str]:
+    """Each setting (an argparse ``dest``) as the user writes it: its long flag, or its metavar
+    (``REPO``). Errors name settings; only here do they become flags."""
+    names: dict[str, str] = {}
+    parsers = [top]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif isinstance(action, argparse._StoreFalseAction):
+                continue  # a negation (--no-status) shares its dest with the flag that sets it
+            elif action.option_strings:
+                names.setdefault(action.dest, max(action.option_strings, key=len))
+            elif isinstance(action.metavar, str):
+                names.setdefault(action.dest, action.metavar)
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
     logs.configure(getattr(args, "log_level", "warning"), getattr(args, "log_format", "auto"))
+    flags = flag_names(top)
+    errors.spell_settings(lambda s: flags.get(s, errors.setting_words(s)))
     try:
         return int(args.func(args))
     except errors.GitopsdError as err:
-        retry = "; transient, retrying later may succeed" if err.transient else ""
+        retry = "; transient, retrying later may succeed" if err.family.retry_may_help else ""
         print(f"error: {err} (reason {err.reason}{retry})", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_BY_FAMILY[err.family]
     except BrokenPipeError:
         # The reader went away (``gitopsd get packs | head``): stop quietly, as a shell tool would.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -510,11 +536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 errno.EROFS: "the file system is read-only; a pass that writes needs a writable state dir",
                 errno.EDQUOT: "the disk quota is exhausted; free space and run again",
                 }.get(err.errno or 0, err.strerror or str(err))
-        print(f"error: {where}{what} (reason BackendFailure)", file=sys.stderr)
+        print(f"error: {where}{what} (reason {errors.StalledReason.BACKEND_FAILURE})", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        errors.spell_settings(None)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, cast
 from gitopsd import errors, passstate, reconcile
 from gitopsd.adapters import (
     compilecache,
+    gitlocation,
+    gitmirror,
     gitsource,
     gittree,
+    gitverify,
     keys,
     localstore,
     ocilayout,
@@ -44,7 +47,7 @@ if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported on
 
 def default_state_dir(repo: str) -> pathlib.Path:
     base = os.environ.get("XDG_STATE_HOME") or str(pathlib.Path.home() / ".local" / "state")
-    location = str(pathlib.Path(repo).resolve()) if not gitsource.is_url(repo) else repo
+    location = str(pathlib.Path(repo).resolve()) if not gitlocation.is_url(repo) else repo
     name = pathlib.PurePosixPath(location.rstrip("/")).name.removesuffix(".git") or "repo"
     tag = hashlib.sha256(location.encode()).hexdigest()[:10]
     return pathlib.Path(base) / "gitopsd" / f"{name}-{tag}"
@@ -193,13 +196,13 @@ class RepoKind(enum.StrEnum):
 
 def repo_kind(repo: str) -> RepoKind:
     """What REPO is; a URL is checked here (scheme, no credentials in it) before anything is written."""
-    if gitsource.is_url(repo):
-        gitsource.parse_location(repo)
+    if gitlocation.is_url(repo):
+        gitlocation.parse_location(repo)
         return RepoKind.URL
     path = pathlib.Path(repo)
     if not path.is_dir():
         raise errors.ConfigError(f"config repo {repo} is not a folder, a bare Git repository or a Git URL", reason="RepoNotFound")
-    return RepoKind.BARE if gitsource.is_bare_repository(path) else RepoKind.FOLDER
+    return RepoKind.BARE if gitlocation.is_bare_repository(path) else RepoKind.FOLDER
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -249,7 +252,7 @@ class Wired:
 
     env: reconcile.Env
     kind: RepoKind
-    remote: gitsource.GitRemote | None = None
+    remote: gitmirror.GitRemote | None = None
     writer: statuswriter.GitStatusWriter | None = None
     allowed_signers: pathlib.Path | None = None
     status_repo: pathlib.Path | None = None  # where `git -C` runs verify-commit, for local repositories
@@ -260,43 +263,69 @@ class Wired:
         return f"git {where}-c gpg.ssh.allowedSignersFile={self.allowed_signers} verify-commit {commit}"
 
 
-def mirror_path(state_dir: pathlib.Path, location: gitsource.Location) -> pathlib.Path:
+def mirror_path(state_dir: pathlib.Path, location: gitlocation.Location) -> pathlib.Path:
     tail = re.sub(r"[^A-Za-z0-9._-]+", "-", location.url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1])
     name = tail.removesuffix(".git").strip("-.") or "repo"
     return state_dir / "git" / f"{name}-{hashlib.sha256(location.url.encode()).hexdigest()[:8]}.git"
 
 
-def commit_verifier(options: GitOptions) -> gitsource.CommitVerifier | None:
-    verifiers: list[gitsource.CommitVerifier] = []
+def commit_verifier(options: GitOptions) -> gitverify.CommitVerifier | None:
+    verifiers: list[gitverify.CommitVerifier] = []
     if options.verify_commits:
-        verifiers.append(gitsource.SshCommitVerifier(options.verify_commits))
+        verifiers.append(gitverify.SshCommitVerifier(options.verify_commits))
     if options.verify_commits_gpg:
-        verifiers.append(gitsource.GpgCommitVerifier(options.verify_commits_gpg))
+        verifiers.append(gitverify.GpgCommitVerifier(options.verify_commits_gpg))
     if not verifiers:
         return None
-    return verifiers[0] if len(verifiers) == 1 else gitsource.AnyOfVerifier(verifiers)
+    return verifiers[0] if len(verifiers) == 1 else gitverify.AnyOfVerifier(verifiers)
 
 
-def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitsource.GitRemote:
-    location = gitsource.parse_location(repo)
-    auth = gitsource.load_auth(location, credentials_file=options.credentials_file,
+def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitmirror.GitRemote:
+    location = gitlocation.parse_location(repo)
+    auth = gitlocation.load_auth(location, credentials_file=options.credentials_file,
                                credentials_env=options.credentials_env, ssh_key=options.ssh_key)
-    gitsource.configure_timeouts()
-    return gitsource.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
+    gitmirror.configure_timeouts()
+    return gitmirror.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
+
+
+def _status_tip(repo: str, state_dir: pathlib.Path, options: GitOptions) -> tuple[pygit2.Repository, pygit2.Commit] | None:
+    """REPO's branch tip (a Git remote's, fetched into the mirror, or a work tree's HEAD); ``None`` for a plain folder."""
+    if repo_kind(repo) is RepoKind.FOLDER:
+        tree = gittree.open_worktree(pathlib.Path(repo), state_dir / "trees")
+        return None if tree is None else (tree.repo, tree.commit)
+    return git_remote(repo, state_dir, options).tip()
+
+
+def status_record_writers(repo: str, state_dir: pathlib.Path, options: GitOptions,
+                          trusted: tuple[keys.PublicKey, ...]) -> dict[str, str]:
+    """Why each status record at REPO's tip is not gitopsd's word: the commit that wrote its content
+    is not signed by one of ``trusted`` (gitopsd's keys). Records of a plain folder have no writer."""
+    tip = _status_tip(repo, state_dir, options)
+    if tip is None:
+        return {}
+    git_repo, commit = tip
+    folder = ".gitopsd/status"
+    writers = gitverify.record_writers(git_repo, commit, folder)
+    status_keys = {key.raw: key for key in trusted}
+    out = {}
+    for path, _data in status_records(repo, state_dir, options):
+        writer = writers.get(path)
+        problem = "no commit that wrote it was found" if writer is None else gitverify.status_signer_problem(writer, status_keys)
+        if problem is not None:
+            what = "" if writer is None else f"commit {writer.id} wrote it and "
+            out[path] = f"{what}{problem}: only commits signed by gitopsd's key may write status records"
+    return out
 
 
 def status_records(repo: str, state_dir: pathlib.Path, options: GitOptions) -> list[tuple[str, bytes]]:
     """The status records (``.gitopsd/status/*.yaml``) at the tip of REPO's branch: a Git remote's
     (fetched into the mirror), a work tree's HEAD, or a plain folder's files."""
     folder = ".gitopsd/status"
-    if repo_kind(repo) is RepoKind.FOLDER:
-        tree = gittree.open_worktree(pathlib.Path(repo), state_dir / "trees")
-        if tree is None:
-            root = pathlib.Path(repo) / folder
-            return [(f"{folder}/{p.name}", p.read_bytes()) for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
-        git_repo, commit = tree.repo, tree.commit
-    else:
-        git_repo, commit = git_remote(repo, state_dir, options).tip()
+    tip = _status_tip(repo, state_dir, options)
+    if tip is None:
+        root = pathlib.Path(repo) / folder
+        return [(f"{folder}/{p.name}", p.read_bytes()) for p in sorted(root.glob("*.yaml"))] if root.is_dir() else []
+    git_repo, commit = tip
     try:
         entry = commit.tree[folder]
     except KeyError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 
 import pygit2
@@ -10,8 +11,8 @@ import pytest
 import structlog
 
 from gitopsd import errors
-from gitopsd.adapters import gitsource, keys, sshsig, statuswriter
-from tests import gitutil
+from gitopsd.adapters import gitlocation, gitmirror, gitsource, gitverify, keys, sshsig, statuswriter
+from tests import clitext, gitutil
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")
 quiet_logs = gitutil.quiet_logs
@@ -40,9 +41,9 @@ def small_repo() -> dict[str, str]:
 
 
 def source(repo: str | pathlib.Path, state: pathlib.Path, *, branch: str | None = None, tag: str | None = None,
-           verifier: gitsource.CommitVerifier | None = None) -> gitsource.GitSource:
-    location = gitsource.parse_location(str(repo))
-    remote = gitsource.GitRemote(location, state / "git" / "mirror.git", branch=branch, tag=tag)
+           verifier: gitverify.CommitVerifier | None = None) -> gitsource.GitSource:
+    location = gitlocation.parse_location(str(repo))
+    remote = gitmirror.GitRemote(location, state / "git" / "mirror.git", branch=branch, tag=tag)
     return gitsource.GitSource(remote, state / "trees", verifier=verifier)
 
 
@@ -96,7 +97,7 @@ def test_missing_branch_or_tag_is_a_config_error_naming_the_flag(tmp_path: pathl
     with pytest.raises(errors.ConfigError) as caught:
         source(bare, tmp_path / "state", **kwargs).fetch()
     assert caught.value.reason == reason
-    assert str(caught.value).startswith(flag)
+    assert clitext.shown(caught.value).startswith(flag)
     assert "main" in str(caught.value) or "none" in str(caught.value)
 
 
@@ -113,37 +114,41 @@ def test_a_url_with_credentials_is_refused_without_echoing_them() -> None:
     for url in ("https://alice:s3cret-token@git.example.com/config.git", "https://s3cret-token@git.example.com/c.git",
                 "ssh://git:s3cret-token@git.example.com/config.git"):
         with pytest.raises(errors.ConfigError) as caught:
-            gitsource.parse_location(url)
+            gitlocation.parse_location(url)
         assert caught.value.reason == "CredentialsInURL"
         assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
     with pytest.raises(errors.ConfigError) as caught:
-        gitsource.parse_location("https://u:p@h/r.git")
-    assert "--git-credentials-file" in str(caught.value)
-    assert gitsource.parse_location("ssh://git@git.example.com/config.git").scheme == "ssh"
-    assert gitsource.parse_location("git@git.example.com:org/config.git").scheme == "ssh"
+        gitlocation.parse_location("https://u:p@h/r.git")
+    assert "--git-credentials-file" in clitext.shown(caught.value) and "--" not in str(caught.value)
+    assert gitlocation.parse_location("ssh://git@git.example.com/config.git").scheme == "ssh"
+    assert gitlocation.parse_location("git@git.example.com:org/config.git").scheme == "ssh"
 
 
 def test_credentials_come_from_a_file_or_an_environment_variable_and_never_show(tmp_path: pathlib.Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    https = gitsource.parse_location("https://git.example.com/config.git")
+    https = gitlocation.parse_location("https://git.example.com/config.git")
     both = tmp_path / "both"
     both.write_text("robot:tok-123\n")
     token_only = tmp_path / "token"
     token_only.write_text("tok-456\n")
-    assert gitsource.load_auth(https, credentials_file=str(both)) == gitsource.Auth(username="robot", token="tok-123")
-    assert gitsource.load_auth(https, credentials_file=str(token_only)) == gitsource.Auth(
-        username=gitsource.TOKEN_USERNAME, token="tok-456")
+    assert gitlocation.load_auth(https, credentials_file=str(both)) == gitlocation.Auth(username="robot", token="tok-123")
+    assert gitlocation.load_auth(https, credentials_file=str(token_only)) == gitlocation.Auth(
+        username=gitlocation.TOKEN_USERNAME, token="tok-456")
     monkeypatch.setenv("CONFIG_REPO_TOKEN", "robot:tok-789")
-    auth = gitsource.load_auth(https, credentials_env="CONFIG_REPO_TOKEN")
+    auth = gitlocation.load_auth(https, credentials_env="CONFIG_REPO_TOKEN")
     assert auth.token == "tok-789" and "tok-789" not in repr(auth) and "robot" not in repr(auth)
-    with pytest.raises(errors.ConfigError, match="--git-credentials-env UNSET_VAR: the variable is unset"):
-        gitsource.load_auth(https, credentials_env="UNSET_VAR")
-    with pytest.raises(errors.ConfigError, match=r"--git-credentials-file .*: cannot read"):
-        gitsource.load_auth(https, credentials_file=str(tmp_path / "missing"))
+    with pytest.raises(errors.UsageError) as unset:
+        gitlocation.load_auth(https, credentials_env="UNSET_VAR")
+    assert unset.value.setting == "git_credentials_env"
+    assert clitext.shown(unset.value) == "--git-credentials-env UNSET_VAR: the variable is unset or empty"
+    with pytest.raises(errors.UsageError) as unreadable:
+        gitlocation.load_auth(https, credentials_file=str(tmp_path / "missing"))
+    assert re.match(r"--git-credentials-file .*: cannot read", clitext.shown(unreadable.value))
     with pytest.raises(errors.ConfigError, match="only over https"):
-        gitsource.load_auth(gitsource.parse_location("http://git.example.com/c.git"), credentials_file=str(both))
-    with pytest.raises(errors.ConfigError, match="--git-ssh-key is for ssh"):
-        gitsource.load_auth(https, ssh_key=str(both))
+        gitlocation.load_auth(gitlocation.parse_location("http://git.example.com/c.git"), credentials_file=str(both))
+    with pytest.raises(errors.UsageError, match="git ssh key is for ssh") as not_ssh:
+        gitlocation.load_auth(https, ssh_key=str(both))
+    assert clitext.shown(not_ssh.value).startswith("--git-ssh-key is for ssh")
 
 
 # ---------------------------------------------------------------- following upstream
@@ -263,7 +268,7 @@ def test_ssh_commit_verification_refuses_unsigned_and_untrusted_commits_and_acce
     stranger = gitutil.ssh_key(tmp_path / "keys", "stranger")
     signers = gitutil.allowed_signers(tmp_path / "allowed_signers", trusted.with_suffix(".pub"))
     bare, user = gitutil.make_remote(tmp_path, small_repo())
-    src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
+    src = source(bare, tmp_path / "state", verifier=gitverify.SshCommitVerifier(signers))
     unsigned = user.head()
     with pytest.raises(errors.StalledError) as caught:
         src.fetch()
@@ -291,7 +296,7 @@ def test_gitopsd_status_commits_need_not_be_in_the_allowed_signers(tmp_path: pat
     bare, user = gitutil.make_remote(tmp_path, small_repo())
     good = user.commit("trusted", pack_files("beta"), sign=gitutil.ssh_sign_args(trusted))
     user.push()
-    src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
+    src = source(bare, tmp_path / "state", verifier=gitverify.SshCommitVerifier(signers))
     rev = src.fetch().snapshot.revision
     writer = status_writer(src, tmp_path)
     src.status_keys = {writer.key.public_key().raw: writer.key.public_key()}  # gitopsd's own key signs status
@@ -305,7 +310,7 @@ def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path, gpg
     bare, user = gitutil.make_remote(tmp_path, small_repo())
     for armor in (False, True):
         keyring = trusted.export(tmp_path / f"trusted-{armor}.gpg", armor=armor)
-        src = source(bare, tmp_path / f"state-{armor}", verifier=gitsource.GpgCommitVerifier(keyring))
+        src = source(bare, tmp_path / f"state-{armor}", verifier=gitverify.GpgCommitVerifier(keyring))
         user.env = stranger.env
         by_stranger = user.commit(f"stranger {armor}", pack_files(f"beta-{armor}"), sign=stranger.sign_args())
         user.push()
@@ -330,7 +335,7 @@ def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: path
     bare, user = gitutil.make_remote(tmp_path, small_repo())
     user.commit("ssh signed", pack_files("beta"), sign=gitutil.ssh_sign_args(ssh))
     user.push()
-    verifier = gitsource.AnyOfVerifier([gitsource.GpgCommitVerifier(trusted.export(tmp_path / "k.gpg"))])
+    verifier = gitverify.AnyOfVerifier([gitverify.GpgCommitVerifier(trusted.export(tmp_path / "k.gpg"))])
     with pytest.raises(errors.StalledError, match="SSH signature, not a GPG signature"):
         source(bare, tmp_path / "state", verifier=verifier).fetch()
 
@@ -347,22 +352,23 @@ def test_a_signature_from_our_sshsig_module_is_accepted_by_the_verifier(tmp_path
     commit = repo.odb.write(pygit2.enums.ObjectType.COMMIT, sshsig.sign_commit_buffer(key, text.encode()))
     repo.references["refs/heads/main"].set_target(commit)
     signers = gitutil.allowed_signers(tmp_path / "signers", key.public_key().openssh())
-    src = source(bare, tmp_path / "state", verifier=gitsource.SshCommitVerifier(signers))
+    src = source(bare, tmp_path / "state", verifier=gitverify.SshCommitVerifier(signers))
     assert src.fetch().snapshot.commit == str(commit)
 
 
 def test_ssh_credentials_answer_with_the_key_file_or_the_agent_and_only_once(tmp_path: pathlib.Path) -> None:
     # No SSH server runs in the tests; this is the callback libgit2 calls when one asks who we are.
     key = gitutil.ssh_key(tmp_path / "keys", "deploy")
-    ssh = gitsource.parse_location("ssh://git@git.example.com/org/config.git")
-    callbacks = gitsource._Callbacks(gitsource.load_auth(ssh, ssh_key=str(key)))
+    ssh = gitlocation.parse_location("ssh://git@git.example.com/org/config.git")
+    callbacks = gitlocation.Callbacks(gitlocation.load_auth(ssh, ssh_key=str(key)))
     kinds = pygit2.enums.CredentialType
     answer = callbacks.credentials("ssh://git@git.example.com/org/config.git", "git", kinds.SSH_KEY | kinds.USERNAME)
     assert isinstance(answer, pygit2.Keypair)
     assert answer.credential_tuple == ("git", str(key) + ".pub", str(key), "")
-    with pytest.raises(gitsource._AuthRejected):  # refused once: do not loop asking again
+    with pytest.raises(gitlocation.AuthRejected):  # refused once: do not loop asking again
         callbacks.credentials("ssh://git@git.example.com/org/config.git", "git", kinds.SSH_KEY)
-    agent = gitsource._Callbacks(gitsource.load_auth(ssh)).credentials("ssh://h/r", None, kinds.SSH_KEY)
+    agent = gitlocation.Callbacks(gitlocation.load_auth(ssh)).credentials("ssh://h/r", None, kinds.SSH_KEY)
     assert isinstance(agent, pygit2.KeypairFromAgent) and agent.credential_tuple[0] == "git"
-    with pytest.raises(errors.ConfigError, match=r"--git-ssh-key .*: no such file"):
-        gitsource.load_auth(ssh, ssh_key=str(tmp_path / "missing"))
+    with pytest.raises(errors.UsageError, match=r"git ssh key .*: no such file") as missing:
+        gitlocation.load_auth(ssh, ssh_key=str(tmp_path / "missing"))
+    assert missing.value.setting == "git_ssh_key" and clitext.shown(missing.value).startswith("--git-ssh-key ")

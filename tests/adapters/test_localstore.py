@@ -94,3 +94,32 @@ def test_observed_state_carried_over_a_pass_equals_a_fresh_read(tmp_path: pathli
     store.apply("seam-system", up.changes, up.revision, "t2")
     assert store.observe("seam-system") == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
     assert "web-c2" not in store.observe("seam-system").instances
+
+
+def _pack_creates(plan_: object) -> list:
+    return [c for c in plan_.changes if c.kind.value == "ClusterPack"]  # type: ignore[attr-defined]
+
+
+def test_a_cluster_pack_created_meanwhile_with_other_content_is_an_immutability_violation(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    empty = store.observe("seam-system")
+    early = build_plan(desired("web", "1.0.0"), observed=empty)
+    late = build_plan(desired("web", "1.0.0", extra="x"), observed=empty)  # planned from the same empty store
+    store.apply("seam-system", _pack_creates(early), early.revision, "t1")
+    with pytest.raises(errors.ImmutabilityViolation) as raised:
+        store.apply("seam-system", _pack_creates(late), late.revision, "t2")
+    assert raised.value.reason == "ImmutabilityViolation" and not raised.value.transient
+    assert "bump 'version'" in str(raised.value)
+    kept = store.get_object(localstore.CLUSTER_PACK, "seam-system", "web-v1.0.0")
+    assert kept is not None and kept["spec"]["checksum"] == early.changes[0].cluster_pack.checksum  # type: ignore[index,union-attr]
+
+
+def test_a_cluster_pack_created_meanwhile_with_the_same_content_is_adopted(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    empty = store.observe("seam-system")
+    early = build_plan(desired("web", "1.0.0"), observed=empty)
+    late = build_plan(desired("web", "1.0.0"), observed=empty)
+    store.apply("seam-system", _pack_creates(early), early.revision, "t1")
+    before = store.resource_version()
+    assert store.apply("seam-system", _pack_creates(late), late.revision, "t2") == 1
+    assert store.resource_version() == before

@@ -19,11 +19,11 @@ import requests
 import structlog
 
 from gitopsd import errors
-from gitopsd.adapters import registry
+from gitopsd.adapters import registry, registryconfig
 from gitopsd.core import artifact as artifact_core
 from gitopsd.core import compile as compile_core
 from gitopsd.model import pack, spec
-from tests import registry_fixture
+from tests import clitext, registry_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -343,7 +343,7 @@ def test_missing_or_wrong_credentials_are_a_config_error_naming_the_flag(
 
     err = caught.value
     assert err.reason == "RegistryUnauthorized"
-    assert f"check --registry-config / credentials for {secure_registry.host}" in str(err)
+    assert f"check --registry-config / credentials for {secure_registry.host}" in clitext.shown(err)
     assert "\n" not in str(err)
     for secret in ("not-the-pass-7Q", secure_registry.password, base64.b64encode(b"gitopsd:not-the-pass-7Q").decode()):
         assert secret not in str(err)
@@ -390,7 +390,7 @@ def test_tls_without_the_ca_is_a_tls_error_naming_the_flag(
     with pytest.raises(errors.ConfigError) as caught:
         reg.has("web", artifact_core.digest_of(b"x"))
     assert caught.value.reason == "RegistryTLS"
-    assert "--registry-ca" in str(caught.value) and "certificate verify failed" in str(caught.value)
+    assert "--registry-ca" in clitext.shown(caught.value) and "certificate verify failed" in str(caught.value)
 
 
 def test_tls_with_another_ca_names_that_ca(secure_registry: registry_fixture.SecureRegistry, fresh_path: str,
@@ -418,7 +418,7 @@ def test_plain_http_to_a_tls_registry_is_a_tls_error(secure_registry: registry_f
     with pytest.raises(errors.ConfigError) as caught:
         reg.has("web", artifact_core.digest_of(b"x"))
     assert caught.value.reason == "RegistryTLS"
-    assert "drop --registry-insecure" in str(caught.value)
+    assert "drop --registry-insecure" in clitext.shown(caught.value)
 
 
 @pytest.mark.parametrize("url", [
@@ -531,7 +531,7 @@ def test_a_repository_the_registry_will_not_create_is_named(status_server: regis
     with pytest.raises(errors.StalledError) as caught:
         reg.push("web", artifact_of(compile_yaml("web", PACKS["rbac-and-workload"])))
     assert caught.value.reason == "RepositoryNotFound"
-    assert "packs/web" in str(caught.value) and "--registry" in str(caught.value)
+    assert "packs/web" in str(caught.value) and "--registry" in clitext.shown(caught.value)
 
 
 # configuration --------------------------------------------------------------------------------
@@ -557,7 +557,7 @@ def test_docker_config_entries_are_matched_by_host_and_port(
         tmp_path: pathlib.Path, entries: dict[str, dict[str, str]], expected: tuple[str, str] | None) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"auths": entries}))
-    found = registry.credentials_from_config(path, "reg.test:5000")
+    found = registryconfig.credentials_from_config(path, "reg.test:5000")
     assert (None if found is None else (found.username, found.password)) == expected
 
 
@@ -580,7 +580,7 @@ def test_unusable_credential_sources_are_config_errors(tmp_path: pathlib.Path, f
 
 
 def test_credentials_never_show_in_repr() -> None:
-    creds = registry.Credentials("u", "hunter2", origin="files")
+    creds = registryconfig.Credentials("u", "hunter2", origin="files")
     assert "hunter2" not in repr(creds)
 
 

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from gitopsd import errors
-from gitopsd.adapters import fstree, gittree, render, schemafiles
+from gitopsd.adapters import fstree, gittree, renderhelm, renderkustomize, renderraw, schemafiles
 from gitopsd.core import parse, yamlload
 from tests import helm_fixtures
 from tests.helm_fixtures import CHART, CM, HELM_READS, REPRODUCIBILITY
@@ -37,7 +37,7 @@ def objects(rendered) -> list[dict]:
 def test_helm_renders_templates_and_crds_keeps_hooks_drops_tests_and_notes_and_merges_values(tmp_path: pathlib.Path) -> None:
     write(tmp_path, helm_fixtures.DEMO_PACK)
     build = load(tmp_path, "packs/demo/packbuild.yaml")
-    rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), build)
+    rendered = renderhelm.HelmRenderer().render(fstree.FsTree(tmp_path), build)
     objs = objects(rendered)
     assert sorted(o["kind"] for o in objs) == ["CustomResourceDefinition", "Deployment", "Job"]
     assert rendered.dropped_hooks == ("Pod/smoke (test)",)
@@ -53,7 +53,7 @@ def test_helm_chart_from_a_tgz_in_the_repo(tmp_path: pathlib.Path) -> None:
     write(tmp_path, helm_fixtures.TGZ_PACK)
     with tarfile.open(tmp_path / helm_fixtures.TGZ_PATH, "w:gz") as tar:
         tar.add(tmp_path / helm_fixtures.TGZ_SOURCE, arcname="demo")
-    rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
+    rendered = renderhelm.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
     assert sorted(o["kind"] for o in objects(rendered)) == ["CustomResourceDefinition", "Deployment", "Job"]
 
 
@@ -73,7 +73,7 @@ def test_helm_errors_name_the_field(tmp_path: pathlib.Path, packbuild: str, mess
     write(tmp_path, {f"packs/demo/chart/{k}": v for k, v in chart.items()})
     write(tmp_path, {"packs/demo/packbuild.yaml": f"name: demo\nversion: 1.0.0\nbasePackName: demo\ncategory: helm\ntargetClusters: [a]\n{packbuild}\n"})
     with pytest.raises(errors.GitopsdError) as caught:
-        render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
+        renderhelm.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/demo/packbuild.yaml"))
     assert message in str(caught.value)
     assert "packs/demo/packbuild.yaml" in str(caught.value)
 
@@ -104,9 +104,9 @@ def test_kustomize_with_a_base_outside_the_pack_folder(tmp_path: pathlib.Path, s
     else:
         tree = fstree.FsTree(repo)
     build = load(repo, "packs/app/packbuild.yaml")
-    rendered = render.KustomizeRenderer().render(tree, build)
+    rendered = renderkustomize.KustomizeRenderer().render(tree, build)
     assert objects(rendered) == [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x-common", "namespace": "app"}, "data": {"a": "1"}}]
-    assert render.KustomizeRenderer().inputs(tree, build) == ["packs/app/overlay", "bases/common"]
+    assert renderkustomize.KustomizeRenderer().inputs(tree, build) == ["packs/app/overlay", "bases/common"]
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_kustomize_refuses_remote_and_escaping_bases(tmp_path: pathlib.Path, kus
     files["packs/app/overlay/kustomization.yaml"] = kustomization + "\n"
     write(tmp_path, files)
     with pytest.raises(errors.SpecError, match=message):
-        render.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
+        renderkustomize.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
 
 
 def test_kustomize_failure_is_a_render_error_with_kustomizes_words(tmp_path: pathlib.Path) -> None:
@@ -132,7 +132,7 @@ def test_kustomize_failure_is_a_render_error_with_kustomizes_words(tmp_path: pat
     files["bases/common/kustomization.yaml"] = "resources: [cm.yaml]\npatches: [{path: nope.yaml}]\n"
     write(tmp_path, files)
     with pytest.raises(errors.RenderError, match="kustomize build of packs/app/overlay failed"):
-        render.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
+        renderkustomize.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
 
 
 def test_raw_reads_yaml_files_recursively_in_name_order(tmp_path: pathlib.Path) -> None:
@@ -142,7 +142,7 @@ def test_raw_reads_yaml_files_recursively_in_name_order(tmp_path: pathlib.Path) 
         "packs/r/m/a/z.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: z}\n",
         "packs/r/m/README.md": "not yaml",
     })
-    rendered = render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
+    rendered = renderraw.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
     assert [name for name, _ in rendered.documents] == ["packs/r/m/a/z.yaml", "packs/r/m/b.yml"]
 
 
@@ -153,16 +153,16 @@ def test_raw_follows_symlinks_inside_the_repo_and_refuses_others(tmp_path: pathl
     })
     (tmp_path / "packs/r/m").mkdir()
     (tmp_path / "packs/r/m/link.yaml").symlink_to("../../../shared/cm.yaml")
-    rendered = render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
+    rendered = renderraw.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
     assert objects(rendered)[0]["metadata"]["name"] == "shared"
     (tmp_path / "packs/r/m/evil.yaml").symlink_to("/etc/passwd")
     with pytest.raises(errors.SpecError, match="outside the config repo"):
-        render.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
+        renderraw.RawRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/r/packbuild.yaml"))
 
 
 def helm_pack(tmp_path: pathlib.Path, templates: dict[str, str], **layout):
     write(tmp_path, helm_fixtures.small_pack(templates, **layout))
-    return render.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/small/packbuild.yaml"))
+    return renderhelm.HelmRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/small/packbuild.yaml"))
 
 
 @pytest.mark.parametrize(("templates", "values", "packbuild", "extra", "expected"), HELM_READS.values(), ids=HELM_READS.keys())
@@ -203,6 +203,6 @@ def test_helm_refusals_are_whole_and_name_the_place(tmp_path: pathlib.Path, char
 
 def test_a_long_helm_error_is_cut_with_the_count_left_out() -> None:
     text = "schema error:\n" + "\n".join(f"- key{i}: bad" for i in range(400))
-    shown = render.helm_error_text(text)
+    shown = renderhelm.helm_error_text(text)
     assert shown.startswith("schema error: | - key0: bad | - key1: bad")
-    assert shown.endswith(f"... ({len(' | '.join(['schema error:'] + [f'- key{i}: bad' for i in range(400)])) - render.MAX_HELM_ERROR} more characters)")
+    assert shown.endswith(f"... ({len(' | '.join(['schema error:'] + [f'- key{i}: bad' for i in range(400)])) - renderhelm.MAX_HELM_ERROR} more characters)")

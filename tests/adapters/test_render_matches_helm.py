@@ -28,7 +28,7 @@ import tarfile
 import helm_python  # the helm extra: .ci/run installs it, a missing SDK fails the run
 import pytest
 
-from gitopsd.adapters import fstree, render
+from gitopsd.adapters import fstree, renderhelm
 from gitopsd.model import spec
 from tests import helm_fixtures
 from tests.adapters.test_render import load, write
@@ -110,7 +110,7 @@ def difference(ours: list[dict], helms: list[dict]) -> str:
 
 
 def release(build: spec.PackBuild) -> tuple[str, str]:
-    """Release name and namespace, as ``render.HelmRenderer`` passes them to Helm."""
+    """Release name and namespace, as ``renderhelm.HelmRenderer`` passes them to Helm."""
     assert isinstance(build.source, spec.HelmSource)
     return build.base_pack_name, build.source.namespace or build.namespace or "default"
 
@@ -159,7 +159,7 @@ def test_gitopsd_renders_the_objects_helm_installs(tmp_path: pathlib.Path, mgmt_
         with tarfile.open(tmp_path / helm_fixtures.TGZ_PATH, "w:gz") as tar:
             tar.add(tmp_path / helm_fixtures.TGZ_SOURCE, arcname="demo")
     build = load(tmp_path, packbuild)
-    rendered = render.HelmRenderer().render(fstree.FsTree(tmp_path), build)
+    rendered = renderhelm.HelmRenderer().render(fstree.FsTree(tmp_path), build)
     namespace = release(build)[1]
     ours = masked([o for _, data in rendered.documents
                    for o in kube_read(data.decode(), namespace=namespace, kubeconfig=mgmt_kubeconfig)], random)

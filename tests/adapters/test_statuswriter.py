@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gitopsd import errors
-from gitopsd.adapters import gitsource, keys, statuswriter
+from gitopsd.adapters import gitlocation, gitmirror, gitsource, keys, statuswriter
 from tests import gitutil
 from tests.adapters.test_gitsource import pack_files, small_repo
 
@@ -38,7 +38,7 @@ def record(name: str, version: str = "1.0.0", rev: str = "main@sha1:" + "0" * 40
 
 
 def remote_source(bare: pathlib.Path, state: pathlib.Path) -> gitsource.GitSource:
-    remote = gitsource.GitRemote(gitsource.parse_location(str(bare)), state / "git/mirror.git")
+    remote = gitmirror.GitRemote(gitlocation.parse_location(str(bare)), state / "git/mirror.git")
     src = gitsource.GitSource(remote, state / "trees")
     src.fetch()
     return src
@@ -309,11 +309,11 @@ def test_smart_http_remote_with_credentials_fetches_pushes_and_survives_a_race(t
     wrong = tmp_path / "wrong"
     wrong.write_text("robot:nope\n")
     with gitutil.GitHttpServer(tmp_path / "srv", "robot", "tok-123") as server:
-        location = gitsource.parse_location(f"{server.url}/config.git")
+        location = gitlocation.parse_location(f"{server.url}/config.git")
 
         def http_source(state: str, credentials: pathlib.Path | None) -> gitsource.GitSource:
-            auth = gitsource.load_auth(location, credentials_file=str(credentials) if credentials else None)
-            return gitsource.GitSource(gitsource.GitRemote(location, tmp_path / f"state-{state}" / "mirror.git", auth=auth),
+            auth = gitlocation.load_auth(location, credentials_file=str(credentials) if credentials else None)
+            return gitsource.GitSource(gitmirror.GitRemote(location, tmp_path / f"state-{state}" / "mirror.git", auth=auth),
                                       tmp_path / f"state-{state}")
 
         for state, credentials, expected in (("anonymous", None, "asks for credentials"),

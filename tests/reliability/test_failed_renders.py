@@ -12,7 +12,7 @@ import stat
 import pytest
 
 from gitopsd import reconcile
-from gitopsd.adapters import render
+from gitopsd.adapters import renderkustomize
 from gitopsd.wiring import compose as wiring
 from tests.reliability import harness
 
@@ -71,8 +71,8 @@ def test_a_resync_renders_remembered_failures_again(tmp_path: pathlib.Path, monk
     log = tmp_path / "builds.log"
     for key, value in _failing_kustomize(tmp_path / "bin", log).items():
         monkeypatch.setenv(key, value)
-    render._kustomize_command.cache_clear()  # this process may have found another kustomize before
-    request.addfinalizer(render._kustomize_command.cache_clear)
+    renderkustomize._kustomize_command.cache_clear()  # this process may have found another kustomize before
+    request.addfinalizer(renderkustomize._kustomize_command.cache_clear)
     repo = _repo(tmp_path / "repo")
     local = wiring.open_local(tmp_path / "state")
     try:

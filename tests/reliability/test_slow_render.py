@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gitopsd import daemon, reconcile
-from gitopsd.adapters import render
+from gitopsd.adapters import renderkustomize
 from gitopsd.wiring import compose as wiring
 from tests.reliability import harness
 
@@ -69,8 +69,8 @@ def test_the_daemon_applies_the_other_packs_while_a_render_runs_and_the_slow_pac
     log = tmp_path / "builds.log"
     for key, value in _slow_kustomize(tmp_path / "bin", log).items():
         monkeypatch.setenv(key, value)
-    render._kustomize_command.cache_clear()  # this process may have found another kustomize before
-    request.addfinalizer(render._kustomize_command.cache_clear)
+    renderkustomize._kustomize_command.cache_clear()  # this process may have found another kustomize before
+    request.addfinalizer(renderkustomize._kustomize_command.cache_clear)
     repo, state_dir = _repo(tmp_path / "repo"), tmp_path / "state"
     states: list[reconcile.PassState] = []
 

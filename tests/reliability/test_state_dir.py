@@ -140,7 +140,7 @@ def test_a_full_disk_fails_the_pass_in_one_line_and_loses_nothing(
     assert zygotes.run("reconcile", str(repo), "--state-dir", str(state), cwd=tmp_path).returncode == 0
     before = harness.final_state(state)
     filler = small_disk / "filler"
-    with filler.open("wb") as handle:  # fill the disk to the last byte
+    with filler.open("wb", buffering=0) as handle:  # fill the disk to the last byte (unbuffered: close has nothing left to write)
         try:
             while True:
                 handle.write(b"\0" * 65536)

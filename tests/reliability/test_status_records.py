@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import socket
 import subprocess
 import time
@@ -86,15 +87,49 @@ def test_verify_compares_every_record_with_the_store_and_flags_invented_ones(
     status = world["clone"] / ".gitopsd/status"
     _edit(status / "app-00.yaml", "name: app-00-edge-a\n  state: installed", "name: app-00-edge-a\n  state: uninstalled")
     (status / "ghost.yaml").write_text((status / "app-01.yaml").read_text().replace("app-01", "ghost"))
-    clone.commit("lies")
+    lies = clone.commit("lies")
     clone.push()
     code, failed = _verify(zygotes, world, tmp_path)
     assert code == 1
+    unsigned = f"commit {lies} wrote it and it is not signed: only commits signed by gitopsd's key may write status records"
     assert failed[".gitopsd/status/app-00.yaml"] == [
-        "PackInstance app-00-edge-a: state 'uninstalled' differs from the stored 'installed'"]
+        "PackInstance app-00-edge-a: state 'uninstalled' differs from the stored 'installed'", unsigned]
+    assert failed[".gitopsd/status/ghost.yaml"][-1] == unsigned
     assert failed[".gitopsd/status/ghost.yaml"][0] == (
         "no ClusterPack or PackInstance of 'ghost' is in the store or cluster: the record is not gitopsd's")
     assert sorted(failed) == [".gitopsd/status/app-00.yaml", ".gitopsd/status/ghost.yaml"]
+
+
+def _lie_about_the_source(record: pathlib.Path) -> None:
+    """An edit that agrees with the store (verify compares no source revision): only its writer gives it away."""
+    text = record.read_text()
+    assert re.search(r"(?m)^sourceRevision: main@sha1:[0-9a-f]{40}$", text)
+    record.write_text(re.sub(r"(?m)^sourceRevision: main@sha1:[0-9a-f]{40}$", "sourceRevision: main@sha1:" + "e" * 40, text))
+
+
+def test_records_written_by_a_config_commit_of_a_trusted_user_are_flagged_and_restored(
+        zygotes: harness.ZygotePool, tmp_path: pathlib.Path) -> None:
+    """A commit signed by a user key that --verify-commits trusts passes for config, but the status
+    records it changes are not gitopsd's word: verify names the commit, and the next pass puts the true
+    records back with a commit signed by gitopsd's key."""
+    world = _world(tmp_path, zygotes)
+    true = _remote_status(world["bare"])
+    clone = gitutil.Clone(world["clone"])
+    _lie_about_the_source(world["clone"] / ".gitopsd/status/app-00.yaml")
+    (world["clone"] / "README.md").write_text("config, edited\n")
+    lie = clone.commit("config and a status record together", sign=gitutil.ssh_sign_args(world["user_key"]))
+    clone.push()
+    code, failed = _verify(zygotes, world, tmp_path)
+    user = keys.load_public_keys(world["user_key"].with_suffix(".pub"))[0].key_id()
+    assert (code, failed) == (1, {".gitopsd/status/app-00.yaml": [
+        f"commit {lie} wrote it and it is signed by {user}, not by gitopsd's key: only commits signed by gitopsd's "
+        "key may write status records"]})
+    run = _reconcile(zygotes, world, tmp_path)
+    assert run.returncode == 0, run.describe()  # the config change is the user's to make: it is applied
+    assert _remote_status(world["bare"]) == true
+    assert _verify(zygotes, world, tmp_path) == (0, {})
+    tip = gitutil.rev(world["bare"], "main")
+    assert gitutil.verify_commit(world["bare"], tip, _gitopsd_signers(tmp_path, world)).returncode == 0
 
 
 def _remote_status(bare: pathlib.Path) -> dict[str, str]:
@@ -118,10 +153,17 @@ def test_the_daemon_restores_true_records_after_an_edit_and_after_a_force_push_d
     try:
         _wait_ready(port)  # its first pass is over: what follows is repaired by later passes
         seen = []
-        for lie in ("edit", "force-push"):
+        for lie in ("edit", "config-and-status", "force-push"):
             if lie == "edit":
                 _edit(world["clone"] / ".gitopsd/status/app-00.yaml", "version: 1.0.0", "version: 9.9.9")
                 clone.commit("edit a status record")
+                clone.push()
+            elif lie == "config-and-status":  # a new desired revision that carries edited records
+                clone.git("fetch", "-q", "origin")
+                clone.git("reset", "-q", "--hard", "origin/main")
+                _lie_about_the_source(world["clone"] / ".gitopsd/status/app-01.yaml")
+                (world["clone"] / "README.md").write_text("config, edited\n")
+                clone.commit("config and a status record together", sign=gitutil.ssh_sign_args(world["user_key"]))
                 clone.push()
             else:
                 clone.git("fetch", "-q", "origin")
@@ -132,7 +174,7 @@ def test_the_daemon_restores_true_records_after_an_edit_and_after_a_force_push_d
             while time.monotonic() < deadline and _remote_status(world["bare"]) != true:
                 time.sleep(0.2)
             seen.append((lie, _remote_status(world["bare"]) == true))
-        assert seen == [("edit", True), ("force-push", True)]
+        assert seen == [("edit", True), ("config-and-status", True), ("force-push", True)]
         tip = gitutil.rev(world["bare"], "main")
         assert gitutil.verify_commit(world["bare"], tip, _gitopsd_signers(tmp_path, world)).returncode == 0
     finally:
