@@ -63,3 +63,25 @@ class ConfigError(GitopsdError):
     """gitopsd itself is configured wrongly (flags, missing tool, missing key): stop at start."""
 
     reason = "ConfigError"
+
+
+# -- typed transient errors of the cluster adapters: callers decide by class, never by message ----
+
+
+class ClusterUnavailable(TransientError):
+    """The API server could not be reached or failed (5xx, 429, a timeout): the pass stops at once."""
+
+    reason = "ClusterUnavailable"
+
+
+class NotLeader(TransientError):
+    """This replica lost leadership: the write was skipped and the pass stops."""
+
+    reason = "NotLeader"
+
+
+class Conflict(TransientError):
+    """A write was based on a read that is stale now (409, or the object went away): the next pass
+    plans from the new state."""
+
+    reason = "Conflict"
