@@ -8,7 +8,7 @@ PackInstances ``packinstances.infrastructure.ontai.dev``, both namespaced, both 
 
 One concern per module:
 
-- ``client``: the connection (``connect``), every request (``Requests``: counted, writes gated by
+- ``connection``: the API client (``connect``), every request (``Requests``: counted, writes gated by
   leadership) and the translation of API errors into gitopsd's (``translate``);
 - ``cache``: the watch cache (``Informer``), one per kind and namespace;
 - ``objects``: what the cluster's objects say as model values (``present_instance``);
@@ -25,7 +25,8 @@ The conditions written (Ready / Reconciling / Stalled plus the plan's domain con
 from kubernetes import client
 
 from gitopsd.adapters.kube.cache import Informer
-from gitopsd.adapters.kube.client import (
+from gitopsd.adapters.kube.cluster import KubeCluster
+from gitopsd.adapters.kube.connection import (
     API_VERSION,
     APPLY_PATCH,
     CLUSTER_PACKS,
@@ -44,7 +45,6 @@ from gitopsd.adapters.kube.client import (
     connect,
     translate,
 )
-from gitopsd.adapters.kube.cluster import KubeCluster
 from gitopsd.adapters.kube.events import MAX_EVENT_MESSAGE, Events
 from gitopsd.adapters.kube.objects import present_instance
 from gitopsd.adapters.kube.writes import Writer, write_order

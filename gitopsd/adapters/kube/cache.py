@@ -22,7 +22,7 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from gitopsd.adapters.kube.client import (
+from gitopsd.adapters.kube.connection import (
     API_VERSION,
     GROUP,
     JSON,

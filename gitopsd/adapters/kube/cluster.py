@@ -2,7 +2,7 @@
 
 ``observe`` reads from the watch cache (``cache``), ``apply`` executes the plan's changes with the
 cluster writes (``writes``) in convergent order, and every write and failure records an Event
-(``events``); the requests themselves go through ``client.Requests``.
+(``events``); the requests themselves go through ``connection.Requests``.
 
 Atomicity: Kubernetes has no transactions, so the writes are ordered for convergence: ClusterPacks
 are created before the PackInstances that point to them, BLOCKED status next, and deletions last
@@ -23,7 +23,7 @@ from kubernetes import client
 
 from gitopsd import errors
 from gitopsd.adapters.kube.cache import Informer
-from gitopsd.adapters.kube.client import CLUSTER_PACKS, JSON, PACK_INSTANCES, Kind, Requests
+from gitopsd.adapters.kube.connection import CLUSTER_PACKS, JSON, PACK_INSTANCES, Kind, Requests
 from gitopsd.adapters.kube.events import Events
 from gitopsd.adapters.kube.objects import base_of, present_instance
 from gitopsd.adapters.kube.writes import Basis, Writer, write_order

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-from gitopsd.adapters.kube.client import API_VERSION, FIELD_MANAGER, JSON, MERGE_PATCH, Kind, Requests, translate
+from gitopsd.adapters.kube.connection import API_VERSION, FIELD_MANAGER, JSON, MERGE_PATCH, Kind, Requests, translate
 
 log = structlog.get_logger()
 

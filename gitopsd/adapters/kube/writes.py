@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gitopsd import errors
 from gitopsd.adapters.kube.cache import Informer
-from gitopsd.adapters.kube.client import (
+from gitopsd.adapters.kube.connection import (
     API_VERSION,
     APPLY_PATCH,
     CLUSTER_PACKS,
