@@ -283,3 +283,25 @@ class UsageError(ConfigError):
     def __init__(self, message: str, *, setting: str, reason: str | None = None) -> None:
         super().__init__(message, reason=reason)
         self.setting = setting
+
+
+# -- typed transient errors of the cluster adapters: callers decide by class, never by message ----
+
+
+class ClusterUnavailable(TransientError):
+    """The API server could not be reached or failed (5xx, 429, a timeout): the pass stops at once."""
+
+    reason = TransientReason.CLUSTER_UNAVAILABLE
+
+
+class NotLeader(TransientError):
+    """This replica lost leadership: the write was skipped and the pass stops."""
+
+    reason = TransientReason.NOT_LEADER
+
+
+class Conflict(TransientError):
+    """A write was based on a read that is stale now (409, or the object went away): the next pass
+    plans from the new state."""
+
+    reason = TransientReason.CONFLICT

@@ -3,7 +3,9 @@
 ``of(obj)`` reads the object as the API server returns it and says ``CURRENT`` (healthy: what was
 applied is in effect), ``IN_PROGRESS`` (not yet, keep waiting) or ``FAILED`` (it will not get there
 without a change), with a message naming what is missing. Delivery waits on it stage by stage
-(``gitopsd.delivery.engine``). Kinds without a rule are healthy once applied.
+(``gitopsd.delivery.engine``). Kinds without a rule are healthy once applied, or as their own
+kstatus conditions (Stalled / Ready / Reconciling) say. This reads the conditions of objects others
+manage; the conditions gitopsd writes are decided in ``gitopsd.core.conditions``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from typing import Any
+
+from gitopsd.model.conditions import ConditionStatus, ConditionType
 
 
 class Status(enum.StrEnum):
@@ -56,17 +60,17 @@ def of(obj: Mapping[str, Any]) -> Health:
     conditions = _conditions(status)
     if observed is not None and generation and _int(observed) < generation:
         return Health(Status.IN_PROGRESS, f"status is for generation {observed}, the object is at {generation}")
-    stalled = conditions.get("Stalled")
-    if stalled is not None and stalled.get("status") == "True":
+    stalled = conditions.get(ConditionType.STALLED)
+    if stalled is not None and stalled.get("status") == ConditionStatus.TRUE:
         return Health(Status.FAILED, f"Stalled: {stalled.get('message') or stalled.get('reason') or ''}".rstrip(": "))
-    ready = conditions.get("Ready")
+    ready = conditions.get(ConditionType.READY)
     if ready is not None:
-        if ready.get("status") == "True":
+        if ready.get("status") == ConditionStatus.TRUE:
             return CURRENT
         return Health(Status.IN_PROGRESS,
                       f"Ready={ready.get('status')}: {ready.get('message') or ready.get('reason') or ''}".rstrip(": "))
-    reconciling = conditions.get("Reconciling")
-    if reconciling is not None and reconciling.get("status") == "True":
+    reconciling = conditions.get(ConditionType.RECONCILING)
+    if reconciling is not None and reconciling.get("status") == ConditionStatus.TRUE:
         return Health(Status.IN_PROGRESS, f"Reconciling: {reconciling.get('message') or ''}".rstrip(": "))
     return CURRENT
 

@@ -5,6 +5,7 @@ verdicts and the policy. The output is a ``change.Plan``: per ClusterPack create
 blocked / uninstall (pruned), per PackInstance create / supersede (Upgrade, Rollback, Redeploy) /
 unchanged / uninstall / blocked, each with a reason. Collisions are resolved deterministically:
 higher priority wins, a tie goes to the one installed first, then to the PackBuild path.
+The conditions a change carries are made by ``gitopsd.core.conditions``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Mapping
 
+from gitopsd.core import conditions as cond
 from gitopsd.core import semver
 from gitopsd.model import change, instance, pack, spec
 from gitopsd.model.change import Action, ObjectKind
@@ -149,14 +151,11 @@ def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Chan
         return make(action=Action.CREATE, reason="new pack version", cluster_pack=cp)
     if found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest:
         return make(action=Action.UNCHANGED, reason="same checksum")
-    condition = Condition(
-        "ImmutabilityViolation",
-        "True",
-        "ImmutabilityViolation",
+    condition = cond.immutability_violation(
         f"ClusterPack {cp.name} exists with checksum {found.checksum} but {d.build.path} now gives "
         f"{cp.checksum}; published versions are immutable: bump 'version' in {d.build.path}",
     )
-    return make(action=Action.BLOCKED, reason="ImmutabilityViolation", condition=condition)
+    return make(action=Action.BLOCKED, reason=condition.reason, condition=condition)
 
 
 def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object, ...]:
@@ -231,15 +230,16 @@ def _collision(loser: Desired, cluster: str, winner: Desired, what: str) -> chan
         f"({winner.build.path}, priority {winner.build.priority}) on cluster {cluster}: {what}; "
         f"{wp.name} wins ({why}). Raise 'priority' or remove the overlap."
     )
+    condition = cond.pack_collision(message)
     return change.Change(
         kind=ObjectKind.PACK_INSTANCE,
         name=f"{lp.base_pack_name}-{cluster}",
         action=Action.BLOCKED,
-        reason="PackCollisionDetected",
+        reason=condition.reason,
         base_pack_name=lp.base_pack_name,
         version=lp.version,
         cluster=cluster,
-        condition=Condition("PackCollisionDetected", "True", "PackCollisionDetected", message),
+        condition=condition,
     )
 
 
@@ -269,21 +269,13 @@ def _pack_block(d: Desired, inputs: Inputs, poisoned: set[str]) -> change.Change
     make = functools.partial(change.Change, kind=ObjectKind.PACK_INSTANCE, name="", base_pack_name=cp.base_pack_name,
                              version=cp.version)
     if cp.name in poisoned:
-        return make(
-            action=Action.BLOCKED,
-            reason="ImmutabilityViolation",
-            condition=Condition("Ready", "False", "ImmutabilityViolation",
-                                f"ClusterPack {cp.name} changed without a version bump; the instance stays as it is"),
-        )
+        condition = cond.pack_changed_in_place(cp.name)
+        return make(action=Action.BLOCKED, reason=condition.reason, condition=condition)
     verdict = inputs.verdicts.get(cp.name, Verdict.MISSING)
     if inputs.policy.require_signatures and verdict in (Verdict.MISSING, Verdict.INVALID):
         word = "no signature" if verdict is Verdict.MISSING else "a signature that does not verify against the trusted keys"
-        return make(
-            action=Action.BLOCKED,
-            reason="SignatureInvalid",
-            condition=Condition("SignatureInvalid", "True", "SignatureInvalid",
-                                f"ClusterPack {cp.name} has {word}; delivery blocked"),
-        )
+        condition = cond.signature_invalid(f"ClusterPack {cp.name} has {word}; delivery blocked")
+        return make(action=Action.BLOCKED, reason=condition.reason, condition=condition)
     return None
 
 
@@ -313,7 +305,7 @@ def _instance_change(d: Desired, cp: pack.ClusterPack, name: str, cluster: str, 
     if made is None:
         made = shared[key] = (
             _record(d, inputs, state, direction, from_version),
-            (Condition("Ready", "True", str(direction), f"{cp.name} applied at {inputs.revision}"),),
+            (cond.applied(direction, cp.name, inputs.revision),),
         )
     record, conditions = made
     history = ((obs.history if obs is not None else ()) + (record,))[-MAX_HISTORY:]
@@ -371,7 +363,7 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
         state=InstallState.UNINSTALLED,
         revision=inputs.revision,
         history=(*obs.history, record)[-MAX_HISTORY:],
-        conditions=(Condition("Ready", "False", "Uninstalled", f"removed from Git at {inputs.revision}"),),
+        conditions=(cond.uninstalled(inputs.revision),),
     )
     return change.Change(
         kind=ObjectKind.PACK_INSTANCE,
@@ -455,7 +447,7 @@ def block_packs(current: change.Plan, failed: Mapping[str, str], *, reason: str)
                     c,
                     action=Action.BLOCKED,
                     reason=reason,
-                    condition=Condition("Ready", "False", reason, message),
+                    condition=cond.not_ready(reason, message),
                     cluster_pack=None,
                     pack_instance=None,
                 )
@@ -473,8 +465,8 @@ def hold_uninstalls(current: change.Plan, held: Mapping[str, str]) -> change.Pla
     for c in current.changes:
         if c.kind is ObjectKind.PACK_INSTANCE and c.action is Action.UNINSTALL and c.name in held:
             message = f"{c.name}: its objects on cluster {c.cluster} could not be deleted yet: {held[c.name]}"
-            out.append(dataclasses.replace(c, action=Action.BLOCKED, reason="UninstallPending",
-                                           condition=Condition("Ready", "False", "UninstallPending", message),
+            condition = cond.uninstall_pending(message)
+            out.append(dataclasses.replace(c, action=Action.BLOCKED, reason=condition.reason, condition=condition,
                                            pack_instance=None))
         else:
             out.append(c)

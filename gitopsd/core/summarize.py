@@ -1,8 +1,8 @@
 """Summarize a pass: per pack what was compiled, what changed and why, and whether it is Ready.
 
-This is the only place that decides Ready: a pass is Ready when no pack failed, nothing is
-blocked and the status record (when written) reached Git. The CLI and the daemon's summary log line
-render this value; they decide nothing.
+Whether the pass is Ready is decided by ``gitopsd.core.conditions.pass_ready`` (no pack failed,
+nothing is blocked, the status record reached Git when one was written); the summary carries that
+verdict. The CLI and the daemon's summary log line render this value; they decide nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter, defaultdict
 
+from gitopsd.core import conditions
 from gitopsd.model import change, pack, spec
 
 
@@ -136,7 +137,7 @@ def summarize(
         compiled=sum(1 for _, _, cached in compiled if not cached),
         cached=sum(1 for _, _, cached in compiled if cached),
         dry_run=dry_run,
-        ready=not plan.errors and not blocked and status_error is None,
+        ready=conditions.pass_ready(failed=len(plan.errors), blocked=blocked, status_error=status_error),
         has_changes=plan.has_changes,
         status_error=status_error,
     )

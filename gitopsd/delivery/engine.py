@@ -18,7 +18,9 @@ compared with a server-side apply dry run of what was applied; ``correct`` re-ap
 objects, ``warn`` reports them. Uninstall deletes the whole inventory in reverse stage order.
 
 Everything here runs against ``gitopsd.delivery.target.Target``; the result is a
-``model.delivery.Delivery`` that the caller stores on the PackInstance.
+``model.delivery.Delivery`` that the caller stores on the PackInstance, with the conditions
+``gitopsd.core.conditions.of_delivery`` decides from how it ended (every record made here goes
+through ``conditions.decide_delivery``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ import structlog
 
 from gitopsd import errors, ports
 from gitopsd.core import artifact as artifact_core
+from gitopsd.core import conditions, health, signing
 from gitopsd.core import delivery as delivery_core
-from gitopsd.core import health, signing
 from gitopsd.delivery import target as target_mod
 from gitopsd.model import delivery, pack
 
@@ -277,7 +279,7 @@ class Engine:
         try:
             planned = delivery_core.stages(self.objects(job), instance=job.instance)
         except errors.GitopsdError as err:
-            return dataclasses.replace(previous, message=f"drift check: {err}", at=self.now())
+            return conditions.decide_delivery(dataclasses.replace(previous, message=f"drift check: {err}", at=self.now()))
         drifted: list[str] = []
         corrected = 0
         for stage in planned:
@@ -305,14 +307,15 @@ class Engine:
                         action="corrected" if corrected else "reported")
         message = previous.message if not drifted else (
             f"corrected drift of {', '.join(drifted)}" if corrected else f"drifted: {', '.join(drifted)}")
-        return dataclasses.replace(previous, drifted=tuple(drifted), corrected=corrected, drift_mode=job.options.drift,
-                                   message=message, at=self.now())
+        return conditions.decide_delivery(dataclasses.replace(
+            previous, drifted=tuple(drifted), corrected=corrected, drift_mode=job.options.drift, message=message, at=self.now()))
 
     def _record(self, job: Job, result: delivery.Result, message: str, inventory: Iterable[delivery.Entry],
                 runs: Iterable[delivery.StageRun], stage: str, *, reason: str = "") -> delivery.Delivery:
-        return delivery.Delivery(cluster=job.cluster, result=result, digest=job.digest, version=job.version,
-                                 message=" ".join(message.split())[:1000], inventory=tuple(inventory), stages=tuple(runs),
-                                 stage=stage, drift_mode=job.options.drift, at=self.now(), reason=reason)
+        return conditions.decide_delivery(delivery.Delivery(
+            cluster=job.cluster, result=result, digest=job.digest, version=job.version, message=" ".join(message.split())[:1000],
+            inventory=tuple(inventory), stages=tuple(runs), stage=stage, drift_mode=job.options.drift, at=self.now(),
+            reason=reason))
 
 
 def _union(kept: Iterable[delivery.Entry], applied: Iterable[delivery.Entry]) -> tuple[delivery.Entry, ...]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import structlog
 
 from gitopsd import errors
+from gitopsd.core import conditions
 from gitopsd.core import delivery as delivery_core
 from gitopsd.delivery import engine as engine_mod
 from gitopsd.delivery import reach as reach_mod
@@ -104,6 +105,7 @@ class Runner:
 
     def _failed(self, job: delivery_core.Job, result: delivery.Result, message: str, reason: str) -> delivery.Delivery:
         kept = job.previous.inventory if job.previous is not None else ()
-        return delivery.Delivery(cluster=job.cluster, result=result, digest=job.digest, version=job.version,
-                                 message=" ".join(message.split())[:1000], inventory=kept,
-                                 drift_mode=job.options.drift, at=self.engine.now(), reason=reason)
+        return conditions.decide_delivery(delivery.Delivery(
+            cluster=job.cluster, result=result, digest=job.digest, version=job.version,
+            message=" ".join(message.split())[:1000], inventory=kept, drift_mode=job.options.drift, at=self.engine.now(),
+            reason=reason))

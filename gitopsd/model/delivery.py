@@ -14,6 +14,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+from gitopsd.model import instance
+
 
 class Result(enum.StrEnum):
     """How the last delivery of a PackInstance ended."""
@@ -108,26 +110,12 @@ class Delivery:
     corrected: int = 0  # drifted objects re-applied at the last check
     at: str = ""  # when this record was made
     reason: str = ""  # why it did not succeed, as one word (ClusterUnreachable, SignatureInvalid, Conflict...)
+    # Ready / Reconciling / Stalled / Drifted: what gitopsd.core.conditions.of_delivery decides from the above
+    conditions: tuple[instance.Condition, ...] = ()
 
     @property
     def ready(self) -> bool:
         return self.result is Result.DELIVERED
-
-    def conditions(self) -> list[dict[str, str]]:
-        """Ready / Reconciling / Stalled / Drifted, as kstatus-style conditions."""
-        ready = "True" if self.ready else "False"
-        stalled = "True" if self.result in (Result.FAILED, Result.TIMED_OUT, Result.REFUSED) else "False"
-        reconciling = "True" if self.result is Result.UNREACHABLE else "False"
-        drifted = "True" if self.drifted and self.drift_mode is DriftMode.WARN else "False"
-        reason = self.reason or str(self.result)
-        return [
-            {"type": "Ready", "status": ready, "reason": reason, "message": self.message},
-            {"type": "Reconciling", "status": reconciling, "reason": reason,
-             "message": self.message if reconciling == "True" else ""},
-            {"type": "Stalled", "status": stalled, "reason": reason, "message": self.message if stalled == "True" else ""},
-            {"type": "Drifted", "status": drifted, "reason": "DriftDetected" if self.drifted else "NoDrift",
-             "message": ", ".join(self.drifted[:20])},
-        ]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -140,7 +128,7 @@ class Delivery:
             "stages": [s.to_json() for s in self.stages],
             "inventory": [e.to_json() for e in self.inventory],
             "drift": {"mode": str(self.drift_mode), "drifted": list(self.drifted), "corrected": self.corrected},
-            "conditions": self.conditions(),
+            "conditions": [c.to_json() for c in self.conditions],
             "at": self.at,
             **({"reason": self.reason} if self.reason else {}),
         }
@@ -162,4 +150,5 @@ class Delivery:
             corrected=int(drift.get("corrected", 0)),
             at=str(raw.get("at", "")),
             reason=str(raw.get("reason", "")),
+            conditions=tuple(instance.Condition.from_json(c) for c in raw.get("conditions") or ()),
         )

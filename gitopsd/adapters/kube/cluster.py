@@ -1,0 +1,208 @@
+"""``KubeCluster``: ``ports.Cluster`` on the Kubernetes API, made of the parts beside it.
+
+``observe`` reads from the watch cache (``cache``), ``apply`` executes the plan's changes with the
+cluster writes (``writes``) in convergent order, and every write and failure records an Event
+(``events``); the requests themselves go through ``connection.Requests``.
+
+Atomicity: Kubernetes has no transactions, so the writes are ordered for convergence: ClusterPacks
+are created before the PackInstances that point to them, BLOCKED status next, and deletions last
+(instances, then pruned ClusterPacks). A ClusterPack whose status write was lost is completed by the
+next ``apply``. One failed object does not stop the others (instances of a ClusterPack that could
+not be created are skipped); an unreachable or refusing API server, or a replica that lost its
+leadership, stops the pass at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from kubernetes import client
+
+from gitopsd import errors
+from gitopsd.adapters.kube.cache import Informer
+from gitopsd.adapters.kube.connection import CLUSTER_PACKS, JSON, PACK_INSTANCES, Kind, Requests
+from gitopsd.adapters.kube.events import Events
+from gitopsd.adapters.kube.objects import base_of, present_instance
+from gitopsd.adapters.kube.writes import Basis, Writer, write_order
+from gitopsd.core import codec
+from gitopsd.model import change, delivery, instance
+
+log = structlog.get_logger()
+
+# Errors after which no other write of the pass can succeed: the pass stops at once.
+STOPS_THE_PASS = (errors.ConfigError, errors.ClusterUnavailable, errors.NotLeader)
+
+
+class KubeCluster:
+    """``ports.Cluster`` on the Kubernetes API. Close it to stop its watches."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        watch: bool = True,
+        owns: Callable[[str], bool] | None = None,
+        may_write: Callable[[], bool] | None = None,
+        identity: str = "gitopsd",
+        request_timeout: float = 30.0,
+        watch_timeout: int = 300,
+        conflict_retries: int = 5,
+        backoff: tuple[float, float] = (0.2, 10.0),
+    ) -> None:
+        self.api = api
+        self.watch = watch
+        self.owns = owns or (lambda _: True)
+        self.identity = identity
+        self.requests = Requests(api, may_write=may_write or (lambda: True), timeout=request_timeout)
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff
+        self.writes = 0
+        self._informers: dict[tuple[str, str], Informer] = {}
+        self._lock = threading.Lock()
+        self._observed: dict[str, tuple[tuple[int, int], instance.Observed]] = {}
+        self._basis: dict[str, dict[tuple[str, str], JSON]] = {}
+        self.events = Events(self.requests, identity=identity, cached=self._cached)
+        self.writer = Writer(self.requests, informer=self.informer, events=self.events, owns=self.owns,
+                             conflict_retries=conflict_retries, backoff=backoff)
+
+    @property
+    def conflict_retries(self) -> int:
+        return self.writer.conflict_retries
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            informers, self._informers = list(self._informers.values()), {}
+        for informer in informers:
+            informer.stop()
+
+    def __enter__(self) -> KubeCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def informer(self, kind: Kind, namespace: str) -> Informer:
+        """The cache of one kind in one namespace, listed (and watched) on first use."""
+        key = (kind.plural, namespace)
+        with self._lock:
+            found = self._informers.get(key)
+        if found is not None:
+            return found
+        created = Informer(self.requests, kind, namespace, watch_timeout=self.watch_timeout, backoff=self.backoff)
+        created.relist()
+        with self._lock:
+            found = self._informers.setdefault(key, created)
+        if found is created and self.watch:
+            created.start()
+        return found
+
+    def _cached(self, kind: Kind, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The object as the cache holds it, without listing a kind that is not cached yet."""
+        with self._lock:
+            informer = self._informers.get((kind.plural, namespace))
+        return informer.get(name) if informer is not None else None
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def observe(self, namespace: str) -> instance.Observed:
+        packs = self.informer(CLUSTER_PACKS, namespace)
+        instances = self.informer(PACK_INSTANCES, namespace)
+        for informer in (packs, instances):
+            if (not self.watch and not informer.unread) or informer.stale or not informer.synced:
+                informer.relist()
+            informer.unread = False
+        key = (packs.version, instances.version)
+        cached = self._observed.get(namespace)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        basis: dict[tuple[str, str], JSON] = {}
+        found_packs: dict[str, instance.ObservedPack] = {}
+        found_instances: dict[str, instance.PackInstance] = {}
+        for obj in packs.snapshot():
+            if self.owns(base_of(obj)):
+                p = codec.observed_pack_from_object(obj)
+                found_packs[p.name] = p
+                basis[(CLUSTER_PACKS.plural, p.name)] = obj
+        for obj in instances.snapshot():
+            if self.owns(base_of(obj)):
+                pi = present_instance(obj)
+                found_instances[pi.name] = pi
+                basis[(PACK_INSTANCES.plural, pi.name)] = obj
+        observed = instance.Observed(packs=found_packs, instances=found_instances)
+        self._observed[namespace] = (key, observed)
+        self._basis[namespace] = basis
+        return observed
+
+    # -- delivery records -------------------------------------------------------------------
+
+    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+        """``status.delivery`` of the PackInstances in the cache (no request once it is listed)."""
+        out = {}
+        for obj in self.informer(PACK_INSTANCES, namespace).snapshot():
+            raw = (obj.get("status") or {}).get("delivery")
+            if raw and self.owns(base_of(obj)):
+                out[obj["metadata"]["name"]] = delivery.Delivery.from_json(raw)
+        return out
+
+    def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        self.writer.record_delivery(namespace, name, record, now)
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
+        """Execute the plan's writes in convergent order; returns the objects written."""
+        self.informer(CLUSTER_PACKS, namespace)
+        self.informer(PACK_INSTANCES, namespace)
+        basis = self._basis.get(namespace, {})
+        written = self.writer.complete_packs(namespace, now)
+        failed_packs: set[str] = set()
+        first_error: errors.GitopsdError | None = None
+        for c in sorted(changes, key=write_order):
+            target = c.pack_instance.cluster_pack if c.pack_instance is not None else None
+            if c.action in (change.Action.CREATE, change.Action.SUPERSEDE) and target in failed_packs:
+                continue  # its ClusterPack could not be created: the next pass retries both
+            try:
+                written += self._apply_one(namespace, c, basis, revision, now)
+            except errors.GitopsdError as err:
+                if isinstance(err, STOPS_THE_PASS):
+                    raise
+                log.warning("write failed", kind=str(c.kind), name=c.name, reason=err.reason, error=str(err))
+                kind = CLUSTER_PACKS if c.kind is change.ObjectKind.CLUSTER_PACK else PACK_INSTANCES
+                self.events.record(namespace, kind, c.name, "Warning", err.reason, str(err), now)
+                first_error = first_error or err
+                if c.kind is change.ObjectKind.CLUSTER_PACK:
+                    failed_packs.add(c.name)
+        self.writes += written
+        if first_error is not None:
+            raise first_error
+        return written
+
+    def _apply_one(self, namespace: str, c: change.Change, basis: Basis, revision: str, now: str) -> int:
+        note = f"{c.reason} (revision {revision})"
+        if c.kind is change.ObjectKind.CLUSTER_PACK:
+            if c.action is change.Action.CREATE:
+                assert c.cluster_pack is not None
+                self.writer.create_pack(namespace, c.cluster_pack, note, now)
+                return 1
+            if c.action is change.Action.UNINSTALL:
+                return self.writer.delete(namespace, CLUSTER_PACKS, c.name, basis, "Pruned", note, now)
+            if c.action is change.Action.BLOCKED and c.condition is not None:
+                # a ClusterPack's status is not ours to flag: it is immutable, and the plan stops
+                # talking about it once the version is bumped
+                self.events.record(namespace, CLUSTER_PACKS, c.name, "Warning", c.reason, c.condition.message, now)
+            return 0
+        if c.action in (change.Action.CREATE, change.Action.SUPERSEDE):
+            assert c.pack_instance is not None
+            reason = "Installed" if c.action is change.Action.CREATE else str(c.direction or "Superseded")
+            self.writer.write_instance(namespace, c.pack_instance, basis, reason, note, now)
+            return 1
+        if c.action is change.Action.UNINSTALL:
+            return self.writer.delete(namespace, PACK_INSTANCES, c.name, basis, "Uninstalled", note, now)
+        if c.action is change.Action.BLOCKED and c.condition is not None:
+            return self.writer.block_instance(namespace, c, now)
+        return 0

@@ -1,0 +1,186 @@
+"""The connection to the API server: the client, every request the adapter sends, and its errors.
+
+``connect`` builds an API client from a kubeconfig or in-cluster; ``Requests`` sends every call of
+the adapter (raw JSON in and out, counted per verb and resource, writes gated by leadership);
+``translate`` turns a library error into gitopsd's vocabulary, deciding from the HTTP status code
+and the Status object's details only:
+
+- 5xx, 429, timeouts and refused connections are ``errors.ClusterUnavailable`` (transient: the
+  pass stops at once and the next one retries);
+- 401/403 are ``errors.ConfigError`` (``ClusterUnauthorized``, naming the RBAC needed);
+- a 404 naming the namespace is ``NamespaceNotFound``; one naming no object means the kinds are
+  not served (``CRDNotInstalled``: apply ``deploy/10-crds.yaml``); one naming the object means it
+  went away during the pass (``errors.Conflict``);
+- 409 is ``errors.Conflict``; 400/422 are ``errors.StalledError`` (``InvalidObject``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from gitopsd import __version__, errors
+from gitopsd.model import instance, pack
+
+GROUP = pack.GROUP
+VERSION = pack.API_VERSION.rpartition("/")[2]
+API_VERSION = pack.API_VERSION
+FIELD_MANAGER = "gitopsd"
+DELIVERY_FIELD_MANAGER = "gitopsd-delivery"  # owns status.delivery of PackInstances
+MANAGED_BY = "app.kubernetes.io/managed-by=gitopsd"
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+LIST_PAGE = 500
+RBAC_NEEDED = (
+    "get, list, watch, create, patch and delete on infrastructureclusterpacks and packinstances "
+    "(infrastructure.ontai.dev), patch on their /status, create and patch on events"
+)
+
+JSON = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kind:
+    kind: str
+    plural: str
+
+
+CLUSTER_PACKS = Kind(pack.CLUSTER_PACK_KIND, "infrastructureclusterpacks")
+PACK_INSTANCES = Kind(instance.PACK_INSTANCE_KIND, "packinstances")
+
+
+def connect(*, kubeconfig: str | None = None, context: str | None = None, in_cluster: bool = False,
+            user_agent: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig (``$KUBECONFIG``/``~/.kube/config`` by default) or in-cluster."""
+    configuration = client.Configuration()
+    try:
+        if in_cluster:
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration,
+                                    persist_config=False)
+    except (config.ConfigException, OSError, ValueError, TypeError) as err:
+        where = "the in-cluster ServiceAccount" if in_cluster else f"kubeconfig {kubeconfig or '(default)'}"
+        what = f" context {context!r}" if context else ""
+        raise errors.ConfigError(f"cannot load {where}{what}: {err}", reason="KubeconfigInvalid") from err
+    api = client.ApiClient(configuration)
+    api.user_agent = user_agent or f"gitopsd/{__version__}"
+    return api
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def status_of(err: ApiException) -> JSON:
+    """The Status object an API error carries (empty when its body is not one)."""
+    try:
+        body = json.loads(err.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def names_the_object(err: ApiException) -> bool:
+    """Is this a 404 about the object itself (it does not exist), rather than about its kind or namespace?"""
+    return err.status == 404 and bool((status_of(err).get("details") or {}).get("name"))
+
+
+def translate(err: Exception, *, action: str, kind: Kind | str, namespace: str, name: str = "") -> errors.GitopsdError:
+    """A library error as gitopsd's vocabulary (raise it ``from err``)."""
+    if isinstance(err, errors.GitopsdError):
+        return err
+    label = kind.kind if isinstance(kind, Kind) else kind
+    what = f"{label} {namespace}/{name}" if name else f"{label} objects in namespace {namespace}"
+    if isinstance(err, ApiException):
+        code = int(err.status or 0)
+        status = status_of(err)
+        message = status.get("message") or err.reason or "no message"
+        if code in (401, 403):
+            return errors.ConfigError(
+                f"the API server refused to {action} {what} ({code} {status.get('reason') or err.reason}: {message}); "
+                f"the ServiceAccount needs {RBAC_NEEDED} in namespace {namespace}: kubectl apply -f deploy/20-rbac.yaml",
+                reason="ClusterUnauthorized",
+            )
+        if code == 404:
+            details = status.get("details") or {}
+            if details.get("kind") == "namespaces":
+                return errors.ConfigError(
+                    f"namespace {namespace} does not exist: create it (kubectl apply -f deploy/00-namespace.yaml) or set "
+                    "'namespace' in gitopsd.yaml",
+                    reason="NamespaceNotFound",
+                )
+            if not details.get("name"):
+                return errors.ConfigError(
+                    f"the API server does not serve {label} ({GROUP}/{VERSION}): install the CRDs with "
+                    "kubectl apply -f deploy/10-crds.yaml",
+                    reason="CRDNotInstalled",
+                )
+            return errors.Conflict(f"{what} disappeared during the pass; the next pass reads it again")
+        if code == 409:
+            return errors.Conflict(f"cannot {action} {what}: {message}; the next pass retries")
+        if code in (400, 422):
+            return errors.StalledError(
+                f"the API server rejected {what} ({code} {status.get('reason') or ''}: {message}); if the cluster's CRDs "
+                "are older than this gitopsd, update them: kubectl apply -f deploy/10-crds.yaml",
+                reason="InvalidObject",
+            )
+        return errors.ClusterUnavailable(f"cannot {action} {what}: {code} {message}")
+    if isinstance(err, (urllib3.exceptions.HTTPError, OSError)):
+        return errors.ClusterUnavailable(f"cannot reach the API server to {action} {what}: {err}")
+    return errors.ClusterUnavailable(f"cannot {action} {what}: {err!r}")
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+def rv_of(obj: Mapping[str, Any] | None) -> int:
+    """An object's resourceVersion as an integer (etcd revisions are); 0 when absent or opaque."""
+    if not obj:
+        return 0
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class Requests:
+    """Every API call of the adapter: raw JSON in and out, counted, writes gated by leadership."""
+
+    def __init__(self, api: client.ApiClient, *, may_write: Callable[[], bool], timeout: float) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.may_write = may_write
+        self.timeout = timeout
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def count(self, verb: str, resource: str) -> None:
+        with self._lock:
+            self.counts[f"{verb} {resource}"] += 1
+
+    def send(self, verb: str, resource: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
+        """Call ``method`` with ``_preload_content=False`` and parse the body (this client drops the
+        body of answers it has no declared type for, such as the 201 of an apply that creates)."""
+        if verb not in ("get", "list", "watch") and not self.may_write():
+            raise errors.NotLeader("this replica is not the leader any more: write skipped")
+        self.count(verb, resource)
+        kwargs.setdefault("_request_timeout", self.timeout)
+        response = method(*args, _preload_content=False, **kwargs)
+        try:
+            data = response.data
+            return json.loads(data) if data else {}
+        finally:
+            response.release_conn()
+
+    def open(self, verb: str, resource: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A streaming response (a watch): the caller reads and closes it."""
+        self.count(verb, resource)
+        return method(*args, _preload_content=False, **kwargs)
