@@ -660,6 +660,7 @@ class FaultProxy:
         self.delay = 0.0
         self.flaky_count = 0
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.arrived = 0  # requests received, answered or not yet (a slow answer is recorded late)
         self.lock = threading.Lock()
         proxy = self
 
@@ -681,6 +682,8 @@ class FaultProxy:
                     self.wfile.write(body)
 
             def _handle(self) -> None:
+                with proxy.lock:
+                    proxy.arrived += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 mode = proxy.mode
