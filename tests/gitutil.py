@@ -185,10 +185,13 @@ def is_ancestor(repo: pathlib.Path, ancestor: str, descendant: str) -> bool:
     return git("merge-base", "--is-ancestor", ancestor, descendant, cwd=repo, check=False).returncode == 0
 
 
-def ssh_key(directory: pathlib.Path, name: str = "id_ed25519") -> pathlib.Path:
+def ssh_key(directory: pathlib.Path, name: str = "id_ed25519", *, comment: str | None = None) -> pathlib.Path:
+    """An ed25519 private key in OpenSSH form (and ``<name>.pub``), made by ``ssh-keygen``; the comment is ``name``
+    unless given."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", comment or name, "-f", str(path)],
+                   check=True)
     return path
 
 

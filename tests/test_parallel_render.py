@@ -9,13 +9,13 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 from gitopsd import errors, flags, reconcile, wiring
 from gitopsd.adapters import fakes, render, schemafiles, system
+from tests import gitutil
 
 CLUSTERS = {
     "clusters/a.yaml": "name: a\nlabels: {env: prod}\n",
@@ -31,8 +31,8 @@ CHART = {
 
 def kustomize_pack(name: str, *, kustomization: str | None = None) -> dict[str, str]:
     return {
-        f"packs/{name}/packbuild.yaml": f"name: {name}\nversion: 1.0.0\nbasePackName: {name}\ncategory: kustomize\n"
-                                        "kustomizeSource: {path: k}\ntargetClusters: [a, b]\nnamespace: apps\n",
+        f"packs/{name}/packbuild.yaml": gitutil.packbuild(name, category="kustomize", source="kustomizeSource: {path: k}",
+                                                          targets="[a, b]", namespace="apps"),
         f"packs/{name}/k/kustomization.yaml": kustomization
         or f"namePrefix: {name}-\nresources: [cm.yaml, ../../../bases/common]\n",
         f"packs/{name}/k/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: own}}\ndata: {{pack: {name}}}\n",
@@ -40,22 +40,14 @@ def kustomize_pack(name: str, *, kustomization: str | None = None) -> dict[str, 
 
 
 def raw_pack(name: str) -> dict[str, str]:
-    return {
-        f"packs/{name}/packbuild.yaml": f"name: {name}\nversion: 1.0.0\nbasePackName: {name}\ncategory: raw\n"
-                                        "rawSource: {path: m}\ntargetClusters: [a]\nnamespace: apps\n",
-        f"packs/{name}/m/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '1'}}\n",
-    }
+    return gitutil.raw_pack(name, path="m", targets="[a]", namespace="apps", data="{v: '1'}")
 
 
 def write_repo(root: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
-    for path, text in files.items():
-        dest = root / path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(text)
-    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "packs"], check=True)
+    gitutil.write_files(root, files)
+    gitutil.git("init", "-q", "-b", "main", cwd=root)
+    gitutil.git("add", "-A", cwd=root)
+    gitutil.git("commit", "-qm", "packs", cwd=root)
     return root
 
 

@@ -23,6 +23,7 @@ from kubernetes import client
 from gitopsd import errors, reconcile, wiring_kube
 from gitopsd.adapters import kube, lease
 from gitopsd.model import change, instance
+from tests import gitutil
 from tests.contract import harness
 from tests.contract.harness import INSTANCES, PACKS
 from tests.realkube import faults
@@ -197,13 +198,8 @@ def test_uninstall_deletes_the_instances_and_keeps_the_cluster_pack(kube_env: Ku
 
 def test_a_collision_writes_the_blocked_condition_once(kube_env: KubeEnv, passes: harness.Passes, repo: pathlib.Path) -> None:
     passes.run()
-    rogue = repo / "packs" / "rogue"
-    (rogue / "manifests").mkdir(parents=True)
-    shutil.copy(repo / "packs" / "platform-base" / "manifests" / "namespaces.yaml", rogue / "manifests" / "namespaces.yaml")
-    (rogue / "packbuild.yaml").write_text(
-        "name: rogue\nversion: 1.0.0\nbasePackName: rogue\ncategory: raw\nrawSource: {path: manifests}\n"
-        "targetClusters: [dev]\npriority: 500\n"
-    )
+    namespaces = (repo / "packs" / "platform-base" / "manifests" / "namespaces.yaml").read_text()
+    gitutil.write_files(repo, gitutil.raw_pack("rogue", priority=500, manifests={"namespaces.yaml": namespaces}))
 
     state = passes.run()
 

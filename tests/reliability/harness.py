@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 import yaml
 
+from tests import gitutil
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples-repo"
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
@@ -478,9 +480,7 @@ def write_pack_repo(dest: pathlib.Path, *, packs: int = 10, revision: str = "A")
         folder = dest / "packs" / name
         (folder / "manifests").mkdir(parents=True)
         targets = "[edge-a, edge-b, lab]" if index % 2 else "[{matchLabels: {env: prod}}]"
-        (folder / "packbuild.yaml").write_text(
-            f"name: {name}\nversion: {version}\nbasePackName: {name}\ncategory: raw\nrawSource: {{path: manifests}}\n"
-            f"namespace: {name}\ntargetClusters: {targets}\npriority: {index}\n")
+        (folder / "packbuild.yaml").write_text(gitutil.packbuild(name, version, namespace=name, targets=targets, priority=index))
         payload = "".join(f"  key{j}: value-{version}-{j}-{'x' * 40}\n" for j in range(40))
         (folder / "manifests" / "rbac.yaml").write_text(
             f"apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\n"
