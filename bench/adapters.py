@@ -22,7 +22,8 @@ Prints one line per figure; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import http.client
+import contextlib
+import functools
 import pathlib
 import socket
 import statistics
@@ -37,13 +38,15 @@ from collections.abc import Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kubernetes import client  # noqa: E402
+
 from gitopsd import errors, httpserver, logs  # noqa: E402
 from gitopsd.adapters import gitsource, keys, lease, registry, statuswriter  # noqa: E402
 from gitopsd.core import artifact as artifact_core  # noqa: E402
 from tests import gitutil, registry_fixture  # noqa: E402
 
 LEASE_CLUSTER = "bench-lease"
-FAST = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.2}
+LEASE, RENEW, RETRY = 2.0, 1.5, 0.2  # seconds: the electors' timings in tests/adapters/test_kube.py
 
 
 def ms(seconds: float) -> str:
@@ -81,6 +84,8 @@ def git_figures(work: pathlib.Path, packs: int, polls: int) -> None:
     print(f"git {packs:,}-pack repo: first fetch (clone) {ms(first)}; no-change head() poll {spread(samples)}; "
           f"no-change fetch {ms(refetch)}", flush=True)
 
+    from tests.adapters.test_statuswriter import record  # noqa: PLC0415
+
     srv = work / "srv"
     _, user = gitutil.make_remote(srv, gitutil.config_repo("alpha"), name="config.git")
     token = work / "token"
@@ -99,19 +104,12 @@ def git_figures(work: pathlib.Path, packs: int, polls: int) -> None:
                 user.push()
 
         writer = statuswriter.GitStatusWriter(http_src.remote, key, backoff=0.001, before_publish=user_pushes)
-        racing = timed(lambda: writer.write([status_record("1.0.0")], "status, raced\n"))
+        racing = timed(lambda: writer.write([record("alpha", "1.0.0")], "status, raced\n"))
         attempts = writer.last.attempts if writer.last else 0
         writer.before_publish = None
-        alone = timed(lambda: writer.write([status_record("1.0.1")], "status\n"))
+        alone = timed(lambda: writer.write([record("alpha", "1.0.1")], "status\n"))
     print(f"git status commit over smart HTTP: {ms(alone)} alone; {ms(racing)} with a user push racing it "
           f"({attempts} attempts)", flush=True)
-
-
-def status_record(version: str) -> tuple[str, bytes]:
-    return ".gitopsd/status/alpha.yaml", (
-        "apiVersion: gitopsd.dev/v1alpha1\nkind: PackStatus\nbasePackName: alpha\n"
-        f"sourceRevision: main@sha1:{'0' * 40}\nclusterPacks: []\ninstances:\n  - name: alpha-dev\n"
-        f"    cluster: dev\n    state: installed\n    version: \"{version}\"\n").encode()
 
 
 # --- registry --------------------------------------------------------------------------------------
@@ -125,8 +123,8 @@ def registry_figures() -> None:
     }
     for name, operation in operations.items():
         reg = registry.OciRegistry(f"{closed}/packs", insecure=True, environ={}, cooldown=60)
-        seconds = failing(lambda reg=reg, operation=operation: operation(reg))  # type: ignore[misc]
-        during = failing(lambda reg=reg: reg.has("other", digest))
+        seconds = failing(functools.partial(operation, reg))
+        during = failing(functools.partial(reg.has, "other", digest))
         print(f"registry down (connection refused), {name}: gave up in {ms(seconds)}; "
               f"the next call during the cooldown {ms(during)}", flush=True)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -139,7 +137,7 @@ def registry_figures() -> None:
     for status in (500, 503, 429, 400):
         with registry_fixture.serve_status(status) as served:
             reg = registry.OciRegistry(f"{served.host}/packs", insecure=True, environ={})
-            print(f"registry answering {status}: gave up in {ms(failing(lambda reg=reg: reg.has('web', digest)))}",
+            print(f"registry answering {status}: gave up in {ms(failing(functools.partial(reg.has, 'web', digest)))}",
                   flush=True)
 
 
@@ -153,61 +151,40 @@ def failing(action: Callable[[], object]) -> float:
 
 
 # --- http ------------------------------------------------------------------------------------------
-class Backend:
-    """What the HTTP server asks of the daemon: always healthy and ready."""
-
-    def alive(self) -> bool:
-        return True
-
-    def readiness(self) -> tuple[bool, str]:
-        return True, "ready"
-
-    def trigger(self, reason: str) -> bool:
-        return True
-
-    def branch(self) -> str | None:
-        return "main"
-
-
 def http_figures(clients: int = 400, asks: int = 20) -> None:
+    """tests/reliability/test_http_load.py's load: ``clients`` connections that send one more byte
+    of a header every 0.5 s and never finish their request; ``/healthz`` timed meanwhile."""
+    from tests.reliability import test_http_load as load  # noqa: PLC0415
+
     logs.configure("critical")  # the server gives up on dripping clients (broken pipes): expected here
-    server = httpserver.Server("127.0.0.1", 0, Backend(), secret=b"bench")
+    server = httpserver.Server("127.0.0.1", 0, load.Backend(), secret=b"bench")
     server.start()
-    slow: list[socket.socket] = []
     stop = threading.Event()
+    slow = [socket.create_connection(server.address, timeout=5) for _ in range(clients)]
 
     def drip() -> None:
         while not stop.wait(0.5):
-            for sock in list(slow):
-                try:
+            for sock in slow:
+                with contextlib.suppress(OSError):
                     sock.send(b"X")
-                except OSError:
-                    slow.remove(sock)
 
     try:
-        for _ in range(clients):
-            sock = socket.create_connection(server.address)
+        for sock in slow:
             sock.send(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
-            slow.append(sock)
         dripper = threading.Thread(target=drip, daemon=True)
         dripper.start()
-        time.sleep(3)  # every slow connection is accepted and dripping by now
-        samples = []
-        for _ in range(asks):
-            started = time.perf_counter()
-            conn = http.client.HTTPConnection(*server.address, timeout=10)
-            conn.request("GET", "/healthz")
-            status = conn.getresponse().status
-            conn.close()
-            samples.append(time.perf_counter() - started)
-            if status != 200:
-                print(f"http /healthz answered {status}", flush=True)
-        print(f"http /healthz with {clients} clients dripping their headers: {spread(samples)}", flush=True)
+        time.sleep(2)  # every slow connection is accepted and dripping by now
+        answers = [load._get(server, "/healthz", timeout=10) for _ in range(asks)]
+        stop.set()
+        dripper.join()
     finally:
         stop.set()
         server.stop()
         for sock in slow:
             sock.close()
+    statuses = {status for status, _ in answers}
+    print(f"http /healthz with {clients} clients dripping their headers: {spread([s for _, s in answers])}"
+          f"{'' if statuses == {200} else f'; statuses {sorted(statuses)}'}", flush=True)
 
 
 # --- lease -----------------------------------------------------------------------------------------
@@ -217,6 +194,15 @@ def wait_until(predicate: Callable[[], object], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"not within {timeout}s")
         time.sleep(0.005)
+
+
+def elector(api: client.ApiClient, namespace: str, name: str, identity: str) -> lease.Elector:
+    return lease.Elector(api, namespace=namespace, name=name, identity=identity, lease_duration=LEASE,
+                         renew_deadline=RENEW, retry_period=RETRY).start()
+
+
+def holds(seen_by: lease.Elector, identity: str) -> bool:
+    return seen_by.holder == identity
 
 
 def lease_figures(trials: int) -> None:
@@ -229,23 +215,23 @@ def lease_figures(trials: int) -> None:
             failovers, handovers = [], []
             for trial in range(trials):
                 name = f"lease-{trial}-{uuid.uuid4().hex[:6]}"
-                a = lease.Elector(api, namespace=namespace, name=name, identity="a", **FAST).start()
+                a = elector(api, namespace, name, "a")
                 wait_until(a.is_leader, 10)
-                b = lease.Elector(api, namespace=namespace, name=name, identity="b", **FAST).start()
-                wait_until(lambda b=b: b.holder == "a", 10)  # type: ignore[misc]
+                b = elector(api, namespace, name, "b")
+                wait_until(functools.partial(holds, b, "a"), 10)
                 crashed = time.monotonic()
                 a.stop(release=False)  # a crash: the lease runs out
-                wait_until(b.is_leader, 10 * FAST["lease_duration"])
+                wait_until(b.is_leader, 10 * LEASE)
                 failovers.append(time.monotonic() - crashed)
-                c = lease.Elector(api, namespace=namespace, name=name, identity="c", **FAST).start()
-                wait_until(lambda c=c: c.holder == "b", 10)  # type: ignore[misc]
+                c = elector(api, namespace, name, "c")
+                wait_until(functools.partial(holds, c, "b"), 10)
                 released = time.monotonic()
                 b.stop()  # a clean stop releases the lease
-                wait_until(c.is_leader, 10 * FAST["lease_duration"])
+                wait_until(c.is_leader, 10 * LEASE)
                 handovers.append(time.monotonic() - released)
                 c.stop()
             clusters.delete_namespace(api, namespace)
-        print(f"lease failover after a crash (lease {FAST['lease_duration']} s, retry {FAST['retry_period']} s): "
+        print(f"lease failover after a crash (lease {LEASE} s, retry {RETRY} s): "
               f"{spread(failovers)}", flush=True)
         print(f"lease handover after a clean stop: {spread(handovers)}", flush=True)
     finally:
