@@ -11,6 +11,8 @@
 - ``git: ...``: tests/reliability/test_git_faults.py through the CLI on real Git: ``--git-trials``
   rounds of a user push racing the status commit (user commits lost, merges, unverifiable status
   commits), and a tenth as many force-pushes, unreachable-remote passes, corrupted clone caches;
+  plus ``--git-trials`` rounds of tests/adapters/test_statuswriter.py's race in process (one to
+  three user commits pushed between building a status commit and pushing it; seeded by ``--seed``);
 - ``kube: <fault>``: tests/reliability/test_kube_faults.py against a real control plane
   (``tools/kubecluster up bench-chaos``, stopped at the end) through the fault-injecting proxy,
   ``--kube-trials`` seeded trials per fault (409 storm, 500s, watch 410, dropped watch), each in a
@@ -269,7 +271,7 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
         if only is None or "git" in only:
             rows += git_faults(pool, work / "git", git_trials, seed)
-            print("\n".join(table(rows[-4:]).splitlines()[2:]), flush=True)
+            print("\n".join(table(rows[-5:]).splitlines()[2:]), flush=True)
         if only is None or "statedir" in only:
             for row in state_dir_faults(pool, work / "statedir", first_runs, first_run_rounds):
                 rows.append(row)
@@ -313,6 +315,7 @@ def git_faults(pool: harness.ZygotePool, work: pathlib.Path, trials: int, seed: 
         ("force", lambda z, root: git_scenarios.force_pushes(z, root, others)),
         ("unreachable", lambda z, root: git_scenarios.unreachable(z, root, others)),
         ("corrupt", lambda z, root: git_scenarios.corrupt_cache(z, root, max(others, len(git_scenarios.CORRUPTIONS)))),
+        ("status push", lambda z, root: status_push_races(root, trials, seed)),
     ]
 
     def one(plan: tuple[str, object]) -> Row:
@@ -332,6 +335,17 @@ def git_faults(pool: harness.ZygotePool, work: pathlib.Path, trials: int, seed: 
         return list(executor.map(one, plans))
 
 
+def status_push_races(root: pathlib.Path, rounds: int, seed: int) -> harness.Tally:
+    """tests/adapters/test_statuswriter.py's race in this process: a user pushes during every status push."""
+    from tests.adapters import test_statuswriter as statuswriter_scenarios  # noqa: PLC0415
+
+    tally = harness.Tally("git: user push during a status push")
+    tally.trials = rounds
+    tally.failures = statuswriter_scenarios.user_push_races(root, rounds, seed)
+    tally.notes = f"in process, seed {seed}"
+    return tally
+
+
 def kube_faults(work: pathlib.Path, trials: int, seed: int) -> list[Row]:
     """Every fault kind of test_kube_faults ``trials`` times against a real control plane started
     for the bench (``bench-chaos``, gitopsd's CRDs applied), through the proxy, in process."""
@@ -344,7 +358,7 @@ def kube_faults(work: pathlib.Path, trials: int, seed: int) -> list[Row]:
     rows = []
     started = time.monotonic()
     try:
-        kubeconfig = clusters.up(CHAOS_CLUSTER)
+        kubeconfig, _ = clusters.up(CHAOS_CLUSTER)
     except Exception as err:  # noqa: BLE001 - a bench keeps going and reports
         row = Row("kube: control plane", 1, 0, 0, time.monotonic() - started)
         row.failed(f"{type(err).__name__}: {err}")

@@ -1,7 +1,9 @@
-"""Real Git for tests: bare remotes on disk, user clones that commit and push with the git CLI, keys.
+"""Real Git for tests: bare remotes on disk, user clones that commit and push with the git CLI, keys,
+and the builders of what they hold (PackBuilds, raw packs, small config repos).
 
 Every git command runs with an isolated configuration (no global or system config, a fixed identity),
-so tests behave the same on any machine. Missing tools fail loudly: nothing is skipped.
+so tests behave the same on any machine. Missing tools fail loudly: nothing is skipped. The builders
+are the one place tests write a PackBuild or a key from: a test names only what it cares about.
 """
 
 from __future__ import annotations
@@ -75,6 +77,49 @@ def write_files(root: pathlib.Path, files: Mapping[str, str | bytes]) -> None:
         target.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
+# --- the files of a config repo ------------------------------------------------------------------
+SETTINGS = "namespace: seam-system\n"
+
+
+def packbuild(name: str, version: str = "1.0.0", *, category: str = "raw", source: str = "rawSource: {path: manifests}",
+              targets: str = "[dev]", namespace: str | None = None, priority: int | None = None) -> str:
+    """The text of a ``packbuild.yaml``; ``basePackName`` is ``name``."""
+    text = (f"name: {name}\nversion: {version}\nbasePackName: {name}\ncategory: {category}\n{source}\n"
+            f"targetClusters: {targets}\n")
+    if namespace is not None:
+        text += f"namespace: {namespace}\n"
+    if priority is not None:
+        text += f"priority: {priority}\n"
+    return text
+
+
+def configmap(name: str, data: str = "{key: value}") -> str:
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {data}\n"
+
+
+def raw_pack(name: str, version: str = "1.0.0", *, path: str = "manifests", targets: str = "[dev]",
+             namespace: str | None = None, priority: int | None = None, data: str = "{key: value}",
+             manifests: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The files of raw pack ``name`` (``packs/<name>/...``): its PackBuild and ``manifests`` under
+    ``path`` (by default one ConfigMap named after the pack, holding ``data``)."""
+    files = {f"packs/{name}/packbuild.yaml": packbuild(name, version, source=f"rawSource: {{path: {path}}}",
+                                                       targets=targets, namespace=namespace, priority=priority)}
+    for file, text in (manifests if manifests is not None else {"cm.yaml": configmap(name, data)}).items():
+        files[f"packs/{name}/{path}/{file}"] = text
+    return files
+
+
+def config_repo(*packs: str, clusters: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``gitopsd.yaml``, the clusters (name -> labels, default one ``dev`` without labels) and a raw
+    pack (``raw_pack``'s defaults) for each name in ``packs``."""
+    files = {"gitopsd.yaml": SETTINGS}
+    for cluster, labels in (clusters if clusters is not None else {"dev": ""}).items():
+        files[f"clusters/{cluster}.yaml"] = f"name: {cluster}\n" + (f"labels: {labels}\n" if labels else "")
+    for name in packs:
+        files.update(raw_pack(name))
+    return files
+
+
 class Clone:
     """A user's clone of a remote: edit files, commit, push with the git CLI."""
 
@@ -140,10 +185,22 @@ def is_ancestor(repo: pathlib.Path, ancestor: str, descendant: str) -> bool:
     return git("merge-base", "--is-ancestor", ancestor, descendant, cwd=repo, check=False).returncode == 0
 
 
-def ssh_key(directory: pathlib.Path, name: str = "id_ed25519") -> pathlib.Path:
+def ssh_key(directory: pathlib.Path, name: str = "id_ed25519", *, comment: str | None = None) -> pathlib.Path:
+    """An ed25519 private key in OpenSSH form (and ``<name>.pub``), made by ``ssh-keygen``; the comment is ``name``
+    unless given."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", comment or name, "-f", str(path)],
+                   check=True)
+    return path
+
+
+def pkcs8_key(directory: pathlib.Path, name: str = "signing.pem") -> pathlib.Path:
+    """An ed25519 private key in PKCS#8 PEM, made by ``openssl genpkey``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    subprocess.run([tool("openssl"), "genpkey", "-algorithm", "ed25519", "-out", str(path)], check=True,
+                   capture_output=True)
     return path
 
 

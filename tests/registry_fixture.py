@@ -17,6 +17,7 @@ A missing binary fails the test run loudly; it never skips. Use with
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import http.server
@@ -320,10 +321,9 @@ class StatusServer:
     requests: list[str]
 
 
-@pytest.fixture
-def status_server(request: pytest.FixtureRequest) -> Iterator[StatusServer]:
-    """Answers every request with ``status`` (default 500; parametrize indirectly to change it)."""
-    status = getattr(request, "param", 500)
+@contextlib.contextmanager
+def serve_status(status: int) -> Iterator[StatusServer]:
+    """A server on loopback that answers every request with ``status``."""
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -344,6 +344,15 @@ def status_server(request: pytest.FixtureRequest) -> Iterator[StatusServer]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield StatusServer(f"127.0.0.1:{server.server_address[1]}", status, seen)
-    server.shutdown()
-    server.server_close()
+    try:
+        yield StatusServer(f"127.0.0.1:{server.server_address[1]}", status, seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def status_server(request: pytest.FixtureRequest) -> Iterator[StatusServer]:
+    """Answers every request with ``status`` (default 500; parametrize indirectly to change it)."""
+    with serve_status(getattr(request, "param", 500)) as server:
+        yield server

@@ -12,6 +12,7 @@ from gitopsd import reconcile
 from gitopsd.core import codec
 from gitopsd.model import change, pack
 from gitopsd.wiring import compose as wiring
+from tests import gitutil
 
 CRD = """apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -27,13 +28,8 @@ GUARD = "apiVersion: policy.example.io/v1\nkind: Guard\nmetadata: {name: baselin
 
 def write_pack(repo: pathlib.Path, name: str, files: dict[str, str], *, namespace: str = "apps",
                targets: str = "[a]", priority: int = 50) -> None:
-    folder = repo / "packs" / name
-    (folder / "m").mkdir(parents=True)
-    (folder / "packbuild.yaml").write_text(
-        f"name: {name}\nversion: 1.0.0\nbasePackName: {name}\ncategory: raw\nrawSource: {{path: m}}\n"
-        f"targetClusters: {targets}\nnamespace: {namespace}\npriority: {priority}\n")
-    for file, text in files.items():
-        (folder / "m" / file).write_text(text)
+    gitutil.write_files(repo, gitutil.raw_pack(name, path="m", targets=targets, namespace=namespace, priority=priority,
+                                               manifests=files))
 
 
 @pytest.fixture

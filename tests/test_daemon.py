@@ -563,9 +563,7 @@ def test_sigterm_stops_the_daemon_with_exit_0(tmp_path: pathlib.Path, examples: 
         assert wait_for(lambda: bool(run.logged("pass finished")), timeout=20), "".join(run.lines)
         assert run.logged("http server listening")
         run.proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
         assert run.proc.wait(timeout=15) == 0, "".join(run.lines)
-        assert time.monotonic() - started < 10
     finally:
         if run.proc.poll() is None:
             run.proc.kill()

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +17,7 @@ from gitopsd import compiling, errors, passstate, reconcile
 from gitopsd.adapters import fakes, render, renderkustomize, schemafiles, system
 from gitopsd.cli import flags
 from gitopsd.wiring import compose as wiring
+from tests import gitutil
 
 CLUSTERS = {
     "clusters/a.yaml": "name: a\nlabels: {env: prod}\n",
@@ -33,8 +33,8 @@ CHART = {
 
 def kustomize_pack(name: str, *, kustomization: str | None = None) -> dict[str, str]:
     return {
-        f"packs/{name}/packbuild.yaml": f"name: {name}\nversion: 1.0.0\nbasePackName: {name}\ncategory: kustomize\n"
-                                        "kustomizeSource: {path: k}\ntargetClusters: [a, b]\nnamespace: apps\n",
+        f"packs/{name}/packbuild.yaml": gitutil.packbuild(name, category="kustomize", source="kustomizeSource: {path: k}",
+                                                          targets="[a, b]", namespace="apps"),
         f"packs/{name}/k/kustomization.yaml": kustomization
         or f"namePrefix: {name}-\nresources: [cm.yaml, ../../../bases/common]\n",
         f"packs/{name}/k/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: own}}\ndata: {{pack: {name}}}\n",
@@ -42,22 +42,14 @@ def kustomize_pack(name: str, *, kustomization: str | None = None) -> dict[str, 
 
 
 def raw_pack(name: str) -> dict[str, str]:
-    return {
-        f"packs/{name}/packbuild.yaml": f"name: {name}\nversion: 1.0.0\nbasePackName: {name}\ncategory: raw\n"
-                                        "rawSource: {path: m}\ntargetClusters: [a]\nnamespace: apps\n",
-        f"packs/{name}/m/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '1'}}\n",
-    }
+    return gitutil.raw_pack(name, path="m", targets="[a]", namespace="apps", data="{v: '1'}")
 
 
 def write_repo(root: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
-    for path, text in files.items():
-        dest = root / path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(text)
-    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "packs"], check=True)
+    gitutil.write_files(root, files)
+    gitutil.git("init", "-q", "-b", "main", cwd=root)
+    gitutil.git("add", "-A", cwd=root)
+    gitutil.git("commit", "-qm", "packs", cwd=root)
     return root
 
 

@@ -11,6 +11,7 @@ from gitopsd import errors, reconcile
 from gitopsd.adapters import compilecache, fakes, keys, render, schemafiles
 from gitopsd.core import parse
 from gitopsd.model import change
+from tests import gitutil
 
 CLUSTERS = {
     "clusters/a.yaml": b"name: a\nlabels: {env: prod}\n",
@@ -19,13 +20,8 @@ CLUSTERS = {
 
 
 def packbuild(name: str, version: str = "1.0.0", targets: str = "[a, b]") -> dict[str, bytes]:
-    return {
-        f"packs/{name}/packbuild.yaml": (
-            f"name: {name}\nversion: {version}\nbasePackName: {name}\ncategory: raw\n"
-            f"rawSource: {{path: m}}\ntargetClusters: {targets}\nnamespace: apps\n"
-        ).encode(),
-        f"packs/{name}/m/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '{version}'}}\n".encode(),
-    }
+    files = gitutil.raw_pack(name, version, path="m", targets=targets, namespace="apps", data=f"{{v: '{version}'}}")
+    return {path: text.encode() for path, text in files.items()}
 
 
 class Harness:

@@ -309,11 +309,9 @@ def test_signed_push_runs_a_pass_of_the_daemon_at_once(examples: pathlib.Path, s
     server.start()
     try:
         assert wait_for(lambda: len(passes) == 1), "the first pass did not run"
-        sent = time.monotonic()
         status, text = request(server, "POST", "/hooks/github", PUSH_MAIN, github("push", PUSH_MAIN, "sha256=" + sig(PUSH_MAIN)))
         assert status == 202, text
-        assert wait_for(lambda: len(passes) == 2, timeout=5), "the push did not start a pass"
-        assert passes[1] - sent < 3.0
+        assert wait_for(lambda: len(passes) == 2, timeout=5), "the push did not start a pass"  # the interval is an hour
         status, _ = request(server, "POST", "/hooks/github", PUSH_MAIN, github("push", PUSH_MAIN, "sha256=" + sig(PUSH_MAIN, b"bad")))
         assert status == 401
         time.sleep(0.3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import time
 
 import pygit2
 import pytest
@@ -17,27 +16,6 @@ from tests import clitext, gitutil
 pytestmark = pytest.mark.usefixtures("quiet_logs")
 quiet_logs = gitutil.quiet_logs
 gpg_keys = gitutil.gpg_keys
-
-PACKBUILD = """name: {name}
-version: {version}
-basePackName: {name}
-category: raw
-rawSource:
-  path: manifests
-targetClusters: [dev]
-"""
-MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  key: value\n"
-
-
-def pack_files(name: str, version: str = "1.0.0") -> dict[str, str]:
-    return {
-        f"packs/{name}/packbuild.yaml": PACKBUILD.format(name=name, version=version),
-        f"packs/{name}/manifests/cm.yaml": MANIFEST.format(name=name),
-    }
-
-
-def small_repo() -> dict[str, str]:
-    return {"gitopsd.yaml": "namespace: seam-system\n", "clusters/dev.yaml": "name: dev\n", **pack_files("alpha")}
 
 
 def source(repo: str | pathlib.Path, state: pathlib.Path, *, branch: str | None = None, tag: str | None = None,
@@ -63,10 +41,10 @@ def test_bare_repository_path_and_file_url_read_the_remote_tip(tmp_path: pathlib
 
 
 def test_default_branch_is_the_remote_head_and_branch_flag_picks_another(tmp_path: pathlib.Path) -> None:
-    bare, user = gitutil.make_remote(tmp_path, small_repo(), branch="trunk")
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"), branch="trunk")
     trunk = user.head()
     user.git("checkout", "-qb", "staging")
-    staging = user.commit("staging only", pack_files("beta"))
+    staging = user.commit("staging only", gitutil.raw_pack("beta"))
     user.git("push", "-q", "origin", "staging")
     assert source(bare, tmp_path / "s1").fetch().snapshot.revision == f"trunk@sha1:{trunk}"
     tree = source(bare, tmp_path / "s2", branch="staging").fetch()
@@ -76,11 +54,11 @@ def test_default_branch_is_the_remote_head_and_branch_flag_picks_another(tmp_pat
 
 @pytest.mark.parametrize("annotated", [True, False], ids=["annotated-tag", "lightweight-tag"])
 def test_tag_flag_reads_the_tagged_commit(tmp_path: pathlib.Path, annotated: bool) -> None:
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     tagged = user.head()
     user.git("tag", *(["-a", "-m", "release"] if annotated else []), "v1.0")
     user.git("push", "-q", "origin", "v1.0")
-    user.commit("after the tag", pack_files("beta"))
+    user.commit("after the tag", gitutil.raw_pack("beta"))
     user.push()
     tree = source(bare, tmp_path / "state", tag="v1.0").fetch()
     assert tree.snapshot.revision == f"v1.0@sha1:{tagged}"
@@ -93,7 +71,7 @@ def test_tag_flag_reads_the_tagged_commit(tmp_path: pathlib.Path, annotated: boo
 ], ids=["branch", "tag"])
 def test_missing_branch_or_tag_is_a_config_error_naming_the_flag(tmp_path: pathlib.Path, flag: str, kwargs: dict[str, str],
                                                                  reason: str) -> None:
-    bare, _ = gitutil.make_remote(tmp_path, small_repo())
+    bare, _ = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     with pytest.raises(errors.ConfigError) as caught:
         source(bare, tmp_path / "state", **kwargs).fetch()
     assert caught.value.reason == reason
@@ -155,13 +133,13 @@ def test_credentials_come_from_a_file_or_an_environment_variable_and_never_show(
 
 
 def test_force_pushed_upstream_is_followed_with_a_warning(tmp_path: pathlib.Path) -> None:
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
-    user.commit("beta", pack_files("beta"))
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
+    user.commit("beta", gitutil.raw_pack("beta"))
     user.push()
     src = source(bare, tmp_path / "state")
     assert [n for n, _ in src.fetch().listdir("packs")] == ["alpha", "beta"]
     user.git("reset", "-q", "--hard", "HEAD~1")
-    rewritten = user.commit("gamma instead", pack_files("gamma"))
+    rewritten = user.commit("gamma instead", gitutil.raw_pack("gamma"))
     user.push("--force")
     with structlog.testing.capture_logs() as logs:
         tree = src.fetch()
@@ -175,16 +153,16 @@ CORRUPTIONS = gitutil.MIRROR_CORRUPTIONS
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
 def test_a_corrupt_clone_cache_is_deleted_and_cloned_again(tmp_path: pathlib.Path, corrupt) -> None:  # type: ignore[no-untyped-def]
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     state = tmp_path / "state"
     source(bare, state).fetch()
     corrupt(state / "git/mirror.git")
-    user.commit("beta", pack_files("beta"))
+    user.commit("beta", gitutil.raw_pack("beta"))
     user.push()
     with structlog.testing.capture_logs() as logs:
         tree = source(bare, state).fetch()  # a new process: nothing remembered but the cache on disk
     assert tree.snapshot.revision == f"main@sha1:{user.head()}"
-    assert tree.read("packs/beta/manifests/cm.yaml") == MANIFEST.format(name="beta").encode()
+    assert tree.read("packs/beta/manifests/cm.yaml") == gitutil.configmap("beta").encode()
     assert any(e["event"] == "git cache corrupt, rebuilding" for e in logs)
     assert gitutil.git("fsck", "--no-dangling", cwd=state / "git/mirror.git").returncode == 0
 
@@ -207,7 +185,7 @@ instances: []
 
 
 def test_head_names_the_revision_fetch_reads_and_ignores_status_only_commits(tmp_path: pathlib.Path) -> None:
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     src = source(bare, tmp_path / "state")
     first = src.fetch().snapshot.revision
     assert src.head() == first
@@ -225,39 +203,11 @@ def test_head_names_the_revision_fetch_reads_and_ignores_status_only_commits(tmp
     assert src.head() == first
     assert not src.changed_since(first.split(":")[1], user.head())
     # a user's commit that changes desired state is news
-    changed = user.commit("beta", pack_files("beta"))
+    changed = user.commit("beta", gitutil.raw_pack("beta"))
     user.push()
     assert src.head() == f"main@sha1:{changed}"
     assert src.fetch().snapshot.revision == f"main@sha1:{changed}"
     assert src.changed_since(first.split(":")[1], changed)
-
-
-def test_a_no_change_head_poll_on_a_1000_pack_repo_is_measured(tmp_path: pathlib.Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    bare = tmp_path / "big.git"
-    gitutil.git("init", "-q", "--bare", "-b", "main", bare)
-    files = {"gitopsd.yaml": "namespace: seam-system\n", "clusters/dev.yaml": "name: dev\n"}
-    for index in range(1000):
-        files.update(pack_files(f"pack-{index:04d}"))
-    head = gitutil.fast_import(bare, files)
-    src = source(bare, tmp_path / "state")
-    started = time.perf_counter()
-    tree = src.fetch()
-    first_fetch = time.perf_counter() - started
-    assert tree.snapshot.revision == f"main@sha1:{head}" and len(tree.listdir("packs")) == 1000
-    polls = []
-    for _ in range(50):
-        started = time.perf_counter()
-        assert src.head() == tree.snapshot.revision
-        polls.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    assert src.fetch().snapshot.revision == tree.snapshot.revision
-    refetch = time.perf_counter() - started
-    polls.sort()
-    with capsys.disabled():
-        print(f"\n[bench] 1,000-pack repo: no-change head() poll median {polls[len(polls) // 2] * 1000:.2f} ms, "
-              f"p90 {polls[int(len(polls) * 0.9)] * 1000:.2f} ms (50 polls); first fetch (clone) {first_fetch * 1000:.0f} ms; "
-              f"no-change fetch {refetch * 1000:.1f} ms")
 
 
 # ---------------------------------------------------------------- commit verification (fail closed)
@@ -267,7 +217,7 @@ def test_ssh_commit_verification_refuses_unsigned_and_untrusted_commits_and_acce
     trusted = gitutil.ssh_key(tmp_path / "keys", "trusted")
     stranger = gitutil.ssh_key(tmp_path / "keys", "stranger")
     signers = gitutil.allowed_signers(tmp_path / "allowed_signers", trusted.with_suffix(".pub"))
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     src = source(bare, tmp_path / "state", verifier=gitverify.SshCommitVerifier(signers))
     unsigned = user.head()
     with pytest.raises(errors.StalledError) as caught:
@@ -275,14 +225,14 @@ def test_ssh_commit_verification_refuses_unsigned_and_untrusted_commits_and_acce
     assert caught.value.reason == "CommitVerificationFailed"
     assert unsigned in str(caught.value) and "it is not signed" in str(caught.value)
 
-    by_stranger = user.commit("stranger", pack_files("beta"), sign=gitutil.ssh_sign_args(stranger))
+    by_stranger = user.commit("stranger", gitutil.raw_pack("beta"), sign=gitutil.ssh_sign_args(stranger))
     user.push()
     with pytest.raises(errors.StalledError) as caught:
         src.fetch()
     stranger_id = keys.load_private_key(stranger).public_key().key_id()
     assert by_stranger in str(caught.value) and f"signed by {stranger_id}, which is not in {signers}" in str(caught.value)
 
-    good = user.commit("trusted", pack_files("gamma"), sign=gitutil.ssh_sign_args(trusted))
+    good = user.commit("trusted", gitutil.raw_pack("gamma"), sign=gitutil.ssh_sign_args(trusted))
     user.push()
     assert gitutil.verify_commit(bare, good, signers).returncode == 0  # git agrees
     tree = src.fetch()
@@ -293,8 +243,8 @@ def test_ssh_commit_verification_refuses_unsigned_and_untrusted_commits_and_acce
 def test_gitopsd_status_commits_need_not_be_in_the_allowed_signers(tmp_path: pathlib.Path) -> None:
     trusted = gitutil.ssh_key(tmp_path / "keys", "trusted")
     signers = gitutil.allowed_signers(tmp_path / "allowed_signers", trusted.with_suffix(".pub"))
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
-    good = user.commit("trusted", pack_files("beta"), sign=gitutil.ssh_sign_args(trusted))
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
+    good = user.commit("trusted", gitutil.raw_pack("beta"), sign=gitutil.ssh_sign_args(trusted))
     user.push()
     src = source(bare, tmp_path / "state", verifier=gitverify.SshCommitVerifier(signers))
     rev = src.fetch().snapshot.revision
@@ -307,23 +257,23 @@ def test_gitopsd_status_commits_need_not_be_in_the_allowed_signers(tmp_path: pat
 def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path, gpg_keys) -> None:  # type: ignore[no-untyped-def]
     trusted = gpg_keys(tmp_path / "gpg-trusted", "Trusted Dev <dev@example.com>")
     stranger = gpg_keys(tmp_path / "gpg-stranger", "Stranger <x@example.com>")
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     for armor in (False, True):
         keyring = trusted.export(tmp_path / f"trusted-{armor}.gpg", armor=armor)
         src = source(bare, tmp_path / f"state-{armor}", verifier=gitverify.GpgCommitVerifier(keyring))
         user.env = stranger.env
-        by_stranger = user.commit(f"stranger {armor}", pack_files(f"beta-{armor}"), sign=stranger.sign_args())
+        by_stranger = user.commit(f"stranger {armor}", gitutil.raw_pack(f"beta-{armor}"), sign=stranger.sign_args())
         user.push()
         with pytest.raises(errors.StalledError) as caught:
             src.fetch()
         assert caught.value.reason == "CommitVerificationFailed"
         assert by_stranger in str(caught.value) and f"GPG key {stranger.fingerprint[-16:]}" in str(caught.value)
         user.env = trusted.env
-        good = user.commit(f"trusted {armor}", pack_files(f"gamma-{armor}"), sign=trusted.sign_args())
+        good = user.commit(f"trusted {armor}", gitutil.raw_pack(f"gamma-{armor}"), sign=trusted.sign_args())
         user.push()
         assert src.fetch().snapshot.revision == f"main@sha1:{good}"
         user.env = {}
-        user.commit(f"unsigned {armor}", pack_files(f"delta-{armor}"))
+        user.commit(f"unsigned {armor}", gitutil.raw_pack(f"delta-{armor}"))
         user.push()
         with pytest.raises(errors.StalledError, match="it is not signed"):
             src.fetch()
@@ -332,8 +282,8 @@ def test_gpg_commit_verification_with_a_real_gpg_key(tmp_path: pathlib.Path, gpg
 def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: pathlib.Path, gpg_keys) -> None:  # type: ignore[no-untyped-def]
     trusted = gpg_keys(tmp_path / "gpg", "Trusted Dev <dev@example.com>")
     ssh = gitutil.ssh_key(tmp_path / "keys")
-    bare, user = gitutil.make_remote(tmp_path, small_repo())
-    user.commit("ssh signed", pack_files("beta"), sign=gitutil.ssh_sign_args(ssh))
+    bare, user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
+    user.commit("ssh signed", gitutil.raw_pack("beta"), sign=gitutil.ssh_sign_args(ssh))
     user.push()
     verifier = gitverify.AnyOfVerifier([gitverify.GpgCommitVerifier(trusted.export(tmp_path / "k.gpg"))])
     with pytest.raises(errors.StalledError, match="SSH signature, not a GPG signature"):
@@ -342,7 +292,7 @@ def test_an_ssh_signed_commit_does_not_pass_gpg_only_verification(tmp_path: path
 
 def test_a_signature_from_our_sshsig_module_is_accepted_by_the_verifier(tmp_path: pathlib.Path) -> None:
     key = keys.load_private_key(keys.generate(tmp_path / "k").private_path)
-    bare, _user = gitutil.make_remote(tmp_path, small_repo())
+    bare, _user = gitutil.make_remote(tmp_path, gitutil.config_repo("alpha"))
     repo = pygit2.Repository(str(bare))
     tip = repo.references["refs/heads/main"].peel(pygit2.Commit)
     who = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)

@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gitopsd.adapters import keys
+from tests import gitutil
 
 DATA = b'{"checksum":"sha256:abc","version":"1.2.3"}'
 
@@ -26,15 +27,11 @@ def run(*args: str | pathlib.Path, stdin: bytes | None = None) -> subprocess.Com
 
 
 def ssh_keygen_key(directory: pathlib.Path, name: str = "id_ed25519") -> pathlib.Path:
-    path = directory / name
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@example", "-f", path)
-    return path
+    return gitutil.ssh_key(directory, name, comment="test@example")
 
 
 def openssl_key(directory: pathlib.Path, name: str = "pkcs8.pem") -> pathlib.Path:
-    path = directory / name
-    run("openssl", "genpkey", "-algorithm", "ed25519", "-out", path)
-    return path
+    return gitutil.pkcs8_key(directory, name)
 
 
 def secret_bytes(path: pathlib.Path) -> list[bytes]:

