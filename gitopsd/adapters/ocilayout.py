@@ -4,13 +4,20 @@ Any OCI tool that reads image layouts (oras, skopeo, crane) can read it. Blobs a
 atomically (temp file + rename) and content-addressed, so a crash never leaves a wrong blob; the
 index is rewritten atomically once per pass (``flush``), each manifest tagged
 ``org.opencontainers.image.ref.name = <repository>:<version>``.
+
+A push writes its blobs to temporary files and makes them durable in batches (``_settle``): one
+``syncfs`` of the layout's file system for the whole batch instead of an fsync per blob, then the
+renames, then one fsync of the blobs folder; only then may index.json name them. Every read settles
+the pending blobs first, so a push is visible at once, as before.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pathlib
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -23,6 +30,7 @@ from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
 REF_NAME = "org.opencontainers.image.ref.name"
+PENDING_BLOBS = 4096  # blobs written by pushes and not yet renamed into place: past it, settle them
 log = structlog.get_logger()
 
 
@@ -40,6 +48,9 @@ class OciLayout:
         self.index_problem: str | None = None  # why index.json was unreadable, when it was
         self._verified: dict[str, tuple[int, int, int]] = {}  # digest -> (size, mtime, inode) when it matched
         self._index: dict[str, Any] | None = None  # index.json as read: raw JSON
+        self._positions: dict[str, int] = {}  # ref name -> position of its first descriptor in the index
+        self._refs_of: dict[str, set[str]] = {}  # manifest digest -> ref names tagging it
+        self._pending: dict[pathlib.Path, str] = {}  # blob path -> temporary file holding its bytes, not yet durable
         self._dirty = False
         self.pushed = 0
 
@@ -52,15 +63,15 @@ class OciLayout:
     def has(self, repository: str, digest: str) -> bool:
         """The manifest is stored AND tagged for ``repository``: blobs a crash left untagged do
         not count, so the next push tags them (it finds the blobs and uploads nothing)."""
+        self._settle()
         if not self._blob_path(digest).exists():
             return False
+        self._load_index()
         prefix = f"{repository}:"
-        return any(
-            m.get("digest") == digest and str(m.get("annotations", {}).get(REF_NAME, "")).startswith(prefix)
-            for m in self._load_index()["manifests"]
-        )
+        return any(ref.startswith(prefix) for ref in self._refs_of.get(digest, ()))
 
     def read_blob(self, digest: str) -> bytes:
+        self._settle()
         data = self._blob_path(digest).read_bytes()
         if artifact_core.digest_of(data) != digest:
             raise ValueError(f"blob {digest} in {self.root} is corrupt (content does not match its digest)")
@@ -68,6 +79,7 @@ class OciLayout:
 
     def pull(self, repository: str, digest: str) -> tuple[bytes, dict[str, bytes]]:
         """The manifest bytes and every blob it names, as stored (delivery checks every digest)."""
+        self._settle()
         try:
             manifest = self._blob_path(digest).read_bytes()
             descriptors = [(json.loads(manifest).get("config") or {}), *json.loads(manifest).get("layers", [])]
@@ -127,6 +139,7 @@ class OciLayout:
         return True
 
     def _checked(self, digest: str) -> bytes:
+        self._settle()
         path = self._blob_path(digest)
         info = path.stat()
         mark = (info.st_size, info.st_mtime_ns, info.st_ino)
@@ -138,6 +151,7 @@ class OciLayout:
 
     def repair(self, repository: str, art: pack.Artifact) -> None:
         """Write again every blob of ``art`` that is missing or does not match its digest, and tag it."""
+        self._settle()
         for digest, data in [*((b.digest, b.data) for b in art.blobs), (art.manifest_digest, art.manifest)]:
             path = self._blob_path(digest)
             try:
@@ -147,16 +161,47 @@ class OciLayout:
         self._tag(f"{repository}:{art.tag}", art)
 
     def push(self, repository: str, art: pack.Artifact) -> bool:
-        present = self._blob_path(art.manifest_digest).exists()
+        manifest_path = self._blob_path(art.manifest_digest)
+        present = manifest_path in self._pending or manifest_path.exists()
         if not present:
             for blob in art.blobs:
                 path = self._blob_path(blob.digest)
-                if not path.exists():
-                    _atomic_write(path, blob.data)
-            _atomic_write(self._blob_path(art.manifest_digest), art.manifest)
+                if path not in self._pending and not path.exists():
+                    self._stage(path, blob.data)
+            self._stage(manifest_path, art.manifest)  # after its blobs: settled in this order
             self.pushed += 1
+            if len(self._pending) >= PENDING_BLOBS:
+                self._settle()
         self._tag(f"{repository}:{art.tag}", art)
         return not present
+
+    def _stage(self, path: pathlib.Path, data: bytes) -> None:
+        """Write ``data`` to a temporary file beside ``path``; ``_settle`` makes it durable and renames it."""
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self._pending[path] = tmp
+
+    def _settle(self) -> None:
+        """Make the staged blobs durable (one ``syncfs``, else an fsync each), rename them into place
+        (a manifest after its blobs), then fsync the folder so the names are durable too."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            _sync_contents(self.blobs, list(pending.values()))
+            for path, tmp in pending.items():
+                os.replace(tmp, path)
+            _fsync_folder(self.blobs)
+        except BaseException:
+            for tmp in pending.values():
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            raise
 
     def _load_index(self) -> dict[str, Any]:
         if self._index is None:
@@ -175,7 +220,23 @@ class OciLayout:
                 loaded = empty
                 self._dirty = True
             self._index = loaded
+            self._reindex()
         return self._index
+
+    def _reindex(self) -> None:
+        assert self._index is not None
+        self._positions, self._refs_of = {}, {}
+        for i, existing in enumerate(self._index["manifests"]):
+            ref = existing.get("annotations", {}).get(REF_NAME)
+            if ref is None:
+                continue
+            self._positions.setdefault(ref, i)
+            self._refs_of.setdefault(existing.get("digest"), set()).add(ref)
+
+    def _untag(self, digest: object, ref: str) -> None:
+        refs = self._refs_of.get(str(digest))
+        if refs is not None:
+            refs.discard(ref)
 
     def _tag(self, ref: str, art: pack.Artifact) -> None:
         index = self._load_index()
@@ -187,25 +248,33 @@ class OciLayout:
             "size": len(art.manifest),
             "annotations": {REF_NAME: ref},
         }
-        for i, existing in enumerate(manifests):
-            if existing.get("annotations", {}).get(REF_NAME) == ref:
-                if existing != descriptor:
-                    manifests[i] = descriptor
-                    self._dirty = True
-                return
+        i = self._positions.get(ref)
+        if i is not None:
+            existing = manifests[i]
+            if existing != descriptor:
+                manifests[i] = descriptor
+                if not any(m.get("digest") == existing.get("digest") and m.get("annotations", {}).get(REF_NAME) == ref
+                           for m in manifests):
+                    self._untag(existing.get("digest"), ref)
+                self._refs_of.setdefault(art.manifest_digest, set()).add(ref)
+                self._dirty = True
+            return
+        self._positions[ref] = len(manifests)
+        self._refs_of.setdefault(art.manifest_digest, set()).add(ref)
         manifests.append(descriptor)
         self._dirty = True
 
     def resolve(self, ref: str) -> str | None:
-        for existing in self._load_index()["manifests"]:
-            if existing.get("annotations", {}).get(REF_NAME) == ref:
-                return str(existing["digest"])
-        return None
+        manifests = self._load_index()["manifests"]
+        i = self._positions.get(ref)
+        return None if i is None else str(manifests[i]["digest"])
 
     def flush(self) -> None:
+        self._settle()
         if self._dirty and self._index is not None and not self.read_only:
             manifests = sorted(self._index["manifests"], key=lambda d: d["annotations"][REF_NAME])
             self._index["manifests"] = manifests
+            self._reindex()
             _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
             self._dirty = False
 
@@ -223,6 +292,50 @@ def _remove_stale_temporaries(*folders: pathlib.Path) -> None:
                     leftover.unlink()
             except OSError:
                 continue
+
+
+def _sync_contents(folder: pathlib.Path, files: list[str]) -> None:
+    """Make the contents of ``files`` (all in ``folder``) durable: one ``syncfs`` of the folder's
+    file system where the C library has it (Linux), else an fsync of each file."""
+    syncfs = _syncfs()
+    if syncfs is not None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for name in files:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_folder(folder: pathlib.Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SYNCFS: list[Any] = []
+
+
+def _syncfs() -> Any:
+    """libc's ``syncfs(fd)``, or None where there is none."""
+    if not _SYNCFS:
+        found = None
+        if sys.platform.startswith("linux"):
+            try:
+                found = ctypes.CDLL(None, use_errno=True).syncfs
+                found.argtypes, found.restype = [ctypes.c_int], ctypes.c_int
+            except (OSError, AttributeError):
+                found = None
+        _SYNCFS.append(found)
+    return _SYNCFS[0]
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:

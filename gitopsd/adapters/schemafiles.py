@@ -2,6 +2,11 @@
 
 The hash over the whole schema set is the ``registryVersionHash`` of install records: it says which
 schema version a pack was validated against (the WorkstreamPack seed's I14).
+
+The validators remember which strings an array's ``items`` schema accepted: a PackBuild's
+``targetClusters`` lists the same cluster names as every other PackBuild, and checking each name
+against its ``anyOf`` again was most of the time spent loading 10,000 PackBuilds. A string the
+schema refuses is never remembered, so its errors are jsonschema's own, as before.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import functools
 import hashlib
 import importlib.resources
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -48,11 +54,43 @@ def _registry() -> referencing.Registry:
     return referencing.Registry().with_resources(resources)
 
 
+MAX_REMEMBERED = 100_000  # strings remembered as valid per items schema; past it the memory starts again
+
+
+def _remembering_items(items_keyword: Any) -> Any:
+    """jsonschema's ``items`` keyword, remembering the strings each ``items`` schema accepted. A
+    string's verdict depends only on the string and the schema (no ``$dynamicRef`` in ours)."""
+    accepted: dict[int, tuple[object, set[str]]] = {}  # id(items schema) -> (the schema, kept alive; strings)
+
+    def items(validator: Any, items: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if not isinstance(items, dict) or "prefixItems" in schema or not isinstance(instance, list):
+            yield from items_keyword(validator, items, instance, schema)
+            return
+        entry = accepted.get(id(items))
+        if entry is None or entry[0] is not items:
+            entry = accepted[id(items)] = (items, set())
+        known = entry[1]
+        for index, item in enumerate(instance):
+            if type(item) is str and item in known:
+                continue
+            found = False
+            for error in validator.descend(instance=item, schema=items, path=index):
+                found = True
+                yield error
+            if not found and type(item) is str:
+                if len(known) >= MAX_REMEMBERED:
+                    known.clear()
+                known.add(item)
+
+    return items
+
+
 @functools.cache
 def validator(name: str) -> jsonschema.protocols.Validator:
     schema = raw()[name]
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, registry=_registry(), format_checker=cls.FORMAT_CHECKER)
+    base = jsonschema.validators.validator_for(schema)
+    cls = jsonschema.validators.extend(base, {"items": _remembering_items(base.VALIDATORS["items"])})
+    return cls(schema, registry=_registry(), format_checker=base.FORMAT_CHECKER)
 
 
 @functools.cache

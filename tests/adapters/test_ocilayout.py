@@ -31,3 +31,20 @@ def test_push_writes_a_valid_layout_and_a_second_push_writes_nothing(tmp_path: p
     again.flush()
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "oci").rglob("*") if p.is_file()} == mtimes
     assert again.resolve("demo:1.0.0") == art.manifest_digest
+
+
+def test_pushed_blobs_are_readable_before_the_flush_and_durable_names_come_with_it(tmp_path: pathlib.Path) -> None:
+    art = compile_docs(("m/a.yaml", DEPLOY), ("m/b.yaml", SA)).artifact
+    assert art is not None
+    layout = ocilayout.OciLayout(tmp_path / "oci")
+    assert layout.push("demo", art) is True
+    blobs = tmp_path / "oci/blobs/sha256"
+    # written, not yet renamed into place: a crash now leaves only temporary files, never a wrong blob
+    assert all(p.name.startswith(".tmp-") for p in blobs.iterdir())
+    assert layout.push("demo", art) is False  # the pending manifest counts as present
+    assert layout.has("demo", art.manifest_digest)  # a read settles the pending blobs first
+    assert layout.verify("demo", art.manifest_digest) == []
+    layout.flush()
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(
+        {b.digest.split(":")[1] for b in art.blobs} | {art.manifest_digest.split(":")[1]})
+    assert ocilayout.OciLayout(tmp_path / "oci").resolve("demo:1.0.0") == art.manifest_digest

@@ -119,3 +119,20 @@ def test_cluster_labels_are_checked() -> None:
     assert c.labels == (("env", "prod"),)
     with pytest.raises(errors.SpecError, match=r"clusters/eu\.yaml: field 'labels\.bad key'"):
         parse.parse_cluster({"name": "eu", "labels": {"bad key": "x"}}, schemafiles.schemas(), file="clusters/eu.yaml")
+
+
+def test_a_cluster_name_refused_after_valid_ones_gets_the_same_error_every_time() -> None:
+    """The validators remember accepted targetClusters strings; a refused one is checked again each time."""
+    schemas = schemafiles.schemas()
+    good = {"name": "p", "version": "1.0.0", "basePackName": "p", "category": "raw", "rawSource": {"path": "m"},
+            "targetClusters": ["c001", "c002"]}
+    bad = {**good, "targetClusters": ["c001", "Bad_Name"]}
+    messages = []
+    for document in (good, bad, good, bad):
+        try:
+            parse.check(schemas.packbuild, document, file="packs/p/packbuild.yaml", kind="PackBuild")
+            messages.append("ok")
+        except errors.SpecError as err:
+            messages.append(str(err))
+    assert messages[0] == messages[2] == "ok"
+    assert messages[1] == messages[3] and "targetClusters[1]" in messages[1]
