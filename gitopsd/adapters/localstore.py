@@ -99,6 +99,11 @@ class LocalStore:
         # What this pass wrote, to carry the observed state over it: a decoded PackInstance when the
         # plan's own value is what was stored, else the stored object (None: deleted).
         self._staged: list[tuple[str, str, instance.PackInstance | dict[str, object] | None]] = []
+        # During ``apply``: object rows and Events not yet handed to SQLite (written in batches, in
+        # the same transaction), and the last Event of each object among them.
+        self._rows: dict[tuple[str, str, str], tuple[str, str, str, str, int, int, str]] | None = None
+        self._events: list[tuple[str, str, str, str, str, str, str, str]] = []
+        self._last_event: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.writes = 0
 
     def close(self) -> None:
@@ -216,16 +221,20 @@ class LocalStore:
 
     # --- writes ----------------------------------------------------------------------------
     def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
-        """Execute the plan's writes in one transaction; returns the number of objects written."""
+        """Execute the plan's writes in one transaction; returns the number of objects written.
+        Rows and Events are handed to SQLite in batches within it (``_write_rows``, ``_write_events``)."""
         db = self._db
         written = 0
         self._staged = []
+        self._rows, self._events, self._last_event = {}, [], {}
         try:
             db.execute("BEGIN IMMEDIATE")
             rv = before = self.resource_version()
             for c in changes:
                 rv, wrote = self._apply_one(namespace, c, rv, revision, now)
                 written += wrote
+            self._write_rows()
+            self._write_events(prune=bool(written))
             if written:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('rv', ?)", (str(rv),))
                 db.execute(
@@ -241,9 +250,49 @@ class LocalStore:
                 db.execute("ROLLBACK")
             self._cache = None
             raise store_error(self.path, err) from err
+        finally:
+            self._rows, self._events, self._last_event = None, [], {}
         self.writes += written
         self._advance_cache(namespace, before, rv)
         return written
+
+    def _write_rows(self) -> None:
+        """Hand the object rows ``_put`` kept back to SQLite, in one statement."""
+        if self._rows:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
+                "VALUES (?,?,?,?,?,?,?)", list(self._rows.values()))
+            self._rows.clear()
+
+    def _write_events(self, *, prune: bool) -> None:
+        """Insert the Events ``_event`` kept back, with the ids one insert each would have given
+        them; when the pass prunes Events to the last ``MAX_EVENTS`` anyway, only those are inserted."""
+        events, self._events = self._events, []
+        if not events:
+            return
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        last = max(int(row[0]) if row else 0,
+                   int(self._db.execute("SELECT coalesce(MAX(id), 0) FROM events").fetchone()[0]))
+        skip = max(0, len(events) - MAX_EVENTS) if prune else 0
+        self._db.executemany(
+            "INSERT INTO events(id, time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?,?)",
+            ((last + 1 + i, *events[i]) for i in range(skip, len(events))))
+
+    def _stored(self, kind: str, namespace: str, name: str) -> tuple[str, int, int, str] | None:
+        """(uid, resourceVersion, generation, body) of a stored object, counting this pass's rows."""
+        if self._rows is not None:
+            kept = self._rows.get((kind, namespace, name))
+            if kept is not None:
+                return kept[3], kept[4], kept[5], kept[6]
+        row = self._db.execute(
+            "SELECT uid, resource_version, generation, body FROM objects WHERE kind=? AND namespace=? AND name=?",
+            (kind, namespace, name)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]), str(row[3]))
+
+    def _delete(self, kind: str, namespace: str, name: str) -> None:
+        if self._rows is not None:
+            self._rows.pop((kind, namespace, name), None)
+        self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
 
     def _advance_cache(self, namespace: str, before: int, after: int) -> None:
         """Carry the observed state over the pass's own writes instead of re-reading every row: valid
@@ -272,9 +321,9 @@ class LocalStore:
         if c.kind is change.ObjectKind.CLUSTER_PACK:
             if c.action is change.Action.CREATE:
                 assert c.cluster_pack is not None
-                existing = self.get_object(CLUSTER_PACK, namespace, c.name)
-                if existing is not None:  # written by another pass since this one read the store
-                    spec = existing.get("spec")
+                stored = self._stored(CLUSTER_PACK, namespace, c.name)
+                if stored is not None:  # written by another pass since this one read the store
+                    spec = json.loads(stored[3]).get("spec")
                     spec = spec if isinstance(spec, dict) else {}
                     ref = spec.get("registryRef")
                     digest = ref.get("digest") if isinstance(ref, dict) else None
@@ -292,7 +341,7 @@ class LocalStore:
                 return rv, 1
             if c.action is change.Action.UNINSTALL:
                 rv += 1
-                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (CLUSTER_PACK, namespace, c.name))
+                self._delete(CLUSTER_PACK, namespace, c.name)
                 self._staged.append((CLUSTER_PACK, c.name, None))
                 self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Pruned", c.reason, revision)
                 return rv, 1
@@ -302,30 +351,27 @@ class LocalStore:
         # PackInstance
         if c.action in (change.Action.CREATE, change.Action.SUPERSEDE, change.Action.UNINSTALL):
             assert c.pack_instance is not None
-            existing = self.get_object(PACK_INSTANCE, namespace, c.name)
-            if (c.pack_instance.resource_version is not None and existing is not None
-                    # the ignore below: object JSON: metadata is a dict
-                    and existing["metadata"]["resourceVersion"] != c.pack_instance.resource_version):  # type: ignore[index]
+            stored = self._stored(PACK_INSTANCE, namespace, c.name)
+            if (c.pack_instance.resource_version is not None and stored is not None
+                    and str(stored[1]) != c.pack_instance.resource_version):
                 raise errors.TransientError(
                     f"PackInstance {c.name} changed during the pass (resourceVersion); the next pass retries",
                     reason="Conflict",
                 )
             if c.action is change.Action.UNINSTALL:
-                if existing is None:
+                if stored is None:
                     return rv, 0
                 rv += 1
-                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
-                                 (PACK_INSTANCE, namespace, c.name))
+                self._delete(PACK_INSTANCE, namespace, c.name)
                 self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
                 self._staged.append((PACK_INSTANCE, c.name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
                 return rv, 1
             generation = 1
             uid = None
-            if existing is not None:
-                uid = existing["metadata"]["uid"]  # type: ignore[index]  # object JSON: metadata is a dict
-                generation = int(existing["metadata"]["generation"])  # type: ignore[index]  # object JSON: metadata is a dict
-                if existing.get("spec") != c.pack_instance.spec():
+            if stored is not None:
+                uid, generation = stored[0], stored[2]
+                if json.loads(stored[3]).get("spec") != c.pack_instance.spec():
                     generation += 1
             rv += 1
             uid = self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid,
@@ -337,6 +383,7 @@ class LocalStore:
             self._event(now, PACK_INSTANCE, namespace, c.name, kind, reason, c.reason, revision)
             return rv, 1
         if c.action is change.Action.BLOCKED and c.condition is not None:
+            self._write_rows()  # get_object reads SQLite
             existing = self.get_object(PACK_INSTANCE, namespace, c.name)
             self._event(now, PACK_INSTANCE, namespace, c.name, "Warning", c.reason, c.condition.message, revision)
             if existing is not None:
@@ -359,11 +406,13 @@ class LocalStore:
             meta.pop(key, None)
         body = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
         uid = uid or str(uuid.uuid4())
-        self._db.execute(
-            "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (kind, namespace, name, uid, rv, generation, body),
-        )
+        row = (kind, namespace, name, uid, rv, generation, body)
+        if self._rows is not None:
+            self._rows[(kind, namespace, name)] = row
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
+                "VALUES (?,?,?,?,?,?,?)", row)
         if stage:
             self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
         return uid
@@ -371,12 +420,18 @@ class LocalStore:
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
                revision: str) -> None:
         if type_ == "Warning":
-            last = self._db.execute(
-                "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",
-                (kind, namespace, name),
-            ).fetchone()
+            last = self._last_event.get((kind, namespace, name)) if self._rows is not None else None
+            if last is None:
+                last = self._db.execute(
+                    "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",
+                    (kind, namespace, name),
+                ).fetchone()
             if last == (reason, message):
                 return  # the same warning again: like Kubernetes, do not repeat it
+        if self._rows is not None:  # in apply: inserted at its end (``_write_events``)
+            self._events.append((now, kind, namespace, name, type_, reason, message, revision))
+            self._last_event[(kind, namespace, name)] = (reason, message)
+            return
         self._db.execute(
             "INSERT INTO events(time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?)",
             (now, kind, namespace, name, type_, reason, message, revision),

@@ -123,3 +123,20 @@ def test_a_cluster_pack_created_meanwhile_with_the_same_content_is_adopted(tmp_p
     before = store.resource_version()
     assert store.apply("seam-system", _pack_creates(late), late.revision, "t2") == 1
     assert store.resource_version() == before
+
+
+def test_events_past_the_limit_keep_the_ids_and_order_of_one_insert_each(tmp_path: pathlib.Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass's Events are inserted at its end, only the last MAX_EVENTS when it prunes: the table
+    holds what inserting each one and pruning afterwards would leave, ids included."""
+    monkeypatch.setattr(localstore, "MAX_EVENTS", 3)
+    store = localstore.LocalStore(tmp_path / "s.db")
+    first = build_plan(desired("web", "1.0.0"), desired("api", "1.0.0"))  # both claim web-c1: a Warning too
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    up = build_plan(desired("web", "1.1.0"), desired("api", "1.0.0"), observed=store.observe("seam-system"))
+    store.apply("seam-system", up.changes, up.revision, "t2")  # 2 more
+    rows = store._db.execute("SELECT id, time, name, reason FROM events ORDER BY id").fetchall()
+    # what inserting each Event and pruning afterwards leaves (the figures of the one-insert-each store)
+    assert rows == [(4, "t1", "web-c1", "PackCollisionDetected"), (5, "t2", "web-v1.1.0", "Created"),
+                    (6, "t2", "web-c1", "PackCollisionDetected")]
+    assert store._db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone() == (6,)
