@@ -23,8 +23,8 @@ from typing import Any
 
 import structlog
 
-from gitopsd import errors, reconcile
-from gitopsd.adapters import gitrev, layercache, render, schemafiles, system
+from gitopsd import errors, ports, reconcile
+from gitopsd.adapters import gitrev, layercache
 from gitopsd.core import delivery as delivery_core
 from gitopsd.core import livediff
 from gitopsd.core import preview as preview_core
@@ -32,6 +32,7 @@ from gitopsd.delivery import live as live_mod
 from gitopsd.delivery import reach as reach_mod
 from gitopsd.model import change, delivery, instance, pack
 from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import settings as wiring_settings
 
 log = structlog.get_logger()
 
@@ -92,20 +93,10 @@ class Outcome:
 
 def _env(tree: object, scratch: Scratch, local: wiring.Local, *, registry_url: str | None, workers: int,
          progress: Callable[[str, dict[str, object]], None] | None) -> reconcile.Env:
-    return reconcile.Env(
-        # the ignore below: FixedSource serves one tree: enough of the Source port for a preview
-        source=gitrev.FixedSource(tree),  # type: ignore[arg-type]
-        cluster=scratch,
-        registry=local.layout,
-        cache=local.cache,
-        clock=system.SystemClock(),
-        renderers=render.renderers(),
-        schemas=schemafiles.schemas(),
-        registry_url=registry_url,
-        dry_run=True,
-        render_workers=workers,
-        progress=progress,
-    )
+    # the ignore below: FixedSource serves one tree: enough of the Source port for a preview
+    source: ports.Source = gitrev.FixedSource(tree)  # type: ignore[arg-type]
+    return wiring.base_env(local, source=source, cluster=scratch, dry_run=True, registry_url=registry_url,
+                           render_workers=workers, progress=progress)
 
 
 def _keep_layers(side: Side, layers: layercache.LayerCache) -> None:
@@ -145,19 +136,20 @@ def _objects(side: Side, result: reconcile.CompileResult, layers: layercache.Lay
     return [obj for blob in art.layers for obj in delivery_core.objects_of_layer(blob.data)]
 
 
-def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: str | None,
-         registry_url: str | None = None, render_workers: int | None = None,
-         progress: Callable[[str, dict[str, object]], None] | None = None,
-         live_reach: reach_mod.Reach | None = None, live_workers: int = 4) -> Outcome:
+def plan(repo: pathlib.Path, local: wiring.Local, settings: wiring_settings.Settings, *, base_ref: str,
+         head_ref: str | None, progress: Callable[[str, dict[str, object]], None] | None = None,
+         live_reach: reach_mod.Reach | None = None) -> Outcome:
     """The report of what moving the config repo from ``base_ref`` to ``head_ref`` does. Without
     ``head_ref``: the work tree with its uncommitted changes (untracked files too, ``.gitignore``
-    respected), or for a bare repository the tip of its HEAD branch."""
+    respected), or for a bare repository the tip of its HEAD branch. ``settings`` gives the registry
+    URL recorded in ClusterPacks, the render workers and the clusters read at once for ``live_reach``."""
+    registry_url = settings.registry_url
     timings: dict[str, float] = {}
     started = time.perf_counter()
     git = gitrev.open_repository(repo)
     base_tree = gitrev.revision_tree(git, base_ref, local.trees, flag="--base")
     snapshot = tempfile.TemporaryDirectory(prefix="gitopsd-worktree-")  # the work tree's objects, this plan only
-    workers = wiring.resolve_render_workers(render_workers)
+    workers = wiring.resolve_render_workers(settings)
     scratch = Scratch()
     layers = layercache.LayerCache(local.state_dir / "layers.db", read_only=local.read_only)
     try:
@@ -208,7 +200,7 @@ def plan(repo: pathlib.Path, local: wiring.Local, *, base_ref: str, head_ref: st
             namespace = head.state.config.namespace
             delivered, uninstalled = desired_instances(head.state)
             items = live_items(head, local, delivered, uninstalled, local.store.deliveries(namespace), head.state.observed)
-            live_report = live_mod.compare(live_reach, head.state.clusters, namespace, items, workers=live_workers)
+            live_report = live_mod.compare(live_reach, head.state.clusters, namespace, items, workers=settings.delivery.workers)
             timings["live"] = time.perf_counter() - t0
     finally:
         layers.close()

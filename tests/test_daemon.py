@@ -29,6 +29,7 @@ import pytest
 from gitopsd import daemon, errors, httpserver, metrics, ports, reconcile
 from gitopsd.adapters import watch
 from gitopsd.cli import run as cli_run
+from gitopsd.wiring import settings as wiring_settings
 
 STEADY = daemon.Options(interval=30, jitter=0, resync_interval=0)
 
@@ -485,12 +486,16 @@ def parse(*argv: str) -> argparse.Namespace:
     return top.parse_args(["run", *argv])
 
 
+def run_settings(*argv: str) -> wiring_settings.Settings:
+    return wiring_settings.Settings.from_args(parse(*argv))
+
+
 def test_once_exit_codes_match_reconcile(examples: pathlib.Path, state_dir: pathlib.Path) -> None:
-    assert cli_run.cmd_run(parse(str(examples), "--state-dir", str(state_dir), "--once")) == 0
+    assert cli_run.cmd_run(run_settings(str(examples), "--state-dir", str(state_dir), "--once")) == 0
     (examples / "packs" / "observability" / "packbuild.yaml").write_text("name: [broken\n")
-    assert cli_run.cmd_run(parse(str(examples), "--state-dir", str(state_dir), "--once")) == 1
+    assert cli_run.cmd_run(run_settings(str(examples), "--state-dir", str(state_dir), "--once")) == 1
     with pytest.raises(errors.ConfigError):
-        cli_run.cmd_run(parse(str(examples / "missing"), "--state-dir", str(state_dir), "--once"))
+        cli_run.cmd_run(run_settings(str(examples / "missing"), "--state-dir", str(state_dir), "--once"))
 
 
 FLAGS = {
@@ -522,12 +527,13 @@ SCRIPT = textwrap.dedent("""\
     import argparse, sys
     from gitopsd import errors, logs
     from gitopsd.cli import run as cli_run
+    from gitopsd.wiring import settings
     top = argparse.ArgumentParser(prog="gitopsd")
     cli_run.add_parser(top.add_subparsers(dest="command", required=True))
     args = top.parse_args(sys.argv[1:])
     logs.configure(args.log_level, "json")
     try:
-        sys.exit(args.func(args))
+        sys.exit(args.func(settings.Settings.from_args(args)))
     except errors.GitopsdError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -579,7 +585,7 @@ def test_a_port_in_use_is_an_error_at_start(tmp_path: pathlib.Path, examples: pa
     try:
         host, port = busy.address
         with pytest.raises(errors.ConfigError, match="--listen"):
-            cli_run.cmd_run(parse(str(examples), "--state-dir", str(state_dir), "--listen", f"{host}:{port}"))
+            cli_run.cmd_run(run_settings(str(examples), "--state-dir", str(state_dir), "--listen", f"{host}:{port}"))
     finally:
         busy.stop()
 
@@ -587,7 +593,7 @@ def test_a_port_in_use_is_an_error_at_start(tmp_path: pathlib.Path, examples: pa
 
 def test_a_bad_signing_key_stops_the_daemon_with_the_error(tmp_path: pathlib.Path, examples: pathlib.Path,
                                                            state_dir: pathlib.Path) -> None:
-    args = parse(str(examples), "--state-dir", str(state_dir), "--listen", "off",
-                 "--signing-key", str(tmp_path / "missing.key"))
+    args = run_settings(str(examples), "--state-dir", str(state_dir), "--listen", "off",
+                        "--signing-key", str(tmp_path / "missing.key"))
     with pytest.raises(errors.ConfigError, match="signing key not found"):
         cli_run.cmd_run(args)

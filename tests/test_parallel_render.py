@@ -17,6 +17,7 @@ from gitopsd import compiling, errors, passstate, reconcile
 from gitopsd.adapters import fakes, render, renderkustomize, schemafiles, system
 from gitopsd.cli import flags
 from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import settings as wiring_settings
 from tests import gitutil
 
 CLUSTERS = {
@@ -230,23 +231,21 @@ def test_compile_one_keeps_its_signature_and_renders_in_place(tmp_path: pathlib.
     ids=["default-one-per-cpu", "from-environment", "flag-wins", "sequential", "zero-refused", "word-refused"],
 )
 def test_render_workers_come_from_the_flag_then_the_environment_then_the_cpus(
-        monkeypatch: pytest.MonkeyPatch, flag: int | None, variable: str | None, expected: int | str) -> None:
-    if variable is None:
-        monkeypatch.delenv(wiring.RENDER_WORKERS_ENV, raising=False)
-    else:
-        monkeypatch.setenv(wiring.RENDER_WORKERS_ENV, variable)
+        flag: int | None, variable: str | None, expected: int | str) -> None:
+    environ = {} if variable is None else {wiring.RENDER_WORKERS_ENV: variable}
+    settings = wiring_settings.Settings.from_environ(environ, render_workers=flag)
     if isinstance(expected, int):
-        assert wiring.resolve_render_workers(flag) == expected
+        assert wiring.resolve_render_workers(settings) == expected
     else:
         with pytest.raises(errors.ConfigError, match=expected):
-            wiring.resolve_render_workers(flag)
+            wiring.resolve_render_workers(settings)
 
 
 @pytest.mark.parametrize(("argv", "expected"), [([], None), (["--render-workers", "3"], 3)], ids=["absent", "given"])
 def test_render_workers_flag(argv: list[str], expected: int | None) -> None:
     parser = argparse.ArgumentParser()
     flags.render(parser)
-    assert flags.render_workers(parser.parse_args(argv)) == expected
+    assert wiring_settings.Settings.from_args(parser.parse_args(argv), environ={}).render_workers == expected
 
 
 def test_render_workers_flag_refuses_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,17 +1,17 @@
-"""Command-line flags shared by ``reconcile``, ``dry-run``, ``diff`` and ``run``, and their options.
+"""Command-line flags shared by ``reconcile``, ``dry-run``, ``diff``, ``run``, ``plan`` and ``verify``.
 
-``gitopsd.cli.main`` and ``gitopsd.cli.run`` both build their parsers from here, so a flag means the
-same thing everywhere. Secrets are never flag values: flags name files or environment variables.
+``gitopsd.cli.main`` and the other command modules build their parsers from here, so a flag means the
+same thing everywhere; ``gitopsd.wiring.settings.Settings.from_args`` reads what they parsed. Secrets
+are never flag values: flags name files or environment variables.
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import re
 
 from gitopsd import errors
-from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import settings as wiring_settings
 
 
 def common(p: argparse.ArgumentParser, *, repo: bool = True, fmt_default: str = "table", output: bool = True,
@@ -40,7 +40,7 @@ def render(p: argparse.ArgumentParser) -> None:
     """How many renderer child processes the compile step runs at once (for reconcile, dry-run, diff, run)."""
     p.add_argument("--render-workers", type=_workers, metavar="N", help="run up to N kustomize/helm renders at once "
                    "while raw packs compile; 1 renders one pack after another; results are the same either way "
-                   f"(default: ${wiring.RENDER_WORKERS_ENV}, else one per CPU)")
+                   f"(default: ${wiring_settings.RENDER_WORKERS_ENV}, else one per CPU)")
 
 
 _DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
@@ -62,11 +62,6 @@ def render_wait(p: argparse.ArgumentParser) -> None:
                    help="a kustomize/helm render still running this long after it started is left running: the "
                    "other packs are applied, that pack keeps what it runs (RenderPending) and a later pass applies "
                    "it when the render ends (default: 5s)")
-
-
-def render_workers(args: argparse.Namespace) -> int | None:
-    """``--render-workers``, or ``None`` when not given (then ``wiring.resolve_render_workers`` decides)."""
-    return getattr(args, "render_workers", None)
 
 
 def signing(p: argparse.ArgumentParser) -> None:
@@ -104,21 +99,6 @@ def git(p: argparse.ArgumentParser) -> None:
                    "remote <state-dir>/demo-remote.git (again when its files change) and reconcile from that remote")
 
 
-def git_options(args: argparse.Namespace) -> wiring.GitOptions:
-    return wiring.GitOptions(
-        branch=args.branch,
-        tag=args.tag,
-        credentials_file=args.git_credentials_file,
-        credentials_env=args.git_credentials_env,
-        ssh_key=args.git_ssh_key,
-        verify_commits=args.verify_commits,
-        verify_commits_gpg=args.verify_commits_gpg,
-        author_name=args.git_author_name,
-        author_email=args.git_author_email,
-        status=args.status,
-    )
-
-
 def registry(p: argparse.ArgumentParser) -> None:
     """The OCI registry flags: without --registry, artifacts go to the OCI layout in the state dir."""
     g = p.add_argument_group("registry", "publish artifacts to an OCI registry instead of the local OCI layout; "
@@ -134,28 +114,12 @@ def registry(p: argparse.ArgumentParser) -> None:
     g.add_argument("--registry-password-file", metavar="PATH", help="file holding the registry password or token")
 
 
-def registry_options(args: argparse.Namespace) -> wiring.RegistryOptions | None:
-    if not getattr(args, "registry", None):
-        for flag in ("registry_ca", "registry_config", "registry_username_file", "registry_password_file"):
-            if getattr(args, flag, None):
-                raise errors.ConfigError(f"--{flag.replace('_', '-')} needs --registry", reason="Usage")
-        return None
-    return wiring.RegistryOptions(
-        url=args.registry,
-        ca=args.registry_ca,
-        insecure=args.registry_insecure,
-        config=args.registry_config,
-        username_file=args.registry_username_file,
-        password_file=args.registry_password_file,
-    )
-
-
-def require_signing_key(args: argparse.Namespace, *, writes: bool, kube: bool) -> None:
+def require_signing_key(settings: wiring_settings.Settings, *, writes: bool, kube: bool) -> None:
     """Writing to a shared registry or cluster needs a real key: the key made in a local state dir
     would differ per machine and per replica, and its signatures would not verify elsewhere."""
-    if not writes or getattr(args, "signing_key", None):
+    if not writes or settings.signing_key:
         return
-    where = "a Kubernetes cluster" if kube else ("an OCI registry (--registry)" if getattr(args, "registry", None) else None)
+    where = "a Kubernetes cluster" if kube else ("an OCI registry (--registry)" if settings.registry.url else None)
     if where is not None:
         raise errors.ConfigError(
             f"writing to {where} needs --signing-key PATH (an Ed25519 key, e.g. from 'gitopsd keygen' or a mounted "
@@ -175,12 +139,29 @@ def delivery(p: argparse.ArgumentParser) -> None:
                    help="clusters delivered at once (default: %(default)s)")
 
 
-def cluster_kubeconfigs(args: argparse.Namespace) -> dict[str, pathlib.Path]:
-    """``--cluster-kubeconfig NAME=PATH`` flags as a mapping."""
-    out = {}
-    for value in getattr(args, "cluster_kubeconfig", None) or ():
-        name, eq, path = value.partition("=")
-        if not eq or not name or not path:
-            raise errors.ConfigError(f"--cluster-kubeconfig {value!r}: expected NAME=PATH", reason="Usage")
-        out[name] = pathlib.Path(path)
-    return out
+def kube(p: argparse.ArgumentParser) -> None:
+    """The Kubernetes flags, in their own help group (``Settings.kube``; ``gitopsd.wiring.kube`` uses them)."""
+    group = p.add_argument_group(
+        "kubernetes", "apply to a management cluster instead of the embedded store (any of these turns it on)")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config "
+                       "when only --context is given)")
+    where.add_argument("--in-cluster", action="store_true", default=False,
+                       help="use the Pod's ServiceAccount (the Deployment in deploy/ does)")
+    group.add_argument("--context", metavar="NAME", help="kubeconfig context (default: the current context)")
+    group.add_argument("--shard", type=_shard, metavar="I/N", help="own only the packs whose sha256(basePackName) mod N "
+                       "is I; each shard elects its own leader (Lease gitopsd-shard-I-of-N)")
+    group.add_argument("--lease-namespace", metavar="NS", default=None,
+                       help=f"namespace of the leader Lease (default: $POD_NAMESPACE, else "
+                       f"{wiring_settings.DEFAULT_LEASE_NAMESPACE})")
+    group.add_argument("--no-leader-election", dest="leader_election", action="store_false", default=True,
+                       help="write without holding the Lease (only when a single gitopsd writes to the cluster)")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from gitopsd.adapters import lease  # noqa: PLC0415 - the Kubernetes client costs ~0.2 s of every command
+
+    try:
+        return lease.parse_shard(text)
+    except errors.ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err

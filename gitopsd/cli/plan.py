@@ -16,9 +16,9 @@ import sys
 from gitopsd import errors, output, planformat, preview, reconcile
 from gitopsd.cli import flags
 from gitopsd.core import livediff
-from gitopsd.delivery import reach
 from gitopsd.wiring import compose as wiring
 from gitopsd.wiring import delivery as wiring_delivery
+from gitopsd.wiring import settings as wiring_settings
 
 EPILOG = """\
 exit codes:
@@ -59,39 +59,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    repo = pathlib.Path(args.repo)
-    if wiring.repo_kind(args.repo) is wiring.RepoKind.URL:
-        raise errors.ConfigError(f"{args.repo}: gitopsd plan reads a clone on disk; clone the config repo and give its "
+def cmd_plan(settings: wiring_settings.Settings) -> int:
+    assert settings.repo is not None  # REPO is a positional argument of plan
+    repo = pathlib.Path(settings.repo)
+    if wiring.repo_kind(settings.repo) is wiring.RepoKind.URL:
+        raise errors.ConfigError(f"{settings.repo}: gitopsd plan reads a clone on disk; clone the config repo and give its "
                                  "path", reason="Usage")
-    state_dir = pathlib.Path(args.state_dir) if args.state_dir else wiring.default_state_dir(args.repo)
+    state_dir = wiring.state_dir(settings)
     wiring.check_state_dir(state_dir, repo)
-    if args.max_diff_lines < 1:
-        raise errors.ConfigError(f"--max-diff-lines {args.max_diff_lines}: give a whole number of at least 1", reason="Usage")
-    where = wiring_delivery.reach_of(args) if args.live else None
-    if args.live and where is None:
+    given = settings.plan
+    if given.max_diff_lines < 1:
+        raise errors.ConfigError(f"--max-diff-lines {given.max_diff_lines}: give a whole number of at least 1", reason="Usage")
+    where = wiring_delivery.reach_of(settings) if settings.live else None
+    if settings.live and where is None:
         raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
                                  "NAME=PATH", reason="Usage")
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     try:
-        outcome = preview.plan(repo, local, base_ref=args.base, head_ref=args.head, registry_url=args.registry_url,
-                               render_workers=flags.render_workers(args), progress=output.progress(sys.stderr),
-                               live_reach=where, live_workers=args.delivery_workers)
+        outcome = preview.plan(repo, local, settings, base_ref=given.base, head_ref=given.head,
+                               progress=output.progress(sys.stderr), live_reach=where)
     finally:
         local.close()
     report = outcome.report
-    if args.output == "json":
+    if settings.output == "json":
         doc = report.to_json()
         doc["timings"] = {k: round(v, 4) for k, v in outcome.timings.items()}
         output.dump({**doc, **live_document(outcome.live)}, "json")
-    elif args.output == "markdown":
-        sys.stdout.write(planformat.markdown(report, max_lines=args.max_diff_lines))
+    elif settings.output == "markdown":
+        sys.stdout.write(planformat.markdown(report, max_lines=given.max_diff_lines))
         if outcome.live is not None:
             sys.stdout.write(planformat.live_markdown(outcome.live))
     else:
         printer = output.Printer()
-        header = (f"Plan of {args.repo}: {outcome.base.state.tree.snapshot.description if outcome.base.state.tree else args.base}"
-                  f" -> {outcome.head.state.tree.snapshot.description if outcome.head.state.tree else 'HEAD'}")
+        base, head = outcome.base.state.tree, outcome.head.state.tree
+        header = (f"Plan of {settings.repo}: {base.snapshot.description if base else given.base}"
+                  f" -> {head.snapshot.description if head else 'HEAD'}")
         planformat.table(report, printer, header=output.printable(header))
         print_live(outcome.live, printer)
         again = f"; rendered again to show objects: {', '.join(outcome.rendered_again)}" if outcome.rendered_again else ""
@@ -110,17 +112,17 @@ def add_live_flag(p: argparse.ArgumentParser, *, what: str = "this pass") -> Non
                    "object), are missing, or would be pruned; nothing is written to any cluster")
 
 
-def live_diff(args: argparse.Namespace, env: reconcile.Env, state: reconcile.PassState, local: wiring.Local, *,
-              secrets: reach.SecretReader | None) -> livediff.Report | None:
+def live_diff(settings: wiring_settings.Settings, wired: wiring.Wired,
+              state: reconcile.PassState) -> livediff.Report | None:
     """With ``--live``: the live clusters against what delivering this pass's plan would make of them."""
-    if not getattr(args, "live", False):
+    if not settings.live:
         return None
-    where = wiring_delivery.reach_of(args, secrets=secrets)
+    where = wiring_delivery.reach_of(settings, secrets=wired.secrets)
     if where is None:
         raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
                                  "NAME=PATH (or --kubeconfig of a management cluster holding the kubeconfig Secrets)",
                                  reason="Usage")
-    return preview.live(where, env, state, local, workers=getattr(args, "delivery_workers", 4) or 4)
+    return preview.live(where, wired.env, state, wired.local, workers=settings.delivery.workers)
 
 
 def print_live(report: livediff.Report | None, printer: output.Printer) -> None:

@@ -21,9 +21,10 @@ import structlog
 from gitopsd import daemon, errors, httpserver, metrics, reconcile
 from gitopsd.adapters import statelock, watch
 from gitopsd.cli import flags
+from gitopsd.wiring import assemble
 from gitopsd.wiring import compose as wiring
-from gitopsd.wiring import delivery as wiring_delivery
 from gitopsd.wiring import kube as wiring_kube
+from gitopsd.wiring import settings as wiring_settings
 
 log = structlog.get_logger()
 
@@ -84,7 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.render(p)
     flags.render_wait(p)
     flags.delivery(p)
-    wiring_kube.add_flags(p)
+    flags.kube(p)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
     p.add_argument("--interval", type=parse_duration, default=30.0, metavar="DURATION",
                    help="how often to look for a new revision, ±10%% jitter (default: 30s)")
@@ -111,28 +112,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 # --- wiring ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def open_env(args: argparse.Namespace, repo: str, state_dir: pathlib.Path,
+def open_env(settings: wiring_settings.Settings, repo: str, state_dir: pathlib.Path,
              stop: threading.Event | None = None) -> Iterator[reconcile.Env]:
     """The Env of ``run`` for any REPO form (folder, bare repository, URL), with status write-back
     to a Git remote and, with Kubernetes flags, the cluster backend behind a Lease (a follower
     waits here until it leads); the embedded store, cache and layout are closed on exit."""
-    held = statelock.acquire(state_dir)  # one writer per state dir, for the whole pass
-    try:
-        local = wiring.open_local(state_dir)
-    except BaseException:
-        held.release()
-        raise
-    try:
-        wired = wiring.build_env(repo, local, dry_run=False, signing_key=args.signing_key, trusted_keys=args.trusted_keys,
-                                 registry_url=args.registry_url, git=flags.git_options(args),
-                                 registry=flags.registry_options(args), render_workers=flags.render_workers(args))
-        wired.env.render_wait = args.render_wait
-        with wiring_kube.use(args, wired.env, daemon=not args.once, stop=stop) as env:
-            wiring_delivery.use(args, env, secrets=wiring_kube.secret_reader(env))
-            yield env
-    finally:
-        local.close()
-        held.release()
+    with statelock.acquire(state_dir), \
+            assemble.pass_env(settings, state_dir, repo=repo, dry_run=False, daemon=not settings.daemon.once,
+                              stop=stop) as wired:  # one writer per state dir, for the whole pass
+        yield wired.env
 
 
 @contextlib.contextmanager
@@ -162,14 +150,6 @@ def read_secret(path: str) -> bytes:
         raise errors.ConfigError(f"--webhook-secret-file {path} is empty; put the webhook's shared secret in it",
                                  reason="WebhookSecret")
     return secret
-
-
-def _repo_path(args: argparse.Namespace) -> pathlib.Path:
-    repo = pathlib.Path(args.repo)
-    if not repo.is_dir():
-        raise errors.ConfigError(f"config repo {args.repo} is not a folder; give the path of a config repo",
-                                 reason="RepoNotFound")
-    return repo
 
 
 def run_once(open_env: daemon.EnvFactory) -> int:
@@ -210,49 +190,52 @@ class _Signals:
             signal.signal(signum, previous)  # type: ignore[arg-type]  # getsignal() may give None for handlers set outside Python
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    kind = wiring.repo_kind(args.repo)  # a missing folder or a URL holding credentials stops here
-    state_dir = pathlib.Path(args.state_dir) if args.state_dir else wiring.default_state_dir(args.repo)
-    repo_arg = args.repo
-    if args.as_git_remote:
+def cmd_run(settings: wiring_settings.Settings) -> int:
+    assert settings.repo is not None  # REPO is a positional argument of run
+    given = settings.daemon
+    kind = wiring.repo_kind(settings.repo)  # a missing folder or a URL holding credentials stops here
+    state_dir = wiring.state_dir(settings)
+    repo_arg = settings.repo
+    if settings.as_git_remote:
         if kind is not wiring.RepoKind.FOLDER:
-            raise errors.ConfigError(f"--as-git-remote takes a plain folder; {args.repo} already is a Git remote", reason="Usage")
+            raise errors.ConfigError(f"--as-git-remote takes a plain folder; {settings.repo} already is a Git remote",
+                                     reason="Usage")
         with statelock.acquire(state_dir):
-            repo_arg = str(wiring.ensure_demo_remote(pathlib.Path(args.repo), state_dir))
+            repo_arg = str(wiring.ensure_demo_remote(pathlib.Path(settings.repo), state_dir))
         kind = wiring.repo_kind(repo_arg)
     if kind is not wiring.RepoKind.URL:
         wiring.check_state_dir(state_dir, pathlib.Path(repo_arg))
-    if args.watch and kind is not wiring.RepoKind.FOLDER:
+    if given.watch and kind is not wiring.RepoKind.FOLDER:
         raise errors.ConfigError("--watch watches a local folder; for a Git remote use the webhook receiver", reason="Usage")
-    repo = pathlib.Path(args.repo)
-    flags.require_signing_key(args, writes=True, kube=wiring_kube.options(args) is not None)
+    repo = pathlib.Path(settings.repo)
+    flags.require_signing_key(settings, writes=True, kube=wiring_kube.options(settings) is not None)
     signals = _Signals()
-    env_factory = functools.partial(open_env, args, repo_arg, state_dir, signals.stop)
-    if args.once:
+    env_factory = functools.partial(open_env, settings, repo_arg, state_dir, signals.stop)
+    if given.once:
         return run_once(env_factory)
-    if args.interval <= 0:
+    if given.interval <= 0:
         raise errors.ConfigError("--interval must be more than 0", reason="Usage")
-    secret = read_secret(args.webhook_secret_file) if args.webhook_secret_file else None
-    if secret is not None and args.listen is None:
+    secret = read_secret(given.webhook_secret_file) if given.webhook_secret_file else None
+    if secret is not None and given.listen is None:
         raise errors.ConfigError("--webhook-secret-file needs the HTTP server: drop --listen off", reason="Usage")
 
     measures = metrics.Metrics()
-    loop = daemon.Daemon(env_factory, daemon.Options(interval=args.interval, resync_interval=args.resync_interval,
-                                                   branch=args.branch),
+    loop = daemon.Daemon(env_factory, daemon.Options(interval=given.interval, resync_interval=given.resync_interval,
+                                                   branch=settings.git.branch),
                          metrics=measures)
     server = None
-    if args.listen is not None:
-        host, port = args.listen
+    if given.listen is not None:
+        host, port = given.listen
         try:
             server = httpserver.Server(host, port, loop, metrics=measures, secret=secret)
         except OSError as err:
             raise errors.ConfigError(f"--listen {host}:{port}: {err.strerror}", reason="ListenFailed") from err
 
-    watching = watch.watch_plan(repo, state_dir / "trees") if args.watch else None
+    watching = watch.watch_plan(repo, state_dir / "trees") if given.watch else None
 
     with signals:
-        log.info("daemon starting", repo=str(repo), state_dir=str(state_dir), interval=args.interval,
-                 resync_interval=args.resync_interval, watch=args.watch)
+        log.info("daemon starting", repo=str(repo), state_dir=str(state_dir), interval=given.interval,
+                 resync_interval=given.resync_interval, watch=given.watch)
         loop.start()
         if server is not None:
             server.start()
@@ -260,19 +243,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             paths, keep, what = watching
             log.info("watching", paths=[str(p) for p in paths], reacts_to=what)
             threading.Thread(target=watch.watch, args=(paths, keep), name="gitopsd-watch", daemon=True,
-                             kwargs={"debounce": args.watch_debounce, "stop": signals.stop, "trigger": loop.trigger}).start()
+                             kwargs={"debounce": given.watch_debounce, "stop": signals.stop, "trigger": loop.trigger}).start()
         while not signals.stop.wait(0.2) and loop.alive():
             pass
         if signals.received:
-            log.info("stopping", signal=signals.received, shutdown_timeout=args.shutdown_timeout)
+            log.info("stopping", signal=signals.received, shutdown_timeout=given.shutdown_timeout)
         loop.stop()
         signals.stop.set()  # ends the watch
         if server is not None:
             server.stop()
-        deadline = time.monotonic() + args.shutdown_timeout
+        deadline = time.monotonic() + given.shutdown_timeout
         while not loop.join(0.1):
             if signals.abandon.is_set() or time.monotonic() >= deadline:
-                log.warning("pass in flight abandoned", shutdown_timeout=args.shutdown_timeout,
+                log.warning("pass in flight abandoned", shutdown_timeout=given.shutdown_timeout,
                             note="the local store applies a pass in one transaction: nothing is half-applied")
                 return EXIT_OK
     if loop.error is not None:

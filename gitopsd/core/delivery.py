@@ -181,6 +181,18 @@ def to_prune(old: Iterable[delivery.Entry], new: Iterable[delivery.Entry],
     return sorted(gone, key=lambda e: (-_rank(e), e.kind, e.namespace, e.name))
 
 
+def kept_from_prune(live: Mapping[str, Any], instance: str) -> str | None:
+    """Why a live object of ``instance``'s inventory must not be deleted by a prune or an uninstall
+    (annotated ``gitopsd.dev/prune: disabled``, or now labelled for another PackInstance); None: delete it."""
+    meta = live.get("metadata") or {}
+    if (meta.get("annotations") or {}).get(PRUNE_ANNOTATION) == "disabled":
+        return f"{PRUNE_ANNOTATION}: disabled"
+    owner = (meta.get("labels") or {}).get(INSTANCE_LABEL)
+    if owner not in (None, instance):
+        return f"now delivered by {owner}"
+    return None
+
+
 def comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
     """An object without what the server changes by itself (status, resourceVersion, managedFields,
     timestamps): two of these are equal when nobody changed what was applied."""

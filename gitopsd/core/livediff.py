@@ -53,14 +53,8 @@ def prune_candidates(wanted: Wanted) -> list[delivery.Entry]:
 
 def prunable(live: Mapping[str, Any] | None, instance: str) -> bool:
     """Would delivery delete this live object? Not when it is gone, annotated
-    ``gitopsd.dev/prune: disabled`` or labelled for another PackInstance (``engine._prune``'s rules)."""
-    if live is None:
-        return False
-    meta = live.get("metadata") or {}
-    if (meta.get("annotations") or {}).get(delivery_core.PRUNE_ANNOTATION) == "disabled":
-        return False
-    owner = (meta.get("labels") or {}).get(delivery_core.INSTANCE_LABEL)
-    return owner in (None, instance)
+    ``gitopsd.dev/prune: disabled`` or labelled for another PackInstance (the rule delivery prunes by)."""
+    return live is not None and delivery_core.kept_from_prune(live, instance) is None
 
 
 def compare(live: Mapping[str, Any], after: Mapping[str, Any], subject: str) -> objdiff.Changed | None:

@@ -134,7 +134,7 @@ class Engine:
             started = self.clock()
             try:
                 self._apply_stage(stage, target, job, applied)
-                waited = self._wait_healthy(stage, target, job.options.timeout)
+                unhealthy = self._wait_healthy(stage, target, job.options.timeout)
             except errors.TransientError as err:
                 runs.append(delivery.StageRun(stage.name, len(stage.items), self.clock() - started, False, str(err)))
                 return self._record(job, delivery.Result.UNREACHABLE, f"stage {stage.name}: {err}",
@@ -144,9 +144,9 @@ class Engine:
                 return self._record(job, delivery.Result.FAILED, f"stage {stage.name}: {err}", _union(kept, applied), runs,
                                     stage.name, reason=err.reason)
             seconds = self.clock() - started
-            if waited:
+            if unhealthy is not None:
+                result, waited = unhealthy
                 runs.append(delivery.StageRun(stage.name, len(stage.items), seconds, False, waited))
-                result = delivery.Result.FAILED if waited.startswith("failed") else delivery.Result.TIMED_OUT
                 return self._record(job, result, f"stage {stage.name}: {waited}", _union(kept, applied), runs, stage.name,
                                     reason="HealthCheckFailed" if result is delivery.Result.FAILED else "HealthCheckTimeout")
             runs.append(delivery.StageRun(stage.name, len(stage.items), seconds, True))
@@ -191,9 +191,10 @@ class Engine:
             if not it.hook:
                 applied.append(it.entry)
 
-    def _wait_healthy(self, stage: delivery_core.Stage, target: target_mod.Target, timeout: float) -> str:
-        """"" when every item of the stage is healthy; otherwise why not (``failed: ...`` when
-        an object failed for good, ``timed out ...`` when time ran out)."""
+    def _wait_healthy(self, stage: delivery_core.Stage, target: target_mod.Target,
+                      timeout: float) -> tuple[delivery.Result, str] | None:
+        """None when every item of the stage is healthy; otherwise the result and why: FAILED when an
+        object failed for good (``failed: ...``), TIMED_OUT when time ran out (``timed out ...``)."""
         deadline = self.clock() + timeout
         pending = list(stage.items)
         delay = 0.2
@@ -207,18 +208,18 @@ class Engine:
                     continue
                 verdict = self._health(live, target)
                 if verdict.status is health.Status.FAILED:
-                    return f"failed: {e.subject}: {verdict.message}"
+                    return delivery.Result.FAILED, f"failed: {e.subject}: {verdict.message}"
                 if not verdict.healthy:
                     waiting.append((it, verdict.message))
             if not waiting:
                 for it in stage.items:
                     if it.hook and "hook-succeeded" in it.delete_policy:
                         target.delete(it.entry.api_version, it.entry.kind, it.entry.namespace, it.entry.name)
-                return ""
+                return None
             if self.clock() >= deadline:
                 shown = "; ".join(f"{it.entry.subject}: {why}" for it, why in waiting[:5])
                 more = f" (and {len(waiting) - 5} more)" if len(waiting) > 5 else ""
-                return f"timed out after {timeout:g}s waiting for {shown}{more}"
+                return delivery.Result.TIMED_OUT, f"timed out after {timeout:g}s waiting for {shown}{more}"
             pending = [it for it, _ in waiting]
             self.sleep(min(delay, max(0.0, deadline - self.clock())))
             delay = min(delay * 1.5, 2.0)
@@ -250,13 +251,9 @@ class Engine:
                 continue  # its CRD is gone already: so is the object
             if live is None:
                 continue
-            meta = live.get("metadata") or {}
-            if (meta.get("annotations") or {}).get(delivery_core.PRUNE_ANNOTATION) == "disabled":
-                log.info("prune skipped", subject=e.subject, why="gitopsd.dev/prune: disabled")
-                continue
-            owner = (meta.get("labels") or {}).get(delivery_core.INSTANCE_LABEL)
-            if owner not in (None, instance):
-                log.info("prune skipped", subject=e.subject, why=f"now delivered by {owner}")
+            kept = delivery_core.kept_from_prune(live, instance)
+            if kept is not None:
+                log.info("prune skipped", subject=e.subject, why=kept)
                 continue
             if target.delete(e.api_version, e.kind, e.namespace, e.name):
                 pruned.append(e.subject)

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import enum
 
+from gitopsd import errors
+
 
 class ConditionType(enum.StrEnum):
     # kstatus: every object gitopsd writes has these three
     READY = "Ready"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
-    # domain conditions of a blocked change
-    IMMUTABILITY_VIOLATION = "ImmutabilityViolation"
-    PACK_COLLISION_DETECTED = "PackCollisionDetected"
-    SIGNATURE_INVALID = "SignatureInvalid"
+    # domain conditions of a blocked change, named after the error's reason
+    IMMUTABILITY_VIOLATION = errors.StalledReason.IMMUTABILITY_VIOLATION.value
+    PACK_COLLISION_DETECTED = errors.StalledReason.PACK_COLLISION_DETECTED.value
+    SIGNATURE_INVALID = errors.StalledReason.SIGNATURE_INVALID.value
     # delivery
     DRIFTED = "Drifted"
 
@@ -46,12 +48,13 @@ class Reason(enum.StrEnum):
     CREATED = "Created"  # a ClusterPack was created
     SUCCEEDED = "Succeeded"  # nothing left to do: Reconciling and Stalled are False
     UNINSTALLED = "Uninstalled"  # a PackInstance removed from Git
-    # blocked
-    IMMUTABILITY_VIOLATION = "ImmutabilityViolation"
-    PACK_COLLISION_DETECTED = "PackCollisionDetected"
-    SIGNATURE_INVALID = "SignatureInvalid"
-    UNINSTALL_PENDING = "UninstallPending"  # its objects are still on its cluster
-    ARTIFACT_PUBLISH_FAILED = "ArtifactPublishFailed"  # the artifact push failed: a later pass retries by itself
+    # blocked: the reasons of the errors that block a change, named once in ``gitopsd.errors``
+    IMMUTABILITY_VIOLATION = errors.StalledReason.IMMUTABILITY_VIOLATION.value
+    PACK_COLLISION_DETECTED = errors.StalledReason.PACK_COLLISION_DETECTED.value
+    SIGNATURE_INVALID = errors.StalledReason.SIGNATURE_INVALID.value
+    UNINSTALL_PENDING = errors.StalledReason.UNINSTALL_PENDING.value  # its objects are still on its cluster
+    # the artifact push failed: a later pass retries by itself
+    ARTIFACT_PUBLISH_FAILED = errors.TransientReason.ARTIFACT_PUBLISH_FAILED.value
     # delivery
     DRIFT_DETECTED = "DriftDetected"
     NO_DRIFT = "NoDrift"

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from gitopsd import errors, passstate, reconcile
+from gitopsd import errors, passstate, ports, reconcile
 from gitopsd.adapters import (
     compilecache,
     gitlocation,
@@ -38,6 +38,7 @@ from gitopsd.adapters import (
     statuswriter,
     system,
 )
+from gitopsd.wiring import settings as settings_mod
 
 if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported only with --registry
     import pygit2
@@ -45,12 +46,21 @@ if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported on
     from gitopsd.adapters import registry as registry_adapter
 
 
-def default_state_dir(repo: str) -> pathlib.Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(pathlib.Path.home() / ".local" / "state")
+def default_state_dir(repo: str, state_home: str) -> pathlib.Path:
+    """``<state_home>/gitopsd/<repo>-<hash>``: one state dir per config repo, outside it."""
     location = str(pathlib.Path(repo).resolve()) if not gitlocation.is_url(repo) else repo
     name = pathlib.PurePosixPath(location.rstrip("/")).name.removesuffix(".git") or "repo"
     tag = hashlib.sha256(location.encode()).hexdigest()[:10]
-    return pathlib.Path(base) / "gitopsd" / f"{name}-{tag}"
+    return pathlib.Path(state_home or pathlib.Path.home() / ".local" / "state") / "gitopsd" / f"{name}-{tag}"
+
+
+def state_dir(settings: settings_mod.Settings) -> pathlib.Path:
+    """``--state-dir``, else the config repo's default state dir."""
+    if settings.state_dir:
+        return pathlib.Path(settings.state_dir)
+    if not settings.repo:
+        raise errors.ConfigError("give the config repo (REPO) or --state-dir to find the local store", reason="Usage")
+    return default_state_dir(settings.repo, settings.state_home)
 
 
 def check_state_dir(state_dir: pathlib.Path, repo: pathlib.Path | None) -> None:
@@ -164,25 +174,49 @@ def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str 
 def local_env(repo: pathlib.Path, local: Local, *, dry_run: bool, signing_key: str | None = None,
               trusted_keys: str | None = None, registry_url: str | None = None,
               render_workers: int | None = None) -> reconcile.Env:
-    """The Env of a local folder REPO on the embedded backends (no status write-back)."""
-    return build_env(str(repo), local, dry_run=dry_run, signing_key=signing_key, trusted_keys=trusted_keys,
-                     registry_url=registry_url, render_workers=render_workers).env
+    """The Env of a local folder REPO on the embedded backends (no status write-back), with this
+    process's environment (``$GITOPSD_RENDER_WORKERS``): for tests, benchmarks and ``run``'s local mode."""
+    settings = settings_mod.Settings.from_environ(signing_key=signing_key, trusted_keys=trusted_keys,
+                                                 registry_url=registry_url, render_workers=render_workers)
+    return build_env(settings, local, repo=str(repo), dry_run=dry_run).env
 
 
-RENDER_WORKERS_ENV = "GITOPSD_RENDER_WORKERS"
+RENDER_WORKERS_ENV = settings_mod.RENDER_WORKERS_ENV
 
 
-def resolve_render_workers(given: int | None) -> int:
+def resolve_render_workers(settings: settings_mod.Settings) -> int:
     """Renderer child processes at once: ``--render-workers``, else $GITOPSD_RENDER_WORKERS, else one per CPU."""
-    if given is not None:
-        return given
-    text = os.environ.get(RENDER_WORKERS_ENV, "").strip()
+    if settings.render_workers is not None:
+        return settings.render_workers
+    text = settings.render_workers_env
     if not text:
         return passstate.default_render_workers()
     if not text.isdigit() or int(text) < 1:
         raise errors.ConfigError(f"{RENDER_WORKERS_ENV}={text!r}: give a whole number of at least 1 (1 renders one "
                                  "pack after another)", reason="Usage")
     return int(text)
+
+
+def base_env(local: Local, *, source: ports.Source, cluster: ports.Cluster, dry_run: bool, registry_url: str | None,
+             render_workers: int, signer: keys.SigningKey | None = None, verifier: KeyVerifier | None = None,
+             progress: Callable[[str, dict[str, object]], None] | None = None) -> reconcile.Env:
+    """The adapters every Env has: ``source`` and ``cluster``, the state dir's OCI layout and compile
+    cache, the system clock, the renderers and schemas. ``build_env`` and ``gitopsd.preview`` start here."""
+    return reconcile.Env(
+        source=source,
+        cluster=cluster,
+        registry=local.layout,
+        cache=local.cache,
+        clock=system.SystemClock(),
+        renderers=render.renderers(),
+        schemas=schemafiles.schemas(),
+        signer=signer,
+        verifier=verifier,
+        registry_url=registry_url,
+        dry_run=dry_run,
+        render_workers=render_workers,
+        progress=progress,
+    )
 
 
 # ---------------------------------------------------------------- Git sources and status write-back
@@ -205,35 +239,7 @@ def repo_kind(repo: str) -> RepoKind:
     return RepoKind.BARE if gitlocation.is_bare_repository(path) else RepoKind.FOLDER
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class GitOptions:
-    """The Git flags of reconcile, dry-run, diff (and run)."""
-
-    branch: str | None = None
-    tag: str | None = None
-    credentials_file: str | None = None
-    credentials_env: str | None = None
-    ssh_key: str | None = None
-    verify_commits: str | None = None  # allowed_signers file: SSH signatures
-    verify_commits_gpg: str | None = None  # keyring file: GPG signatures
-    author_name: str = "gitopsd"
-    author_email: str = "gitopsd@localhost"
-    status: bool | None = None  # None: on for a Git remote, off for a folder; False: --no-status; True: --write-status
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RegistryOptions:
-    """Where artifacts are pushed when not to the local OCI layout (``--registry`` and friends)."""
-
-    url: str
-    ca: str | None = None
-    insecure: bool = False
-    config: str | None = None
-    username_file: str | None = None
-    password_file: str | None = None
-
-
-def open_registry(options: RegistryOptions) -> registry_adapter.OciRegistry:
+def open_registry(options: settings_mod.RegistryOptions) -> registry_adapter.OciRegistry:
     """The registry adapter; bad URLs, credential files or an insecure non-loopback host stop here."""
     from gitopsd.adapters import registry as registry_adapter  # noqa: PLC0415 - see the imports
     return registry_adapter.OciRegistry(
@@ -252,11 +258,13 @@ class Wired:
 
     env: reconcile.Env
     kind: RepoKind
+    local: Local
     remote: gitmirror.GitRemote | None = None
     writer: statuswriter.GitStatusWriter | None = None
     allowed_signers: pathlib.Path | None = None
     status_repo: pathlib.Path | None = None  # where `git -C` runs verify-commit, for local repositories
     status_off: str | None = None  # why status is not written, when it is not
+    secrets: Callable[[str, str, str], bytes | None] | None = None  # kubeconfig Secrets of the management cluster
 
     def verify_command(self, commit: str) -> str:
         where = f"-C {self.status_repo} " if self.status_repo else ""
@@ -269,7 +277,7 @@ def mirror_path(state_dir: pathlib.Path, location: gitlocation.Location) -> path
     return state_dir / "git" / f"{name}-{hashlib.sha256(location.url.encode()).hexdigest()[:8]}.git"
 
 
-def commit_verifier(options: GitOptions) -> gitverify.CommitVerifier | None:
+def commit_verifier(options: settings_mod.GitOptions) -> gitverify.CommitVerifier | None:
     verifiers: list[gitverify.CommitVerifier] = []
     if options.verify_commits:
         verifiers.append(gitverify.SshCommitVerifier(options.verify_commits))
@@ -280,7 +288,7 @@ def commit_verifier(options: GitOptions) -> gitverify.CommitVerifier | None:
     return verifiers[0] if len(verifiers) == 1 else gitverify.AnyOfVerifier(verifiers)
 
 
-def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitmirror.GitRemote:
+def git_remote(repo: str, state_dir: pathlib.Path, options: settings_mod.GitOptions) -> gitmirror.GitRemote:
     location = gitlocation.parse_location(repo)
     auth = gitlocation.load_auth(location, credentials_file=options.credentials_file,
                                credentials_env=options.credentials_env, ssh_key=options.ssh_key)
@@ -288,7 +296,8 @@ def git_remote(repo: str, state_dir: pathlib.Path, options: GitOptions) -> gitmi
     return gitmirror.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
 
 
-def _status_tip(repo: str, state_dir: pathlib.Path, options: GitOptions) -> tuple[pygit2.Repository, pygit2.Commit] | None:
+def _status_tip(repo: str, state_dir: pathlib.Path,
+                options: settings_mod.GitOptions) -> tuple[pygit2.Repository, pygit2.Commit] | None:
     """REPO's branch tip (a Git remote's, fetched into the mirror, or a work tree's HEAD); ``None`` for a plain folder."""
     if repo_kind(repo) is RepoKind.FOLDER:
         tree = gittree.open_worktree(pathlib.Path(repo), state_dir / "trees")
@@ -296,7 +305,7 @@ def _status_tip(repo: str, state_dir: pathlib.Path, options: GitOptions) -> tupl
     return git_remote(repo, state_dir, options).tip()
 
 
-def status_record_writers(repo: str, state_dir: pathlib.Path, options: GitOptions,
+def status_record_writers(repo: str, state_dir: pathlib.Path, options: settings_mod.GitOptions,
                           trusted: tuple[keys.PublicKey, ...]) -> dict[str, str]:
     """Why each status record at REPO's tip is not gitopsd's word: the commit that wrote its content
     is not signed by one of ``trusted`` (gitopsd's keys). Records of a plain folder have no writer."""
@@ -317,7 +326,7 @@ def status_record_writers(repo: str, state_dir: pathlib.Path, options: GitOption
     return out
 
 
-def status_records(repo: str, state_dir: pathlib.Path, options: GitOptions) -> list[tuple[str, bytes]]:
+def status_records(repo: str, state_dir: pathlib.Path, options: settings_mod.GitOptions) -> list[tuple[str, bytes]]:
     """The status records (``.gitopsd/status/*.yaml``) at the tip of REPO's branch: a Git remote's
     (fetched into the mirror), a work tree's HEAD, or a plain folder's files."""
     folder = ".gitopsd/status"
@@ -362,11 +371,12 @@ def ensure_demo_remote(folder: pathlib.Path, state_dir: pathlib.Path) -> pathlib
     return remote
 
 
-def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None = None, trusted_keys: str | None = None,
-              registry_url: str | None = None, git: GitOptions | None = None,
-              registry: RegistryOptions | None = None, render_workers: int | None = None) -> Wired:
-    """The Env of one pass for any REPO form; status write-back wired when it applies."""
-    git = git or GitOptions()
+def build_env(settings: settings_mod.Settings, local: Local, *, repo: str, dry_run: bool) -> Wired:
+    """The Env of one pass for any REPO form on the embedded store; status write-back wired when it
+    applies. ``gitopsd.wiring.assemble`` adds the management cluster and delivery."""
+    git = settings.git
+    registry = settings.registry.options()
+    registry_url = settings.registry_url
     if registry is not None:
         if registry_url and registry_url.rstrip("/") != registry.url.rstrip("/"):
             raise errors.ConfigError(
@@ -376,25 +386,14 @@ def build_env(repo: str, local: Local, *, dry_run: bool, signing_key: str | None
             )
         registry_url = registry.url
     kind = repo_kind(repo)
-    signer, verifier = signing(local.state_dir, signing_key, trusted_keys, create=not dry_run,
+    signer, verifier = signing(local.state_dir, settings.signing_key, settings.trusted_keys, create=not dry_run,
                                signed_packs=local.store.signed_packs)
-    env = reconcile.Env(
-        source=system.LocalSource(pathlib.Path(repo), local.trees),
-        cluster=local.store,
-        registry=local.layout,
-        cache=local.cache,
-        clock=system.SystemClock(),
-        renderers=render.renderers(),
-        schemas=schemafiles.schemas(),
-        signer=signer,
-        verifier=verifier,
-        registry_url=registry_url,
-        dry_run=dry_run,
-        render_workers=resolve_render_workers(render_workers),
-    )
+    env = base_env(local, source=system.LocalSource(pathlib.Path(repo), local.trees), cluster=local.store,
+                   dry_run=dry_run, registry_url=registry_url, render_workers=resolve_render_workers(settings),
+                   signer=signer, verifier=verifier)
     if registry is not None:
         env.registry = open_registry(registry)
-    wired = Wired(env=env, kind=kind)
+    wired = Wired(env=env, kind=kind, local=local)
     identity = statuswriter.Identity(git.author_name, git.author_email)
     branch: statuswriter.Branch | None = None
     if kind is RepoKind.FOLDER:

@@ -1,18 +1,18 @@
-"""Builds the push-mode Deliverer of a pass from the command line (``gitopsd.delivery``).
+"""Builds the push-mode Deliverer of a pass from Settings (``gitopsd.delivery``).
 
 Without a way to reach any cluster (no ``--kubeconfig-dir``/``--cluster-kubeconfig``, and no
 management cluster whose Secrets ``clusters/<name>.yaml`` may name) there is nothing to deliver
 and the Env keeps ``deliverer=None``: records only, as before delivery existed.
+``gitopsd.wiring.assemble`` calls :func:`deliverer` while it builds an Env.
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
-from gitopsd import errors, ports, reconcile
-from gitopsd.cli import flags
+from gitopsd import errors, ports
 from gitopsd.delivery import engine, reach, runner
+from gitopsd.wiring import settings as settings_mod
 
 
 class _Now:
@@ -23,27 +23,23 @@ class _Now:
         return self.clock.now()
 
 
-def use(args: argparse.Namespace, env: reconcile.Env, *, secrets: reach.SecretReader | None = None) -> reconcile.Env:
-    """``env`` with a Deliverer when the flags (or a management cluster) give a way to reach clusters."""
-    files = flags.cluster_kubeconfigs(args)
-    folder = getattr(args, "kubeconfig_dir", None)
-    if folder is not None and not pathlib.Path(folder).is_dir():
-        raise errors.ConfigError(f"--kubeconfig-dir {folder}: not a folder", reason="Usage")
-    if not files and folder is None and secrets is None:
-        return env
-    if not isinstance(env.registry, ports.ServesArtifacts):
+def deliverer(settings: settings_mod.Settings, *, registry: ports.Registry, verifier: ports.Verifier | None,
+              clock: ports.Clock, secrets: reach.SecretReader | None = None) -> runner.Runner | None:
+    """A Deliverer when the flags (or a management cluster) give a way to reach clusters, else None."""
+    where = reach_of(settings, secrets=secrets)
+    if where is None:
+        return None
+    if not isinstance(registry, ports.ServesArtifacts):
         raise errors.ConfigError("this registry cannot serve artifacts back for delivery", reason="Usage")
-    where = reach.Reach(files=files, folder=pathlib.Path(folder) if folder else None, secrets=secrets)
-    eng = engine.Engine(env.registry, env.verifier, now=_Now(env.clock))
-    env.deliverer = runner.Runner(where, eng, workers=getattr(args, "delivery_workers", 4) or 4)
-    return env
+    eng = engine.Engine(registry, verifier, now=_Now(clock))
+    return runner.Runner(where, eng, workers=settings.delivery.workers)
 
 
-def reach_of(args: argparse.Namespace, *, secrets: reach.SecretReader | None = None) -> reach.Reach | None:
-    """How the flags (or a management cluster's Secrets) reach target clusters, for reading them
-    (``gitopsd diff --live``); None when nothing can be reached."""
-    files = flags.cluster_kubeconfigs(args)
-    folder = getattr(args, "kubeconfig_dir", None)
+def reach_of(settings: settings_mod.Settings, *, secrets: reach.SecretReader | None = None) -> reach.Reach | None:
+    """How the flags (or a management cluster's Secrets) reach target clusters; None when nothing can be
+    reached (then there is nothing to deliver, and ``gitopsd diff --live`` has nothing to read)."""
+    files = settings.delivery.kubeconfigs()
+    folder = settings.delivery.kubeconfig_dir
     if folder is not None and not pathlib.Path(folder).is_dir():
         raise errors.ConfigError(f"--kubeconfig-dir {folder}: not a folder", reason="Usage")
     if not files and folder is None and secrets is None:

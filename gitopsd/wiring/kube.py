@@ -1,14 +1,11 @@
-"""The Kubernetes mode of the CLI: its flags, and the Env pieces they build.
+"""The Kubernetes side of an Env: the management cluster, when a Kubernetes flag is given.
 
-``gitopsd.wiring.compose`` builds the local Env (source, OCI layout, compile cache, keys); this module
-swaps in the management cluster when a Kubernetes flag is given: an API client from
-``--kubeconfig``/``--context`` or ``--in-cluster``, the ``gitopsd.adapters.kube`` Cluster adapter,
-Lease leader election (``gitopsd.adapters.lease``) gating every write, and ``--shard i/N``
-(``Env.pack_filter`` plus the same filter on what the adapter observes). Without those flags
-:func:`use` hands the Env back untouched, so the CLI hooks in with::
-
-    wiring_kube.add_flags(parser)                              # reconcile, dry-run, diff, run
-    with wiring_kube.use(args, env, daemon=False) as env:      # around reconcile.run(env)
+``gitopsd.wiring.compose`` builds the local Env (source, OCI layout, compile cache, keys);
+``gitopsd.wiring.assemble`` puts this module's handle into it: an API client from
+``--kubeconfig``/``--context`` or ``--in-cluster`` (``Settings.kube``), the ``gitopsd.adapters.kube``
+Cluster adapter, Lease leader election (``gitopsd.adapters.lease``) gating every write, and
+``--shard i/N`` (``Env.pack_filter`` plus the same filter on what the adapter observes). The flags
+themselves are ``gitopsd.cli.flags.kube``.
 
 ``daemon=True`` (``gitopsd run``) keeps a watch-backed cache and waits for leadership before the
 first pass; a one-shot write (``reconcile``) takes the Lease too, and refuses to run while another
@@ -17,10 +14,8 @@ replica holds it; dry-run and diff only read.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -28,13 +23,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gitopsd import __version__, errors, ports, reconcile
+from gitopsd.wiring import settings as settings_mod
 
 if TYPE_CHECKING:  # imported when a Kubernetes flag is given: the client costs ~0.2 s of every command otherwise
     from gitopsd.adapters import kube, lease
 
 log = structlog.get_logger()
 
-DEFAULT_LEASE_NAMESPACE = "seam-system"
+DEFAULT_LEASE_NAMESPACE = settings_mod.DEFAULT_LEASE_NAMESPACE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,54 +47,24 @@ class Options:
     retry_period: float = 2.0
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """The Kubernetes flags, in their own help group."""
-    group = parser.add_argument_group(
-        "kubernetes", "apply to a management cluster instead of the embedded store (any of these turns it on)")
-    where = group.add_mutually_exclusive_group()
-    where.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config "
-                       "when only --context is given)")
-    where.add_argument("--in-cluster", action="store_true", default=False,
-                       help="use the Pod's ServiceAccount (the Deployment in deploy/ does)")
-    group.add_argument("--context", metavar="NAME", help="kubeconfig context (default: the current context)")
-    group.add_argument("--shard", type=_shard, metavar="I/N", help="own only the packs whose sha256(basePackName) mod N "
-                       "is I; each shard elects its own leader (Lease gitopsd-shard-I-of-N)")
-    group.add_argument("--lease-namespace", metavar="NS", default=None,
-                       help=f"namespace of the leader Lease (default: $POD_NAMESPACE, else {DEFAULT_LEASE_NAMESPACE})")
-    group.add_argument("--no-leader-election", dest="leader_election", action="store_false", default=True,
-                       help="write without holding the Lease (only when a single gitopsd writes to the cluster)")
-
-
-def _shard(text: str) -> tuple[int, int]:
-    from gitopsd.adapters import lease  # noqa: PLC0415 - see the imports
-
-    try:
-        return lease.parse_shard(text)
-    except errors.ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def options(args: argparse.Namespace) -> Options | None:
+def options(settings: settings_mod.Settings) -> Options | None:
     """The Kubernetes options given, or ``None`` for the embedded (local) mode."""
-    kubeconfig = getattr(args, "kubeconfig", None)
-    context = getattr(args, "context", None)
-    in_cluster = bool(getattr(args, "in_cluster", False))
-    shard = getattr(args, "shard", None)
-    if not (kubeconfig or context or in_cluster):
-        if shard is not None:
+    given = settings.kube
+    if not (given.kubeconfig or given.context or given.in_cluster):
+        if given.shard is not None:
             raise errors.ConfigError("--shard needs a cluster: add --kubeconfig, --context or --in-cluster", reason="Usage")
         return None
-    if in_cluster and context:
+    if given.in_cluster and given.context:
         raise errors.ConfigError("--context selects a kubeconfig context; it does not apply with --in-cluster", reason="Usage")
     from gitopsd.adapters import lease  # noqa: PLC0415 - see the imports
 
     return Options(
-        kubeconfig=kubeconfig,
-        context=context,
-        in_cluster=in_cluster,
-        shard=shard,
-        lease_namespace=getattr(args, "lease_namespace", None) or os.environ.get("POD_NAMESPACE") or DEFAULT_LEASE_NAMESPACE,
-        leader_election=bool(getattr(args, "leader_election", True)),
+        kubeconfig=given.kubeconfig,
+        context=given.context,
+        in_cluster=given.in_cluster,
+        shard=given.shard,
+        lease_namespace=given.lease_namespace or settings.pod_namespace or DEFAULT_LEASE_NAMESPACE,
+        leader_election=given.leader_election,
         identity=lease.default_identity(),
     )
 
@@ -193,27 +159,27 @@ def wait_for_leadership(elector: lease.Elector, *, stop: threading.Event | None,
 
 
 @contextlib.contextmanager
-def use(args: argparse.Namespace, env: reconcile.Env, *, daemon: bool = False,
-        stop: threading.Event | None = None) -> Iterator[reconcile.Env]:
-    """``env`` with the Kubernetes side when a Kubernetes flag was given; ``env`` unchanged otherwise."""
-    opts = options(args)
+def connected(settings: settings_mod.Settings, *, writes: bool, daemon: bool = False,
+              stop: threading.Event | None = None) -> Iterator[Kube | None]:
+    """The open Kubernetes side when a Kubernetes flag was given (a daemon that writes waits here until
+    it leads), closed on exit (Lease released, clients closed); ``None`` in the embedded mode."""
+    opts = options(settings)
     if opts is None:
-        yield env
+        yield None
         return
-    handle = open_kube(opts, daemon=daemon, writes=not env.dry_run)
+    handle = open_kube(opts, daemon=daemon, writes=writes)
     try:
         if handle.elector is not None and daemon:
             wait_for_leadership(handle.elector, stop=stop, patient=True)
-        yield handle.install(env)
+        yield handle
     finally:
         handle.close()
 
 
-def secret_reader(env: reconcile.Env) -> Callable[[str, str, str], bytes | None] | None:
-    """Reads kubeconfig Secrets from the management cluster that ``env`` writes to, if it is one."""
-    from gitopsd.adapters import kube  # noqa: PLC0415 - see the imports
-    from gitopsd.delivery import reach  # noqa: PLC0415
+def secret_reader(handle: Kube | None) -> Callable[[str, str, str], bytes | None] | None:
+    """Reads kubeconfig Secrets from the management cluster, when the Env writes to one."""
+    from gitopsd.delivery import reach  # noqa: PLC0415 - see the imports
 
-    if not isinstance(env.cluster, kube.KubeCluster):
+    if handle is None:
         return None
-    return reach.secret_reader(env.cluster.api)
+    return reach.secret_reader(handle.api)

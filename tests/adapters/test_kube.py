@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import pathlib
 import shutil
 import socket
@@ -22,8 +23,11 @@ from kubernetes import client
 
 from gitopsd import errors, reconcile
 from gitopsd.adapters import kube, lease
+from gitopsd.cli import flags
 from gitopsd.model import change, instance
+from gitopsd.wiring import assemble
 from gitopsd.wiring import kube as wiring_kube
+from gitopsd.wiring import settings as wiring_settings
 from tests import gitutil
 from tests.contract import harness
 from tests.contract.harness import INSTANCES, PACKS
@@ -640,19 +644,20 @@ def test_dry_run_against_the_cluster_writes_nothing(kube_env: KubeEnv, passes: h
 
 def test_env_is_untouched_without_kubernetes_flags(tmp_path: pathlib.Path) -> None:
     parser = argparse.ArgumentParser()
-    wiring_kube.add_flags(parser)
-    assert wiring_kube.options(parser.parse_args([])) is None
-    opts = wiring_kube.options(parser.parse_args(["--kubeconfig", "kc", "--shard", "1/3"]))
+    flags.kube(parser)
+
+    def settings(*argv: str) -> wiring_settings.Settings:
+        return wiring_settings.Settings.from_args(parser.parse_args(argv), environ={})
+
+    assert wiring_kube.options(settings()) is None
+    opts = wiring_kube.options(settings("--kubeconfig", "kc", "--shard", "1/3"))
     assert opts is not None and opts.shard == (1, 3) and opts.kubeconfig == "kc"
     with pytest.raises(SystemExit):
         parser.parse_args(["--shard", "3/3"])
     with pytest.raises(errors.ConfigError):
-        wiring_kube.options(parser.parse_args(["--shard", "0/2"]))
-    marker = object()
-    env = reconcile.Env(source=marker, cluster=marker, registry=marker, cache=marker, clock=marker,  # type: ignore[arg-type]
-                        renderers={}, schemas=marker)  # type: ignore[arg-type]
-    with wiring_kube.use(parser.parse_args([]), env) as used:
-        assert used is env and used.cluster is marker
+        wiring_kube.options(settings("--shard", "0/2"))
+    with wiring_kube.connected(settings(), writes=True) as handle:
+        assert handle is None
 
 
 def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(kube_env: KubeEnv, api: client.ApiClient) -> None:
@@ -663,15 +668,21 @@ def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(kube_env: Kube
     assert kube_env.request_counts() == {f"list {PACKS}": 2, f"list {INSTANCES}": 2}
 
 
-def kube_args(kubeconfig: pathlib.Path, namespace: str, *extra: str) -> Any:
+@contextlib.contextmanager
+def cluster_env(passes: harness.Passes, kubeconfig: pathlib.Path, namespace: str, *extra: str,
+                dry_run: bool = False) -> Iterator[reconcile.Env]:
+    """The Env the CLI builds with these Kubernetes flags, on the passes' repo and state dir."""
     parser = argparse.ArgumentParser()
-    wiring_kube.add_flags(parser)
-    return parser.parse_args(["--kubeconfig", str(kubeconfig), "--lease-namespace", namespace, *extra])
+    flags.kube(parser)
+    settings = wiring_settings.Settings.from_args(
+        parser.parse_args(["--kubeconfig", str(kubeconfig), "--lease-namespace", namespace, *extra]), environ={})
+    with assemble.pass_env(settings, passes.local.state_dir, repo=str(passes.repo), dry_run=dry_run) as wired:
+        yield wired.env
 
 
 def test_use_wires_the_cluster_and_holds_the_lease_for_a_one_shot_write(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                                         passes: harness.Passes) -> None:
-    with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace, "--shard", "1/2"), passes.env()) as env:
+    with cluster_env(passes, kubeconfig, kube_env.namespace, "--shard", "1/2") as env:
         assert isinstance(env.cluster, kube.KubeCluster) and env.pack_filter is not None
         state = reconcile.run(env)
         lease_obj = kube_env.get_object("leases", "gitopsd-shard-1-of-2", kube_env.namespace)
@@ -686,20 +697,20 @@ def test_a_one_shot_write_refuses_while_another_replica_leads(kube_env: KubeEnv,
                                                               api: client.ApiClient, passes: harness.Passes) -> None:
     with lease.Elector(api, namespace=kube_env.namespace, identity="the-daemon", **FAST) as daemon:
         harness.wait_until(daemon.is_leader)
-        with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env, pytest.raises(errors.ConfigError) as raised:
+        with cluster_env(passes, kubeconfig, kube_env.namespace) as env, pytest.raises(errors.ConfigError) as raised:
             reconcile.run(env)  # the Lease is asked for at the first write, and refused
         assert raised.value.reason == "LeaseHeld" and "the-daemon" in str(raised.value)
-        with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env(dry_run=True)) as env:  # reading needs no lease
+        with cluster_env(passes, kubeconfig, kube_env.namespace, dry_run=True) as env:  # reading needs no lease
             assert reconcile.run(env).writes == 0
     assert [r for r in kube_env.requests() if r.is_write and r.resource != "leases"] == []
 
 
 def test_a_one_shot_pass_with_nothing_to_change_sends_no_write_at_all(kube_env: KubeEnv, kubeconfig: pathlib.Path,
                                                                      passes: harness.Passes) -> None:
-    with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env:
+    with cluster_env(passes, kubeconfig, kube_env.namespace) as env:
         assert reconcile.run(env).writes > 0
     kube_env.reset_requests()
-    with wiring_kube.use(kube_args(kubeconfig, kube_env.namespace), passes.env()) as env:  # a new process: cold cache, leader election on
+    with cluster_env(passes, kubeconfig, kube_env.namespace) as env:  # a new process: cold cache, leader election on
         assert reconcile.run(env).writes == 0
     assert kube_env.write_count() == 0  # not even the Lease: it is taken only before a first write
     assert sorted(r.verb for r in kube_env.requests()) == ["list", "list"]

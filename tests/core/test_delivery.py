@@ -123,3 +123,17 @@ def test_a_record_that_differs_only_in_when_it_was_made_is_the_same() -> None:
     assert core.same_record(a, dataclasses.replace(a, at="later"))
     assert not core.same_record(a, record(Result.FAILED))
     assert not core.same_record(None, a)
+
+
+@pytest.mark.parametrize(("metadata", "kept"), [
+    ({}, None),
+    ({"labels": {"gitopsd.dev/instance": "web-a"}}, None),
+    ({"labels": {"gitopsd.dev/instance": "web-b"}}, "now delivered by web-b"),
+    ({"annotations": {"gitopsd.dev/prune": "disabled"}, "labels": {"gitopsd.dev/instance": "web-a"}},
+     "gitopsd.dev/prune: disabled"),
+    ({"annotations": {"gitopsd.dev/prune": "enabled"}}, None),
+], ids=["unlabelled", "own", "another-instance", "prune-disabled", "other-annotation-value"])
+def test_a_prune_keeps_objects_marked_to_keep_or_delivered_by_another_instance(
+        metadata: dict[str, Any], kept: str | None) -> None:
+    live = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", **metadata}}
+    assert core.kept_from_prune(live, "web-a") == kept

@@ -24,6 +24,7 @@ from gitopsd import reconcile
 from gitopsd.adapters import keys
 from gitopsd.adapters import registry as registry_adapter
 from gitopsd.wiring import compose as wiring
+from gitopsd.wiring import settings as wiring_settings
 from tests import registry_fixture
 from tests.reliability import harness
 
@@ -143,8 +144,9 @@ def _in_process_pass(repo: pathlib.Path, state: pathlib.Path, key: pathlib.Path,
     """The pass as the CLI builds it, with the registry adapter's timeouts made short."""
     local = wiring.open_local(state)
     try:
-        wired = wiring.build_env(str(repo), local, dry_run=False, signing_key=str(key),
-                                 registry=wiring.RegistryOptions(url, insecure=True))
+        settings = wiring_settings.Settings.from_environ(
+            signing_key=str(key), registry=wiring_settings.RegistryFlags(url=url, insecure=True))
+        wired = wiring.build_env(settings, local, repo=str(repo), dry_run=False)
         wired.env.registry = registry_adapter.OciRegistry(url, insecure=True, connect_timeout=timeout,
                                                           read_timeout=timeout)
         return reconcile.run(wired.env)
