@@ -133,6 +133,16 @@ class Verifier(Protocol):
     def verify(self, data: bytes, signature: str) -> bool: ...
 
 
+@runtime_checkable
+class NamesKeys(Protocol):
+    """A Verifier that names the set of keys it trusts (optional): a verdict remembered across
+    processes holds only for the same set."""
+
+    def key_set(self) -> str:
+        """A digest of the trusted public keys, in order."""
+        ...
+
+
 class CompileCache(Protocol):
     def get(self, key: str) -> pack.CompiledPack | None: ...
 
@@ -162,6 +172,19 @@ class RemembersSpecs(Protocol):
         ...
 
     def remember_spec_document(self, key: str, text: str) -> None: ...
+
+
+@runtime_checkable
+class RemembersVerdicts(Protocol):
+    """A CompileCache that also keeps signature checks that passed, across processes (optional).
+    A key covers the signed spec, the signature and the trusted key set; the cache lives in the
+    state dir beside the signing key, as trusted as the store whose specs it vouches for."""
+
+    def verified(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` whose signature check passed before."""
+        ...
+
+    def remember_verified(self, keys: Sequence[str]) -> None: ...
 
 
 @runtime_checkable

@@ -212,10 +212,40 @@ def sign(env: Env, state: PassState) -> None:
         result.compiled = dataclasses.replace(result.compiled, cluster_pack=signed)
 
 
+def _verified_key(key_set: str, spec_json: str, signature: str) -> str:
+    """What a passed check of a stored ClusterPack's signature depends on: the signed bytes (a
+    function of its spec JSON and of this version's encoding, ``signing.payload_of_spec_json``),
+    the signature and the trusted key set."""
+    text = f"{packcompile.COMPILER}\0{key_set}\0{signature}\0{spec_json}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _persisted_verdicts(env: Env, state: PassState,
+                        earlier: dict[tuple[str, str, str | None], plan.Verdict]) -> tuple[set[str], str | None]:
+    """The passed checks a cache across processes holds for the stored ClusterPacks this process
+    has not checked yet (all of them, in a new process), and the trusted key set they are for."""
+    assert state.observed is not None
+    if not isinstance(env.cache, ports.RemembersVerdicts) or not isinstance(env.verifier, ports.NamesKeys):
+        return set(), None
+    key_set = env.verifier.key_set()
+    keys = []
+    for result in state.compiled:
+        cp = result.compiled.cluster_pack
+        found = state.observed.packs.get(cp.name)
+        if (found is not None and found.checksum == cp.checksum and found.signature
+                and (cp.name, found.spec_json, found.signature) not in earlier):
+            keys.append(_verified_key(key_set, found.spec_json, found.signature))
+    return (env.cache.verified(keys) if keys else set()), key_set
+
+
 def verify_signatures(env: Env, state: PassState) -> None:
-    """A verdict per desired ClusterPack: the signature that delivery would rely on, checked."""
+    """A verdict per desired ClusterPack: the signature that delivery would rely on, checked. A
+    stored ClusterPack whose check passed before (this process: ``env.memo.verdicts``; an earlier
+    one: ``ports.RemembersVerdicts``, for the same spec, signature and trusted keys) is not checked again."""
     assert state.observed is not None
     earlier, env.memo.verdicts = env.memo.verdicts, {}  # keep the verdicts of this pass's packs only
+    persisted, key_set = _persisted_verdicts(env, state, earlier)
+    passed: list[str] = []
     for result in state.compiled:
         cp = result.compiled.cluster_pack
         found = state.observed.packs.get(cp.name)
@@ -225,6 +255,17 @@ def verify_signatures(env: Env, state: PassState) -> None:
             cached = earlier.get(memo_key)
             if cached is not None:
                 state.verdicts[cp.name] = env.memo.verdicts[memo_key] = cached
+                continue
+            if key_set is not None and found.signature and env.verifier is not None:
+                verified_key = _verified_key(key_set, found.spec_json, found.signature)
+                if verified_key in persisted:
+                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.OK
+                    continue
+                if env.verifier.verify(signing.payload_of_spec_json(found.spec_json), found.signature):
+                    passed.append(verified_key)
+                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.OK
+                else:
+                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.INVALID
                 continue
             data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
         else:
@@ -240,6 +281,8 @@ def verify_signatures(env: Env, state: PassState) -> None:
         state.verdicts[cp.name] = verdict
         if memo_key is not None:
             env.memo.verdicts[memo_key] = verdict
+    if passed and isinstance(env.cache, ports.RemembersVerdicts):
+        env.cache.remember_verified(passed)
 
 
 def make_plan(env: Env, state: PassState) -> None:

@@ -257,3 +257,55 @@ def test_a_new_process_takes_unchanged_packbuilds_from_the_cache_without_parsing
     assert sorted(read) == ["packs/one/packbuild.yaml", "packs/two/packbuild.yaml"]
     assert not state.pack_errors and len(state.builds) == 2
     cache.close()
+
+
+def test_a_new_process_trusts_a_passed_signature_check_only_for_the_same_spec_signature_and_keys(
+        tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
+    tree = fakes.MemoryTree(h.files, scratch=tmp_path / "scratch")
+    signer = keys.load_private_key(h.key)
+    checked: list[bytes] = []
+
+    class Verifier:
+        def __init__(self, key_set: str) -> None:
+            self.names = key_set
+
+        def verify(self, data: bytes, signature: str) -> bool:
+            checked.append(data)
+            return signer.public_key().verify(data, signature)
+
+        def key_set(self) -> str:
+            return self.names
+
+    def new_process(key_set: str = "k1") -> reconcile.PassState:
+        """A fresh Env and Memo over the same cache.db, as a new CLI process has."""
+        cache = compilecache.SqliteCompileCache(tmp_path / "cache.db")
+        env = reconcile.Env(
+            source=fakes.StaticSource(tree), cluster=h.cluster, registry=h.registry, cache=cache,
+            clock=fakes.FixedClock(), renderers=render.renderers(), schemas=schemafiles.schemas(),
+            signer=signer, verifier=Verifier(key_set),
+        )
+        try:
+            return reconcile.run(env)
+        finally:
+            cache.close()
+
+    new_process()  # creates and signs both packs
+    checked.clear()
+    new_process()  # stored now: each checked once, and remembered
+    assert len(checked) == 2
+    checked.clear()
+    quiet = new_process()
+    assert checked == [] and quiet.verdicts == {"one-v1.0.0": "ok", "two-v1.0.0": "ok"}
+    new_process(key_set="k2")  # another trusted key set: checked again
+    assert len(checked) == 2
+    checked.clear()
+    obj = h.cluster.objects[("InfrastructureClusterPack", "seam-system", "one-v1.0.0")]
+    obj["spec"]["targetClusters"] = ["a"]  # type: ignore[index]  # tamper with the stored spec
+    h.cluster.objects = {k: v for k, v in h.cluster.objects.items() if k[0] != "PackInstance"}
+    tampered = new_process()
+    assert len(checked) == 1 and tampered.verdicts["one-v1.0.0"] == "invalid"
+    assert tampered.plan is not None
+    assert {(c.name, c.reason) for c in tampered.plan.changes if c.action is change.Action.BLOCKED} == {
+        ("one-a", "SignatureInvalid"), ("one-b", "SignatureInvalid"),
+    }

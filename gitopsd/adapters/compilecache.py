@@ -21,8 +21,10 @@ log = structlog.get_logger()
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
            "CREATE TABLE IF NOT EXISTS failed (key TEXT PRIMARY KEY, reason TEXT NOT NULL, message TEXT NOT NULL, "
            "at REAL NOT NULL);"
-           "CREATE TABLE IF NOT EXISTS specs (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL)")
+           "CREATE TABLE IF NOT EXISTS specs (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL);"
+           "CREATE TABLE IF NOT EXISTS verified (key TEXT PRIMARY KEY, at REAL NOT NULL)")
 SPEC_TTL = 30 * 86400  # seconds a parsed PackBuild document is kept; a later read parses it again
+VERIFIED_TTL = 30 * 86400  # seconds a passed signature check is kept; a later pass checks it again
 
 
 def _discard(path: pathlib.Path) -> None:
@@ -115,6 +117,30 @@ class SqliteCompileCache:
         except sqlite3.Error:
             return {}
         return found
+
+    def verified(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` whose signature check passed before (``reconcile.verify_signatures``)."""
+        found: set[str] = set()
+        try:
+            for start in range(0, len(keys), 500):
+                batch = keys[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                found.update(k for (k,) in self._db.execute(f"SELECT key FROM verified WHERE key IN ({marks})", batch))
+        except sqlite3.Error:
+            return set()
+        return found
+
+    def remember_verified(self, keys: Sequence[str]) -> None:
+        """Keep passed signature checks now (the compile step's flush has happened by then)."""
+        if not keys:
+            return
+        now = time.time()
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO verified(key, at) VALUES (?, ?)", [(k, now) for k in keys])
+                self._db.execute("DELETE FROM verified WHERE at < ?", (now - VERIFIED_TTL,))
+        except sqlite3.Error:
+            pass  # only a cache: the next process checks again
 
     def remember_spec_document(self, key: str, text: str) -> None:
         self._specs.append((key, text, time.time()))

@@ -132,6 +132,10 @@ class KeyVerifier:
     def verify(self, data: bytes, signature: str) -> bool:
         return keys.verify_any(self.trusted, data, signature) is not None
 
+    def key_set(self) -> str:
+        """``ports.NamesKeys``: passed checks remembered in cache.db hold only for these keys."""
+        return hashlib.sha256(b"".join(key.wire() for key in self.trusted)).hexdigest()
+
 
 def signing(state_dir: pathlib.Path, signing_key: str | None, trusted_keys: str | None, *, create: bool,
             signed_packs: Callable[[], int] | None = None) -> tuple[keys.SigningKey | None, KeyVerifier | None]:
