@@ -13,13 +13,16 @@ import base64
 import dataclasses
 import pathlib
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import yaml
-from kubernetes import client, config
 
 from gitopsd import errors
 from gitopsd.delivery import target as target_mod
 from gitopsd.model import spec
+
+if TYPE_CHECKING:  # the kubernetes package takes a quarter of a second to import: only when a cluster is reached
+    from kubernetes import client
 
 SecretReader = Callable[[str, str, str], bytes | None]  # (namespace, name, key) -> value
 
@@ -79,6 +82,8 @@ class Reach:
 
 
 def _api(text: bytes, where: Where) -> client.ApiClient:
+    from kubernetes import client, config  # noqa: PLC0415 - imported on first use (see TYPE_CHECKING above)
+
     try:
         loaded = yaml.safe_load(text)
         if not isinstance(loaded, dict):
@@ -96,6 +101,8 @@ def _api(text: bytes, where: Where) -> client.ApiClient:
 
 def secret_reader(api: client.ApiClient) -> SecretReader:
     """Read one key of a Secret in the management cluster (get on secrets in gitopsd's namespace)."""
+    from kubernetes import client  # noqa: PLC0415 - imported on first use (see TYPE_CHECKING above)
+
     core = client.CoreV1Api(api)
 
     def read(namespace: str, name: str, key: str) -> bytes | None:

@@ -14,12 +14,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import urllib3
-from kubernetes import client
+from typing import TYPE_CHECKING, Any
 
 from gitopsd import errors
+
+if TYPE_CHECKING:  # the kubernetes package is imported by whoever makes the ApiClient
+    from kubernetes import client
 
 FIELD_MANAGER = "gitopsd"
 REQUEST_TIMEOUT = 30.0
@@ -82,6 +82,8 @@ class Target:
 
     def _once(self, method: str, path: str, *, body: Any, query: Mapping[str, str] | None, content_type: str,
               verb: str) -> tuple[int, Any, float | None]:
+        import urllib3  # noqa: PLC0415 - loaded with the ApiClient already; not at start-up of every command
+
         url = self.api.configuration.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         key = verb or method.lower()
