@@ -46,6 +46,7 @@ def compile_packs(env: Env, state: PassState) -> None:
     scopes the last pass settled on (gitopsd.yaml's ``crds`` first), then ``_settle_scopes`` reads
     every pack's CRDs and compiles again only the packs that used a scope that turned out otherwise."""
     builds = sorted(state.builds, key=lambda b: b.path)
+    packcompile.seed_inputs(env, builds)
     state.crd_scopes = compile_core.known_scopes(state.config.crds, [("", env.memo.crd_scopes)])[0]
     state.renders = {}
     earlier = dict(env.memo.running)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable
 
 from gitopsd import __version__, errors, passstate, ports
@@ -45,15 +46,45 @@ class Started:
     running_since: float = 0.0  # time.monotonic() when that render's child started
 
 
+def _inputs_key(build: spec.PackBuild) -> str:
+    return f"{build.path}|{build.source}"
+
+
+def _persisted_inputs_key(memo_key: str) -> str:
+    return hashlib.sha256(f"{COMPILER}|{memo_key}".encode()).hexdigest()
+
+
 def _inputs(env: Env, tree: ports.Tree, build: spec.PackBuild) -> list[str]:
     """The renderer's input folders, reused while every folder it walked keeps its tree id."""
-    key = f"{build.path}|{build.source}"
+    key = _inputs_key(build)
     known = env.memo.inputs.get(key)
     if known is not None and tuple(tree.tree_id(f) for f in known[0]) == known[1]:
         return known[0]
     folders = env.renderers[build.category].inputs(tree, build)
-    env.memo.inputs[key] = (folders, tuple(tree.tree_id(f) for f in folders))
+    ids = tuple(tree.tree_id(f) for f in folders)
+    env.memo.inputs[key] = (folders, ids)
+    if isinstance(env.cache, ports.RemembersInputs):
+        env.cache.remember_input_folders(_persisted_inputs_key(key), json.dumps([folders, ids]))
     return folders
+
+
+def seed_inputs(env: Env, builds: list[spec.PackBuild]) -> None:
+    """Take the renderer input folders a cache across processes holds for the packs this process
+    has not walked yet (all of them, in a new process), in one lookup. They count exactly as this
+    process's own (``_inputs``): while every folder keeps the tree id it was read from."""
+    if not isinstance(env.cache, ports.RemembersInputs):
+        return
+    wanted = {_persisted_inputs_key(key): key for key in map(_inputs_key, builds) if key not in env.memo.inputs}
+    if not wanted:
+        return
+    for persisted, text in env.cache.input_folders(list(wanted)).items():
+        try:
+            folders, ids = json.loads(text)
+            if all(isinstance(f, str) for f in folders) and all(isinstance(i, str) or i is None for i in ids) \
+                    and len(folders) == len(ids):
+                env.memo.inputs[wanted[persisted]] = (list(folders), tuple(ids))
+        except (ValueError, TypeError):
+            continue  # a damaged entry: the renderer walks the folders again
 
 
 def cache_key(tree: ports.Tree, build: spec.PackBuild, *, extra: str, folders: list[str]) -> str:

@@ -175,6 +175,18 @@ class RemembersSpecs(Protocol):
 
 
 @runtime_checkable
+class RemembersInputs(Protocol):
+    """A CompileCache that also keeps each pack's renderer input folders with the tree ids they
+    were read from, across processes (optional): a new process does not walk unchanged kustomizations."""
+
+    def input_folders(self, keys: Sequence[str]) -> dict[str, str]:
+        """The JSON text ``[folders, tree ids]`` of each known key; unknown keys are left out."""
+        ...
+
+    def remember_input_folders(self, key: str, text: str) -> None: ...
+
+
+@runtime_checkable
 class RemembersVerdicts(Protocol):
     """A CompileCache that also keeps signature checks that passed, across processes (optional).
     A key covers the signed spec, the signature and the trusted key set; the cache lives in the

@@ -309,3 +309,44 @@ def test_a_new_process_trusts_a_passed_signature_check_only_for_the_same_spec_si
     assert {(c.name, c.reason) for c in tampered.plan.changes if c.action is change.Action.BLOCKED} == {
         ("one-a", "SignatureInvalid"), ("one-b", "SignatureInvalid"),
     }
+
+
+def test_a_new_process_takes_renderer_input_folders_from_the_cache_while_their_tree_ids_hold(
+        tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {**CLUSTERS, **packbuild("one"), **packbuild("two")})
+    tree = fakes.MemoryTree(h.files, scratch=tmp_path / "scratch")
+    walked: list[str] = []
+
+    class Counting:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def inputs(self, tree: object, build: object) -> list[str]:
+            walked.append(build.path)  # type: ignore[attr-defined]
+            return self.inner.inputs(tree, build)  # type: ignore[attr-defined,no-any-return]
+
+        def render(self, tree: object, build: object) -> object:
+            return self.inner.render(tree, build)  # type: ignore[attr-defined]
+
+    def new_process() -> reconcile.PassState:
+        cache = compilecache.SqliteCompileCache(tmp_path / "cache.db")
+        renderers = {category: Counting(r) for category, r in render.renderers().items()}
+        env = reconcile.Env(
+            source=fakes.StaticSource(tree), cluster=h.cluster, registry=h.registry, cache=cache,
+            clock=fakes.FixedClock(), renderers=renderers, schemas=schemafiles.schemas(),  # type: ignore[arg-type]
+            signer=keys.load_private_key(h.key),
+        )
+        try:
+            return reconcile.run(env)
+        finally:
+            cache.close()
+
+    first = new_process()
+    assert sorted(walked) == ["packs/one/packbuild.yaml", "packs/two/packbuild.yaml"]
+    walked.clear()
+    tree.files.update(packbuild("two", "2.0.0"))  # its manifests folder changes: walked again
+    second = new_process()
+    assert walked == ["packs/two/packbuild.yaml"]
+    assert [r.cached for r in second.compiled if r.build.base_pack_name == "one"] == [True]
+    assert [r.compiled.cluster_pack.manifest_digest for r in second.compiled if r.build.base_pack_name == "one"] == [
+        r.compiled.cluster_pack.manifest_digest for r in first.compiled if r.build.base_pack_name == "one"]

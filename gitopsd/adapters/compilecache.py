@@ -22,7 +22,8 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS compiled (key TEXT PRIMARY KEY, value TEX
            "CREATE TABLE IF NOT EXISTS failed (key TEXT PRIMARY KEY, reason TEXT NOT NULL, message TEXT NOT NULL, "
            "at REAL NOT NULL);"
            "CREATE TABLE IF NOT EXISTS specs (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL);"
-           "CREATE TABLE IF NOT EXISTS verified (key TEXT PRIMARY KEY, at REAL NOT NULL)")
+           "CREATE TABLE IF NOT EXISTS verified (key TEXT PRIMARY KEY, at REAL NOT NULL);"
+           "CREATE TABLE IF NOT EXISTS inputs (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL)")
 SPEC_TTL = 30 * 86400  # seconds a parsed PackBuild document is kept; a later read parses it again
 VERIFIED_TTL = 30 * 86400  # seconds a passed signature check is kept; a later pass checks it again
 
@@ -50,6 +51,7 @@ class SqliteCompileCache:
         self._pending: list[tuple[str, str]] = []
         self._failed: list[tuple[str, str, str, float]] = []  # render failures to remember: key, reason, message, time
         self._specs: list[tuple[str, str, float]] = []  # validated PackBuild documents to keep: key, JSON, time
+        self._inputs: list[tuple[str, str, float]] = []  # renderer input folders to keep: key, JSON, time
 
     def _open(self, path: pathlib.Path, read_only: bool) -> sqlite3.Connection:
         if not read_only:
@@ -108,12 +110,22 @@ class SqliteCompileCache:
 
     def spec_documents(self, keys: Sequence[str]) -> dict[str, str]:
         """The validated PackBuild documents (JSON text) kept under these keys, in batches."""
+        return self._values("specs", keys)
+
+    def input_folders(self, keys: Sequence[str]) -> dict[str, str]:
+        """The renderer input folders and their tree ids (JSON text) kept under these keys, in batches."""
+        return self._values("inputs", keys)
+
+    def remember_input_folders(self, key: str, text: str) -> None:
+        self._inputs.append((key, text, time.time()))
+
+    def _values(self, table: str, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         try:
             for start in range(0, len(keys), 500):
                 batch = keys[start:start + 500]
                 marks = ",".join("?" * len(batch))
-                found.update(self._db.execute(f"SELECT key, value FROM specs WHERE key IN ({marks})", batch))
+                found.update(self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", batch))
         except sqlite3.Error:
             return {}
         return found
@@ -157,7 +169,7 @@ class SqliteCompileCache:
         if len(self._memory) > len(self._used):
             self._memory = {k: v for k, v in self._memory.items() if k in self._used}
         self._used = set()
-        if not self._pending and not self._failed and not self._specs:
+        if not self._pending and not self._failed and not self._specs and not self._inputs:
             return
         try:
             with self._db:
@@ -168,11 +180,15 @@ class SqliteCompileCache:
                 if self._specs:
                     self._db.executemany("INSERT OR REPLACE INTO specs(key, value, at) VALUES (?, ?, ?)", self._specs)
                     self._db.execute("DELETE FROM specs WHERE at < ?", (time.time() - SPEC_TTL,))
+                if self._inputs:
+                    self._db.executemany("INSERT OR REPLACE INTO inputs(key, value, at) VALUES (?, ?, ?)", self._inputs)
+                    self._db.execute("DELETE FROM inputs WHERE at < ?", (time.time() - SPEC_TTL,))
         except sqlite3.Error:
             pass  # a cache that cannot be written only costs a recompile next time
         self._pending.clear()
         self._failed.clear()
         self._specs.clear()
+        self._inputs.clear()
 
     def close(self) -> None:
         self.flush()
