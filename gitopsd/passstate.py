@@ -87,6 +87,8 @@ class PassState:
     renders_bytes: int = 0
     observed: instance.Observed | None = None
     verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)
+    # ClusterPack name -> (the ClusterPack ``sign`` made, the bytes it signed): its check reuses them
+    signed: dict[str, tuple[pack.ClusterPack, bytes]] = dataclasses.field(default_factory=dict)
     # ClusterPack name -> (reason, detail) of a published artifact that does not verify: an input of the plan
     artifact_problems: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     plan: change.Plan | None = None

@@ -208,8 +208,10 @@ def sign(env: Env, state: PassState) -> None:
         cp = result.compiled.cluster_pack
         if cp.name in state.observed.packs or cp.signature is not None:
             continue
-        signed = cp.with_signature(env.signer.sign(signing.payload(cp)))
+        data = signing.payload(cp)
+        signed = cp.with_signature(env.signer.sign(data))
         result.compiled = dataclasses.replace(result.compiled, cluster_pack=signed)
+        state.signed[cp.name] = (signed, data)
 
 
 def _verified_key(key_set: str, spec_json: str, signature: str) -> str:
@@ -271,7 +273,9 @@ def verify_signatures(env: Env, state: PassState) -> None:
         else:
             # Once stored, this spec comes back as the observed one: remember the verdict for it too.
             memo_key = (cp.name, pack.canonical_json(cp.spec()), cp.signature) if cp.signature else None
-            data, signature = signing.payload(cp), cp.signature
+            made = state.signed.get(cp.name)
+            data = made[1] if made is not None and made[0] is cp else signing.payload(cp)  # the bytes sign signed
+            signature = cp.signature
         if signature is None:
             verdict = plan.Verdict.PENDING if env.dry_run and env.signer is None and found is None else plan.Verdict.MISSING
         elif env.verifier is None:
