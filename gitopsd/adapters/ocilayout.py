@@ -63,8 +63,8 @@ class OciLayout:
     def has(self, repository: str, digest: str) -> bool:
         """The manifest is stored AND tagged for ``repository``: blobs a crash left untagged do
         not count, so the next push tags them (it finds the blobs and uploads nothing)."""
-        self._settle()
-        if not self._blob_path(digest).exists():
+        path = self._blob_path(digest)
+        if path not in self._pending and not path.exists():  # a pushed blob counts before it is settled
             return False
         self._load_index()
         prefix = f"{repository}:"

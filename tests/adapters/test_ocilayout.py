@@ -42,8 +42,8 @@ def test_pushed_blobs_are_readable_before_the_flush_and_durable_names_come_with_
     # written, not yet renamed into place: a crash now leaves only temporary files, never a wrong blob
     assert all(p.name.startswith(".tmp-") for p in blobs.iterdir())
     assert layout.push("demo", art) is False  # the pending manifest counts as present
-    assert layout.has("demo", art.manifest_digest)  # a read settles the pending blobs first
-    assert layout.verify("demo", art.manifest_digest) == []
+    assert layout.has("demo", art.manifest_digest)  # pushed and tagged: present before it is settled
+    assert layout.verify("demo", art.manifest_digest) == []  # a read of the bytes settles them first
     layout.flush()
     assert sorted(p.name for p in blobs.iterdir()) == sorted(
         {b.digest.split(":")[1] for b in art.blobs} | {art.manifest_digest.split(":")[1]})
