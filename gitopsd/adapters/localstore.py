@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CLUSTER_PACK = pack.CLUSTER_PACK_KIND
 PACK_INSTANCE = instance.PACK_INSTANCE_KIND
 MAX_EVENTS = 10_000
+ROW_BATCH = 10_000  # object rows an apply keeps back before handing them to SQLite in one statement
 T = TypeVar("T")
 
 
@@ -102,8 +103,11 @@ class LocalStore:
         # During ``apply``: object rows and Events not yet handed to SQLite (written in batches, in
         # the same transaction), and the last Event of each object among them.
         self._rows: dict[tuple[str, str, str], tuple[str, str, str, str, int, int, str]] | None = None
-        self._events: list[tuple[str, str, str, str, str, str, str, str]] = []
-        self._last_event: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._events: list[tuple[int, str, str, str, str, str, str, str, str]] = []  # id first
+        self._next_event = 0  # the id the next Event of this apply gets
+        # (kind, namespace) -> name -> (reason, message) of its last Event in this apply, one tuple per pair
+        self._last_event: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
         self.writes = 0
 
     def close(self) -> None:
@@ -226,15 +230,20 @@ class LocalStore:
         db = self._db
         written = 0
         self._staged = []
-        self._rows, self._events, self._last_event = {}, [], {}
+        self._rows, self._events, self._last_event, self._pairs = {}, [], {}, {}
         try:
             db.execute("BEGIN IMMEDIATE")
             rv = before = self.resource_version()
+            self._next_event = self._last_event_id() + 1
             for c in changes:
                 rv, wrote = self._apply_one(namespace, c, rv, revision, now)
                 written += wrote
+                if len(self._rows) >= ROW_BATCH:
+                    self._write_rows()
+                if len(self._events) >= 2 * MAX_EVENTS:
+                    self._write_events(prune=bool(written), final=False)
             self._write_rows()
-            self._write_events(prune=bool(written))
+            self._write_events(prune=bool(written), final=True)
             if written:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('rv', ?)", (str(rv),))
                 db.execute(
@@ -251,7 +260,7 @@ class LocalStore:
             self._cache = None
             raise store_error(self.path, err) from err
         finally:
-            self._rows, self._events, self._last_event = None, [], {}
+            self._rows, self._events, self._last_event, self._pairs = None, [], {}, {}
         self.writes += written
         self._advance_cache(namespace, before, rv)
         return written
@@ -264,19 +273,25 @@ class LocalStore:
                 "VALUES (?,?,?,?,?,?,?)", list(self._rows.values()))
             self._rows.clear()
 
-    def _write_events(self, *, prune: bool) -> None:
-        """Insert the Events ``_event`` kept back, with the ids one insert each would have given
-        them; when the pass prunes Events to the last ``MAX_EVENTS`` anyway, only those are inserted."""
-        events, self._events = self._events, []
-        if not events:
-            return
+    def _last_event_id(self) -> int:
+        """The id AUTOINCREMENT gave last (an Event insert gets the next one)."""
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
-        last = max(int(row[0]) if row else 0,
+        return max(int(row[0]) if row else 0,
                    int(self._db.execute("SELECT coalesce(MAX(id), 0) FROM events").fetchone()[0]))
-        skip = max(0, len(events) - MAX_EVENTS) if prune else 0
-        self._db.executemany(
-            "INSERT INTO events(id, time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?,?)",
-            ((last + 1 + i, *events[i]) for i in range(skip, len(events))))
+
+    def _write_events(self, *, prune: bool, final: bool) -> None:
+        """Insert the Events ``_event`` kept back, with the ids one insert each would have given
+        them. Once the pass has written an object it prunes Events to the last ``MAX_EVENTS`` at
+        its end (``prune``): older ones kept back are dropped instead of inserted and deleted."""
+        if prune:
+            del self._events[:max(0, len(self._events) - MAX_EVENTS)]
+            if not final:
+                return
+        if self._events:
+            self._db.executemany(
+                "INSERT INTO events(id, time, kind, namespace, name, type, reason, message, revision) "
+                "VALUES (?,?,?,?,?,?,?,?,?)", self._events)
+        self._events = []
 
     def _stored(self, kind: str, namespace: str, name: str) -> tuple[str, int, int, str] | None:
         """(uid, resourceVersion, generation, body) of a stored object, counting this pass's rows."""
@@ -420,7 +435,7 @@ class LocalStore:
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
                revision: str) -> None:
         if type_ == "Warning":
-            last = self._last_event.get((kind, namespace, name)) if self._rows is not None else None
+            last = self._last_event.get((kind, namespace), {}).get(name) if self._rows is not None else None
             if last is None:
                 last = self._db.execute(
                     "SELECT reason, message FROM events WHERE kind=? AND namespace=? AND name=? ORDER BY id DESC LIMIT 1",
@@ -428,9 +443,11 @@ class LocalStore:
                 ).fetchone()
             if last == (reason, message):
                 return  # the same warning again: like Kubernetes, do not repeat it
-        if self._rows is not None:  # in apply: inserted at its end (``_write_events``)
-            self._events.append((now, kind, namespace, name, type_, reason, message, revision))
-            self._last_event[(kind, namespace, name)] = (reason, message)
+        if self._rows is not None:  # in apply: inserted in batches (``_write_events``)
+            self._events.append((self._next_event, now, kind, namespace, name, type_, reason, message, revision))
+            self._next_event += 1
+            pair = self._pairs.setdefault((reason, message), (reason, message))
+            self._last_event.setdefault((kind, namespace), {})[name] = pair
             return
         self._db.execute(
             "INSERT INTO events(time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?)",

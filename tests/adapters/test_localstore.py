@@ -125,18 +125,24 @@ def test_a_cluster_pack_created_meanwhile_with_the_same_content_is_adopted(tmp_p
     assert store.resource_version() == before
 
 
-def test_events_past_the_limit_keep_the_ids_and_order_of_one_insert_each(tmp_path: pathlib.Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pass's Events are inserted at its end, only the last MAX_EVENTS when it prunes: the table
-    holds what inserting each one and pruning afterwards would leave, ids included."""
-    monkeypatch.setattr(localstore, "MAX_EVENTS", 3)
+@pytest.mark.parametrize(("max_events", "row_batch"), [(3, 10_000), (1, 1), (2, 2)], ids=["at-the-end", "tiny", "small"])
+def test_events_past_the_limit_keep_the_ids_and_order_of_one_insert_each(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, max_events: int, row_batch: int) -> None:
+    """A pass's Events and rows are handed to SQLite in batches, and Events the pass's own pruning
+    would delete are not inserted: the tables hold what inserting each one and pruning afterwards
+    would leave, ids included, wherever the batches end."""
+    monkeypatch.setattr(localstore, "MAX_EVENTS", max_events)
+    monkeypatch.setattr(localstore, "ROW_BATCH", row_batch)
     store = localstore.LocalStore(tmp_path / "s.db")
     first = build_plan(desired("web", "1.0.0"), desired("api", "1.0.0"))  # both claim web-c1: a Warning too
     store.apply("seam-system", first.changes, first.revision, "t1")
     up = build_plan(desired("web", "1.1.0"), desired("api", "1.0.0"), observed=store.observe("seam-system"))
-    store.apply("seam-system", up.changes, up.revision, "t2")  # 2 more
+    store.apply("seam-system", up.changes, up.revision, "t2")
     rows = store._db.execute("SELECT id, time, name, reason FROM events ORDER BY id").fetchall()
-    # what inserting each Event and pruning afterwards leaves (the figures of the one-insert-each store)
-    assert rows == [(4, "t1", "web-c1", "PackCollisionDetected"), (5, "t2", "web-v1.1.0", "Created"),
-                    (6, "t2", "web-c1", "PackCollisionDetected")]
+    # the last three Events of the one-insert-each store (ids 1-3 were the first pass's others)
+    last = [(4, "t1", "web-c1", "PackCollisionDetected"), (5, "t2", "web-v1.1.0", "Created"),
+            (6, "t2", "web-c1", "PackCollisionDetected")]
+    assert rows == last[-max_events:]
     assert store._db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone() == (6,)
+    assert store.observe("seam-system") == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
+    assert store.integrity_ok()
