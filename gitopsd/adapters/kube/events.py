@@ -28,7 +28,16 @@ from typing import Any
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-from gitopsd.adapters.kube.connection import API_VERSION, FIELD_MANAGER, JSON, MERGE_PATCH, Kind, Requests, translate
+from gitopsd.adapters.kube.connection import (
+    API_VERSION,
+    FIELD_MANAGER,
+    JSON,
+    MERGE_PATCH,
+    Kind,
+    Requests,
+    events_path,
+    translate,
+)
 
 log = structlog.get_logger()
 
@@ -143,13 +152,12 @@ class Events:
             "reportingComponent": "gitopsd", "reportingInstance": self.identity, "action": "Reconcile",
         }
         try:
-            self.requests.send("create", "events", self.requests.core.create_namespaced_event, namespace, body,
-                               field_manager=FIELD_MANAGER)
+            self.requests.call("create", "events", "POST", events_path(namespace), body, query={"fieldManager": FIELD_MANAGER})
         except ApiException as err:
             if err.status != 409:
                 raise
             # the series of an earlier pass (another process): continue it
-            found = self.requests.send("get", "events", self.requests.core.read_namespaced_event, event_name, namespace)
+            found = self.requests.call("get", "events", "GET", events_path(namespace, event_name))
             self._continue(key, (event_name, int(found.get("count") or 1)), message, now)
             return
         self._remember(key, event_name, 1)
@@ -158,8 +166,8 @@ class Events:
         event_name, count = known
         patch = {"count": count + 1, "lastTimestamp": now, "message": message,
                  "series": {"count": count + 1, "lastObservedTime": micro_time(now)}}
-        self.requests.send("patch", "events", self.requests.core.patch_namespaced_event, event_name, key[0], patch,
-                           field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+        self.requests.call("patch", "events", "PATCH", events_path(key[0], event_name), patch,
+                           query={"fieldManager": FIELD_MANAGER}, content_type=MERGE_PATCH)
         self._remember(key, event_name, count + 1)
 
     def _remember(self, key: tuple[str, ...], event_name: str, count: int) -> None:

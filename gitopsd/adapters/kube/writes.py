@@ -50,13 +50,12 @@ from gitopsd.adapters.kube.connection import (
     CLUSTER_PACKS,
     DELIVERY_FIELD_MANAGER,
     FIELD_MANAGER,
-    GROUP,
     JSON,
     MERGE_PATCH,
     PACK_INSTANCES,
-    VERSION,
     Kind,
     Requests,
+    custom_path,
     names_the_object,
     rv_of,
     translate,
@@ -69,6 +68,8 @@ from gitopsd.model import change, delivery, instance, pack
 log = structlog.get_logger()
 
 Basis = Mapping[tuple[str, str], JSON]  # (plural, name) -> the object as the plan saw it
+MANAGED = {"fieldManager": FIELD_MANAGER}
+FORCED = {"fieldManager": FIELD_MANAGER, "force": "true"}  # server-side apply taking our own fields back
 
 
 def write_order(c: change.Change) -> int:
@@ -162,8 +163,8 @@ class Writer:
         created = False
         for attempt in self.attempts(f"create ClusterPack {namespace}/{cp.name}"):
             try:
-                obj = self.requests.send("create", CLUSTER_PACKS.plural, self.requests.custom.create_namespaced_custom_object,
-                                         GROUP, VERSION, namespace, CLUSTER_PACKS.plural, body, field_manager=FIELD_MANAGER)
+                obj = self.requests.call("create", CLUSTER_PACKS.plural, "POST", custom_path(namespace, CLUSTER_PACKS.plural),
+                                         body, query=MANAGED)
                 created = True
                 break
             except ApiException as err:
@@ -251,11 +252,9 @@ class Writer:
             if PACK_INSTANCES.plural not in self.status_subresource:
                 sent["status"] = status_for(before, before + 1)
             try:
-                obj = self.requests.send(
-                    "apply", PACK_INSTANCES.plural, self.requests.custom.patch_namespaced_custom_object,
-                    GROUP, VERSION, namespace, PACK_INSTANCES.plural, pi.name, sent,
-                    field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
-                )
+                obj = self.requests.call("apply", PACK_INSTANCES.plural, "PATCH",
+                                         custom_path(namespace, PACK_INSTANCES.plural, pi.name), sent,
+                                         query=FORCED, content_type=APPLY_PATCH)
                 break
             except ApiException as err:
                 if err.status != 409:
@@ -329,13 +328,11 @@ class Writer:
                     if kept:
                         status["conditions"] = restamped(kept, before, before + 1)
                 body = {"apiVersion": API_VERSION, "kind": PACK_INSTANCES.kind, "metadata": meta, "status": status}
-                method = (self.requests.custom.patch_namespaced_custom_object_status if legacy
-                          else self.requests.custom.patch_namespaced_custom_object)
                 try:
-                    written = self.requests.send(
-                        "apply", f"{PACK_INSTANCES.plural}/status" if legacy else PACK_INSTANCES.plural, method,
-                        GROUP, VERSION, namespace, PACK_INSTANCES.plural, name, body,
-                        field_manager=DELIVERY_FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
+                    written = self.requests.call(
+                        "apply", f"{PACK_INSTANCES.plural}/status" if legacy else PACK_INSTANCES.plural, "PATCH",
+                        custom_path(namespace, PACK_INSTANCES.plural, name, "status" if legacy else ""), body,
+                        query={"fieldManager": DELIVERY_FIELD_MANAGER, "force": "true"}, content_type=APPLY_PATCH,
                     )
                     break
                 except ApiException as err:
@@ -382,18 +379,13 @@ class Writer:
                     body = {"apiVersion": API_VERSION, "kind": kind.kind,
                             "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
                             "status": {**kept, **status_for(before, after)}}
-                    written = self.requests.send(
-                        "apply", f"{kind.plural}/status", self.requests.custom.patch_namespaced_custom_object_status,
-                        GROUP, VERSION, namespace, kind.plural, name, body,
-                        field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
-                    )
+                    written = self.requests.call("apply", f"{kind.plural}/status", "PATCH",
+                                                 custom_path(namespace, kind.plural, name, "status"), body,
+                                                 query=FORCED, content_type=APPLY_PATCH)
                 else:
                     patch = {"metadata": {"resourceVersion": rv}, "status": status_for(before, after)}
-                    written = self.requests.send(
-                        "patch", kind.plural, self.requests.custom.patch_namespaced_custom_object,
-                        GROUP, VERSION, namespace, kind.plural, name, patch,
-                        field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH,
-                    )
+                    written = self.requests.call("patch", kind.plural, "PATCH", custom_path(namespace, kind.plural, name),
+                                                 patch, query=MANAGED, content_type=MERGE_PATCH)
                 break
             except ApiException as err:
                 if err.status != 409:
@@ -415,8 +407,7 @@ class Writer:
         for attempt in self.attempts(f"delete {kind.kind} {namespace}/{name}"):
             options = {"preconditions": {"resourceVersion": rv}} if rv else None
             try:
-                gone = self.requests.send("delete", kind.plural, self.requests.custom.delete_namespaced_custom_object,
-                                          GROUP, VERSION, namespace, kind.plural, name, body=options)
+                gone = self.requests.call("delete", kind.plural, "DELETE", custom_path(namespace, kind.plural, name), options)
                 break
             except ApiException as err:
                 if err.status == 404:
@@ -452,8 +443,7 @@ class Writer:
     def get(self, kind: Kind, namespace: str, name: str) -> JSON | None:
         """The object as the API server has it now; None when it does not exist."""
         try:
-            return self.requests.send("get", kind.plural, self.requests.custom.get_namespaced_custom_object,
-                                      GROUP, VERSION, namespace, kind.plural, name)
+            return self.requests.call("get", kind.plural, "GET", custom_path(namespace, kind.plural, name))
         except ApiException as err:
             if names_the_object(err):
                 return None
