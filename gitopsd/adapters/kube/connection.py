@@ -184,7 +184,21 @@ class Requests:
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._host = api.configuration.host.rstrip("/")
+        self._prefix = urllib3.util.parse_url(self._host).path or ""  # an API server behind a path
         self._headers = {"Accept": "application/json", "User-Agent": str(api.user_agent)}
+
+    @functools.cached_property
+    def _pool(self) -> Any:
+        """The connection pool to the API server (no PoolManager URL handling per request; through
+        a proxy, the PoolManager's own handling is kept)."""
+        manager = self.api.rest_client.pool_manager
+        if isinstance(manager, urllib3.ProxyManager):
+            return _Absolute(manager, self._host.removesuffix(self._prefix))
+        return manager.connection_from_url(self._host)
+
+    @functools.cached_property
+    def _timeout(self) -> urllib3.Timeout:
+        return urllib3.Timeout(total=self.timeout)
 
     @functools.cached_property
     def custom(self) -> client.CustomObjectsApi:
@@ -209,9 +223,9 @@ class Requests:
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             headers["Content-Type"] = content_type
-        url = self._host + path + ("?" + urlencode(query) if query else "")
-        response = self.api.rest_client.pool_manager.request(
-            method, url, body=data, headers=headers, timeout=urllib3.Timeout(total=self.timeout), preload_content=True)
+        target = self._prefix + path + ("?" + urlencode(query) if query else "")
+        response = self._pool.urlopen(method, target, body=data, headers=headers, timeout=self._timeout,
+                                      preload_content=True, assert_same_host=False)
         if not 200 <= response.status < 300:
             err = ApiException(status=response.status, reason=response.reason)
             err.body = response.data.decode("utf-8", "replace")
@@ -241,3 +255,14 @@ class Requests:
         """A streaming response (a watch): the caller reads and closes it."""
         self.count(verb, resource)
         return method(*args, _preload_content=False, **kwargs)
+
+
+class _Absolute:
+    """``urlopen`` with a path, on a ``ProxyManager`` (which needs the absolute URL)."""
+
+    def __init__(self, manager: urllib3.ProxyManager, host: str) -> None:
+        self.manager, self.host = manager, host
+
+    def urlopen(self, method: str, target: str, **kwargs: Any) -> Any:
+        kwargs.pop("assert_same_host", None)
+        return self.manager.urlopen(method, self.host + target, **kwargs)
