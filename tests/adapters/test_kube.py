@@ -548,6 +548,28 @@ def test_a_crashed_leader_is_replaced_once_the_lease_runs_out_on_the_followers_c
     successor.stop()
 
 
+def test_a_leader_renews_with_one_request_and_reads_again_when_someone_else_wrote_the_lease(
+        api: client.ApiClient, kube_env: KubeEnv) -> None:
+    clock = Clock()
+    leader = lease.Elector(api, namespace=kube_env.namespace, identity="replica-a", clock=clock, **FAST)
+    assert leader.try_acquire_or_renew() and leader.is_leader()
+    kube_env.reset_requests()
+    for _ in range(5):
+        clock.advance(FAST["retry_period"])
+        assert leader.try_acquire_or_renew() and leader.is_leader()
+    rounds = [(r.verb, r.code) for r in kube_env.requests(resource="leases")]
+    assert rounds == [("update", 200)] * 5  # no read before each renew
+    # another writer changes the Lease behind the leader's back (a hand edit, or a successor after a partition)
+    taken = kube_env.get_object("leases", lease.LEASE_NAME, kube_env.namespace)
+    taken["spec"] = {**taken["spec"], "holderIdentity": "replica-b", "leaseTransitions": 1}
+    kube_env.put_object("leases", lease.LEASE_NAME, kube_env.namespace, taken)
+    kube_env.reset_requests()
+    clock.advance(FAST["retry_period"])
+    assert not leader.try_acquire_or_renew() and leader.holder == "replica-b" and not leader.is_leader()
+    assert [(r.verb, r.code) for r in kube_env.requests(resource="leases")] == [("update", 409), ("get", 200)]
+    leader.stop(release=False)
+
+
 def test_only_one_of_many_contenders_wins(api: client.ApiClient, kube_env: KubeEnv) -> None:
     clock = Clock()
     electors = [lease.Elector(api, namespace=kube_env.namespace, identity=f"r{i}", clock=clock, **FAST) for i in range(5)]

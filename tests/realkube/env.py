@@ -80,6 +80,10 @@ class KubeEnv:
         body = {**obj, "metadata": {**obj["metadata"], "namespace": self.namespace}}
         return dict(self._call("POST", self._path(resource, None), body))
 
+    def put_object(self, resource: str, name: str, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace the object as another writer would (a 409 when ``obj``'s resourceVersion is stale)."""
+        return dict(self._call("PUT", self._path(resource, namespace, name), obj))
+
     def delete_object(self, resource: str, name: str) -> None:
         self._call("DELETE", self._path(resource, None, name))
 

@@ -379,8 +379,11 @@ def test_a_completed_cluster_pack_status_keeps_its_provenance_message(tmp_path: 
             (created,) = kube_env.list_objects(PACKS)
             kube.client.CustomObjectsApi(kube_env.direct).patch_namespaced_custom_object(
                 kube.GROUP, kube.VERSION, kube_env.namespace, PACKS, created["metadata"]["name"], {"status": None})
-            kube_env.delete_object(INSTANCES, kube_env.list_objects(INSTANCES)[0]["metadata"]["name"])  # a pass with writes
-            kharness.wait_until(lambda: not any(o.get("status") for o in cluster.informer(kube.CLUSTER_PACKS, kube_env.namespace).snapshot()))
+            gone = kube_env.list_objects(INSTANCES)[0]["metadata"]["name"]
+            kube_env.delete_object(INSTANCES, gone)  # a pass with writes
+            # the cache must have seen both changes, or the pass plans from before them and writes nothing
+            kharness.wait_until(lambda: not any(o.get("status") for o in cluster.informer(kube.CLUSTER_PACKS, kube_env.namespace).snapshot())
+                                and cluster.informer(kube.PACK_INSTANCES, kube_env.namespace).get(gone) is None)
             passes.run()
         finally:
             passes.close()
