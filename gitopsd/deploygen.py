@@ -15,6 +15,11 @@ schemas, so the conversion:
 - refuses any keyword it does not know how to carry over, naming the schema path, so a schema
   change that Kubernetes could not express fails here instead of on a cluster.
 
+The CRDs declare no ``status`` subresource: gitopsd writes an object's spec and status together
+in one server-side apply (one request per object, and no half-written object for a reader to see).
+``metadata.generation`` then moves on every spec or status change, and every writer stamps the
+``observedGeneration`` its own write makes (``gitopsd.adapters.kube.writes``).
+
 ``--check`` exits 1 when ``deploy/10-crds.yaml`` differs from what the schemas give (CI runs it).
 """
 
@@ -198,7 +203,6 @@ def crd(resource: Resource, schema: Mapping[str, Any]) -> JSON:
                     "name": pack.API_VERSION.rpartition("/")[2],
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
                     "additionalPrinterColumns": [dict(c) for c in resource.columns],
                     "schema": {"openAPIV3Schema": root},
                 }

@@ -145,6 +145,7 @@ class Elector:
         self._renewed_at = float("-inf")  # monotonic start of the last successful acquire/renew
         self._observed: tuple[str, str, str] | None = None  # (holder, renewTime, resourceVersion)
         self._observed_at = float("-inf")
+        self._written: dict[str, Any] | None = None  # the Lease as this elector last wrote it, while leading
         self._stop = threading.Event()
         self._became_leader = threading.Event()
         self._thread: threading.Thread | None = None
@@ -210,8 +211,12 @@ class Elector:
             self._stop.wait(max(0.0, self.retry_period - (self.clock() - started)))
 
     def try_acquire_or_renew(self) -> bool:
-        """One round: read the Lease, then create, renew or take it over when allowed."""
+        """One round: read the Lease, then create, renew or take it over when allowed. A leader first
+        renews from the Lease it wrote last, without reading it (one request a round instead of
+        two); a conflict there means someone else wrote it since, and the round goes on with a read."""
         started = self.clock()
+        if self._leading and self._written is not None and self._renew_written(started):
+            return True
         current = self._read()
         now = self.wall()
         if current is None:
@@ -258,6 +263,23 @@ class Elector:
         self._won(written, started)
         return True
 
+    def _renew_written(self, started: float) -> bool:
+        last = self._written
+        assert last is not None
+        spec = last.get("spec") or {}
+        body = {**last, "spec": self._spec(acquire_time=str(spec.get("acquireTime") or _micro_time(self.wall())),
+                                           renew_time=_micro_time(self.wall()),
+                                           transitions=int(spec.get("leaseTransitions") or 0))}
+        try:
+            written = self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, body)
+        except ApiException as err:
+            if err.status in (404, 409):
+                self._written = None
+                return False  # changed or deleted since this elector wrote it: read it and decide again
+            raise
+        self._won(written, started)
+        return True
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _spec(self, *, acquire_time: str, renew_time: str, transitions: int) -> dict[str, Any]:
@@ -270,6 +292,7 @@ class Elector:
         }
 
     def _won(self, written: dict[str, Any], started: float) -> None:
+        self._written = written
         spec = written.get("spec") or {}
         self._observed = (self.identity, str(spec.get("renewTime") or ""), str(written["metadata"].get("resourceVersion", "")))
         self._observed_at = self.clock()
@@ -281,6 +304,8 @@ class Elector:
 
     def _set_leading(self, leading: bool) -> bool:
         """Set the state; returns the previous one and runs the callbacks on a change."""
+        if not leading:
+            self._written = None
         with self._lock:
             previous, self._leading = self._leading, leading
             if leading:
@@ -319,7 +344,7 @@ class Elector:
         try:
             response = method(*args, **kwargs)
         except ApiException as err:
-            if err.status == 404 and method != self.leases.read_namespaced_lease:
+            if err.status == 404 and method == self.leases.create_namespaced_lease:  # a replace's 404: the Lease went
                 raise errors.ConfigError(
                     f"namespace {self.namespace} does not exist, so Lease {self.namespace}/{self.name} cannot be "
                     "created: create the namespace or elect the leader in another one",

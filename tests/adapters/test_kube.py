@@ -122,10 +122,14 @@ def test_first_pass_creates_cluster_packs_and_instances_with_status_and_events(k
         assert pi["status"]["state"] == "installed" and len(pi["status"]["history"]) == 1
         assert [c["type"] for c in pi["status"]["conditions"]] == ["Ready", "Reconciling", "Stalled"]
         assert_complete(pi)
+    # one Event per pack and reason: about its ClusterPack, naming its creation and the instances installed
     events = kube_env.list_objects("events")
-    reasons = sorted({(e["involvedObject"]["kind"], e["reason"], e["type"]) for e in events})
-    assert reasons == [("InfrastructureClusterPack", "Created", "Normal"), ("PackInstance", "Installed", "Normal")]
-    assert len(events) == 20 and all(e["involvedObject"].get("uid") for e in events)
+    assert sorted(e["involvedObject"]["name"] for e in events) == sorted(packs)
+    for e in events:
+        named = [n for n, pi in instances.items() if pi["spec"]["clusterPackRef"]["name"] == e["involvedObject"]["name"]]
+        assert (e["involvedObject"]["kind"], e["reason"], e["type"], e["count"]) == ("InfrastructureClusterPack", "Installed", "Normal", 1)
+        assert e["message"].startswith(f"ClusterPack {e['involvedObject']['name']} created; {len(named)} PackInstance"), e["message"]
+        assert all(n in e["message"] for n in named) and e["involvedObject"].get("uid")
     writes = kube_env.requests()
     assert {r.field_manager for r in writes if r.is_write} == {"gitopsd"}
     print(f"\nfirst pass of examples-repo: {kube_env.write_count()} writes; requests {counts(kube_env)}")
@@ -175,12 +179,13 @@ def test_version_bump_supersedes_the_instances_in_place(kube_env: KubeEnv, passe
         assert after[name]["metadata"]["resourceVersion"] == before[name]["metadata"]["resourceVersion"]
     assert "web-frontend-v1.4.2" in objects(kube_env, PACKS)  # kept for a rollback
     written = sorted({(r.verb, r.resource, r.name) for r in kube_env.requests() if r.is_write and r.resource != "events"})
-    assert written == [  # a create names its object in the body, not the URL
-        ("apply", f"{PACKS}/status", "web-frontend-v1.5.0"),
+    assert written == [  # one request an object (spec and status together); a create names its object in the body
         ("apply", INSTANCES, "web-frontend-prod-eu"), ("apply", INSTANCES, "web-frontend-prod-us"),
-        ("apply", f"{INSTANCES}/status", "web-frontend-prod-eu"), ("apply", f"{INSTANCES}/status", "web-frontend-prod-us"),
         ("create", PACKS, ""),
     ]
+    [event] = [e for e in kube_env.list_objects("events") if e["reason"] == "Upgrade"]
+    assert event["involvedObject"]["name"] == "web-frontend-v1.5.0"
+    assert event["message"].startswith("ClusterPack web-frontend-v1.5.0 created; 2 PackInstances Upgrade (web-frontend-prod-eu, web-frontend-prod-us)")
     print(f"\none-pack version bump: {kube_env.write_count()} writes; requests {counts(kube_env)}")
 
 
@@ -196,8 +201,9 @@ def test_uninstall_deletes_the_instances_and_keeps_the_cluster_pack(kube_env: Ku
     assert "web-frontend-v1.4.2" in objects(kube_env, PACKS)
     deletes = [(r.resource, r.name) for r in kube_env.requests(verb="delete")]
     assert sorted(deletes) == [(INSTANCES, "web-frontend-prod-eu"), (INSTANCES, "web-frontend-prod-us")]
-    uninstalled = [e for e in kube_env.list_objects("events") if e["reason"] == "Uninstalled"]
-    assert sorted(e["involvedObject"]["name"] for e in uninstalled) == ["web-frontend-prod-eu", "web-frontend-prod-us"]
+    [uninstalled] = [e for e in kube_env.list_objects("events") if e["reason"] == "Uninstalled"]
+    assert uninstalled["involvedObject"]["name"] == "web-frontend-v1.4.2"
+    assert uninstalled["message"].startswith("2 PackInstances Uninstalled (web-frontend-prod-eu, web-frontend-prod-us)")
     assert passes.run().writes == 0
 
 
@@ -216,7 +222,8 @@ def test_a_collision_writes_the_blocked_condition_once(kube_env: KubeEnv, passes
     assert (by_type["Ready"]["status"], by_type["Stalled"]["status"], by_type["PackCollisionDetected"]["status"]) == ("False", "True", "True")
     assert status["state"] == "installed" and len(status["history"]) == 1  # blocked: the install record stays
     warnings = [e for e in kube_env.list_objects("events") if e["type"] == "Warning"]
-    assert [(e["involvedObject"]["name"], e["reason"]) for e in warnings] == [("platform-base-dev", "PackCollisionDetected")]
+    assert [(e["involvedObject"]["name"], e["reason"]) for e in warnings] == [("platform-base-v1.0.0", "PackCollisionDetected")]
+    assert warnings[0]["message"].startswith("1 PackInstance PackCollisionDetected (platform-base-dev): ")
     kube_env.reset_requests()
 
     again = passes.run()
@@ -310,27 +317,26 @@ def test_server_errors_are_transient_and_the_next_pass_converges(kube_env: KubeE
     assert passes.run().writes == 0
 
 
-def test_a_lost_status_write_is_redone_by_the_next_pass(kube_env: KubeEnv, passes: harness.Passes) -> None:
-    """Spec applied, status write failed: the next pass sees the instance as not installed yet."""
-    kube_env.faults.add(faults.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{INSTANCES}/status",
+def test_a_failed_write_leaves_nothing_half_written_and_the_next_pass_redoes_it(kube_env: KubeEnv, passes: harness.Passes) -> None:
+    """Spec and status go in one request: a refused write leaves no object without its status."""
+    kube_env.faults.add(faults.Fail(422, "Invalid", "injected"), verb="apply", resource=INSTANCES,
                         name="network-policies-dev", times=1)
-    kube_env.faults.add(faults.Fail(422, "Invalid", "injected"), verb="apply", resource=f"{PACKS}/status",
-                        name="observability-v2.3.0", times=1)
+    kube_env.faults.add(faults.Fail(422, "Invalid", "injected"), verb="create", resource=PACKS, times=1)
     with pytest.raises(errors.StalledError):
         passes.run()
-    half = objects(kube_env, INSTANCES)["network-policies-dev"]
-    assert "status" not in half and half["spec"]["cluster"] == "dev"
-    assert "status" not in objects(kube_env, PACKS)["observability-v2.3.0"]
-    assert not any(n.startswith("observability-") for n in objects(kube_env, INSTANCES))  # skipped with their pack
+    assert "network-policies-dev" not in objects(kube_env, INSTANCES)
+    assert len(objects(kube_env, PACKS)) == len(EXAMPLE_PACKS) - 1  # the first create was refused...
+    assert all(pi["status"]["history"] for pi in objects(kube_env, INSTANCES).values())  # ...its instances skipped
+    assert all("status" in o for o in [*objects(kube_env, PACKS).values(), *objects(kube_env, INSTANCES).values()])
 
     state = passes.run()
 
     assert state.summary is not None and state.summary.ready
     redone = objects(kube_env, INSTANCES)["network-policies-dev"]
-    assert redone["metadata"]["uid"] == half["metadata"]["uid"]
     assert [(h["state"], h.get("upgradeDirection")) for h in redone["status"]["history"]] == [("installed", "Initial")]
     assert_complete(redone)
-    assert_complete(objects(kube_env, PACKS)["observability-v2.3.0"])
+    for obj in objects(kube_env, PACKS).values():
+        assert_complete(obj)
     assert passes.run().writes == 0
 
 
@@ -540,6 +546,28 @@ def test_a_crashed_leader_is_replaced_once_the_lease_runs_out_on_the_followers_c
     successor = lease.Elector(api, namespace=kube_env.namespace, identity="replica-c", clock=clock, **FAST)
     assert successor.try_acquire_or_renew() and successor.is_leader()
     successor.stop()
+
+
+def test_a_leader_renews_with_one_request_and_reads_again_when_someone_else_wrote_the_lease(
+        api: client.ApiClient, kube_env: KubeEnv) -> None:
+    clock = Clock()
+    leader = lease.Elector(api, namespace=kube_env.namespace, identity="replica-a", clock=clock, **FAST)
+    assert leader.try_acquire_or_renew() and leader.is_leader()
+    kube_env.reset_requests()
+    for _ in range(5):
+        clock.advance(FAST["retry_period"])
+        assert leader.try_acquire_or_renew() and leader.is_leader()
+    rounds = [(r.verb, r.code) for r in kube_env.requests(resource="leases")]
+    assert rounds == [("update", 200)] * 5  # no read before each renew
+    # another writer changes the Lease behind the leader's back (a hand edit, or a successor after a partition)
+    taken = kube_env.get_object("leases", lease.LEASE_NAME, kube_env.namespace)
+    taken["spec"] = {**taken["spec"], "holderIdentity": "replica-b", "leaseTransitions": 1}
+    kube_env.put_object("leases", lease.LEASE_NAME, kube_env.namespace, taken)
+    kube_env.reset_requests()
+    clock.advance(FAST["retry_period"])
+    assert not leader.try_acquire_or_renew() and leader.holder == "replica-b" and not leader.is_leader()
+    assert [(r.verb, r.code) for r in kube_env.requests(resource="leases")] == [("update", 409), ("get", 200)]
+    leader.stop(release=False)
 
 
 def test_only_one_of_many_contenders_wins(api: client.ApiClient, kube_env: KubeEnv) -> None:

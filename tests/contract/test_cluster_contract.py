@@ -14,7 +14,7 @@ from kubernetes import client
 
 from gitopsd import errors
 from gitopsd.adapters import kube
-from gitopsd.model import change, instance, pack
+from gitopsd.model import change, delivery, instance, pack
 from tests.contract import harness
 from tests.contract.conftest import Target
 
@@ -156,8 +156,9 @@ def test_a_status_another_writer_completes_after_this_cache_saw_the_pack_is_left
         assert cp.name in late.observe(target.namespace).packs  # seen with no status yet
         finished = {**status, "conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "by the other writer",
                                               "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}
-        custom.patch_namespaced_custom_object_status(harness.GROUP, V1, target.namespace, harness.PACKS, cp.name,
-                                                     {"status": finished}, _preload_content=False)
+        # no status subresource (deploy/10-crds.yaml): the other writer sets the status on the object
+        custom.patch_namespaced_custom_object(harness.GROUP, V1, target.namespace, harness.PACKS, cp.name,
+                                              {"status": finished}, _preload_content=False)
         assert late.apply(target.namespace, [create_pack(cp)], REV, NOW) == 1  # adopted, status written once
     stored = read(target, harness.PACKS, cp.name)
     assert stored is not None and stored["status"]["conditions"][0]["reason"] == "Created"
@@ -173,7 +174,7 @@ def test_pruning_deletes_the_cluster_pack(target: Target) -> None:
         assert adapter.apply(target.namespace, [remove(change.ObjectKind.CLUSTER_PACK, cp.name)], REV, NOW) == 1
         assert adapter.observe(target.namespace).packs == {}
     assert read(target, harness.PACKS, cp.name) is None
-    assert [e["reason"] for e in events_about(target, cp.name)] == ["Created", "Pruned"]
+    assert sorted(e["reason"] for e in events_about(target, cp.name)) == ["Created", "Pruned"]
 
 
 # -- PackInstances --------------------------------------------------------------------------------
@@ -191,7 +192,11 @@ def test_supersede_keeps_the_object_and_moves_its_resource_version(target: Targe
     stored = read(target, harness.INSTANCES, "demo-dev")
     assert stored is not None
     assert {c["observedGeneration"] for c in stored["status"]["conditions"]} == {stored["metadata"]["generation"]}
-    assert [e["reason"] for e in events_about(target, "demo-dev")] == ["Installed", "Upgrade"]
+    # one Event per pack and reason, about the ClusterPack the instances run (its creation named in it)
+    installed, = events_about(target, "demo-v1.0.0")
+    upgraded, = events_about(target, "demo-v1.1.0")
+    assert (installed["reason"], upgraded["reason"]) == ("Installed", "Upgrade")
+    assert installed["message"].startswith("ClusterPack demo-v1.0.0 created; 1 PackInstance Installed (demo-dev): ")
 
 
 def test_uninstall_deletes_the_instance(target: Target) -> None:
@@ -200,7 +205,7 @@ def test_uninstall_deletes_the_instance(target: Target) -> None:
         assert adapter.apply(target.namespace, [remove(change.ObjectKind.PACK_INSTANCE, "demo-dev", observed)], REV, NOW) == 1
         assert adapter.observe(target.namespace).instances == {}
     assert read(target, harness.INSTANCES, "demo-dev") is None
-    assert events_about(target, "demo-dev")[-1]["reason"] == "Uninstalled"
+    assert "Uninstalled" in [e["reason"] for e in events_about(target, "demo-v1.0.0")]  # about its ClusterPack
 
 
 def test_a_write_based_on_a_stale_read_is_refused_not_overwriting(target: Target) -> None:
@@ -230,8 +235,9 @@ def test_a_blocked_condition_is_written_only_when_it_changes(target: Target) -> 
     assert conditions["PackCollisionDetected"]["message"] == "collides with third-v2.0.0"
     assert (conditions["Ready"]["status"], conditions["Stalled"]["status"]) == ("False", "True")
     assert len(stored["status"]["history"]) == 1
-    warnings = [(e["type"], e["reason"]) for e in events_about(target, "demo-dev") if e["type"] == "Warning"]
-    assert warnings == [("Warning", "PackCollisionDetected")] * 2
+    # the second block continues the series of the first (one Event, count 2), the repeat sent nothing
+    warnings = [(e["reason"], e["count"], e["series"]["count"]) for e in events_about(target, "demo-v1.0.0") if e["type"] == "Warning"]
+    assert warnings == [("PackCollisionDetected", 2, 2)]
 
 
 def test_a_spec_written_without_its_status_is_observed_as_not_installed(target: Target) -> None:
@@ -289,3 +295,34 @@ def test_a_deletion_based_on_a_stale_read_is_refused(target: Target) -> None:
             adapter.apply(target.namespace, [remove(change.ObjectKind.PACK_INSTANCE, "demo-dev", observed)], REV, NOW)
     assert raised.value.reason == "Conflict"
     assert read(target, harness.INSTANCES, "demo-dev") is not None
+
+
+# -- one request an object ------------------------------------------------------------------------
+
+
+def test_an_instance_and_its_pack_are_written_with_one_request_each(target: Target) -> None:
+    with target.cluster() as adapter:
+        install(target, adapter, cluster_pack(target.namespace))
+        sent = {key: n for key, n in adapter.requests.counts.items() if key.split()[0] not in ("get", "list", "watch")}
+    assert sent == {f"create {harness.PACKS}": 1, f"apply {harness.INSTANCES}": 1, "create events": 1}
+    stored = read(target, harness.INSTANCES, "demo-dev")
+    assert stored is not None and stored["metadata"]["generation"] == 1
+    assert {c["observedGeneration"] for c in stored["status"]["conditions"]} == {1}
+
+
+def test_a_delivery_record_keeps_the_status_current_and_the_instance_complete(target: Target) -> None:
+    """``status.delivery`` (manager gitopsd-delivery) moves ``metadata.generation``: the conditions'
+    ``observedGeneration`` moves with it, so readers (and the next plan) still see a complete write."""
+    record = delivery.Delivery(cluster="dev", result=delivery.Result.DELIVERED, digest="sha256:" + "1" * 64,
+                               version="1.0.0", message="delivered", at=NOW)
+    with target.cluster() as adapter:
+        first = install(target, adapter, cluster_pack(target.namespace))
+        adapter.record_delivery(target.namespace, "demo-dev", record, NOW)
+        again = adapter.observe(target.namespace).instances["demo-dev"]
+    stored = read(target, harness.INSTANCES, "demo-dev")
+    assert stored is not None and stored["spec"]["clusterPackRef"]["name"] == "demo-v1.0.0"
+    assert stored["status"]["delivery"]["result"] == "Delivered"
+    assert {c["observedGeneration"] for c in stored["status"]["conditions"]} == {stored["metadata"]["generation"]} == {2}
+    assert (again.state, again.checksum, again.history) == (first.state, first.checksum, first.history)
+    managers = {m["manager"] for m in stored["metadata"]["managedFields"]}
+    assert managers == {"gitopsd", "gitopsd-delivery"}

@@ -74,16 +74,15 @@ class KubeEnv:
             raise
 
     def create_object(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create ``obj`` in this namespace; a ``status`` in it is written through ``/status`` next,
-        as the API server ignores it on create."""
+        """Create ``obj`` in this namespace, with its ``status`` if it has one (the CRDs have no
+        status subresource: a create keeps it)."""
         resource = _plural(obj["kind"])
         body = {**obj, "metadata": {**obj["metadata"], "namespace": self.namespace}}
-        status = body.pop("status", None)
-        created = self._call("POST", self._path(resource, None), body)
-        if status is not None:
-            created["status"] = status
-            created = self._call("PUT", self._path(resource, None, obj["metadata"]["name"]) + "/status", created)
-        return dict(created)
+        return dict(self._call("POST", self._path(resource, None), body))
+
+    def put_object(self, resource: str, name: str, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace the object as another writer would (a 409 when ``obj``'s resourceVersion is stale)."""
+        return dict(self._call("PUT", self._path(resource, namespace, name), obj))
 
     def delete_object(self, resource: str, name: str) -> None:
         self._call("DELETE", self._path(resource, None, name))

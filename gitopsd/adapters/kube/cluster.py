@@ -1,8 +1,8 @@
 """``KubeCluster``: ``ports.Cluster`` on the Kubernetes API, made of the parts beside it.
 
 ``observe`` reads from the watch cache (``cache``), ``apply`` executes the plan's changes with the
-cluster writes (``writes``) in convergent order, and every write and failure records an Event
-(``events``); the requests themselves go through ``connection.Requests``.
+cluster writes (``writes``) in convergent order, one request an object, and the writes and failures
+of a pass are recorded as one Event per pack and reason (``events``); the requests themselves go through ``connection.Requests``.
 
 Atomicity: Kubernetes has no transactions, so the writes are ordered for convergence: ClusterPacks
 are created before the PackInstances that point to them, BLOCKED status next, and deletions last
@@ -159,25 +159,32 @@ class KubeCluster:
         self.informer(CLUSTER_PACKS, namespace)
         self.informer(PACK_INSTANCES, namespace)
         basis = self._basis.get(namespace, {})
-        written = self.writer.complete_packs(namespace, now)
+        written = 0
         failed_packs: set[str] = set()
         first_error: errors.GitopsdError | None = None
-        for c in sorted(changes, key=write_order):
-            target = c.pack_instance.cluster_pack if c.pack_instance is not None else None
-            if c.action in (change.Action.CREATE, change.Action.SUPERSEDE) and target in failed_packs:
-                continue  # its ClusterPack could not be created: the next pass retries both
-            try:
-                written += self._apply_one(namespace, c, basis, revision, now)
-            except errors.GitopsdError as err:
-                if isinstance(err, STOPS_THE_PASS):
-                    raise
-                log.warning("write failed", kind=str(c.kind), name=c.name, reason=err.reason, error=str(err))
-                kind = CLUSTER_PACKS if c.kind is change.ObjectKind.CLUSTER_PACK else PACK_INSTANCES
-                self.events.record(namespace, kind, c.name, "Warning", err.reason, str(err), now)
-                first_error = first_error or err
-                if c.kind is change.ObjectKind.CLUSTER_PACK:
-                    failed_packs.add(c.name)
-        self.writes += written
+        try:
+            written += self.writer.complete_packs(namespace, now)
+            for c in sorted(changes, key=write_order):
+                target = c.pack_instance.cluster_pack if c.pack_instance is not None else None
+                if c.action in (change.Action.CREATE, change.Action.SUPERSEDE) and target in failed_packs:
+                    continue  # its ClusterPack could not be created: the next pass retries both
+                try:
+                    written += self._apply_one(namespace, c, basis, revision, now)
+                except errors.GitopsdError as err:
+                    if isinstance(err, STOPS_THE_PASS):
+                        raise
+                    log.warning("write failed", kind=str(c.kind), name=c.name, reason=err.reason, error=str(err))
+                    kind = CLUSTER_PACKS if c.kind is change.ObjectKind.CLUSTER_PACK else PACK_INSTANCES
+                    self.events.add(namespace, kind, c.name, "Warning", err.reason, str(err))
+                    first_error = first_error or err
+                    if c.kind is change.ObjectKind.CLUSTER_PACK:
+                        failed_packs.add(c.name)
+        finally:
+            self.writes += written
+            if not self.requests.may_write():
+                self.events.discard()  # not the leader any more: its Events are not ours to send
+            else:
+                self.events.flush(now)  # one Event per pack and reason of the pass
         if first_error is not None:
             raise first_error
         return written
@@ -194,13 +201,12 @@ class KubeCluster:
             if c.action is change.Action.BLOCKED and c.condition is not None:
                 # a ClusterPack's status is not ours to flag: it is immutable, and the plan stops
                 # talking about it once the version is bumped
-                self.events.record(namespace, CLUSTER_PACKS, c.name, "Warning", c.reason, c.condition.message, now)
+                self.events.add(namespace, CLUSTER_PACKS, c.name, "Warning", c.reason, c.condition.message)
             return 0
         if c.action in (change.Action.CREATE, change.Action.SUPERSEDE):
             assert c.pack_instance is not None
             reason = "Installed" if c.action is change.Action.CREATE else str(c.direction or "Superseded")
-            self.writer.write_instance(namespace, c.pack_instance, basis, reason, note, now)
-            return 1
+            return int(self.writer.write_instance(namespace, c.pack_instance, basis, reason, note, now))
         if c.action is change.Action.UNINSTALL:
             return self.writer.delete(namespace, PACK_INSTANCES, c.name, basis, "Uninstalled", note, now)
         if c.action is change.Action.BLOCKED and c.condition is not None:

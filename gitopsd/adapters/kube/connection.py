@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import urllib3
 from kubernetes import client, config
@@ -151,16 +153,85 @@ def rv_of(obj: Mapping[str, Any] | None) -> int:
         return 0
 
 
+def custom_path(namespace: str, plural: str, name: str = "", subresource: str = "") -> str:
+    """The URL path of a custom resource collection or object (``/apis/GROUP/VERSION/...``)."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace, safe='')}/{plural}"
+    if name:
+        path += "/" + quote(name, safe="")
+    return path + ("/" + subresource if subresource else "")
+
+
+def events_path(namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/events" + ("/" + quote(name, safe="") if name else "")
+
+
 class Requests:
-    """Every API call of the adapter: raw JSON in and out, counted, writes gated by leadership."""
+    """Every API call of the adapter: raw JSON in and out, counted, writes gated by leadership.
+
+    The writes and reads of ``writes`` and ``events`` go through ``call``, a thin layer over the
+    API client's own connection pool (its TLS, proxy and credentials): the body is serialised once
+    with ``json.dumps`` and the answer parsed once, without the generated client's per-call argument
+    validation and model sanitising (most of gitopsd's CPU per write, measured in bench/README.md).
+    Errors are the generated client's ``ApiException`` (status, reason, body), so ``translate``
+    reads both alike. ``send`` and ``open`` call a generated client method (the watch cache's list
+    and watch); ``custom`` and ``core`` are built on first use only.
+    """
 
     def __init__(self, api: client.ApiClient, *, may_write: Callable[[], bool], timeout: float) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        self.api = api
         self.may_write = may_write
         self.timeout = timeout
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
+        self._host = api.configuration.host.rstrip("/")
+        self._prefix = urllib3.util.parse_url(self._host).path or ""  # an API server behind a path
+        self._headers = {"Accept": "application/json", "User-Agent": str(api.user_agent)}
+
+    @functools.cached_property
+    def _pool(self) -> Any:
+        """The connection pool to the API server (no PoolManager URL handling per request; through
+        a proxy, the PoolManager's own handling is kept)."""
+        manager = self.api.rest_client.pool_manager
+        if isinstance(manager, urllib3.ProxyManager):
+            return _Absolute(manager, self._host.removesuffix(self._prefix))
+        return manager.connection_from_url(self._host)
+
+    @functools.cached_property
+    def _timeout(self) -> urllib3.Timeout:
+        return urllib3.Timeout(total=self.timeout)
+
+    @functools.cached_property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @functools.cached_property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def call(self, verb: str, resource: str, method: str, path: str, body: Any = None, *,
+             query: Mapping[str, str] | None = None, content_type: str = "application/json") -> JSON:
+        """One request: ``method`` on ``path`` (``custom_path``/``events_path``) with ``body`` as
+        JSON; the answer's JSON (``{}`` when empty). A non-2xx answer raises ``ApiException``."""
+        if verb not in ("get", "list", "watch") and not self.may_write():
+            raise errors.NotLeader("this replica is not the leader any more: write skipped")
+        self.count(verb, resource)
+        headers = dict(self._headers)
+        for auth in self.api.configuration.auth_settings().values():
+            if auth["in"] == "header" and auth["value"]:
+                headers[auth["key"]] = auth["value"]
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = content_type
+        target = self._prefix + path + ("?" + urlencode(query) if query else "")
+        response = self._pool.urlopen(method, target, body=data, headers=headers, timeout=self._timeout,
+                                      preload_content=True, assert_same_host=False)
+        if not 200 <= response.status < 300:
+            err = ApiException(status=response.status, reason=response.reason)
+            err.body = response.data.decode("utf-8", "replace")
+            err.headers = response.headers
+            raise err
+        return json.loads(response.data) if response.data else {}
 
     def count(self, verb: str, resource: str) -> None:
         with self._lock:
@@ -184,3 +255,14 @@ class Requests:
         """A streaming response (a watch): the caller reads and closes it."""
         self.count(verb, resource)
         return method(*args, _preload_content=False, **kwargs)
+
+
+class _Absolute:
+    """``urlopen`` with a path, on a ``ProxyManager`` (which needs the absolute URL)."""
+
+    def __init__(self, manager: urllib3.ProxyManager, host: str) -> None:
+        self.manager, self.host = manager, host
+
+    def urlopen(self, method: str, target: str, **kwargs: Any) -> Any:
+        kwargs.pop("assert_same_host", None)
+        return self.manager.urlopen(method, self.host + target, **kwargs)

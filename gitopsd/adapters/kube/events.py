@@ -1,26 +1,63 @@
-"""Events: every write and every failure of the adapter records a core/v1 Event on its object.
+"""Events: the writes and failures of the adapter as core/v1 Events, one per pack and reason per pass.
 
-Best effort: a lost event never fails a pass. A repeated event raises the count of the one already
-sent (as Kubernetes' own recorder does); a Warning that repeats the last one about the same object is
-not sent again. ``reportingInstance`` is the replica's identity.
+A pass that installs a pack on ten clusters records one Event, not ten: ``add`` collects what
+``writes`` and ``KubeCluster.apply`` did during a pass, grouped by the object the Event is about
+(the ClusterPack the PackInstances run, or the object itself) and its type and reason, and ``flush``
+sends one Event per group at the end of the pass, whose message says how many objects and which
+("10 PackInstances Upgrade to web-v1.2.0 (web-dev, web-prod, ...): upgrade 1.1.0 -> 1.2.0").
+A ClusterPack created in the same pass as the instances that point to it is named in their Event
+instead of getting one of its own. ``record`` sends a single-object Event at once (delivery results).
+
+A repeated reason continues a series, like Kubernetes' own recorder: the Event of a (subject, type,
+reason) has a name derived from them, so the next pass (in this process or a new one) raises its
+``count`` and ``series.count``, sets ``lastTimestamp`` and the new message instead of creating
+another Event. A Warning whose message repeats the last one about the same subject is not sent
+again. Best effort: a lost event never fails a pass. ``reportingInstance`` is the replica's identity.
 """
 
 from __future__ import annotations
 
 import collections
-import time
+import dataclasses
+import datetime
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-from gitopsd.adapters.kube.connection import API_VERSION, FIELD_MANAGER, JSON, MERGE_PATCH, Kind, Requests, translate
+from gitopsd.adapters.kube.connection import (
+    API_VERSION,
+    FIELD_MANAGER,
+    JSON,
+    MERGE_PATCH,
+    Kind,
+    Requests,
+    events_path,
+    translate,
+)
 
 log = structlog.get_logger()
 
 MAX_EVENT_MESSAGE = 1024
-EVENTS_KEPT = 1000  # events remembered to count repeats
+EVENTS_KEPT = 1000  # series remembered to count repeats without a read
+NAMES_SHOWN = 600  # characters of member names a message lists before "..."
+
+Subject = tuple[str, str, str]  # (namespace, kind, name) of the object an Event is about
+
+
+@dataclasses.dataclass(slots=True)
+class Group:
+    """What one Event of a pass will say: the objects (``members``) a reason applies to."""
+
+    kind: Kind
+    obj: Mapping[str, Any] | None
+    member_kind: str
+    members: list[str] = dataclasses.field(default_factory=list)
+    details: list[str] = dataclasses.field(default_factory=list)
+    created: str | None = None  # a ClusterPack created in the same pass, named in the message
 
 
 class Events:
@@ -32,57 +69,141 @@ class Events:
         self.requests = requests
         self.identity = identity
         self.cached = cached
-        self._events: collections.OrderedDict[tuple[str, ...], tuple[str, int]] = collections.OrderedDict()
-        self._last_warning: dict[tuple[str, str, str], tuple[str, str]] = {}
-        self._serial = 0
+        self._series: collections.OrderedDict[tuple[str, ...], tuple[str, int]] = collections.OrderedDict()
+        self._last_warning: dict[tuple[str, ...], str] = {}
+        self._pending: dict[tuple[str, ...], Group] = {}
+
+    # -- a pass: add, then flush ----------------------------------------------------------------
+
+    def add(self, namespace: str, kind: Kind, name: str, type_: str, reason: str, detail: str, *,
+            member: tuple[Kind, str] | None = None, obj: Mapping[str, Any] | None = None) -> None:
+        """Count ``member`` (default: the subject itself) under the Event about ``kind``/``name``."""
+        member_kind, member_name = member if member is not None else (kind, name)
+        key = (namespace, kind.kind, name, type_, reason)
+        group = self._pending.get(key)
+        if group is None:
+            group = self._pending[key] = Group(kind=kind, obj=obj, member_kind=member_kind.kind)
+        group.obj = group.obj or obj
+        if member_name not in group.members:
+            group.members.append(member_name)
+        if detail not in group.details:
+            group.details.append(detail)
+
+    def discard(self) -> None:
+        self._pending = {}
+
+    def flush(self, now: str) -> None:
+        """Send one Event per group added since the last flush."""
+        pending, self._pending = self._pending, {}
+        created = {key[:3]: key for key, g in pending.items() if key[4] == "Created" and g.member_kind == g.kind.kind}
+        for key, group in pending.items():
+            made = created.get(key[:3])
+            if made is not None and made != key and group.member_kind != group.kind.kind:
+                group.created = key[2]  # the instances' Event names the creation of their ClusterPack
+                pending[made].members = []
+        for (namespace, _, name, type_, reason), group in pending.items():
+            if group.members:
+                self.record(namespace, group.kind, name, type_, reason, message(group, reason), now, group.obj)
+
+    # -- one Event ------------------------------------------------------------------------------
 
     def record(self, namespace: str, kind: Kind, name: str, type_: str, reason: str, message: str, now: str,
                obj: Mapping[str, Any] | None = None) -> None:
-        """Record a core/v1 Event (best effort: a lost event never fails a pass)."""
+        """Record a core/v1 Event about ``kind``/``name`` now, or continue its series."""
         message = message if len(message) <= MAX_EVENT_MESSAGE else message[: MAX_EVENT_MESSAGE - 3] + "..."
-        subject = (namespace, kind.kind, name)
-        if obj is None:
-            obj = self.cached(kind, namespace, name)
-        if type_ == "Warning" and self._last_warning.get(subject) == (reason, message):
+        key = (namespace, kind.kind, name, type_, reason)
+        if type_ == "Warning" and self._last_warning.get(key) == message:
             return  # the same warning again: like Kubernetes, do not repeat it
-        key = (*subject, type_, reason, message)
         try:
-            if key in self._events:
-                event_name, count = self._events[key]
-                self.requests.send("patch", "events", self.requests.core.patch_namespaced_event, event_name, namespace,
-                                   {"count": count + 1, "lastTimestamp": now}, field_manager=FIELD_MANAGER,
-                                   _content_type=MERGE_PATCH)
-                self._events[key] = (event_name, count + 1)
-                self._events.move_to_end(key)
-            else:
-                self._serial += 1
-                event_name = f"{name}.{time.time_ns():x}{self._serial:x}"[:253]
-                meta = (obj or {}).get("metadata") or {}
-                involved: JSON = {"apiVersion": API_VERSION, "kind": kind.kind, "name": name, "namespace": namespace}
-                if meta.get("uid"):
-                    involved["uid"] = meta["uid"]
-                body = {
-                    "apiVersion": "v1", "kind": "Event",
-                    "metadata": {"name": event_name, "namespace": namespace},
-                    "involvedObject": involved, "reason": reason, "message": message, "type": type_,
-                    "source": {"component": "gitopsd"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                    "reportingComponent": "gitopsd", "reportingInstance": self.identity,
-                    "action": "Reconcile",
-                }
-                self.requests.send("create", "events", self.requests.core.create_namespaced_event, namespace, body,
-                                   field_manager=FIELD_MANAGER)
-                self._events[key] = (event_name, 1)
-                while len(self._events) > EVENTS_KEPT:
-                    self._events.popitem(last=False)
+            self._send(key, kind, message, now, obj)
         except Exception as err:  # noqa: BLE001 - an event is best effort: a failed one is logged, never raised
-            if isinstance(err, ApiException) and err.status == 404 and key in self._events:
-                del self._events[key]  # expired: the next one is created anew
+            self._series.pop(key, None)
             log.warning("event not recorded", kind=kind.kind, name=name, reason=reason, error=str(translate(
                 err, action="record an event about", kind=kind, namespace=namespace, name=name)))
             return
         if type_ == "Warning":
-            self._last_warning[subject] = (reason, message)
+            self._last_warning[key] = message
         else:
-            self._last_warning.pop(subject, None)
+            self._last_warning.pop((*key[:3], "Warning", reason), None)
+
+    def _send(self, key: tuple[str, ...], kind: Kind, message: str, now: str, obj: Mapping[str, Any] | None) -> None:
+        namespace, _, name, type_, reason = key
+        known = self._series.get(key)
+        if known is not None:
+            try:
+                self._continue(key, known, message, now)
+                return
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                # expired: a new series
+        event_name = series_name(kind.kind, name, type_, reason)
+        if obj is None:
+            obj = self.cached(kind, namespace, name)
+        uid = ((obj or {}).get("metadata") or {}).get("uid")
+        involved: JSON = {"apiVersion": API_VERSION, "kind": kind.kind, "name": name, "namespace": namespace}
+        if uid:
+            involved["uid"] = uid
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": event_name, "namespace": namespace},
+            "involvedObject": involved, "reason": reason, "message": message, "type": type_,
+            "source": {"component": "gitopsd"}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reportingComponent": "gitopsd", "reportingInstance": self.identity, "action": "Reconcile",
+        }
+        try:
+            self.requests.call("create", "events", "POST", events_path(namespace), body, query={"fieldManager": FIELD_MANAGER})
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            # the series of an earlier pass (another process): continue it
+            found = self.requests.call("get", "events", "GET", events_path(namespace, event_name))
+            self._continue(key, (event_name, int(found.get("count") or 1)), message, now)
+            return
+        self._remember(key, event_name, 1)
+
+    def _continue(self, key: tuple[str, ...], known: tuple[str, int], message: str, now: str) -> None:
+        event_name, count = known
+        patch = {"count": count + 1, "lastTimestamp": now, "message": message,
+                 "series": {"count": count + 1, "lastObservedTime": micro_time(now)}}
+        self.requests.call("patch", "events", "PATCH", events_path(key[0], event_name), patch,
+                           query={"fieldManager": FIELD_MANAGER}, content_type=MERGE_PATCH)
+        self._remember(key, event_name, count + 1)
+
+    def _remember(self, key: tuple[str, ...], event_name: str, count: int) -> None:
+        self._series[key] = (event_name, count)
+        self._series.move_to_end(key)
+        while len(self._series) > EVENTS_KEPT:
+            self._series.popitem(last=False)
 
 
+def message(group: Group, reason: str) -> str:
+    """``3 PackInstances Installed (web-dev, web-prod, web-qa): initial install (revision ...)``."""
+    count = len(group.members)
+    details = "; ".join(group.details[:3]) + ("; ..." if len(group.details) > 3 else "")
+    created = f"ClusterPack {group.created} created; " if group.created else ""
+    if count == 1 and group.member_kind == group.kind.kind:
+        return f"{created}{group.kind.kind} {group.members[0]} {reason}: {details}"
+    names = ""
+    for name in group.members:
+        if len(names) + len(name) > NAMES_SHOWN:
+            names += ", ..."
+            break
+        names += (", " if names else "") + name
+    plural = group.member_kind + ("s" if count != 1 else "")
+    return f"{created}{count} {plural} {reason} ({names}): {details}"
+
+
+def series_name(kind: str, name: str, type_: str, reason: str) -> str:
+    """The Event name of a (subject, type, reason) series: the same in every process."""
+    digest = hashlib.sha256(json.dumps([kind, type_, reason]).encode()).hexdigest()[:12]
+    return f"{name[: 253 - 13]}.{digest}"
+
+
+def micro_time(now: str) -> str:
+    """An RFC 3339 time as the API's MicroTime (``2026-01-01T00:00:00.000000Z``)."""
+    try:
+        moment = datetime.datetime.fromisoformat(now.replace("Z", "+00:00")).astimezone(datetime.UTC)
+    except ValueError:
+        return now
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,22 +1,35 @@
-"""Cluster writes: each write the plan asks for, with field manager ``gitopsd``.
+"""Cluster writes: each write the plan asks for, with field manager ``gitopsd``, one request an object.
 
-- ClusterPack CREATE: ``create`` (never an overwrite: an existing object with other content is an
-  ``errors.ImmutabilityViolation``; one with the same checksum is adopted), then its status
-  (``signed``, ``packSignature``, conditions) through ``/status``. UNINSTALL (pruned): ``delete``.
-- PackInstance CREATE / SUPERSEDE: server-side apply of metadata and spec (``force`` for our own
-  fields; the resourceVersion the plan saw as a precondition when the object existed), then
-  server-side apply of the whole status on ``/status``. SUPERSEDE keeps the object (same uid).
+The CRDs have no status subresource (``gitopsd.deploygen``), so one server-side apply sets an
+object's metadata, spec and status together: a reader never sees a spec without its status, and an
+interrupted pass leaves each object either as it was or fully written.
+
+- ClusterPack CREATE: ``create`` with its status (``signed``, ``packSignature``, conditions; never
+  an overwrite: an existing object with other content is an ``errors.ImmutabilityViolation``; one
+  with the same checksum is adopted). UNINSTALL (pruned): ``delete``.
+- PackInstance CREATE / SUPERSEDE: server-side apply of metadata, spec and status (``force`` for our
+  own fields; the resourceVersion the plan saw as a precondition when the object existed). SUPERSEDE
+  keeps the object (same uid). A write whose result the watch cache already holds is not sent.
   UNINSTALL: ``delete`` with a resourceVersion precondition (history lives in the Git status).
 - BLOCKED with a condition: on a PackInstance, a status write of the conditions, only when they
   differ from the cached ones (a ClusterPack only gets a Warning Event: see ``KubeCluster.apply``).
 - ``status.delivery`` of a PackInstance: server-side apply by field manager ``gitopsd-delivery``.
-- A 409 Conflict is answered with a fresh read: when the object still has the content the plan
-  was made from (the conflict came from someone touching nothing we read), the write is retried
-  with the new resourceVersion, a bounded number of times; otherwise the write fails with
-  ``errors.Conflict`` and the next pass plans from the new state (no lost update).
+
+``observedGeneration``: without a status subresource ``metadata.generation`` moves on every spec or
+status change, so each write stamps the generation its own write makes: 1 for a create, the
+generation it was based on (its resourceVersion precondition) + 1 for an update. A status-only write
+(blocked, delivery) carries a condition's ``observedGeneration`` forward when it was current, so a
+status that described the spec still does (``kubectl wait --for=condition=Ready`` keeps working).
+When an answer shows that the API server dropped the status (CRDs from an older release, with the
+subresource) the status goes through ``/status`` as before, for the rest of the process.
+
+A 409 Conflict is answered with a fresh read: when the object still has the content the plan was
+made from (the conflict came from someone touching nothing we read), the write is retried with the
+new resourceVersion, a bounded number of times; otherwise the write fails with ``errors.Conflict``
+and the next pass plans from the new state (no lost update).
 
 The conditions written are those ``gitopsd.core.conditions`` decides; this module serialises them.
-Every write's answer goes into the watch cache, and every write records an Event.
+Every write's answer goes into the watch cache, and every write is counted in the pass's Events.
 """
 
 from __future__ import annotations
@@ -37,12 +50,12 @@ from gitopsd.adapters.kube.connection import (
     CLUSTER_PACKS,
     DELIVERY_FIELD_MANAGER,
     FIELD_MANAGER,
-    GROUP,
     JSON,
+    MERGE_PATCH,
     PACK_INSTANCES,
-    VERSION,
     Kind,
     Requests,
+    custom_path,
     names_the_object,
     rv_of,
     translate,
@@ -55,6 +68,8 @@ from gitopsd.model import change, delivery, instance, pack
 log = structlog.get_logger()
 
 Basis = Mapping[tuple[str, str], JSON]  # (plural, name) -> the object as the plan saw it
+MANAGED = {"fieldManager": FIELD_MANAGER}
+FORCED = {"fieldManager": FIELD_MANAGER, "force": "true"}  # server-side apply taking our own fields back
 
 
 def write_order(c: change.Change) -> int:
@@ -78,6 +93,45 @@ def _content(obj: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
     return (obj.get("spec"), obj.get("status"), meta.get("labels"), meta.get("annotations"), meta.get("deletionTimestamp"))
 
 
+StatusFor = Callable[[int, int], JSON]  # (generation before the write, after it) -> the status to write
+
+
+def generation_of(obj: Mapping[str, Any] | None) -> int:
+    """``metadata.generation`` of an object; 0 when there is none (the write creates it)."""
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("generation") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def carried(observed: Any, before: int, after: int) -> Any:
+    """The ``observedGeneration`` of a condition after a status-only write from ``before`` to ``after``:
+    a status that described the current spec still does; an older one stays older."""
+    return after if observed == before else observed
+
+
+def restamped(conditions_: Any, before: int, after: int) -> list[JSON]:
+    return [{**c, "observedGeneration": carried(c.get("observedGeneration"), before, after)}
+            if isinstance(c, Mapping) and "observedGeneration" in c else c for c in conditions_ or ()]
+
+
+def _status_landed(answer: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Does the answer to a write hold the status it sent? (No: the CRD has a status subresource.)"""
+    return (answer.get("status") or {}).get("conditions") == status.get("conditions")
+
+
+def _holds(cached: Mapping[str, Any], meta: Mapping[str, Any], spec: Any, status: Mapping[str, Any]) -> bool:
+    """Would writing ``meta``/``spec``/``status`` over ``cached`` change nothing but condition times?"""
+    have = cached.get("metadata") or {}
+    labels = have.get("labels") or {}
+    if cached.get("spec") != spec or any(labels.get(k) != v for k, v in (meta.get("labels") or {}).items()):
+        return False
+    current = cached.get("status") or {}
+    if any(current.get(k) != v for k, v in status.items() if k != "conditions"):
+        return False
+    return conditions.same_but_times(status.get("conditions"), current.get("conditions"))
+
+
 class Writer:
     """The writes of one ``KubeCluster``: ``informer(kind, namespace)`` is its watch cache."""
 
@@ -89,19 +143,29 @@ class Writer:
         self.owns = owns
         self.conflict_retries = max(1, conflict_retries)
         self.backoff = backoff
+        self.status_subresource: set[str] = set()  # kinds whose CRD (an older one) has /status
 
     # -- ClusterPacks -------------------------------------------------------------------------
 
     def create_pack(self, namespace: str, cp: pack.ClusterPack, note: str, now: str) -> None:
         body: JSON = cp.to_object()
-        status = cast(JSON, body.pop("status"))
         body["metadata"] = {**body["metadata"], "namespace": namespace}
+        status = cast(JSON, body.pop("status"))
+
+        def status_for(_before: int, after: int) -> JSON:
+            return {**status, "conditions": conditions.status_created_pack(
+                cp.source_build_ref, cp.provenance.commit, generation=max(after, 1), now=now)}
+
+        if CLUSTER_PACKS.plural not in self.status_subresource:
+            body["status"] = status_for(0, 1)
         informer = self.informer(CLUSTER_PACKS, namespace)
         obj: JSON | None = None
+        created = False
         for attempt in self.attempts(f"create ClusterPack {namespace}/{cp.name}"):
             try:
-                obj = self.requests.send("create", CLUSTER_PACKS.plural, self.requests.custom.create_namespaced_custom_object,
-                                         GROUP, VERSION, namespace, CLUSTER_PACKS.plural, body, field_manager=FIELD_MANAGER)
+                obj = self.requests.call("create", CLUSTER_PACKS.plural, "POST", custom_path(namespace, CLUSTER_PACKS.plural),
+                                         body, query=MANAGED)
+                created = True
                 break
             except ApiException as err:
                 if err.status != 409:
@@ -121,14 +185,14 @@ class Writer:
                 ) from err
         assert obj is not None
         informer.upsert(obj)
-        status["conditions"] = conditions.status_created_pack(
-            cp.source_build_ref, cp.provenance.commit, generation=int(obj["metadata"].get("generation") or 1), now=now)
-        obj = self.write_status(namespace, CLUSTER_PACKS, obj, status)
-        self.events.record(namespace, CLUSTER_PACKS, cp.name, "Normal", "Created", f"ClusterPack {cp.name} created: {note}",
-                           now, obj)
+        if created and "status" in body and not _status_landed(obj, body["status"]):
+            self._learn_subresource(CLUSTER_PACKS)
+        if not (obj.get("status") or {}).get("conditions"):
+            obj = self.write_status(namespace, CLUSTER_PACKS, obj, status_for)
+        self.events.add(namespace, CLUSTER_PACKS, cp.name, "Normal", "Created", note, obj=obj)
 
     def complete_packs(self, namespace: str, now: str) -> int:
-        """Write the status of ClusterPacks whose status write was lost after their create."""
+        """Write the status of ClusterPacks created without one (by an older release or another writer)."""
         done = 0
         for obj in self.informer(CLUSTER_PACKS, namespace).snapshot():
             meta = obj["metadata"]
@@ -139,12 +203,15 @@ class Writer:
             if signature is not None:
                 status["packSignature"] = signature
             spec = obj.get("spec") or {}
-            status["conditions"] = conditions.status_created_pack(
-                str(spec.get("sourceBuildRef", "")), str((spec.get("provenance") or {}).get("commit", "")),
-                generation=int(meta.get("generation") or 1), now=now,
-            )
+
+            def status_for(_before: int, after: int, status: JSON = status, spec: JSON = spec) -> JSON:
+                # a ClusterPack's spec never changes after its create: its status describes any generation
+                return {**status, "conditions": conditions.status_created_pack(
+                    str(spec.get("sourceBuildRef", "")), str((spec.get("provenance") or {}).get("commit", "")),
+                    generation=after, now=now)}
+
             try:
-                self.write_status(namespace, CLUSTER_PACKS, obj, status)
+                self.write_status(namespace, CLUSTER_PACKS, obj, status_for)
             except errors.Conflict:
                 # Another writer (a replica, or the CLI) was between its create and its status write
                 # when this cache saw the object; once that status is there, there is nothing to complete.
@@ -158,99 +225,176 @@ class Writer:
     # -- PackInstances ------------------------------------------------------------------------
 
     def write_instance(self, namespace: str, pi: instance.PackInstance, basis: Basis, reason: str, note: str,
-                       now: str) -> None:
+                       now: str) -> bool:
+        """Apply ``pi``; False when the watch cache shows it is already so (nothing sent)."""
         body: JSON = codec.pack_instance_object(pi)
         status = cast(JSON, body.pop("status"))
         meta: JSON = {**body["metadata"], "namespace": namespace}
-        obj: JSON | None = None
         expected = basis.get((PACK_INSTANCES.plural, pi.name))
-        rv = pi.resource_version if expected is not None else None
+        previous = ((expected or {}).get("status") or {}).get("conditions") or ()
+
+        def status_for(_before: int, after: int) -> JSON:
+            return {**status, "conditions": conditions.status_written(pi.conditions, generation=after, now=now,
+                                                                       previous=previous)}
+
         informer = self.informer(PACK_INSTANCES, namespace)
+        cached = informer.get(pi.name)
+        if cached is not None and expected is not None and rv_of(cached) == rv_of(expected):
+            generation = generation_of(cached)
+            if _holds(cached, meta, body["spec"], status_for(generation, generation)):
+                return False  # a write that cannot change anything
+        rv = pi.resource_version if expected is not None else None
+        before = generation_of(expected) if rv else 0
+        obj: JSON | None = None
+        sent: JSON = {}
         for attempt in self.attempts(f"apply PackInstance {namespace}/{pi.name}"):
-            body["metadata"] = {**meta, "resourceVersion": rv} if rv else meta
+            sent = {**body, "metadata": {**meta, "resourceVersion": rv} if rv else meta}
+            if PACK_INSTANCES.plural not in self.status_subresource:
+                sent["status"] = status_for(before, before + 1)
             try:
-                obj = self.requests.send(
-                    "apply", PACK_INSTANCES.plural, self.requests.custom.patch_namespaced_custom_object,
-                    GROUP, VERSION, namespace, PACK_INSTANCES.plural, pi.name, body,
-                    field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
-                )
+                obj = self.requests.call("apply", PACK_INSTANCES.plural, "PATCH",
+                                         custom_path(namespace, PACK_INSTANCES.plural, pi.name), sent,
+                                         query=FORCED, content_type=APPLY_PATCH)
                 break
             except ApiException as err:
                 if err.status != 409:
                     raise translate(err, action="apply", kind=PACK_INSTANCES, namespace=namespace, name=pi.name) from err
-                rv = self.fresh_basis(namespace, PACK_INSTANCES, pi.name, expected, err)
+                fresh = self.fresh_basis(namespace, PACK_INSTANCES, pi.name, expected, err)
+                rv, before = (fresh["metadata"].get("resourceVersion"), generation_of(fresh)) if fresh else (None, 0)
                 attempt.retry(err)
         assert obj is not None
         informer.upsert(obj)
-        previous = (expected or {}).get("status") or {}
-        status["conditions"] = conditions.status_written(pi.conditions, generation=int(obj["metadata"].get("generation") or 1),
-                                                         now=now, previous=previous.get("conditions") or ())
-        obj = self.write_status(namespace, PACK_INSTANCES, obj, status)
-        self.events.record(namespace, PACK_INSTANCES, pi.name, "Normal", reason, f"{pi.cluster_pack}: {note}", now, obj)
+        if "status" not in sent or not _status_landed(obj, sent["status"]):
+            if "status" in sent:
+                self._learn_subresource(PACK_INSTANCES)
+            obj = self.write_status(namespace, PACK_INSTANCES, obj, status_for)
+        elif generation_of(obj) != before + 1:
+            # not the generation the status names (the object was created meanwhile by someone else):
+            # stamp the right one
+            obj = self.write_status(namespace, PACK_INSTANCES, obj, status_for)
+        self.events.add(namespace, CLUSTER_PACKS, pi.cluster_pack, "Normal", reason, note,
+                        member=(PACK_INSTANCES, pi.name))
+        return True
 
     def block_instance(self, namespace: str, c: change.Change, now: str) -> int:
         assert c.condition is not None
         existing = self.informer(PACK_INSTANCES, namespace).get(c.name)
         if existing is None:
-            self.events.record(namespace, PACK_INSTANCES, c.name, "Warning", c.reason, c.condition.message, now)
+            self.events.add(namespace, PACK_INSTANCES, c.name, "Warning", c.reason, c.condition.message)
             return 0
         status = dict(existing.get("status") or {})
-        generation = int(existing["metadata"].get("generation") or 1)
+        generation = generation_of(existing) or 1
         # keep the generation of the last completed write: a block does not complete a spec write
         observed = conditions.observed_generation(status) or generation
         wanted = conditions.status_blocked(c.condition, reason=c.reason, generation=observed, now=now,
                                            previous=status.get("conditions") or ())
         if conditions.same_but_times(wanted, status.get("conditions")):
             return 0
-        status["conditions"] = wanted
-        obj = self.write_status(namespace, PACK_INSTANCES, existing, status)
-        self.events.record(namespace, PACK_INSTANCES, c.name, "Warning", c.reason, c.condition.message, now, obj)
+
+        blocked = c.condition
+
+        def status_for(before: int, after: int) -> JSON:
+            return {"conditions": conditions.status_blocked(
+                blocked, reason=c.reason, generation=carried(observed, before, after), now=now,
+                previous=status.get("conditions") or ())}
+
+        obj = self.write_status(namespace, PACK_INSTANCES, existing, status_for)
+        target = str(((obj.get("spec") or {}).get("clusterPackRef") or {}).get("name") or "")
+        if target:
+            self.events.add(namespace, CLUSTER_PACKS, target, "Warning", c.reason, c.condition.message,
+                            member=(PACK_INSTANCES, c.name))
+        else:
+            self.events.add(namespace, PACK_INSTANCES, c.name, "Warning", c.reason, c.condition.message, obj=obj)
         return 1
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
-        """Server-side apply of ``status.delivery`` alone, by field manager ``gitopsd-delivery``:
-        the plan's own status writes (manager ``gitopsd``) leave it in place, and it leaves theirs."""
-        body = {"apiVersion": API_VERSION, "kind": PACK_INSTANCES.kind, "metadata": {"name": name, "namespace": namespace},
-                "status": {"delivery": record.to_json()}}
+        """Server-side apply of ``status.delivery`` by field manager ``gitopsd-delivery``: the plan's
+        own writes (manager ``gitopsd``) leave it in place, and it leaves their fields as they are.
+        Without a status subresource the write moves ``metadata.generation``, so it also carries the
+        conditions' ``observedGeneration`` forward (their content unchanged; ``carried``)."""
+        informer = self.informer(PACK_INSTANCES, namespace)
+        what = "write the delivery status of"
+        current: Mapping[str, Any] | None = informer.get(name)
+        written: JSON | None = None
         try:
-            written = self.requests.send(
-                "apply", f"{PACK_INSTANCES.plural}/status", self.requests.custom.patch_namespaced_custom_object_status,
-                GROUP, VERSION, namespace, PACK_INSTANCES.plural, name, body,
-                field_manager=DELIVERY_FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
-            )
+            for attempt in self.attempts(f"apply PackInstance {namespace}/{name} status.delivery"):
+                legacy = PACK_INSTANCES.plural in self.status_subresource
+                status: JSON = {"delivery": record.to_json()}
+                meta: JSON = {"name": name, "namespace": namespace}
+                if current is not None and not legacy:
+                    before = generation_of(current)
+                    meta["resourceVersion"] = current["metadata"].get("resourceVersion")
+                    kept = (current.get("status") or {}).get("conditions")
+                    if kept:
+                        status["conditions"] = restamped(kept, before, before + 1)
+                body = {"apiVersion": API_VERSION, "kind": PACK_INSTANCES.kind, "metadata": meta, "status": status}
+                try:
+                    written = self.requests.call(
+                        "apply", f"{PACK_INSTANCES.plural}/status" if legacy else PACK_INSTANCES.plural, "PATCH",
+                        custom_path(namespace, PACK_INSTANCES.plural, name, "status" if legacy else ""), body,
+                        query={"fieldManager": DELIVERY_FIELD_MANAGER, "force": "true"}, content_type=APPLY_PATCH,
+                    )
+                    break
+                except ApiException as err:
+                    if err.status != 409:
+                        raise
+                    current = self.get(PACK_INSTANCES, namespace, name)
+                    if current is None:
+                        return  # uninstalled meanwhile: its delivery record went with it
+                    attempt.retry(err)
         except ApiException as err:
             if err.status == 404:
                 return  # uninstalled meanwhile: its delivery record went with it
-            raise translate(err, action="write the delivery status of", kind=PACK_INSTANCES, namespace=namespace,
-                            name=name) from err
+            raise translate(err, action=what, kind=PACK_INSTANCES, namespace=namespace, name=name) from err
+        except errors.GitopsdError:
+            raise
         except Exception as err:
-            raise translate(err, action="write the delivery status of", kind=PACK_INSTANCES, namespace=namespace,
-                            name=name) from err
-        self.informer(PACK_INSTANCES, namespace).upsert(written)
+            raise translate(err, action=what, kind=PACK_INSTANCES, namespace=namespace, name=name) from err
+        assert written is not None
+        informer.upsert(written)
         type_ = "Normal" if record.result in (delivery.Result.DELIVERED, delivery.Result.PRUNED) else "Warning"
         self.events.record(namespace, PACK_INSTANCES, name, type_, str(record.result), record.message, now, written)
 
     # -- shared writes --------------------------------------------------------------------------
 
-    def write_status(self, namespace: str, kind: Kind, obj: JSON, status: JSON) -> JSON:
-        """Server-side apply of the whole status on ``/status``, based on ``obj``."""
+    def _learn_subresource(self, kind: Kind) -> None:
+        if kind.plural not in self.status_subresource:
+            self.status_subresource.add(kind.plural)
+            log.warning("status subresource in use: status written separately", kind=kind.kind,
+                        fix="kubectl apply -f deploy/10-crds.yaml (one request per object)")
+
+    def write_status(self, namespace: str, kind: Kind, obj: JSON, status_for: StatusFor) -> JSON:
+        """Write status fields based on ``obj`` (its resourceVersion as a precondition): a merge
+        patch of the object (not an apply: an apply by ``gitopsd`` without the spec would remove the
+        spec it applied before), or a server-side apply on ``/status`` where the CRD has it."""
         name = obj["metadata"]["name"]
-        expected, rv = obj, obj["metadata"].get("resourceVersion")
+        expected, current, rv, before = obj, obj, obj["metadata"].get("resourceVersion"), generation_of(obj)
         written: JSON | None = None
-        for attempt in self.attempts(f"apply {kind.kind} {namespace}/{name} status"):
-            body = {"apiVersion": API_VERSION, "kind": kind.kind,
-                    "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv}, "status": status}
+        for attempt in self.attempts(f"write {kind.kind} {namespace}/{name} status"):
+            legacy = kind.plural in self.status_subresource
+            after = before if legacy else before + 1
             try:
-                written = self.requests.send(
-                    "apply", f"{kind.plural}/status", self.requests.custom.patch_namespaced_custom_object_status,
-                    GROUP, VERSION, namespace, kind.plural, name, body,
-                    field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
-                )
+                if legacy:  # an apply of the whole status: what it leaves out, it removes
+                    kept = {k: v for k, v in (current.get("status") or {}).items() if k != "delivery"}
+                    body = {"apiVersion": API_VERSION, "kind": kind.kind,
+                            "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
+                            "status": {**kept, **status_for(before, after)}}
+                    written = self.requests.call("apply", f"{kind.plural}/status", "PATCH",
+                                                 custom_path(namespace, kind.plural, name, "status"), body,
+                                                 query=FORCED, content_type=APPLY_PATCH)
+                else:
+                    patch = {"metadata": {"resourceVersion": rv}, "status": status_for(before, after)}
+                    written = self.requests.call("patch", kind.plural, "PATCH", custom_path(namespace, kind.plural, name),
+                                                 patch, query=MANAGED, content_type=MERGE_PATCH)
                 break
             except ApiException as err:
                 if err.status != 409:
                     raise translate(err, action="write the status of", kind=kind, namespace=namespace, name=name) from err
-                rv = self.fresh_basis(namespace, kind, name, expected, err)
+                fresh = self.fresh_basis(namespace, kind, name, expected, err)
+                if fresh is None:
+                    raise errors.Conflict(f"{kind.kind} {namespace}/{name} disappeared during the pass; the next pass "
+                                          "reads it again") from err
+                current, rv, before = fresh, fresh["metadata"].get("resourceVersion"), generation_of(fresh)
                 attempt.retry(err)
         assert written is not None
         self.informer(kind, namespace).upsert(written)
@@ -263,8 +407,7 @@ class Writer:
         for attempt in self.attempts(f"delete {kind.kind} {namespace}/{name}"):
             options = {"preconditions": {"resourceVersion": rv}} if rv else None
             try:
-                gone = self.requests.send("delete", kind.plural, self.requests.custom.delete_namespaced_custom_object,
-                                          GROUP, VERSION, namespace, kind.plural, name, body=options)
+                gone = self.requests.call("delete", kind.plural, "DELETE", custom_path(namespace, kind.plural, name), options)
                 break
             except ApiException as err:
                 if err.status == 404:
@@ -272,16 +415,21 @@ class Writer:
                     return 0  # already gone
                 if err.status != 409:
                     raise translate(err, action="delete", kind=kind, namespace=namespace, name=name) from err
-                rv = self.fresh_basis(namespace, kind, name, expected, err)
+                fresh = self.fresh_basis(namespace, kind, name, expected, err)
+                rv = None if fresh is None else fresh["metadata"].get("resourceVersion")
                 attempt.retry(err)
         deleted_rv = rv_of(gone) if gone.get("kind") == kind.kind else rv_of(expected)
         self.informer(kind, namespace).remove(name, deleted_rv)
-        self.events.record(namespace, kind, name, "Normal", reason, f"{kind.kind} {name} deleted: {note}", now, expected)
+        target = str((((expected or {}).get("spec") or {}).get("clusterPackRef") or {}).get("name") or "")
+        if kind is PACK_INSTANCES and target:
+            self.events.add(namespace, CLUSTER_PACKS, target, "Normal", reason, note, member=(kind, name))
+        else:
+            self.events.add(namespace, kind, name, "Normal", reason, note, obj=expected)
         return 1
 
-    def fresh_basis(self, namespace: str, kind: Kind, name: str, expected: JSON | None, err: ApiException) -> str | None:
-        """After a 409: the current resourceVersion when the object still has the content the
-        write was based on; otherwise the write would lose someone's update, so give up."""
+    def fresh_basis(self, namespace: str, kind: Kind, name: str, expected: JSON | None, err: ApiException) -> JSON | None:
+        """After a 409: the object now, when it still has the content the write was based on;
+        otherwise the write would lose someone's update, so give up."""
         fresh = self.get(kind, namespace, name)
         if fresh is not None:
             self.informer(kind, namespace).upsert(fresh)
@@ -290,13 +438,12 @@ class Writer:
                 f"{kind.kind} {namespace}/{name} changed since it was read; not overwriting that change: the next pass "
                 "plans from the new state",
             ) from err
-        return None if fresh is None else fresh["metadata"].get("resourceVersion")
+        return fresh
 
     def get(self, kind: Kind, namespace: str, name: str) -> JSON | None:
         """The object as the API server has it now; None when it does not exist."""
         try:
-            return self.requests.send("get", kind.plural, self.requests.custom.get_namespaced_custom_object,
-                                      GROUP, VERSION, namespace, kind.plural, name)
+            return self.requests.call("get", kind.plural, "GET", custom_path(namespace, kind.plural, name))
         except ApiException as err:
             if names_the_object(err):
                 return None
