@@ -46,6 +46,7 @@ CLUSTER_PACK = pack.CLUSTER_PACK_KIND
 PACK_INSTANCE = instance.PACK_INSTANCE_KIND
 MAX_EVENTS = 10_000
 ROW_BATCH = 10_000  # object rows an apply keeps back before handing them to SQLite in one statement
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # json.dumps's, made once: a row body
 T = TypeVar("T")
 
 
@@ -108,6 +109,9 @@ class LocalStore:
         # (kind, namespace) -> name -> (reason, message) of its last Event in this apply, one tuple per pair
         self._last_event: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        # During ``apply``: the stored rows of the objects the next ROW_BATCH changes write, read in
+        # batches (None: not stored); an entry goes when the pass writes or deletes that object.
+        self._known: dict[tuple[str, str, str], tuple[str, int, int, str] | None] = {}
         self.writes = 0
 
     def close(self) -> None:
@@ -235,7 +239,9 @@ class LocalStore:
             db.execute("BEGIN IMMEDIATE")
             rv = before = self.resource_version()
             self._next_event = self._last_event_id() + 1
-            for c in changes:
+            for index, c in enumerate(changes):
+                if index % ROW_BATCH == 0:
+                    self._read_ahead(namespace, changes[index:index + ROW_BATCH])
                 rv, wrote = self._apply_one(namespace, c, rv, revision, now)
                 written += wrote
                 if len(self._rows) >= ROW_BATCH:
@@ -260,7 +266,7 @@ class LocalStore:
             self._cache = None
             raise store_error(self.path, err) from err
         finally:
-            self._rows, self._events, self._last_event, self._pairs = None, [], {}, {}
+            self._rows, self._events, self._last_event, self._pairs, self._known = None, [], {}, {}, {}
         self.writes += written
         self._advance_cache(namespace, before, rv)
         return written
@@ -293,12 +299,37 @@ class LocalStore:
                 "VALUES (?,?,?,?,?,?,?,?,?)", self._events)
         self._events = []
 
+    def _read_ahead(self, namespace: str, changes: Sequence[change.Change]) -> None:
+        """Read the stored rows of the objects ``changes`` may write, 500 names a query, instead of
+        one query each in ``_stored``."""
+        self._known = {}
+        wanted: dict[str, list[str]] = {}
+        for c in changes:
+            if c.kind is change.ObjectKind.CLUSTER_PACK and c.action is change.Action.CREATE:
+                wanted.setdefault(CLUSTER_PACK, []).append(c.name)
+            elif c.kind is change.ObjectKind.PACK_INSTANCE and c.action in (
+                    change.Action.CREATE, change.Action.SUPERSEDE, change.Action.UNINSTALL):
+                wanted.setdefault(PACK_INSTANCE, []).append(c.name)
+        for kind, names in wanted.items():
+            for start in range(0, len(names), 500):
+                batch = names[start:start + 500]
+                for name in batch:
+                    self._known[(kind, namespace, name)] = None
+                marks = ",".join("?" * len(batch))
+                for name, uid, rv, generation, body in self._db.execute(
+                        "SELECT name, uid, resource_version, generation, body FROM objects "
+                        f"WHERE kind=? AND namespace=? AND name IN ({marks})", (kind, namespace, *batch)):
+                    self._known[(kind, namespace, name)] = (str(uid), int(rv), int(generation), str(body))
+
     def _stored(self, kind: str, namespace: str, name: str) -> tuple[str, int, int, str] | None:
         """(uid, resourceVersion, generation, body) of a stored object, counting this pass's rows."""
         if self._rows is not None:
-            kept = self._rows.get((kind, namespace, name))
+            key = (kind, namespace, name)
+            kept = self._rows.get(key)
             if kept is not None:
                 return kept[3], kept[4], kept[5], kept[6]
+            if key in self._known:
+                return self._known[key]
         row = self._db.execute(
             "SELECT uid, resource_version, generation, body FROM objects WHERE kind=? AND namespace=? AND name=?",
             (kind, namespace, name)).fetchone()
@@ -307,6 +338,7 @@ class LocalStore:
     def _delete(self, kind: str, namespace: str, name: str) -> None:
         if self._rows is not None:
             self._rows.pop((kind, namespace, name), None)
+            self._known.pop((kind, namespace, name), None)
         self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
 
     def _advance_cache(self, namespace: str, before: int, after: int) -> None:
@@ -419,11 +451,12 @@ class LocalStore:
         meta = dict(obj["metadata"])  # type: ignore[call-overload]  # object JSON: metadata is a dict
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
-        body = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
+        body = _encode({**obj, "metadata": meta})
         uid = uid or str(uuid.uuid4())
         row = (kind, namespace, name, uid, rv, generation, body)
         if self._rows is not None:
             self._rows[(kind, namespace, name)] = row
+            self._known.pop((kind, namespace, name), None)
         else:
             self._db.execute(
                 "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
