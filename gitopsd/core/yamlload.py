@@ -25,6 +25,8 @@ MAX_NODES = 2_000_000
 MAX_DEPTH = 100
 
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+_RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}  # (scalar, implicit) -> tag, by _Loader.resolve
 
 
 class _Bomb(yaml.constructor.ConstructorError):
@@ -40,6 +42,26 @@ class _Loader(_Base):  # type: ignore[misc,valid-type]  # _Base is CSafeLoader o
         super().__init__(stream)
         self.merged: dict[yaml.MappingNode, int] = {}  # flattened node -> how many entries came from merges
         self.merge_budget = MAX_NODES
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        """PyYAML's, but a plain string scalar (most keys and values of a manifest) is its own value,
+        without the bookkeeping PyYAML does for nodes that can hold other nodes."""
+        if node.tag == _STR and type(node) is yaml.ScalarNode:
+            return node.value
+        return super().construct_object(node, deep)
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        """PyYAML's, remembered for short scalars: a tag depends only on the node kind, the value and
+        whether it was plain or quoted (no path resolvers here), and manifests repeat their keys."""
+        if kind is not yaml.ScalarNode or len(value) > 64:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = _RESOLVED.get(key)
+        if tag is None:
+            if len(_RESOLVED) >= 50_000:
+                _RESOLVED.clear()
+            tag = _RESOLVED[key] = str(super().resolve(kind, value, implicit))
+        return tag
 
     def flatten_mapping(self, node: yaml.MappingNode) -> int:
         """Resolve ``<<`` in place like PyYAML (later entries win), keeping one entry per merged key;
