@@ -22,7 +22,7 @@ import time
 import structlog
 
 from gitopsd import artifacts, compiling, errors, packcompile, passstate, ports
-from gitopsd.core import codec, parse, plan, signing, status, summarize, yamlload
+from gitopsd.core import codec, parse, plan, replan, signing, status, summarize, yamlload
 from gitopsd.core import delivery as delivery_core
 from gitopsd.model import change, delivery, instance, pack, spec
 
@@ -169,7 +169,10 @@ def _parsed(env: Env, tree: ports.Tree, path: str, blob: str,
 
 
 def observe(env: Env, state: PassState) -> None:
-    state.observed = env.cluster.observe(state.config.namespace)
+    """What the store or cluster holds, with its change feed since the plan of the last pass."""
+    last = env.memo.plan
+    since = last.token if last is not None and not env.full_plan else None
+    state.observed = env.cluster.observe(state.config.namespace, since=since)
 
 
 def adopt_published(env: Env, state: PassState) -> None:
@@ -244,7 +247,9 @@ def verify_signatures(env: Env, state: PassState) -> None:
 
 def make_plan(env: Env, state: PassState) -> None:
     """The plan: what changes, from the desired packs, what is observed, the signature verdicts,
-    the pack errors and the artifact checks of this pass."""
+    the pack errors and the artifact checks of this pass. Only the basePackNames whose inputs
+    changed since the last pass, or that the store's change feed names, are planned again
+    (``gitopsd.core.replan``); a resync plans every one."""
     assert state.observed is not None and state.tree is not None
     policy = plan.Policy(
         namespace=state.config.namespace,
@@ -263,32 +268,15 @@ def make_plan(env: Env, state: PassState) -> None:
         errors=tuple(state.pack_errors),
         protected_paths=frozenset(state.protected_paths),
         protected_bases=frozenset(state.protected_bases),
-    )
-    # The plan is a pure function of its inputs; when they are the same as last time and that plan
-    # wrote nothing, ``now`` and the revision cannot show in it: reuse it.
-    fingerprint = (
-        tuple((d.build, d.cluster_pack.name, d.cluster_pack.checksum, d.cluster_pack.manifest_digest, d.clusters)
-              for d in inputs.desired),
-        id(state.observed),
-        tuple(sorted(state.verdicts.items())),
-        dataclasses.replace(policy, now=""),
-        inputs.errors,
-        inputs.protected_paths,
-        inputs.protected_bases,
-        tuple(sorted(state.artifact_problems.items())),
+        artifact_problems=state.artifact_problems,
     )
     last = env.memo.plan
-    if last is not None and last[0] == fingerprint and last[2] is state.observed and not last[1].writes:
-        state.plan = dataclasses.replace(last[1], revision=state.revision)
-        state.plan_reused = True
-        return
-    state.plan = plan.build(inputs)
-    # A published artifact that does not verify blocks every delivery that would point at it.
-    for reason in ("ArtifactMismatch", "ArtifactUnverified"):
-        blocked = {name: detail for name, (why, detail) in state.artifact_problems.items() if why == reason}
-        if blocked:
-            state.plan = plan.block_packs(state.plan, blocked, reason=reason)
-    env.memo.plan = (fingerprint, state.plan, state.observed)
+    outcome = replan.full(inputs) if env.full_plan else replan.update(inputs, last)
+    state.plan = outcome.plan
+    state.plan_reused = (last is not None and not outcome.full and outcome.replanned == 0
+                         and not last.plan.writes and outcome.plan.errors == last.plan.errors)
+    state.replanned = outcome.replanned
+    env.memo.plan = outcome.memory
 
 
 def apply(env: Env, state: PassState) -> None:

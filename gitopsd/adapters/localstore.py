@@ -11,6 +11,7 @@ a new history with an Initial install.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,7 +41,25 @@ CREATE INDEX IF NOT EXISTS events_by_object ON events(kind, namespace, name, id)
 CREATE TABLE IF NOT EXISTS deliveries (
     namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (namespace, name)
 );
+CREATE TABLE IF NOT EXISTS feed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS feed_insert AFTER INSERT ON objects BEGIN
+    INSERT INTO feed(kind, namespace, name) VALUES (NEW.kind, NEW.namespace, NEW.name);
+END;
+CREATE TRIGGER IF NOT EXISTS feed_update AFTER UPDATE ON objects BEGIN
+    INSERT INTO feed(kind, namespace, name) VALUES (OLD.kind, OLD.namespace, OLD.name);
+    INSERT INTO feed(kind, namespace, name) VALUES (NEW.kind, NEW.namespace, NEW.name);
+END;
+CREATE TRIGGER IF NOT EXISTS feed_delete AFTER DELETE ON objects BEGIN
+    INSERT INTO feed(kind, namespace, name) VALUES (OLD.kind, OLD.namespace, OLD.name);
+END;
 """
+# The change feed: every write to ``objects`` (by this process, another one, or by hand with the
+# sqlite3 shell) adds a row naming the object, in the same transaction. ``observe`` reads the rows
+# after the last one it read and decodes only those objects; the feed keeps its last FEED_KEEP rows.
+FEED_KEEP = 200_000
+CATCH_UP_LIMIT = 50_000  # more changed objects than this: reading everything again is cheaper
 
 CLUSTER_PACK = pack.CLUSTER_PACK_KIND
 PACK_INSTANCE = instance.PACK_INSTANCE_KIND
@@ -95,10 +114,8 @@ class LocalStore:
                 self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise store_error(path, err) from None
-        self._cache: tuple[int, str, instance.Observed] | None = None
-        # What this pass wrote, to carry the observed state over it: a decoded PackInstance when the
-        # plan's own value is what was stored, else the stored object (None: deleted).
-        self._staged: list[tuple[str, str, instance.PackInstance | dict[str, object] | None]] = []
+        self._cache: _Cache | None = None
+        self._token = uuid.uuid4().hex  # the change feed tokens of this object only
         self.writes = 0
 
     def close(self) -> None:
@@ -111,28 +128,96 @@ class LocalStore:
         return int(row[0]) if row else 0
 
     @_guarded
-    def observe(self, namespace: str) -> instance.Observed:
-        rv = self.resource_version()
-        if self._cache is not None and self._cache[0] == rv and self._cache[1] == namespace:
-            return self._cache[2]
-        packs: dict[str, instance.ObservedPack] = {}
-        instances: dict[str, instance.PackInstance] = {}
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
+        """The namespace's ClusterPacks and PackInstances, kept between calls and brought up to date
+        from the change feed (only the objects written since are read again)."""
+        head = self._feed_head()
+        cache = self._cache
+        if (cache is None or cache.namespace != namespace or head < cache.head
+                or (head > cache.head and not self._catch_up(cache, head))):
+            cache = self._cache = self._load(namespace, head)
+        changed = None
+        if isinstance(since, tuple) and len(since) == 2 and since[0] == self._token and since[1] >= cache.loaded:
+            changed = frozenset(base for base, at in cache.touched.items() if at > since[1])
+        return cache.observed.with_feed(changed, (self._token, cache.head))
+
+    def _feed_head(self) -> int:
+        """The id of the change feed's last row (0: empty or no feed, in a store made before it)."""
+        try:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='feed'").fetchone()
+        except sqlite3.OperationalError:  # no table has had a row yet
+            return 0
+        return int(row[0]) if row else 0
+
+    def _load(self, namespace: str, head: int) -> _Cache:
+        packs: dict[str, dict[str, instance.ObservedPack]] = {}
+        instances: dict[str, dict[str, instance.PackInstance]] = {}
         rows = self._db.execute(
             "SELECT kind, body, uid, resource_version FROM objects WHERE namespace=?", (namespace,)
         ).fetchall()
         for kind, body, uid, object_rv in rows:
-            obj = json.loads(body)
-            obj["metadata"]["uid"] = uid
-            obj["metadata"]["resourceVersion"] = str(object_rv)
-            if kind == CLUSTER_PACK:
-                p = codec.observed_pack_from_object(obj)
-                packs[p.name] = p
-            elif kind == PACK_INSTANCE:
-                i = codec.pack_instance_from_object(obj)
-                instances[i.name] = i
-        observed = instance.Observed(packs=packs, instances=instances)
-        self._cache = (rv, namespace, observed)
-        return observed
+            found = _decode(kind, body, uid, object_rv)
+            if isinstance(found, instance.ObservedPack):
+                packs.setdefault(found.base_pack_name, {})[found.name] = found
+            elif found is not None:
+                instances.setdefault(found.base_pack_name, {})[found.name] = found
+        parts = {base: instance.Part(packs.get(base, {}), instances.get(base, {})) for base in packs.keys() | instances.keys()}
+        if not self.read_only and head > 2 * FEED_KEEP:
+            with contextlib.suppress(sqlite3.Error):  # busy: another process writes; trim next time
+                self._db.execute("DELETE FROM feed WHERE id <= ?", (head - FEED_KEEP,))
+        return _Cache(namespace, head, head, parts, {}, instance.Observed.of_parts(parts))
+
+    def _catch_up(self, cache: _Cache, head: int) -> bool:
+        """Carry ``cache`` over the feed's rows after ``cache.head``; False when the feed no longer
+        holds them all (trimmed) or they are too many: then everything is read again."""
+        first = self._db.execute("SELECT min(id) FROM feed").fetchone()[0]
+        if first is None or first > cache.head + 1:
+            return False
+        names: dict[str, set[str]] = {CLUSTER_PACK: set(), PACK_INSTANCE: set()}
+        rows = self._db.execute("SELECT kind, name FROM feed WHERE id > ? AND id <= ? AND namespace=?",
+                                (cache.head, head, cache.namespace))
+        for kind, name in rows:
+            if kind in names:
+                names[kind].add(name)
+        if sum(len(n) for n in names.values()) > CATCH_UP_LIMIT:
+            return False
+        parts = dict(cache.parts)
+        copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.PackInstance]]] = {}
+
+        def own(base: str) -> tuple[dict[str, instance.ObservedPack], dict[str, instance.PackInstance]]:
+            mine = copied.get(base)
+            if mine is None:
+                part = parts.get(base, instance.EMPTY)
+                mine = copied[base] = (dict(part.packs), dict(part.instances))
+            return mine
+
+        view = cache.observed
+        for kind, field in ((CLUSTER_PACK, 0), (PACK_INSTANCE, 1)):
+            wanted = sorted(names[kind])
+            for name in wanted:  # where it was: it may be gone, or belong to another base now
+                old = (view.packs if field == 0 else view.instances).get(name)
+                if old is not None:
+                    own(old.base_pack_name)[field].pop(name, None)
+                    cache.touched[old.base_pack_name] = head
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                query = (f"SELECT kind, body, uid, resource_version FROM objects WHERE kind=? AND namespace=? "
+                         f"AND name IN ({','.join('?' * len(chunk))})")
+                for row in self._db.execute(query, (kind, cache.namespace, *chunk)):
+                    found = _decode(*row)
+                    if isinstance(found, instance.ObservedPack):
+                        own(found.base_pack_name)[0][found.name] = found
+                    elif found is not None:
+                        own(found.base_pack_name)[1][found.name] = found
+                    if found is not None:
+                        cache.touched[found.base_pack_name] = head
+        for base, (packs, instances) in copied.items():
+            if packs or instances:
+                parts[base] = instance.Part(packs, instances)
+            else:
+                parts.pop(base, None)
+        cache.head, cache.parts, cache.observed = head, parts, instance.Observed.of_parts(parts)
+        return True
 
     @_guarded
     def signed_packs(self) -> int:
@@ -219,10 +304,9 @@ class LocalStore:
         """Execute the plan's writes in one transaction; returns the number of objects written."""
         db = self._db
         written = 0
-        self._staged = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            rv = before = self.resource_version()
+            rv = self.resource_version()
             for c in changes:
                 rv, wrote = self._apply_one(namespace, c, rv, revision, now)
                 written += wrote
@@ -234,39 +318,13 @@ class LocalStore:
             db.execute("COMMIT")
         except errors.GitopsdError:
             db.execute("ROLLBACK")
-            self._cache = None
             raise
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._cache = None
             raise store_error(self.path, err) from err
         self.writes += written
-        self._advance_cache(namespace, before, rv)
         return written
-
-    def _advance_cache(self, namespace: str, before: int, after: int) -> None:
-        """Carry the observed state over the pass's own writes instead of re-reading every row: valid
-        only when the cache was current when the transaction began (nobody else wrote in between)."""
-        cached = self._cache
-        if cached is None or cached[0] != before or cached[1] != namespace:
-            self._cache = None
-            return
-        packs, instances = dict(cached[2].packs), dict(cached[2].instances)
-        for kind, name, obj in self._staged:
-            if kind == CLUSTER_PACK:
-                if obj is None:
-                    packs.pop(name, None)
-                else:
-                    assert isinstance(obj, dict)
-                    packs[name] = codec.observed_pack_from_object(obj)
-            elif obj is None:
-                instances.pop(name, None)
-            elif isinstance(obj, instance.PackInstance):
-                instances[name] = obj
-            elif obj is not None:
-                instances[name] = codec.pack_instance_from_object(obj)
-        self._cache = (after, namespace, instance.Observed(packs=packs, instances=instances))
 
     def _apply_one(self, namespace: str, c: change.Change, rv: int, revision: str, now: str) -> tuple[int, int]:
         if c.kind is change.ObjectKind.CLUSTER_PACK:
@@ -293,7 +351,6 @@ class LocalStore:
             if c.action is change.Action.UNINSTALL:
                 rv += 1
                 self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (CLUSTER_PACK, namespace, c.name))
-                self._staged.append((CLUSTER_PACK, c.name, None))
                 self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Pruned", c.reason, revision)
                 return rv, 1
             if c.action is change.Action.BLOCKED and c.condition is not None:
@@ -317,7 +374,6 @@ class LocalStore:
                 self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
                                  (PACK_INSTANCE, namespace, c.name))
                 self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
-                self._staged.append((PACK_INSTANCE, c.name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
                 return rv, 1
             generation = 1
@@ -328,10 +384,7 @@ class LocalStore:
                 if existing.get("spec") != c.pack_instance.spec():
                     generation += 1
             rv += 1
-            uid = self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid,
-                            stage=False)
-            # the plan's value is what was stored (the codec round-trips it): no second decode, no copy
-            self._staged.append((PACK_INSTANCE, c.name, dataclasses.replace(c.pack_instance, uid=uid, resource_version=str(rv))))
+            self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid)
             kind = "Normal"
             reason = "Installed" if c.action is change.Action.CREATE else str(c.direction or "Superseded")
             self._event(now, PACK_INSTANCE, namespace, c.name, kind, reason, c.reason, revision)
@@ -352,8 +405,8 @@ class LocalStore:
                     return rv, 1
         return rv, 0
 
-    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int, uid: str | None = None,
-             *, stage: bool = True) -> str:
+    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int,
+             uid: str | None = None) -> str:
         meta = dict(obj["metadata"])  # type: ignore[call-overload]  # object JSON: metadata is a dict
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
@@ -364,8 +417,6 @@ class LocalStore:
             "VALUES (?,?,?,?,?,?,?)",
             (kind, namespace, name, uid, rv, generation, body),
         )
-        if stage:
-            self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
         return uid
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
@@ -384,3 +435,26 @@ class LocalStore:
 
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@dataclasses.dataclass
+class _Cache:
+    """One namespace as the store last read it, by base, and where the change feed was then."""
+
+    namespace: str
+    head: int  # the feed's last row read
+    loaded: int  # the feed's last row when everything was read: a token before it cannot be answered
+    parts: dict[str, instance.Part]
+    touched: dict[str, int]  # base -> the feed row that last changed it (since ``loaded``)
+    observed: instance.Observed
+
+
+def _decode(kind: str, body: str, uid: str, object_rv: int) -> instance.ObservedPack | instance.PackInstance | None:
+    obj = json.loads(body)
+    obj["metadata"]["uid"] = uid
+    obj["metadata"]["resourceVersion"] = str(object_rv)
+    if kind == CLUSTER_PACK:
+        return codec.observed_pack_from_object(obj)
+    if kind == PACK_INSTANCE:
+        return codec.pack_instance_from_object(obj)
+    return None

@@ -83,11 +83,15 @@ class Plan:
     revision: str
     changes: tuple[Change, ...]
     errors: tuple[PackError, ...] = ()
-    # the changes that write, worked out once: a pass asks several times and a fleet has a change per instance
+    # the changes that write, worked out once: a pass asks several times and a fleet has a change per
+    # instance (the plan's builder passes them when it knows them already)
+    writes_known: dataclasses.InitVar[tuple[Change, ...] | None] = None
     _writes: tuple[Change, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_writes", tuple(c for c in self.changes if c.writes))
+    def __post_init__(self, writes_known: tuple[Change, ...] | None) -> None:
+        if writes_known is None:
+            writes_known = tuple(c for c in self.changes if c.writes)
+        object.__setattr__(self, "_writes", writes_known)
 
     @property
     def writes(self) -> tuple[Change, ...]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PACK_INSTANCE_KIND = "PackInstance"
 
@@ -166,8 +170,96 @@ class ObservedPack:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Observed:
-    """Everything the plan needs to know about the management cluster (or the local store)."""
+class Part:
+    """What one basePackName has in the store or cluster: its ClusterPacks and PackInstances by name.
+    An object belongs to the base its spec names (``spec.basePackName``)."""
 
-    packs: dict[str, ObservedPack]
-    instances: dict[str, PackInstance]
+    packs: Mapping[str, ObservedPack]
+    instances: Mapping[str, PackInstance]
+
+
+EMPTY = Part({}, {})
+
+
+class Named(Mapping[str, T]):
+    """Every ClusterPack or PackInstance by name, read through the parts by base (no index of its
+    own): a name ``{base}-{cluster}`` or ``{base}-v{version}`` is looked for in each base its dashes
+    could end. An object whose name does not start with its base is not found by name."""
+
+    __slots__ = ("_field", "_parts")
+
+    def __init__(self, parts: Mapping[str, Part], field: str) -> None:
+        self._parts = parts
+        self._field = field
+
+    def __getitem__(self, name: str) -> T:
+        parts, field = self._parts, self._field
+        cut = name.rfind("-")
+        while cut > 0:
+            part = parts.get(name[:cut])
+            if part is not None:
+                found = getattr(part, field).get(name)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+            cut = name.rfind("-", 0, cut)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        field = self._field
+        for part in self._parts.values():
+            yield from getattr(part, field)
+
+    def __len__(self) -> int:
+        field = self._field
+        return sum(len(getattr(part, field)) for part in self._parts.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything the plan needs to know about the management cluster (or the local store).
+
+    ``changed`` is the change feed: the bases with an object written (by anyone) since the
+    ``since`` token given to ``ports.Cluster.observe``, or ``None`` when the store cannot tell
+    (no token, another store, a feed trimmed past it): then every base may have changed.
+    ``token`` is what to pass as ``since`` next time. Two Observed are equal when they hold the
+    same objects."""
+
+    packs: Mapping[str, ObservedPack]
+    instances: Mapping[str, PackInstance]
+    changed: frozenset[str] | None = dataclasses.field(default=None, compare=False)
+    token: object = dataclasses.field(default=None, compare=False)
+    # by base: made once, on first use, or given by the store (``of_parts``); not copied by
+    # ``dataclasses.replace``, which may change the objects
+    _parts: Mapping[str, Part] | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
+
+    @classmethod
+    def of_parts(cls, parts: Mapping[str, Part], *, changed: frozenset[str] | None = None,
+                 token: object = None) -> Observed:
+        made = cls(packs=Named[ObservedPack](parts, "packs"), instances=Named[PackInstance](parts, "instances"),
+                   changed=changed, token=token)
+        object.__setattr__(made, "_parts", parts)
+        return made
+
+    def with_feed(self, changed: frozenset[str] | None, token: object) -> Observed:
+        """The same objects with another change feed answer."""
+        made = Observed(packs=self.packs, instances=self.instances, changed=changed, token=token)
+        object.__setattr__(made, "_parts", self._parts)
+        return made
+
+    @property
+    def parts(self) -> Mapping[str, Part]:
+        """The objects by the base they belong to."""
+        if self._parts is None:
+            packs: dict[str, dict[str, ObservedPack]] = {}
+            instances: dict[str, dict[str, PackInstance]] = {}
+            for name, p in self.packs.items():
+                packs.setdefault(p.base_pack_name, {})[name] = p
+            for name, i in self.instances.items():
+                instances.setdefault(i.base_pack_name, {})[name] = i
+            parts = {b: Part(packs.get(b, {}), instances.get(b, {})) for b in packs.keys() | instances.keys()}
+            object.__setattr__(self, "_parts", parts)
+            return parts
+        return self._parts
+
+    def part(self, base: str) -> Part:
+        return self.parts.get(base, EMPTY)

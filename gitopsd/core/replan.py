@@ -1,0 +1,160 @@
+"""Keep the plan up to date by working out only the basePackNames whose inputs changed.
+
+``gitopsd.core.plan`` splits the plan by basePackName: dedupe, collisions between PackBuilds of
+one base and prune are per base, and two bases meet only when their packs would own the same
+Kubernetes object. ``update`` takes the plan of the previous pass (``Memory``), the change feed of
+the store or cluster (``Observed.changed``: the bases with an object written since that pass) and
+this pass's inputs, and re-plans:
+
+- the bases whose desired inputs changed (PackBuild, ClusterPack identity, target clusters,
+  signature verdict, artifact problem, protection),
+- the bases the change feed names,
+- the bases whose previous fragment writes (its records name this pass's revision and time),
+- and every base linked to one of those through a shared object identity (an index identity ->
+  bases), before or after the change: their collisions are decided together.
+
+Every other base keeps its fragment. A missing memory, a feed that cannot tell (``changed`` is
+``None``), another policy or another set of broken PackBuild paths re-plans everything: the
+result is always ``plan.build(inputs)``, which the tests check step by step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable
+
+from gitopsd.core import plan
+from gitopsd.model import change
+
+Identity = tuple[str, str, str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Memory:
+    """What the previous pass's plan was made of, kept by the process between passes."""
+
+    token: object  # the change feed's position the plan saw (``Observed.token``)
+    policy: plan.Policy  # without ``now``
+    protected_paths: frozenset[str]
+    keys: dict[str, object]  # base -> everything its desired packs bring to the plan
+    identities: dict[str, frozenset[Identity]]  # base -> the objects its desired packs own
+    holders: dict[Identity, tuple[str, ...]]  # identity -> the bases owning it (sorted)
+    fragments: dict[str, plan.Fragment]
+    order: list[str]  # the bases of ``fragments``, sorted
+    plan: change.Plan
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    plan: change.Plan
+    memory: Memory
+    replanned: int  # bases worked out this pass
+    full: bool  # every base was worked out
+
+
+def _keys(inputs: plan.Inputs) -> tuple[dict[str, object], dict[str, list[plan.Desired]]]:
+    keys: dict[str, list[object]] = defaultdict(list)
+    desired: dict[str, list[plan.Desired]] = defaultdict(list)
+    verdicts, problems, protected = inputs.verdicts, inputs.artifact_problems, inputs.protected_bases
+    for d in inputs.desired:
+        cp = d.cluster_pack
+        base = d.build.base_pack_name
+        keys[base].append((d.build, cp.name, cp.checksum, cp.manifest_digest, cp.signature, d.clusters,
+                           verdicts.get(cp.name), problems.get(cp.name)))
+        desired[base].append(d)
+    out: dict[str, object] = {base: (tuple(k), base in protected) for base, k in keys.items()}
+    for base in protected:
+        out.setdefault(base, ((), True))
+    return out, desired
+
+
+def _identities(desired: list[plan.Desired]) -> frozenset[Identity]:
+    return frozenset(i for d in desired for i in d.compiled.identities)
+
+
+def _holders(identities: dict[str, frozenset[Identity]]) -> dict[Identity, tuple[str, ...]]:
+    holders: dict[Identity, list[str]] = defaultdict(list)
+    for base in sorted(identities):
+        for identity in identities[base]:
+            holders[identity].append(base)
+    return {identity: tuple(bases) for identity, bases in holders.items()}
+
+
+def _linked(seeds: Iterable[str], identities: dict[str, frozenset[Identity]],
+            holders: dict[Identity, tuple[str, ...]]) -> set[str]:
+    """``seeds`` and every base reachable from them through shared object identities."""
+    found = set(seeds)
+    todo = list(found)
+    while todo:
+        base = todo.pop()
+        for identity in identities.get(base, ()):
+            for other in holders.get(identity, ()):
+                if other not in found:
+                    found.add(other)
+                    todo.append(other)
+    return found
+
+
+def full(inputs: plan.Inputs) -> Outcome:
+    """Every base worked out: what a new process, a resync or ``--full`` does."""
+    keys, desired = _keys(inputs)
+    identities = {base: _identities(ds) for base, ds in desired.items()}
+    fragments = plan.fragments(inputs, None)
+    return _outcome(inputs, keys, identities, _holders(identities), fragments, len(fragments), True)
+
+
+def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
+    """The plan of ``inputs``, re-planning only what changed since ``memory`` (see the module)."""
+    changed = inputs.observed.changed
+    if (memory is None or changed is None or memory.token is None
+            or memory.policy != dataclasses.replace(inputs.policy, now="")
+            or memory.protected_paths != inputs.protected_paths):
+        return full(inputs)
+    keys, desired = _keys(inputs)
+    dirty = set(changed)
+    moved = {base for base in keys.keys() | memory.keys.keys() if keys.get(base) != memory.keys.get(base)}
+    dirty |= moved
+    dirty.update(base for base, fragment in memory.fragments.items() if fragment.writes)
+    identities, holders = memory.identities, memory.holders
+    old_neighbours: set[str] = set()
+    reshaped = set()
+    if moved:
+        identities = dict(identities)
+        for base in moved:
+            now = _identities(desired.get(base, []))
+            if now != memory.identities.get(base, frozenset()):
+                reshaped.add(base)
+            if now:
+                identities[base] = now
+            else:
+                identities.pop(base, None)
+    if reshaped:
+        for base in reshaped:  # bases that shared an object with a changed base before the change
+            for identity in memory.identities.get(base, ()):
+                old_neighbours.update(holders.get(identity, ()))
+        holders = dict(holders)
+        touched = {i for base in reshaped for i in memory.identities.get(base, frozenset()) | identities.get(base, frozenset())}
+        for identity in touched:
+            owners = tuple(sorted(b for b in set(holders.get(identity, ())) | reshaped
+                                  if identity in identities.get(b, ())))
+            if owners:
+                holders[identity] = owners
+            else:
+                holders.pop(identity, None)
+    replan = _linked(dirty | old_neighbours, identities, holders) if dirty else set()
+    fragments = {b: f for b, f in memory.fragments.items() if b not in replan}
+    fragments.update(plan.fragments(inputs, replan))
+    return _outcome(inputs, keys, identities, holders, fragments, len(replan), False,
+                    memory.order if fragments.keys() == set(memory.order) else None)
+
+
+def _outcome(inputs: plan.Inputs, keys: dict[str, object], identities: dict[str, frozenset[Identity]],
+             holders: dict[Identity, tuple[str, ...]], fragments: dict[str, plan.Fragment], replanned: int,
+             full: bool, order: list[str] | None = None) -> Outcome:
+    order = order if order is not None else sorted(fragments)
+    made = plan.assemble(inputs, fragments, order)
+    memory = Memory(token=inputs.observed.token, policy=dataclasses.replace(inputs.policy, now=""),
+                    protected_paths=inputs.protected_paths, keys=keys, identities=identities, holders=holders,
+                    fragments=fragments, order=order, plan=made)
+    return Outcome(plan=made, memory=memory, replanned=replanned, full=full)
