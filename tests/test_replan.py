@@ -92,21 +92,15 @@ class World:
             step(env, state)
             if name == "plan":
                 assert state.plan is not None and state.observed is not None
-                scratch = dataclasses.replace(env, memo=memo.Memo(), full_plan=True)
-                again = dataclasses.replace(state, observed=self.read_afresh())
+                fresh = localstore.LocalStore(self.db) if self.sqlite else self.cluster  # the fake reads all each time
+                scratch = dataclasses.replace(env, cluster=fresh, memo=memo.Memo(), full_plan=True)
+                again = dataclasses.replace(state)
+                reconcile.observe(scratch, again)  # read by a new process: no change feed
                 reconcile.make_plan(scratch, again)
+                if isinstance(fresh, localstore.LocalStore):
+                    fresh.close()
                 assert state.plan == again.plan, f"pass {self.passes}: the plan kept up to date differs from a full plan"
                 self.replanned.append(state.replanned)
-
-    def read_afresh(self) -> plan.instance.Observed:
-        """What the store holds, read by a new process."""
-        if not self.sqlite:
-            return self.cluster.observe(NAMESPACE)  # the fake reads every object each time
-        fresh = localstore.LocalStore(self.db)
-        try:
-            return fresh.observe(NAMESPACE)
-        finally:
-            fresh.close()
 
     # --- commits ---------------------------------------------------------------------------
     def commit(self) -> str:

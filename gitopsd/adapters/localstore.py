@@ -18,8 +18,9 @@ import json
 import pathlib
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from gitopsd import errors
 from gitopsd.core import codec
@@ -116,6 +117,10 @@ class LocalStore:
             raise store_error(path, err) from None
         self._cache: _Cache | None = None
         self._token = uuid.uuid4().hex  # the change feed tokens of this object only
+        self._clusters: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, int]]] = {}  # shared by bases
+        # this transaction's writes (kind, name, base, what is stored now), to carry the cache over them
+        self._staged: list[tuple[str, str, str, instance.ObservedPack | instance.Head | None]] = []
+        self._whole: tuple[tuple[int, str, str], dict[str, instance.PackInstance]] | None = None
         self.writes = 0
 
     def close(self) -> None:
@@ -130,7 +135,11 @@ class LocalStore:
     @_guarded
     def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
         """The namespace's ClusterPacks and PackInstances, kept between calls and brought up to date
-        from the change feed (only the objects written since are read again)."""
+        from the change feed (only the objects written since are read again).
+
+        A PackInstance is held as its ``instance.Head`` in a few bytes per instance
+        (``instance.Heads``); the whole object is read from the store when asked for (the plan asks
+        only for the instances it changes)."""
         head = self._feed_head()
         cache = self._cache
         if (cache is None or cache.namespace != namespace or head < cache.head
@@ -150,22 +159,45 @@ class LocalStore:
         return int(row[0]) if row else 0
 
     def _load(self, namespace: str, head: int) -> _Cache:
-        packs: dict[str, dict[str, instance.ObservedPack]] = {}
-        instances: dict[str, dict[str, instance.PackInstance]] = {}
-        rows = self._db.execute(
-            "SELECT kind, body, uid, resource_version FROM objects WHERE namespace=?", (namespace,)
-        ).fetchall()
-        for kind, body, uid, object_rv in rows:
-            found = _decode(kind, body, uid, object_rv)
-            if isinstance(found, instance.ObservedPack):
-                packs.setdefault(found.base_pack_name, {})[found.name] = found
-            elif found is not None:
-                instances.setdefault(found.base_pack_name, {})[found.name] = found
-        parts = {base: instance.Part(packs.get(base, {}), instances.get(base, {})) for base in packs.keys() | instances.keys()}
+        packs: dict[str, dict[str, instance.ObservedPack]] = defaultdict(dict)
+        for row in self._db.execute("SELECT kind, body, uid, resource_version FROM objects WHERE namespace=? AND kind=?",
+                                    (namespace, CLUSTER_PACK)):
+            found = _decode(*row)
+            assert isinstance(found, instance.ObservedPack)
+            packs[found.base_pack_name][found.name] = found
+        heads: dict[str, dict[str, instance.Head]] = defaultdict(dict)
+        shared: dict[instance.Head, instance.Head] = {}
+        for name, fields in self._db.execute(f"SELECT name, {HEAD_FIELDS} FROM objects WHERE namespace=? AND kind=?",
+                                             (namespace, PACK_INSTANCE)):
+            base, one = _head(fields)
+            heads[base][name] = shared.setdefault(one, one)
         if not self.read_only and head > 2 * FEED_KEEP:
             with contextlib.suppress(sqlite3.Error):  # busy: another process writes; trim next time
                 self._db.execute("DELETE FROM feed WHERE id <= ?", (head - FEED_KEEP,))
-        return _Cache(namespace, head, head, parts, {}, instance.Observed.of_parts(parts))
+        cache = _Cache(namespace, head, head, {}, {}, instance.Observed.of_parts({}))
+        self._rebuild(cache, {base: (packs.get(base, {}), heads.get(base, {})) for base in packs.keys() | heads.keys()})
+        return cache
+
+    def _rebuild(self, cache: _Cache,
+                 touched: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]]) -> None:
+        """``cache`` with the parts of ``touched`` bases replaced (new objects: earlier Observed stay as they were)."""
+        parts = dict(cache.parts)
+        for base, (packs, heads) in touched.items():
+            if packs or heads:
+                compact = instance.compact(base, heads, self._clusters)
+                parts[base] = instance.Part(packs, _Stored(self, cache.namespace, compact), compact)
+            else:
+                parts.pop(base, None)
+        cache.parts, cache.observed = parts, instance.Observed.of_parts(parts)
+
+    def _editable(self, cache: _Cache, base: str,
+                  copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]]
+                  ) -> tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]:
+        mine = copied.get(base)
+        if mine is None:
+            part = cache.parts.get(base, instance.EMPTY)
+            mine = copied[base] = (dict(part.packs), dict(part.heads))
+        return mine
 
     def _catch_up(self, cache: _Cache, head: int) -> bool:
         """Carry ``cache`` over the feed's rows after ``cache.head``; False when the feed no longer
@@ -181,43 +213,77 @@ class LocalStore:
                 names[kind].add(name)
         if sum(len(n) for n in names.values()) > CATCH_UP_LIMIT:
             return False
-        parts = dict(cache.parts)
-        copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.PackInstance]]] = {}
-
-        def own(base: str) -> tuple[dict[str, instance.ObservedPack], dict[str, instance.PackInstance]]:
-            mine = copied.get(base)
-            if mine is None:
-                part = parts.get(base, instance.EMPTY)
-                mine = copied[base] = (dict(part.packs), dict(part.instances))
-            return mine
-
+        copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]] = {}
         view = cache.observed
-        for kind, field in ((CLUSTER_PACK, 0), (PACK_INSTANCE, 1)):
+        for name in sorted(names[CLUSTER_PACK]):  # where it was: it may be gone, or belong to another base now
+            old = view.packs.get(name)
+            if old is not None:
+                self._editable(cache, old.base_pack_name, copied)[0].pop(name, None)
+                cache.touched[old.base_pack_name] = head
+        for name in sorted(names[PACK_INSTANCE]):
+            base = _owner(cache, name)
+            if base is not None:
+                self._editable(cache, base, copied)[1].pop(name, None)
+                cache.touched[base] = head
+        for kind, select in ((CLUSTER_PACK, "kind, body, uid, resource_version"), (PACK_INSTANCE, f"name, {HEAD_FIELDS}")):
             wanted = sorted(names[kind])
-            for name in wanted:  # where it was: it may be gone, or belong to another base now
-                old = (view.packs if field == 0 else view.instances).get(name)
-                if old is not None:
-                    own(old.base_pack_name)[field].pop(name, None)
-                    cache.touched[old.base_pack_name] = head
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
-                query = (f"SELECT kind, body, uid, resource_version FROM objects WHERE kind=? AND namespace=? "
-                         f"AND name IN ({','.join('?' * len(chunk))})")
+                query = f"SELECT {select} FROM objects WHERE kind=? AND namespace=? AND name IN ({','.join('?' * len(chunk))})"
                 for row in self._db.execute(query, (kind, cache.namespace, *chunk)):
-                    found = _decode(*row)
-                    if isinstance(found, instance.ObservedPack):
-                        own(found.base_pack_name)[0][found.name] = found
-                    elif found is not None:
-                        own(found.base_pack_name)[1][found.name] = found
-                    if found is not None:
+                    if kind == CLUSTER_PACK:
+                        found = _decode(*row)
+                        assert isinstance(found, instance.ObservedPack)
+                        self._editable(cache, found.base_pack_name, copied)[0][found.name] = found
                         cache.touched[found.base_pack_name] = head
-        for base, (packs, instances) in copied.items():
-            if packs or instances:
-                parts[base] = instance.Part(packs, instances)
-            else:
-                parts.pop(base, None)
-        cache.head, cache.parts, cache.observed = head, parts, instance.Observed.of_parts(parts)
+                    else:
+                        base, found_head = _head(row[1])
+                        self._editable(cache, base, copied)[1][row[0]] = found_head
+                        cache.touched[base] = head
+        cache.head = head
+        self._rebuild(cache, copied)
         return True
+
+    def _carry(self, namespace: str, before: int, after: int,
+               staged: list[tuple[str, str, str, instance.ObservedPack | instance.Head | None]]) -> None:
+        """Carry the cache over this process's own writes (``staged``: kind, name, base, what is
+        stored now; None: deleted) without reading them back: valid only when the cache was current
+        when the transaction began, so that the feed's rows in between are exactly these writes."""
+        cache = self._cache
+        if cache is None or cache.namespace != namespace or cache.head != before:
+            return  # the next observe reads the feed
+        copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]] = {}
+        for kind, name, base, now in staged:
+            if kind == CLUSTER_PACK:
+                old = cache.observed.packs.get(name)
+                if old is not None:
+                    self._editable(cache, old.base_pack_name, copied)[0].pop(name, None)
+                    cache.touched[old.base_pack_name] = after
+                if isinstance(now, instance.ObservedPack):
+                    self._editable(cache, base, copied)[0][name] = now
+            else:
+                owner = _owner(cache, name)
+                if owner is not None:
+                    self._editable(cache, owner, copied)[1].pop(name, None)
+                    cache.touched[owner] = after
+                if isinstance(now, instance.Head):
+                    self._editable(cache, base, copied)[1][name] = now
+            cache.touched[base] = after
+        cache.head = after
+        self._rebuild(cache, copied)
+
+    def instance_objects(self, namespace: str, names: Sequence[str]) -> dict[str, instance.PackInstance]:
+        """The PackInstances of ``names`` as stored now, read whole."""
+        out = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            query = ("SELECT kind, body, uid, resource_version FROM objects WHERE kind=? AND namespace=? "
+                     f"AND name IN ({','.join('?' * len(chunk))})")
+            for row in self._db.execute(query, (PACK_INSTANCE, namespace, *chunk)):
+                found = _decode(*row)
+                assert isinstance(found, instance.PackInstance)
+                out[found.name] = found
+        return out
 
     @_guarded
     def signed_packs(self) -> int:
@@ -304,8 +370,10 @@ class LocalStore:
         """Execute the plan's writes in one transaction; returns the number of objects written."""
         db = self._db
         written = 0
+        self._staged = []
         try:
             db.execute("BEGIN IMMEDIATE")
+            before = self._feed_head()
             rv = self.resource_version()
             for c in changes:
                 rv, wrote = self._apply_one(namespace, c, rv, revision, now)
@@ -315,6 +383,7 @@ class LocalStore:
                 db.execute(
                     "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,)
                 )
+            after = self._feed_head()
             db.execute("COMMIT")
         except errors.GitopsdError:
             db.execute("ROLLBACK")
@@ -324,6 +393,8 @@ class LocalStore:
                 db.execute("ROLLBACK")
             raise store_error(self.path, err) from err
         self.writes += written
+        staged, self._staged = self._staged, []
+        self._carry(namespace, before, after, staged)
         return written
 
     def _apply_one(self, namespace: str, c: change.Change, rv: int, revision: str, now: str) -> tuple[int, int]:
@@ -351,6 +422,7 @@ class LocalStore:
             if c.action is change.Action.UNINSTALL:
                 rv += 1
                 self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (CLUSTER_PACK, namespace, c.name))
+                self._staged.append((CLUSTER_PACK, c.name, c.base_pack_name, None))
                 self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Pruned", c.reason, revision)
                 return rv, 1
             if c.action is change.Action.BLOCKED and c.condition is not None:
@@ -374,6 +446,7 @@ class LocalStore:
                 self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
                                  (PACK_INSTANCE, namespace, c.name))
                 self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
+                self._staged.append((PACK_INSTANCE, c.name, c.base_pack_name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
                 return rv, 1
             generation = 1
@@ -417,6 +490,13 @@ class LocalStore:
             "VALUES (?,?,?,?,?,?,?)",
             (kind, namespace, name, uid, rv, generation, body),
         )
+        spec = obj.get("spec")
+        base = str(spec.get("basePackName", "")) if isinstance(spec, dict) else ""
+        if kind == CLUSTER_PACK:
+            self._staged.append((kind, name, base, codec.observed_pack_from_object(
+                {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}})))
+        elif kind == PACK_INSTANCE:
+            self._staged.append((kind, name, base, _head_of(obj)[1]))
         return uid
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
@@ -458,3 +538,68 @@ def _decode(kind: str, body: str, uid: str, object_rv: int) -> instance.Observed
     if kind == PACK_INSTANCE:
         return codec.pack_instance_from_object(obj)
     return None
+
+
+# What ``instance.Head`` reads of a stored PackInstance, extracted by SQLite without decoding the
+# whole body in Python (a full read of a million instances).
+HEAD_FIELDS = ("json_extract(body, '$.spec.basePackName', '$.spec.clusterPackRef.name', '$.spec.clusterPackRef.digest', "
+               "'$.spec.clusterPackRef.checksum', '$.spec.priority', '$.spec.sourceBuildRef', '$.status.state', "
+               "'$.status.history[0].installedAt')")
+
+
+def _head(fields: str) -> tuple[str, instance.Head]:
+    return _made(*json.loads(fields))
+
+
+def _made(base: str | None, cluster_pack: str | None, digest: str | None, checksum: str | None, priority: object,
+          path: str | None, state: str | None, installed_at: str | None) -> tuple[str, instance.Head]:
+    return base or "", instance.Head(
+        (cluster_pack or "", digest or "", checksum or "", int(priority or 0), path or ""),  # type: ignore[call-overload]
+        instance.InstallState(state or "installed"), installed_at or "")
+
+
+def _head_of(obj: dict[str, Any]) -> tuple[str, instance.Head]:
+    """The base and Head of a PackInstance object about to be stored."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ref, history = spec.get("clusterPackRef") or {}, status.get("history") or [{}]
+    return _made(spec.get("basePackName"), ref.get("name"), ref.get("digest"), ref.get("checksum"), spec.get("priority"),
+                 spec.get("sourceBuildRef"), status.get("state"), history[0].get("installedAt"))
+
+
+def _owner(cache: _Cache, name: str) -> str | None:
+    """The base whose part holds PackInstance ``name`` (found through the dashes of its name)."""
+    parts = cache.parts
+    cut = name.rfind("-")
+    while cut > 0:
+        part = parts.get(name[:cut])
+        if part is not None and name in part.heads:
+            return name[:cut]
+        cut = name.rfind("-", 0, cut)
+    return None
+
+
+class _Stored(Mapping[str, instance.PackInstance]):
+    """The PackInstances of one base, read whole from the store when asked for. The instances of
+    the base last asked for are read in one query and kept until the next base (callers go base by
+    base)."""
+
+    __slots__ = ("_heads", "_namespace", "_store")
+
+    def __init__(self, store: LocalStore, namespace: str, heads: instance.Heads) -> None:
+        self._store, self._namespace, self._heads = store, namespace, heads
+
+    def __getitem__(self, name: str) -> instance.PackInstance:
+        if name not in self._heads:
+            raise KeyError(name)
+        store = self._store
+        key = (id(self._heads), self._namespace, next(iter(self._heads), ""))
+        whole = store._whole
+        if whole is None or whole[0] != key:
+            whole = store._whole = (key, store.instance_objects(self._namespace, list(self._heads)))
+        return whole[1][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._heads)

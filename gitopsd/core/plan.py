@@ -89,13 +89,17 @@ def build(inputs: Inputs) -> change.Plan:
 
 def assemble(inputs: Inputs, parts: Mapping[str, Fragment], order: list[str] | None = None) -> change.Plan:
     """The plan made of ``parts`` in basePackName order (``order``, when the caller has it sorted)."""
-    ordered = [parts[b] for b in (order if order is not None else sorted(parts))]
-    return change.Plan(
-        revision=inputs.revision,
-        changes=tuple(c for f in ordered for c in f.changes),
-        errors=(*inputs.errors, *(e for f in ordered for e in f.errors)),
-        writes_known=tuple(c for f in ordered for c in f.writes),
-    )
+    changes: list[change.Change] = []
+    writes: list[change.Change] = []
+    errors = list(inputs.errors)
+    for base in order if order is not None else sorted(parts):
+        fragment = parts[base]
+        changes.extend(fragment.changes)
+        if fragment.writes:
+            writes.extend(fragment.writes)
+        if fragment.errors:
+            errors.extend(fragment.errors)
+    return change.Plan(revision=inputs.revision, changes=tuple(changes), errors=tuple(errors), writes_known=tuple(writes))
 
 
 def bases(inputs: Inputs) -> set[str]:
@@ -144,14 +148,15 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
                                         (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
                                         f"runs {cp.version}")
             cp, block, runs_this, reason = known
-            lookup, add = inputs.observed.part(base).instances.get, changes[base].append
+            part = inputs.observed.part(base)
+            head_of, add = part.heads.get, changes[base].append
         name = f"{base}-{cluster}"
-        obs = lookup(name)
-        if (block is None and obs is not None and obs.state is not uninstalled
-                and (obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) == runs_this):
+        head = head_of(name)
+        if block is None and head is not None and head.state is not uninstalled and head.runs == runs_this:
             add(new_change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster))
-        else:
-            add(_instance_change(d, cp, name, cluster, obs, inputs, block, shared))
+        else:  # only an instance that changes is read whole
+            add(_instance_change(d, cp, name, cluster, part.instances.get(name) if head is not None else None, inputs,
+                                 block, shared))
         keep(name)
     for c in blocked:
         kept_names.add(c.name)
@@ -162,11 +167,14 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
         part = inputs.observed.part(base)
         mine = changes.get(base, [])
         if base not in inputs.protected_bases:
-            for name in sorted(part.instances):
-                obs = part.instances[name]
-                if name in kept_names or obs.state is InstallState.UNINSTALLED or obs.source_build_ref in inputs.protected_paths:
+            protected_paths = inputs.protected_paths
+            for name in sorted(part.heads):
+                head = part.heads[name]
+                if name in kept_names or head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths:
                     continue
-                mine.append(_uninstall(obs, inputs))
+                obs = part.instances.get(name)
+                if obs is not None:
+                    mine.append(_uninstall(obs, inputs))
         mine.extend(_prune(base, by_base.get(base, []), part, inputs, mine))
         if inputs.artifact_problems:
             mine = _block_artifacts(mine, inputs.artifact_problems)
@@ -224,10 +232,10 @@ def _cluster_pack_change(d: Desired, observed: instance.Part) -> change.Change:
 def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object, ...]:
     """Sort key of a contender on one cluster: priority first, then install order, then path."""
     base = d.build.base_pack_name
-    obs = observed.part(base).instances.get(f"{base}-{cluster}")
-    installed = obs is not None and obs.state is not InstallState.UNINSTALLED
-    installed_this = installed and obs is not None and obs.cluster_pack == d.cluster_pack.name
-    installed_at = obs.installed_at if installed and obs is not None else "~"  # "~" sorts after any time
+    head = observed.part(base).heads.get(f"{base}-{cluster}")
+    installed = head is not None and head.state is not InstallState.UNINSTALLED
+    installed_this = installed and head is not None and head.cluster_pack == d.cluster_pack.name
+    installed_at = head.installed_at if installed and head is not None else "~"  # "~" sorts after any time
     return (-d.build.priority, not installed_this, installed_at, d.build.path)
 
 
@@ -454,9 +462,9 @@ def _prune(base: str, desired: list[Desired], observed: instance.Part, inputs: I
     moved = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
         c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE)))}
     in_use |= {
-        obs.cluster_pack
-        for name, obs in observed.instances.items()
-        if obs.state is not InstallState.UNINSTALLED and name not in moved
+        head.cluster_pack
+        for name, head in observed.heads.items()
+        if head.state is not InstallState.UNINSTALLED and name not in moved
     }
     packs.sort(key=lambda p: semver.parse(p.version).key() if _is_semver(p.version) else (), reverse=True)
     keep = {d.cluster_pack.name for d in desired}

@@ -146,14 +146,19 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
     fragments = {b: f for b, f in memory.fragments.items() if b not in replan}
     fragments.update(plan.fragments(inputs, replan))
     return _outcome(inputs, keys, identities, holders, fragments, len(replan), False,
-                    memory.order if fragments.keys() == set(memory.order) else None)
+                    memory.order if fragments.keys() == set(memory.order) else None,
+                    memory.plan if not replan else None)
 
 
 def _outcome(inputs: plan.Inputs, keys: dict[str, object], identities: dict[str, frozenset[Identity]],
              holders: dict[Identity, tuple[str, ...]], fragments: dict[str, plan.Fragment], replanned: int,
-             full: bool, order: list[str] | None = None) -> Outcome:
+             full: bool, order: list[str] | None = None, reuse: change.Plan | None = None) -> Outcome:
     order = order if order is not None else sorted(fragments)
-    made = plan.assemble(inputs, fragments, order)
+    if reuse is not None:  # no base planned again (so the last plan wrote nothing): its changes stand
+        errors = (*inputs.errors, *(e for base in order for e in fragments[base].errors))
+        made = change.Plan(revision=inputs.revision, changes=reuse.changes, errors=errors, writes_known=())
+    else:
+        made = plan.assemble(inputs, fragments, order)
     memory = Memory(token=inputs.observed.token, policy=dataclasses.replace(inputs.policy, now=""),
                     protected_paths=inputs.protected_paths, keys=keys, identities=identities, holders=holders,
                     fragments=fragments, order=order, plan=made)

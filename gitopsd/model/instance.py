@@ -170,15 +170,107 @@ class ObservedPack:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Head:
+    """What the plan reads of a PackInstance it does not change: what it runs (``runs``: ClusterPack,
+    digest, checksum, priority, PackBuild path), whether it is live, and when it was first installed
+    (the tie-breaker of collisions). The instances of one base that run the same version share one."""
+
+    runs: tuple[str, str, str, int, str]
+    state: InstallState
+    installed_at: str
+
+    @classmethod
+    def of(cls, pi: PackInstance) -> Head:
+        return cls((pi.cluster_pack, pi.manifest_digest, pi.checksum, pi.priority, pi.source_build_ref), pi.state,
+                   pi.installed_at)
+
+    @property
+    def cluster_pack(self) -> str:
+        return self.runs[0]
+
+    @property
+    def source_build_ref(self) -> str:
+        return self.runs[4]
+
+
+class Heads(Mapping[str, Head]):
+    """The Heads of one base's PackInstances in a few bytes per instance: the instance on cluster
+    ``clusters[i]`` (named ``{base}-{clusters[i]}``) has head ``kinds[index[i] - 1]`` (0: none).
+    ``clusters`` and ``positions`` are shared by every base with the same clusters; an instance
+    named otherwise, or one head too many, is kept in ``others``."""
+
+    __slots__ = ("_clusters", "_index", "_kinds", "_others", "_positions", "_prefix")
+
+    def __init__(self, base: str, clusters: tuple[str, ...], positions: Mapping[str, int], index: bytes,
+                 kinds: tuple[Head, ...], others: Mapping[str, Head]) -> None:
+        self._prefix = base + "-"
+        self._clusters, self._positions, self._index, self._kinds, self._others = clusters, positions, index, kinds, others
+
+    def __getitem__(self, name: str) -> Head:
+        if name.startswith(self._prefix):
+            at = self._positions.get(name[len(self._prefix):])
+            if at is not None and self._index[at]:
+                return self._kinds[self._index[at] - 1]
+        return self._others[name]
+
+    def __iter__(self) -> Iterator[str]:
+        prefix, index = self._prefix, self._index
+        for at, cluster in enumerate(self._clusters):
+            if index[at]:
+                yield prefix + cluster
+        yield from self._others
+
+    def __len__(self) -> int:
+        return sum(1 for i in self._index if i) + len(self._others)
+
+
+def compact(base: str, heads: Mapping[str, Head], shared: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, int]]]) -> Heads:
+    """``heads`` (name -> Head) of one base as ``Heads``; ``shared`` interns the cluster lists."""
+    prefix = base + "-"
+    clusters = tuple(sorted(name[len(prefix):] for name in heads if name.startswith(prefix)))
+    known = shared.get(clusters)
+    if known is None:
+        known = shared[clusters] = (clusters, {c: i for i, c in enumerate(clusters)})
+    clusters, positions = known
+    kinds: dict[Head, int] = {}
+    index = bytearray(len(clusters))
+    others: dict[str, Head] = {}
+    for name, head in heads.items():
+        at = positions.get(name[len(prefix):]) if name.startswith(prefix) else None
+        number = kinds.get(head)
+        if number is None and at is not None and len(kinds) < 255:
+            number = kinds[head] = len(kinds) + 1
+        if at is None or number is None:
+            others[name] = head
+        else:
+            index[at] = number
+    return Heads(base, clusters, positions, bytes(index), tuple(kinds), others)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Part:
     """What one basePackName has in the store or cluster: its ClusterPacks and PackInstances by name.
-    An object belongs to the base its spec names (``spec.basePackName``)."""
+    An object belongs to the base its spec names (``spec.basePackName``).
+
+    ``heads`` is what the plan compares of each instance; ``instances`` gives the whole objects, which
+    a store may read only when asked (the plan asks only for the instances it changes)."""
 
     packs: Mapping[str, ObservedPack]
     instances: Mapping[str, PackInstance]
+    heads: Mapping[str, Head] = dataclasses.field(compare=False)
+
+    @classmethod
+    def whole(cls, packs: Mapping[str, ObservedPack], instances: Mapping[str, PackInstance]) -> Part:
+        """A part holding its objects whole, the heads made from them."""
+        shared: dict[Head, Head] = {}
+        heads = {}
+        for name, pi in instances.items():
+            head = Head.of(pi)
+            heads[name] = shared.setdefault(head, head)
+        return cls(packs, instances, heads)
 
 
-EMPTY = Part({}, {})
+EMPTY = Part({}, {}, {})
 
 
 class Named(Mapping[str, T]):
@@ -256,7 +348,7 @@ class Observed:
                 packs.setdefault(p.base_pack_name, {})[name] = p
             for name, i in self.instances.items():
                 instances.setdefault(i.base_pack_name, {})[name] = i
-            parts = {b: Part(packs.get(b, {}), instances.get(b, {})) for b in packs.keys() | instances.keys()}
+            parts = {b: Part.whole(packs.get(b, {}), instances.get(b, {})) for b in packs.keys() | instances.keys()}
             object.__setattr__(self, "_parts", parts)
             return parts
         return self._parts
