@@ -2,8 +2,9 @@
 
 fetch → load specs → compile (cached by content ids; ``gitopsd.compiling``) → observe → adopt
 published versions → sign → verify signatures → verify artifacts (``gitopsd.artifacts``) → plan →
-publish → unpack (delete what uninstalled instances left on their clusters) → apply → deliver (into
-reachable target clusters) → write status → summarize. Every step is ``step(env, state) -> None``:
+publish → unpack (delete what uninstalled instances left on their clusters) → apply → settle (plan
+the written bases again, for the next pass) → deliver (into reachable target clusters) → write
+status → summarize. Every step is ``step(env, state) -> None``:
 it reads what earlier steps left in ``state`` (``gitopsd.passstate``) and adds its own result. Only
 ``plan`` decides what changes (the signature verdicts and the artifact checks are its inputs);
 ``summarize`` alone decides Ready. dry-run, diff and reconcile share every line: ``env.dry_run``
@@ -245,12 +246,8 @@ def verify_signatures(env: Env, state: PassState) -> None:
             env.memo.verdicts[memo_key] = verdict
 
 
-def make_plan(env: Env, state: PassState) -> None:
-    """The plan: what changes, from the desired packs, what is observed, the signature verdicts,
-    the pack errors and the artifact checks of this pass. Only the basePackNames whose inputs
-    changed since the last pass, or that the store's change feed names, are planned again
-    (``gitopsd.core.replan``); a resync plans every one."""
-    assert state.observed is not None and state.tree is not None
+def _plan_inputs(env: Env, state: PassState, observed: instance.Observed) -> plan.Inputs:
+    assert state.tree is not None
     policy = plan.Policy(
         namespace=state.config.namespace,
         now=state.now,
@@ -259,10 +256,10 @@ def make_plan(env: Env, state: PassState) -> None:
         require_signatures=env.verifier is not None,
         keep_versions=state.config.keep_versions,
     )
-    inputs = plan.Inputs(
+    return plan.Inputs(
         revision=state.revision,
         desired=tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
-        observed=state.observed,
+        observed=observed,
         verdicts=state.verdicts,
         policy=policy,
         errors=tuple(state.pack_errors),
@@ -270,13 +267,33 @@ def make_plan(env: Env, state: PassState) -> None:
         protected_bases=frozenset(state.protected_bases),
         artifact_problems=state.artifact_problems,
     )
+
+
+def make_plan(env: Env, state: PassState) -> None:
+    """The plan: what changes, from the desired packs, what is observed, the signature verdicts,
+    the pack errors and the artifact checks of this pass. Only the basePackNames whose inputs
+    changed since the last pass, or that the store's change feed names, are planned again
+    (``gitopsd.core.replan``); a resync plans every one."""
+    assert state.observed is not None
+    inputs = _plan_inputs(env, state, state.observed)
     last = env.memo.plan
     outcome = replan.full(inputs) if env.full_plan else replan.update(inputs, last)
     state.plan = outcome.plan
-    state.plan_reused = (last is not None and not outcome.full and outcome.replanned == 0
+    state.plan_reused = (last is not None and last.shown and not outcome.full and outcome.replanned == 0
                          and not last.plan.writes and outcome.plan.errors == last.plan.errors)
     state.replanned = outcome.replanned
     env.memo.plan = outcome.memory
+
+
+def settle_plan(env: Env, state: PassState) -> None:
+    """After the pass wrote: plan its written bases again against what the store holds now, so the
+    next pass, when nothing else changed, plans nothing. The pass that writes pays for planning its
+    own result; the plan of this pass (``state.plan``) stays what was applied."""
+    if env.dry_run or not state.writes or env.memo.plan is None:
+        return
+    observed = env.cluster.observe(state.config.namespace, since=env.memo.plan.token)
+    settled = replan.update(_plan_inputs(env, state, observed), env.memo.plan).memory
+    env.memo.plan = dataclasses.replace(settled, shown=False)
 
 
 def apply(env: Env, state: PassState) -> None:
@@ -443,6 +460,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("publish", artifacts.publish),
     ("unpack", deliver_removals),
     ("apply", apply),
+    ("settle", settle_plan),
     ("deliver", deliver),
     ("status", write_status),
     ("summarize", summarize_pass),

@@ -216,8 +216,7 @@ def test_the_plan_kept_up_to_date_equals_a_full_plan_after_every_step(tmp_path: 
 
 def test_a_pass_with_nothing_new_plans_no_base_and_reuses_the_plan(tmp_path: pathlib.Path) -> None:
     world = World(tmp_path, random.Random(0), sqlite=True)
-    world.run()
-    world.run()  # the store holds this pass's writes now; the feed names them: re-planned once
+    world.run()  # writes, then plans the bases it wrote again (settle)
     world.run()
     assert world.replanned[-1] == 0
     world.packs["p1"].version = (1, 1, 0)

@@ -43,6 +43,7 @@ class Memory:
     fragments: dict[str, plan.Fragment]
     order: list[str]  # the bases of ``fragments``, sorted
     plan: change.Plan
+    shown: bool = True  # ``plan`` is what a pass executed and reported (not only planned after its writes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def _keys(inputs: plan.Inputs) -> tuple[dict[str, object], dict[str, list[plan.D
     for d in inputs.desired:
         cp = d.cluster_pack
         base = d.build.base_pack_name
-        keys[base].append((d.build, cp.name, cp.checksum, cp.manifest_digest, cp.signature, d.clusters,
+        keys[base].append((d.build, cp.name, cp.checksum, cp.manifest_digest, d.clusters,
                            verdicts.get(cp.name), problems.get(cp.name)))
         desired[base].append(d)
     out: dict[str, object] = {base: (tuple(k), base in protected) for base, k in keys.items()}

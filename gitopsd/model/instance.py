@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -222,6 +222,13 @@ class Heads(Mapping[str, Head]):
 
     def __len__(self) -> int:
         return sum(1 for i in self._index if i) + len(self._others)
+
+    def runs_everywhere(self, clusters: Iterable[str]) -> Head | None:
+        """The one Head of every instance when they all share it and there is one on each of
+        ``clusters`` (a base where nothing moves, told apart without a lookup per instance)."""
+        if len(self._kinds) != 1 or self._others or 0 in self._index or not self._positions.keys() >= set(clusters):
+            return None
+        return self._kinds[0]
 
 
 def compact(base: str, heads: Mapping[str, Head], shared: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, int]]]) -> Heads:
