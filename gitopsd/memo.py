@@ -13,7 +13,7 @@ import concurrent.futures
 import dataclasses
 
 from gitopsd import errors, ports
-from gitopsd.core import plan, replan
+from gitopsd.core import plan, replan, summarize
 from gitopsd.model import spec
 
 
@@ -40,6 +40,7 @@ class Memo:
     verdicts: dict[tuple[str, str, str | None], plan.Verdict] = dataclasses.field(default_factory=dict)
     plan: replan.Memory | None = None  # the last plan, by basePackName, and what it was made of
     status_written: bool = False
+    summary_lines: dict[str, tuple[object, summarize.PackLine]] = dataclasses.field(default_factory=dict)  # per basePackName
     status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
     crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess

@@ -300,7 +300,7 @@ def apply(env: Env, state: PassState) -> None:
     assert state.plan is not None
     if env.dry_run:
         return
-    todo = [c for c in state.plan.changes if c.writes or (c.action is change.Action.BLOCKED and c.condition is not None)]
+    todo = state.plan.acts
     if not todo:
         return
     state.writes = env.cluster.apply(state.config.namespace, todo, state.revision, state.now)
@@ -444,6 +444,7 @@ def summarize_pass(env: Env, state: PassState) -> None:
         published=state.published,
         dry_run=env.dry_run,
         status_error=state.status_error,
+        memo=env.memo.summary_lines,
     )
 
 

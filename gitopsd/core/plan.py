@@ -67,18 +67,7 @@ class Inputs:
     artifact_problems: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Fragment:
-    """The plan of one basePackName: its changes in order (ClusterPacks, then PackInstances by
-    cluster, collisions, uninstalls, prunes) and the errors only it has. The whole plan is the
-    fragments in basePackName order (``assemble``)."""
-
-    changes: tuple[change.Change, ...]
-    errors: tuple[change.PackError, ...] = ()
-    writes: tuple[change.Change, ...] = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "writes", tuple(c for c in self.changes if c.writes))
+Fragment = change.Part  # the plan of one basePackName
 
 
 def build(inputs: Inputs) -> change.Plan:
@@ -89,17 +78,7 @@ def build(inputs: Inputs) -> change.Plan:
 
 def assemble(inputs: Inputs, parts: Mapping[str, Fragment], order: list[str] | None = None) -> change.Plan:
     """The plan made of ``parts`` in basePackName order (``order``, when the caller has it sorted)."""
-    changes: list[change.Change] = []
-    writes: list[change.Change] = []
-    errors = list(inputs.errors)
-    for base in order if order is not None else sorted(parts):
-        fragment = parts[base]
-        changes.extend(fragment.changes)
-        if fragment.writes:
-            writes.extend(fragment.writes)
-        if fragment.errors:
-            errors.extend(fragment.errors)
-    return change.Plan(revision=inputs.revision, changes=tuple(changes), errors=tuple(errors), writes_known=tuple(writes))
+    return change.Plan.of_parts(inputs.revision, parts, order if order is not None else sorted(parts), inputs.errors)
 
 
 def bases(inputs: Inputs) -> set[str]:

@@ -155,11 +155,9 @@ def _outcome(inputs: plan.Inputs, keys: dict[str, object], identities: dict[str,
              holders: dict[Identity, tuple[str, ...]], fragments: dict[str, plan.Fragment], replanned: int,
              full: bool, order: list[str] | None = None, reuse: change.Plan | None = None) -> Outcome:
     order = order if order is not None else sorted(fragments)
-    if reuse is not None:  # no base planned again (so the last plan wrote nothing): its changes stand
-        errors = (*inputs.errors, *(e for base in order for e in fragments[base].errors))
-        made = change.Plan(revision=inputs.revision, changes=reuse.changes, errors=errors, writes_known=())
-    else:
-        made = plan.assemble(inputs, fragments, order)
+    # no base planned again (so the last plan wrote nothing): its changes stand, put together already
+    made = change.Plan.of_parts(inputs.revision, fragments, order, inputs.errors,
+                                changes=reuse.changes if reuse is not None else None)
     memory = Memory(token=inputs.observed.token, policy=dataclasses.replace(inputs.policy, now=""),
                     protected_paths=inputs.protected_paths, keys=keys, identities=identities, holders=holders,
                     fragments=fragments, order=order, plan=made)
