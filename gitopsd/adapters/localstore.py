@@ -120,7 +120,8 @@ class LocalStore:
         self._clusters: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, int]]] = {}  # shared by bases
         # this transaction's writes (kind, name, base, what is stored now), to carry the cache over them
         self._staged: list[tuple[str, str, str, instance.ObservedPack | instance.Head | None]] = []
-        self._whole: tuple[tuple[int, str, str], dict[str, instance.PackInstance]] | None = None
+        # the PackInstances of the base last read whole (its Heads, namespace, instances by name)
+        self._whole: tuple[instance.Heads, str, dict[str, instance.PackInstance]] | None = None
         self.writes = 0
 
     def close(self) -> None:
@@ -592,11 +593,10 @@ class _Stored(Mapping[str, instance.PackInstance]):
         if name not in self._heads:
             raise KeyError(name)
         store = self._store
-        key = (id(self._heads), self._namespace, next(iter(self._heads), ""))
         whole = store._whole
-        if whole is None or whole[0] != key:
-            whole = store._whole = (key, store.instance_objects(self._namespace, list(self._heads)))
-        return whole[1][name]
+        if whole is None or whole[0] is not self._heads or whole[1] != self._namespace:
+            whole = store._whole = (self._heads, self._namespace, store.instance_objects(self._namespace, list(self._heads)))
+        return whole[2][name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._heads)
