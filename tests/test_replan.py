@@ -79,6 +79,8 @@ class World:
                 return signer.public_key().verify(data, signature)
 
         tree = fakes.MemoryTree(files_of(self.packs), revision=f"main@sha1:{self.passes:040x}", scratch=self.tmp / "scratch")
+        author = self.rng.choice(["ann <ann@example.com>", "bob <bob@example.com>"])  # the install records' installedBy
+        tree.snapshot = dataclasses.replace(tree.snapshot, author=author)
         return reconcile.Env(source=fakes.StaticSource(tree), cluster=self.cluster, registry=self.registry, cache=self.cache,
                              clock=self.clock, renderers=render.renderers(), schemas=schemafiles.schemas(), signer=signer,
                              verifier=Verifier(), dry_run=dry_run, memo=self.memo)

@@ -35,7 +35,7 @@ class Memory:
     """What the previous pass's plan was made of, kept by the process between passes."""
 
     token: object  # the change feed's position the plan saw (``Observed.token``)
-    policy: plan.Policy  # without ``now``
+    policy: plan.Policy  # without ``now`` and ``installed_by`` (``_lasting``)
     protected_paths: frozenset[str]
     keys: dict[str, object]  # base -> everything its desired packs bring to the plan
     identities: dict[str, frozenset[Identity]]  # base -> the objects its desired packs own
@@ -52,6 +52,12 @@ class Outcome:
     memory: Memory
     replanned: int  # bases worked out this pass
     full: bool  # every base was worked out
+
+
+def _lasting(policy: plan.Policy) -> plan.Policy:
+    """The policy without what only the records of this pass's writes show (when, by whom): a
+    fragment that writes is planned again every pass anyway."""
+    return dataclasses.replace(policy, now="", installed_by="")
 
 
 def _keys(inputs: plan.Inputs) -> tuple[dict[str, object], dict[str, list[plan.Desired]]]:
@@ -109,7 +115,7 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
     """The plan of ``inputs``, re-planning only what changed since ``memory`` (see the module)."""
     changed = inputs.observed.changed
     if (memory is None or changed is None or memory.token is None
-            or memory.policy != dataclasses.replace(inputs.policy, now="")
+            or memory.policy != _lasting(inputs.policy)
             or memory.protected_paths != inputs.protected_paths):
         return full(inputs)
     keys, desired = _keys(inputs)
@@ -158,7 +164,7 @@ def _outcome(inputs: plan.Inputs, keys: dict[str, object], identities: dict[str,
     # no base planned again (so the last plan wrote nothing): its changes stand, put together already
     made = change.Plan.of_parts(inputs.revision, fragments, order, inputs.errors,
                                 changes=reuse.changes if reuse is not None else None)
-    memory = Memory(token=inputs.observed.token, policy=dataclasses.replace(inputs.policy, now=""),
+    memory = Memory(token=inputs.observed.token, policy=_lasting(inputs.policy),
                     protected_paths=inputs.protected_paths, keys=keys, identities=identities, holders=holders,
                     fragments=fragments, order=order, plan=made)
     return Outcome(plan=made, memory=memory, replanned=replanned, full=full)
