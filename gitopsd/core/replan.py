@@ -37,7 +37,7 @@ class Memory:
     token: object  # the change feed's position the plan saw (``Observed.token``)
     policy: plan.Policy  # without ``now`` and ``installed_by`` (``_lasting``)
     protected_paths: frozenset[str]
-    keys: dict[str, object]  # base -> everything its desired packs bring to the plan
+    keys: dict[str, object]  # base -> everything its desired packs bring to the plan (``_keys``)
     identities: dict[str, frozenset[Identity]]  # base -> the objects its desired packs own
     holders: dict[Identity, tuple[str, ...]]  # identity -> the bases owning it (sorted)
     fragments: dict[str, plan.Fragment]
@@ -61,19 +61,26 @@ def _lasting(policy: plan.Policy) -> plan.Policy:
 
 
 def _keys(inputs: plan.Inputs) -> tuple[dict[str, object], dict[str, list[plan.Desired]]]:
-    keys: dict[str, list[object]] = defaultdict(list)
-    desired: dict[str, list[plan.Desired]] = defaultdict(list)
-    verdicts, problems, protected = inputs.verdicts, inputs.artifact_problems, inputs.protected_bases
+    """Per base, everything its desired packs bring to the plan (runs every pass: kept lean)."""
+    keys: dict[str, tuple[object, ...]] = {}
+    desired: dict[str, list[plan.Desired]] = {}
+    verdicts, problems = inputs.verdicts, inputs.artifact_problems
     for d in inputs.desired:
-        cp = d.cluster_pack
+        cp = d.compiled.cluster_pack
         base = d.build.base_pack_name
-        keys[base].append((d.build, cp.name, cp.checksum, cp.manifest_digest, d.clusters,
-                           verdicts.get(cp.name), problems.get(cp.name)))
-        desired[base].append(d)
-    out: dict[str, object] = {base: (tuple(k), base in protected) for base, k in keys.items()}
-    for base in protected:
-        out.setdefault(base, ((), True))
-    return out, desired
+        key = (d.build, cp.name, cp.checksum, cp.manifest_digest, d.clusters, verdicts.get(cp.name), problems.get(cp.name))
+        known = keys.get(base)
+        if known is None:
+            keys[base], desired[base] = (key,), [d]
+        else:
+            keys[base] = (*known, key)
+            desired[base].append(d)
+    for base in inputs.protected_bases:
+        keys[base] = (*keys.get(base, ()), PROTECTED)
+    return dict(keys), desired
+
+
+PROTECTED = "protected"  # the last item of a protected base's key
 
 
 def _identities(desired: list[plan.Desired]) -> frozenset[Identity]:
@@ -120,7 +127,9 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
         return full(inputs)
     keys, desired = _keys(inputs)
     dirty = set(changed)
-    moved = {base for base in keys.keys() | memory.keys.keys() if keys.get(base) != memory.keys.get(base)}
+    before = memory.keys
+    moved = {base for base, key in keys.items() if before.get(base) != key}
+    moved.update(base for base in before if base not in keys)
     dirty |= moved
     dirty.update(base for base, fragment in memory.fragments.items() if fragment.writes)
     identities, holders = memory.identities, memory.holders
