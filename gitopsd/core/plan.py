@@ -6,6 +6,12 @@ blocked / uninstall (pruned), per PackInstance create / supersede (Upgrade, Roll
 unchanged / uninstall / blocked, each with a reason. Collisions are resolved deterministically:
 higher priority wins, a tie goes to the one installed first, then to the PackBuild path.
 The conditions a change carries are made by ``gitopsd.core.conditions``.
+
+The plan is made of one part per basePackName (``fragments``), put together in base order
+(``assemble``): dedupe, collisions between PackBuilds of one base, uninstalls and prune are per
+base, and bases meet only where their packs would own the same object. An instance that keeps
+running what it runs is judged from its ``instance.Head``; only an instance that changes is read
+whole. ``gitopsd.core.replan`` re-plans only the bases whose inputs changed.
 """
 
 from __future__ import annotations
