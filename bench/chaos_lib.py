@@ -246,7 +246,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[str] | None, git_trials: int = 100,
-         kube_trials: int = 5, first_runs: int = 100, first_run_rounds: int = 3) -> int:
+         kube_trials: int = 5, first_runs: int = 100, first_run_rounds: int = 3, replan_trials: int = 100) -> int:
     logs.configure("warning")  # the registry checks run in this process; their debug lines are noise here
     work = pathlib.Path(tempfile.mkdtemp(prefix="gitopsd-chaos-"))
     pool = harness.ZygotePool(workers)
@@ -272,6 +272,9 @@ def main(trials: int, registry_trials: int, workers: int, seed: int, only: set[s
         if only is None or "git" in only:
             rows += git_faults(pool, work / "git", git_trials, seed)
             print("\n".join(table(rows[-5:]).splitlines()[2:]), flush=True)
+        if only is None or "replan" in only:
+            rows.append(replan_sequences(work / "replan", replan_trials, seed))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
         if only is None or "statedir" in only:
             for row in state_dir_faults(pool, work / "statedir", first_runs, first_run_rounds):
                 rows.append(row)
@@ -344,6 +347,28 @@ def status_push_races(root: pathlib.Path, rounds: int, seed: int) -> harness.Tal
     tally.failures = statuswriter_scenarios.user_push_races(root, rounds, seed)
     tally.notes = f"in process, seed {seed}"
     return tally
+
+
+def replan_sequences(root: pathlib.Path, trials: int, seed: int) -> Row:
+    """tests/test_replan.py's sequences, longer and more of them: after every step of commits, edits
+    behind gitopsd's back, restarts and dry-runs, the plan kept up to date equals a full plan."""
+    from tests import test_replan  # noqa: PLC0415
+
+    row = Row("replan: kept vs full plan")
+    started = time.monotonic()
+    for n in range(trials):
+        row.trials += 1
+        where = root / str(n)
+        where.mkdir(parents=True)
+        try:
+            test_replan.run_sequence(where, seed * 100_000 + n, steps=40)
+        except AssertionError as err:
+            row.failed(f"seed {seed * 100_000 + n}: {err}")
+        shutil.rmtree(where, ignore_errors=True)
+    row.seconds = time.monotonic() - started
+    row.notes = (f"in process, 40 steps each, seeds {seed * 100_000}..{seed * 100_000 + trials - 1} "
+                 "(even: SQLite store, odd: memory fake)")
+    return row
 
 
 def kube_faults(work: pathlib.Path, trials: int, seed: int) -> list[Row]:

@@ -88,10 +88,14 @@ def _moving(state: PassState, result: CompileResult) -> bool:
     assert state.observed is not None
     cp, build = result.compiled.cluster_pack, result.build
     runs_this = (cp.name, cp.manifest_digest, cp.checksum, build.priority, build.path)
+    heads = state.observed.part(build.base_pack_name).heads
+    if isinstance(heads, instance.Heads):
+        same = heads.runs_everywhere(result.clusters)
+        if same is not None and same.state is not instance.InstallState.UNINSTALLED and same.runs == runs_this:
+            return False
     for cluster in result.clusters:
-        obs = state.observed.instances.get(f"{build.base_pack_name}-{cluster}")
-        if obs is None or obs.state is instance.InstallState.UNINSTALLED or (
-                obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) != runs_this:
+        head = heads.get(f"{build.base_pack_name}-{cluster}")
+        if head is None or head.state is instance.InstallState.UNINSTALLED or head.runs != runs_this:
             return True
     return False
 
@@ -122,7 +126,7 @@ def publish(env: Env, state: PassState) -> None:
         return
     by_name = {r.compiled.cluster_pack.name: r for r in state.compiled}
     failed: dict[str, str] = {}
-    for c in state.plan.changes:
+    for c in state.plan.writes:  # a create writes
         if c.kind is not change.ObjectKind.CLUSTER_PACK or c.action is not change.Action.CREATE:
             continue
         result = by_name[c.name]

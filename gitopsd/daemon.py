@@ -281,6 +281,7 @@ class Daemon:
                 env.retry_failed = action == "resync"  # a resync renders remembered failures again
                 # ... and retries failed deliveries and checks drift; so does the first pass of the process
                 env.resync = action == "resync" or self.passes == 1
+                env.full_plan = action == "resync"  # ... and plans every pack, not only the changed ones
                 state = self._run_pass(env)
         except Exception as err:  # noqa: BLE001 - every failure is classified in _failed
             self._failed(err, head, self._clock() - started, retry_pass=True)

@@ -13,8 +13,8 @@ import concurrent.futures
 import dataclasses
 
 from gitopsd import errors, ports
-from gitopsd.core import plan
-from gitopsd.model import change, instance, spec
+from gitopsd.core import plan, replan, summarize
+from gitopsd.model import spec
 
 
 @dataclasses.dataclass
@@ -32,14 +32,16 @@ class Memo:
     """Results of pure work kept between passes of one process (the daemon), each keyed by what
     it depends on, so that a pass where nothing changed redoes nothing: parsed PackBuilds by blob
     id, renderer inputs by the tree ids they were read from, signature verdicts by the exact bytes,
-    the last plan by a fingerprint of all its inputs, and each status record by the objects it is made of."""
+    the last plan by basePackName with the inputs of each part (``gitopsd.core.replan``), and each
+    status record by the objects it is made of."""
 
     specs: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError] = dataclasses.field(default_factory=dict)
     inputs: dict[str, tuple[list[str], tuple[str, ...]]] = dataclasses.field(default_factory=dict)
     verdicts: dict[tuple[str, str, str | None], plan.Verdict] = dataclasses.field(default_factory=dict)
-    plan: tuple[object, change.Plan, instance.Observed] | None = None
+    plan: replan.Memory | None = None  # the last plan, by basePackName, and what it was made of
     status_written: bool = False
-    status_text: dict[str, tuple[object, bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
+    summary_lines: dict[str, tuple[object, summarize.PackLine]] = dataclasses.field(default_factory=dict)  # per basePackName
+    status_text: dict[str, tuple[tuple[object, object], bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
     crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess
     running: dict[str, Running] = dataclasses.field(default_factory=dict)  # cache key -> a render still running

@@ -82,9 +82,9 @@ class Metrics:
         summary = state.summary
         assert summary is not None and state.plan is not None
         self.reconcile_duration.labels(result=Result.READY if summary.ready else Result.NOT_READY).observe(seconds)
-        for c in state.plan.changes:
-            if c.action is not change.Action.UNCHANGED:
-                self.changes.labels(kind=str(c.kind), action=str(c.action)).inc()
+        for (kind, action), n in state.plan.counts().items():
+            if action is not change.Action.UNCHANGED:
+                self.changes.labels(kind=str(kind), action=str(action)).inc(n)
         for err in summary.errors:
             self.errors.labels(reason=err.reason).inc()
         if state.writes and state.tree is not None:

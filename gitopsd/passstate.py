@@ -54,6 +54,8 @@ class Env:
     render_workers: int = dataclasses.field(default_factory=default_render_workers)
     deliverer: ports.Deliverer | None = None  # push delivery into target clusters; None: records only
     resync: bool = True  # a full pass: retry failed deliveries and check drift (the daemon's resync)
+    # plan every basePackName, not only those whose inputs changed or the change feed names (resync)
+    full_plan: bool = False
     # How long (seconds, counted from its child process's start) this pass waits for one render
     # before it leaves the render running and goes on without that pack (reason ``RenderPending``:
     # the pack keeps what it runs; a later pass takes the result). None: wait for every render
@@ -96,7 +98,8 @@ class PassState:
     writes: int = 0
     status_commit: str | None = None
     status_error: str | None = None
-    plan_reused: bool = False
+    plan_reused: bool = False  # the plan is the last pass's: no base planned again, and that plan wrote nothing
+    replanned: int = 0  # basePackNames the plan step worked out (the rest kept their part of the last plan)
     now: str = ""
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     summary: summarize.Summary | None = None

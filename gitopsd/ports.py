@@ -100,7 +100,11 @@ class Preparing(Protocol):
 class Cluster(Protocol):
     """The management cluster, or the local store playing it."""
 
-    def observe(self, namespace: str) -> instance.Observed: ...
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
+        """What the namespace holds, and its change feed: ``Observed.changed`` names the bases with
+        an object written (by anyone) since the ``since`` token (an ``Observed.token`` of this
+        same adapter), or is ``None`` when it cannot tell."""
+        ...
 
     def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
         """Execute the writes of a plan, all or nothing where the backend allows; returns writes done."""

@@ -44,7 +44,7 @@ class Scratch:
         self.packs: dict[str, instance.ObservedPack] = {}
         self.instances: dict[str, instance.PackInstance] = {}
 
-    def observe(self, namespace: str) -> instance.Observed:
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
         return instance.Observed(packs=dict(self.packs), instances=dict(self.instances))
 
     def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:

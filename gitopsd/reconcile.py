@@ -2,8 +2,9 @@
 
 fetch → load specs → compile (cached by content ids; ``gitopsd.compiling``) → observe → adopt
 published versions → sign → verify signatures → verify artifacts (``gitopsd.artifacts``) → plan →
-publish → unpack (delete what uninstalled instances left on their clusters) → apply → deliver (into
-reachable target clusters) → write status → summarize. Every step is ``step(env, state) -> None``:
+publish → unpack (delete what uninstalled instances left on their clusters) → apply → settle (plan
+the written bases again, for the next pass) → deliver (into reachable target clusters) → write
+status → summarize. Every step is ``step(env, state) -> None``:
 it reads what earlier steps left in ``state`` (``gitopsd.passstate``) and adds its own result. Only
 ``plan`` decides what changes (the signature verdicts and the artifact checks are its inputs);
 ``summarize`` alone decides Ready. dry-run, diff and reconcile share every line: ``env.dry_run``
@@ -22,7 +23,7 @@ import time
 import structlog
 
 from gitopsd import artifacts, compiling, errors, packcompile, passstate, ports
-from gitopsd.core import codec, parse, plan, signing, status, summarize, yamlload
+from gitopsd.core import codec, parse, plan, replan, signing, status, summarize, yamlload
 from gitopsd.core import delivery as delivery_core
 from gitopsd.model import change, delivery, instance, pack, spec
 
@@ -169,7 +170,10 @@ def _parsed(env: Env, tree: ports.Tree, path: str, blob: str,
 
 
 def observe(env: Env, state: PassState) -> None:
-    state.observed = env.cluster.observe(state.config.namespace)
+    """What the store or cluster holds, with its change feed since the plan of the last pass."""
+    last = env.memo.plan
+    since = last.token if last is not None and not env.full_plan else None
+    state.observed = env.cluster.observe(state.config.namespace, since=since)
 
 
 def adopt_published(env: Env, state: PassState) -> None:
@@ -289,10 +293,8 @@ def verify_signatures(env: Env, state: PassState) -> None:
         env.cache.remember_verified(passed)
 
 
-def make_plan(env: Env, state: PassState) -> None:
-    """The plan: what changes, from the desired packs, what is observed, the signature verdicts,
-    the pack errors and the artifact checks of this pass."""
-    assert state.observed is not None and state.tree is not None
+def _plan_inputs(env: Env, state: PassState, observed: instance.Observed) -> plan.Inputs:
+    assert state.tree is not None
     policy = plan.Policy(
         namespace=state.config.namespace,
         now=state.now,
@@ -301,48 +303,51 @@ def make_plan(env: Env, state: PassState) -> None:
         require_signatures=env.verifier is not None,
         keep_versions=state.config.keep_versions,
     )
-    inputs = plan.Inputs(
+    return plan.Inputs(
         revision=state.revision,
         desired=tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
-        observed=state.observed,
+        observed=observed,
         verdicts=state.verdicts,
         policy=policy,
         errors=tuple(state.pack_errors),
         protected_paths=frozenset(state.protected_paths),
         protected_bases=frozenset(state.protected_bases),
+        artifact_problems=state.artifact_problems,
     )
-    # The plan is a pure function of its inputs; when they are the same as last time and that plan
-    # wrote nothing, ``now`` and the revision cannot show in it: reuse it.
-    fingerprint = (
-        tuple((d.build, d.cluster_pack.name, d.cluster_pack.checksum, d.cluster_pack.manifest_digest, d.clusters)
-              for d in inputs.desired),
-        id(state.observed),
-        tuple(sorted(state.verdicts.items())),
-        dataclasses.replace(policy, now=""),
-        inputs.errors,
-        inputs.protected_paths,
-        inputs.protected_bases,
-        tuple(sorted(state.artifact_problems.items())),
-    )
+
+
+def make_plan(env: Env, state: PassState) -> None:
+    """The plan: what changes, from the desired packs, what is observed, the signature verdicts,
+    the pack errors and the artifact checks of this pass. Only the basePackNames whose inputs
+    changed since the last pass, or that the store's change feed names, are planned again
+    (``gitopsd.core.replan``); a resync plans every one."""
+    assert state.observed is not None
+    inputs = _plan_inputs(env, state, state.observed)
     last = env.memo.plan
-    if last is not None and last[0] == fingerprint and last[2] is state.observed and not last[1].writes:
-        state.plan = dataclasses.replace(last[1], revision=state.revision)
-        state.plan_reused = True
+    outcome = replan.full(inputs) if env.full_plan else replan.update(inputs, last)
+    state.plan = outcome.plan
+    state.plan_reused = (last is not None and last.shown and not outcome.full and outcome.replanned == 0
+                         and not last.plan.writes and outcome.plan.errors == last.plan.errors)
+    state.replanned = outcome.replanned
+    env.memo.plan = outcome.memory
+
+
+def settle_plan(env: Env, state: PassState) -> None:
+    """After the pass wrote: plan its written bases again against what the store holds now, so the
+    next pass, when nothing else changed, plans nothing. The pass that writes pays for planning its
+    own result; the plan of this pass (``state.plan``) stays what was applied."""
+    if env.dry_run or not state.writes or env.memo.plan is None:
         return
-    state.plan = plan.build(inputs)
-    # A published artifact that does not verify blocks every delivery that would point at it.
-    for reason in ("ArtifactMismatch", "ArtifactUnverified"):
-        blocked = {name: detail for name, (why, detail) in state.artifact_problems.items() if why == reason}
-        if blocked:
-            state.plan = plan.block_packs(state.plan, blocked, reason=reason)
-    env.memo.plan = (fingerprint, state.plan, state.observed)
+    observed = env.cluster.observe(state.config.namespace, since=env.memo.plan.token)
+    settled = replan.update(_plan_inputs(env, state, observed), env.memo.plan).memory
+    env.memo.plan = dataclasses.replace(settled, shown=False)
 
 
 def apply(env: Env, state: PassState) -> None:
     assert state.plan is not None
     if env.dry_run:
         return
-    todo = [c for c in state.plan.changes if c.writes or (c.action is change.Action.BLOCKED and c.condition is not None)]
+    todo = state.plan.acts
     if not todo:
         return
     state.writes = env.cluster.apply(state.config.namespace, todo, state.revision, state.now)
@@ -486,6 +491,7 @@ def summarize_pass(env: Env, state: PassState) -> None:
         published=state.published,
         dry_run=env.dry_run,
         status_error=state.status_error,
+        memo=env.memo.summary_lines,
     )
 
 
@@ -502,6 +508,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("publish", artifacts.publish),
     ("unpack", deliver_removals),
     ("apply", apply),
+    ("settle", settle_plan),
     ("deliver", deliver),
     ("status", write_status),
     ("summarize", summarize_pass),

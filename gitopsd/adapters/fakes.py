@@ -138,19 +138,34 @@ class MemoryCluster:
         self.delivered: dict[tuple[str, str], delivery.Delivery] = {}
         self.applied: list[change.Change] = []
         self.fail_next_apply: Exception | None = None
+        self._issued = 0
+        self._tokens: dict[int, tuple[str, dict[tuple[str, str], tuple[str, str]]]] = {}
 
-    def observe(self, namespace: str) -> instance.Observed:
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
+        """The change feed compares the objects with those a token was handed out with, so that a
+        test editing ``objects`` by hand is seen like any other writer."""
         packs, instances = {}, {}
-        for (kind, ns, _), obj in self.objects.items():
+        seen: dict[tuple[str, str], tuple[str, str]] = {}
+        for (kind, ns, name), obj in self.objects.items():
             if ns != namespace:
                 continue
             if kind == pack.CLUSTER_PACK_KIND:
                 p = codec.observed_pack_from_object(obj)
                 packs[p.name] = p
+                seen[(kind, name)] = (p.base_pack_name, repr(p))
             else:
                 i = codec.pack_instance_from_object(obj)
                 instances[i.name] = i
-        return instance.Observed(packs=packs, instances=instances)
+                seen[(kind, name)] = (i.base_pack_name, repr(i))
+        before = self._tokens.get(since) if isinstance(since, int) else None
+        changed = None
+        if before is not None and before[0] == namespace:
+            old = before[1]
+            changed = frozenset(entry[0] for key in old.keys() | seen.keys() if old.get(key) != seen.get(key)
+                                for entry in (old.get(key), seen.get(key)) if entry is not None)
+        self._issued += 1
+        self._tokens = {**dict(list(self._tokens.items())[-3:]), self._issued: (namespace, seen)}
+        return instance.Observed(packs=packs, instances=instances, changed=changed, token=self._issued)
 
     def apply(self, namespace: str, changes: Sequence[change.Change], revision: str, now: str) -> int:
         if self.fail_next_apply is not None:

@@ -11,14 +11,16 @@ a new history with an Initial install.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import pathlib
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from gitopsd import errors
 from gitopsd.core import codec
@@ -40,7 +42,25 @@ CREATE INDEX IF NOT EXISTS events_by_object ON events(kind, namespace, name, id)
 CREATE TABLE IF NOT EXISTS deliveries (
     namespace TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (namespace, name)
 );
+CREATE TABLE IF NOT EXISTS feed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS feed_insert AFTER INSERT ON objects BEGIN
+    INSERT INTO feed(kind, namespace, name) VALUES (NEW.kind, NEW.namespace, NEW.name);
+END;
+CREATE TRIGGER IF NOT EXISTS feed_update AFTER UPDATE ON objects BEGIN
+    INSERT INTO feed(kind, namespace, name) VALUES (OLD.kind, OLD.namespace, OLD.name);
+    INSERT INTO feed(kind, namespace, name) VALUES (NEW.kind, NEW.namespace, NEW.name);
+END;
+CREATE TRIGGER IF NOT EXISTS feed_delete AFTER DELETE ON objects BEGIN
+    INSERT INTO feed(kind, namespace, name) VALUES (OLD.kind, OLD.namespace, OLD.name);
+END;
 """
+# The change feed: every write to ``objects`` (by this process, another one, or by hand with the
+# sqlite3 shell) adds a row naming the object, in the same transaction. ``observe`` reads the rows
+# after the last one it read and decodes only those objects; the feed keeps its last FEED_KEEP rows.
+FEED_KEEP = 200_000
+CATCH_UP_LIMIT = 50_000  # more changed objects than this: reading everything again is cheaper
 
 CLUSTER_PACK = pack.CLUSTER_PACK_KIND
 PACK_INSTANCE = instance.PACK_INSTANCE_KIND
@@ -97,10 +117,13 @@ class LocalStore:
                 self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise store_error(path, err) from None
-        self._cache: tuple[int, str, instance.Observed] | None = None
-        # What this pass wrote, to carry the observed state over it: a decoded PackInstance when the
-        # plan's own value is what was stored, else the stored object (None: deleted).
-        self._staged: list[tuple[str, str, instance.PackInstance | dict[str, object] | None]] = []
+        self._cache: _Cache | None = None
+        self._token = uuid.uuid4().hex  # the change feed tokens of this object only
+        self._clusters: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, int]]] = {}  # shared by bases
+        # this transaction's writes (kind, name, base, what is stored now), to carry the cache over them
+        self._staged: list[tuple[str, str, str, instance.ObservedPack | instance.Head | None]] = []
+        # the PackInstances of the base last read whole (its Heads, namespace, instances by name)
+        self._whole: tuple[instance.Heads, str, dict[str, instance.PackInstance]] | None = None
         # During ``apply``: object rows and Events not yet handed to SQLite (written in batches, in
         # the same transaction), and the last Event of each object among them.
         self._rows: dict[tuple[str, str, str], tuple[str, str, str, str, int, int, str]] | None = None
@@ -124,28 +147,157 @@ class LocalStore:
         return int(row[0]) if row else 0
 
     @_guarded
-    def observe(self, namespace: str) -> instance.Observed:
-        rv = self.resource_version()
-        if self._cache is not None and self._cache[0] == rv and self._cache[1] == namespace:
-            return self._cache[2]
-        packs: dict[str, instance.ObservedPack] = {}
-        instances: dict[str, instance.PackInstance] = {}
-        rows = self._db.execute(
-            "SELECT kind, body, uid, resource_version FROM objects WHERE namespace=?", (namespace,)
-        ).fetchall()
-        for kind, body, uid, object_rv in rows:
-            obj = json.loads(body)
-            obj["metadata"]["uid"] = uid
-            obj["metadata"]["resourceVersion"] = str(object_rv)
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
+        """The namespace's ClusterPacks and PackInstances, kept between calls and brought up to date
+        from the change feed (only the objects written since are read again).
+
+        A PackInstance is held as its ``instance.Head`` in a few bytes per instance
+        (``instance.Heads``); the whole object is read from the store when asked for (the plan asks
+        only for the instances it changes)."""
+        head = self._feed_head()
+        cache = self._cache
+        if (cache is None or cache.namespace != namespace or head < cache.head
+                or (head > cache.head and not self._catch_up(cache, head))):
+            cache = self._cache = self._load(namespace, head)
+        changed = None
+        if isinstance(since, tuple) and len(since) == 2 and since[0] == self._token and since[1] >= cache.loaded:
+            changed = frozenset(base for base, at in cache.touched.items() if at > since[1])
+        return cache.observed.with_feed(changed, (self._token, cache.head))
+
+    def _feed_head(self) -> int:
+        """The id of the change feed's last row (0: empty or no feed, in a store made before it)."""
+        try:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='feed'").fetchone()
+        except sqlite3.OperationalError:  # no table has had a row yet
+            return 0
+        return int(row[0]) if row else 0
+
+    def _load(self, namespace: str, head: int) -> _Cache:
+        packs: dict[str, dict[str, instance.ObservedPack]] = defaultdict(dict)
+        for row in self._db.execute("SELECT kind, body, uid, resource_version FROM objects WHERE namespace=? AND kind=?",
+                                    (namespace, CLUSTER_PACK)):
+            found = _decode(*row)
+            assert isinstance(found, instance.ObservedPack)
+            packs[found.base_pack_name][found.name] = found
+        heads: dict[str, dict[str, instance.Head]] = defaultdict(dict)
+        shared: dict[instance.Head, instance.Head] = {}
+        for name, fields in self._db.execute(f"SELECT name, {HEAD_FIELDS} FROM objects WHERE namespace=? AND kind=?",
+                                             (namespace, PACK_INSTANCE)):
+            base, one = _head(fields)
+            heads[base][name] = shared.setdefault(one, one)
+        if not self.read_only and head > 2 * FEED_KEEP:
+            with contextlib.suppress(sqlite3.Error):  # busy: another process writes; trim next time
+                self._db.execute("DELETE FROM feed WHERE id <= ?", (head - FEED_KEEP,))
+        cache = _Cache(namespace, head, head, {}, {}, instance.Observed.of_parts({}))
+        self._rebuild(cache, {base: (packs.get(base, {}), heads.get(base, {})) for base in packs.keys() | heads.keys()})
+        return cache
+
+    def _rebuild(self, cache: _Cache,
+                 touched: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]]) -> None:
+        """``cache`` with the parts of ``touched`` bases replaced (new objects: earlier Observed stay as they were)."""
+        parts = dict(cache.parts)
+        for base, (packs, heads) in touched.items():
+            if packs or heads:
+                compact = instance.compact(base, heads, self._clusters)
+                parts[base] = instance.Part(packs, _Stored(self, cache.namespace, compact), compact)
+            else:
+                parts.pop(base, None)
+        cache.parts, cache.observed = parts, instance.Observed.of_parts(parts)
+
+    def _editable(self, cache: _Cache, base: str,
+                  copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]]
+                  ) -> tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]:
+        mine = copied.get(base)
+        if mine is None:
+            part = cache.parts.get(base, instance.EMPTY)
+            mine = copied[base] = (dict(part.packs), dict(part.heads))
+        return mine
+
+    def _catch_up(self, cache: _Cache, head: int) -> bool:
+        """Carry ``cache`` over the feed's rows after ``cache.head``; False when the feed no longer
+        holds them all (trimmed) or they are too many: then everything is read again."""
+        first = self._db.execute("SELECT min(id) FROM feed").fetchone()[0]
+        if first is None or first > cache.head + 1:
+            return False
+        names: dict[str, set[str]] = {CLUSTER_PACK: set(), PACK_INSTANCE: set()}
+        rows = self._db.execute("SELECT kind, name FROM feed WHERE id > ? AND id <= ? AND namespace=?",
+                                (cache.head, head, cache.namespace))
+        for kind, name in rows:
+            if kind in names:
+                names[kind].add(name)
+        if sum(len(n) for n in names.values()) > CATCH_UP_LIMIT:
+            return False
+        copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]] = {}
+        view = cache.observed
+        for name in sorted(names[CLUSTER_PACK]):  # where it was: it may be gone, or belong to another base now
+            old = view.packs.get(name)
+            if old is not None:
+                self._editable(cache, old.base_pack_name, copied)[0].pop(name, None)
+                cache.touched[old.base_pack_name] = head
+        for name in sorted(names[PACK_INSTANCE]):
+            base = _owner(cache, name)
+            if base is not None:
+                self._editable(cache, base, copied)[1].pop(name, None)
+                cache.touched[base] = head
+        for kind, select in ((CLUSTER_PACK, "kind, body, uid, resource_version"), (PACK_INSTANCE, f"name, {HEAD_FIELDS}")):
+            wanted = sorted(names[kind])
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                query = f"SELECT {select} FROM objects WHERE kind=? AND namespace=? AND name IN ({','.join('?' * len(chunk))})"
+                for row in self._db.execute(query, (kind, cache.namespace, *chunk)):
+                    if kind == CLUSTER_PACK:
+                        found = _decode(*row)
+                        assert isinstance(found, instance.ObservedPack)
+                        self._editable(cache, found.base_pack_name, copied)[0][found.name] = found
+                        cache.touched[found.base_pack_name] = head
+                    else:
+                        base, found_head = _head(row[1])
+                        self._editable(cache, base, copied)[1][row[0]] = found_head
+                        cache.touched[base] = head
+        cache.head = head
+        self._rebuild(cache, copied)
+        return True
+
+    def _carry(self, namespace: str, before: int, after: int,
+               staged: list[tuple[str, str, str, instance.ObservedPack | instance.Head | None]]) -> None:
+        """Carry the cache over this process's own writes (``staged``: kind, name, base, what is
+        stored now; None: deleted) without reading them back: valid only when the cache was current
+        when the transaction began, so that the feed's rows in between are exactly these writes."""
+        cache = self._cache
+        if cache is None or cache.namespace != namespace or cache.head != before:
+            return  # the next observe reads the feed
+        copied: dict[str, tuple[dict[str, instance.ObservedPack], dict[str, instance.Head]]] = {}
+        for kind, name, base, now in staged:
             if kind == CLUSTER_PACK:
-                p = codec.observed_pack_from_object(obj)
-                packs[p.name] = p
-            elif kind == PACK_INSTANCE:
-                i = codec.pack_instance_from_object(obj)
-                instances[i.name] = i
-        observed = instance.Observed(packs=packs, instances=instances)
-        self._cache = (rv, namespace, observed)
-        return observed
+                old = cache.observed.packs.get(name)
+                if old is not None:
+                    self._editable(cache, old.base_pack_name, copied)[0].pop(name, None)
+                    cache.touched[old.base_pack_name] = after
+                if isinstance(now, instance.ObservedPack):
+                    self._editable(cache, base, copied)[0][name] = now
+            else:
+                owner = _owner(cache, name)
+                if owner is not None:
+                    self._editable(cache, owner, copied)[1].pop(name, None)
+                    cache.touched[owner] = after
+                if isinstance(now, instance.Head):
+                    self._editable(cache, base, copied)[1][name] = now
+            cache.touched[base] = after
+        cache.head = after
+        self._rebuild(cache, copied)
+
+    def instance_objects(self, namespace: str, names: Sequence[str]) -> dict[str, instance.PackInstance]:
+        """The PackInstances of ``names`` as stored now, read whole."""
+        out = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            query = ("SELECT kind, body, uid, resource_version FROM objects WHERE kind=? AND namespace=? "
+                     f"AND name IN ({','.join('?' * len(chunk))})")
+            for row in self._db.execute(query, (PACK_INSTANCE, namespace, *chunk)):
+                found = _decode(*row)
+                assert isinstance(found, instance.PackInstance)
+                out[found.name] = found
+        return out
 
     @_guarded
     def signed_packs(self) -> int:
@@ -237,7 +389,8 @@ class LocalStore:
         self._rows, self._events, self._last_event, self._pairs = {}, [], {}, {}
         try:
             db.execute("BEGIN IMMEDIATE")
-            rv = before = self.resource_version()
+            before = self._feed_head()
+            rv = self.resource_version()
             self._next_event = self._last_event_id() + 1
             for index, c in enumerate(changes):
                 if index % ROW_BATCH == 0:
@@ -255,20 +408,20 @@ class LocalStore:
                 db.execute(
                     "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,)
                 )
+            after = self._feed_head()
             db.execute("COMMIT")
         except errors.GitopsdError:
             db.execute("ROLLBACK")
-            self._cache = None
             raise
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._cache = None
             raise store_error(self.path, err) from err
         finally:
             self._rows, self._events, self._last_event, self._pairs, self._known = None, [], {}, {}, {}
         self.writes += written
-        self._advance_cache(namespace, before, rv)
+        staged, self._staged = self._staged, []
+        self._carry(namespace, before, after, staged)
         return written
 
     def _write_rows(self) -> None:
@@ -341,29 +494,6 @@ class LocalStore:
             self._known.pop((kind, namespace, name), None)
         self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
 
-    def _advance_cache(self, namespace: str, before: int, after: int) -> None:
-        """Carry the observed state over the pass's own writes instead of re-reading every row: valid
-        only when the cache was current when the transaction began (nobody else wrote in between)."""
-        cached = self._cache
-        if cached is None or cached[0] != before or cached[1] != namespace:
-            self._cache = None
-            return
-        packs, instances = dict(cached[2].packs), dict(cached[2].instances)
-        for kind, name, obj in self._staged:
-            if kind == CLUSTER_PACK:
-                if obj is None:
-                    packs.pop(name, None)
-                else:
-                    assert isinstance(obj, dict)
-                    packs[name] = codec.observed_pack_from_object(obj)
-            elif obj is None:
-                instances.pop(name, None)
-            elif isinstance(obj, instance.PackInstance):
-                instances[name] = obj
-            elif obj is not None:
-                instances[name] = codec.pack_instance_from_object(obj)
-        self._cache = (after, namespace, instance.Observed(packs=packs, instances=instances))
-
     def _apply_one(self, namespace: str, c: change.Change, rv: int, revision: str, now: str) -> tuple[int, int]:
         if c.kind is change.ObjectKind.CLUSTER_PACK:
             if c.action is change.Action.CREATE:
@@ -389,7 +519,7 @@ class LocalStore:
             if c.action is change.Action.UNINSTALL:
                 rv += 1
                 self._delete(CLUSTER_PACK, namespace, c.name)
-                self._staged.append((CLUSTER_PACK, c.name, None))
+                self._staged.append((CLUSTER_PACK, c.name, c.base_pack_name, None))
                 self._event(now, CLUSTER_PACK, namespace, c.name, "Normal", "Pruned", c.reason, revision)
                 return rv, 1
             if c.action is change.Action.BLOCKED and c.condition is not None:
@@ -411,7 +541,7 @@ class LocalStore:
                 rv += 1
                 self._delete(PACK_INSTANCE, namespace, c.name)
                 self._db.execute("DELETE FROM deliveries WHERE namespace=? AND name=?", (namespace, c.name))
-                self._staged.append((PACK_INSTANCE, c.name, None))
+                self._staged.append((PACK_INSTANCE, c.name, c.base_pack_name, None))
                 self._event(now, PACK_INSTANCE, namespace, c.name, "Normal", "Uninstalled", c.reason, revision)
                 return rv, 1
             generation = 1
@@ -421,10 +551,7 @@ class LocalStore:
                 if json.loads(stored[3]).get("spec") != c.pack_instance.spec():
                     generation += 1
             rv += 1
-            uid = self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid,
-                            stage=False)
-            # the plan's value is what was stored (the codec round-trips it): no second decode, no copy
-            self._staged.append((PACK_INSTANCE, c.name, dataclasses.replace(c.pack_instance, uid=uid, resource_version=str(rv))))
+            self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid)
             kind = "Normal"
             reason = "Installed" if c.action is change.Action.CREATE else str(c.direction or "Superseded")
             self._event(now, PACK_INSTANCE, namespace, c.name, kind, reason, c.reason, revision)
@@ -446,23 +573,28 @@ class LocalStore:
                     return rv, 1
         return rv, 0
 
-    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int, uid: str | None = None,
-             *, stage: bool = True) -> str:
+    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, object], rv: int, generation: int,
+             uid: str | None = None) -> str:
         meta = dict(obj["metadata"])  # type: ignore[call-overload]  # object JSON: metadata is a dict
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
         body = _encode({**obj, "metadata": meta})
         uid = uid or str(uuid.uuid4())
         row = (kind, namespace, name, uid, rv, generation, body)
-        if self._rows is not None:
+        if self._rows is not None:  # in apply: written in batches (``_write_rows``)
             self._rows[(kind, namespace, name)] = row
             self._known.pop((kind, namespace, name), None)
         else:
             self._db.execute(
                 "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
                 "VALUES (?,?,?,?,?,?,?)", row)
-        if stage:
-            self._staged.append((kind, name, {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}}))
+        spec = obj.get("spec")
+        base = str(spec.get("basePackName", "")) if isinstance(spec, dict) else ""
+        if kind == CLUSTER_PACK:
+            self._staged.append((kind, name, base, codec.observed_pack_from_object(
+                {**obj, "metadata": {**meta, "uid": uid, "resourceVersion": str(rv)}})))
+        elif kind == PACK_INSTANCE:
+            self._staged.append((kind, name, base, _head_of(obj)[1]))
         return uid
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
@@ -489,3 +621,90 @@ class LocalStore:
 
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@dataclasses.dataclass
+class _Cache:
+    """One namespace as the store last read it, by base, and where the change feed was then."""
+
+    namespace: str
+    head: int  # the feed's last row read
+    loaded: int  # the feed's last row when everything was read: a token before it cannot be answered
+    parts: dict[str, instance.Part]
+    touched: dict[str, int]  # base -> the feed row that last changed it (since ``loaded``)
+    observed: instance.Observed
+
+
+def _decode(kind: str, body: str, uid: str, object_rv: int) -> instance.ObservedPack | instance.PackInstance | None:
+    obj = json.loads(body)
+    obj["metadata"]["uid"] = uid
+    obj["metadata"]["resourceVersion"] = str(object_rv)
+    if kind == CLUSTER_PACK:
+        return codec.observed_pack_from_object(obj)
+    if kind == PACK_INSTANCE:
+        return codec.pack_instance_from_object(obj)
+    return None
+
+
+# What ``instance.Head`` reads of a stored PackInstance, extracted by SQLite without decoding the
+# whole body in Python (a full read of a million instances).
+HEAD_FIELDS = ("json_extract(body, '$.spec.basePackName', '$.spec.clusterPackRef.name', '$.spec.clusterPackRef.digest', "
+               "'$.spec.clusterPackRef.checksum', '$.spec.priority', '$.spec.sourceBuildRef', '$.status.state', "
+               "'$.status.history[0].installedAt')")
+
+
+def _head(fields: str) -> tuple[str, instance.Head]:
+    return _made(*json.loads(fields))
+
+
+def _made(base: str | None, cluster_pack: str | None, digest: str | None, checksum: str | None, priority: object,
+          path: str | None, state: str | None, installed_at: str | None) -> tuple[str, instance.Head]:
+    return base or "", instance.Head(
+        (cluster_pack or "", digest or "", checksum or "", int(priority or 0), path or ""),  # type: ignore[call-overload]
+        instance.InstallState(state or "installed"), installed_at or "")
+
+
+def _head_of(obj: dict[str, Any]) -> tuple[str, instance.Head]:
+    """The base and Head of a PackInstance object about to be stored."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ref, history = spec.get("clusterPackRef") or {}, status.get("history") or [{}]
+    return _made(spec.get("basePackName"), ref.get("name"), ref.get("digest"), ref.get("checksum"), spec.get("priority"),
+                 spec.get("sourceBuildRef"), status.get("state"), history[0].get("installedAt"))
+
+
+def _owner(cache: _Cache, name: str) -> str | None:
+    """The base whose part holds PackInstance ``name`` (found through the dashes of its name)."""
+    parts = cache.parts
+    cut = name.rfind("-")
+    while cut > 0:
+        part = parts.get(name[:cut])
+        if part is not None and name in part.heads:
+            return name[:cut]
+        cut = name.rfind("-", 0, cut)
+    return None
+
+
+class _Stored(Mapping[str, instance.PackInstance]):
+    """The PackInstances of one base, read whole from the store when asked for. The instances of
+    the base last asked for are read in one query and kept until the next base (callers go base by
+    base)."""
+
+    __slots__ = ("_heads", "_namespace", "_store")
+
+    def __init__(self, store: LocalStore, namespace: str, heads: instance.Heads) -> None:
+        self._store, self._namespace, self._heads = store, namespace, heads
+
+    def __getitem__(self, name: str) -> instance.PackInstance:
+        if name not in self._heads:
+            raise KeyError(name)
+        store = self._store
+        whole = store._whole
+        if whole is None or whole[0] is not self._heads or whole[1] != self._namespace:
+            whole = store._whole = (self._heads, self._namespace, store.instance_objects(self._namespace, list(self._heads)))
+        return whole[2][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._heads)

@@ -6,6 +6,12 @@ blocked / uninstall (pruned), per PackInstance create / supersede (Upgrade, Roll
 unchanged / uninstall / blocked, each with a reason. Collisions are resolved deterministically:
 higher priority wins, a tie goes to the one installed first, then to the PackBuild path.
 The conditions a change carries are made by ``gitopsd.core.conditions``.
+
+The plan is made of one part per basePackName (``fragments``), put together in base order
+(``assemble``): dedupe, collisions between PackBuilds of one base, uninstalls and prune are per
+base, and bases meet only where their packs would own the same object. An instance that keeps
+running what it runs is judged from its ``instance.Head``; only an instance that changes is read
+whole. ``gitopsd.core.replan`` re-plans only the bases whose inputs changed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import dataclasses
 import enum
 import functools
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from gitopsd.core import conditions as cond
 from gitopsd.core import semver
@@ -63,27 +69,59 @@ class Inputs:
     errors: tuple[change.PackError, ...] = ()
     protected_paths: frozenset[str] = frozenset()  # PackBuild files that exist but failed
     protected_bases: frozenset[str] = frozenset()
+    # ClusterPack name -> (reason, detail) of a published artifact that does not verify
+    artifact_problems: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+
+Fragment = change.Part  # the plan of one basePackName
 
 
 def build(inputs: Inputs) -> change.Plan:
-    changes: list[change.Change] = []
-    errors = list(inputs.errors)
-    desired = _dedupe_names(inputs.desired, errors)
+    """The whole plan, every basePackName worked out (``gitopsd.core.replan`` keeps it up to date
+    by working out only the bases whose inputs changed; both give the same plan)."""
+    return assemble(inputs, fragments(inputs, None))
+
+
+def assemble(inputs: Inputs, parts: Mapping[str, Fragment], order: list[str] | None = None) -> change.Plan:
+    """The plan made of ``parts`` in basePackName order (``order``, when the caller has it sorted)."""
+    return change.Plan.of_parts(inputs.revision, parts, order if order is not None else sorted(parts), inputs.errors)
+
+
+def bases(inputs: Inputs) -> set[str]:
+    """Every basePackName the plan has something to say about."""
+    return {d.build.base_pack_name for d in inputs.desired} | set(inputs.observed.parts)
+
+
+def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragment]:
+    """The fragment of each base in ``only`` (``None``: every base) that has any change or error.
+
+    Bases interact only through objects two of their packs would both own: ``only`` must hold
+    every base linked to one of its bases that way (``gitopsd.core.replan`` closes it)."""
+    wanted = bases(inputs) if only is None else set(only)
+    by_base: dict[str, list[Desired]] = defaultdict(list)
+    for d in inputs.desired:
+        if d.build.base_pack_name in wanted:
+            by_base[d.build.base_pack_name].append(d)
+    changes: dict[str, list[change.Change]] = defaultdict(list)
+    errors: dict[str, list[change.PackError]] = defaultdict(list)
+    desired: list[Desired] = []
     poisoned = set()
-    for d in desired:
-        c = _cluster_pack_change(d, inputs.observed)
-        if c.action is Action.BLOCKED:
-            poisoned.add(d.cluster_pack.name)
-        changes.append(c)
+    for base in sorted(by_base):
+        deduped = by_base[base] = _dedupe_names(by_base[base], errors[base])
+        desired.extend(deduped)
+        for d in deduped:
+            c = _cluster_pack_change(d, inputs.observed.part(base))
+            if c.action is Action.BLOCKED:
+                poisoned.add(d.cluster_pack.name)
+            changes[base].append(c)
 
     assignments, blocked = _assign(desired, inputs.observed)
     kept_names: set[str] = set()
-    # This loop runs for every PackInstance of the fleet on every pass: what depends only on the
-    # pack is worked out once per pack, and an instance that runs it already costs one lookup.
-    instances = inputs.observed.instances
+    # This loop runs for every PackInstance of the bases planned: what depends only on the pack is
+    # worked out once per pack, and an instance that runs it already costs one lookup.
     facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], str]] = {}
     shared: dict[tuple[object, ...], tuple[instance.InstallRecord, tuple[Condition, ...]]] = {}
-    lookup, keep, add = instances.get, kept_names.add, changes.append  # (local names: this loop is hot)
+    keep = kept_names.add
     new_change, uninstalled = change.Change, InstallState.UNINSTALLED
     last: Desired | None = None
     for (base, cluster), d in sorted(assignments.items()):
@@ -95,33 +133,51 @@ def build(inputs: Inputs) -> change.Plan:
                                         (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
                                         f"runs {cp.version}")
             cp, block, runs_this, reason = known
+            part = inputs.observed.part(base)
+            head_of, add = part.heads.get, changes[base].append
         name = f"{base}-{cluster}"
-        obs = lookup(name)
-        if (block is None and obs is not None and obs.state is not uninstalled
-                and (obs.cluster_pack, obs.manifest_digest, obs.checksum, obs.priority, obs.source_build_ref) == runs_this):
+        head = head_of(name)
+        if block is None and head is not None and head.state is not uninstalled and head.runs == runs_this:
             add(new_change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster))
-        else:
-            add(_instance_change(d, cp, name, cluster, obs, inputs, block, shared))
+        else:  # only an instance that changes is read whole
+            add(_instance_change(d, cp, name, cluster, part.instances.get(name) if head is not None else None, inputs,
+                                 block, shared))
         keep(name)
     for c in blocked:
         kept_names.add(c.name)
-        changes.append(c)
+        changes[c.base_pack_name].append(c)
 
-    protected_bases = inputs.protected_bases
-    leftovers = [name for name in inputs.observed.instances if name not in kept_names]
-    for name in sorted(leftovers):
-        obs = inputs.observed.instances[name]
-        if obs.state is InstallState.UNINSTALLED:
-            continue
-        if obs.base_pack_name in protected_bases or obs.source_build_ref in inputs.protected_paths:
-            kept_names.add(name)
-            continue
-        changes.append(_uninstall(obs, inputs))
-    changes.extend(_prune(desired, inputs, changes))
-    return change.Plan(revision=inputs.revision, changes=tuple(changes), errors=tuple(errors))
+    out = {}
+    for base in sorted(wanted):
+        part = inputs.observed.part(base)
+        mine = changes.get(base, [])
+        if base not in inputs.protected_bases:
+            protected_paths = inputs.protected_paths
+            for name in sorted(part.heads):
+                head = part.heads[name]
+                if name in kept_names or head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths:
+                    continue
+                obs = part.instances.get(name)
+                if obs is not None:
+                    mine.append(_uninstall(obs, inputs))
+        mine.extend(_prune(base, by_base.get(base, []), part, inputs, mine))
+        if inputs.artifact_problems:
+            mine = _block_artifacts(mine, inputs.artifact_problems)
+        if mine or errors.get(base):
+            out[base] = Fragment(changes=tuple(mine), errors=tuple(errors.get(base, ())))
+    return out
 
 
-def _dedupe_names(desired: tuple[Desired, ...], errors: list[change.PackError]) -> list[Desired]:
+def _block_artifacts(changes: list[change.Change], problems: Mapping[str, tuple[str, str]]) -> list[change.Change]:
+    """A published artifact that does not verify blocks every delivery that would point at it."""
+    for reason in ("ArtifactMismatch", "ArtifactUnverified"):
+        failed = {name: detail for name, (why, detail) in problems.items() if why == reason}
+        if failed:
+            changes = _blocked(changes, failed, reason)
+    return changes
+
+
+def _dedupe_names(desired: list[Desired], errors: list[change.PackError]) -> list[Desired]:
     by_name: dict[str, Desired] = {}
     for d in sorted(desired, key=lambda d: d.build.path):
         first = by_name.get(d.cluster_pack.name)
@@ -142,7 +198,7 @@ def _dedupe_names(desired: tuple[Desired, ...], errors: list[change.PackError]) 
     return list(by_name.values())
 
 
-def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Change:
+def _cluster_pack_change(d: Desired, observed: instance.Part) -> change.Change:
     cp = d.cluster_pack
     found = observed.packs.get(cp.name)
     make = functools.partial(change.Change, kind=ObjectKind.CLUSTER_PACK, name=cp.name, base_pack_name=cp.base_pack_name,
@@ -160,10 +216,11 @@ def _cluster_pack_change(d: Desired, observed: instance.Observed) -> change.Chan
 
 def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object, ...]:
     """Sort key of a contender on one cluster: priority first, then install order, then path."""
-    obs = observed.instances.get(f"{d.build.base_pack_name}-{cluster}")
-    installed = obs is not None and obs.state is not InstallState.UNINSTALLED
-    installed_this = installed and obs is not None and obs.cluster_pack == d.cluster_pack.name
-    installed_at = obs.installed_at if installed and obs is not None else "~"  # "~" sorts after any time
+    base = d.build.base_pack_name
+    head = observed.part(base).heads.get(f"{base}-{cluster}")
+    installed = head is not None and head.state is not InstallState.UNINSTALLED
+    installed_this = installed and head is not None and head.cluster_pack == d.cluster_pack.name
+    installed_at = head.installed_at if installed and head is not None else "~"  # "~" sorts after any time
     return (-d.build.priority, not installed_this, installed_at, d.build.path)
 
 
@@ -377,53 +434,42 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
     )
 
 
-def _prune(desired: list[Desired], inputs: Inputs, changes: list[change.Change]) -> list[change.Change]:
-    """Old ClusterPacks beyond ``keep_versions`` per basePackName, not desired and not in use."""
-    by_base: dict[str, list[instance.ObservedPack]] = defaultdict(list)
-    for p in inputs.observed.packs.values():
-        by_base[p.base_pack_name].append(p)
+def _prune(base: str, desired: list[Desired], observed: instance.Part, inputs: Inputs,
+           changes: list[change.Change]) -> list[change.Change]:
+    """Old ClusterPacks of ``base`` beyond ``keep_versions``, not desired and not in use."""
+    packs = list(observed.packs.values())
     # The versions this pass creates count too, and an instance this pass moves to another version
     # no longer holds its old one: prune in the same pass, not one pass late.
-    created: dict[str, int] = defaultdict(int)
-    for d in desired:
-        if d.cluster_pack.name not in inputs.observed.packs:
-            created[d.cluster_pack.base_pack_name] += 1
-    if all(len(packs) + created[base] <= inputs.policy.keep_versions for base, packs in by_base.items()):
+    created = sum(1 for d in desired if d.cluster_pack.name not in observed.packs)
+    if base in inputs.protected_bases or len(packs) + created <= inputs.policy.keep_versions:
         return []
-    wanted = {d.cluster_pack.name for d in desired}
     in_use = {c.pack_instance.cluster_pack for c in changes if c.pack_instance is not None and c.action is not Action.UNINSTALL}
     moved = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
         c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE)))}
     in_use |= {
-        obs.cluster_pack
-        for name, obs in inputs.observed.instances.items()
-        if obs.state is not InstallState.UNINSTALLED and name not in moved
+        head.cluster_pack
+        for name, head in observed.heads.items()
+        if head.state is not InstallState.UNINSTALLED and name not in moved
     }
-    desired_by_base: dict[str, set[str]] = defaultdict(set)
-    for d in desired:
-        desired_by_base[d.cluster_pack.base_pack_name].add(d.cluster_pack.name)
+    packs.sort(key=lambda p: semver.parse(p.version).key() if _is_semver(p.version) else (), reverse=True)
+    keep = {d.cluster_pack.name for d in desired}
     pruned = []
-    for base, packs in sorted(by_base.items()):
-        if base in inputs.protected_bases or len(packs) + created[base] <= inputs.policy.keep_versions:
+    for p in packs:
+        if p.name in keep or p.name in in_use:
             continue
-        packs.sort(key=lambda p: semver.parse(p.version).key() if _is_semver(p.version) else (), reverse=True)
-        keep = set(desired_by_base.get(base, ()))
-        for p in packs:
-            if p.name in keep or p.name in wanted or p.name in in_use:
-                continue
-            if len(keep) < inputs.policy.keep_versions:
-                keep.add(p.name)
-                continue
-            pruned.append(
-                change.Change(
-                    kind=ObjectKind.CLUSTER_PACK,
-                    name=p.name,
-                    action=Action.UNINSTALL,
-                    reason=f"pruned: more than {inputs.policy.keep_versions} versions of {base} kept",
-                    base_pack_name=base,
-                    version=p.version,
-                )
+        if len(keep) < inputs.policy.keep_versions:
+            keep.add(p.name)
+            continue
+        pruned.append(
+            change.Change(
+                kind=ObjectKind.CLUSTER_PACK,
+                name=p.name,
+                action=Action.UNINSTALL,
+                reason=f"pruned: more than {inputs.policy.keep_versions} versions of {base} kept",
+                base_pack_name=base,
+                version=p.version,
             )
+        )
     return pruned
 
 
@@ -437,8 +483,12 @@ def _is_semver(text: str) -> bool:
 
 def block_packs(current: change.Plan, failed: Mapping[str, str], *, reason: str) -> change.Plan:
     """The plan with every write that depends on a ClusterPack in ``failed`` turned into BLOCKED."""
+    return dataclasses.replace(current, changes=tuple(_blocked(current.changes, failed, reason)))
+
+
+def _blocked(changes: Iterable[change.Change], failed: Mapping[str, str], reason: str) -> list[change.Change]:
     out = []
-    for c in current.changes:
+    for c in changes:
         target = c.name if c.kind is ObjectKind.CLUSTER_PACK else (c.pack_instance.cluster_pack if c.pack_instance else None)
         if target is not None and target in failed and c.action in (Action.CREATE, Action.SUPERSEDE):
             message = f"{target}: {failed[target]}; the next pass retries"
@@ -454,7 +504,7 @@ def block_packs(current: change.Plan, failed: Mapping[str, str], *, reason: str)
             )
         else:
             out.append(c)
-    return dataclasses.replace(current, changes=tuple(out))
+    return out
 
 
 def hold_uninstalls(current: change.Plan, held: Mapping[str, str]) -> change.Plan:

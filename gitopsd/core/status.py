@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import yaml
 
@@ -26,7 +26,7 @@ def records(
     observed: instance.Observed | None,
     revision: str,
     *,
-    memo: dict[str, tuple[object, bytes]] | None = None,
+    memo: dict[str, tuple[tuple[object, object], bytes]] | None = None,
     deliveries: Mapping[str, delivery.Delivery] | None = None,
 ) -> list[tuple[str, bytes]]:
     """One ``(path, YAML bytes)`` per basePackName.
@@ -41,23 +41,48 @@ def records(
     for compiled_pack in compiled:
         cp = compiled_pack.cluster_pack
         packs_in[cp.base_pack_name].append((cp, observed_packs.get(cp.name)))
-    instances_in: dict[str, list[tuple[change.Change, instance.PackInstance | None, dict[str, object] | None]]]
-    instances_in = defaultdict(list)
     shipped = deliveries or {}
-    for c in plan.changes:
-        if c.kind is change.ObjectKind.PACK_INSTANCE:
-            found = shipped.get(c.name) if c.action is not change.Action.UNINSTALL else None
-            instances_in[c.base_pack_name].append((c, c.pack_instance or observed_instances.get(c.name),
-                                                   _delivery(found) if found is not None else None))
+    # A plan made of parts, over a store that keeps its objects by base, tells a record whose parts
+    # are the same objects as last time without reading its instances (records-only: no deliveries).
+    parts = plan.parts if deliveries is None and observed is not None else None
+
+    def instances_of(changes: Iterable[change.Change], base: str) -> list[Row]:
+        found_in = observed.part(base).instances if parts is not None and observed is not None else observed_instances
+        rows: list[Row] = []
+        for c in changes:
+            if c.kind is change.ObjectKind.PACK_INSTANCE:
+                found = shipped.get(c.name) if c.action is not change.Action.UNINSTALL else None
+                rows.append((c, c.pack_instance or found_in.get(c.name), _delivery(found) if found is not None else None))
+        return rows
+
+    instances_in: dict[str, list[Row]] = defaultdict(list)
+    if parts is None:
+        for c in plan.changes:
+            if c.kind is change.ObjectKind.PACK_INSTANCE:
+                instances_in[c.base_pack_name].extend(instances_of((c,), c.base_pack_name))
+        with_instances: set[str] = set(instances_in)
+    else:
+        with_instances = {base for base, part in parts.items()
+                          if any(kind is change.ObjectKind.PACK_INSTANCE for (kind, _), _n in part.counts)}
     errors_by_base: dict[str, list[change.PackError]] = defaultdict(list)
     for err in plan.errors:
         errors_by_base[err.pack].append(err)
     out = []
-    for base in sorted(set(packs_in) | set(instances_in) | set(errors_by_base)):
+    for base in sorted(set(packs_in) | with_instances | set(errors_by_base)):
         path = f"{STATUS_DIR}/{base}.yaml"
         packs = packs_in.get(base, [])
-        instances = instances_in.get(base, [])
         errs = errors_by_base.get(base, [])
+        known = memo.get(base) if memo is not None else None
+        pre = None
+        if parts is not None and observed is not None:
+            pre = (parts.get(base), observed.parts.get(base), tuple(packs), tuple(errs), revision if not packs else "")
+            if known is not None and _same(known[0][0], pre):
+                out.append((path, known[1]))
+                continue
+            part = parts.get(base)
+            instances = instances_of(part.changes, base) if part is not None else []
+        else:
+            instances = instances_in.get(base, [])
         # Everything the record is made of; the Change objects are new each pass, so only their fields.
         key = (
             tuple(packs),
@@ -66,18 +91,27 @@ def records(
             tuple(errs),
             revision if not packs else "",
         )
-        known = memo.get(base) if memo is not None else None
-        if known is not None and known[0] == key:
-            out.append((path, known[1]))
-            continue
-        data = _record(base, packs, instances, errs, revision)
+        if known is not None and known[0][1] == key:
+            data = known[1]
+        else:
+            data = _record(base, packs, instances, errs, revision)
         if memo is not None:
-            memo[base] = (key, data)
+            memo[base] = ((pre, key), data)
         out.append((path, data))
     if memo is not None:
-        for gone in set(memo) - set(packs_in) - set(instances_in) - set(errors_by_base):
+        for gone in set(memo) - set(packs_in) - with_instances - set(errors_by_base):
             del memo[gone]
     return out
+
+
+Row = tuple[change.Change, instance.PackInstance | None, dict[str, object] | None]
+
+
+def _same(before: object, now: tuple[object, ...]) -> bool:
+    """The parts (first two) are the same objects, the rest equal values."""
+    if not isinstance(before, tuple) or len(before) != len(now):
+        return False
+    return before[0] is now[0] and before[1] is now[1] and before[0] is not None and before[2:] == now[2:]
 
 
 def _record(

@@ -8,7 +8,8 @@ verdict. The CLI and the daemon's summary log line render this value; they decid
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 from gitopsd.core import conditions
 from gitopsd.model import change, pack, spec
@@ -80,37 +81,59 @@ def summarize(
     published: int,
     dry_run: bool,
     status_error: str | None = None,
+    memo: dict[str, tuple[object, PackLine]] | None = None,
 ) -> Summary:
-    by_base: dict[str, list[change.Change]] = defaultdict(list)
-    for c in plan.changes:
-        by_base[c.base_pack_name].append(c)
+    """``memo`` (kept by the caller between passes, by basePackName) holds each pack's line with
+    what it was made of: a plan made of parts (``change.Plan.parts``) gives the same part object
+    for a base that did not change, and its line is not made again."""
+    by_base: Mapping[str, Sequence[change.Change]]
+    if plan.parts is not None:
+        by_base = {base: part.changes for base, part in plan.parts.items()}
+    else:
+        grouped: dict[str, list[change.Change]] = defaultdict(list)
+        for c in plan.changes:
+            grouped[c.base_pack_name].append(c)
+        by_base = grouped
     lines = []
     seen_bases = set()
+    kept: dict[str, tuple[object, PackLine]] = {}
     for build, cp_compiled, cached in sorted(compiled, key=lambda t: (t[0].base_pack_name, t[0].path)):
         cp = cp_compiled.cluster_pack
+        base = build.base_pack_name
+        key = (plan.parts.get(base) if plan.parts is not None else None, build, cp_compiled, cached)
+        known = memo.get(base) if memo is not None and key[0] is not None and base not in seen_bases else None
+        if known is not None and known[0] == key:
+            lines.append(known[1])
+            kept[base] = known
+            seen_bases.add(base)
+            continue
         mine = tuple(
-            c for c in by_base.get(build.base_pack_name, [])
+            c for c in by_base.get(base, ())
             if c.version == cp.version or (c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL)
         )
-        if build.base_pack_name in seen_bases:
+        if base in seen_bases:
             mine = tuple(c for c in mine if c.version == cp.version)
-        seen_bases.add(build.base_pack_name)
-        lines.append(
-            PackLine(
-                base_pack_name=build.base_pack_name,
-                version=cp.version,
-                path=build.path,
-                category=str(build.category),
-                objects=cp_compiled.object_count,
-                stages=tuple(str(s) for s in cp.execution_order),
-                checksum=cp.checksum,
-                cached=cached,
-                changes=mine,
-                hooks=cp.provenance.hooks,
-                dropped_hooks=cp.provenance.dropped_hooks,
-                warnings=cp_compiled.warnings,
-            )
+        line = PackLine(
+            base_pack_name=build.base_pack_name,
+            version=cp.version,
+            path=build.path,
+            category=str(build.category),
+            objects=cp_compiled.object_count,
+            stages=tuple(str(s) for s in cp.execution_order),
+            checksum=cp.checksum,
+            cached=cached,
+            changes=mine,
+            hooks=cp.provenance.hooks,
+            dropped_hooks=cp.provenance.dropped_hooks,
+            warnings=cp_compiled.warnings,
         )
+        lines.append(line)
+        if key[0] is not None and base not in seen_bases:
+            kept[base] = (key, line)
+        seen_bases.add(base)
+    if memo is not None:
+        memo.clear()
+        memo.update(kept)
     for err in plan.errors:
         lines.append(
             PackLine(
@@ -124,7 +147,7 @@ def summarize(
             PackLine(base_pack_name=base, version="", path="", category="", objects=0, stages=(), checksum="",
                      cached=False, changes=tuple(by_base[base]))
         )
-    by_kind_action = Counter((c.kind, c.action) for c in plan.changes)  # text made once per pair, not per change
+    by_kind_action = plan.counts()  # text made once per pair, not per change
     counts = {f"{kind} {action}": n for (kind, action), n in by_kind_action.items()}
     blocked = any(action is change.Action.BLOCKED for _, action in by_kind_action)
     return Summary(

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PACK_INSTANCE_KIND = "PackInstance"
 
@@ -166,8 +170,195 @@ class ObservedPack:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Observed:
-    """Everything the plan needs to know about the management cluster (or the local store)."""
+class Head:
+    """What the plan reads of a PackInstance it does not change: what it runs (``runs``: ClusterPack,
+    digest, checksum, priority, PackBuild path), whether it is live, and when it was first installed
+    (the tie-breaker of collisions). The instances of one base that run the same version share one."""
 
-    packs: dict[str, ObservedPack]
-    instances: dict[str, PackInstance]
+    runs: tuple[str, str, str, int, str]
+    state: InstallState
+    installed_at: str
+
+    @classmethod
+    def of(cls, pi: PackInstance) -> Head:
+        return cls((pi.cluster_pack, pi.manifest_digest, pi.checksum, pi.priority, pi.source_build_ref), pi.state,
+                   pi.installed_at)
+
+    @property
+    def cluster_pack(self) -> str:
+        return self.runs[0]
+
+    @property
+    def source_build_ref(self) -> str:
+        return self.runs[4]
+
+
+class Heads(Mapping[str, Head]):
+    """The Heads of one base's PackInstances in a few bytes per instance: the instance on cluster
+    ``clusters[i]`` (named ``{base}-{clusters[i]}``) has head ``kinds[index[i] - 1]`` (0: none).
+    ``clusters`` and ``positions`` are shared by every base with the same clusters; an instance
+    named otherwise, or one head too many, is kept in ``others``."""
+
+    __slots__ = ("_clusters", "_index", "_kinds", "_others", "_positions", "_prefix")
+
+    def __init__(self, base: str, clusters: tuple[str, ...], positions: Mapping[str, int], index: bytes,
+                 kinds: tuple[Head, ...], others: Mapping[str, Head]) -> None:
+        self._prefix = base + "-"
+        self._clusters, self._positions, self._index, self._kinds, self._others = clusters, positions, index, kinds, others
+
+    def __getitem__(self, name: str) -> Head:
+        if name.startswith(self._prefix):
+            at = self._positions.get(name[len(self._prefix):])
+            if at is not None and self._index[at]:
+                return self._kinds[self._index[at] - 1]
+        return self._others[name]
+
+    def __iter__(self) -> Iterator[str]:
+        prefix, index = self._prefix, self._index
+        for at, cluster in enumerate(self._clusters):
+            if index[at]:
+                yield prefix + cluster
+        yield from self._others
+
+    def __len__(self) -> int:
+        return sum(1 for i in self._index if i) + len(self._others)
+
+    def runs_everywhere(self, clusters: Iterable[str]) -> Head | None:
+        """The one Head of every instance when they all share it and there is one on each of
+        ``clusters`` (a base where nothing moves, told apart without a lookup per instance)."""
+        if len(self._kinds) != 1 or self._others or 0 in self._index or not self._positions.keys() >= set(clusters):
+            return None
+        return self._kinds[0]
+
+
+def compact(base: str, heads: Mapping[str, Head], shared: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, int]]]) -> Heads:
+    """``heads`` (name -> Head) of one base as ``Heads``; ``shared`` interns the cluster lists."""
+    prefix = base + "-"
+    clusters = tuple(sorted(name[len(prefix):] for name in heads if name.startswith(prefix)))
+    known = shared.get(clusters)
+    if known is None:
+        known = shared[clusters] = (clusters, {c: i for i, c in enumerate(clusters)})
+    clusters, positions = known
+    kinds: dict[Head, int] = {}
+    index = bytearray(len(clusters))
+    others: dict[str, Head] = {}
+    for name, head in heads.items():
+        at = positions.get(name[len(prefix):]) if name.startswith(prefix) else None
+        number = kinds.get(head)
+        if number is None and at is not None and len(kinds) < 255:
+            number = kinds[head] = len(kinds) + 1
+        if at is None or number is None:
+            others[name] = head
+        else:
+            index[at] = number
+    return Heads(base, clusters, positions, bytes(index), tuple(kinds), others)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Part:
+    """What one basePackName has in the store or cluster: its ClusterPacks and PackInstances by name.
+    An object belongs to the base its spec names (``spec.basePackName``).
+
+    ``heads`` is what the plan compares of each instance; ``instances`` gives the whole objects, which
+    a store may read only when asked (the plan asks only for the instances it changes)."""
+
+    packs: Mapping[str, ObservedPack]
+    instances: Mapping[str, PackInstance]
+    heads: Mapping[str, Head] = dataclasses.field(compare=False)
+
+    @classmethod
+    def whole(cls, packs: Mapping[str, ObservedPack], instances: Mapping[str, PackInstance]) -> Part:
+        """A part holding its objects whole, the heads made from them."""
+        shared: dict[Head, Head] = {}
+        heads = {}
+        for name, pi in instances.items():
+            head = Head.of(pi)
+            heads[name] = shared.setdefault(head, head)
+        return cls(packs, instances, heads)
+
+
+EMPTY = Part({}, {}, {})
+
+
+class Named(Mapping[str, T]):
+    """Every ClusterPack or PackInstance by name, read through the parts by base (no index of its
+    own): a name ``{base}-{cluster}`` or ``{base}-v{version}`` is looked for in each base its dashes
+    could end. An object whose name does not start with its base is not found by name."""
+
+    __slots__ = ("_field", "_parts")
+
+    def __init__(self, parts: Mapping[str, Part], field: str) -> None:
+        self._parts = parts
+        self._field = field
+
+    def __getitem__(self, name: str) -> T:
+        parts, field = self._parts, self._field
+        cut = name.rfind("-")
+        while cut > 0:
+            part = parts.get(name[:cut])
+            if part is not None:
+                found = getattr(part, field).get(name)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+            cut = name.rfind("-", 0, cut)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        field = self._field
+        for part in self._parts.values():
+            yield from getattr(part, field)
+
+    def __len__(self) -> int:
+        field = self._field
+        return sum(len(getattr(part, field)) for part in self._parts.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything the plan needs to know about the management cluster (or the local store).
+
+    ``changed`` is the change feed: the bases with an object written (by anyone) since the
+    ``since`` token given to ``ports.Cluster.observe``, or ``None`` when the store cannot tell
+    (no token, another store, a feed trimmed past it): then every base may have changed.
+    ``token`` is what to pass as ``since`` next time. Two Observed are equal when they hold the
+    same objects."""
+
+    packs: Mapping[str, ObservedPack]
+    instances: Mapping[str, PackInstance]
+    changed: frozenset[str] | None = dataclasses.field(default=None, compare=False)
+    token: object = dataclasses.field(default=None, compare=False)
+    # by base: made once, on first use, or given by the store (``of_parts``); not copied by
+    # ``dataclasses.replace``, which may change the objects
+    _parts: Mapping[str, Part] | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
+
+    @classmethod
+    def of_parts(cls, parts: Mapping[str, Part], *, changed: frozenset[str] | None = None,
+                 token: object = None) -> Observed:
+        made = cls(packs=Named[ObservedPack](parts, "packs"), instances=Named[PackInstance](parts, "instances"),
+                   changed=changed, token=token)
+        object.__setattr__(made, "_parts", parts)
+        return made
+
+    def with_feed(self, changed: frozenset[str] | None, token: object) -> Observed:
+        """The same objects with another change feed answer."""
+        made = Observed(packs=self.packs, instances=self.instances, changed=changed, token=token)
+        object.__setattr__(made, "_parts", self._parts)
+        return made
+
+    @property
+    def parts(self) -> Mapping[str, Part]:
+        """The objects by the base they belong to."""
+        if self._parts is None:
+            packs: dict[str, dict[str, ObservedPack]] = {}
+            instances: dict[str, dict[str, PackInstance]] = {}
+            for name, p in self.packs.items():
+                packs.setdefault(p.base_pack_name, {})[name] = p
+            for name, i in self.instances.items():
+                instances.setdefault(i.base_pack_name, {})[name] = i
+            parts = {b: Part.whole(packs.get(b, {}), instances.get(b, {})) for b in packs.keys() | instances.keys()}
+            object.__setattr__(self, "_parts", parts)
+            return parts
+        return self._parts
+
+    def part(self, base: str) -> Part:
+        return self.parts.get(base, EMPTY)

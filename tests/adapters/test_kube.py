@@ -266,8 +266,8 @@ class Interfering:
     def __init__(self, inner: kube.KubeCluster, meddle: Any) -> None:
         self.inner, self.meddle = inner, meddle
 
-    def observe(self, namespace: str) -> instance.Observed:
-        return self.inner.observe(namespace)
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
+        return self.inner.observe(namespace, since=since)
 
     def apply(self, namespace: str, changes: Any, revision: str, now: str) -> int:
         self.meddle()

@@ -75,7 +75,7 @@ def test_observe_is_served_from_memory_while_nothing_was_written(tmp_path: pathl
     store = localstore.LocalStore(tmp_path / "s.db")
     first = build_plan(desired("web", "1.0.0"))
     store.apply("seam-system", first.changes, first.revision, "t1")
-    assert store.observe("seam-system") is store.observe("seam-system")
+    assert store.observe("seam-system").parts is store.observe("seam-system").parts
     other = localstore.LocalStore(tmp_path / "s.db")
     up = build_plan(desired("web", "1.1.0"), observed=other.observe("seam-system"))
     other.apply("seam-system", up.changes, up.revision, "t2")
@@ -85,7 +85,7 @@ def test_observe_is_served_from_memory_while_nothing_was_written(tmp_path: pathl
 
 def test_observed_state_carried_over_a_pass_equals_a_fresh_read(tmp_path: pathlib.Path) -> None:
     store = localstore.LocalStore(tmp_path / "s.db")
-    store.observe("seam-system")  # a current cache: the pass's writes are carried into it
+    store.observe("seam-system")  # a current cache: the change feed carries the pass's writes into it
     first = build_plan(desired("web", "1.0.0", clusters=("c1", "c2")), desired("api", "2.0.0"))
     store.apply("seam-system", first.changes, first.revision, "t1")
     carried = store.observe("seam-system")

@@ -34,6 +34,7 @@ from gitopsd.adapters.kube.connection import (
     rv_of,
     translate,
 )
+from gitopsd.adapters.kube.objects import base_of
 
 log = structlog.get_logger()
 
@@ -51,6 +52,8 @@ class Informer:
         self.lock = threading.RLock()
         self.items: dict[str, JSON] = {}
         self.version = 0  # bumped whenever ``items`` changes
+        # the change feed: basePackName -> the ``version`` that last changed one of its objects
+        self.touched: dict[str, int] = {}
         self.resource_version = ""
         self.synced = False  # False until listed, and again after a 410 until relisted
         self.unread = False  # listed and not yet observed (a one-shot observe need not list again)
@@ -94,8 +97,14 @@ class Informer:
                     items.pop(name, None)
             self._tombstones = {n: r for n, r in self._tombstones.items() if r > list_rv}
             if items != self.items:
+                version = self.version + 1
+                for name in items.keys() | self.items.keys():
+                    old, new = self.items.get(name), items.get(name)
+                    if old != new:
+                        self._touch(old, version)
+                        self._touch(new, version)
                 self.items = items
-                self.version += 1
+                self.version = version
             self.resource_version = str(list_rv)
             self.synced, self.stale, self.unread = True, False, True
 
@@ -114,6 +123,8 @@ class Informer:
             self._tombstones.pop(name, None)
             self.items[name] = obj
             self.version += 1
+            self._touch(current, self.version)
+            self._touch(obj, self.version)
 
     def remove(self, name: str, rv: int) -> None:
         with self.lock:
@@ -124,6 +135,16 @@ class Informer:
             if current is not None:
                 del self.items[name]
                 self.version += 1
+                self._touch(current, self.version)
+
+    def _touch(self, obj: JSON | None, version: int) -> None:
+        if obj is not None:
+            self.touched[base_of(obj)] = version
+
+    def changed_since(self, version: int) -> set[str]:
+        """The bases with an object changed after ``version`` (a past value of ``version``)."""
+        with self.lock:
+            return {base for base, at in self.touched.items() if at > version}
 
     def get(self, name: str) -> JSON | None:
         with self.lock:

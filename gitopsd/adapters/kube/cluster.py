@@ -109,7 +109,7 @@ class KubeCluster:
 
     # -- observe ----------------------------------------------------------------------------
 
-    def observe(self, namespace: str) -> instance.Observed:
+    def observe(self, namespace: str, *, since: object = None) -> instance.Observed:
         packs = self.informer(CLUSTER_PACKS, namespace)
         instances = self.informer(PACK_INSTANCES, namespace)
         for informer in (packs, instances):
@@ -117,9 +117,14 @@ class KubeCluster:
                 informer.relist()
             informer.unread = False
         key = (packs.version, instances.version)
+        token = (id(self), namespace, key)
+        changed = None
+        if isinstance(since, tuple) and len(since) == 3 and since[:2] == token[:2]:
+            # the change feed: the bases the watch (or a relist, or our own writes) changed since
+            changed = frozenset(packs.changed_since(since[2][0]) | instances.changed_since(since[2][1]))
         cached = self._observed.get(namespace)
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached[1].with_feed(changed, token)
         basis: dict[tuple[str, str], JSON] = {}
         found_packs: dict[str, instance.ObservedPack] = {}
         found_instances: dict[str, instance.PackInstance] = {}
@@ -134,9 +139,10 @@ class KubeCluster:
                 found_instances[pi.name] = pi
                 basis[(PACK_INSTANCES.plural, pi.name)] = obj
         observed = instance.Observed(packs=found_packs, instances=found_instances)
+        _ = observed.parts  # by base, once: the copies below share them
         self._observed[namespace] = (key, observed)
         self._basis[namespace] = basis
-        return observed
+        return observed.with_feed(changed, token)
 
     # -- delivery records -------------------------------------------------------------------
 
