@@ -13,7 +13,7 @@ import argparse
 import pathlib
 import sys
 
-from gitopsd import errors, output, planformat, preview, reconcile
+from gitopsd import errors, output, planformat, reconcile
 from gitopsd.cli import flags
 from gitopsd.core import livediff
 from gitopsd.wiring import compose as wiring
@@ -76,6 +76,8 @@ def cmd_plan(settings: wiring_settings.Settings) -> int:
                                  "NAME=PATH", reason="Usage")
     local = wiring.open_local(state_dir, read_only=not wiring.writable(state_dir))
     try:
+        from gitopsd import preview  # noqa: PLC0415 - the compile of two revisions: imported by `plan` alone
+
         outcome = preview.plan(repo, local, settings, base_ref=given.base, head_ref=given.head,
                                progress=output.progress(sys.stderr), live_reach=where)
     finally:
@@ -122,6 +124,8 @@ def live_diff(settings: wiring_settings.Settings, wired: wiring.Wired,
         raise errors.ConfigError("--live reads the target clusters: give --kubeconfig-dir DIR or --cluster-kubeconfig "
                                  "NAME=PATH (or --kubeconfig of a management cluster holding the kubeconfig Secrets)",
                                  reason="Usage")
+    from gitopsd import preview  # noqa: PLC0415 - as above
+
     return preview.live(where, wired.env, state, wired.local, workers=settings.delivery.workers)
 
 

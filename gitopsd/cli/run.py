@@ -15,16 +15,20 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import structlog
 
-from gitopsd import daemon, errors, httpserver, metrics, reconcile
-from gitopsd.adapters import statelock, watch
+from gitopsd import errors, reconcile
+from gitopsd.adapters import statelock
 from gitopsd.cli import flags
 from gitopsd.wiring import assemble
 from gitopsd.wiring import compose as wiring
 from gitopsd.wiring import kube as wiring_kube
 from gitopsd.wiring import settings as wiring_settings
+
+if TYPE_CHECKING:  # the daemon, its HTTP server and metrics are imported by `gitopsd run` alone, when it starts
+    from gitopsd import daemon
 
 log = structlog.get_logger()
 
@@ -153,6 +157,8 @@ def read_secret(path: str) -> bytes:
 
 
 def run_once(open_env: daemon.EnvFactory) -> int:
+    from gitopsd import daemon  # noqa: PLC0415 - see the imports at the top
+
     with structlog.contextvars.bound_contextvars(mode="run"), open_env() as env:
         state = reconcile.run_applying_slow_renders_last(env)
         with structlog.contextvars.bound_contextvars(revision=state.revision):
@@ -218,6 +224,9 @@ def cmd_run(settings: wiring_settings.Settings) -> int:
     secret = read_secret(given.webhook_secret_file) if given.webhook_secret_file else None
     if secret is not None and given.listen is None:
         raise errors.ConfigError("--webhook-secret-file needs the HTTP server: drop --listen off", reason="Usage")
+
+    from gitopsd import daemon, httpserver, metrics  # noqa: PLC0415 - see the imports at the top
+    from gitopsd.adapters import watch  # noqa: PLC0415
 
     measures = metrics.Metrics()
     loop = daemon.Daemon(env_factory, daemon.Options(interval=given.interval, resync_interval=given.resync_interval,
