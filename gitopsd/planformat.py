@@ -79,6 +79,13 @@ def summary_line(report: preview_core.Report) -> str:
 # ---------------------------------------------------------------- table (a terminal)
 
 
+def _diff_lines(p: output.Printer, diff: Iterable[str], indent: str) -> None:
+    """A unified diff's lines after its ---/+++ header (which repeats the subject), coloured by sign."""
+    for line in list(diff)[2:]:
+        word = "create" if line.startswith("+") else "uninstall" if line.startswith("-") else "unchanged"
+        p.line(f"{indent}{p.paint(output.printable(line), word)}")
+
+
 def table(report: preview_core.Report, printer: output.Printer, *, header: str) -> None:
     p = printer
     esc = output.printable
@@ -97,9 +104,7 @@ def table(report: preview_core.Report, printer: output.Printer, *, header: str) 
                 p.line(f"          {p.paint('-', 'uninstall')} {esc(name)} (pruned)")
             for changed in c.objects.changed:
                 p.line(f"          {p.paint('~', 'supersede')} {esc(changed.subject)}")
-                for line in changed.diff[2:]:  # the ---/+++ header repeats the subject
-                    word = "create" if line.startswith("+") else "uninstall" if line.startswith("-") else "unchanged"
-                    p.line(f"              {p.paint(esc(line), word)}")
+                _diff_lines(p, changed.diff, "              ")
     for e in report.errors:
         p.line(f"  base revision: {p.paint('error', 'error')} {esc(e.path)}: {esc(e.reason)}: {esc(e.message)}")
     p.line(summary_line(report) if report.packs else f"no changes; {report.unchanged} pack(s) unchanged")
@@ -242,9 +247,7 @@ def live_table(report: livediff.Report, printer: output.Printer) -> None:
                 p.line(f"        {p.paint('error', 'error')} {esc(pk.problem)}")
             for changed in pk.changed:
                 p.line(f"        {p.paint('~', 'supersede')} {esc(changed.subject)} (would change)")
-                for line in changed.diff[2:]:  # the ---/+++ header repeats the subject
-                    word = "create" if line.startswith("+") else "uninstall" if line.startswith("-") else "unchanged"
-                    p.line(f"            {p.paint(esc(line), word)}")
+                _diff_lines(p, changed.diff, "            ")
             for name in pk.missing:
                 p.line(f"        {p.paint('+', 'create')} {esc(name)} (missing in the cluster)")
             for name in pk.prune:

@@ -43,19 +43,24 @@ def _signature(commit: pygit2.Commit) -> tuple[bytes | None, bytes | None]:
     return signature, payload
 
 
-def status_signer_problem(commit: pygit2.Commit, status_keys: Mapping[bytes, keys.PublicKey]) -> str | None:
-    """Why ``commit`` is not gitopsd's own (signed by one of ``status_keys``, by raw key), or ``None``."""
+def _ssh_signer(commit: pygit2.Commit, *, not_ssh: str) -> keys.PublicKey | str:
+    """The key whose valid SSH signature ``commit`` carries, or why there is none (``not_ssh``: what
+    to say of a signature of another kind)."""
     signature, payload = _signature(commit)
     if signature is None or payload is None:
         return "it is not signed"
     if not signature.lstrip().startswith(b"-----BEGIN SSH SIGNATURE-----"):
-        return "it is not signed with gitopsd's SSH key"
+        return not_ssh
     signer = sshsig.verify(signature.decode("ascii", "replace"), payload, "git")
-    if signer is None:
-        return "its SSH signature is invalid (the commit or the signature was altered)"
-    if signer.raw not in status_keys:
-        return f"it is signed by {signer.key_id()}, not by gitopsd's key"
-    return None
+    return signer if signer is not None else "its SSH signature is invalid (the commit or the signature was altered)"
+
+
+def status_signer_problem(commit: pygit2.Commit, status_keys: Mapping[bytes, keys.PublicKey]) -> str | None:
+    """Why ``commit`` is not gitopsd's own (signed by one of ``status_keys``, by raw key), or ``None``."""
+    signer = _ssh_signer(commit, not_ssh="it is not signed with gitopsd's SSH key")
+    if isinstance(signer, str):
+        return signer
+    return None if signer.raw in status_keys else f"it is signed by {signer.key_id()}, not by gitopsd's key"
 
 
 def _entry_id(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:
@@ -105,17 +110,10 @@ class SshCommitVerifier:
         self.trusted = {key.raw: key for key in keys.load_public_keys(self.path)}
 
     def problem(self, repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
-        signature, payload = _signature(commit)
-        if signature is None or payload is None:
-            return "it is not signed"
-        if not signature.lstrip().startswith(b"-----BEGIN SSH SIGNATURE-----"):
-            return "it has a GPG signature, not an SSH signature"
-        signer = sshsig.verify(signature.decode("ascii", "replace"), payload, "git")
-        if signer is None:
-            return "its SSH signature is invalid (the commit or the signature was altered)"
-        if signer.raw not in self.trusted:
-            return f"it is signed by {signer.key_id()}, which is not in {self.path}"
-        return None
+        signer = _ssh_signer(commit, not_ssh="it has a GPG signature, not an SSH signature")
+        if isinstance(signer, str):
+            return signer
+        return None if signer.raw in self.trusted else f"it is signed by {signer.key_id()}, which is not in {self.path}"
 
 
 class GpgCommitVerifier:
