@@ -56,6 +56,10 @@ class Env:
     resync: bool = True  # a full pass: retry failed deliveries and check drift (the daemon's resync)
     # plan every basePackName, not only those whose inputs changed or the change feed names (resync)
     full_plan: bool = False
+    # more passes follow in this process (the daemon): a pass that wrote plans its written bases again
+    # at its end, so that the next one plans nothing. A one-shot command has no next pass and skips it
+    # (against Kubernetes it would cost a second list of every kind).
+    passes_follow: bool = True
     # How long (seconds, counted from its child process's start) this pass waits for one render
     # before it leaves the render running and goes on without that pack (reason ``RenderPending``:
     # the pack keeps what it runs; a later pass takes the result). None: wait for every render

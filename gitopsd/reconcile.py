@@ -336,7 +336,7 @@ def settle_plan(env: Env, state: PassState) -> None:
     """After the pass wrote: plan its written bases again against what the store holds now, so the
     next pass, when nothing else changed, plans nothing. The pass that writes pays for planning its
     own result; the plan of this pass (``state.plan``) stays what was applied."""
-    if env.dry_run or not state.writes or env.memo.plan is None:
+    if env.dry_run or not env.passes_follow or not state.writes or env.memo.plan is None:
         return
     observed = env.cluster.observe(state.config.namespace, since=env.memo.plan.token)
     settled = replan.update(_plan_inputs(env, state, observed), env.memo.plan).memory
