@@ -33,6 +33,7 @@ READ_TIMEOUT = 10.0  # seconds one read from a client may take
 REQUEST_TIMEOUT = 15.0  # seconds a connection may stay open in all: whole requests, not single reads
 MAX_CONNECTIONS = 64  # connections (handler threads) at once; at the cap the oldest is dropped
 REAP_INTERVAL = 0.5
+SLOT_WAIT = 2.0  # seconds the accept loop waits for a dropped connection's thread to end
 
 
 class Backend(Protocol):
@@ -61,18 +62,36 @@ class _Server(http.server.ThreadingHTTPServer):
         self.app = app
         self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted
         self._open_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # one per running handler thread
         self._stopped = threading.Event()
         super().__init__(address, _Handler)
         threading.Thread(target=self._reap, name="gitopsd-http-reaper", daemon=True).start()
 
     # the ignore below: narrower than socketserver: this server only takes sockets
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        # a slot is given back only when its handler thread has finished, so threads never outnumber
+        # MAX_CONNECTIONS, not even for the moment a dropped connection's thread takes to wind down
         with self._open_lock:
             if len(self._open) >= MAX_CONNECTIONS:
-                oldest = min(self._open, key=self._open.__getitem__)
-                self._drop(oldest)
+                self._drop(min(self._open, key=self._open.__getitem__))
+        while not self._slots.acquire(timeout=SLOT_WAIT):
+            with self._open_lock:  # the dropped one has not ended in time: drop the next oldest
+                if self._open:
+                    self._drop(min(self._open, key=self._open.__getitem__))
+        with self._open_lock:
             self._open[request] = time.monotonic()
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    # the ignore below: narrower than socketserver: this server only takes sockets
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     # the ignore below: narrower than socketserver: this server only takes sockets
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
@@ -108,6 +127,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         try:
             self._dispatch(method)
+        except ConnectionError:
+            # the client went away (or its connection was dropped at the cap): nobody to answer
+            self.close_connection = True
         except Exception as err:  # noqa: BLE001 - one bad request must not reach the server's stderr dump
             log.error("http handler failed", path=self.path.split("?", 1)[0], error=repr(err))
             with contextlib.suppress(OSError):
