@@ -689,10 +689,11 @@ def test_env_is_untouched_without_kubernetes_flags(tmp_path: pathlib.Path) -> No
 
 
 def test_one_shot_mode_lists_on_each_observe_and_starts_no_thread(kube_env: KubeEnv, api: client.ApiClient) -> None:
+    before = set(harness.gitopsd_threads())  # an earlier test's threads may still be winding down
     with kube.KubeCluster(api, watch=False) as adapter:
         adapter.observe(kube_env.namespace)
         adapter.observe(kube_env.namespace)
-        assert not list(harness.gitopsd_threads())
+        assert set(harness.gitopsd_threads()) <= before
     assert kube_env.request_counts() == {f"list {PACKS}": 2, f"list {INSTANCES}": 2}
 
 
