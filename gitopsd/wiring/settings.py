@@ -23,6 +23,7 @@ from gitopsd import errors
 RENDER_WORKERS_ENV = "GITOPSD_RENDER_WORKERS"
 DEFAULT_LEASE_NAMESPACE = "seam-system"
 DEFAULT_DELIVERY_WORKERS = 4
+DEFAULT_MAX_DIFF_LINES = 60  # gitopsd plan -o markdown: lines of one object's diff (planformat.MAX_LINES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,7 +128,7 @@ class PlanFlags:
 
     base: str = ""
     head: str | None = None
-    max_diff_lines: int = 60
+    max_diff_lines: int = DEFAULT_MAX_DIFF_LINES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -222,7 +223,8 @@ class Settings:
                                watch_debounce=flag("watch_debounce", 0.5), listen=flag("listen", ("127.0.0.1", 9797)),
                                webhook_secret_file=flag("webhook_secret_file"),
                                shutdown_timeout=flag("shutdown_timeout", 30.0)),
-            plan=PlanFlags(base=flag("base", ""), head=flag("head"), max_diff_lines=flag("max_diff_lines", 60)),
+            plan=PlanFlags(base=flag("base", ""), head=flag("head"),
+                           max_diff_lines=flag("max_diff_lines", DEFAULT_MAX_DIFF_LINES)),
             keygen=KeygenFlags(dir=flag("dir", "."), principal=flag("principal", "gitopsd@localhost"),
                                force=bool(flag("force", False))),
         )
