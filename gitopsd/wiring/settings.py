@@ -157,6 +157,7 @@ class Settings:
     registry: RegistryFlags = RegistryFlags()
     render_workers: int | None = None  # --render-workers; None: $GITOPSD_RENDER_WORKERS, else one per CPU
     render_wait: float | None = None  # reconcile and run only: dry-run and diff wait for every render
+    full: bool = False  # --full (reconcile and run): every pass plans every pack (Env.full_plan)
     kube: KubeFlags = KubeFlags()
     delivery: DeliveryFlags = DeliveryFlags()
     live: bool = False
@@ -209,6 +210,7 @@ class Settings:
                                    password_file=flag("registry_password_file")),
             render_workers=flag("render_workers"),
             render_wait=flag("render_wait"),
+            full=bool(flag("full", False)),
             kube=KubeFlags(kubeconfig=flag("kubeconfig"), context=flag("context"), in_cluster=bool(flag("in_cluster", False)),
                            shard=flag("shard"), lease_namespace=flag("lease_namespace"),
                            leader_election=bool(flag("leader_election", True))),
