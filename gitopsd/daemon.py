@@ -52,6 +52,7 @@ class Options:
     backoff_base: float = 1.0  # first retry delay after a transient error
     backoff_max: float = 300.0  # retry delays double up to this
     branch: str | None = None  # the branch webhooks must push to; None: the branch of the last revision
+    full_plan: bool = False  # every pass plans every pack (``gitopsd run --full``), not only each resync
 
 
 def jittered(seconds: float, jitter: float, rng: random.Random) -> float:
@@ -281,7 +282,8 @@ class Daemon:
                 env.retry_failed = action == "resync"  # a resync renders remembered failures again
                 # ... and retries failed deliveries and checks drift; so does the first pass of the process
                 env.resync = action == "resync" or self.passes == 1
-                env.full_plan = action == "resync"  # ... and plans every pack, not only the changed ones
+                # ... and plans every pack, not only the changed ones (with --full, every pass does)
+                env.full_plan = self.options.full_plan or action == "resync"
                 state = self._run_pass(env)
         except Exception as err:  # noqa: BLE001 - every failure is classified in _failed
             self._failed(err, head, self._clock() - started, retry_pass=True)

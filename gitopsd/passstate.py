@@ -54,7 +54,7 @@ class Env:
     render_workers: int = dataclasses.field(default_factory=default_render_workers)
     deliverer: ports.Deliverer | None = None  # push delivery into target clusters; None: records only
     resync: bool = True  # a full pass: retry failed deliveries and check drift (the daemon's resync)
-    # plan every basePackName, not only those whose inputs changed or the change feed names (resync)
+    # plan every basePackName, not only those whose inputs changed or the change feed names (resync, --full)
     full_plan: bool = False
     # more passes follow in this process (the daemon): a pass that wrote plans its written bases again
     # at its end, so that the next one plans nothing. A one-shot command has no next pass and skips it

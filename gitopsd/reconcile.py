@@ -49,25 +49,33 @@ def load_specs(env: Env, state: PassState) -> None:
             raise errors.SpecError(f"{top} is a symlink; gitopsd reads only real files and folders of the config repo: "
                                    f"replace the link with the {'file' if '.' in top else 'folder'} itself",
                                    path=top, reason="PathEscape")
-    if tree.kind("gitopsd.yaml") is ports.EntryKind.FILE:
-        state.config = parse.parse_config(yamlload.load_one(tree.read("gitopsd.yaml"), "gitopsd.yaml"), env.schemas)
-    if tree.kind("clusters") is ports.EntryKind.DIR:
-        for name, kind in tree.listdir("clusters"):
-            path = f"clusters/{name}"
-            if kind is ports.EntryKind.LINK and name.endswith((".yaml", ".yml")):
-                raise errors.SpecError(f"{path} is a symlink; a cluster file must be a regular file in clusters/: "
-                                       "replace the link with the file itself", path=path, reason="PathEscape")
-            if kind is not ports.EntryKind.FILE or not name.endswith((".yaml", ".yml")):
-                continue
-            cluster = parse.parse_cluster(yamlload.load_one(tree.read(path), path), env.schemas, file=path)
-            if state.config.clusters is not None and cluster.name not in state.config.clusters:
-                continue  # not in gitopsd.yaml's allow-list
-            if cluster.name in state.clusters:
-                raise errors.SpecError(
-                    f"cluster {cluster.name!r} is also defined in {state.clusters[cluster.name].path}; keep one",
-                    path=path,
-                )
-            state.clusters[cluster.name] = cluster
+    has_config = tree.kind("gitopsd.yaml") is ports.EntryKind.FILE
+    listed_clusters = tree.listdir("clusters") if tree.kind("clusters") is ports.EntryKind.DIR else []
+    cluster_files = [f"clusters/{name}" for name, kind in listed_clusters
+                     if kind is ports.EntryKind.FILE and name.endswith((".yaml", ".yml"))]
+    persisted = _persisted_specs(env, tree, ["gitopsd.yaml", *cluster_files] if has_config else cluster_files, {})
+    if has_config:
+        raw, checked = _document(env, tree, "gitopsd.yaml", persisted)
+        state.config = parse.parse_config(raw, env.schemas, checked=checked)
+        _remember(env, tree, "gitopsd.yaml", raw, checked)
+    for name, kind in listed_clusters:
+        path = f"clusters/{name}"
+        if kind is ports.EntryKind.LINK and name.endswith((".yaml", ".yml")):
+            raise errors.SpecError(f"{path} is a symlink; a cluster file must be a regular file in clusters/: "
+                                   "replace the link with the file itself", path=path, reason="PathEscape")
+        if path not in cluster_files:
+            continue
+        raw, checked = _document(env, tree, path, persisted)
+        cluster = parse.parse_cluster(raw, env.schemas, file=path, checked=checked)
+        _remember(env, tree, path, raw, checked)
+        if state.config.clusters is not None and cluster.name not in state.config.clusters:
+            continue  # not in gitopsd.yaml's allow-list
+        if cluster.name in state.clusters:
+            raise errors.SpecError(
+                f"cluster {cluster.name!r} is also defined in {state.clusters[cluster.name].path}; keep one",
+                path=path,
+            )
+        state.clusters[cluster.name] = cluster
     if tree.kind("packs") is not ports.EntryKind.DIR:
         return
     # Only this pass's PackBuilds stay memoized: a daemon does not keep every version it ever parsed.
@@ -124,12 +132,30 @@ def _spec_key(env: Env, path: str, blob: str) -> str:
 
 def _persisted_specs(env: Env, tree: ports.Tree, paths: list[str],
                      earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError]) -> dict[str, str]:
-    """The validated documents a cache across processes holds for the PackBuilds this process has
-    not parsed yet (all of them, in a new process), by ``_spec_key``."""
+    """The validated documents a cache across processes holds for the PackBuilds (or gitopsd.yaml and
+    cluster files) this process has not parsed yet (all of them, in a new process), by ``_spec_key``."""
     if not isinstance(env.cache, ports.RemembersSpecs):
         return {}
     keys = [_spec_key(env, path, tree.tree_id(path)) for path in paths if (path, tree.tree_id(path)) not in earlier]
     return env.cache.spec_documents(keys) if keys else {}
+
+
+def _document(env: Env, tree: ports.Tree, path: str, persisted: dict[str, str]) -> tuple[object, bool]:
+    """The document of gitopsd.yaml or a cluster file, and whether it passed its schema before: from
+    the cache of validated documents when it holds this very file, else read from the tree."""
+    text = persisted.get(_spec_key(env, path, tree.tree_id(path)))
+    if text is not None:
+        try:
+            return json.loads(text), True
+        except ValueError:
+            pass  # a damaged cache entry: read the file itself
+    return yamlload.load_one(tree.read(path), path), False
+
+
+def _remember(env: Env, tree: ports.Tree, path: str, raw: object, checked: bool) -> None:
+    """Keep a document that just passed its schema for later processes (see ``_document``)."""
+    if not checked and isinstance(env.cache, ports.RemembersSpecs):
+        env.cache.remember_spec_document(_spec_key(env, path, tree.tree_id(path)), json.dumps(raw, separators=(",", ":")))
 
 
 def _packbuild(env: Env, tree: ports.Tree, path: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import http.client
 import itertools
@@ -142,6 +143,23 @@ def test_resync_runs_a_pass_even_when_the_revision_did_not_move(examples: pathli
     loop.run()
     assert counted.starts == [0.0, 600.0, 1200.0]
     assert {s.revision for s in counted.states} == {counted.states[0].revision}
+
+
+@pytest.mark.parametrize(("full_plan", "later_passes_plan_every_pack"), [(False, False), (True, True)],
+                         ids=["incremental", "full"])
+def test_full_makes_every_pass_plan_every_pack_not_only_each_resync(
+        examples: pathlib.Path, state_dir: pathlib.Path, full_plan: bool, later_passes_plan_every_pack: bool) -> None:
+    options = cli_run.daemon_options(run_settings(str(examples), "--interval", "30s", "--resync-interval", "0",
+                                                  *(("--full",) if full_plan else ())))
+    loop, vt, counted = virtual_daemon(local_env(examples, state_dir), dataclasses.replace(options, jitter=0), horizon=100)
+    vt.at(10, lambda: loop.trigger("test"))
+    vt.at(20, lambda: loop.trigger("test"))
+    loop.run()
+    first, *later = counted.states
+    bases = {build.base_pack_name for build in first.builds}
+    assert len(later) == 2 and len(bases) > 1 and first.replanned == len(bases)
+    assert [s.replanned for s in later] == [len(bases) if later_passes_plan_every_pack else 0] * 2
+    assert all(s.plan == later[0].plan and not s.plan.writes for s in later)  # the same plan, however it was made
 
 
 def test_poll_interval_has_jitter_within_ten_percent(examples: pathlib.Path, state_dir: pathlib.Path) -> None:

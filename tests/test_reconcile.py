@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sqlite3
 
@@ -257,6 +258,62 @@ def test_a_new_process_takes_unchanged_packbuilds_from_the_cache_without_parsing
     assert sorted(read) == ["packs/one/packbuild.yaml", "packs/two/packbuild.yaml"]
     assert not state.pack_errors and len(state.builds) == 2
     cache.close()
+
+
+class Checked:
+    """A schema validator that records the documents it checked."""
+
+    def __init__(self, inner: parse.Validator, seen: list[object]) -> None:
+        self.inner, self.seen = inner, seen
+
+    def iter_errors(self, instance: object) -> object:
+        self.seen.append(instance)
+        return self.inner.iter_errors(instance)
+
+
+def test_a_new_process_takes_unchanged_gitopsd_yaml_and_cluster_files_from_the_cache_without_checking_them(
+        tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, {"gitopsd.yaml": b"namespace: apps-system\n", **CLUSTERS, **packbuild("one")})
+    tree = fakes.MemoryTree(h.files, scratch=tmp_path / "scratch")
+    checked: list[object] = []
+    real = schemafiles.schemas()
+    schemas = dataclasses.replace(real, config=Checked(real.config, checked), cluster=Checked(real.cluster, checked))
+
+    def new_process() -> reconcile.PassState:
+        """A pass of a fresh Env and Memo over the same cache.db, as a new CLI process has."""
+        cache = compilecache.SqliteCompileCache(tmp_path / "cache.db")
+        try:
+            return reconcile.run(reconcile.Env(
+                source=fakes.StaticSource(tree), cluster=h.cluster, registry=h.registry, cache=cache,
+                clock=fakes.FixedClock(), renderers=render.renderers(), schemas=schemas,
+                signer=keys.load_private_key(h.key)))
+        finally:
+            cache.close()
+
+    first = new_process()
+    assert len(checked) == 3 and first.config.namespace == "apps-system"
+    checked.clear()
+    tree.files["clusters/b.yaml"] = b"name: b\nlabels: {env: staging}\n"  # one cluster file changed since
+    second = new_process()
+    assert checked == [{"name": "b", "labels": {"env": "staging"}}]  # only the changed file is checked again
+    assert second.config == first.config and second.clusters["a"] == first.clusters["a"]
+    assert second.clusters["b"].labels == (("env", "staging"),)
+
+    # a file that no longer passes its schema is checked, and refused, whatever the cache holds
+    tree.files["clusters/b.yaml"] = b"name: b\nlabel: {env: dev}\n"
+    with pytest.raises(errors.SpecError, match="label"):
+        new_process()
+
+    # a damaged entry is only a cache miss: the file is read and checked again, with the same result
+    tree.files["clusters/b.yaml"] = CLUSTERS["clusters/b.yaml"]
+    new_process()
+    db = sqlite3.connect(tmp_path / "cache.db")
+    with db:
+        db.execute("UPDATE specs SET value = '{\"name\": 1'")
+    db.close()
+    checked.clear()
+    third = new_process()
+    assert len(checked) == 3 and third.config == first.config and third.clusters == first.clusters
 
 
 def test_a_new_process_trusts_a_passed_signature_check_only_for_the_same_spec_signature_and_keys(

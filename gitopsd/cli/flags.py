@@ -64,6 +64,20 @@ def render_wait(p: argparse.ArgumentParser) -> None:
                    "it when the render ends (default: 5s)")
 
 
+def full(p: argparse.ArgumentParser, *, daemon: bool = False) -> None:
+    """``--full`` (reconcile, run): every pass plans every pack (``Env.full_plan``), never only what changed."""
+    if daemon:
+        what = ("every pass plans every pack against everything the store holds, as a --resync-interval pass does, "
+                "instead of re-planning only the packs whose inputs changed or that the store's change feed names "
+                "(drift checks and retries still wait for the resync)")
+    else:
+        what = ("every pass of this command plans every pack against everything the store holds (the first pass of "
+                "a new process already does; --full also covers the pass that applies renders left running)")
+    p.add_argument("--full", action="store_true",
+                   help=f"{what}. Use it to rule out the incremental plan: after editing the store by hand, or when a "
+                   "plan looks wrong. The plan is the same either way; a full one costs more time per pass")
+
+
 def signing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signing-key", metavar="PATH", help="Ed25519 private key (OpenSSH or PKCS#8 PEM, or a Secret folder) "
                    "that signs ClusterPacks (default: a key generated in the state dir)")

@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
         flags.kube(p)
         if name == "reconcile":
             flags.render_wait(p)
+            flags.full(p)
         p.add_argument("-v", "--verbose", action="store_true", help="also list unchanged objects")
         if name == "diff":
             cli_plan.add_live_flag(p)

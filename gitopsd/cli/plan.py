@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
-from gitopsd import errors, output, planformat, reconcile
+from gitopsd import errors, output, reconcile
 from gitopsd.cli import flags
-from gitopsd.core import livediff
 from gitopsd.wiring import compose as wiring
 from gitopsd.wiring import delivery as wiring_delivery
 from gitopsd.wiring import settings as wiring_settings
+
+if TYPE_CHECKING:  # the printing of plans and live diffs: imported by `plan` and `diff --live` alone, when they print
+    from gitopsd.core import livediff
 
 EPILOG = """\
 exit codes:
@@ -48,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.common(p, repo=False, output=False)
     p.add_argument("-o", "--output", choices=("table", "json", "markdown"), default="table",
                    help="output format (default: %(default)s; markdown is sized for a pull-request comment)")
-    p.add_argument("--max-diff-lines", type=int, default=planformat.MAX_LINES, metavar="N",
+    p.add_argument("--max-diff-lines", type=int, default=wiring_settings.DEFAULT_MAX_DIFF_LINES, metavar="N",
                    help="markdown: lines of one object's diff before it is cut (default: %(default)s)")
     p.add_argument("--registry-url", metavar="HOST[:PORT]/PATH", help="registry URL recorded in ClusterPacks "
                    "(default: gitopsd.yaml 'registry'); use the one reconcile uses to share its compile cache")
@@ -82,6 +85,8 @@ def cmd_plan(settings: wiring_settings.Settings) -> int:
                                progress=output.progress(sys.stderr), live_reach=where)
     finally:
         local.close()
+    from gitopsd import planformat  # noqa: PLC0415 - see the imports at the top
+
     report = outcome.report
     if settings.output == "json":
         doc = report.to_json()
@@ -131,6 +136,8 @@ def live_diff(settings: wiring_settings.Settings, wired: wiring.Wired,
 
 def print_live(report: livediff.Report | None, printer: output.Printer) -> None:
     if report is not None:
+        from gitopsd import planformat  # noqa: PLC0415 - see the imports at the top
+
         planformat.live_table(report, printer)
 
 

@@ -90,6 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     flags.render_wait(p)
     flags.delivery(p)
     flags.kube(p)
+    flags.full(p, daemon=True)
     p.add_argument("--once", action="store_true", help="run one pass and exit (exit codes as 'gitopsd reconcile')")
     p.add_argument("--interval", type=parse_duration, default=30.0, metavar="DURATION",
                    help="how often to look for a new revision, ±10%% jitter (default: 30s)")
@@ -167,6 +168,15 @@ def run_once(open_env: daemon.EnvFactory) -> int:
     return EXIT_OK if state.summary.ready else EXIT_NOT_READY
 
 
+def daemon_options(settings: wiring_settings.Settings) -> daemon.Options:
+    """When the loop runs passes and how each one plans, from the flags of ``gitopsd run``."""
+    from gitopsd import daemon  # noqa: PLC0415 - see the imports at the top
+
+    given = settings.daemon
+    return daemon.Options(interval=given.interval, resync_interval=given.resync_interval, branch=settings.git.branch,
+                          full_plan=settings.full)
+
+
 class _Signals:
     """SIGTERM/SIGINT: the first asks for a graceful stop, a second one stops waiting for the pass.
 
@@ -229,9 +239,7 @@ def cmd_run(settings: wiring_settings.Settings) -> int:
     from gitopsd.adapters import watch  # noqa: PLC0415
 
     measures = metrics.Metrics()
-    loop = daemon.Daemon(env_factory, daemon.Options(interval=given.interval, resync_interval=given.resync_interval,
-                                                   branch=settings.git.branch),
-                         metrics=measures)
+    loop = daemon.Daemon(env_factory, daemon_options(settings), metrics=measures)
     server = None
     if given.listen is not None:
         host, port = given.listen

@@ -90,10 +90,12 @@ def describe(err: _SchemaError, *, known: tuple[str, ...] = (), kind: str = "doc
     return f"field {where!r}: {err.message}"
 
 
-def parse_config(raw: object, schemas: Schemas, *, file: str = "gitopsd.yaml") -> spec.RepoConfig:
+def parse_config(raw: object, schemas: Schemas, *, file: str = "gitopsd.yaml", checked: bool = False) -> spec.RepoConfig:
+    """``checked``: this very document passed the schema before (a persisted parse), so it is not checked again."""
     if raw is None:
         return spec.RepoConfig(path=file)
-    check(schemas.config, raw, file=file, kind="gitopsd.yaml", known=schemas.known_keys.get("config", ()))
+    if not checked:
+        check(schemas.config, raw, file=file, kind="gitopsd.yaml", known=schemas.known_keys.get("config", ()))
     assert isinstance(raw, dict)
     policies = raw.get("policies", {})
     return spec.RepoConfig(
@@ -128,8 +130,10 @@ def _crds(entries: list[dict[str, str]], file: str) -> tuple[tuple[str, str], ..
     return tuple(sorted((key, scope) for key, (_, scope) in found.items()))
 
 
-def parse_cluster(raw: object, schemas: Schemas, *, file: str) -> spec.Cluster:
-    check(schemas.cluster, raw, file=file, kind="cluster", known=schemas.known_keys.get("cluster", ()))
+def parse_cluster(raw: object, schemas: Schemas, *, file: str, checked: bool = False) -> spec.Cluster:
+    """``checked`` as for :func:`parse_config`."""
+    if not checked:
+        check(schemas.cluster, raw, file=file, kind="cluster", known=schemas.known_keys.get("cluster", ()))
     assert isinstance(raw, dict)
     labels = raw.get("labels", {})
     for key in labels:

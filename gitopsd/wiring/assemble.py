@@ -33,6 +33,7 @@ def pass_env(settings: settings_mod.Settings, state_dir: pathlib.Path, *, repo: 
         env = wired.env
         env.progress = progress
         env.render_wait = settings.render_wait
+        env.full_plan = settings.full  # the daemon also sets it per pass (a resync plans every pack)
         env.passes_follow = daemon
         with kube.connected(settings, writes=not dry_run, daemon=daemon, stop=stop) as handle:
             if handle is not None:

@@ -26,16 +26,12 @@ from gitopsd import errors, passstate, ports, reconcile
 from gitopsd.adapters import (
     compilecache,
     gitlocation,
-    gitmirror,
-    gitsource,
     gittree,
-    gitverify,
     keys,
     localstore,
     ocilayout,
     render,
     schemafiles,
-    statuswriter,
     system,
 )
 from gitopsd.wiring import settings as settings_mod
@@ -43,6 +39,7 @@ from gitopsd.wiring import settings as settings_mod
 if TYPE_CHECKING:  # oras and requests cost ~0.1 s of every command: imported only with --registry
     import pygit2
 
+    from gitopsd.adapters import gitmirror, gitverify, statuswriter
     from gitopsd.adapters import registry as registry_adapter
 
 
@@ -282,6 +279,8 @@ def mirror_path(state_dir: pathlib.Path, location: gitlocation.Location) -> path
 
 
 def commit_verifier(options: settings_mod.GitOptions) -> gitverify.CommitVerifier | None:
+    from gitopsd.adapters import gitverify  # noqa: PLC0415 - Git remotes, status and commit checks: imported when used
+
     verifiers: list[gitverify.CommitVerifier] = []
     if options.verify_commits:
         verifiers.append(gitverify.SshCommitVerifier(options.verify_commits))
@@ -296,6 +295,8 @@ def git_remote(repo: str, state_dir: pathlib.Path, options: settings_mod.GitOpti
     location = gitlocation.parse_location(repo)
     auth = gitlocation.load_auth(location, credentials_file=options.credentials_file,
                                credentials_env=options.credentials_env, ssh_key=options.ssh_key)
+    from gitopsd.adapters import gitmirror  # noqa: PLC0415 - as gitverify above
+
     gitmirror.configure_timeouts()
     return gitmirror.GitRemote(location, mirror_path(state_dir, location), branch=options.branch, tag=options.tag, auth=auth)
 
@@ -317,6 +318,8 @@ def status_record_writers(repo: str, state_dir: pathlib.Path, options: settings_
     if tip is None:
         return {}
     git_repo, commit = tip
+    from gitopsd.adapters import gitverify  # noqa: PLC0415 - as above
+
     folder = ".gitopsd/status"
     writers = gitverify.record_writers(git_repo, commit, folder)
     status_keys = {key.raw: key for key in trusted}
@@ -371,6 +374,8 @@ def ensure_demo_remote(folder: pathlib.Path, state_dir: pathlib.Path) -> pathlib
     check_state_dir(state_dir, folder)
     remote = state_dir / "demo-remote.git"
     state_dir.mkdir(parents=True, exist_ok=True)
+    from gitopsd.adapters import gitsource  # noqa: PLC0415 - as gitverify above
+
     gitsource.import_folder(folder, remote)
     return remote
 
@@ -398,7 +403,7 @@ def build_env(settings: settings_mod.Settings, local: Local, *, repo: str, dry_r
     if registry is not None:
         env.registry = open_registry(registry)
     wired = Wired(env=env, kind=kind, local=local)
-    identity = statuswriter.Identity(git.author_name, git.author_email)
+    # The Git remote's source and status write-back are imported when used: a diff of a folder needs neither.
     branch: statuswriter.Branch | None = None
     if kind is RepoKind.FOLDER:
         used = [flag for flag, value in (("--branch", git.branch), ("--tag", git.tag), ("--verify-commits", git.verify_commits),
@@ -409,6 +414,8 @@ def build_env(settings: settings_mod.Settings, local: Local, *, repo: str, dry_r
             raise errors.ConfigError(f"{used[0]} applies to a Git remote (a bare repository or a URL); {repo} is a folder, "
                                      "read at HEAD when it is a work tree", reason="Usage")
         if git.status:
+            from gitopsd.adapters import statuswriter  # noqa: PLC0415 - see above
+
             branch = statuswriter.WorkTreeBranch(pathlib.Path(repo))
             if not dry_run:
                 branch.tip()  # not a work tree, detached, or local changes under .gitopsd/: say so before applying
@@ -416,6 +423,8 @@ def build_env(settings: settings_mod.Settings, local: Local, *, repo: str, dry_r
         else:
             wired.status_off = "folder (pass --write-status to commit status to its branch)"
     else:
+        from gitopsd.adapters import gitsource  # noqa: PLC0415 - see above
+
         remote = git_remote(repo, local.state_dir, git)
         status_keys = tuple(verifier.trusted) if verifier is not None else ()
         if signer is not None:
@@ -436,6 +445,9 @@ def build_env(settings: settings_mod.Settings, local: Local, *, repo: str, dry_r
     if branch is not None:
         if signer is None:
             raise errors.ConfigError("status write-back needs a signing key (--signing-key)", reason="NoSigningKey")
+        from gitopsd.adapters import statuswriter  # noqa: PLC0415 - see above
+
+        identity = statuswriter.Identity(git.author_name, git.author_email)
         wired.writer = statuswriter.GitStatusWriter(branch, signer, identity=identity)
         wired.allowed_signers = write_allowed_signers(local.state_dir, signer, git.author_email)
         env.status_writer = wired.writer

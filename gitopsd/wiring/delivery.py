@@ -9,10 +9,14 @@ and the Env keeps ``deliverer=None``: records only, as before delivery existed.
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
 from gitopsd import errors, ports
-from gitopsd.delivery import engine, reach, runner
+from gitopsd.delivery import reach
 from gitopsd.wiring import settings as settings_mod
+
+if TYPE_CHECKING:  # the delivery engine is imported only when a target cluster can be reached
+    from gitopsd.delivery import runner
 
 
 class _Now:
@@ -31,6 +35,8 @@ def deliverer(settings: settings_mod.Settings, *, registry: ports.Registry, veri
         return None
     if not isinstance(registry, ports.ServesArtifacts):
         raise errors.ConfigError("this registry cannot serve artifacts back for delivery", reason="Usage")
+    from gitopsd.delivery import engine, runner  # noqa: PLC0415 - see the imports at the top
+
     eng = engine.Engine(registry, verifier, now=_Now(clock))
     return runner.Runner(where, eng, workers=settings.delivery.workers)
 

@@ -23,6 +23,7 @@ from gitopsd import errors
 RENDER_WORKERS_ENV = "GITOPSD_RENDER_WORKERS"
 DEFAULT_LEASE_NAMESPACE = "seam-system"
 DEFAULT_DELIVERY_WORKERS = 4
+DEFAULT_MAX_DIFF_LINES = 60  # gitopsd plan -o markdown: lines of one object's diff (planformat.MAX_LINES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,7 +128,7 @@ class PlanFlags:
 
     base: str = ""
     head: str | None = None
-    max_diff_lines: int = 60
+    max_diff_lines: int = DEFAULT_MAX_DIFF_LINES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ class Settings:
     registry: RegistryFlags = RegistryFlags()
     render_workers: int | None = None  # --render-workers; None: $GITOPSD_RENDER_WORKERS, else one per CPU
     render_wait: float | None = None  # reconcile and run only: dry-run and diff wait for every render
+    full: bool = False  # --full (reconcile and run): every pass plans every pack (Env.full_plan)
     kube: KubeFlags = KubeFlags()
     delivery: DeliveryFlags = DeliveryFlags()
     live: bool = False
@@ -208,6 +210,7 @@ class Settings:
                                    password_file=flag("registry_password_file")),
             render_workers=flag("render_workers"),
             render_wait=flag("render_wait"),
+            full=bool(flag("full", False)),
             kube=KubeFlags(kubeconfig=flag("kubeconfig"), context=flag("context"), in_cluster=bool(flag("in_cluster", False)),
                            shard=flag("shard"), lease_namespace=flag("lease_namespace"),
                            leader_election=bool(flag("leader_election", True))),
@@ -222,7 +225,8 @@ class Settings:
                                watch_debounce=flag("watch_debounce", 0.5), listen=flag("listen", ("127.0.0.1", 9797)),
                                webhook_secret_file=flag("webhook_secret_file"),
                                shutdown_timeout=flag("shutdown_timeout", 30.0)),
-            plan=PlanFlags(base=flag("base", ""), head=flag("head"), max_diff_lines=flag("max_diff_lines", 60)),
+            plan=PlanFlags(base=flag("base", ""), head=flag("head"),
+                           max_diff_lines=flag("max_diff_lines", DEFAULT_MAX_DIFF_LINES)),
             keygen=KeygenFlags(dir=flag("dir", "."), principal=flag("principal", "gitopsd@localhost"),
                                force=bool(flag("force", False))),
         )
