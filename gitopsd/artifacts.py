@@ -8,6 +8,15 @@ its recorded digests. What it finds is an input of the plan (``PassState.artifac
 ``PassState.pack_errors``): the plan step alone decides what that blocks. ``publish`` (after
 ``plan``) pushes the artifacts of the ClusterPacks the plan creates.
 
+What is checked when: a resync of the daemon, its first pass and every one-shot command check every
+published artifact in use (each blob stat'ed, and hashed again when its size, mtime or inode moved;
+a new process hashes them all). The daemon's other passes ask the registry to check again only what
+it saw change since the last pass (``RepairsArtifacts.recheck``: the OCI layout watches its
+folders), so an artifact whose blobs were written, truncated, replaced, deleted or chmod'ed, or
+whose tag changed in index.json, is checked and repaired by the next pass; a change the watch cannot
+see (a write through a hard link or a memory mapping, bit rot) waits for the resync. The artifact of
+a ClusterPack an instance is about to move to is read byte for byte on every pass (``_verify``).
+
 Neighbours: ``gitopsd.reconcile`` runs both as steps; ``gitopsd.packcompile`` recompiles a pack
 whose artifact is not in the compile cache; the registry adapters implement the optional
 ``ports.VerifiesArtifacts``/``ports.RepairsArtifacts``/``ports.Flushing``.
@@ -56,6 +65,9 @@ def _published(state: PassState) -> list[CompileResult]:
 
 
 def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts) -> None:
+    # A resync (and a one-shot command, and the first pass of a process) checks every artifact in use;
+    # the daemon's other passes check those the registry saw change, and the new ones.
+    registry.recheck(full=env.resync)
     repaired = 0
     for result in _published(state):
         cp = result.compiled.cluster_pack

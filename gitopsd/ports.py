@@ -227,6 +227,12 @@ class VerifiesArtifacts(Protocol):
 class RepairsArtifacts(Protocol):
     """A Registry that can tell cheaply whether a published artifact is intact and write it again (optional)."""
 
+    def recheck(self, *, full: bool) -> None:
+        """Begin a pass's ``sound`` checks: an artifact found sound earlier in this process may count as
+        sound without being read again while the registry saw no change to it; ``full`` forgets that
+        (the daemon's resync checks everything)."""
+        ...
+
     def sound(self, repository: str, manifest_digest: str) -> bool: ...
 
     def repair(self, repository: str, art: pack.Artifact) -> None: ...

@@ -9,10 +9,20 @@ A push writes its blobs to temporary files and makes them durable in batches (``
 ``syncfs`` of the layout's file system for the whole batch instead of an fsync per blob, then the
 renames, then one fsync of the blobs folder; only then may index.json name them. Every read settles
 the pending blobs first, so a push is visible at once, as before.
+
+What a pass checks (``sound``, called by the artifact step for every artifact in use): in a new
+process, and on every ``recheck(full=True)`` (the daemon's resync), each blob of the artifact is
+stat'ed and hashed again when its size, mtime or inode moved (a new process hashes every one).
+Between those, a watch of the layout's folders (``dirwatch``: inotify) tells which blobs were
+written, truncated, replaced, deleted or chmod'ed and whether index.json changed since the last
+pass; an artifact found sound that none of these touched is sound without any I/O, the others are
+checked in full, and an index.json changed by someone else is read again. Without a watch (no
+inotify, its queue overflowed) every pass checks everything, as a resync does.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import os
@@ -26,6 +36,7 @@ from typing import Any
 import structlog
 
 from gitopsd import errors
+from gitopsd.adapters import dirwatch
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
@@ -53,6 +64,11 @@ class OciLayout:
         self._pending: dict[pathlib.Path, str] = {}  # blob path -> temporary file holding its bytes, not yet durable
         self._dirty = False
         self.pushed = 0
+        # (repository, manifest digest) -> the blob names of an artifact found sound, while the watch
+        # saw no change to any of them (``recheck``); empty without a watch
+        self._sound: dict[tuple[str, str], frozenset[str]] = {}
+        self._watch: dirwatch.DirWatch | None = None
+        self._own: collections.Counter[str] = collections.Counter()  # names this process renamed into place, not yet seen
 
     def _blob_path(self, digest: str) -> pathlib.Path:
         algorithm, _, hexdigest = digest.partition(":")
@@ -66,9 +82,7 @@ class OciLayout:
         path = self._blob_path(digest)
         if path not in self._pending and not path.exists():  # a pushed blob counts before it is settled
             return False
-        self._load_index()
-        prefix = f"{repository}:"
-        return any(ref.startswith(prefix) for ref in self._refs_of.get(digest, ()))
+        return self._tagged(repository, digest)
 
     def read_blob(self, digest: str) -> bytes:
         self._settle()
@@ -127,16 +141,66 @@ class OciLayout:
 
     def sound(self, repository: str, manifest_digest: str) -> bool:
         """The artifact is tagged for ``repository`` and every blob of it is present with the bytes of
-        its digest. A blob is hashed once per process while its size, mtime and inode stay the same."""
+        its digest. A blob is hashed once per process while its size, mtime and inode stay the same;
+        an artifact found sound is not read again while the watch sees no change to it (``recheck``)."""
+        key = (repository, manifest_digest)
+        if key in self._sound:
+            if self._tagged(repository, manifest_digest):
+                return True
+            del self._sound[key]
+            return False
         if not self.has(repository, manifest_digest):
             return False
         try:
             manifest = json.loads(self._checked(manifest_digest))
+            names = {self._blob_path(manifest_digest).name}
             for descriptor in [manifest.get("config", {}), *manifest.get("layers", [])]:
-                self._checked(str(descriptor.get("digest", "")))
+                digest = str(descriptor.get("digest", ""))
+                self._checked(digest)
+                names.add(self._blob_path(digest).name)
         except (OSError, ValueError, AttributeError):
             return False
+        if self._watch is not None:
+            self._sound[key] = frozenset(names)
         return True
+
+    def recheck(self, *, full: bool) -> None:
+        """Begin a pass's checks: forget that an artifact was found sound when the watch saw one of its
+        blobs change since the last call (every artifact when ``full``, or when the watch cannot
+        tell), and read index.json again when someone else changed it. The first call arms the watch."""
+        events = self._watch.changes() if self._watch is not None else None
+        if events is not None and any(folder == 0 and name == "blobs" for folder, _, name in events):
+            events = None  # the blobs folder itself was replaced, moved or deleted: the watch is on the old one
+        if full or events is None:
+            self._sound.clear()
+            self._own.clear()
+            if self._watch is not None:
+                self._watch.close()
+            self._watch = None if self.read_only else dirwatch.open_watch([self.root, self.blobs])
+            if self._index is not None and not self._dirty:
+                self._index = None  # read again: it may have changed while nothing watched it
+            return
+        changed: set[str] = set()
+        for folder, mask, name in events:
+            if folder == 0 and name != "index.json":
+                continue
+            if name.startswith(".tmp-"):
+                continue  # a write in flight; its rename into place is an event of its own
+            if mask & dirwatch.IN_MOVED_TO and self._own[name] > 0:
+                self._own[name] -= 1  # this process's own write
+                continue
+            changed.add(name)
+        self._own = +self._own
+        if "index.json" in changed and self._index is not None and not self._dirty:
+            self._index = None  # someone else wrote it: read it again (unreadable: its tags are made again)
+        changed.discard("index.json")
+        if changed:
+            self._sound = {key: names for key, names in self._sound.items() if names.isdisjoint(changed)}
+
+    def _tagged(self, repository: str, digest: str) -> bool:
+        self._load_index()
+        prefix = f"{repository}:"
+        return any(ref.startswith(prefix) for ref in self._refs_of.get(digest, ()))
 
     def _checked(self, digest: str) -> bytes:
         self._settle()
@@ -158,6 +222,7 @@ class OciLayout:
                 self.read_blob(digest)
             except (OSError, ValueError):
                 _atomic_write(path, data)
+                self._wrote(path.name)
         self._tag(f"{repository}:{art.tag}", art)
 
     def push(self, repository: str, art: pack.Artifact) -> bool:
@@ -196,6 +261,7 @@ class OciLayout:
             _sync_contents(self.blobs, list(pending.values()))
             for path, tmp in pending.items():
                 os.replace(tmp, path)
+                self._wrote(path.name)
             _fsync_folder(self.blobs)
         except BaseException:
             for tmp in pending.values():
@@ -276,7 +342,20 @@ class OciLayout:
             self._index["manifests"] = manifests
             self._reindex()
             _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
+            self._wrote("index.json")
             self._dirty = False
+
+    def close(self) -> None:
+        """Stop watching the layout's folders (the next ``recheck`` would watch them again)."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._sound.clear()
+
+    def _wrote(self, name: str) -> None:
+        """This process renamed ``name`` into place: the watch's event for it is no change to check."""
+        if self._watch is not None:
+            self._own[name] += 1
 
 
 STALE_SECONDS = 3600
