@@ -87,6 +87,7 @@ class GitTree:
             if entry.filemode == _SUBMODULE:
                 self.submodules.add(sub)  # not listed: a reader that needs it asks kind() and gets the error
                 continue
+            self._entries.setdefault(sub, entry)  # its kind and id without looking it up again
             kind = self.kind(sub)
             if kind is not None:
                 out.append((entry.name, kind))
