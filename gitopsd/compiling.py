@@ -93,7 +93,15 @@ def _unchanged(env: Env, state: PassState,
     last = env.memo.compiled_in
     if last is None or env.progress is not None or env.retry_failed or last[1] != _pass_inputs(env, state):
         return [], builds
-    moved = last[0] != tree.tree_id("packs")
+    packs_id = tree.tree_id("packs")
+    moved = last[0] != packs_id
+    listing = env.memo.listing  # the load step's, with the tree id of every pack folder
+    folder_ids = listing.folders if listing is not None and listing.packs_id == packs_id else {}
+
+    def folder_id(folder: str) -> str:
+        known = folder_ids.get(folder.removeprefix("packs/")) if folder.startswith("packs/") else None
+        return known[0] if known is not None else tree.tree_id(folder)
+
     known_packs, running = env.memo.compiled, env.memo.running
     reused: list[CompileResult] = []
     todo: list[spec.PackBuild] = []
@@ -101,8 +109,9 @@ def _unchanged(env: Env, state: PassState,
         known = known_packs.get(build.path)
         hit = None
         if (known is not None and (known.build is build or known.build == build) and known.key not in running
-                and not (moved and tree.tree_id(build.folder) != known.folder_id)
-                and all(tree.tree_id(folder) == tree_id for folder, tree_id in known.elsewhere)):
+                and not (moved and folder_id(build.folder) != known.folder_id)
+                and (not known.elsewhere
+                     or all(tree.tree_id(folder) == tree_id for folder, tree_id in known.elsewhere))):
             hit = env.cache.get(known.key)
         if hit is None:
             todo.append(build)

@@ -91,6 +91,12 @@ def _listing(env: Env, tree: ports.Tree) -> memo.Listing:
     last = env.memo.listing
     if last is not None and last.packs_id == packs_id:
         return last
+    if last is not None and not last.errors and isinstance(tree, ports.ComparesTrees):
+        names = tree.changed_names("packs", last.packs_id)
+        listing = _relisted(tree, last, packs_id, names) if names is not None else None
+        if listing is not None:
+            env.memo.listing = listing
+            return listing
     listed = tree.listdir("packs")
     problems: list[change.PackError] = []
     submodules = tree.submodules if isinstance(tree, ports.HasSubmodules) else set()
@@ -132,6 +138,33 @@ def _listing(env: Env, tree: ports.Tree) -> memo.Listing:
     listing = memo.Listing(packs_id=packs_id, folders=folders, found=tuple(found), errors=tuple(problems))
     env.memo.listing = listing
     return listing
+
+
+def _relisted(tree: ports.Tree, last: memo.Listing, packs_id: str, names: set[str]) -> memo.Listing | None:
+    """``last`` with the folders ``names`` (the entries of ``packs/`` that changed) looked into again,
+    without listing ``packs/``; None when one of them is anything but a folder or gone (a link, a
+    submodule, an odd name: the full listing reports it)."""
+    folders = dict(last.folders)
+    added = False
+    for name in sorted(names):
+        folder = f"packs/{name}"
+        try:
+            kind = tree.kind(folder)
+        except errors.GitopsdError:
+            return None
+        if kind is None or kind is ports.EntryKind.FILE:
+            folders.pop(name, None)  # gone, or a file: no pack
+            continue
+        if kind is not ports.EntryKind.DIR or not name.isprintable() or "/" in name:
+            return None
+        files = tuple((path, tree.tree_id(path)) for path in (f"{folder}/{f}" for f in PACKBUILD_FILES)
+                      if tree.kind(path) is not None)
+        added = added or name not in folders
+        folders[name] = (tree.tree_id(folder), files)
+    if added:
+        folders = dict(sorted(folders.items()))
+    found = tuple((name, path, blob) for name, (_, files) in folders.items() for path, blob in files)
+    return memo.Listing(packs_id=packs_id, folders=folders, found=found, errors=())
 
 
 def _load(env: Env, tree: ports.Tree, listing: memo.Listing) -> memo.Loaded:

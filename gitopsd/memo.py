@@ -86,6 +86,9 @@ class Memo:
     # listing and the pass-wide inputs they were compiled in
     compiled: dict[str, Compiled] = dataclasses.field(default_factory=dict)
     compiled_in: tuple[object, ...] | None = None
+    # ClusterPack name -> (what it is, the observed part of its base) of every pack no instance was about
+    # to move to in the last pass's artifact check (``gitopsd.artifacts``)
+    settled_artifacts: dict[str, tuple[tuple[object, ...], object]] = dataclasses.field(default_factory=dict)
 
     def renders_running(self) -> list[concurrent.futures.Future[ports.Rendered]]:
         """The renders a pass left running (done or not) that a later pass has not taken yet."""

@@ -267,6 +267,17 @@ class HasSubmodules(Protocol):
 
 
 @runtime_checkable
+class ComparesTrees(Protocol):
+    """A Tree that tells which entries of a folder differ from the same folder at another tree id,
+    without listing it (optional; Git compares two trees by their ids)."""
+
+    def changed_names(self, path: str, since: str) -> set[str] | None:
+        """Names of the entries of folder ``path`` added, removed or changed since the folder had tree id
+        ``since``; None when that tree is not known here."""
+        ...
+
+
+@runtime_checkable
 class StatusMoves(Protocol):
     """A Pollable source that can tell when its branch moved under the same desired revision (optional)."""
 

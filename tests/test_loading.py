@@ -8,11 +8,12 @@ from __future__ import annotations
 import collections
 import pathlib
 import random
+import subprocess
 
 import pytest
 
 from gitopsd import compiling, memo, ports, reconcile
-from gitopsd.adapters import fakes, render, schemafiles
+from gitopsd.adapters import fakes, gittree, render, schemafiles
 
 NAMESPACE_LINE = "namespace: seam-system\n"
 
@@ -109,16 +110,37 @@ class CountingTree:
         return self.inner.materialize(path)
 
 
+def git_tree(repo: pathlib.Path, files: dict[str, bytes], links: dict[str, str]) -> ports.Tree:
+    """``files`` (and symlinks ``links``) committed to a Git work tree, read at HEAD."""
+    for path in [p for p in repo.rglob("*") if p.is_file() or p.is_symlink()]:
+        if ".git" not in path.relative_to(repo).parts:
+            path.unlink()
+    for name, data in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    for name, target in links.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).symlink_to(target)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "step", "--allow-empty"], check=True)
+    tree = gittree.open_worktree(repo, repo.parent / "exports")
+    assert tree is not None
+    return tree
+
+
 def load_and_compile(files: dict[str, bytes], kept: memo.Memo, cache: fakes.MemoryCache,
-                     revision: str) -> tuple[reconcile.PassState, CountingTree]:
-    tree = CountingTree(files, revision)
+                     revision: str, tree: ports.Tree | None = None) -> tuple[reconcile.PassState, CountingTree]:
+    counting = CountingTree(files, revision)
+    if tree is None:
+        tree = counting
     env = reconcile.Env(source=fakes.StaticSource(tree), cluster=fakes.MemoryCluster(), registry=fakes.MemoryRegistry(),
                         cache=cache, clock=fakes.FixedClock(), renderers=render.renderers(), schemas=schemafiles.schemas(),
                         memo=kept, render_workers=1)
     state = reconcile.PassState()
     for step in (reconcile.fetch, reconcile.load_specs, compiling.compile_packs):
         step(env, state)
-    return state, tree
+    return state, counting
 
 
 def outcome(state: reconcile.PassState) -> tuple[object, ...]:
@@ -152,3 +174,24 @@ def test_load_and_compile_kept_between_passes_equal_a_new_processs(seed: int) ->
         assert outcome(daemon_pass) == outcome(new_process), f"seed {seed} step {step}"
         for _ in range(rng.randint(0, 2)):
             commit(files, rng, step)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_in_a_git_repo_load_and_compile_kept_between_passes_equal_a_new_processs(tmp_path: pathlib.Path, seed: int) -> None:
+    """The same, on Git trees: the changed pack folders come from a comparison of two tree ids; a
+    symlinked pack folder comes and goes too."""
+    rng = random.Random(seed)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    files, links, kept, cache = first_files(), {}, memo.Memo(), fakes.MemoryCache()
+    for step in range(10):
+        tree = git_tree(repo, files, links)
+        daemon_pass, _ = load_and_compile(files, kept, cache, "", tree)
+        new_process, _ = load_and_compile(files, memo.Memo(), cache, "", tree)
+        assert outcome(daemon_pass) == outcome(new_process), f"seed {seed} step {step}"
+        for _ in range(rng.randint(0, 2)):
+            if rng.random() < 0.15:
+                links.clear() if links else links.update({"packs/lnk": "p0"})
+            else:
+                commit(files, rng, step)
