@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -56,9 +57,14 @@ def steps(state: reconcile.PassState) -> dict[str, list[float]]:
 
 
 def commit_change(work: pathlib.Path, pack: str) -> None:
+    """A new version of ``pack`` with one manifest changed (the next patch version: the worker may run
+    again on the same repo and state dir)."""
     path = work / "packs" / pack / "packbuild.yaml"
     text = path.read_text()
-    path.write_text(text.replace("version: 1.0.0", "version: 1.0.1"))
+    found = re.search(r"^version: (\d+)\.(\d+)\.(\d+)$", text, re.MULTILINE)
+    assert found is not None, f"{path}: no version: X.Y.Z line"
+    major, minor, patch = found.groups()
+    path.write_text(text.replace(found.group(0), f"version: {major}.{minor}.{int(patch) + 1}"))
     manifests = sorted((work / "packs" / pack).rglob("*.yaml"))
     target = next(p for p in manifests if p.name != "packbuild.yaml" and "kustomization" not in p.name)
     target.write_text(target.read_text().replace("replicas: 1", "replicas: 6").replace("replicas: 2", "replicas: 7") + "\n")

@@ -65,7 +65,12 @@ def compile_packs(env: Env, state: PassState) -> None:
             _compile_overlapped(env, state, builds, max(1, env.render_workers))
         if reused:
             state.compiled = reused if not state.compiled else sorted([*reused, *state.compiled], key=lambda r: r.build.path)
-        _settle_scopes(env, state)
+        if reused and not builds and not state.unowned and len(reused) == len(env.memo.compiled):
+            # every pack is the last pass's, from the same cache entries: so are their CRDs, the scopes
+            # they settle on, and the packs compiled again with them
+            state.crd_scopes = env.memo.crd_scopes
+        else:
+            _settle_scopes(env, state)
         _remember(env, state, every, builds)
     finally:
         state.renders, state.renders_bytes = None, 0
@@ -132,7 +137,7 @@ def _remember(env: Env, state: PassState, builds: list[spec.PackBuild], compiled
     for build in compiled:
         known.pop(build.path, None)
     looked = {b.path for b in compiled}
-    for result in state.compiled:
+    for result in state.compiled if looked else ():
         build = result.build
         if build.path not in looked or not result.key:
             continue

@@ -99,32 +99,17 @@ def _verified_key(key_set: str, spec_json: str, signature: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _persisted_verdicts(env: Env, state: PassState,
-                        earlier: dict[tuple[str, str, str | None], plan.Verdict]) -> tuple[set[str], str | None]:
-    """The passed checks a cache across processes holds for the stored ClusterPacks this process
-    has not checked yet (all of them, in a new process), and the trusted key set they are for."""
-    assert state.observed is not None
-    if not isinstance(env.cache, ports.RemembersVerdicts) or not isinstance(env.verifier, ports.NamesKeys):
-        return set(), None
-    key_set = env.verifier.key_set()
-    keys = []
-    for result in state.compiled:
-        cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
-        if (found is not None and found.checksum == cp.checksum and found.signature
-                and (cp.name, found.spec_json, found.signature) not in earlier):
-            keys.append(_verified_key(key_set, found.spec_json, found.signature))
-    return (env.cache.verified(keys) if keys else set()), key_set
-
-
 def verify_signatures(env: Env, state: PassState) -> None:
     """A verdict per desired ClusterPack: the signature that delivery would rely on, checked. A
     stored ClusterPack whose check passed before (this process: ``env.memo.verdicts``; an earlier
     one: ``ports.RemembersVerdicts``, for the same spec, signature and trusted keys) is not checked again."""
     assert state.observed is not None
     earlier, env.memo.verdicts = env.memo.verdicts, {}  # keep the verdicts of this pass's packs only
-    persisted, key_set = _persisted_verdicts(env, state, earlier)
-    passed: list[str] = []
+    key_set = (env.verifier.key_set() if isinstance(env.cache, ports.RemembersVerdicts)
+               and isinstance(env.verifier, ports.NamesKeys) else None)
+    # stored ClusterPacks this process has not checked (all of them, in a new process): their passed
+    # checks are asked of the cache across processes in one lookup, after this loop
+    unchecked: list[tuple[str, instance.ObservedPack, tuple[str, str, str | None]]] = []
     for result in state.compiled:
         cp = result.compiled.cluster_pack
         found = state.observed.packs.get(cp.name)
@@ -136,15 +121,7 @@ def verify_signatures(env: Env, state: PassState) -> None:
                 state.verdicts[cp.name] = env.memo.verdicts[memo_key] = cached
                 continue
             if key_set is not None and found.signature and env.verifier is not None:
-                verified_key = _verified_key(key_set, found.spec_json, found.signature)
-                if verified_key in persisted:
-                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.OK
-                    continue
-                if env.verifier.verify(signing.payload_of_spec_json(found.spec_json), found.signature):
-                    passed.append(verified_key)
-                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.OK
-                else:
-                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.INVALID
+                unchecked.append((cp.name, found, memo_key))
                 continue
             data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
         else:
@@ -162,7 +139,30 @@ def verify_signatures(env: Env, state: PassState) -> None:
         state.verdicts[cp.name] = verdict
         if memo_key is not None:
             env.memo.verdicts[memo_key] = verdict
-    if passed and isinstance(env.cache, ports.RemembersVerdicts):
+    if unchecked:
+        _check_stored(env, state, unchecked)
+
+
+def _check_stored(env: Env, state: PassState,
+                  unchecked: list[tuple[str, instance.ObservedPack, tuple[str, str, str | None]]]) -> None:
+    """The verdicts of stored ClusterPacks this process has not checked: a check that passed before for
+    the same spec, signature and trusted keys (``ports.RemembersVerdicts``) holds; the others are
+    checked now, and those that pass are remembered."""
+    assert isinstance(env.cache, ports.RemembersVerdicts) and isinstance(env.verifier, ports.NamesKeys)
+    key_set = env.verifier.key_set()
+    keys = [_verified_key(key_set, found.spec_json, found.signature or "") for _, found, _ in unchecked]
+    persisted = env.cache.verified(keys)
+    passed: list[str] = []
+    for (name, found, memo_key), verified_key in zip(unchecked, keys, strict=True):
+        if verified_key in persisted:
+            verdict = plan.Verdict.OK
+        elif env.verifier.verify(signing.payload_of_spec_json(found.spec_json), found.signature or ""):
+            passed.append(verified_key)
+            verdict = plan.Verdict.OK
+        else:
+            verdict = plan.Verdict.INVALID
+        state.verdicts[name] = env.memo.verdicts[memo_key] = verdict
+    if passed:
         env.cache.remember_verified(passed)
 
 
