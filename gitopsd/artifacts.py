@@ -59,7 +59,7 @@ def _published(state: PassState) -> list[CompileResult]:
     out = []
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
+        found = state.stored(cp.name)
         if found is not None and found.checksum == cp.checksum:
             out.append(result)
     return out

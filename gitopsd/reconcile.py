@@ -58,7 +58,7 @@ def adopt_published(env: Env, state: PassState) -> None:
     assert state.observed is not None
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
+        found = state.stored(cp.name)
         if found is None or (found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest):
             continue
         if found.checksum != cp.checksum and result.compiled.reproducible:
@@ -83,7 +83,7 @@ def sign(env: Env, state: PassState) -> None:
         return
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        if cp.name in state.observed.packs or cp.signature is not None:
+        if cp.signature is not None or state.stored(cp.name) is not None:
             continue
         data = signing.payload(cp)
         signed = cp.with_signature(env.signer.sign(data))
@@ -112,7 +112,7 @@ def verify_signatures(env: Env, state: PassState) -> None:
     unchecked: list[tuple[str, instance.ObservedPack, tuple[str, str, str | None]]] = []
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
+        found = state.stored(cp.name)
         memo_key: tuple[str, str, str | None] | None
         if found is not None and found.checksum == cp.checksum:
             memo_key = (cp.name, found.spec_json, found.signature)
