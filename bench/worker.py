@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -37,7 +39,11 @@ def cpu_s() -> tuple[float, float]:
 
 
 def one_pass(env: reconcile.Env) -> tuple[float, reconcile.PassState]:
-    """One pass, then what ``gitopsd run`` does after every pass (``daemon.settle``), timed apart."""
+    """One pass as ``gitopsd run`` makes it between two resyncs (the first pass of a process is a full
+    one: it retries failed deliveries and checks every artifact), then what ``gitopsd run`` does after
+    every pass (``daemon.settle``), timed apart."""
+    env.resync = not SETTLE
+    env.full_plan = env.retry_failed = False
     t0 = time.perf_counter()
     state = reconcile.run(env)
     seconds = time.perf_counter() - t0
@@ -45,10 +51,21 @@ def one_pass(env: reconcile.Env) -> tuple[float, reconcile.PassState]:
     return seconds, state
 
 
+def steps(state: reconcile.PassState) -> dict[str, list[float]]:
+    """Per step of a pass: [wall seconds, CPU seconds of the pass's thread], the steps that took any."""
+    return {name: [round(state.timings[name], 4), round(state.cpu_timings.get(name, 0.0), 4)]
+            for name in state.timings if state.timings[name] >= 0.0005 or state.cpu_timings.get(name, 0.0) >= 0.0005}
+
+
 def commit_change(work: pathlib.Path, pack: str) -> None:
+    """A new version of ``pack`` with one manifest changed (the next patch version: the worker may run
+    again on the same repo and state dir)."""
     path = work / "packs" / pack / "packbuild.yaml"
     text = path.read_text()
-    path.write_text(text.replace("version: 1.0.0", "version: 1.0.1"))
+    found = re.search(r"^version: (\d+)\.(\d+)\.(\d+)$", text, re.MULTILINE)
+    assert found is not None, f"{path}: no version: X.Y.Z line"
+    major, minor, patch = found.groups()
+    path.write_text(text.replace(found.group(0), f"version: {major}.{minor}.{int(patch) + 1}"))
     manifests = sorted((work / "packs" / pack).rglob("*.yaml"))
     target = next(p for p in manifests if p.name != "packbuild.yaml" and "kustomization" not in p.name)
     target.write_text(target.read_text().replace("replicas: 1", "replicas: 6").replace("replicas: 2", "replicas: 7") + "\n")
@@ -85,8 +102,19 @@ def compile_by_category(env: reconcile.Env, state: reconcile.PassState) -> dict[
 
 
 def progress(phase: str, figures: dict[str, object]) -> None:
-    """One JSON line on stderr per finished phase, so a run stopped by a timeout still tells how far it got."""
-    print(json.dumps({"phase": phase, **figures, "rss_mib": rss_mib()}), file=sys.stderr, flush=True)
+    """One JSON line on stderr per finished phase, so a run stopped by a timeout still tells how far it
+    got; with the load average then (the machine may be shared: wall times say how busy it was)."""
+    print(json.dumps({"phase": phase, **figures, "rss_mib": rss_mib(), "loadavg": os.getloadavg()}),
+          file=sys.stderr, flush=True)
+
+
+def measured(env: reconcile.Env) -> tuple[float, reconcile.PassState, dict[str, object]]:
+    """One pass, and its figures: wall and CPU seconds (of the thread that ran it), writes, steps, the
+    settle after it."""
+    seconds, state = one_pass(env)
+    figures: dict[str, object] = {"seconds": seconds, "cpu_s": state.cpu_timings["total"], "writes": state.writes,
+                                  "replanned": state.replanned, "settle_s": SETTLE[-1], "steps": steps(state)}
+    return seconds, state, figures
 
 
 def main() -> int:
@@ -111,23 +139,24 @@ def main() -> int:
                    "cpu_s": cpu1[0] - cpu0[0], "children_cpu_s": cpu1[1] - cpu0[1]}
     progress("cold", {"seconds": cold_s, "packs": len(cold.compiled), "writes": cold.writes,
                       "cpu_s": cpu1[0] - cpu0[0], "children_cpu_s": cpu1[1] - cpu0[1], "steps": cold.timings})
-    noop_s, noop = one_pass(env)
-    out["noop"] = {"seconds": noop_s, "writes": noop.writes, "steps": noop.timings}
-    progress("noop", {"seconds": noop_s, "writes": noop.writes})
-    noop2_s, noop2 = one_pass(env)
-    out["noop_again"] = {"seconds": noop2_s, "writes": noop2.writes}
+    # the passes that follow are the daemon's between two resyncs; each prints its steps as [wall, CPU] seconds
+    _, _, out["noop"] = measured(env)
+    progress("noop", out["noop"])
+    _, _, out["noop_again"] = measured(env)
+    progress("noop_again", out["noop_again"])
     builds = sorted(cold.builds, key=lambda b: b.path)
     changed = builds[len(builds) // 2].base_pack_name
     commit_change(args.work, changed)
-    inc_s, inc = one_pass(env)
-    out["incremental"] = {"seconds": inc_s, "recompiled": sum(1 for r in inc.compiled if not r.cached),
-                          "writes": inc.writes, "pack": changed, "steps": inc.timings}
-    progress("incremental", {"seconds": inc_s, "writes": inc.writes})
+    _, inc, out["incremental"] = measured(env)
+    out["incremental"] |= {"recompiled": sum(1 for r in inc.compiled if not r.cached), "pack": changed}
+    progress("incremental", out["incremental"])
+    _, _, out["noop_after_change"] = measured(env)
+    progress("noop_after_change", out["noop_after_change"])
     if not args.no_floors:
         out["floors"] = floors(args.work, builds)
         out["compile_by_category"] = compile_by_category(env, inc)
     out["rss_mib"] = rss_mib()
-    out["settle_s"] = SETTLE  # after each pass: cold, no-op, no-op again, one pack changed
+    out["settle_s"] = SETTLE  # after each pass: cold, no-op, no-op again, one pack changed, no-op after it
     local.close()
     json.dump(out, sys.stdout)
     return 0

@@ -8,6 +8,15 @@ its recorded digests. What it finds is an input of the plan (``PassState.artifac
 ``PassState.pack_errors``): the plan step alone decides what that blocks. ``publish`` (after
 ``plan``) pushes the artifacts of the ClusterPacks the plan creates.
 
+What is checked when: a resync of the daemon, its first pass and every one-shot command check every
+published artifact in use (each blob stat'ed, and hashed again when its size, mtime or inode moved;
+a new process hashes them all). The daemon's other passes ask the registry to check again only what
+it saw change since the last pass (``RepairsArtifacts.recheck``: the OCI layout watches its
+folders), so an artifact whose blobs were written, truncated, replaced, deleted or chmod'ed, or
+whose tag changed in index.json, is checked and repaired by the next pass; a change the watch cannot
+see (a write through a hard link or a memory mapping, bit rot) waits for the resync. The artifact of
+a ClusterPack an instance is about to move to is read byte for byte on every pass (``_verify``).
+
 Neighbours: ``gitopsd.reconcile`` runs both as steps; ``gitopsd.packcompile`` recompiles a pack
 whose artifact is not in the compile cache; the registry adapters implement the optional
 ``ports.VerifiesArtifacts``/``ports.RepairsArtifacts``/``ports.Flushing``.
@@ -37,10 +46,11 @@ def verify_artifacts(env: Env, state: PassState) -> None:
     assert state.observed is not None
     if env.dry_run:
         return
+    published = _published(state)
     if isinstance(env.registry, ports.RepairsArtifacts):
-        _repair(env, state, env.registry)
+        _repair(env, state, env.registry, published)
     if isinstance(env.registry, ports.VerifiesArtifacts):
-        _verify(env, state, env.registry)
+        _verify(env, state, env.registry, published)
 
 
 def _published(state: PassState) -> list[CompileResult]:
@@ -49,15 +59,18 @@ def _published(state: PassState) -> list[CompileResult]:
     out = []
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
+        found = state.stored(cp.name)
         if found is not None and found.checksum == cp.checksum:
             out.append(result)
     return out
 
 
-def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts) -> None:
+def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, published: list[CompileResult]) -> None:
+    # A resync (and a one-shot command, and the first pass of a process) checks every artifact in use;
+    # the daemon's other passes check those the registry saw change, and the new ones.
+    registry.recheck(full=env.resync)
     repaired = 0
-    for result in _published(state):
+    for result in published:
         cp = result.compiled.cluster_pack
         if registry.sound(cp.base_pack_name, cp.manifest_digest):
             continue
@@ -100,11 +113,29 @@ def _moving(state: PassState, result: CompileResult) -> bool:
     return False
 
 
-def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts) -> None:
-    """Existing ClusterPacks only: a new one is uploaded byte for byte and digest-checked by ``publish``."""
-    for result in sorted(_published(state), key=lambda r: r.compiled.cluster_pack.name):
-        if not _moving(state, result):
-            continue
+def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts, published: list[CompileResult]) -> None:
+    """Existing ClusterPacks only: a new one is uploaded byte for byte and digest-checked by ``publish``.
+
+    Whether instances move to a ClusterPack is worked out again only when the pack or what its base
+    holds changed since the last pass (the store gives a base's part as the same object while
+    nothing of it was written); a resync works it out for every pack."""
+    assert state.observed is not None
+    earlier = {} if env.resync else env.memo.settled_artifacts
+    settled: dict[str, tuple[tuple[object, ...], object]] = {}
+    moving = []
+    for result in published:
+        cp, build = result.compiled.cluster_pack, result.build
+        part = state.observed.part(build.base_pack_name)
+        mark = (cp.manifest_digest, cp.checksum, build.priority, build.path, result.clusters)
+        known = earlier.get(cp.name)
+        if known is not None and known[1] is part and known[0] == mark:
+            settled[cp.name] = known
+        elif _moving(state, result):
+            moving.append(result)
+        else:
+            settled[cp.name] = (mark, part)
+    env.memo.settled_artifacts = settled
+    for result in sorted(moving, key=lambda r: r.compiled.cluster_pack.name):
         cp = result.compiled.cluster_pack
         layers = {field: digest for field, digest in (
             ("rbacDigest", cp.rbac_digest), ("clusterScopedDigest", cp.cluster_scoped_digest),

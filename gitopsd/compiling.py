@@ -45,13 +45,16 @@ def compile_packs(env: Env, state: PassState) -> None:
     A custom kind's scope may come from a CRD in another pack: the packs are compiled with the
     scopes the last pass settled on (gitopsd.yaml's ``crds`` first), then ``_settle_scopes`` reads
     every pack's CRDs and compiles again only the packs that used a scope that turned out otherwise."""
-    builds = sorted(state.builds, key=lambda b: b.path)
+    every = sorted(state.builds, key=lambda b: b.path)
+    reused, builds = _unchanged(env, state, every)
     packcompile.seed_inputs(env, builds)
     state.crd_scopes = compile_core.known_scopes(state.config.crds, [("", env.memo.crd_scopes)])[0]
     state.renders = {}
     earlier = dict(env.memo.running)
     try:
-        if env.render_workers <= 1 and env.render_wait is None:
+        if not builds:
+            pass
+        elif env.render_workers <= 1 and env.render_wait is None:
             for index, build in enumerate(builds):
                 try:
                     outcome: CompileResult | errors.GitopsdError | _Left = packcompile.compile_one(env, state, build)
@@ -60,7 +63,15 @@ def compile_packs(env: Env, state: PassState) -> None:
                 _record(env, state, index, len(builds), build, outcome)
         else:
             _compile_overlapped(env, state, builds, max(1, env.render_workers))
-        _settle_scopes(env, state)
+        if reused:
+            state.compiled = reused if not state.compiled else sorted([*reused, *state.compiled], key=lambda r: r.build.path)
+        if reused and not builds and not state.unowned and len(reused) == len(env.memo.compiled):
+            # every pack is the last pass's, from the same cache entries: so are their CRDs, the scopes
+            # they settle on, and the packs compiled again with them
+            state.crd_scopes = env.memo.crd_scopes
+        else:
+            _settle_scopes(env, state)
+        _remember(env, state, every, builds)
     finally:
         state.renders, state.renders_bytes = None, 0
         for key, running in earlier.items():  # not taken: its pack is gone or its inputs changed
@@ -68,6 +79,77 @@ def compile_packs(env: Env, state: PassState) -> None:
                 del env.memo.running[key]
     if isinstance(env.cache, ports.Flushing):
         env.cache.flush()
+
+
+def _pass_inputs(env: Env, state: PassState) -> tuple[object, ...]:
+    """What every pack's compile key is made of besides the pack's own files (``packcompile.key``)."""
+    return (packcompile.COMPILER, state.config, tuple(state.clusters.values()), env.registry_url)
+
+
+def _unchanged(env: Env, state: PassState,
+               builds: list[spec.PackBuild]) -> tuple[list[CompileResult], list[spec.PackBuild]]:
+    """The packs whose compile is the last pass's, from the cache, without working their keys out again:
+    the same PackBuild, the same tree ids of the pack's folder (the same tree id of ``packs/``, or of
+    the folder itself) and of the renderer's input folders outside it, the same pass-wide inputs, no
+    render of it running. And the packs to compile (or look up in the cache) as usual. A pass that
+    shows progress per pack, or retries failed renders (a resync), looks every pack up as usual."""
+    tree = state.tree
+    assert tree is not None
+    last = env.memo.compiled_in
+    if last is None or env.progress is not None or env.retry_failed or last[1] != _pass_inputs(env, state):
+        return [], builds
+    packs_id = tree.tree_id("packs")
+    moved = last[0] != packs_id
+    listing = env.memo.listing  # the load step's, with the tree id of every pack folder
+    folder_ids = listing.folders if listing is not None and listing.packs_id == packs_id else {}
+
+    def folder_id(folder: str) -> str:
+        known = folder_ids.get(folder.removeprefix("packs/")) if folder.startswith("packs/") else None
+        return known[0] if known is not None else tree.tree_id(folder)
+
+    known_packs, running = env.memo.compiled, env.memo.running
+    reused: list[CompileResult] = []
+    todo: list[spec.PackBuild] = []
+    for build in builds:
+        known = known_packs.get(build.path)
+        hit = None
+        if (known is not None and (known.build is build or known.build == build) and known.key not in running
+                and not (moved and folder_id(build.folder) != known.folder_id)
+                and (not known.elsewhere
+                     or all(tree.tree_id(folder) == tree_id for folder, tree_id in known.elsewhere))):
+            hit = env.cache.get(known.key)
+        if hit is None:
+            todo.append(build)
+        else:
+            assert known is not None
+            reused.append(CompileResult(build, hit, known.clusters, cached=True, key=known.key))
+    return reused, todo
+
+
+def _remember(env: Env, state: PassState, builds: list[spec.PackBuild], compiled: list[spec.PackBuild]) -> None:
+    """Keep how each pack of ``compiled`` (those looked up or compiled as usual) was compiled, for ``_unchanged``."""
+    tree = state.tree
+    assert tree is not None
+    known = env.memo.compiled
+    if len(known) > len(builds):
+        paths = {b.path for b in builds}
+        known = env.memo.compiled = {path: c for path, c in known.items() if path in paths}
+    for build in compiled:
+        known.pop(build.path, None)
+    looked = {b.path for b in compiled}
+    for result in state.compiled if looked else ():
+        build = result.build
+        if build.path not in looked or not result.key:
+            continue
+        inputs = env.memo.inputs.get(packcompile.inputs_key(build))
+        if inputs is None:
+            continue
+        inside = f"{build.folder}/"
+        elsewhere = tuple((folder, tree_id) for folder, tree_id in zip(*inputs, strict=True)
+                          if folder != build.folder and not folder.startswith(inside))
+        known[build.path] = memo.Compiled(build=build, key=result.key, clusters=result.clusters,
+                                          folder_id=tree.tree_id(build.folder), elsewhere=elsewhere)
+    env.memo.compiled_in = (tree.tree_id("packs"), _pass_inputs(env, state))
 
 
 def fits(compiled: pack.CompiledPack, known: dict[str, str]) -> bool:

@@ -14,7 +14,7 @@ import dataclasses
 
 from gitopsd import errors, ports
 from gitopsd.core import plan, replan, summarize
-from gitopsd.model import spec
+from gitopsd.model import change, spec
 
 
 @dataclasses.dataclass
@@ -25,6 +25,39 @@ class Running:
     path: str  # the PackBuild's path
     future: concurrent.futures.Future[ports.Rendered]
     started: float  # time.monotonic() when its child process started
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listing:
+    """What the load step found in ``packs/`` at one tree id of it (``gitopsd.loading``)."""
+
+    packs_id: str
+    folders: dict[str, tuple[str, tuple[tuple[str, str], ...]]]  # folder name -> (its tree id, ((PackBuild path, blob id), ...))
+    found: tuple[tuple[str, str, str], ...]  # (folder name, PackBuild path, blob id), in listing order
+    errors: tuple[change.PackError, ...]  # of the listing itself: submodules, symlinked or misnamed folders
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Loaded:
+    """The PackBuilds of one ``Listing``, parsed: kept while the listing is the same."""
+
+    listing: Listing
+    builds: tuple[spec.PackBuild, ...]
+    errors: tuple[change.PackError, ...]  # PackBuilds that did not parse
+    protected_paths: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Compiled:
+    """How one pack was compiled by the last pass that compiled it or took it from the cache: while its
+    PackBuild, the tree ids it was read from and what the pass gives every pack stay the same, the
+    compile step takes the cache entry under ``key`` without working the key out again."""
+
+    build: spec.PackBuild
+    key: str  # the cache key (``packcompile.key``)
+    clusters: tuple[str, ...]
+    folder_id: str  # tree id of the pack's folder
+    elsewhere: tuple[tuple[str, str], ...]  # (folder, tree id) of the renderer's input folders outside the pack's folder
 
 
 @dataclasses.dataclass
@@ -45,6 +78,17 @@ class Memo:
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
     crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess
     running: dict[str, Running] = dataclasses.field(default_factory=dict)  # cache key -> a render still running
+    # the load step's: (tree ids of gitopsd.yaml and clusters/, the config, the clusters) and what packs/ held
+    settings: tuple[tuple[str, str], spec.RepoConfig, dict[str, spec.Cluster]] | None = None
+    listing: Listing | None = None
+    loaded: Loaded | None = None
+    # the compile step's: what every pack it compiled was compiled with (PackBuild path -> Compiled), the
+    # listing and the pass-wide inputs they were compiled in
+    compiled: dict[str, Compiled] = dataclasses.field(default_factory=dict)
+    compiled_in: tuple[object, ...] | None = None
+    # ClusterPack name -> (what it is, the observed part of its base) of every pack no instance was about
+    # to move to in the last pass's artifact check (``gitopsd.artifacts``)
+    settled_artifacts: dict[str, tuple[tuple[object, ...], object]] = dataclasses.field(default_factory=dict)
 
     def renders_running(self) -> list[concurrent.futures.Future[ports.Rendered]]:
         """The renders a pass left running (done or not) that a later pass has not taken yet."""

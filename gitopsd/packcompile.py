@@ -46,7 +46,8 @@ class Started:
     running_since: float = 0.0  # time.monotonic() when that render's child started
 
 
-def _inputs_key(build: spec.PackBuild) -> str:
+def inputs_key(build: spec.PackBuild) -> str:
+    """What the renderer input folders of ``build`` are kept under (``memo.inputs``)."""
     return f"{build.path}|{build.source}"
 
 
@@ -56,7 +57,7 @@ def _persisted_inputs_key(memo_key: str) -> str:
 
 def _inputs(env: Env, tree: ports.Tree, build: spec.PackBuild) -> list[str]:
     """The renderer's input folders, reused while every folder it walked keeps its tree id."""
-    key = _inputs_key(build)
+    key = inputs_key(build)
     known = env.memo.inputs.get(key)
     if known is not None and tuple(tree.tree_id(f) for f in known[0]) == known[1]:
         return known[0]
@@ -74,7 +75,7 @@ def seed_inputs(env: Env, builds: list[spec.PackBuild]) -> None:
     process's own (``_inputs``): while every folder keeps the tree id it was read from."""
     if not isinstance(env.cache, ports.RemembersInputs):
         return
-    wanted = {_persisted_inputs_key(key): key for key in map(_inputs_key, builds) if key not in env.memo.inputs}
+    wanted = {_persisted_inputs_key(key): key for key in map(inputs_key, builds) if key not in env.memo.inputs}
     if not wanted:
         return
     for persisted, text in env.cache.input_folders(list(wanted)).items():
@@ -153,7 +154,7 @@ def start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: c
     if use_cache:
         hit = env.cache.get(key)
         if hit is not None:
-            return CompileResult(build, hit, clusters, cached=True)
+            return CompileResult(build, hit, clusters, cached=True, key=key)
         failed = remembered(env, key)
         if failed is not None:
             raise failed
@@ -186,7 +187,7 @@ def end(env: Env, state: PassState, started: Started, rendered: ports.Rendered) 
         if state.renders_bytes + size <= KEPT_RENDERS_BYTES:
             state.renders[started.build.path] = rendered  # a CRD of a later pack may change a scope it used
             state.renders_bytes += size
-    return CompileResult(started.build, compiled, started.clusters, cached=False)
+    return CompileResult(started.build, compiled, started.clusters, cached=False, key=started.key)
 
 
 def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:

@@ -73,6 +73,7 @@ class CompileResult:
     compiled: pack.CompiledPack
     clusters: tuple[str, ...]
     cached: bool
+    key: str = ""  # its compile cache key (``packcompile.key``)
 
 
 @dataclasses.dataclass
@@ -105,14 +106,33 @@ class PassState:
     plan_reused: bool = False  # the plan is the last pass's: no base planned again, and that plan wrote nothing
     replanned: int = 0  # basePackNames the plan step worked out (the rest kept their part of the last plan)
     now: str = ""
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of wall time per step
+    # CPU seconds per step of the thread that ran the pass (renderer children and render threads not counted)
+    cpu_timings: dict[str, float] = dataclasses.field(default_factory=dict)
     summary: summarize.Summary | None = None
     deliveries: list[tuple[delivery_core.Job, delivery.Delivery]] = dataclasses.field(default_factory=list)
     records_only: list[str] = dataclasses.field(default_factory=list)  # clusters with no way to reach them
 
+    # ClusterPack name -> what ``observed`` holds under it, for the ``observed`` it was looked up in
+    _stored: tuple[object, dict[str, instance.ObservedPack | None]] = dataclasses.field(
+        default_factory=lambda: (None, {}), repr=False, compare=False)
+
     @property
     def revision(self) -> str:
         return self.tree.snapshot.revision if self.tree else ""
+
+    def stored(self, name: str) -> instance.ObservedPack | None:
+        """``observed.packs.get(name)``, looked up once per pass (the steps after ``observe`` each ask
+        it for every pack)."""
+        assert self.observed is not None
+        of, found = self._stored
+        if of is not self.observed:
+            found = {}
+            self._stored = (self.observed, found)
+        if name in found:
+            return found[name]
+        pack_ = found[name] = self.observed.packs.get(name)
+        return pack_
 
 
 Step = Callable[[Env, PassState], None]

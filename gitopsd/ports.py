@@ -227,6 +227,12 @@ class VerifiesArtifacts(Protocol):
 class RepairsArtifacts(Protocol):
     """A Registry that can tell cheaply whether a published artifact is intact and write it again (optional)."""
 
+    def recheck(self, *, full: bool) -> None:
+        """Begin a pass's ``sound`` checks: an artifact found sound earlier in this process may count as
+        sound without being read again while the registry saw no change to it; ``full`` forgets that
+        (the daemon's resync checks everything)."""
+        ...
+
     def sound(self, repository: str, manifest_digest: str) -> bool: ...
 
     def repair(self, repository: str, art: pack.Artifact) -> None: ...
@@ -258,6 +264,17 @@ class HasSubmodules(Protocol):
     """A Tree read from Git: the submodule paths it met (and left out of listings) (optional)."""
 
     submodules: set[str]
+
+
+@runtime_checkable
+class ComparesTrees(Protocol):
+    """A Tree that tells which entries of a folder differ from the same folder at another tree id,
+    without listing it (optional; Git compares two trees by their ids)."""
+
+    def changed_names(self, path: str, since: str) -> set[str] | None:
+        """Names of the entries of folder ``path`` added, removed or changed since the folder had tree id
+        ``since``; None when that tree is not known here."""
+        ...
 
 
 @runtime_checkable

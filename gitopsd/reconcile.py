@@ -1,6 +1,6 @@
 """One reconcile pass, as an ordered list of small steps with one signature.
 
-fetch → load specs → compile (cached by content ids; ``gitopsd.compiling``) → observe → adopt
+fetch → load specs (``gitopsd.loading``) → compile (cached by content ids; ``gitopsd.compiling``) → observe → adopt
 published versions → sign → verify signatures → verify artifacts (``gitopsd.artifacts``) → plan →
 publish → unpack (delete what uninstalled instances left on their clusters) → apply → settle (plan
 the written bases again, for the next pass) → deliver (into reachable target clusters) → write
@@ -22,8 +22,8 @@ import time
 
 import structlog
 
-from gitopsd import artifacts, compiling, errors, packcompile, passstate, ports
-from gitopsd.core import codec, parse, plan, replan, signing, status, summarize, yamlload
+from gitopsd import artifacts, compiling, errors, loading, packcompile, passstate, ports
+from gitopsd.core import codec, plan, replan, signing, status, summarize
 from gitopsd.core import delivery as delivery_core
 from gitopsd.model import change, delivery, instance, pack, spec
 
@@ -34,165 +34,12 @@ PassState = passstate.PassState
 CompileResult = passstate.CompileResult
 Step = passstate.Step
 compile_one = packcompile.compile_one  # compile one pack again, now (``gitopsd.preview``, bench/)
+load_specs = loading.load_specs
 
 
 def fetch(env: Env, state: PassState) -> None:
     state.tree = env.source.fetch()
     state.now = env.clock.now()
-
-
-def load_specs(env: Env, state: PassState) -> None:
-    tree = state.tree
-    assert tree is not None
-    for top in ("gitopsd.yaml", "clusters", "packs"):
-        if tree.kind(top) is ports.EntryKind.LINK:
-            raise errors.SpecError(f"{top} is a symlink; gitopsd reads only real files and folders of the config repo: "
-                                   f"replace the link with the {'file' if '.' in top else 'folder'} itself",
-                                   path=top, reason="PathEscape")
-    has_config = tree.kind("gitopsd.yaml") is ports.EntryKind.FILE
-    listed_clusters = tree.listdir("clusters") if tree.kind("clusters") is ports.EntryKind.DIR else []
-    cluster_files = [f"clusters/{name}" for name, kind in listed_clusters
-                     if kind is ports.EntryKind.FILE and name.endswith((".yaml", ".yml"))]
-    persisted = _persisted_specs(env, tree, ["gitopsd.yaml", *cluster_files] if has_config else cluster_files, {})
-    if has_config:
-        raw, checked = _document(env, tree, "gitopsd.yaml", persisted)
-        state.config = parse.parse_config(raw, env.schemas, checked=checked)
-        _remember(env, tree, "gitopsd.yaml", raw, checked)
-    for name, kind in listed_clusters:
-        path = f"clusters/{name}"
-        if kind is ports.EntryKind.LINK and name.endswith((".yaml", ".yml")):
-            raise errors.SpecError(f"{path} is a symlink; a cluster file must be a regular file in clusters/: "
-                                   "replace the link with the file itself", path=path, reason="PathEscape")
-        if path not in cluster_files:
-            continue
-        raw, checked = _document(env, tree, path, persisted)
-        cluster = parse.parse_cluster(raw, env.schemas, file=path, checked=checked)
-        _remember(env, tree, path, raw, checked)
-        if state.config.clusters is not None and cluster.name not in state.config.clusters:
-            continue  # not in gitopsd.yaml's allow-list
-        if cluster.name in state.clusters:
-            raise errors.SpecError(
-                f"cluster {cluster.name!r} is also defined in {state.clusters[cluster.name].path}; keep one",
-                path=path,
-            )
-        state.clusters[cluster.name] = cluster
-    if tree.kind("packs") is not ports.EntryKind.DIR:
-        return
-    # Only this pass's PackBuilds stay memoized: a daemon does not keep every version it ever parsed.
-    earlier, env.memo.specs = env.memo.specs, {}
-    listed = tree.listdir("packs")
-    submodules = tree.submodules if isinstance(tree, ports.HasSubmodules) else set()
-    for sub in sorted(p for p in submodules if p.startswith("packs/") and p.count("/") == 1):
-        name = sub.removeprefix("packs/")
-        state.pack_errors.append(change.PackError(
-            path=sub, pack=name, reason="Submodule",
-            message=f"{sub} is a Git submodule; gitopsd reads only files of the config repo: commit the pack's files "
-                    "into the repo instead"))
-    found: list[tuple[str, str]] = []  # (pack folder, PackBuild file)
-    for name, kind in listed:
-        if kind is ports.EntryKind.LINK and name.isprintable():
-            path = f"packs/{name}"
-            state.pack_errors.append(change.PackError(
-                path=path, pack=name, reason="PathEscape",
-                message=f"{path} is a symlink to {tree.readlink(path)!r}; a pack folder must be a real folder in "
-                        "packs/: replace the link with the folder itself"))
-            continue
-        if kind is not ports.EntryKind.DIR:
-            continue
-        if not name.isprintable() or "/" in name:
-            shown = ascii(name)
-            state.pack_errors.append(change.PackError(
-                path=f"packs/{shown}", pack=shown, reason="InvalidSpec",
-                message=f"packs/{shown}: the folder name holds control characters; rename the folder "
-                        "(letters, digits, '-', '_' and '.')"))
-            continue
-        for file_name in ("packbuild.yaml", "packbuild.yml"):
-            path = f"packs/{name}/{file_name}"
-            if tree.kind(path) is not None:
-                found.append((name, path))
-    persisted = _persisted_specs(env, tree, [path for _, path in found], earlier)
-    for name, path in found:
-        try:
-            build = _packbuild(env, tree, path, earlier, persisted)
-        except errors.GitopsdError as err:
-            state.protected_paths.add(path)
-            state.pack_errors.append(change.PackError(path=path, pack=name, reason=err.reason, message=str(err)))
-            continue
-        if env.pack_filter is not None and not env.pack_filter(build.base_pack_name):
-            state.unowned.append(build)
-            continue
-        state.builds.append(build)
-
-
-def _spec_key(env: Env, path: str, blob: str) -> str:
-    """What a parsed PackBuild depends on: its path (paths resolve against its folder), its bytes,
-    the schemas and the compiler version."""
-    return hashlib.sha256(f"{packcompile.COMPILER}|{env.schemas.registry_hash}|{path}|{blob}".encode()).hexdigest()
-
-
-def _persisted_specs(env: Env, tree: ports.Tree, paths: list[str],
-                     earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError]) -> dict[str, str]:
-    """The validated documents a cache across processes holds for the PackBuilds (or gitopsd.yaml and
-    cluster files) this process has not parsed yet (all of them, in a new process), by ``_spec_key``."""
-    if not isinstance(env.cache, ports.RemembersSpecs):
-        return {}
-    keys = [_spec_key(env, path, tree.tree_id(path)) for path in paths if (path, tree.tree_id(path)) not in earlier]
-    return env.cache.spec_documents(keys) if keys else {}
-
-
-def _document(env: Env, tree: ports.Tree, path: str, persisted: dict[str, str]) -> tuple[object, bool]:
-    """The document of gitopsd.yaml or a cluster file, and whether it passed its schema before: from
-    the cache of validated documents when it holds this very file, else read from the tree."""
-    text = persisted.get(_spec_key(env, path, tree.tree_id(path)))
-    if text is not None:
-        try:
-            return json.loads(text), True
-        except ValueError:
-            pass  # a damaged cache entry: read the file itself
-    return yamlload.load_one(tree.read(path), path), False
-
-
-def _remember(env: Env, tree: ports.Tree, path: str, raw: object, checked: bool) -> None:
-    """Keep a document that just passed its schema for later processes (see ``_document``)."""
-    if not checked and isinstance(env.cache, ports.RemembersSpecs):
-        env.cache.remember_spec_document(_spec_key(env, path, tree.tree_id(path)), json.dumps(raw, separators=(",", ":")))
-
-
-def _packbuild(env: Env, tree: ports.Tree, path: str,
-               earlier: dict[tuple[str, str], spec.PackBuild | errors.GitopsdError],
-               persisted: dict[str, str]) -> spec.PackBuild:
-    blob = tree.tree_id(path)
-    key = (path, blob)
-    known = earlier.get(key)
-    if known is None:
-        known = _parsed(env, tree, path, blob, persisted)
-    env.memo.specs[key] = known
-    if isinstance(known, errors.GitopsdError):
-        raise known
-    return known
-
-
-def _parsed(env: Env, tree: ports.Tree, path: str, blob: str,
-            persisted: dict[str, str]) -> spec.PackBuild | errors.GitopsdError:
-    """Parse a PackBuild, or take its validated document from the cache across processes. Only
-    documents that parsed are kept there: a broken one is read again, with its full error."""
-    spec_key = _spec_key(env, path, blob)
-    text = persisted.get(spec_key)
-    if text is not None:
-        try:
-            return parse.parse_packbuild(json.loads(text), env.schemas, file=path, checked=True)
-        except (ValueError, KeyError, TypeError, errors.GitopsdError):
-            pass  # a damaged cache entry: parse the file itself
-    try:
-        if tree.kind(path) is not ports.EntryKind.FILE:
-            raise errors.SpecError("a PackBuild must be a regular file, not a symlink", path=path, reason="PathEscape")
-        raw = yamlload.load_one(tree.read(path), path)
-        build = parse.parse_packbuild(raw, env.schemas, file=path)
-    except errors.GitopsdError as err:
-        return err
-    if isinstance(env.cache, ports.RemembersSpecs):
-        env.cache.remember_spec_document(spec_key, json.dumps(raw, separators=(",", ":")))
-    return build
 
 
 def observe(env: Env, state: PassState) -> None:
@@ -211,7 +58,7 @@ def adopt_published(env: Env, state: PassState) -> None:
     assert state.observed is not None
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
+        found = state.stored(cp.name)
         if found is None or (found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest):
             continue
         if found.checksum != cp.checksum and result.compiled.reproducible:
@@ -236,7 +83,7 @@ def sign(env: Env, state: PassState) -> None:
         return
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        if cp.name in state.observed.packs or cp.signature is not None:
+        if cp.signature is not None or state.stored(cp.name) is not None:
             continue
         data = signing.payload(cp)
         signed = cp.with_signature(env.signer.sign(data))
@@ -252,35 +99,20 @@ def _verified_key(key_set: str, spec_json: str, signature: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _persisted_verdicts(env: Env, state: PassState,
-                        earlier: dict[tuple[str, str, str | None], plan.Verdict]) -> tuple[set[str], str | None]:
-    """The passed checks a cache across processes holds for the stored ClusterPacks this process
-    has not checked yet (all of them, in a new process), and the trusted key set they are for."""
-    assert state.observed is not None
-    if not isinstance(env.cache, ports.RemembersVerdicts) or not isinstance(env.verifier, ports.NamesKeys):
-        return set(), None
-    key_set = env.verifier.key_set()
-    keys = []
-    for result in state.compiled:
-        cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
-        if (found is not None and found.checksum == cp.checksum and found.signature
-                and (cp.name, found.spec_json, found.signature) not in earlier):
-            keys.append(_verified_key(key_set, found.spec_json, found.signature))
-    return (env.cache.verified(keys) if keys else set()), key_set
-
-
 def verify_signatures(env: Env, state: PassState) -> None:
     """A verdict per desired ClusterPack: the signature that delivery would rely on, checked. A
     stored ClusterPack whose check passed before (this process: ``env.memo.verdicts``; an earlier
     one: ``ports.RemembersVerdicts``, for the same spec, signature and trusted keys) is not checked again."""
     assert state.observed is not None
     earlier, env.memo.verdicts = env.memo.verdicts, {}  # keep the verdicts of this pass's packs only
-    persisted, key_set = _persisted_verdicts(env, state, earlier)
-    passed: list[str] = []
+    key_set = (env.verifier.key_set() if isinstance(env.cache, ports.RemembersVerdicts)
+               and isinstance(env.verifier, ports.NamesKeys) else None)
+    # stored ClusterPacks this process has not checked (all of them, in a new process): their passed
+    # checks are asked of the cache across processes in one lookup, after this loop
+    unchecked: list[tuple[str, instance.ObservedPack, tuple[str, str, str | None]]] = []
     for result in state.compiled:
         cp = result.compiled.cluster_pack
-        found = state.observed.packs.get(cp.name)
+        found = state.stored(cp.name)
         memo_key: tuple[str, str, str | None] | None
         if found is not None and found.checksum == cp.checksum:
             memo_key = (cp.name, found.spec_json, found.signature)
@@ -289,15 +121,7 @@ def verify_signatures(env: Env, state: PassState) -> None:
                 state.verdicts[cp.name] = env.memo.verdicts[memo_key] = cached
                 continue
             if key_set is not None and found.signature and env.verifier is not None:
-                verified_key = _verified_key(key_set, found.spec_json, found.signature)
-                if verified_key in persisted:
-                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.OK
-                    continue
-                if env.verifier.verify(signing.payload_of_spec_json(found.spec_json), found.signature):
-                    passed.append(verified_key)
-                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.OK
-                else:
-                    state.verdicts[cp.name] = env.memo.verdicts[memo_key] = plan.Verdict.INVALID
+                unchecked.append((cp.name, found, memo_key))
                 continue
             data, signature = signing.payload_of_spec_json(found.spec_json), found.signature
         else:
@@ -315,7 +139,30 @@ def verify_signatures(env: Env, state: PassState) -> None:
         state.verdicts[cp.name] = verdict
         if memo_key is not None:
             env.memo.verdicts[memo_key] = verdict
-    if passed and isinstance(env.cache, ports.RemembersVerdicts):
+    if unchecked:
+        _check_stored(env, state, unchecked)
+
+
+def _check_stored(env: Env, state: PassState,
+                  unchecked: list[tuple[str, instance.ObservedPack, tuple[str, str, str | None]]]) -> None:
+    """The verdicts of stored ClusterPacks this process has not checked: a check that passed before for
+    the same spec, signature and trusted keys (``ports.RemembersVerdicts``) holds; the others are
+    checked now, and those that pass are remembered."""
+    assert isinstance(env.cache, ports.RemembersVerdicts) and isinstance(env.verifier, ports.NamesKeys)
+    key_set = env.verifier.key_set()
+    keys = [_verified_key(key_set, found.spec_json, found.signature or "") for _, found, _ in unchecked]
+    persisted = env.cache.verified(keys)
+    passed: list[str] = []
+    for (name, found, memo_key), verified_key in zip(unchecked, keys, strict=True):
+        if verified_key in persisted:
+            verdict = plan.Verdict.OK
+        elif env.verifier.verify(signing.payload_of_spec_json(found.spec_json), found.signature or ""):
+            passed.append(verified_key)
+            verdict = plan.Verdict.OK
+        else:
+            verdict = plan.Verdict.INVALID
+        state.verdicts[name] = env.memo.verdicts[memo_key] = verdict
+    if passed:
         env.cache.remember_verified(passed)
 
 
@@ -545,12 +392,14 @@ def run(env: Env) -> PassState:
     """Run one pass. A stalled error in a single pack is recorded, not raised; anything that stops
     the whole pass (source unreachable, store failure, a broken gitopsd.yaml) is raised."""
     state = PassState()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     for name, step in STEPS:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         step(env, state)
         state.timings[name] = time.perf_counter() - t0
+        state.cpu_timings[name] = time.thread_time() - cpu0
     state.timings["total"] = time.perf_counter() - started
+    state.cpu_timings["total"] = time.thread_time() - cpu_started
     return state
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from typing import cast
@@ -21,6 +22,7 @@ from gitopsd.adapters import fstree, links
 _DIR, _LINK, _SUBMODULE = 0o040000, 0o120000, 0o160000
 MAX_BLOB_BYTES = fstree.MAX_READ_BYTES  # the same cap as for a file of a plain folder
 MAX_EXPORT_BYTES = 4 * MAX_BLOB_BYTES  # a folder exported for kustomize or helm, symlinks counted as copies
+_TREE_ENTRY = re.compile(rb"([0-7]+) ([^\0]+)\0(.{20})", re.DOTALL)  # one entry of a raw tree object: mode, name, id
 
 
 class GitTree:
@@ -87,6 +89,7 @@ class GitTree:
             if entry.filemode == _SUBMODULE:
                 self.submodules.add(sub)  # not listed: a reader that needs it asks kind() and gets the error
                 continue
+            self._entries.setdefault(sub, entry)  # its kind and id without looking it up again
             kind = self.kind(sub)
             if kind is not None:
                 out.append((entry.name, kind))
@@ -127,6 +130,29 @@ class GitTree:
         if entry is None:
             return "sha1:0"
         return f"sha1:{entry.id}"
+
+    def changed_names(self, path: str, since: str) -> set[str] | None:
+        """Names of the entries of folder ``path`` added, removed or changed since the folder had tree id
+        ``since``: the two tree objects' raw entries (mode, name, id) compared as sets, without an
+        object per entry. None when ``since`` is no tree of this repository."""
+        entry = self._entry(path)
+        algorithm, _, hexid = since.partition(":")
+        if not isinstance(entry, pygit2.Tree) or algorithm != "sha1":
+            return None
+        try:
+            earlier = self.repo.get(hexid)
+            old_raw, new_raw = self.repo.odb.read(hexid)[1], self.repo.odb.read(entry.id)[1]
+        except (KeyError, ValueError):
+            return None
+        if not isinstance(earlier, pygit2.Tree):
+            return None
+        old, new = _TREE_ENTRY.findall(old_raw), _TREE_ENTRY.findall(new_raw)
+        if len(old) != len(earlier) or len(new) != len(entry):
+            return None  # not read entry by entry: let the caller list the folder
+        try:
+            return {name.decode() for _, name, _ in set(old) ^ set(new)}
+        except UnicodeDecodeError:
+            return None
 
     def materialize(self, path: str) -> pathlib.Path:
         """The folder ``path`` written under the export dir, once per tree id. A symlink in it is

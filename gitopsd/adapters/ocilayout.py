@@ -9,10 +9,21 @@ A push writes its blobs to temporary files and makes them durable in batches (``
 ``syncfs`` of the layout's file system for the whole batch instead of an fsync per blob, then the
 renames, then one fsync of the blobs folder; only then may index.json name them. Every read settles
 the pending blobs first, so a push is visible at once, as before.
+
+What a pass checks (``sound``, called by the artifact step for every artifact in use): in a new
+process, and on every ``recheck(full=True)`` (the daemon's resync), each blob of the artifact is
+stat'ed and hashed again when its size, mtime or inode moved (a new process hashes every one).
+Between those, a watch of the layout's folders (``dirwatch``: inotify) tells which blobs were
+written, truncated, replaced, deleted or chmod'ed and whether index.json changed since the last
+pass; an artifact found sound that none of these touched is sound without any I/O, the others are
+checked in full, and an index.json changed by someone else is read again. Without a watch (no
+inotify, its queue overflowed) every pass checks everything, as a resync does.
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
 import ctypes
 import json
 import os
@@ -26,6 +37,7 @@ from typing import Any
 import structlog
 
 from gitopsd import errors
+from gitopsd.adapters import dirwatch
 from gitopsd.core import artifact as artifact_core
 from gitopsd.model import pack
 
@@ -48,11 +60,17 @@ class OciLayout:
         self.index_problem: str | None = None  # why index.json was unreadable, when it was
         self._verified: dict[str, tuple[int, int, int]] = {}  # digest -> (size, mtime, inode) when it matched
         self._index: dict[str, Any] | None = None  # index.json as read: raw JSON
-        self._positions: dict[str, int] = {}  # ref name -> position of its first descriptor in the index
+        self._positions: dict[str, dict[str, Any]] = {}  # ref name -> its first descriptor in the index (the same object)
         self._refs_of: dict[str, set[str]] = {}  # manifest digest -> ref names tagging it
         self._pending: dict[pathlib.Path, str] = {}  # blob path -> temporary file holding its bytes, not yet durable
         self._dirty = False
+        self._unsorted = True  # index.json as read may not be in tag order
         self.pushed = 0
+        # (repository, manifest digest) -> the blob names of an artifact found sound, while the watch
+        # saw no change to any of them (``recheck``); empty without a watch
+        self._sound: dict[tuple[str, str], frozenset[str]] = {}
+        self._watch: dirwatch.DirWatch | None = None
+        self._own: collections.Counter[str] = collections.Counter()  # names this process renamed into place, not yet seen
 
     def _blob_path(self, digest: str) -> pathlib.Path:
         algorithm, _, hexdigest = digest.partition(":")
@@ -66,9 +84,7 @@ class OciLayout:
         path = self._blob_path(digest)
         if path not in self._pending and not path.exists():  # a pushed blob counts before it is settled
             return False
-        self._load_index()
-        prefix = f"{repository}:"
-        return any(ref.startswith(prefix) for ref in self._refs_of.get(digest, ()))
+        return self._tagged(repository, digest)
 
     def read_blob(self, digest: str) -> bytes:
         self._settle()
@@ -127,16 +143,64 @@ class OciLayout:
 
     def sound(self, repository: str, manifest_digest: str) -> bool:
         """The artifact is tagged for ``repository`` and every blob of it is present with the bytes of
-        its digest. A blob is hashed once per process while its size, mtime and inode stay the same."""
+        its digest. A blob is hashed once per process while its size, mtime and inode stay the same;
+        an artifact found sound is not read again while the watch sees no change to it (``recheck``)."""
+        key = (repository, manifest_digest)
+        if key in self._sound:  # dropped when one of its blobs or its tag changes
+            return True
         if not self.has(repository, manifest_digest):
             return False
         try:
             manifest = json.loads(self._checked(manifest_digest))
+            names = {self._blob_path(manifest_digest).name}
             for descriptor in [manifest.get("config", {}), *manifest.get("layers", [])]:
-                self._checked(str(descriptor.get("digest", "")))
+                digest = str(descriptor.get("digest", ""))
+                self._checked(digest)
+                names.add(self._blob_path(digest).name)
         except (OSError, ValueError, AttributeError):
             return False
+        if self._watch is not None:
+            self._sound[key] = frozenset(names)
         return True
+
+    def recheck(self, *, full: bool) -> None:
+        """Begin a pass's checks: forget that an artifact was found sound when the watch saw one of its
+        blobs change since the last call (every artifact when ``full``, or when the watch cannot
+        tell), and read index.json again when someone else changed it. The first call arms the watch."""
+        events = self._watch.changes() if self._watch is not None else None
+        if events is not None and any(folder == 0 and name == "blobs" for folder, _, name in events):
+            events = None  # the blobs folder itself was replaced, moved or deleted: the watch is on the old one
+        if full or events is None:
+            self._sound.clear()
+            self._own.clear()
+            if self._watch is not None:
+                self._watch.close()
+            self._watch = None if self.read_only else dirwatch.open_watch([self.root, self.blobs])
+            if self._index is not None and not self._dirty:
+                self._index = None  # read again: it may have changed while nothing watched it
+            return
+        changed: set[str] = set()
+        for folder, mask, name in events:
+            if folder == 0 and name != "index.json":
+                continue
+            if name.startswith(".tmp-"):
+                continue  # a write in flight; its rename into place is an event of its own
+            if mask & dirwatch.IN_MOVED_TO and self._own[name] > 0:
+                self._own[name] -= 1  # this process's own write
+                continue
+            changed.add(name)
+        self._own = +self._own
+        if "index.json" in changed and self._index is not None and not self._dirty:
+            self._index = None  # someone else wrote it: read it again (unreadable: its tags are made again)
+            self._sound.clear()  # every tag is checked again
+        changed.discard("index.json")
+        if changed:
+            self._sound = {key: names for key, names in self._sound.items() if names.isdisjoint(changed)}
+
+    def _tagged(self, repository: str, digest: str) -> bool:
+        self._load_index()
+        prefix = f"{repository}:"
+        return any(ref.startswith(prefix) for ref in self._refs_of.get(digest, ()))
 
     def _checked(self, digest: str) -> bytes:
         self._settle()
@@ -158,6 +222,7 @@ class OciLayout:
                 self.read_blob(digest)
             except (OSError, ValueError):
                 _atomic_write(path, data)
+                self._wrote(path.name)
         self._tag(f"{repository}:{art.tag}", art)
 
     def push(self, repository: str, art: pack.Artifact) -> bool:
@@ -196,6 +261,7 @@ class OciLayout:
             _sync_contents(self.blobs, list(pending.values()))
             for path, tmp in pending.items():
                 os.replace(tmp, path)
+                self._wrote(path.name)
             _fsync_folder(self.blobs)
         except BaseException:
             for tmp in pending.values():
@@ -220,23 +286,26 @@ class OciLayout:
                 loaded = empty
                 self._dirty = True
             self._index = loaded
+            self._unsorted = True  # as read: maybe not in tag order
             self._reindex()
         return self._index
 
     def _reindex(self) -> None:
         assert self._index is not None
         self._positions, self._refs_of = {}, {}
-        for i, existing in enumerate(self._index["manifests"]):
+        for existing in self._index["manifests"]:
             ref = existing.get("annotations", {}).get(REF_NAME)
             if ref is None:
                 continue
-            self._positions.setdefault(ref, i)
+            self._positions.setdefault(ref, existing)
             self._refs_of.setdefault(existing.get("digest"), set()).add(ref)
 
     def _untag(self, digest: object, ref: str) -> None:
         refs = self._refs_of.get(str(digest))
         if refs is not None:
             refs.discard(ref)
+        if self._sound:  # an artifact found sound is so while it is tagged: check again what used this digest
+            self._sound = {key: names for key, names in self._sound.items() if key[1] != digest}
 
     def _tag(self, ref: str, art: pack.Artifact) -> None:
         index = self._load_index()
@@ -248,35 +317,58 @@ class OciLayout:
             "size": len(art.manifest),
             "annotations": {REF_NAME: ref},
         }
-        i = self._positions.get(ref)
-        if i is not None:
-            existing = manifests[i]
+        existing = self._positions.get(ref)
+        if existing is not None:
             if existing != descriptor:
-                manifests[i] = descriptor
-                if not any(m.get("digest") == existing.get("digest") and m.get("annotations", {}).get(REF_NAME) == ref
+                before = existing.get("digest")
+                existing.clear()
+                existing.update(descriptor)  # in its place in the index
+                if not any(m.get("digest") == before and m.get("annotations", {}).get(REF_NAME) == ref
                            for m in manifests):
-                    self._untag(existing.get("digest"), ref)
+                    self._untag(before, ref)
                 self._refs_of.setdefault(art.manifest_digest, set()).add(ref)
                 self._dirty = True
             return
-        self._positions[ref] = len(manifests)
+        self._positions[ref] = descriptor
         self._refs_of.setdefault(art.manifest_digest, set()).add(ref)
-        manifests.append(descriptor)
+        if self._unsorted:
+            manifests.append(descriptor)  # sorted by the next flush
+        else:
+            bisect.insort(manifests, descriptor, key=_ref_name)
         self._dirty = True
 
     def resolve(self, ref: str) -> str | None:
-        manifests = self._load_index()["manifests"]
-        i = self._positions.get(ref)
-        return None if i is None else str(manifests[i]["digest"])
+        self._load_index()
+        found = self._positions.get(ref)
+        return None if found is None else str(found["digest"])
 
     def flush(self) -> None:
         self._settle()
         if self._dirty and self._index is not None and not self.read_only:
-            manifests = sorted(self._index["manifests"], key=lambda d: d["annotations"][REF_NAME])
-            self._index["manifests"] = manifests
-            self._reindex()
-            _atomic_write(self.root / "index.json", json.dumps(self._index, indent=1, sort_keys=True).encode())
+            if self._unsorted:  # as read; later tags are inserted in their place
+                self._index["manifests"] = sorted(self._index["manifests"], key=_ref_name)
+                self._unsorted = False
+            # compact: one C-encoded line (an indented index of 10,000 tags took 0.3 s to write)
+            _atomic_write(self.root / "index.json",
+                          json.dumps(self._index, sort_keys=True, separators=(",", ":")).encode())
+            self._wrote("index.json")
             self._dirty = False
+
+    def close(self) -> None:
+        """Stop watching the layout's folders (the next ``recheck`` would watch them again)."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._sound.clear()
+
+    def _wrote(self, name: str) -> None:
+        """This process renamed ``name`` into place: the watch's event for it is no change to check."""
+        if self._watch is not None:
+            self._own[name] += 1
+
+
+def _ref_name(descriptor: dict[str, Any]) -> str:
+    return str(descriptor.get("annotations", {}).get(REF_NAME, ""))
 
 
 STALE_SECONDS = 3600

@@ -303,6 +303,23 @@ class Named(Mapping[str, T]):
             cut = name.rfind("-", 0, cut)
         raise KeyError(name)
 
+    def get(self, name: str, default: T | None = None) -> T | None:  # type: ignore[override]
+        """``self[name]``, or ``default``: the same search without an exception when nothing is found
+        (a pass asks once per pack)."""
+        parts, field = self._parts, self._field
+        cut = name.rfind("-")
+        while cut > 0:
+            part = parts.get(name[:cut])
+            if part is not None:
+                found = getattr(part, field).get(name)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+            cut = name.rfind("-", 0, cut)
+        return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
     def __iter__(self) -> Iterator[str]:
         field = self._field
         for part in self._parts.values():

@@ -92,6 +92,7 @@ class Local:
     def close(self) -> None:
         self.cache.close()
         self.store.close()
+        self.layout.close()
         if self.scratch is not None:
             self.scratch.cleanup()
 
