@@ -183,9 +183,10 @@ class Elector:
         if self._thread is not None:
             self._thread.join(timeout=self.request_timeout + self.retry_period + 1)
             self._thread = None
+        written = self._written
         was_leading = self._set_leading(False)
         if release and was_leading:
-            self._release()
+            self._release(written)
 
     def __enter__(self) -> Elector:
         return self.start()
@@ -333,16 +334,27 @@ class Elector:
                 callback()
         return previous
 
-    def _release(self) -> None:
-        """Empty the holder so a successor need not wait out the lease (best effort)."""
+    def _release(self, written: dict[str, Any] | None = None) -> None:
+        """Empty the holder so a successor need not wait out the lease (best effort). From the Lease
+        this elector wrote last, without a read; when someone wrote it since (409), read and decide."""
         with contextlib.suppress(Exception):
-            current = self._read()
-            if current is None or (current.get("spec") or {}).get("holderIdentity") != self.identity:
+            current = written
+            for _ in range(2):
+                if current is None:
+                    current = self._read()
+                if current is None or (current.get("spec") or {}).get("holderIdentity") != self.identity:
+                    return
+                spec = dict(current["spec"])
+                spec.update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time(self.wall())})
+                try:
+                    self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, {**current, "spec": spec})
+                except ApiException as err:
+                    if err.status != 409 or written is None:
+                        raise
+                    current, written = None, None  # changed since this elector wrote it: read it once
+                    continue
+                log.info("leadership released", lease=self.name, identity=self.identity)
                 return
-            spec = dict(current["spec"])
-            spec.update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time(self.wall())})
-            self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, {**current, "spec": spec})
-            log.info("leadership released", lease=self.name, identity=self.identity)
 
     def _read(self) -> dict[str, Any] | None:
         try:
