@@ -160,6 +160,14 @@ class StatusWriter(Protocol):
 
 
 @runtime_checkable
+class GroupsEvents(Protocol):
+    """A Cluster that sends the Events of ``record_delivery`` when a batch of records ends, one per
+    pack and result instead of one per PackInstance (optional): ``flush_events`` ends the batch."""
+
+    def flush_events(self, now: str) -> None: ...
+
+
+@runtime_checkable
 class Flushing(Protocol):
     """A compile cache or registry that batches its writes: ``flush`` ends a step's batch (optional)."""
 

@@ -259,10 +259,19 @@ def _inventories(records: dict[str, delivery.Delivery]) -> dict[str, dict[str, s
 
 
 def _keep_deliveries(env: Env, state: PassState, results: list[tuple[delivery_core.Job, delivery.Delivery]]) -> None:
-    for job, result in results:
-        if not delivery_core.same_record(job.previous, result):
-            env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+    try:
+        for job, result in results:
+            if not delivery_core.same_record(job.previous, result):
+                env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+    finally:
+        _flush_events(env, state)
     state.deliveries.extend(results)
+
+
+def _flush_events(env: Env, state: PassState) -> None:
+    """The Events of the delivery records just kept, one per pack and result (where the cluster groups them)."""
+    if isinstance(env.cluster, ports.GroupsEvents):
+        env.cluster.flush_events(state.now)
 
 
 def deliver_removals(env: Env, state: PassState) -> None:
@@ -292,9 +301,12 @@ def deliver_removals(env: Env, state: PassState) -> None:
     results = env.deliverer.run(state.clusters, jobs, state.config.namespace)
     state.deliveries.extend(results)
     pending = {job.instance: result.message for job, result in results if result.result is not delivery.Result.PRUNED}
-    for job, result in results:
-        if result.result is not delivery.Result.PRUNED:
-            env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+    try:
+        for job, result in results:
+            if result.result is not delivery.Result.PRUNED:
+                env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+    finally:
+        _flush_events(env, state)
     if pending:
         state.plan = plan.hold_uninstalls(state.plan, pending)
 

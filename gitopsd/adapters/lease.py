@@ -3,7 +3,9 @@
 Several ``gitopsd run`` replicas may run against one management cluster; only the holder of the
 Lease writes. The algorithm is client-go's ``leaderelection`` (no home-made cluster layer):
 
-- every ``retry_period`` an :class:`Elector` reads the Lease. A follower takes it over only when
+- every ``retry_period`` an :class:`Elector` reads the Lease; a leader renews it every
+  ``renew_deadline / 2`` instead (every ``retry_period`` after a failed renew), so a pass of
+  minutes does not send an update every two seconds. A follower takes it over only when
   the record has not changed for ``lease_duration`` *as measured on its own monotonic clock since
   it last saw the record change* (so clock skew between nodes does not matter), or when the holder
   released it (empty ``holderIdentity``);
@@ -181,9 +183,10 @@ class Elector:
         if self._thread is not None:
             self._thread.join(timeout=self.request_timeout + self.retry_period + 1)
             self._thread = None
+        written = self._written
         was_leading = self._set_leading(False)
         if release and was_leading:
-            self._release()
+            self._release(written)
 
     def __enter__(self) -> Elector:
         return self.start()
@@ -208,7 +211,20 @@ class Elector:
                 log.warning("leadership lost", lease=self.name, identity=self.identity,
                             note=f"no renew for {self.renew_deadline}s")
                 self._set_leading(False)
-            self._stop.wait(max(0.0, self.retry_period - (self.clock() - started)))
+            self._stop.wait(self.next_round_in(started, acquired=acquired))
+
+    def next_round_in(self, started: float, *, acquired: bool) -> float:
+        """Seconds until the round after one that began at ``started``: a leader that has just renewed
+        waits until half its renew deadline has passed (should that renew fail, the rounds every
+        ``retry_period`` after it still fit before the deadline); anyone else tries again every
+        ``retry_period``. A leader sends one update every ``renew_deadline / 2`` seconds, not one
+        every ``retry_period``."""
+        period = self.renew_interval if acquired and self._leading else self.retry_period
+        return max(0.0, period - (self.clock() - started))
+
+    @property
+    def renew_interval(self) -> float:
+        return max(self.retry_period, self.renew_deadline / 2)
 
     def try_acquire_or_renew(self) -> bool:
         """One round: read the Lease, then create, renew or take it over when allowed. A leader first
@@ -318,16 +334,27 @@ class Elector:
                 callback()
         return previous
 
-    def _release(self) -> None:
-        """Empty the holder so a successor need not wait out the lease (best effort)."""
+    def _release(self, written: dict[str, Any] | None = None) -> None:
+        """Empty the holder so a successor need not wait out the lease (best effort). From the Lease
+        this elector wrote last, without a read; when someone wrote it since (409), read and decide."""
         with contextlib.suppress(Exception):
-            current = self._read()
-            if current is None or (current.get("spec") or {}).get("holderIdentity") != self.identity:
+            current = written
+            for _ in range(2):
+                if current is None:
+                    current = self._read()
+                if current is None or (current.get("spec") or {}).get("holderIdentity") != self.identity:
+                    return
+                spec = dict(current["spec"])
+                spec.update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time(self.wall())})
+                try:
+                    self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, {**current, "spec": spec})
+                except ApiException as err:
+                    if err.status != 409 or written is None:
+                        raise
+                    current, written = None, None  # changed since this elector wrote it: read it once
+                    continue
+                log.info("leadership released", lease=self.name, identity=self.identity)
                 return
-            spec = dict(current["spec"])
-            spec.update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time(self.wall())})
-            self._call(self.leases.replace_namespaced_lease, self.name, self.namespace, {**current, "spec": spec})
-            log.info("leadership released", lease=self.name, identity=self.identity)
 
     def _read(self) -> dict[str, Any] | None:
         try:

@@ -103,9 +103,9 @@ def secret_reader(api: client.ApiClient) -> SecretReader:
     """Read one key of a Secret in the management cluster (get on secrets in gitopsd's namespace)."""
     from kubernetes import client  # noqa: PLC0415 - imported on first use (see TYPE_CHECKING above)
 
-    core = client.CoreV1Api(api)
-
     def read(namespace: str, name: str, key: str) -> bytes | None:
+        # the core API's client is built on the first read: a pass that reads no Secret does not load it
+        core = client.CoreV1Api(api)
         try:
             secret = core.read_namespaced_secret(name, namespace, _request_timeout=target_mod.REQUEST_TIMEOUT)
         except client.ApiException as err:

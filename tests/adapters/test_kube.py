@@ -570,6 +570,50 @@ def test_a_leader_renews_with_one_request_and_reads_again_when_someone_else_wrot
     leader.stop(release=False)
 
 
+def test_a_leader_renews_every_half_renew_deadline_and_retries_every_retry_period_after_a_failure(
+        api: client.ApiClient, kube_env: KubeEnv) -> None:
+    clock = Clock()
+    leader = lease.Elector(api, namespace=kube_env.namespace, identity="replica-a", clock=clock, **FAST)
+    follower = lease.Elector(api, namespace=kube_env.namespace, identity="replica-b", clock=clock, **FAST)
+    try:
+        started = clock()
+        assert leader.try_acquire_or_renew() and not follower.try_acquire_or_renew()
+        assert leader.next_round_in(started, acquired=True) == FAST["renew_deadline"] / 2
+        assert follower.next_round_in(started, acquired=False) == FAST["retry_period"]
+        assert leader.next_round_in(started, acquired=False) == FAST["retry_period"]  # a failed renew: try again soon
+        clock.advance(0.5)  # the round's own requests took time: the wait is what is left of the interval
+        assert leader.next_round_in(started, acquired=True) == pytest.approx(FAST["renew_deadline"] / 2 - 0.5)
+        # renewing at that pace keeps the lease: the follower never sees it unchanged for lease_duration
+        for _ in range(4):
+            clock.advance(FAST["renew_deadline"] / 2)
+            assert leader.try_acquire_or_renew() and leader.is_leader()
+            assert not follower.try_acquire_or_renew()
+    finally:
+        leader.stop(release=False)
+        follower.stop(release=False)
+
+
+def test_a_clean_stop_releases_the_lease_with_one_update_and_leaves_one_someone_else_took(
+        api: client.ApiClient, kube_env: KubeEnv) -> None:
+    clock = Clock()
+    leader = lease.Elector(api, namespace=kube_env.namespace, identity="replica-a", clock=clock, **FAST)
+    assert leader.try_acquire_or_renew()
+    kube_env.reset_requests()
+    leader.stop()
+    assert [(r.verb, r.code) for r in kube_env.requests(resource="leases")] == [("update", 200)]  # no read first
+    assert kube_env.get_object("leases", lease.LEASE_NAME, kube_env.namespace)["spec"]["holderIdentity"] == ""
+    # the next holder's Lease is taken over behind its back: its stop reads it and leaves it alone
+    successor = lease.Elector(api, namespace=kube_env.namespace, identity="replica-b", clock=clock, **FAST)
+    assert successor.try_acquire_or_renew()
+    taken = kube_env.get_object("leases", lease.LEASE_NAME, kube_env.namespace)
+    taken["spec"] = {**taken["spec"], "holderIdentity": "replica-c"}
+    kube_env.put_object("leases", lease.LEASE_NAME, kube_env.namespace, taken)
+    kube_env.reset_requests()
+    successor.stop()
+    assert [(r.verb, r.code) for r in kube_env.requests(resource="leases")] == [("update", 409), ("get", 200)]
+    assert kube_env.get_object("leases", lease.LEASE_NAME, kube_env.namespace)["spec"]["holderIdentity"] == "replica-c"
+
+
 def test_only_one_of_many_contenders_wins(api: client.ApiClient, kube_env: KubeEnv) -> None:
     clock = Clock()
     electors = [lease.Elector(api, namespace=kube_env.namespace, identity=f"r{i}", clock=clock, **FAST) for i in range(5)]

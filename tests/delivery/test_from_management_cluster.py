@@ -56,3 +56,8 @@ def test_run_once_delivers_with_kubeconfig_secrets_and_never_shows_them(
     assert server not in json.dumps(instances)  # not even the target's address is recorded
     reads = kube_env.requests(verb="get", resource="secrets")
     assert sorted(r.name for r in reads) == ["target-a", "target-b"]
+    # the deliveries of one pack to both clusters make one Event, about its ClusterPack (not one per PackInstance)
+    events = client.CoreV1Api(kube_env.direct).list_namespaced_event(kube_env.namespace).items
+    delivered = [(e.involved_object.kind, e.involved_object.name, e.message) for e in events if e.reason == "Delivered"]
+    assert [d[:2] for d in delivered] == [("InfrastructureClusterPack", "cfg-v1.0.0")]
+    assert delivered[0][2].startswith("2 PackInstances Delivered (cfg-a, cfg-b)")

@@ -79,6 +79,7 @@ class KubeCluster:
             informers, self._informers = list(self._informers.values()), {}
         for informer in informers:
             informer.stop()
+        self.requests.close()
 
     def __enter__(self) -> KubeCluster:
         return self
@@ -156,7 +157,17 @@ class KubeCluster:
         return out
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
+        """Keep ``record`` on the PackInstance; its Event waits for ``flush_events`` (``ports.GroupsEvents``)."""
         self.writer.record_delivery(namespace, name, record, now)
+
+    def flush_events(self, now: str) -> None:
+        """Send the Events of the delivery records kept since the last flush: one per ClusterPack and result."""
+        if not self.events.pending:
+            return  # (asking may_write would take the Lease of a one-shot command that wrote nothing)
+        if self.requests.may_write():
+            self.events.flush(now)
+        else:
+            self.events.discard()  # not the leader any more: its Events are not ours to send
 
     # -- apply ------------------------------------------------------------------------------
 

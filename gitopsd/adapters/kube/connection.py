@@ -30,6 +30,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from gitopsd import __version__, errors
+from gitopsd.adapters.kube import transport
 from gitopsd.model import instance, pack
 
 GROUP = pack.GROUP
@@ -168,10 +169,11 @@ def events_path(namespace: str, name: str = "") -> str:
 class Requests:
     """Every API call of the adapter: raw JSON in and out, counted, writes gated by leadership.
 
-    The writes and reads of ``writes`` and ``events`` go through ``call``, a thin layer over the
-    API client's own connection pool (its TLS, proxy and credentials): the body is serialised once
-    with ``json.dumps`` and the answer parsed once, without the generated client's per-call argument
-    validation and model sanitising (most of gitopsd's CPU per write, measured in bench/README.md).
+    The writes and reads of ``writes`` and ``events`` go through ``call``: the body is serialised
+    once with ``json.dumps`` and the answer parsed once, without the generated client's per-call
+    argument validation and model sanitising, and sent on a keep-alive connection of this thread
+    (``transport``, with the API client's TLS settings and credentials; the API client's own pool
+    where a proxy or socket options are configured).
     Errors are the generated client's ``ApiException`` (status, reason, body), so ``translate``
     reads both alike. ``send`` and ``open`` call a generated client method (the watch cache's list
     and watch); ``custom`` and ``core`` are built on first use only.
@@ -186,6 +188,7 @@ class Requests:
         self._host = api.configuration.host.rstrip("/")
         self._prefix = urllib3.util.parse_url(self._host).path or ""  # an API server behind a path
         self._headers = {"Accept": "application/json", "User-Agent": str(api.user_agent)}
+        self._queries: dict[tuple[tuple[str, str], ...], str] = {}
 
     @functools.cached_property
     def _pool(self) -> Any:
@@ -195,6 +198,15 @@ class Requests:
         if isinstance(manager, urllib3.ProxyManager):
             return _Absolute(manager, self._host.removesuffix(self._prefix))
         return manager.connection_from_url(self._host)
+
+    @functools.cached_property
+    def _transport(self) -> transport.Transport | None:
+        """The write path's own keep-alive connections; None where the API client's settings need its pool."""
+        return transport.Transport.for_configuration(self.api.configuration, timeout=self.timeout)
+
+    @functools.cached_property
+    def _head(self) -> bytes:
+        return "".join(f"{k}: {v}\r\n" for k, v in self._headers.items()).encode("latin-1")
 
     @functools.cached_property
     def _timeout(self) -> urllib3.Timeout:
@@ -215,15 +227,41 @@ class Requests:
         if verb not in ("get", "list", "watch") and not self.may_write():
             raise errors.NotLeader("this replica is not the leader any more: write skipped")
         self.count(verb, resource)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        target = self._prefix + path + (self._query(query) if query else "")
+        transport = self._transport
+        if transport is None:
+            return self._call_pooled(method, target, data, content_type)
+        head = [self._head]
+        for auth in self.api.configuration.auth_settings().values():
+            if auth["in"] == "header" and auth["value"]:
+                head.append(f"{auth['key']}: {auth['value']}\r\n".encode("latin-1"))
+        if data is not None:
+            head.append(b"Content-Type: " + content_type.encode("ascii") + b"\r\n")
+        response = transport.request(method, target, b"".join(head), data)
+        if not 200 <= response.status < 300:
+            err = ApiException(status=response.status, reason=response.reason)
+            err.body = response.body.decode("utf-8", "replace")
+            err.headers = response.headers
+            raise err
+        return json.loads(response.body) if response.body else {}
+
+    def _query(self, query: Mapping[str, str]) -> str:
+        """``?k=v&...``; the few distinct queries of the write path are encoded once."""
+        key = tuple(query.items())
+        text = self._queries.get(key)
+        if text is None:
+            text = self._queries[key] = "?" + urlencode(query)
+        return text
+
+    def _call_pooled(self, method: str, target: str, data: bytes | None, content_type: str) -> JSON:
+        """``call`` through the API client's pool (a proxy, or socket options, in its configuration)."""
         headers = dict(self._headers)
         for auth in self.api.configuration.auth_settings().values():
             if auth["in"] == "header" and auth["value"]:
                 headers[auth["key"]] = auth["value"]
-        data = None
-        if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
+        if data is not None:
             headers["Content-Type"] = content_type
-        target = self._prefix + path + ("?" + urlencode(query) if query else "")
         response = self._pool.urlopen(method, target, body=data, headers=headers, timeout=self._timeout,
                                       preload_content=True, assert_same_host=False)
         if not 200 <= response.status < 300:
@@ -232,6 +270,11 @@ class Requests:
             err.headers = response.headers
             raise err
         return json.loads(response.data) if response.data else {}
+
+    def close(self) -> None:
+        """Close the write path's connections (the API client's pool is closed with the client)."""
+        if self.__dict__.get("_transport") is not None:
+            self.__dict__["_transport"].close()
 
     def count(self, verb: str, resource: str) -> None:
         with self._lock:

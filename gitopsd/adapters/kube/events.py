@@ -6,7 +6,10 @@ A pass that installs a pack on ten clusters records one Event, not ten: ``add`` 
 sends one Event per group at the end of the pass, whose message says how many objects and which
 ("10 PackInstances Upgrade to web-v1.2.0 (web-dev, web-prod, ...): upgrade 1.1.0 -> 1.2.0").
 A ClusterPack created in the same pass as the instances that point to it is named in their Event
-instead of getting one of its own. ``record`` sends a single-object Event at once (delivery results).
+instead of getting one of its own. A pass sends at most ``EVENTS_PER_PASS`` such Events (Warnings
+first); the groups beyond are summed up in one Event per reason about the namespace ("900 more
+ClusterPacks Installed this pass (...): 9000 PackInstances; ..."), so a cold start of 1,000 packs
+sends 101 Events, not 1,000. ``record`` sends a single-object Event at once.
 
 A repeated reason continues a series, like Kubernetes' own recorder: the Event of a (subject, type,
 reason) has a name derived from them, so the next pass (in this process or a new one) raises its
@@ -44,6 +47,11 @@ log = structlog.get_logger()
 MAX_EVENT_MESSAGE = 1024
 EVENTS_KEPT = 1000  # series remembered to count repeats without a read
 NAMES_SHOWN = 600  # characters of member names a message lists before "..."
+# Events about single objects one pass sends at most; the others of a pass (a cold start, a change
+# to every pack) are summed up in one Event per reason about the namespace, as Kubernetes' own
+# recorders and its EventRateLimit admission cap a burst instead of sending one Event an object
+EVENTS_PER_PASS = 100
+NAMESPACES = Kind("Namespace", "namespaces")
 
 Subject = tuple[str, str, str]  # (namespace, kind, name) of the object an Event is about
 
@@ -89,6 +97,11 @@ class Events:
         if detail not in group.details:
             group.details.append(detail)
 
+    @property
+    def pending(self) -> bool:
+        """Has anything been added since the last flush?"""
+        return bool(self._pending)
+
     def discard(self) -> None:
         self._pending = {}
 
@@ -101,9 +114,15 @@ class Events:
             if made is not None and made != key and group.member_kind != group.kind.kind:
                 group.created = key[2]  # the instances' Event names the creation of their ClusterPack
                 pending[made].members = []
-        for (namespace, _, name, type_, reason), group in pending.items():
-            if group.members:
-                self.record(namespace, group.kind, name, type_, reason, message(group, reason), now, group.obj)
+        groups = [(key, group) for key, group in pending.items() if group.members]
+        if len(groups) > EVENTS_PER_PASS:
+            groups.sort(key=lambda item: item[0][3] != "Warning")  # Warnings keep their own Events first
+            groups, rest = groups[:EVENTS_PER_PASS], groups[EVENTS_PER_PASS:]
+            for key, total in summed(rest).items():
+                namespace, type_, reason = key
+                self.record(namespace, NAMESPACES, namespace, type_, reason, total.text(reason), now)
+        for (namespace, _, name, type_, reason), group in groups:
+            self.record(namespace, group.kind, name, type_, reason, message(group, reason), now, group.obj)
 
     # -- one Event ------------------------------------------------------------------------------
 
@@ -141,7 +160,9 @@ class Events:
         if obj is None:
             obj = self.cached(kind, namespace, name)
         uid = ((obj or {}).get("metadata") or {}).get("uid")
-        involved: JSON = {"apiVersion": API_VERSION, "kind": kind.kind, "name": name, "namespace": namespace}
+        # (a Namespace names itself as its namespace: an Event's namespace must be its object's)
+        involved: JSON = {"apiVersion": "v1" if kind is NAMESPACES else API_VERSION, "kind": kind.kind, "name": name,
+                          "namespace": namespace}
         if uid:
             involved["uid"] = uid
         body = {
@@ -177,6 +198,45 @@ class Events:
             self._series.popitem(last=False)
 
 
+@dataclasses.dataclass(slots=True)
+class Total:
+    """The groups of one namespace, type and reason left over by ``EVENTS_PER_PASS``: one Event."""
+
+    subjects: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # kind -> names
+    members: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # kind -> objects
+    details: list[str] = dataclasses.field(default_factory=list)
+
+    def text(self, reason: str) -> str:
+        """``900 more ClusterPacks Installed this pass (a-v1.0.0, ...): 9000 PackInstances; initial install ...``."""
+        subjects = "; ".join(f"{len(names)} more {kind}{'s' if len(names) != 1 else ''} {reason} this pass "
+                             f"({listed(names)})" for kind, names in self.subjects.items())
+        objects = ", ".join(f"{count} {kind}{'s' if count != 1 else ''}" for kind, count in self.members.items())
+        details = "; ".join(self.details[:3]) + ("; ..." if len(self.details) > 3 else "")
+        return f"{subjects}: {objects}; {details}"
+
+
+def summed(rest: list[tuple[tuple[str, ...], Group]]) -> dict[tuple[str, str, str], Total]:
+    totals: dict[tuple[str, str, str], Total] = {}
+    for (namespace, kind, name, type_, reason), group in rest:
+        total = totals.setdefault((namespace, type_, reason), Total())
+        total.subjects.setdefault(kind, []).append(name)
+        total.members[group.member_kind] += len(group.members)
+        for detail in group.details:
+            if detail not in total.details:
+                total.details.append(detail)
+    return totals
+
+
+def listed(names: list[str]) -> str:
+    """Names, comma-separated, cut with ``...`` after ``NAMES_SHOWN`` characters."""
+    text = ""
+    for name in names:
+        if len(text) + len(name) > NAMES_SHOWN:
+            return text + ", ..."
+        text += (", " if text else "") + name
+    return text
+
+
 def message(group: Group, reason: str) -> str:
     """``3 PackInstances Installed (web-dev, web-prod, web-qa): initial install (revision ...)``."""
     count = len(group.members)
@@ -184,12 +244,7 @@ def message(group: Group, reason: str) -> str:
     created = f"ClusterPack {group.created} created; " if group.created else ""
     if count == 1 and group.member_kind == group.kind.kind:
         return f"{created}{group.kind.kind} {group.members[0]} {reason}: {details}"
-    names = ""
-    for name in group.members:
-        if len(names) + len(name) > NAMES_SHOWN:
-            names += ", ..."
-            break
-        names += (", " if names else "") + name
+    names = listed(group.members)
     plural = group.member_kind + ("s" if count != 1 else "")
     return f"{created}{count} {plural} {reason} ({names}): {details}"
 

@@ -13,7 +13,8 @@ interrupted pass leaves each object either as it was or fully written.
   UNINSTALL: ``delete`` with a resourceVersion precondition (history lives in the Git status).
 - BLOCKED with a condition: on a PackInstance, a status write of the conditions, only when they
   differ from the cached ones (a ClusterPack only gets a Warning Event: see ``KubeCluster.apply``).
-- ``status.delivery`` of a PackInstance: server-side apply by field manager ``gitopsd-delivery``.
+- ``status.delivery`` of a PackInstance: server-side apply by field manager ``gitopsd-delivery``;
+  its Event is one per ClusterPack and result of the delivery batch (``KubeCluster.flush_events``).
 
 ``observedGeneration``: without a status subresource ``metadata.generation`` moves on every spec or
 status change, so each write stamps the generation its own write makes: 1 for a create, the
@@ -353,7 +354,13 @@ class Writer:
         assert written is not None
         informer.upsert(written)
         type_ = "Normal" if record.result in (delivery.Result.DELIVERED, delivery.Result.PRUNED) else "Warning"
-        self.events.record(namespace, PACK_INSTANCES, name, type_, str(record.result), record.message, now, written)
+        # one Event per ClusterPack and result of the batch (``KubeCluster.flush_events`` sends them)
+        target = str(((written.get("spec") or {}).get("clusterPackRef") or {}).get("name") or "")
+        if target:
+            self.events.add(namespace, CLUSTER_PACKS, target, type_, str(record.result), record.message,
+                            member=(PACK_INSTANCES, name))
+        else:
+            self.events.add(namespace, PACK_INSTANCES, name, type_, str(record.result), record.message, obj=written)
 
     # -- shared writes --------------------------------------------------------------------------
 
