@@ -76,6 +76,9 @@ class CompileResult:
     key: str = ""  # its compile cache key (``packcompile.key``)
 
 
+Desired = plan.Desired  # for PassState, where ``plan`` names a field
+
+
 @dataclasses.dataclass
 class PassState:
     tree: ports.Tree | None = None
@@ -99,6 +102,7 @@ class PassState:
     # ClusterPack name -> (reason, detail) of a published artifact that does not verify: an input of the plan
     artifact_problems: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     plan: change.Plan | None = None
+    plan_desired: tuple[Desired, ...] | None = None  # the desired packs the plan step planned (settle plans with them)
     published: int = 0
     writes: int = 0
     status_commit: str | None = None

@@ -166,7 +166,8 @@ def _check_stored(env: Env, state: PassState,
         env.cache.remember_verified(passed)
 
 
-def _plan_inputs(env: Env, state: PassState, observed: instance.Observed) -> plan.Inputs:
+def _plan_inputs(env: Env, state: PassState, observed: instance.Observed,
+                 desired: tuple[plan.Desired, ...] | None = None) -> plan.Inputs:
     assert state.tree is not None
     policy = plan.Policy(
         namespace=state.config.namespace,
@@ -178,7 +179,7 @@ def _plan_inputs(env: Env, state: PassState, observed: instance.Observed) -> pla
     )
     return plan.Inputs(
         revision=state.revision,
-        desired=tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
+        desired=desired if desired is not None else tuple(plan.Desired(r.build, r.compiled, r.clusters) for r in state.compiled),
         observed=observed,
         verdicts=state.verdicts,
         policy=policy,
@@ -196,6 +197,7 @@ def make_plan(env: Env, state: PassState) -> None:
     (``gitopsd.core.replan``); a resync plans every one."""
     assert state.observed is not None
     inputs = _plan_inputs(env, state, state.observed)
+    state.plan_desired = inputs.desired
     last = env.memo.plan
     outcome = replan.full(inputs) if env.full_plan else replan.update(inputs, last)
     state.plan = outcome.plan
@@ -212,7 +214,8 @@ def settle_plan(env: Env, state: PassState) -> None:
     if env.dry_run or not env.passes_follow or not state.writes or env.memo.plan is None:
         return
     observed = env.cluster.observe(state.config.namespace, since=env.memo.plan.token)
-    settled = replan.update(_plan_inputs(env, state, observed), env.memo.plan).memory
+    # the desired packs of the plan step (the same tuple): replan takes the keys it worked out then
+    settled = replan.update(_plan_inputs(env, state, observed, state.plan_desired), env.memo.plan).memory
     env.memo.plan = dataclasses.replace(settled, shown=False)
 
 

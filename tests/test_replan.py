@@ -226,6 +226,20 @@ def test_a_pass_with_nothing_new_plans_no_base_and_reuses_the_plan(tmp_path: pat
     assert world.replanned[-1] == 1  # only the changed pack
 
 
+def test_the_settle_step_plans_with_the_keys_the_plan_step_worked_out(tmp_path: pathlib.Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, random.Random(0), sqlite=True)
+    world.run()
+    calls: list[int] = []
+    keys = replan._keys
+    monkeypatch.setattr(replan, "_keys", lambda inputs: (calls.append(len(inputs.desired)), keys(inputs))[1])
+    world.packs["p1"].version = (1, 1, 0)
+    world.run()  # plan (works the keys out), apply, settle (takes them: the same desired packs)
+    assert world.replanned[-1] == 1
+    # the plan step's, and the full plan World.run compares it with; none in the settle step
+    assert calls == [len(world.packs)] * 2
+
+
 def test_an_edit_behind_gitopsds_back_is_seen_through_the_change_feed(tmp_path: pathlib.Path) -> None:
     world = World(tmp_path, random.Random(0), sqlite=True)
     world.run()

@@ -28,6 +28,7 @@ from gitopsd.core import plan
 from gitopsd.model import change
 
 Identity = tuple[str, str, str, str]
+Desired = plan.Desired  # for the fields below, where ``plan`` names a field
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +45,11 @@ class Memory:
     order: list[str]  # the bases of ``fragments``, sorted
     plan: change.Plan
     shown: bool = True  # ``plan`` is what a pass executed and reported (not only planned after its writes)
+    # what ``keys`` were worked out from (the desired tuple itself, verdicts, artifact problems,
+    # protected bases) and the desired packs by base: the settle step of the same pass plans again
+    # with the same desired packs, and takes both instead of going through every pack again
+    made_from: tuple[object, ...] = ()
+    desired: dict[str, list[Desired]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,12 +116,24 @@ def _linked(seeds: Iterable[str], identities: dict[str, frozenset[Identity]],
     return found
 
 
+def _made_from(inputs: plan.Inputs) -> tuple[object, ...]:
+    return (inputs.desired, dict(inputs.verdicts), dict(inputs.artifact_problems), inputs.protected_bases)
+
+
+def _same_desired(memory: Memory, inputs: plan.Inputs) -> bool:
+    """The keys of ``memory`` were worked out from these very desired packs (the same tuple), with
+    the same verdicts, artifact problems and protected bases."""
+    made = memory.made_from
+    return (bool(made) and made[0] is inputs.desired and made[1] == inputs.verdicts
+            and made[2] == inputs.artifact_problems and made[3] == inputs.protected_bases)
+
+
 def full(inputs: plan.Inputs) -> Outcome:
     """Every base worked out: what a new process, a resync or ``--full`` does."""
     keys, desired = _keys(inputs)
     identities = {base: _identities(ds) for base, ds in desired.items()}
     fragments = plan.fragments(inputs, None)
-    return _outcome(inputs, keys, identities, _holders(identities), fragments, len(fragments), True)
+    return _outcome(inputs, keys, identities, _holders(identities), fragments, len(fragments), True, desired=desired)
 
 
 def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
@@ -125,7 +143,10 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
             or memory.policy != _lasting(inputs.policy)
             or memory.protected_paths != inputs.protected_paths):
         return full(inputs)
-    keys, desired = _keys(inputs)
+    if _same_desired(memory, inputs):
+        keys, desired = memory.keys, memory.desired
+    else:
+        keys, desired = _keys(inputs)
     dirty = set(changed)
     before = memory.keys
     moved = {base for base, key in keys.items() if before.get(base) != key}
@@ -163,17 +184,18 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
     fragments.update(plan.fragments(inputs, replan))
     return _outcome(inputs, keys, identities, holders, fragments, len(replan), False,
                     memory.order if fragments.keys() == set(memory.order) else None,
-                    memory.plan if not replan else None)
+                    memory.plan if not replan else None, desired=desired)
 
 
 def _outcome(inputs: plan.Inputs, keys: dict[str, object], identities: dict[str, frozenset[Identity]],
              holders: dict[Identity, tuple[str, ...]], fragments: dict[str, plan.Fragment], replanned: int,
-             full: bool, order: list[str] | None = None, reuse: change.Plan | None = None) -> Outcome:
+             full: bool, order: list[str] | None = None, reuse: change.Plan | None = None, *,
+             desired: dict[str, list[plan.Desired]]) -> Outcome:
     order = order if order is not None else sorted(fragments)
     # no base planned again (so the last plan wrote nothing): its changes stand, put together already
     made = change.Plan.of_parts(inputs.revision, fragments, order, inputs.errors,
                                 changes=reuse.changes if reuse is not None else None)
     memory = Memory(token=inputs.observed.token, policy=_lasting(inputs.policy),
                     protected_paths=inputs.protected_paths, keys=keys, identities=identities, holders=holders,
-                    fragments=fragments, order=order, plan=made)
+                    fragments=fragments, order=order, plan=made, made_from=_made_from(inputs), desired=desired)
     return Outcome(plan=made, memory=memory, replanned=replanned, full=full)
