@@ -392,15 +392,17 @@ class LocalStore:
             before = self._feed_head()
             rv = self.resource_version()
             self._next_event = self._last_event_id() + 1
-            for index, c in enumerate(changes):
-                if index % ROW_BATCH == 0:
-                    self._read_ahead(namespace, changes[index:index + ROW_BATCH])
-                rv, wrote = self._apply_one(namespace, c, rv, revision, now)
-                written += wrote
-                if len(self._rows) >= ROW_BATCH:
-                    self._write_rows()
-                if len(self._events) >= 2 * MAX_EVENTS:
-                    self._write_events(prune=bool(written), final=False)
+            for start in range(0, len(changes), ROW_BATCH):
+                # a plan keeps runs of changes alike (``change.Changes``): each batch is made once, here
+                batch = changes[start:start + ROW_BATCH]
+                self._read_ahead(namespace, batch)
+                for c in batch:
+                    rv, wrote = self._apply_one(namespace, c, rv, revision, now)
+                    written += wrote
+                    if len(self._rows) >= ROW_BATCH:
+                        self._write_rows()
+                    if len(self._events) >= 2 * MAX_EVENTS:
+                        self._write_events(prune=bool(written), final=False)
             self._write_rows()
             self._write_events(prune=bool(written), final=True)
             if written:

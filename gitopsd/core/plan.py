@@ -102,7 +102,7 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
     for d in inputs.desired:
         if d.build.base_pack_name in wanted:
             by_base[d.build.base_pack_name].append(d)
-    changes: dict[str, list[change.Change]] = defaultdict(list)
+    changes: dict[str, list[change.Change | _Open]] = defaultdict(list)
     errors: dict[str, list[change.PackError]] = defaultdict(list)
     desired: list[Desired] = []
     poisoned = set()
@@ -116,13 +116,14 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
             changes[base].append(c)
 
     assignments, blocked = _assign(desired, inputs.observed)
-    kept_names: set[str] = set()
     # This loop runs for every PackInstance of the bases planned: what depends only on the pack is
-    # worked out once per pack, and an instance that runs it already costs one lookup.
-    facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], str]] = {}
+    # worked out once per pack, and an instance that runs it already costs one lookup. Instances of
+    # one pack that change alike (unchanged, or installed for the first time) are kept as one run
+    # (``change.Run``): a plan holds a few items per pack, not one Change per instance.
+    facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], change.Change]] = {}
     shared: dict[tuple[object, ...], tuple[instance.InstallRecord, tuple[Condition, ...]]] = {}
-    keep = kept_names.add
-    new_change, uninstalled = change.Change, InstallState.UNINSTALLED
+    firsts: dict[int, change.Change] = {}  # id(Desired) -> the template of its first installs
+    uninstalled = InstallState.UNINSTALLED
     last: Desired | None = None
     for (base, cluster), d in sorted(assignments.items()):
         if d is not last:  # the clusters of one pack come one after another (the keys sort by base first)
@@ -131,41 +132,78 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
                 cp = d.cluster_pack
                 known = facts[id(d)] = (cp, _pack_block(d, inputs, poisoned),
                                         (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
-                                        f"runs {cp.version}")
-            cp, block, runs_this, reason = known
+                                        change.Change(ObjectKind.PACK_INSTANCE, "", Action.UNCHANGED, f"runs {cp.version}",
+                                                      base, cp.version))
+            cp, block, runs_this, same = known
             part = inputs.observed.part(base)
-            head_of, add = part.heads.get, changes[base].append
-        name = f"{base}-{cluster}"
-        head = head_of(name)
+            head_of, items = part.heads.get, changes[base]
+        head = head_of(f"{base}-{cluster}")
         if block is None and head is not None and head.state is not uninstalled and head.runs == runs_this:
-            add(new_change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster))
+            template = same
+        elif block is None and head is None:
+            first = firsts.get(id(d))
+            if first is None:
+                first = firsts[id(d)] = _instance_change(d, cp, "", "", None, inputs, None, shared)
+            template = first
         else:  # only an instance that changes is read whole
-            add(_instance_change(d, cp, name, cluster, part.instances.get(name) if head is not None else None, inputs,
-                                 block, shared))
-        keep(name)
+            name = f"{base}-{cluster}"
+            items.append(_instance_change(d, cp, name, cluster, part.instances.get(name) if head is not None else None,
+                                          inputs, block, shared))
+            continue
+        tail = items[-1] if items else None
+        if isinstance(tail, _Open) and tail.template is template:
+            tail.clusters.append(cluster)
+        else:
+            items.append(_Open(template, [cluster]))
+    blocked_names = set()
     for c in blocked:
-        kept_names.add(c.name)
+        blocked_names.add(c.name)
         changes[c.base_pack_name].append(c)
 
     out = {}
+    clusters_seen: dict[tuple[str, ...], tuple[str, ...]] = {}
     for base in sorted(wanted):
         part = inputs.observed.part(base)
-        mine = changes.get(base, [])
+        mine = [item.closed(clusters_seen) if isinstance(item, _Open) else item for item in changes.get(base, [])]
         if base not in inputs.protected_bases:
             protected_paths = inputs.protected_paths
             for name in sorted(part.heads):
                 head = part.heads[name]
-                if name in kept_names or head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths:
+                if (head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths
+                        or name in blocked_names or _assigned(name, assignments)):
                     continue
                 obs = part.instances.get(name)
                 if obs is not None:
                     mine.append(_uninstall(obs, inputs))
         mine.extend(_prune(base, by_base.get(base, []), part, inputs, mine))
         if inputs.artifact_problems:
-            mine = _block_artifacts(mine, inputs.artifact_problems)
+            mine = list(_block_artifacts(list(change.Changes(mine)), inputs.artifact_problems))
         if mine or errors.get(base):
-            out[base] = Fragment(changes=tuple(mine), errors=tuple(errors.get(base, ())))
+            out[base] = Fragment(changes=change.Changes(mine), errors=tuple(errors.get(base, ())))
     return out
+
+
+class _Open:
+    """A run being made: the template of its changes and the clusters so far."""
+
+    __slots__ = ("clusters", "template")
+
+    def __init__(self, template: change.Change, clusters: list[str]) -> None:
+        self.template, self.clusters = template, clusters
+
+    def closed(self, seen: dict[tuple[str, ...], tuple[str, ...]]) -> change.Run:
+        clusters = tuple(self.clusters)
+        return change.Run(self.template, seen.setdefault(clusters, clusters))  # most packs share their cluster list
+
+
+def _assigned(name: str, assignments: Mapping[tuple[str, str], Desired]) -> bool:
+    """Whether PackInstance ``name`` is ``{base}-{cluster}`` of an assigned (base, cluster)."""
+    cut = name.find("-")
+    while cut > 0:
+        if (name[:cut], name[cut + 1:]) in assignments:
+            return True
+        cut = name.find("-", cut + 1)
+    return False
 
 
 def _block_artifacts(changes: list[change.Change], problems: Mapping[str, tuple[str, str]]) -> list[change.Change]:
@@ -435,7 +473,7 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
 
 
 def _prune(base: str, desired: list[Desired], observed: instance.Part, inputs: Inputs,
-           changes: list[change.Change]) -> list[change.Change]:
+           changes: list[change.Item]) -> list[change.Change]:
     """Old ClusterPacks of ``base`` beyond ``keep_versions``, not desired and not in use."""
     packs = list(observed.packs.values())
     # The versions this pass creates count too, and an instance this pass moves to another version
@@ -443,9 +481,15 @@ def _prune(base: str, desired: list[Desired], observed: instance.Part, inputs: I
     created = sum(1 for d in desired if d.cluster_pack.name not in observed.packs)
     if base in inputs.protected_bases or len(packs) + created <= inputs.policy.keep_versions:
         return []
-    in_use = {c.pack_instance.cluster_pack for c in changes if c.pack_instance is not None and c.action is not Action.UNINSTALL}
-    moved = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
-        c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE)))}
+    in_use: set[str] = set()
+    moved: set[str] = set()
+    for item in changes:
+        c = item.template if isinstance(item, change.Run) else item
+        if c.pack_instance is not None and c.action is not Action.UNINSTALL:
+            in_use.add(c.pack_instance.cluster_pack)
+        if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
+                c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE))):
+            moved.update(item.names() if isinstance(item, change.Run) else (c.name,))
     in_use |= {
         head.cluster_pack
         for name, head in observed.heads.items()
