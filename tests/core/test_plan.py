@@ -244,3 +244,10 @@ def test_an_instance_that_changes_splits_the_run_of_its_pack() -> None:
         ("PackInstance", "web-c2", "create", "Initial"),
         ("PackInstance", "web-c3", "unchanged", None),
     ]
+
+
+def test_cluster_packs_read_back_share_their_target_clusters_tuple() -> None:
+    first, second = desired("web", "1.0.0", clusters=("a", "b")), desired("db", "1.0.0", clusters=("a", "b"))
+    packs = [codec.cluster_pack_from_json({"name": d.cluster_pack.name, "namespace": "seam-system",
+                                           "spec": d.cluster_pack.spec()}) for d in (first, second)]
+    assert packs[0].target_clusters == ("a", "b") and packs[0].target_clusters is packs[1].target_clusters
