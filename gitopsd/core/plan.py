@@ -123,6 +123,7 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
     facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], change.Change]] = {}
     shared: dict[tuple[object, ...], tuple[instance.InstallRecord, tuple[Condition, ...]]] = {}
     firsts: dict[int, change.Change] = {}  # id(Desired) -> the template of its first installs
+    present: dict[str, int] = defaultdict(int)  # base -> its assigned instances that exist
     uninstalled = InstallState.UNINSTALLED
     last: Desired | None = None
     for (base, cluster), d in sorted(assignments.items()):
@@ -138,6 +139,8 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
             part = inputs.observed.part(base)
             head_of, items = part.heads.get, changes[base]
         head = head_of(f"{base}-{cluster}")
+        if head is not None:
+            present[base] += 1
         if block is None and head is not None and head.state is not uninstalled and head.runs == runs_this:
             template = same
         elif block is None and head is None:
@@ -165,11 +168,13 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
     for base in sorted(wanted):
         part = inputs.observed.part(base)
         mine = [item.closed(clusters_seen) if isinstance(item, _Open) else item for item in changes.get(base, [])]
-        if base not in inputs.protected_bases:
-            protected_paths = inputs.protected_paths
+        # every instance of the base is assigned (a fleet that only changes): none to uninstall
+        if base not in inputs.protected_bases and present.get(base, 0) != len(part.heads):
+            protected_paths, prefix = inputs.protected_paths, base + "-"
             for name in sorted(part.heads):
                 head = part.heads[name]
                 if (head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths
+                        or (name.startswith(prefix) and (base, name[len(prefix):]) in assignments)
                         or name in blocked_names or _assigned(name, assignments)):
                     continue
                 obs = part.instances.get(name)
