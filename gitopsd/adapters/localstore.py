@@ -134,6 +134,9 @@ class LocalStore:
         # (kind, namespace) -> name -> (reason, message) of its last Event in this apply, one tuple per pair
         self._last_event: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        # (kind, name) of the objects this apply may record a warning for (its blocked changes): the
+        # only ones whose last Event it looks up (one entry per written object would be a million)
+        self._warned: set[tuple[str, str]] = set()
         # During ``apply``: the stored rows of the objects the next ROW_BATCH changes write, read in
         # batches (None: not stored); an entry goes when the pass writes or deletes that object.
         self._known: dict[tuple[str, str, str], tuple[str, int, int, str] | None] = {}
@@ -391,6 +394,9 @@ class LocalStore:
         written = 0
         self._staged = []
         self._rows, self._events, self._last_event, self._pairs = {}, [], {}, {}
+        blocked = changes.where(_warns) if isinstance(changes, change.Changes) else [c for c in changes if _warns(c)]
+        self._warned = {(CLUSTER_PACK if c.kind is change.ObjectKind.CLUSTER_PACK else PACK_INSTANCE, c.name)
+                        for c in blocked}
         try:
             db.execute("BEGIN IMMEDIATE")
             before = self._feed_head()
@@ -425,7 +431,7 @@ class LocalStore:
             raise store_error(self.path, err) from err
         finally:
             self._rows, self._events, self._last_event, self._pairs, self._known = None, [], {}, {}, {}
-            self._shape = None
+            self._shape, self._warned = None, set()
         self.writes += written
         staged, self._staged = self._staged, []
         self._carry(namespace, before, after, staged)
@@ -641,8 +647,9 @@ class LocalStore:
         if self._rows is not None:  # in apply: inserted in batches (``_write_events``)
             self._events.append((self._next_event, now, kind, namespace, name, type_, reason, message, revision))
             self._next_event += 1
-            pair = self._pairs.setdefault((reason, message), (reason, message))
-            self._last_event.setdefault((kind, namespace), {})[name] = pair
+            if (kind, name) in self._warned:  # only a warning later in this apply looks it up
+                pair = self._pairs.setdefault((reason, message), (reason, message))
+                self._last_event.setdefault((kind, namespace), {})[name] = pair
             return
         self._db.execute(
             "INSERT INTO events(time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?)",
@@ -663,6 +670,11 @@ class _Cache:
     parts: dict[str, instance.Part]
     touched: dict[str, int]  # base -> the feed row that last changed it (since ``loaded``)
     observed: instance.Observed
+
+
+def _warns(c: change.Change) -> bool:
+    """The apply records a Warning Event for ``c`` (a blocked change with its condition)."""
+    return c.action is change.Action.BLOCKED and c.condition is not None
 
 
 # Stand-ins for a PackInstance's name and cluster in the body kept by ``_put_instance``.
