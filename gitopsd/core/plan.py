@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import functools
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from gitopsd.core import conditions as cond
 from gitopsd.core import semver
@@ -126,7 +126,7 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
     present: dict[str, int] = defaultdict(int)  # base -> its assigned instances that exist
     uninstalled = InstallState.UNINSTALLED
     last: Desired | None = None
-    for (base, cluster), d in sorted(assignments.items()):
+    for base, cluster, d in assignments.in_order():
         if d is not last:  # the clusters of one pack come one after another (the keys sort by base first)
             last, known = d, facts.get(id(d))
             if known is None:
@@ -201,7 +201,7 @@ class _Open:
         return change.Run(self.template, seen.setdefault(clusters, clusters))  # most packs share their cluster list
 
 
-def _assigned(name: str, assignments: Mapping[tuple[str, str], Desired]) -> bool:
+def _assigned(name: str, assignments: _Assignments) -> bool:
     """Whether PackInstance ``name`` is ``{base}-{cluster}`` of an assigned (base, cluster)."""
     cut = name.find("-")
     while cut > 0:
@@ -267,39 +267,100 @@ def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object
     return (-d.build.priority, not installed_this, installed_at, d.build.path)
 
 
-def _assign(
-    desired: list[Desired], observed: instance.Observed
-) -> tuple[dict[tuple[str, str], Desired], list[change.Change]]:
+class _Assignments:
+    """Which PackBuild runs, per (basePackName, cluster): kept per pack where a base has one
+    PackBuild (it wins on each of its clusters but those in ``dropped``), per cluster only for the
+    bases with more than one (``winners``). Bounded by packs, not by instances, in a fleet."""
+
+    __slots__ = ("_sets", "dropped", "single", "winners")
+
+    def __init__(self) -> None:
+        self.single: dict[str, Desired] = {}
+        self.winners: dict[tuple[str, str], Desired] = {}
+        self.dropped: set[tuple[str, str]] = set()
+        self._sets: dict[int, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+    def _clusters(self, d: Desired) -> frozenset[str]:
+        known = self._sets.get(id(d.clusters))
+        if known is None:  # one per tuple: the packs of a fleet share their cluster tuples
+            known = self._sets[id(d.clusters)] = (d.clusters, frozenset(d.clusters))
+        return known[1]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        d = self.single.get(key[0])
+        if d is not None:
+            return key[1] in self._clusters(d) and key not in self.dropped
+        return key in self.winners
+
+    def items(self) -> Iterator[tuple[tuple[str, str], Desired]]:
+        """Every assignment, in no particular order."""
+        for base, d in self.single.items():
+            for cluster in d.clusters:
+                if (base, cluster) not in self.dropped:
+                    yield (base, cluster), d
+        yield from self.winners.items()
+
+    def in_order(self) -> Iterator[tuple[str, str, Desired]]:
+        """(base, cluster, PackBuild) sorted by base, then cluster."""
+        several: dict[str, list[str]] = defaultdict(list)
+        for base, cluster in self.winners:
+            several[base].append(cluster)
+        for base in sorted(self.single.keys() | several.keys()):
+            d = self.single.get(base)
+            if d is not None:
+                for cluster in sorted(set(d.clusters)):
+                    if (base, cluster) not in self.dropped:
+                        yield base, cluster, d
+            else:
+                for cluster in sorted(several[base]):
+                    yield base, cluster, self.winners[(base, cluster)]
+
+    def drop(self, base: str, cluster: str) -> None:
+        if base in self.single:
+            self.dropped.add((base, cluster))
+        else:
+            del self.winners[(base, cluster)]
+
+
+def _assign(desired: list[Desired], observed: instance.Observed) -> tuple[_Assignments, list[change.Change]]:
     """Pick, per cluster, one PackBuild per basePackName and refuse packs whose objects overlap."""
-    winners: dict[tuple[str, str], Desired] = {}
-    contended: dict[tuple[str, str], list[Desired]] = {}
+    assigned = _Assignments()
+    by_base: dict[str, list[Desired]] = defaultdict(list)
     for d in desired:
-        base = d.build.base_pack_name
-        for cluster in d.clusters:
-            key = (base, cluster)
-            first = winners.setdefault(key, d)
-            if first is not d:
-                contended.setdefault(key, [first]).append(d)
+        by_base[d.build.base_pack_name].append(d)
+    winners = assigned.winners
+    contended: dict[tuple[str, str], list[Desired]] = {}
+    for base, group in by_base.items():
+        if len(group) == 1:
+            assigned.single[base] = group[0]
+            continue
+        for d in group:
+            for cluster in d.clusters:
+                key = (base, cluster)
+                first = winners.setdefault(key, d)
+                if first is not d:
+                    contended.setdefault(key, [first]).append(d)
     blocked: list[change.Change] = []
-    for key, group in sorted(contended.items()):
-        group.sort(key=lambda d: _rank(d, key[1], observed))
-        winners[key] = group[0]
-        for loser in group[1:]:
-            blocked.append(_collision(loser, key[1], group[0], "both build basePackName " + key[0]))
+    for key, ds in sorted(contended.items()):
+        ds.sort(key=lambda d: _rank(d, key[1], observed))
+        winners[key] = ds[0]
+        for loser in ds[1:]:
+            blocked.append(_collision(loser, key[1], ds[0], "both build basePackName " + key[0]))
 
     # Only packs sharing an object with another pack can collide: find them once, across clusters,
     # and sort only those per cluster (the rest can never be blocked for an overlap).
-    packs = {id(d): d for d in winners.values()}.values()
-    every = [identity for d in packs for identity in d.compiled.identities]
+    packs = {id(d): d for d in assigned.single.values() if d.clusters}
+    packs.update((id(d), d) for d in winners.values())
+    every = [identity for d in packs.values() for identity in d.compiled.identities]
     if len(set(every)) == len(every):
-        return winners, blocked  # no object is built by two packs: nothing to check per cluster
+        return assigned, blocked  # no object is built by two packs: nothing to check per cluster
     holders: dict[tuple[str, str, str, str], list[Desired]] = defaultdict(list)
-    for d in packs:
+    for d in packs.values():
         for identity in d.compiled.identities:
             holders[identity].append(d)
     suspects = {id(d) for group in holders.values() if len(group) > 1 for d in group}
     by_cluster: dict[str, list[Desired]] = defaultdict(list)
-    for (_, cluster), d in winners.items():
+    for (_, cluster), d in assigned.items():
         if id(d) in suspects:
             by_cluster[cluster].append(d)
     for cluster, group in sorted(by_cluster.items()):
@@ -313,9 +374,9 @@ def _assign(
                 continue
             shared = sorted(set(d.compiled.identities) & set(clash.compiled.identities))
             subject = "/".join(part for part in shared[0][1:] if part)
-            del winners[(d.build.base_pack_name, cluster)]
+            assigned.drop(d.build.base_pack_name, cluster)
             blocked.append(_collision(d, cluster, clash, f"both own {subject}"))
-    return winners, blocked
+    return assigned, blocked
 
 
 def _collision(loser: Desired, cluster: str, winner: Desired, what: str) -> change.Change:
