@@ -15,7 +15,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import pathlib
+import re
 import sqlite3
 import uuid
 from collections import defaultdict
@@ -132,9 +134,14 @@ class LocalStore:
         # (kind, namespace) -> name -> (reason, message) of its last Event in this apply, one tuple per pair
         self._last_event: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        # (kind, name) of the objects this apply may record a warning for (its blocked changes): the
+        # only ones whose last Event it looks up (one entry per written object would be a million)
+        self._warned: set[tuple[str, str]] = set()
         # During ``apply``: the stored rows of the objects the next ROW_BATCH changes write, read in
         # batches (None: not stored); an entry goes when the pass writes or deletes that object.
         self._known: dict[tuple[str, str, str], tuple[str, int, int, str] | None] = {}
+        # the PackInstance body last stored, as segments around its name and cluster (``_put_instance``)
+        self._shape: tuple[tuple[object, ...], tuple[str, ...] | None, instance.Head] | None = None
         self.writes = 0
 
     def close(self) -> None:
@@ -387,20 +394,25 @@ class LocalStore:
         written = 0
         self._staged = []
         self._rows, self._events, self._last_event, self._pairs = {}, [], {}, {}
+        blocked = changes.where(_warns) if isinstance(changes, change.Changes) else [c for c in changes if _warns(c)]
+        self._warned = {(CLUSTER_PACK if c.kind is change.ObjectKind.CLUSTER_PACK else PACK_INSTANCE, c.name)
+                        for c in blocked}
         try:
             db.execute("BEGIN IMMEDIATE")
             before = self._feed_head()
             rv = self.resource_version()
             self._next_event = self._last_event_id() + 1
-            for index, c in enumerate(changes):
-                if index % ROW_BATCH == 0:
-                    self._read_ahead(namespace, changes[index:index + ROW_BATCH])
-                rv, wrote = self._apply_one(namespace, c, rv, revision, now)
-                written += wrote
-                if len(self._rows) >= ROW_BATCH:
-                    self._write_rows()
-                if len(self._events) >= 2 * MAX_EVENTS:
-                    self._write_events(prune=bool(written), final=False)
+            for start in range(0, len(changes), ROW_BATCH):
+                # a plan keeps runs of changes alike (``change.Changes``): each batch is made once, here
+                batch = changes[start:start + ROW_BATCH]
+                self._read_ahead(namespace, batch)
+                for c in batch:
+                    rv, wrote = self._apply_one(namespace, c, rv, revision, now)
+                    written += wrote
+                    if len(self._rows) >= ROW_BATCH:
+                        self._write_rows()
+                    if len(self._events) >= 2 * MAX_EVENTS:
+                        self._write_events(prune=bool(written), final=False)
             self._write_rows()
             self._write_events(prune=bool(written), final=True)
             if written:
@@ -419,6 +431,7 @@ class LocalStore:
             raise store_error(self.path, err) from err
         finally:
             self._rows, self._events, self._last_event, self._pairs, self._known = None, [], {}, {}, {}
+            self._shape, self._warned = None, set()
         self.writes += written
         staged, self._staged = self._staged, []
         self._carry(namespace, before, after, staged)
@@ -551,7 +564,7 @@ class LocalStore:
                 if json.loads(stored[3]).get("spec") != c.pack_instance.spec():
                     generation += 1
             rv += 1
-            self._put(PACK_INSTANCE, namespace, c.name, codec.pack_instance_object(c.pack_instance), rv, generation, uid)
+            self._put_instance(namespace, c.name, c.pack_instance, rv, generation, uid)
             kind = "Normal"
             reason = "Installed" if c.action is change.Action.CREATE else str(c.direction or "Superseded")
             self._event(now, PACK_INSTANCE, namespace, c.name, kind, reason, c.reason, revision)
@@ -579,15 +592,7 @@ class LocalStore:
         for key in ("uid", "resourceVersion", "generation"):
             meta.pop(key, None)
         body = _encode({**obj, "metadata": meta})
-        uid = uid or str(uuid.uuid4())
-        row = (kind, namespace, name, uid, rv, generation, body)
-        if self._rows is not None:  # in apply: written in batches (``_write_rows``)
-            self._rows[(kind, namespace, name)] = row
-            self._known.pop((kind, namespace, name), None)
-        else:
-            self._db.execute(
-                "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
-                "VALUES (?,?,?,?,?,?,?)", row)
+        uid = self._row(kind, namespace, name, body, rv, generation, uid)
         spec = obj.get("spec")
         base = str(spec.get("basePackName", "")) if isinstance(spec, dict) else ""
         if kind == CLUSTER_PACK:
@@ -596,6 +601,37 @@ class LocalStore:
         elif kind == PACK_INSTANCE:
             self._staged.append((kind, name, base, _head_of(obj)[1]))
         return uid
+
+    def _row(self, kind: str, namespace: str, name: str, body: str, rv: int, generation: int, uid: str | None) -> str:
+        uid = uid or _uid()
+        row = (kind, namespace, name, uid, rv, generation, body)
+        if self._rows is not None:  # in apply: written in batches (``_write_rows``)
+            self._rows[(kind, namespace, name)] = row
+            self._known.pop((kind, namespace, name), None)
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects(kind, namespace, name, uid, resource_version, generation, body) "
+                "VALUES (?,?,?,?,?,?,?)", row)
+        return uid
+
+    def _put_instance(self, namespace: str, name: str, pi: instance.PackInstance, rv: int, generation: int,
+                      uid: str | None) -> None:
+        """Store PackInstance ``pi``. The instances of one pack that a pass writes alike (a plan's
+        ``change.Run``: they differ only in name and cluster) come one after another: their body is
+        the last one's with the name and cluster put in (checked once against a whole encoding)."""
+        key = (pi.namespace, pi.base_pack_name, pi.cluster_pack, pi.version, pi.manifest_digest, pi.checksum,
+               pi.priority, pi.source_build_ref, pi.revision, pi.state, pi.history, pi.conditions)
+        shape = self._shape
+        if shape is None or shape[0] != key:
+            shape = self._shape = (key, _shape_of(pi), _head_of(codec.pack_instance_object(pi))[1])
+        segments, head = shape[1], shape[2]
+        if segments is None:
+            self._put(PACK_INSTANCE, namespace, name, codec.pack_instance_object(pi), rv, generation, uid)
+            return
+        text_name, text_cluster = _encode(name)[1:-1], _encode(pi.cluster)[1:-1]
+        body = "".join(text_name if s is _NAME else text_cluster if s is _CLUSTER else s for s in segments)
+        self._row(PACK_INSTANCE, namespace, name, body, rv, generation, uid)
+        self._staged.append((PACK_INSTANCE, name, pi.base_pack_name, head))
 
     def _event(self, now: str, kind: str, namespace: str, name: str, type_: str, reason: str, message: str,
                revision: str) -> None:
@@ -611,8 +647,9 @@ class LocalStore:
         if self._rows is not None:  # in apply: inserted in batches (``_write_events``)
             self._events.append((self._next_event, now, kind, namespace, name, type_, reason, message, revision))
             self._next_event += 1
-            pair = self._pairs.setdefault((reason, message), (reason, message))
-            self._last_event.setdefault((kind, namespace), {})[name] = pair
+            if (kind, name) in self._warned:  # only a warning later in this apply looks it up
+                pair = self._pairs.setdefault((reason, message), (reason, message))
+                self._last_event.setdefault((kind, namespace), {})[name] = pair
             return
         self._db.execute(
             "INSERT INTO events(time, kind, namespace, name, type, reason, message, revision) VALUES (?,?,?,?,?,?,?,?)",
@@ -633,6 +670,43 @@ class _Cache:
     parts: dict[str, instance.Part]
     touched: dict[str, int]  # base -> the feed row that last changed it (since ``loaded``)
     observed: instance.Observed
+
+
+def _warns(c: change.Change) -> bool:
+    """The apply records a Warning Event for ``c`` (a blocked change with its condition)."""
+    return c.action is change.Action.BLOCKED and c.condition is not None
+
+
+# Stand-ins for a PackInstance's name and cluster in the body kept by ``_put_instance``.
+_NAME = "\x00gitopsd:name\x00"
+_CLUSTER = "\x00gitopsd:cluster\x00"
+_TEXT = {_encode(_NAME)[1:-1]: _NAME, _encode(_CLUSTER)[1:-1]: _CLUSTER}
+_STANDINS = re.compile("|".join(re.escape(text) for text in _TEXT))
+
+
+def _shape_of(pi: instance.PackInstance) -> tuple[str, ...] | None:
+    """The stored body of ``pi`` split around its name and cluster (each a stand-in string among the
+    segments); None when that does not give back its body exactly (then each one is encoded whole)."""
+    blank = dataclasses.replace(pi, name=_NAME, cluster=_CLUSTER)
+    text = _encode(codec.pack_instance_object(blank))
+    segments: list[str] = []
+    at = 0
+    for found in _STANDINS.finditer(text):
+        segments.extend((text[at:found.start()], _TEXT[found.group()]))
+        at = found.end()
+    segments.append(text[at:])
+    text_name, text_cluster = _encode(pi.name)[1:-1], _encode(pi.cluster)[1:-1]
+    body = "".join(text_name if s is _NAME else text_cluster if s is _CLUSTER else s for s in segments)
+    return tuple(segments) if body == _encode(codec.pack_instance_object(pi)) else None
+
+
+def _uid() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives it."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _decode(kind: str, body: str, uid: str, object_rv: int) -> instance.ObservedPack | instance.PackInstance | None:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from gitopsd.core import targets
 from gitopsd.model import instance, pack
 
 PACK_INSTANCE_API_VERSION = pack.API_VERSION
@@ -89,7 +90,7 @@ def cluster_pack_from_json(raw: Mapping[str, Any]) -> pack.ClusterPack:
         namespace=raw["namespace"],
         version=spec["version"],
         base_pack_name=spec.get("basePackName", ""),
-        target_clusters=tuple(spec.get("targetClusters", ())),
+        target_clusters=targets.shared(tuple(spec.get("targetClusters", ()))),
         registry_url=spec["registryRef"]["url"],
         manifest_digest=spec["registryRef"].get("digest", ""),
         checksum=spec.get("checksum", ""),

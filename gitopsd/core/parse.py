@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -191,7 +192,7 @@ def parse_packbuild(raw: object, schemas: Schemas, *, file: str, checked: bool =
         name=raw["name"],
         version=version,
         base_pack_name=raw["basePackName"],
-        targets=tuple(_target(item) for item in raw["targetClusters"]),
+        targets=_shared_targets(tuple(_target(item) for item in raw["targetClusters"])),
         category=category,
         source=source,
         registry_url=raw.get("registryUrl"),
@@ -262,6 +263,20 @@ def _source(raw: dict[str, Any], category: spec.Category, *, folder: str, file: 
         values_json=json.dumps(body.get("values", {}), sort_keys=True, separators=(",", ":")),
         namespace=body.get("namespace"),
     )
+
+
+def _shared_targets(targets: tuple[spec.ClusterTarget, ...]) -> tuple[spec.ClusterTarget, ...]:
+    """``targets``, or an equal tuple parsed before: the PackBuilds of a fleet mostly list the same
+    clusters (one tuple for 10,000 of them, not 10,000 with a million ClusterTargets)."""
+    try:
+        return _equal_targets(targets)
+    except TypeError:  # a value the schema let through that cannot be hashed: kept as it is
+        return targets
+
+
+@functools.lru_cache(maxsize=4096)
+def _equal_targets(targets: tuple[spec.ClusterTarget, ...]) -> tuple[spec.ClusterTarget, ...]:
+    return targets
 
 
 def _target(item: object) -> spec.ClusterTarget:

@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import functools
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from gitopsd.core import conditions as cond
 from gitopsd.core import semver
@@ -102,7 +102,7 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
     for d in inputs.desired:
         if d.build.base_pack_name in wanted:
             by_base[d.build.base_pack_name].append(d)
-    changes: dict[str, list[change.Change]] = defaultdict(list)
+    changes: dict[str, list[change.Change | _Open]] = defaultdict(list)
     errors: dict[str, list[change.PackError]] = defaultdict(list)
     desired: list[Desired] = []
     poisoned = set()
@@ -116,56 +116,99 @@ def fragments(inputs: Inputs, only: Collection[str] | None) -> dict[str, Fragmen
             changes[base].append(c)
 
     assignments, blocked = _assign(desired, inputs.observed)
-    kept_names: set[str] = set()
     # This loop runs for every PackInstance of the bases planned: what depends only on the pack is
-    # worked out once per pack, and an instance that runs it already costs one lookup.
-    facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], str]] = {}
+    # worked out once per pack, and an instance that runs it already costs one lookup. Instances of
+    # one pack that change alike (unchanged, or installed for the first time) are kept as one run
+    # (``change.Run``): a plan holds a few items per pack, not one Change per instance.
+    facts: dict[int, tuple[pack.ClusterPack, change.Change | None, tuple[object, ...], change.Change]] = {}
     shared: dict[tuple[object, ...], tuple[instance.InstallRecord, tuple[Condition, ...]]] = {}
-    keep = kept_names.add
-    new_change, uninstalled = change.Change, InstallState.UNINSTALLED
+    firsts: dict[int, change.Change] = {}  # id(Desired) -> the template of its first installs
+    present: dict[str, int] = defaultdict(int)  # base -> its assigned instances that exist
+    uninstalled = InstallState.UNINSTALLED
     last: Desired | None = None
-    for (base, cluster), d in sorted(assignments.items()):
+    for base, cluster, d in assignments.in_order():
         if d is not last:  # the clusters of one pack come one after another (the keys sort by base first)
             last, known = d, facts.get(id(d))
             if known is None:
                 cp = d.cluster_pack
                 known = facts[id(d)] = (cp, _pack_block(d, inputs, poisoned),
                                         (cp.name, cp.manifest_digest, cp.checksum, d.build.priority, d.build.path),
-                                        f"runs {cp.version}")
-            cp, block, runs_this, reason = known
+                                        change.Change(ObjectKind.PACK_INSTANCE, "", Action.UNCHANGED, f"runs {cp.version}",
+                                                      base, cp.version))
+            cp, block, runs_this, same = known
             part = inputs.observed.part(base)
-            head_of, add = part.heads.get, changes[base].append
-        name = f"{base}-{cluster}"
-        head = head_of(name)
+            head_of, items = part.heads.get, changes[base]
+        head = head_of(f"{base}-{cluster}")
+        if head is not None:
+            present[base] += 1
         if block is None and head is not None and head.state is not uninstalled and head.runs == runs_this:
-            add(new_change(ObjectKind.PACK_INSTANCE, name, Action.UNCHANGED, reason, base, cp.version, cluster))
+            template = same
+        elif block is None and head is None:
+            first = firsts.get(id(d))
+            if first is None:
+                first = firsts[id(d)] = _instance_change(d, cp, "", "", None, inputs, None, shared)
+            template = first
         else:  # only an instance that changes is read whole
-            add(_instance_change(d, cp, name, cluster, part.instances.get(name) if head is not None else None, inputs,
-                                 block, shared))
-        keep(name)
+            name = f"{base}-{cluster}"
+            items.append(_instance_change(d, cp, name, cluster, part.instances.get(name) if head is not None else None,
+                                          inputs, block, shared))
+            continue
+        tail = items[-1] if items else None
+        if isinstance(tail, _Open) and tail.template is template:
+            tail.clusters.append(cluster)
+        else:
+            items.append(_Open(template, [cluster]))
+    blocked_names = set()
     for c in blocked:
-        kept_names.add(c.name)
+        blocked_names.add(c.name)
         changes[c.base_pack_name].append(c)
 
     out = {}
+    clusters_seen: dict[tuple[str, ...], tuple[str, ...]] = {}
     for base in sorted(wanted):
         part = inputs.observed.part(base)
-        mine = changes.get(base, [])
-        if base not in inputs.protected_bases:
-            protected_paths = inputs.protected_paths
+        mine = [item.closed(clusters_seen) if isinstance(item, _Open) else item for item in changes.get(base, [])]
+        # every instance of the base is assigned (a fleet that only changes): none to uninstall
+        if base not in inputs.protected_bases and present.get(base, 0) != len(part.heads):
+            protected_paths, prefix = inputs.protected_paths, base + "-"
             for name in sorted(part.heads):
                 head = part.heads[name]
-                if name in kept_names or head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths:
+                if (head.state is InstallState.UNINSTALLED or head.source_build_ref in protected_paths
+                        or (name.startswith(prefix) and (base, name[len(prefix):]) in assignments)
+                        or name in blocked_names or _assigned(name, assignments)):
                     continue
                 obs = part.instances.get(name)
                 if obs is not None:
                     mine.append(_uninstall(obs, inputs))
         mine.extend(_prune(base, by_base.get(base, []), part, inputs, mine))
         if inputs.artifact_problems:
-            mine = _block_artifacts(mine, inputs.artifact_problems)
+            mine = list(_block_artifacts(list(change.Changes(mine)), inputs.artifact_problems))
         if mine or errors.get(base):
-            out[base] = Fragment(changes=tuple(mine), errors=tuple(errors.get(base, ())))
+            out[base] = Fragment(changes=change.Changes(mine), errors=tuple(errors.get(base, ())))
     return out
+
+
+class _Open:
+    """A run being made: the template of its changes and the clusters so far."""
+
+    __slots__ = ("clusters", "template")
+
+    def __init__(self, template: change.Change, clusters: list[str]) -> None:
+        self.template, self.clusters = template, clusters
+
+    def closed(self, seen: dict[tuple[str, ...], tuple[str, ...]]) -> change.Run:
+        clusters = tuple(self.clusters)
+        return change.Run(self.template, seen.setdefault(clusters, clusters))  # most packs share their cluster list
+
+
+def _assigned(name: str, assignments: _Assignments) -> bool:
+    """Whether PackInstance ``name`` is ``{base}-{cluster}`` of an assigned (base, cluster)."""
+    cut = name.find("-")
+    while cut > 0:
+        if (name[:cut], name[cut + 1:]) in assignments:
+            return True
+        cut = name.find("-", cut + 1)
+    return False
 
 
 def _block_artifacts(changes: list[change.Change], problems: Mapping[str, tuple[str, str]]) -> list[change.Change]:
@@ -224,39 +267,100 @@ def _rank(d: Desired, cluster: str, observed: instance.Observed) -> tuple[object
     return (-d.build.priority, not installed_this, installed_at, d.build.path)
 
 
-def _assign(
-    desired: list[Desired], observed: instance.Observed
-) -> tuple[dict[tuple[str, str], Desired], list[change.Change]]:
+class _Assignments:
+    """Which PackBuild runs, per (basePackName, cluster): kept per pack where a base has one
+    PackBuild (it wins on each of its clusters but those in ``dropped``), per cluster only for the
+    bases with more than one (``winners``). Bounded by packs, not by instances, in a fleet."""
+
+    __slots__ = ("_sets", "dropped", "single", "winners")
+
+    def __init__(self) -> None:
+        self.single: dict[str, Desired] = {}
+        self.winners: dict[tuple[str, str], Desired] = {}
+        self.dropped: set[tuple[str, str]] = set()
+        self._sets: dict[int, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+    def _clusters(self, d: Desired) -> frozenset[str]:
+        known = self._sets.get(id(d.clusters))
+        if known is None:  # one per tuple: the packs of a fleet share their cluster tuples
+            known = self._sets[id(d.clusters)] = (d.clusters, frozenset(d.clusters))
+        return known[1]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        d = self.single.get(key[0])
+        if d is not None:
+            return key[1] in self._clusters(d) and key not in self.dropped
+        return key in self.winners
+
+    def items(self) -> Iterator[tuple[tuple[str, str], Desired]]:
+        """Every assignment, in no particular order."""
+        for base, d in self.single.items():
+            for cluster in d.clusters:
+                if (base, cluster) not in self.dropped:
+                    yield (base, cluster), d
+        yield from self.winners.items()
+
+    def in_order(self) -> Iterator[tuple[str, str, Desired]]:
+        """(base, cluster, PackBuild) sorted by base, then cluster."""
+        several: dict[str, list[str]] = defaultdict(list)
+        for base, cluster in self.winners:
+            several[base].append(cluster)
+        for base in sorted(self.single.keys() | several.keys()):
+            d = self.single.get(base)
+            if d is not None:
+                for cluster in sorted(set(d.clusters)):
+                    if (base, cluster) not in self.dropped:
+                        yield base, cluster, d
+            else:
+                for cluster in sorted(several[base]):
+                    yield base, cluster, self.winners[(base, cluster)]
+
+    def drop(self, base: str, cluster: str) -> None:
+        if base in self.single:
+            self.dropped.add((base, cluster))
+        else:
+            del self.winners[(base, cluster)]
+
+
+def _assign(desired: list[Desired], observed: instance.Observed) -> tuple[_Assignments, list[change.Change]]:
     """Pick, per cluster, one PackBuild per basePackName and refuse packs whose objects overlap."""
-    winners: dict[tuple[str, str], Desired] = {}
-    contended: dict[tuple[str, str], list[Desired]] = {}
+    assigned = _Assignments()
+    by_base: dict[str, list[Desired]] = defaultdict(list)
     for d in desired:
-        base = d.build.base_pack_name
-        for cluster in d.clusters:
-            key = (base, cluster)
-            first = winners.setdefault(key, d)
-            if first is not d:
-                contended.setdefault(key, [first]).append(d)
+        by_base[d.build.base_pack_name].append(d)
+    winners = assigned.winners
+    contended: dict[tuple[str, str], list[Desired]] = {}
+    for base, group in by_base.items():
+        if len(group) == 1:
+            assigned.single[base] = group[0]
+            continue
+        for d in group:
+            for cluster in d.clusters:
+                key = (base, cluster)
+                first = winners.setdefault(key, d)
+                if first is not d:
+                    contended.setdefault(key, [first]).append(d)
     blocked: list[change.Change] = []
-    for key, group in sorted(contended.items()):
-        group.sort(key=lambda d: _rank(d, key[1], observed))
-        winners[key] = group[0]
-        for loser in group[1:]:
-            blocked.append(_collision(loser, key[1], group[0], "both build basePackName " + key[0]))
+    for key, ds in sorted(contended.items()):
+        ds.sort(key=lambda d: _rank(d, key[1], observed))
+        winners[key] = ds[0]
+        for loser in ds[1:]:
+            blocked.append(_collision(loser, key[1], ds[0], "both build basePackName " + key[0]))
 
     # Only packs sharing an object with another pack can collide: find them once, across clusters,
     # and sort only those per cluster (the rest can never be blocked for an overlap).
-    packs = {id(d): d for d in winners.values()}.values()
-    every = [identity for d in packs for identity in d.compiled.identities]
+    packs = {id(d): d for d in assigned.single.values() if d.clusters}
+    packs.update((id(d), d) for d in winners.values())
+    every = [identity for d in packs.values() for identity in d.compiled.identities]
     if len(set(every)) == len(every):
-        return winners, blocked  # no object is built by two packs: nothing to check per cluster
+        return assigned, blocked  # no object is built by two packs: nothing to check per cluster
     holders: dict[tuple[str, str, str, str], list[Desired]] = defaultdict(list)
-    for d in packs:
+    for d in packs.values():
         for identity in d.compiled.identities:
             holders[identity].append(d)
     suspects = {id(d) for group in holders.values() if len(group) > 1 for d in group}
     by_cluster: dict[str, list[Desired]] = defaultdict(list)
-    for (_, cluster), d in winners.items():
+    for (_, cluster), d in assigned.items():
         if id(d) in suspects:
             by_cluster[cluster].append(d)
     for cluster, group in sorted(by_cluster.items()):
@@ -270,9 +374,9 @@ def _assign(
                 continue
             shared = sorted(set(d.compiled.identities) & set(clash.compiled.identities))
             subject = "/".join(part for part in shared[0][1:] if part)
-            del winners[(d.build.base_pack_name, cluster)]
+            assigned.drop(d.build.base_pack_name, cluster)
             blocked.append(_collision(d, cluster, clash, f"both own {subject}"))
-    return winners, blocked
+    return assigned, blocked
 
 
 def _collision(loser: Desired, cluster: str, winner: Desired, what: str) -> change.Change:
@@ -435,7 +539,7 @@ def _uninstall(obs: instance.PackInstance, inputs: Inputs) -> change.Change:
 
 
 def _prune(base: str, desired: list[Desired], observed: instance.Part, inputs: Inputs,
-           changes: list[change.Change]) -> list[change.Change]:
+           changes: list[change.Item]) -> list[change.Change]:
     """Old ClusterPacks of ``base`` beyond ``keep_versions``, not desired and not in use."""
     packs = list(observed.packs.values())
     # The versions this pass creates count too, and an instance this pass moves to another version
@@ -443,9 +547,15 @@ def _prune(base: str, desired: list[Desired], observed: instance.Part, inputs: I
     created = sum(1 for d in desired if d.cluster_pack.name not in observed.packs)
     if base in inputs.protected_bases or len(packs) + created <= inputs.policy.keep_versions:
         return []
-    in_use = {c.pack_instance.cluster_pack for c in changes if c.pack_instance is not None and c.action is not Action.UNINSTALL}
-    moved = {c.name for c in changes if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
-        c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE)))}
+    in_use: set[str] = set()
+    moved: set[str] = set()
+    for item in changes:
+        c = item.template if isinstance(item, change.Run) else item
+        if c.pack_instance is not None and c.action is not Action.UNINSTALL:
+            in_use.add(c.pack_instance.cluster_pack)
+        if c.kind is ObjectKind.PACK_INSTANCE and (c.action is Action.UNINSTALL or (
+                c.pack_instance is not None and c.action in (Action.CREATE, Action.SUPERSEDE))):
+            moved.update(item.names() if isinstance(item, change.Run) else (c.name,))
     in_use |= {
         head.cluster_pack
         for name, head in observed.heads.items()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gitopsd.core import conditions
 from gitopsd.model import change, pack, spec
@@ -25,7 +25,7 @@ class PackLine:
     stages: tuple[str, ...]
     checksum: str
     cached: bool
-    changes: tuple[change.Change, ...]
+    changes: Sequence[change.Change]  # a ``change.Changes`` when the plan was made of parts
     error: change.PackError | None = None
     hooks: tuple[pack.Hook, ...] = ()  # Helm hooks kept in the artifact, in the order Helm runs them
     dropped_hooks: tuple[str, ...] = ()  # test hooks left out
@@ -107,12 +107,17 @@ def summarize(
             kept[base] = known
             seen_bases.add(base)
             continue
-        mine = tuple(
-            c for c in by_base.get(base, ())
-            if c.version == cp.version or (c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL)
-        )
+        version = cp.version
+
+        def shown(c: change.Change, version: str = version) -> bool:
+            return c.version == version or (c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL)
+
+        def same_version(c: change.Change, version: str = version) -> bool:
+            return c.version == version
+
+        mine = _where(by_base.get(base, ()), shown)
         if base in seen_bases:
-            mine = tuple(c for c in mine if c.version == cp.version)
+            mine = _where(mine, same_version)
         line = PackLine(
             base_pack_name=build.base_pack_name,
             version=cp.version,
@@ -164,3 +169,10 @@ def summarize(
         has_changes=plan.has_changes,
         status_error=status_error,
     )
+
+
+def _where(changes: Sequence[change.Change], keep: Callable[[change.Change], bool]) -> Sequence[change.Change]:
+    """The changes ``keep`` keeps (a plan's runs stay runs: ``keep`` looks only at kind, action and version)."""
+    if isinstance(changes, change.Changes):
+        return changes.where(keep)
+    return tuple(c for c in changes if keep(c))

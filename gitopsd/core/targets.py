@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from gitopsd import errors
@@ -24,4 +25,11 @@ def resolve(build: spec.PackBuild, clusters: Mapping[str, spec.Cluster]) -> tupl
             found.add(target.name)
         elif target.selector is not None:
             found.update(name for name, c in clusters.items() if target.selector.matches(c.labels))
-    return tuple(sorted(found))
+    return shared(tuple(sorted(found)))
+
+
+@functools.lru_cache(maxsize=4096)
+def shared(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names``, or an equal tuple given before: the packs of a fleet mostly target the same
+    clusters, and 10,000 packs then hold one tuple of cluster names, not 10,000 (with their strings)."""
+    return names

@@ -6,9 +6,11 @@ apply step executes it. Nothing else decides what changes.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import overload
 
 from gitopsd.model import instance, pack
 
@@ -85,73 +87,230 @@ class Change:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """The PackInstances of one pack on ``clusters`` that change alike, kept as one template: a plan
+    at a million instances holds one of these per pack instead of one ``Change`` per instance. The
+    template's ``name`` and ``cluster`` (and those of its ``pack_instance``) are blank; the change of
+    cluster ``c`` is the template named ``{base_pack_name}-{c}`` on ``c`` (``at``)."""
+
+    template: Change
+    clusters: tuple[str, ...]
+
+    def at(self, index: int) -> Change:
+        t, cluster = self.template, self.clusters[index]
+        name = f"{t.base_pack_name}-{cluster}"
+        pi = t.pack_instance
+        if pi is not None:
+            pi = instance.PackInstance(name, pi.namespace, pi.base_pack_name, cluster, pi.cluster_pack, pi.version,
+                                       pi.manifest_digest, pi.checksum, pi.priority, pi.source_build_ref, pi.revision,
+                                       pi.state, pi.history, pi.conditions, pi.uid, pi.resource_version)
+        return Change(t.kind, name, t.action, t.reason, t.base_pack_name, t.version, cluster, t.from_version, t.direction,
+                      t.condition, t.cluster_pack, pi)
+
+    def __iter__(self) -> Iterator[Change]:
+        return (self.at(i) for i in range(len(self.clusters)))
+
+    def names(self) -> Iterator[str]:
+        prefix = self.template.base_pack_name + "-"
+        return (prefix + cluster for cluster in self.clusters)
+
+
+Item = Change | Run
+
+
+class Changes(Sequence[Change]):
+    """Changes in order, each a ``Change`` or a ``Run`` of changes alike: a sequence of ``Change``
+    that makes a run's changes when they are read (equal to the tuple of them, item by item)."""
+
+    __slots__ = ("_ends", "_items")
+
+    def __init__(self, items: Iterable[Item] = ()) -> None:
+        kept: list[Item] = []
+        ends: list[int] = []
+        total = 0
+        for item in items:
+            if isinstance(item, Run):
+                if not item.clusters:
+                    continue
+                total += len(item.clusters)
+            else:
+                total += 1
+            kept.append(item)
+            ends.append(total)
+        self._items: tuple[Item, ...] = tuple(kept)
+        self._ends: tuple[int, ...] = tuple(ends)
+
+    @classmethod
+    def joined(cls, parts: Iterable[Changes]) -> Changes:
+        return cls(item for part in parts for item in part._items)
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        return self._items
+
+    def where(self, keep: Callable[[Change], bool]) -> Changes:
+        """The changes ``keep`` keeps; it is asked once per run (of its template): it must look only at
+        what the changes of a run share (kind, action, version, ...), never at a name or a cluster."""
+        if all(keep(item.template if isinstance(item, Run) else item) for item in self._items):
+            return self
+        return Changes(item for item in self._items if keep(item.template if isinstance(item, Run) else item))
+
+    def counts(self) -> dict[tuple[ObjectKind, Action], int]:
+        out: dict[tuple[ObjectKind, Action], int] = {}
+        for item in self._items:
+            c, n = (item.template, len(item.clusters)) if isinstance(item, Run) else (item, 1)
+            out[(c.kind, c.action)] = out.get((c.kind, c.action), 0) + n
+        return out
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __iter__(self) -> Iterator[Change]:
+        for item in self._items:
+            if isinstance(item, Run):
+                yield from item
+            else:
+                yield item
+
+    @overload
+    def __getitem__(self, index: int) -> Change: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Change]: ...
+
+    def __getitem__(self, index: int | slice) -> Change | list[Change]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return list(self._between(start, stop))
+        size = len(self)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError("change index out of range")
+        at = bisect.bisect_right(self._ends, index)
+        item = self._items[at]
+        if isinstance(item, Run):
+            return item.at(index - (self._ends[at] - len(item.clusters)))
+        return item
+
+    def _between(self, start: int, stop: int) -> Iterator[Change]:
+        at = bisect.bisect_right(self._ends, start)
+        index = start
+        while index < stop and at < len(self._items):
+            item = self._items[at]
+            if isinstance(item, Run):
+                first = self._ends[at] - len(item.clusters)
+                for i in range(index - first, min(stop, self._ends[at]) - first):
+                    yield item.at(i)
+            else:
+                yield item
+            index = self._ends[at]
+            at += 1
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Changes) and other._items == self._items:
+            return True
+        if not isinstance(other, Sequence) or isinstance(other, str) or len(other) != len(self):
+            return NotImplemented if not isinstance(other, Sequence) else False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    def __ne__(self, other: object) -> bool:
+        same = self.__eq__(other)
+        return same if same is NotImplemented else not same
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Changes({list(self)!r})"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Part:
     """The changes of one basePackName, in order, and the errors only it has: the plan is made of
-    them (``gitopsd.core.plan``), and a part that did not change is the same object pass after pass."""
+    them (``gitopsd.core.plan``), and a part that did not change is the same object pass after pass.
+    ``changes`` is kept as ``Changes`` (runs of changes alike: a few items per pack, not one per instance)."""
 
-    changes: tuple[Change, ...]
+    changes: Sequence[Change]
     errors: tuple[PackError, ...] = ()
-    writes: tuple[Change, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    writes: Changes = dataclasses.field(init=False, repr=False, compare=False)
     # what the apply step executes: the writes and the blocked changes with a condition to record
-    acts: tuple[Change, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    acts: Changes = dataclasses.field(init=False, repr=False, compare=False)
     counts: tuple[tuple[tuple[ObjectKind, Action], int], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "writes", tuple(c for c in self.changes if c.writes))
-        object.__setattr__(self, "acts", tuple(c for c in self.changes if c.acts))
-        counts: dict[tuple[ObjectKind, Action], int] = {}
-        for c in self.changes:
-            counts[(c.kind, c.action)] = counts.get((c.kind, c.action), 0) + 1
-        object.__setattr__(self, "counts", tuple(counts.items()))
+        changes = self.changes if isinstance(self.changes, Changes) else Changes(self.changes)
+        object.__setattr__(self, "changes", changes)
+        object.__setattr__(self, "writes", changes.where(_writes))
+        object.__setattr__(self, "acts", changes.where(_acts))
+        object.__setattr__(self, "counts", tuple(changes.counts().items()))
+
+    @property
+    def sequence(self) -> Changes:
+        """``changes`` as the ``Changes`` it is."""
+        assert isinstance(self.changes, Changes)
+        return self.changes
+
+
+def _writes(c: Change) -> bool:
+    return c.writes
+
+
+def _acts(c: Change) -> bool:
+    return c.acts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
     revision: str
-    changes: tuple[Change, ...]
+    changes: Sequence[Change]  # kept as ``Changes``
     errors: tuple[PackError, ...] = ()
     # the changes that write, worked out once: a pass asks several times and a fleet has a change per
     # instance (the plan's builder passes them when it knows them already)
-    writes_known: dataclasses.InitVar[tuple[Change, ...] | None] = None
-    _writes: tuple[Change, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    writes_known: dataclasses.InitVar[Sequence[Change] | None] = None
+    _writes: Changes = dataclasses.field(init=False, repr=False, compare=False)
     # by basePackName, when the plan was made of parts (``of_parts``); ``dataclasses.replace`` drops them
     parts: Mapping[str, Part] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self, writes_known: tuple[Change, ...] | None) -> None:
+    def __post_init__(self, writes_known: Sequence[Change] | None) -> None:
+        changes = self.changes if isinstance(self.changes, Changes) else Changes(self.changes)
+        object.__setattr__(self, "changes", changes)
         if writes_known is None:
-            writes_known = tuple(c for c in self.changes if c.writes)
-        object.__setattr__(self, "_writes", writes_known)
+            writes_known = changes.where(_writes)
+        object.__setattr__(self, "_writes", writes_known if isinstance(writes_known, Changes) else Changes(writes_known))
 
     @classmethod
     def of_parts(cls, revision: str, parts: Mapping[str, Part], order: Sequence[str], errors: tuple[PackError, ...],
-                 changes: tuple[Change, ...] | None = None) -> Plan:
+                 changes: Sequence[Change] | None = None) -> Plan:
         """The plan made of ``parts`` in ``order`` after the pass-wide ``errors`` (``changes``: the
         same changes, already put together)."""
-        writes: list[Change] = []
-        every: list[Change] = []
         more = list(errors)
         for base in order:
-            part = parts[base]
-            if changes is None:
-                every.extend(part.changes)
-            if part.writes:
-                writes.extend(part.writes)
-            if part.errors:
-                more.extend(part.errors)
-        made = cls(revision=revision, changes=changes if changes is not None else tuple(every), errors=tuple(more),
-                   writes_known=tuple(writes))
+            if parts[base].errors:
+                more.extend(parts[base].errors)
+        every = changes if changes is not None else Changes.joined(parts[base].sequence for base in order)
+        writes = Changes.joined(parts[base].writes for base in order)
+        made = cls(revision=revision, changes=every, errors=tuple(more), writes_known=writes)
         object.__setattr__(made, "parts", {base: parts[base] for base in order})
         return made
 
     @property
-    def acts(self) -> list[Change]:
+    def acts(self) -> Changes:
         """What the apply step executes, in plan order (``Change.acts``)."""
         if self.parts is not None:
-            return [c for part in self.parts.values() if part.acts for c in part.acts]
-        return [c for c in self.changes if c.acts]
+            return Changes.joined(part.acts for part in self.parts.values())
+        return self.sequence.where(_acts)
 
     @property
-    def writes(self) -> tuple[Change, ...]:
+    def sequence(self) -> Changes:
+        """``changes`` as the ``Changes`` it is."""
+        assert isinstance(self.changes, Changes)
+        return self.changes
+
+    @property
+    def writes(self) -> Changes:
         return self._writes
 
     @property
@@ -163,11 +322,9 @@ class Plan:
 
     def counts(self) -> dict[tuple[ObjectKind, Action], int]:
         """How many changes of each kind and action."""
-        out: dict[tuple[ObjectKind, Action], int] = {}
         if self.parts is None:
-            for c in self.changes:
-                out[(c.kind, c.action)] = out.get((c.kind, c.action), 0) + 1
-            return out
+            return self.sequence.counts()
+        out: dict[tuple[ObjectKind, Action], int] = {}
         for part in self.parts.values():
             for key, n in part.counts:
                 out[key] = out.get(key, 0) + n

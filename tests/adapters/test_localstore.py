@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 
 import pytest
 
 from gitopsd import errors
 from gitopsd.adapters import localstore
+from gitopsd.core import codec
 from tests.core.test_plan import build_plan, desired
 
 
@@ -146,3 +148,20 @@ def test_events_past_the_limit_keep_the_ids_and_order_of_one_insert_each(
     assert store._db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone() == (6,)
     assert store.observe("seam-system") == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
     assert store.integrity_ok()
+
+
+def test_instances_written_alike_are_stored_as_each_one_encoded_whole(tmp_path: pathlib.Path) -> None:
+    """The bodies of a run of instances (one pack on many clusters) are made from one encoding with
+    the name and cluster put in: each must be the body of its own instance, escaping included."""
+    clusters = ("c1", "c-é", 'c"q', "c\\b", "c\x00", "z")
+    first = build_plan(desired("web", "1.0.0", clusters=clusters), desired("api", "1.0.0", clusters=clusters[:2],
+                                                                             objects=("cm-b",)))
+    store = localstore.LocalStore(tmp_path / "s.db")
+    store.apply("seam-system", first.changes, first.revision, "t1")
+    rows = dict(store._db.execute("SELECT name, body FROM objects WHERE kind='PackInstance'").fetchall())
+    expected = {c.name: json.dumps(codec.pack_instance_object(c.pack_instance), sort_keys=True, separators=(",", ":"))
+                for c in first.changes if c.pack_instance is not None}
+    assert rows == expected and len(rows) == 8
+    observed = store.observe("seam-system")
+    assert observed == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
+    assert {pi.cluster for pi in observed.instances.values()} == set(clusters)

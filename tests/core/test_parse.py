@@ -136,3 +136,12 @@ def test_a_cluster_name_refused_after_valid_ones_gets_the_same_error_every_time(
             messages.append(str(err))
     assert messages[0] == messages[2] == "ok"
     assert messages[1] == messages[3] and "targetClusters[1]" in messages[1]
+
+
+def test_packbuilds_listing_the_same_clusters_share_one_targets_tuple() -> None:
+    """A fleet's packs mostly target the same clusters: 10,000 PackBuilds hold one tuple of targets."""
+    clusters = [f"c{i}" for i in range(3)] + [{"matchLabels": {"env": "prod"}}]
+    a = parse_build(targetClusters=clusters)
+    b = parse_build(targetClusters=[*clusters], name="api", basePackName="api")
+    assert a.targets == b.targets and a.targets is b.targets
+    assert parse_build(targetClusters=["c9"]).targets == (spec.ClusterTarget(name="c9"),)

@@ -212,3 +212,42 @@ def test_old_cluster_packs_beyond_keep_versions_are_pruned() -> None:
     p = build_plan(desired("web", "1.3.0"), observed=observed, policy=policy)
     pruned = sorted(c.name for c in p.changes if c.action is Action.UNINSTALL)
     assert pruned == ["web-v1.0.0", "web-v1.1.0"]
+
+
+def shape(p: change.Plan) -> dict[str, list[tuple[str, str, int]]]:
+    """Per base, the items its part keeps: (action, kind of item, how many changes)."""
+    return {base: [(str(item.template.action), "run", len(item.clusters)) if isinstance(item, change.Run)
+                   else (str(item.action), "change", 1) for item in part.sequence.items]
+            for base, part in (p.parts or {}).items()}
+
+
+def test_instances_of_a_pack_that_change_alike_are_kept_as_one_run() -> None:
+    clusters = tuple(f"c{i:02d}" for i in range(40))
+    web, db = desired("web", "1.0.0", clusters=clusters), desired("db", "1.0.0", clusters=clusters, objects=("cm-b",))
+    first = build_plan(web, db)
+    assert shape(first) == {base: [("create", "change", 1), ("create", "run", 40)] for base in ("db", "web")}
+    assert [c.name for c in first.changes][:3] == ["db-v1.0.0", "db-c00", "db-c01"]
+    again = build_plan(web, db, observed=observed_from(first))
+    assert shape(again) == {base: [("unchanged", "change", 1), ("unchanged", "run", 40)] for base in ("db", "web")}
+    assert again.changes[-1] == change.Change(ObjectKind.PACK_INSTANCE, "web-c39", Action.UNCHANGED, "runs 1.0.0", "web",
+                                              "1.0.0", "c39")
+
+
+def test_an_instance_that_changes_splits_the_run_of_its_pack() -> None:
+    first = build_plan(desired("web", "1.0.0", clusters=("c1", "c3")))
+    p = build_plan(desired("web", "1.0.0", clusters=("c1", "c2", "c3")), observed=observed_from(first))
+    assert shape(p) == {"web": [("unchanged", "change", 1), ("unchanged", "run", 1), ("create", "run", 1),
+                                ("unchanged", "run", 1)]}
+    assert actions(p) == [
+        ("ClusterPack", "web-v1.0.0", "unchanged", None),
+        ("PackInstance", "web-c1", "unchanged", None),
+        ("PackInstance", "web-c2", "create", "Initial"),
+        ("PackInstance", "web-c3", "unchanged", None),
+    ]
+
+
+def test_cluster_packs_read_back_share_their_target_clusters_tuple() -> None:
+    first, second = desired("web", "1.0.0", clusters=("a", "b")), desired("db", "1.0.0", clusters=("a", "b"))
+    packs = [codec.cluster_pack_from_json({"name": d.cluster_pack.name, "namespace": "seam-system",
+                                           "spec": d.cluster_pack.spec()}) for d in (first, second)]
+    assert packs[0].target_clusters == ("a", "b") and packs[0].target_clusters is packs[1].target_clusters
