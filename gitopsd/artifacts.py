@@ -12,7 +12,8 @@ What is checked when: a resync of the daemon, its first pass and every one-shot 
 published artifact in use (each blob stat'ed, and hashed again when its size, mtime or inode moved;
 a new process hashes them all). The daemon's other passes ask the registry to check again only what
 it saw change since the last pass (``RepairsArtifacts.recheck``: the OCI layout watches its
-folders), so an artifact whose blobs were written, truncated, replaced, deleted or chmod'ed, or
+folders; an artifact the layout wrote itself, from the bytes the compile hashed, is sound without
+a read back), so an artifact whose blobs were written, truncated, replaced, deleted or chmod'ed, or
 whose tag changed in index.json, is checked and repaired by the next pass; a change the watch cannot
 see (a write through a hard link or a memory mapping, bit rot) waits for the resync. The artifact of
 a ClusterPack an instance is about to move to is read byte for byte on every pass (``_verify``).

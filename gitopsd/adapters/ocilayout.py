@@ -43,6 +43,7 @@ from gitopsd.model import pack
 
 REF_NAME = "org.opencontainers.image.ref.name"
 PENDING_BLOBS = 4096  # blobs written by pushes and not yet renamed into place: past it, settle them
+DRAIN_EVERY = 1024  # blobs staged between two takes of the watch's events (``_drain``)
 log = structlog.get_logger()
 
 
@@ -71,6 +72,12 @@ class OciLayout:
         self._sound: dict[tuple[str, str], frozenset[str]] = {}
         self._watch: dirwatch.DirWatch | None = None
         self._own: collections.Counter[str] = collections.Counter()  # names this process renamed into place, not yet seen
+        # blob names this process wrote (from bytes whose digest it computed) while the watch was on,
+        # and that the watch saw no one else change since: an artifact pushed from them is sound
+        self._trusted: set[str] = set()
+        # names someone else changed, from the watch's events taken so far (``_drain``); None when the
+        # watch lost track (its queue overflowed, the blobs folder moved)
+        self._changed: set[str] | None = set()
 
     def _blob_path(self, digest: str) -> pathlib.Path:
         algorithm, _, hexdigest = digest.partition(":")
@@ -167,19 +174,39 @@ class OciLayout:
         """Begin a pass's checks: forget that an artifact was found sound when the watch saw one of its
         blobs change since the last call (every artifact when ``full``, or when the watch cannot
         tell), and read index.json again when someone else changed it. The first call arms the watch."""
-        events = self._watch.changes() if self._watch is not None else None
-        if events is not None and any(folder == 0 and name == "blobs" for folder, _, name in events):
-            events = None  # the blobs folder itself was replaced, moved or deleted: the watch is on the old one
-        if full or events is None:
+        self._drain()
+        changed = self._changed if self._watch is not None else None
+        self._changed = set()
+        if full or changed is None:
             self._sound.clear()
             self._own.clear()
+            self._trusted.clear()
             if self._watch is not None:
                 self._watch.close()
             self._watch = None if self.read_only else dirwatch.open_watch([self.root, self.blobs])
             if self._index is not None and not self._dirty:
                 self._index = None  # read again: it may have changed while nothing watched it
             return
-        changed: set[str] = set()
+        self._own = +self._own
+        if "index.json" in changed and self._index is not None and not self._dirty:
+            self._index = None  # someone else wrote it: read it again (unreadable: its tags are made again)
+            self._sound.clear()  # every tag is checked again
+        changed.discard("index.json")
+        if changed:
+            self._sound = {key: names for key, names in self._sound.items() if names.isdisjoint(changed)}
+            self._trusted -= changed
+
+    def _drain(self) -> None:
+        """Take the events the watch queued so far into ``_changed``, leaving out this process's own
+        renames and writes in flight. Called as blobs are written too: the kernel queues at most
+        16,384 events (five a blob written), and a queue that overflows makes the next check read
+        every artifact again."""
+        if self._watch is None or self._changed is None:
+            return
+        events = self._watch.changes()
+        if events is None or any(folder == 0 and name == "blobs" for folder, _, name in events):
+            self._changed = None  # the blobs folder itself was replaced, moved or deleted: the watch is on the old one
+            return
         for folder, mask, name in events:
             if folder == 0 and name != "index.json":
                 continue
@@ -188,14 +215,7 @@ class OciLayout:
             if mask & dirwatch.IN_MOVED_TO and self._own[name] > 0:
                 self._own[name] -= 1  # this process's own write
                 continue
-            changed.add(name)
-        self._own = +self._own
-        if "index.json" in changed and self._index is not None and not self._dirty:
-            self._index = None  # someone else wrote it: read it again (unreadable: its tags are made again)
-            self._sound.clear()  # every tag is checked again
-        changed.discard("index.json")
-        if changed:
-            self._sound = {key: names for key, names in self._sound.items() if names.isdisjoint(changed)}
+            self._changed.add(name)
 
     def _tagged(self, repository: str, digest: str) -> bool:
         self._load_index()
@@ -235,9 +255,15 @@ class OciLayout:
                     self._stage(path, blob.data)
             self._stage(manifest_path, art.manifest)  # after its blobs: settled in this order
             self.pushed += 1
-            if len(self._pending) >= PENDING_BLOBS:
-                self._settle()
         self._tag(f"{repository}:{art.tag}", art)
+        if self._watch is not None:
+            # written here (or earlier by this process, unchanged since) from the bytes the compile
+            # hashed: sound without reading it back, until the watch sees a change to one of its blobs
+            paths = [self._blob_path(blob.digest) for blob in art.blobs] + [manifest_path]
+            if all(path in self._pending or path.name in self._trusted for path in paths):
+                self._sound[(repository, art.manifest_digest)] = frozenset(path.name for path in paths)
+        if len(self._pending) >= PENDING_BLOBS:
+            self._settle()
         return not present
 
     def _stage(self, path: pathlib.Path, data: bytes) -> None:
@@ -250,6 +276,8 @@ class OciLayout:
             os.unlink(tmp)
             raise
         self._pending[path] = tmp
+        if len(self._pending) % DRAIN_EVERY == 0:
+            self._drain()
 
     def _settle(self) -> None:
         """Make the staged blobs durable (one ``syncfs``, else an fsync each), rename them into place
@@ -267,7 +295,11 @@ class OciLayout:
             for tmp in pending.values():
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+            self._sound.clear()  # some of the blobs an artifact was found sound by may not be in place
             raise
+        if self._watch is not None:
+            self._trusted.update(path.name for path in pending)
+            self._drain()
 
     def _load_index(self) -> dict[str, Any]:
         if self._index is None:
@@ -360,6 +392,7 @@ class OciLayout:
             self._watch.close()
             self._watch = None
         self._sound.clear()
+        self._trusted.clear()
 
     def _wrote(self, name: str) -> None:
         """This process renamed ``name`` into place: the watch's event for it is no change to check."""
