@@ -292,16 +292,10 @@ class Named(Mapping[str, T]):
         self._field = field
 
     def __getitem__(self, name: str) -> T:
-        parts, field = self._parts, self._field
-        cut = name.rfind("-")
-        while cut > 0:
-            part = parts.get(name[:cut])
-            if part is not None:
-                found = getattr(part, field).get(name)
-                if found is not None:
-                    return found  # type: ignore[no-any-return]
-            cut = name.rfind("-", 0, cut)
-        raise KeyError(name)
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
 
     def get(self, name: str, default: T | None = None) -> T | None:  # type: ignore[override]
         """``self[name]``, or ``default``: the same search without an exception when nothing is found
