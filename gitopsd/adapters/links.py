@@ -15,6 +15,7 @@ exported).
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator
 
 from gitopsd import errors, ports
 from gitopsd.core import paths
@@ -95,14 +96,21 @@ def export_target(tree: ports.Tree, link: str, root: str) -> tuple[str, ports.En
     return target, kind
 
 
-def check_export(tree: ports.Tree, root: str) -> None:
-    """Refuse the export of ``root`` when a link below it leads outside ``root``, nowhere, or loops."""
+def walk(tree: ports.Tree, root: str) -> Iterator[tuple[str, str, ports.EntryKind]]:
+    """Every entry below ``root`` as (path, name, kind), folders included and entered after they are
+    yielded, links not followed (the renderers' checks and the raw renderer's read all go this way)."""
     stack = [root]
     while stack:
         current = stack.pop()
         for name, kind in tree.listdir(current):
             sub = f"{current}/{name}" if current else name
+            yield sub, name, kind
             if kind is ports.EntryKind.DIR:
                 stack.append(sub)
-            elif kind is ports.EntryKind.LINK:
-                export_target(tree, sub, root)
+
+
+def check_export(tree: ports.Tree, root: str) -> None:
+    """Refuse the export of ``root`` when a link below it leads outside ``root``, nowhere, or loops."""
+    for sub, _, kind in walk(tree, root):
+        if kind is ports.EntryKind.LINK:
+            export_target(tree, sub, root)

@@ -41,24 +41,18 @@ def _check_name(sub: str, name: str, *, file: str, field: str) -> None:
 def check_links(tree: ports.Tree, folder: str, *, build: spec.PackBuild, field: str) -> None:
     """Refuse any symlink under ``folder`` that points outside the config repo or into another
     pack's folder, and file names with control characters (they would break one-line messages)."""
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        for name, kind in tree.listdir(current):
-            sub = f"{current}/{name}" if current else name
-            _check_name(sub, name, file=build.path, field=field)
-            if kind is ports.EntryKind.DIR:
-                stack.append(sub)
-            elif kind is ports.EntryKind.LINK:
-                target = links.resolve(tree, sub)
-                if target is None:
-                    raise errors.SpecError(
-                        f"field {field!r}: {sub} is a symlink to {shown_name(tree.readlink(sub))!r}, outside the config repo; "
-                        "copy the file into the repo instead",
-                        path=build.path,
-                        reason="PathEscape",
-                    )
-                check_own(tree, build, target, field=f"{field} (symlink {sub})")
+    for sub, name, kind in links.walk(tree, folder):
+        _check_name(sub, name, file=build.path, field=field)
+        if kind is ports.EntryKind.LINK:
+            target = links.resolve(tree, sub)
+            if target is None:
+                raise errors.SpecError(
+                    f"field {field!r}: {sub} is a symlink to {shown_name(tree.readlink(sub))!r}, outside the config repo; "
+                    "copy the file into the repo instead",
+                    path=build.path,
+                    reason="PathEscape",
+                )
+            check_own(tree, build, target, field=f"{field} (symlink {sub})")
 
 
 def other_pack(tree: ports.Tree, build: spec.PackBuild, path: str) -> str | None:

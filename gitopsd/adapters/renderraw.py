@@ -23,27 +23,21 @@ class RawRenderer(renderinputs.ReadsSources):
         renderinputs.check_own(tree, build, root, field=field)
         renderinputs.check_links(tree, root, build=build, field=field)
         documents: list[tuple[str, bytes]] = []
-        stack = [root]
         files: list[str] = []
-        while stack:
-            current = stack.pop()
-            for name, kind in tree.listdir(current):
-                sub = f"{current}/{name}" if current else name
-                if kind is ports.EntryKind.DIR:
-                    stack.append(sub)
-                elif name.endswith((".yaml", ".yml")) and sub != build.path:
-                    if kind is ports.EntryKind.LINK:
-                        target = links.resolve(tree, sub)
-                        if target is None or tree.kind(target) is not ports.EntryKind.FILE:
-                            where = "outside the config repo" if target is None else "not a regular file"
-                            raise errors.SpecError(
-                                f"field {field!r}: {sub} is a symlink to "
-                                f"{renderinputs.shown_name(tree.readlink(sub))!r}, {where}; "
-                                "copy the file into the repo instead",
-                                path=build.path,
-                                reason="PathEscape",
-                            )
-                    files.append(sub)
+        for sub, name, kind in links.walk(tree, root):
+            if kind is not ports.EntryKind.DIR and name.endswith((".yaml", ".yml")) and sub != build.path:
+                if kind is ports.EntryKind.LINK:
+                    target = links.resolve(tree, sub)
+                    if target is None or tree.kind(target) is not ports.EntryKind.FILE:
+                        where = "outside the config repo" if target is None else "not a regular file"
+                        raise errors.SpecError(
+                            f"field {field!r}: {sub} is a symlink to "
+                            f"{renderinputs.shown_name(tree.readlink(sub))!r}, {where}; "
+                            "copy the file into the repo instead",
+                            path=build.path,
+                            reason="PathEscape",
+                        )
+                files.append(sub)
         total = 0
         for sub in sorted(files):
             target = sub
