@@ -25,6 +25,7 @@ class Recorder(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.seen: list[tuple[str, str, Any]] = []
+        self.authorizations: list[str | None] = []
         self.connections = 0
         self.mode = "length"  # or "chunked", "drop" (close each connection after its answer), "error"
         self.lock = threading.Lock()
@@ -47,6 +48,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length)) if length else None
         with self.server.lock:
             self.server.seen.append((self.command, self.path, body))
+            self.server.authorizations.append(self.headers.get("Authorization"))
         mode = self.server.mode
         if mode == "error":
             payload = json.dumps({"kind": "Status", "code": 409, "message": "taken", "details": {"name": "x"}}).encode()
@@ -105,6 +107,7 @@ def test_requests_share_one_keep_alive_connection_and_answers_are_read_whole(
     assert [path for _, path, _ in server.seen] == ["/api/v1/namespaces/ns/events?fieldManager=gitopsd"] * 5
     assert server.connections == 1
     assert requests.counts == {"create events": 5}
+    assert server.authorizations == ["Bearer token-not-for-logs"] * 5
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced(server: Recorder, requests: kube.Requests) -> None:
@@ -124,6 +127,27 @@ def test_an_error_answer_is_an_api_exception_that_translates(server: Recorder, r
     server.mode = "length"  # the connection is still good after an error answer
     assert requests.call("get", "events", "GET", kube.connection.events_path("ns", "e"))["metadata"] == {"name": "x"}
     assert server.connections == 1
+
+
+def test_through_a_proxy_the_api_clients_pool_sends_the_same_requests_and_answers(server: Recorder) -> None:
+    """A proxy in the configuration: the write path keeps the API client's urllib3 pool (its own
+    connection does not speak to proxies), with the same credentials, body, answers and errors."""
+    configuration = kube.client.Configuration()
+    configuration.host = "http://kube.example:6443"
+    configuration.proxy = f"http://127.0.0.1:{server.server_address[1]}"  # the recorder, as the proxy
+    configuration.api_key = {"authorization": "token-not-for-logs"}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    assert kube.transport.Transport.for_configuration(configuration, timeout=5) is None
+    requests = kube.Requests(kube.client.ApiClient(configuration), may_write=lambda: True, timeout=5)
+    answer = requests.call("create", "events", "POST", kube.connection.events_path("ns"), {"n": 1}, query={"fieldManager": "gitopsd"})
+    assert answer["echo"] == {"n": 1}
+    assert server.seen == [("POST", "http://kube.example:6443/api/v1/namespaces/ns/events?fieldManager=gitopsd", {"n": 1})]
+    server.mode = "error"
+    with pytest.raises(ApiException) as raised:
+        requests.call("create", "events", "POST", kube.connection.events_path("ns"), {})
+    assert raised.value.status == 409 and json.loads(raised.value.body)["message"] == "taken"
+    assert server.authorizations == ["Bearer token-not-for-logs"] * 2
+    requests.close()
 
 
 def test_an_unreachable_server_is_cluster_unavailable() -> None:
