@@ -233,18 +233,17 @@ class Requests:
         if transport is None:
             return self._call_pooled(method, target, data, content_type)
         head = [self._head]
-        for auth in self.api.configuration.auth_settings().values():
-            if auth["in"] == "header" and auth["value"]:
-                head.append(f"{auth['key']}: {auth['value']}\r\n".encode("latin-1"))
+        for key, value in self._auth():
+            head.append(f"{key}: {value}\r\n".encode("latin-1"))
         if data is not None:
             head.append(b"Content-Type: " + content_type.encode("ascii") + b"\r\n")
         response = transport.request(method, target, b"".join(head), data)
-        if not 200 <= response.status < 300:
-            err = ApiException(status=response.status, reason=response.reason)
-            err.body = response.body.decode("utf-8", "replace")
-            err.headers = response.headers
-            raise err
-        return json.loads(response.body) if response.body else {}
+        return _answer(response.status, response.reason, response.body, lambda: response.headers)
+
+    def _auth(self) -> list[tuple[str, str]]:
+        """The API client's header credentials, asked for each request (a token may be refreshed)."""
+        return [(auth["key"], auth["value"]) for auth in self.api.configuration.auth_settings().values()
+                if auth["in"] == "header" and auth["value"]]
 
     def _query(self, query: Mapping[str, str]) -> str:
         """``?k=v&...``; the few distinct queries of the write path are encoded once."""
@@ -256,20 +255,12 @@ class Requests:
 
     def _call_pooled(self, method: str, target: str, data: bytes | None, content_type: str) -> JSON:
         """``call`` through the API client's pool (a proxy, or socket options, in its configuration)."""
-        headers = dict(self._headers)
-        for auth in self.api.configuration.auth_settings().values():
-            if auth["in"] == "header" and auth["value"]:
-                headers[auth["key"]] = auth["value"]
+        headers = {**self._headers, **dict(self._auth())}
         if data is not None:
             headers["Content-Type"] = content_type
         response = self._pool.urlopen(method, target, body=data, headers=headers, timeout=self._timeout,
                                       preload_content=True, assert_same_host=False)
-        if not 200 <= response.status < 300:
-            err = ApiException(status=response.status, reason=response.reason)
-            err.body = response.data.decode("utf-8", "replace")
-            err.headers = response.headers
-            raise err
-        return json.loads(response.data) if response.data else {}
+        return _answer(response.status, response.reason, response.data, lambda: response.headers)
 
     def close(self) -> None:
         """Close the write path's connections (the API client's pool is closed with the client)."""
@@ -298,6 +289,17 @@ class Requests:
         """A streaming response (a watch): the caller reads and closes it."""
         self.count(verb, resource)
         return method(*args, _preload_content=False, **kwargs)
+
+
+def _answer(status: int, reason: str | None, body: bytes, headers: Callable[[], Any]) -> JSON:
+    """An answer's JSON (``{}`` when empty), or ``ApiException`` for a non-2xx status, as the generated
+    client raises it (``headers`` is asked for only then: the write path parses them lazily)."""
+    if not 200 <= status < 300:
+        err = ApiException(status=status, reason=reason)
+        err.body = body.decode("utf-8", "replace")
+        err.headers = headers()
+        raise err
+    return json.loads(body) if body else {}
 
 
 class _Absolute:
