@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import structlog
 
-from gitopsd import errors, packcompile, passstate, ports
+from gitopsd import errors, memo, packcompile, passstate, ports
 from gitopsd.core import plan
 from gitopsd.model import change, instance
 
@@ -43,35 +43,69 @@ def verify_artifacts(env: Env, state: PassState) -> None:
     verify the artifact of every existing ClusterPack an instance may be about to point at: a
     mismatch is ``ArtifactMismatch``, a registry that cannot be asked ``ArtifactUnverified``
     (``state.artifact_problems``, which ``plan`` turns into blocked deliveries); an artifact that
-    cannot be repaired is a pack error (``ArtifactDamaged``). Nothing of this in a dry run."""
+    cannot be repaired is a pack error (``ArtifactDamaged``). Nothing of this in a dry run.
+
+    In the daemon's passes with a scope (``PassState.scope``), only the packs it visits are looked
+    at again, with those whose artifact the registry saw change, those not repaired last pass and
+    those an instance was about to move to last pass; the others keep the last pass's findings."""
     assert state.observed is not None
     if env.dry_run:
         return
-    published = _published(state)
+    scope = state.scope
+    visit = scope.of("artifacts") if scope is not None else None
+    carried = scope.carried if scope is not None and visit is not None else None
+    published = _published(state, visit, carried)
+    repaired: set[int] = set()
     if isinstance(env.registry, ports.RepairsArtifacts):
-        _repair(env, state, env.registry, published)
+        repaired = _repair(env, state, env.registry, published, visit, carried)
+    moving: set[int] = set()
     if isinstance(env.registry, ports.VerifiesArtifacts):
-        _verify(env, state, env.registry, published)
+        moving = _verify(env, state, env.registry, published, visit, carried)
+    if state.carrying is not None:
+        state.carrying.published, state.carrying.unsound, state.carrying.moving = published, repaired, moving
+        state.carrying.done.add("artifacts")
 
 
-def _published(state: PassState) -> list[CompileResult]:
-    """This pass's ClusterPacks that exist already with the same content (the plan keeps them)."""
+def _published(state: PassState, visit: tuple[int, ...] | None, carried: memo.Carried | None) -> set[int]:
+    """The indexes of this pass's ClusterPacks that exist already with the same content (the plan keeps them)."""
     assert state.observed is not None
-    out = []
-    for result in state.compiled:
-        cp = result.compiled.cluster_pack
+    compiled = state.compiled
+    if visit is None or carried is None:
+        out = set()
+        for i, result in enumerate(compiled):
+            cp = result.compiled.cluster_pack
+            found = state.stored(cp.name)
+            if found is not None and found.checksum == cp.checksum:
+                out.add(i)
+        return out
+    out = carried.published - set(visit)
+    for i in visit:
+        cp = compiled[i].compiled.cluster_pack
         found = state.stored(cp.name)
         if found is not None and found.checksum == cp.checksum:
-            out.append(result)
+            out.add(i)
     return out
 
 
-def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, published: list[CompileResult]) -> None:
+def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, published: set[int],
+            visit: tuple[int, ...] | None, carried: memo.Carried | None) -> set[int]:
+    """Repair the damaged artifacts among ``published``; returns the indexes of those that could not be."""
     # A resync (and a one-shot command, and the first pass of a process) checks every artifact in use;
     # the daemon's other passes check those the registry saw change, and the new ones.
-    registry.recheck(full=env.resync)
-    repaired = 0
-    for result in published:
+    moved = registry.recheck(full=env.resync)
+    compiled = state.compiled
+    if visit is None or carried is None or moved is None:
+        todo = sorted(published)
+    else:
+        wanted = set(visit) | carried.unsound
+        if moved:
+            wanted.update(i for i in published
+                          if (compiled[i].compiled.cluster_pack.base_pack_name, compiled[i].compiled.cluster_pack.manifest_digest)
+                          in moved)
+        todo = sorted(wanted & published)
+    repaired, damaged = 0, set()
+    for i in todo:
+        result = compiled[i]
         cp = result.compiled.cluster_pack
         if registry.sound(cp.base_pack_name, cp.manifest_digest):
             continue
@@ -88,12 +122,14 @@ def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, publis
             state.pack_errors.append(change.PackError(path=result.build.path, pack=cp.base_pack_name,
                                                       reason="ArtifactDamaged", message=message))
             log.warning("artifact damaged", pack=cp.base_pack_name, digest=cp.manifest_digest, error=str(err))
+            damaged.add(i)
             continue
         repaired += 1
         state.published += 1
         log.warning("artifact repaired", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
     if repaired and isinstance(env.registry, ports.Flushing):
         env.registry.flush()
+    return damaged
 
 
 def _moving(state: PassState, result: CompileResult) -> bool:
@@ -114,17 +150,26 @@ def _moving(state: PassState, result: CompileResult) -> bool:
     return False
 
 
-def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts, published: list[CompileResult]) -> None:
+def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts, published: set[int],
+            visit: tuple[int, ...] | None, carried: memo.Carried | None) -> set[int]:
     """Existing ClusterPacks only: a new one is uploaded byte for byte and digest-checked by ``publish``.
+    Returns the indexes of those an instance may be about to move to (each read byte for byte).
 
     Whether instances move to a ClusterPack is worked out again only when the pack or what its base
     holds changed since the last pass (the store gives a base's part as the same object while
     nothing of it was written); a resync works it out for every pack."""
     assert state.observed is not None
-    earlier = {} if env.resync else env.memo.settled_artifacts
-    settled: dict[str, tuple[tuple[object, ...], object]] = {}
+    compiled = state.compiled
+    if visit is None or carried is None:
+        earlier = {} if env.resync else env.memo.settled_artifacts
+        settled: dict[str, tuple[tuple[object, ...], object]] = {}
+        todo = sorted(published)
+    else:  # the packs visited and those that were moving: the others' entries stand
+        earlier = settled = env.memo.settled_artifacts
+        todo = sorted((set(visit) | carried.moving) & published)
     moving = []
-    for result in published:
+    for i in todo:
+        result = compiled[i]
         cp, build = result.compiled.cluster_pack, result.build
         part = state.observed.part(build.base_pack_name)
         mark = (cp.manifest_digest, cp.checksum, build.priority, build.path, result.clusters)
@@ -132,12 +177,13 @@ def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts, publi
         if known is not None and known[1] is part and known[0] == mark:
             settled[cp.name] = known
         elif _moving(state, result):
-            moving.append(result)
+            moving.append(i)
+            settled.pop(cp.name, None)
         else:
             settled[cp.name] = (mark, part)
     env.memo.settled_artifacts = settled
-    for result in sorted(moving, key=lambda r: r.compiled.cluster_pack.name):
-        cp = result.compiled.cluster_pack
+    for i in sorted(moving, key=lambda i: compiled[i].compiled.cluster_pack.name):
+        cp = compiled[i].compiled.cluster_pack
         layers = {field: digest for field, digest in (
             ("rbacDigest", cp.rbac_digest), ("clusterScopedDigest", cp.cluster_scoped_digest),
             ("workloadDigest", cp.workload_digest)) if digest}
@@ -149,6 +195,7 @@ def _verify(env: Env, state: PassState, registry: ports.VerifiesArtifacts, publi
         if problems:
             state.artifact_problems[cp.name] = ("ArtifactMismatch", "; ".join(problems))
             log.warning("artifact mismatch", pack=cp.base_pack_name, version=cp.version, problems=len(problems))
+    return set(moving)
 
 
 def publish(env: Env, state: PassState) -> None:

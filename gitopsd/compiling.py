@@ -44,7 +44,14 @@ def compile_packs(env: Env, state: PassState) -> None:
 
     A custom kind's scope may come from a CRD in another pack: the packs are compiled with the
     scopes the last pass settled on (gitopsd.yaml's ``crds`` first), then ``_settle_scopes`` reads
-    every pack's CRDs and compiles again only the packs that used a scope that turned out otherwise."""
+    every pack's CRDs and compiles again only the packs that used a scope that turned out otherwise.
+
+    In the daemon, a pass where nothing the packs are compiled from moved takes the last pass's
+    results as they are (``_steady``): no pack is visited."""
+    steady = _steady(env, state)
+    if steady is not None:
+        state.compiled, state.crd_scopes = steady, env.memo.crd_scopes
+        return  # nothing looked up or stored: the compile cache keeps what it holds (no flush)
     every = sorted(state.builds, key=lambda b: b.path)
     reused, builds = _unchanged(env, state, every)
     packcompile.seed_inputs(env, builds)
@@ -69,9 +76,12 @@ def compile_packs(env: Env, state: PassState) -> None:
             # every pack is the last pass's, from the same cache entries: so are their CRDs, the scopes
             # they settle on, and the packs compiled again with them
             state.crd_scopes = env.memo.crd_scopes
+            steady_after = True
         else:
             _settle_scopes(env, state)
+            steady_after = False
         _remember(env, state, every, builds)
+        env.memo.steady = _steady_memo(env, state) if steady_after else None
     finally:
         state.renders, state.renders_bytes = None, 0
         for key, running in earlier.items():  # not taken: its pack is gone or its inputs changed
@@ -108,6 +118,9 @@ def _unchanged(env: Env, state: PassState,
         return known[0] if known is not None else tree.tree_id(folder)
 
     known_packs, running = env.memo.compiled, env.memo.running
+    # the result of each pack this step took from the cache last time: given again while it holds the
+    # same objects, so that the steps after this one see the same object for a pack that did not change
+    earlier, kept = env.memo.reused, {}
     reused: list[CompileResult] = []
     todo: list[spec.PackBuild] = []
     for build in builds:
@@ -122,8 +135,38 @@ def _unchanged(env: Env, state: PassState,
             todo.append(build)
         else:
             assert known is not None
-            reused.append(CompileResult(build, hit, known.clusters, cached=True, key=known.key))
+            result = earlier.get(build.path)
+            if result is None or result.compiled is not hit or result.build is not build or result.key != known.key \
+                    or result.clusters != known.clusters:
+                result = CompileResult(build, hit, known.clusters, cached=True, key=known.key)
+            reused.append(result)
+            kept[build.path] = result
+    env.memo.reused = kept
     return reused, todo
+
+
+def _steady(env: Env, state: PassState) -> list[CompileResult] | None:
+    """The last pass's results, as they are, when that pass took every pack from the cache and nothing
+    they were compiled from moved since: the same parsed PackBuilds (the load step's ``memo.Loaded``,
+    so the same tree id of ``packs/``), the same tree ids of the renderers' input folders outside the
+    packs' own, the same pass-wide inputs and shard, no render running. None: compile as usual."""
+    last, tree = env.memo.steady, state.tree
+    assert tree is not None
+    if (last is None or state.loaded is None or last.loaded is not state.loaded or last.pack_filter is not env.pack_filter
+            or env.progress is not None or env.retry_failed or env.memo.running
+            or last.inputs != _pass_inputs(env, state)
+            or any(tree.tree_id(folder) != tree_id for folder, tree_id in last.elsewhere)):
+        return None
+    return list(last.results)
+
+
+def _steady_memo(env: Env, state: PassState) -> memo.Steady | None:
+    """What ``_steady`` compares the next pass with, after a pass that took every pack from the cache."""
+    if state.loaded is None:
+        return None
+    elsewhere = {pair for known in env.memo.compiled.values() for pair in known.elsewhere}
+    return memo.Steady(loaded=state.loaded, pack_filter=env.pack_filter, inputs=_pass_inputs(env, state),
+                       elsewhere=tuple(sorted(elsewhere)), results=tuple(state.compiled))
 
 
 def _remember(env: Env, state: PassState, builds: list[spec.PackBuild], compiled: list[spec.PackBuild]) -> None:

@@ -41,6 +41,7 @@ def load_specs(env: Env, state: PassState) -> None:
     loaded = env.memo.loaded
     if loaded is None or loaded.listing is not listing:
         loaded = env.memo.loaded = _load(env, tree, listing)
+    state.loaded = loaded
     state.pack_errors.extend(listing.errors)
     state.pack_errors.extend(loaded.errors)
     state.protected_paths.update(loaded.protected_paths)

@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+from collections.abc import Mapping
 
 from gitopsd import errors, ports
 from gitopsd.core import plan, replan, summarize
-from gitopsd.model import change, spec
+from gitopsd.model import change, instance, pack, spec
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompileResult:
+    """One pack of a pass, compiled (or taken from the cache). Never changed once made: a step that
+    changes a pack's ClusterPack (adopt, sign) puts another result in its place, so that the
+    next pass can tell an unchanged pack by the identity of its result."""
+
+    build: spec.PackBuild
+    compiled: pack.CompiledPack
+    clusters: tuple[str, ...]
+    cached: bool
+    key: str = ""  # its compile cache key (``packcompile.key``)
 
 
 @dataclasses.dataclass
@@ -60,6 +74,37 @@ class Compiled:
     elsewhere: tuple[tuple[str, str], ...]  # (folder, tree id) of the renderer's input folders outside the pack's folder
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Steady:
+    """A compile step that took every pack from the cache: what it read, and its results (``compiling._steady``)."""
+
+    loaded: Loaded
+    pack_filter: object  # the shard's filter (``Env.pack_filter``) the builds were chosen with
+    inputs: tuple[object, ...]  # what every pack's compile key is made of besides its own files
+    elsewhere: tuple[tuple[str, str], ...]  # (folder, tree id) of every renderer input folder outside a pack's own
+    results: tuple[CompileResult, ...]  # of every pack, in path order
+
+
+@dataclasses.dataclass(slots=True)
+class Carried:
+    """What the steps after ``observe`` worked out for every pack in one pass, kept for the next pass
+    of the process: it works out again only the packs whose inputs moved (``gitopsd.passstate.Scope``).
+    Indexes are positions in the pass's results (path order). A step fills its part and names itself
+    in ``done``; a step whose part is missing works every pack out."""
+
+    dry_run: bool
+    compiled: list[CompileResult]  # the compile step's results
+    parts: Mapping[str, instance.Part]  # what observe found, by base
+    names: list[str]  # the ClusterPack name of each result
+    bases: list[str]  # the basePackName of each result
+    done: set[str] = dataclasses.field(default_factory=set)
+    desired: list[CompileResult] = dataclasses.field(default_factory=list)  # after adopt and sign
+    verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)  # ClusterPack name -> verdict
+    published: set[int] = dataclasses.field(default_factory=set)  # results whose ClusterPack exists with their content
+    unsound: set[int] = dataclasses.field(default_factory=set)  # of those: an artifact damaged and not repaired
+    moving: set[int] = dataclasses.field(default_factory=set)  # of those: an instance may be about to move to it
+
+
 @dataclasses.dataclass
 class Memo:
     """Results of pure work kept between passes of one process (the daemon), each keyed by what
@@ -86,9 +131,13 @@ class Memo:
     # listing and the pass-wide inputs they were compiled in
     compiled: dict[str, Compiled] = dataclasses.field(default_factory=dict)
     compiled_in: tuple[object, ...] | None = None
+    # PackBuild path -> the result the compile step last took from the cache for it
+    reused: dict[str, CompileResult] = dataclasses.field(default_factory=dict)
+    steady: Steady | None = None  # the last compile step's, when it took every pack from the cache
     # ClusterPack name -> (what it is, the observed part of its base) of every pack no instance was about
     # to move to in the last pass's artifact check (``gitopsd.artifacts``)
     settled_artifacts: dict[str, tuple[tuple[object, ...], object]] = dataclasses.field(default_factory=dict)
+    carried: Carried | None = None  # what the last pass that ended worked out per pack after observe
 
     def renders_running(self) -> list[concurrent.futures.Future[ports.Rendered]]:
         """The renders a pass left running (done or not) that a later pass has not taken yet."""

@@ -67,16 +67,24 @@ class Env:
     render_wait: float | None = None
 
 
-@dataclasses.dataclass
-class CompileResult:
-    build: spec.PackBuild
-    compiled: pack.CompiledPack
-    clusters: tuple[str, ...]
-    cached: bool
-    key: str = ""  # its compile cache key (``packcompile.key``)
+CompileResult = memo_.CompileResult
 
 
 Desired = plan.Desired  # for PassState, where ``plan`` names a field
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    """The packs whose inputs moved since the last pass (``gitopsd.reconcile.scope``): the steps after
+    ``observe`` work those out and take the last pass's results (``carried``) for the others."""
+
+    carried: memo_.Carried
+    visit: tuple[int, ...]  # indexes of ``PassState.compiled``, in order
+
+    def of(self, step: str) -> tuple[int, ...] | None:
+        """The packs ``step`` works out: ``visit`` when the last pass kept that step's results, else
+        None (every pack)."""
+        return self.visit if step in self.carried.done else None
 
 
 @dataclasses.dataclass
@@ -85,6 +93,7 @@ class PassState:
     config: spec.RepoConfig = dataclasses.field(default_factory=spec.RepoConfig)
     clusters: dict[str, spec.Cluster] = dataclasses.field(default_factory=dict)
     builds: list[spec.PackBuild] = dataclasses.field(default_factory=list)
+    loaded: memo_.Loaded | None = None  # what the load step took the PackBuilds from (None: no packs/ folder)
     unowned: list[spec.PackBuild] = dataclasses.field(default_factory=list)  # of other shards: read for their CRDs only
     pack_errors: list[change.PackError] = dataclasses.field(default_factory=list)
     protected_paths: set[str] = dataclasses.field(default_factory=set)
@@ -96,6 +105,8 @@ class PassState:
     renders: dict[str, ports.Rendered] | None = None  # during the compile step: renders kept for a recompile
     renders_bytes: int = 0
     observed: instance.Observed | None = None
+    scope: Scope | None = None  # None: the steps after observe work out every pack (see ``Scope``)
+    carrying: memo_.Carried | None = None  # what they work out, for the next pass
     verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)
     # ClusterPack name -> (the ClusterPack ``sign`` made, the bytes it signed): its check reuses them
     signed: dict[str, tuple[pack.ClusterPack, bytes]] = dataclasses.field(default_factory=dict)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pathlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from gitopsd.core import delivery as delivery_core
@@ -235,10 +235,12 @@ class VerifiesArtifacts(Protocol):
 class RepairsArtifacts(Protocol):
     """A Registry that can tell cheaply whether a published artifact is intact and write it again (optional)."""
 
-    def recheck(self, *, full: bool) -> None:
+    def recheck(self, *, full: bool) -> Collection[tuple[str, str]] | None:
         """Begin a pass's ``sound`` checks: an artifact found sound earlier in this process may count as
         sound without being read again while the registry saw no change to it; ``full`` forgets that
-        (the daemon's resync checks everything)."""
+        (the daemon's resync checks everything). Returns the artifacts (repository, manifest digest)
+        found sound before that no longer count as sound since the last call: every other one found
+        sound still is; None when the registry cannot tell (then every artifact is checked)."""
         ...
 
     def sound(self, repository: str, manifest_digest: str) -> bool: ...

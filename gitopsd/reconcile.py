@@ -1,6 +1,7 @@
 """One reconcile pass, as an ordered list of small steps with one signature.
 
-fetch → load specs (``gitopsd.loading``) → compile (cached by content ids; ``gitopsd.compiling``) → observe → adopt
+fetch → load specs (``gitopsd.loading``) → compile (cached by content ids; ``gitopsd.compiling``) → observe →
+scope (which packs moved since the last pass: the next steps visit only those) → adopt
 published versions → sign → verify signatures → verify artifacts (``gitopsd.artifacts``) → plan →
 publish → unpack (delete what uninstalled instances left on their clusters) → apply → settle (plan
 the written bases again, for the next pass) → deliver (into reachable target clusters) → write
@@ -14,15 +15,18 @@ only gates the side effects (publish, apply, status).
 from __future__ import annotations
 
 import collections
+import collections.abc
 import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import operator
 import time
 
 import structlog
 
 from gitopsd import artifacts, compiling, errors, loading, packcompile, passstate, ports
+from gitopsd import memo as memo_
 from gitopsd.core import codec, plan, replan, signing, status, summarize
 from gitopsd.core import delivery as delivery_core
 from gitopsd.model import change, delivery, instance, pack, spec
@@ -49,6 +53,71 @@ def observe(env: Env, state: PassState) -> None:
     state.observed = env.cluster.observe(state.config.namespace, since=since)
 
 
+MOVED_LIMIT = 64  # bases whose part of the store moved since the last pass, above which a pass visits every pack
+
+
+def scope(env: Env, state: PassState) -> None:
+    """Which packs the steps after this one work out again (``PassState.scope``). Their result for a
+    pack depends only on its compile result, on what the store holds in the parts its ClusterPack's
+    name can be found in (the base itself, or a base its name starts with followed by ``-``), and on
+    what the process is given once (signer, trusted keys, registry). So a pass of the daemon visits
+    only the packs whose compile result is another object than the last pass's, or that one of
+    those parts moved under (the store and the watch cache give a part as the same object while
+    nothing of it was written), and takes the last pass's results for the others. Every pack is
+    visited on a process's first pass, a resync, ``--full``, a pass after one that did not end, and
+    when packs were added, removed or renamed since, or more than ``MOVED_LIMIT`` bases moved."""
+    assert state.observed is not None
+    last, env.memo.carried = env.memo.carried, None  # until this pass ends (``summarize_pass``)
+    compiled, parts = state.compiled, state.observed.parts
+    state.carrying = carrying = memo_.Carried(dry_run=env.dry_run, compiled=compiled, parts=parts, names=[], bases=[])
+    visit = _moved(env, last, compiled, parts)
+    if visit is None or last is None:
+        carrying.names = [r.compiled.cluster_pack.name for r in compiled]
+        carrying.bases = [r.build.base_pack_name for r in compiled]
+        return
+    carrying.names, carrying.bases = last.names, last.bases
+    changed = [i for i in visit if compiled[i] is not last.compiled[i]]
+    if changed:
+        carrying.names, carrying.bases = list(last.names), list(last.bases)
+        for i in changed:
+            carrying.names[i] = compiled[i].compiled.cluster_pack.name
+            carrying.bases[i] = compiled[i].build.base_pack_name
+    state.scope = passstate.Scope(last, visit)
+
+
+def _moved(env: Env, last: memo_.Carried | None, compiled: list[CompileResult],
+           parts: collections.abc.Mapping[str, instance.Part]) -> tuple[int, ...] | None:
+    """The indexes of the packs to work out again since ``last`` (see ``scope``); None: every pack."""
+    if (last is None or env.resync or env.full_plan or last.dry_run != env.dry_run
+            or len(last.compiled) != len(compiled)):
+        return None
+    before = last.compiled
+    visit: set[int] = set()
+    if not all(map(operator.is_, compiled, before)):
+        visit.update(i for i, (now, then) in enumerate(zip(compiled, before, strict=True)) if now is not then)
+        if any(compiled[i].build.path != before[i].build.path for i in visit):
+            return None  # a pack added, removed or renamed: the positions moved
+    if parts is not last.parts:
+        moved = {base for base, part in parts.items() if last.parts.get(base) is not part}
+        moved.update(base for base in last.parts if base not in parts)
+        if len(moved) > MOVED_LIMIT:
+            return None
+        if moved:
+            prefixes = tuple(f"{base}-" for base in moved)
+            visit.update(i for i, name in enumerate(last.names) if name.startswith(prefixes))
+            visit.update(i for i, base in enumerate(last.bases) if base in moved)
+    if visit:
+        # the packs whose ClusterPack has the name of one visited (before or after): one verdict per name
+        shared = {last.names[i] for i in visit} | {compiled[i].compiled.cluster_pack.name for i in visit}
+        visit.update(i for i, name in enumerate(last.names) if name in shared)
+    return tuple(sorted(visit))
+
+
+def _visits(state: PassState, step: str) -> tuple[int, ...] | None:
+    """The indexes of ``state.compiled`` that ``step`` works out (None: every one)."""
+    return state.scope.of(step) if state.scope is not None else None
+
+
 def adopt_published(env: Env, state: PassState) -> None:
     """The published artifact is the truth for a published version: when a ClusterPack of the same
     name exists and this pass's render of it differs only because the render is not reproducible
@@ -56,39 +125,55 @@ def adopt_published(env: Env, state: PassState) -> None:
     checksum), the published ClusterPack is kept as the desired one, with a warning naming the chart
     for the first case. A real change of the sources still gives an immutability violation."""
     assert state.observed is not None
-    for result in state.compiled:
-        cp = result.compiled.cluster_pack
-        found = state.stored(cp.name)
-        if found is None or (found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest):
-            continue
-        if found.checksum != cp.checksum and result.compiled.reproducible:
-            continue
-        raw = {"name": cp.name, "namespace": cp.namespace, "spec": json.loads(found.spec_json), "signature": found.signature}
-        published = codec.cluster_pack_from_json(raw)
-        warnings = result.compiled.warnings
-        if not result.compiled.reproducible:
-            chart = cp.chart.name if cp.chart is not None else result.build.base_pack_name
-            warnings = (*warnings, (
-                f"chart {chart} renders differently each time (random values such as randAlphaNum or genCA); "
-                f"the published {cp.name} is kept; set the generated values (passwords, keys, certificates) in "
-                f"helmSource.values of {result.build.path} to make the render reproducible"))
-            log.warning("render not reproducible", pack=cp.base_pack_name, version=cp.version, chart=chart)
-        result.compiled = dataclasses.replace(result.compiled, cluster_pack=published, artifact=None, warnings=warnings)
+    visit = _visits(state, "sign")  # the last pass's results are kept after sign
+    if visit is None:
+        state.compiled = [_adopted(state, result) for result in state.compiled]
+        return
+    assert state.scope is not None
+    compiled, state.compiled = state.compiled, list(state.scope.carried.desired)
+    for i in visit:
+        state.compiled[i] = _adopted(state, compiled[i])
+
+
+def _adopted(state: PassState, result: CompileResult) -> CompileResult:
+    cp = result.compiled.cluster_pack
+    found = state.stored(cp.name)
+    if found is None or (found.checksum == cp.checksum and found.manifest_digest == cp.manifest_digest):
+        return result
+    if found.checksum != cp.checksum and result.compiled.reproducible:
+        return result
+    raw = {"name": cp.name, "namespace": cp.namespace, "spec": json.loads(found.spec_json), "signature": found.signature}
+    published = codec.cluster_pack_from_json(raw)
+    warnings = result.compiled.warnings
+    if not result.compiled.reproducible:
+        chart = cp.chart.name if cp.chart is not None else result.build.base_pack_name
+        warnings = (*warnings, (
+            f"chart {chart} renders differently each time (random values such as randAlphaNum or genCA); "
+            f"the published {cp.name} is kept; set the generated values (passwords, keys, certificates) in "
+            f"helmSource.values of {result.build.path} to make the render reproducible"))
+        log.warning("render not reproducible", pack=cp.base_pack_name, version=cp.version, chart=chart)
+    compiled = dataclasses.replace(result.compiled, cluster_pack=published, artifact=None, warnings=warnings)
+    return dataclasses.replace(result, compiled=compiled)
 
 
 def sign(env: Env, state: PassState) -> None:
     """Sign the ClusterPacks that do not exist yet (existing ones keep their signature)."""
     assert state.observed is not None
-    if env.signer is None:
-        return
-    for result in state.compiled:
-        cp = result.compiled.cluster_pack
-        if cp.signature is not None or state.stored(cp.name) is not None:
-            continue
-        data = signing.payload(cp)
-        signed = cp.with_signature(env.signer.sign(data))
-        result.compiled = dataclasses.replace(result.compiled, cluster_pack=signed)
-        state.signed[cp.name] = (signed, data)
+    visit = _visits(state, "sign")
+    if env.signer is not None:
+        compiled = state.compiled
+        for i in range(len(compiled)) if visit is None else visit:
+            result = compiled[i]
+            cp = result.compiled.cluster_pack
+            if cp.signature is not None or state.stored(cp.name) is not None:
+                continue
+            data = signing.payload(cp)
+            signed = cp.with_signature(env.signer.sign(data))
+            compiled[i] = dataclasses.replace(result, compiled=dataclasses.replace(result.compiled, cluster_pack=signed))
+            state.signed[cp.name] = (signed, data)
+    if state.carrying is not None:
+        state.carrying.desired = state.compiled
+        state.carrying.done.add("sign")
 
 
 def _verified_key(key_set: str, spec_json: str, signature: str) -> str:
@@ -104,13 +189,23 @@ def verify_signatures(env: Env, state: PassState) -> None:
     stored ClusterPack whose check passed before (this process: ``env.memo.verdicts``; an earlier
     one: ``ports.RemembersVerdicts``, for the same spec, signature and trusted keys) is not checked again."""
     assert state.observed is not None
-    earlier, env.memo.verdicts = env.memo.verdicts, {}  # keep the verdicts of this pass's packs only
+    visit = _visits(state, "signatures")
+    if visit is None:
+        earlier, env.memo.verdicts = env.memo.verdicts, {}  # keep the verdicts of this pass's packs only
+        todo: collections.abc.Iterable[CompileResult] = state.compiled
+    else:  # the last pass's verdicts, and the visited packs' worked out again
+        assert state.scope is not None
+        earlier, carried = env.memo.verdicts, state.scope.carried
+        state.verdicts = dict(carried.verdicts)
+        for i in visit:
+            state.verdicts.pop(carried.names[i], None)
+        todo = [state.compiled[i] for i in visit]
     key_set = (env.verifier.key_set() if isinstance(env.cache, ports.RemembersVerdicts)
                and isinstance(env.verifier, ports.NamesKeys) else None)
     # stored ClusterPacks this process has not checked (all of them, in a new process): their passed
     # checks are asked of the cache across processes in one lookup, after this loop
     unchecked: list[tuple[str, instance.ObservedPack, tuple[str, str, str | None]]] = []
-    for result in state.compiled:
+    for result in todo:
         cp = result.compiled.cluster_pack
         found = state.stored(cp.name)
         memo_key: tuple[str, str, str | None] | None
@@ -141,6 +236,9 @@ def verify_signatures(env: Env, state: PassState) -> None:
             env.memo.verdicts[memo_key] = verdict
     if unchecked:
         _check_stored(env, state, unchecked)
+    if state.carrying is not None:
+        state.carrying.verdicts = state.verdicts
+        state.carrying.done.add("signatures")
 
 
 def _check_stored(env: Env, state: PassState,
@@ -381,6 +479,7 @@ def summarize_pass(env: Env, state: PassState) -> None:
         status_error=state.status_error,
         memo=env.memo.summary_lines,
     )
+    env.memo.carried = state.carrying  # the pass ended: the next one takes its results (``scope``)
 
 
 STEPS: tuple[tuple[str, Step], ...] = (
@@ -388,6 +487,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("load", load_specs),
     ("compile", compiling.compile_packs),
     ("observe", observe),
+    ("scope", scope),
     ("adopt", adopt_published),
     ("sign", sign),
     ("signatures", verify_signatures),

@@ -58,7 +58,7 @@ class Harness:
 
 def test_steps_run_in_the_documented_order() -> None:
     assert [name for name, _ in reconcile.STEPS] == [
-        "fetch", "load", "compile", "observe", "adopt", "sign", "signatures", "artifacts", "plan", "publish", "unpack", "apply", "settle", "deliver",
+        "fetch", "load", "compile", "observe", "scope", "adopt", "sign", "signatures", "artifacts", "plan", "publish", "unpack", "apply", "settle", "deliver",
         "status",
         "summarize",
     ]

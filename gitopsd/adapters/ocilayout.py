@@ -31,7 +31,7 @@ import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -70,6 +70,8 @@ class OciLayout:
         # (repository, manifest digest) -> the blob names of an artifact found sound, while the watch
         # saw no change to any of them (``recheck``); empty without a watch
         self._sound: dict[tuple[str, str], frozenset[str]] = {}
+        # the keys dropped from ``_sound`` since the last ``recheck`` (None: all of them, at once)
+        self._lost: set[tuple[str, str]] | None = set()
         self._watch: dirwatch.DirWatch | None = None
         self._own: collections.Counter[str] = collections.Counter()  # names this process renamed into place, not yet seen
         # blob names this process wrote (from bytes whose digest it computed) while the watch was on,
@@ -170,15 +172,17 @@ class OciLayout:
             self._sound[key] = frozenset(names)
         return True
 
-    def recheck(self, *, full: bool) -> None:
+    def recheck(self, *, full: bool) -> set[tuple[str, str]] | None:
         """Begin a pass's checks: forget that an artifact was found sound when the watch saw one of its
         blobs change since the last call (every artifact when ``full``, or when the watch cannot
-        tell), and read index.json again when someone else changed it. The first call arms the watch."""
+        tell), and read index.json again when someone else changed it. The first call arms the watch.
+        Returns the artifacts no longer counted as sound since the last call (None: every one, or
+        no watch: then ``sound`` reads every artifact it is asked about)."""
         self._drain()
         changed = self._changed if self._watch is not None else None
         self._changed = set()
         if full or changed is None:
-            self._sound.clear()
+            self._clear_sound()
             self._own.clear()
             self._trusted.clear()
             if self._watch is not None:
@@ -186,15 +190,34 @@ class OciLayout:
             self._watch = None if self.read_only else dirwatch.open_watch([self.root, self.blobs])
             if self._index is not None and not self._dirty:
                 self._index = None  # read again: it may have changed while nothing watched it
-            return
+            return self._take_lost()
         self._own = +self._own
         if "index.json" in changed and self._index is not None and not self._dirty:
             self._index = None  # someone else wrote it: read it again (unreadable: its tags are made again)
-            self._sound.clear()  # every tag is checked again
+            self._clear_sound()  # every tag is checked again
         changed.discard("index.json")
         if changed:
-            self._sound = {key: names for key, names in self._sound.items() if names.isdisjoint(changed)}
+            self._drop_sound(lambda key, names: not names.isdisjoint(changed))
             self._trusted -= changed
+        return self._take_lost()
+
+    def _take_lost(self) -> set[tuple[str, str]] | None:
+        lost, self._lost = self._lost, set()
+        return lost if self._watch is not None else None
+
+    def _clear_sound(self) -> None:
+        self._sound.clear()
+        self._lost = None
+
+    def _drop_sound(self, gone: Callable[[tuple[str, str], frozenset[str]], bool]) -> None:
+        """Forget the artifacts found sound for which ``gone(key, blob names)`` holds."""
+        kept = {}
+        for key, names in self._sound.items():
+            if not gone(key, names):
+                kept[key] = names
+            elif self._lost is not None:
+                self._lost.add(key)
+        self._sound = kept
 
     def _drain(self) -> None:
         """Take the events the watch queued so far into ``_changed``, leaving out this process's own
@@ -295,7 +318,7 @@ class OciLayout:
             for tmp in pending.values():
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-            self._sound.clear()  # some of the blobs an artifact was found sound by may not be in place
+            self._clear_sound()  # some of the blobs an artifact was found sound by may not be in place
             raise
         if self._watch is not None:
             self._trusted.update(path.name for path in pending)
@@ -337,7 +360,7 @@ class OciLayout:
         if refs is not None:
             refs.discard(ref)
         if self._sound:  # an artifact found sound is so while it is tagged: check again what used this digest
-            self._sound = {key: names for key, names in self._sound.items() if key[1] != digest}
+            self._drop_sound(lambda key, _names: key[1] == digest)
 
     def _tag(self, ref: str, art: pack.Artifact) -> None:
         index = self._load_index()
@@ -391,7 +414,7 @@ class OciLayout:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
-        self._sound.clear()
+        self._clear_sound()
         self._trusted.clear()
 
     def _wrote(self, name: str) -> None:
