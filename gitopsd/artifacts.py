@@ -110,8 +110,7 @@ def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, publis
         if registry.sound(cp.base_pack_name, cp.manifest_digest):
             continue
         try:
-            art = result.compiled.artifact or packcompile.compile_one(env, state, result.build, use_cache=False).compiled.artifact
-            assert art is not None
+            art = result.compiled.artifact or packcompile.artifact_of(env, state, result.build)
             if art.manifest_digest != cp.manifest_digest:
                 raise errors.StalledError(f"a recompile gave {art.manifest_digest}, not the published "
                                           f"{cp.manifest_digest}", reason="NonDeterministic")
@@ -215,8 +214,7 @@ def publish(env: Env, state: PassState) -> None:
             if art is None:
                 if env.registry.has(cp.base_pack_name, cp.manifest_digest):
                     continue
-                art = packcompile.compile_one(env, state, result.build, use_cache=False).compiled.artifact
-                assert art is not None
+                art = packcompile.artifact_of(env, state, result.build)
                 if art.manifest_digest != cp.manifest_digest:
                     raise errors.StalledError(f"recompiling {cp.name} gave another digest; the renderer is not deterministic",
                                               reason="NonDeterministic")

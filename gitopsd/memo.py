@@ -103,6 +103,7 @@ class Carried:
     published: set[int] = dataclasses.field(default_factory=set)  # results whose ClusterPack exists with their content
     unsound: set[int] = dataclasses.field(default_factory=set)  # of those: an artifact damaged and not repaired
     moving: set[int] = dataclasses.field(default_factory=set)  # of those: an instance may be about to move to it
+    plan_desired: tuple[plan.Desired, ...] = ()  # what the plan step planned with, one per result
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from gitopsd import __version__, errors, passstate, ports
 from gitopsd.core import compile as compile_core
 from gitopsd.core import targets
-from gitopsd.model import spec
+from gitopsd.model import pack, spec
 
 COMPILER = f"gitopsd/{__version__}"
 LOCAL_REGISTRY = "oci-layout://packs"
@@ -171,16 +171,17 @@ def start(env: Env, state: PassState, build: spec.PackBuild, key: str, inputs: c
     return started
 
 
-def end(env: Env, state: PassState, started: Started, rendered: ports.Rendered) -> CompileResult:
-    """Compile a rendered pack and cache it; its render is kept when a CRD elsewhere may change a scope it used."""
+def end(env: Env, state: PassState, started: Started, rendered: ports.Rendered, *, store: bool = True) -> CompileResult:
+    """Compile a rendered pack and cache it (``store``); its render is kept when a CRD elsewhere may change a scope it used."""
     compiled = compile_core.compile_pack(
         started.build, rendered.documents, renderers=rendered.renderers, chart=rendered.chart, inputs=started.inputs,
         dropped_hooks=rendered.dropped_hooks, reproducible=rendered.reproducible,
     )
-    if compiled.reproducible:
+    if compiled.reproducible and store:
         # a render that differs each time is never cached: a cached one (from a dry-run, say) would
         # not match the artifact a later pass renders and publishes
         env.cache.put(started.key, compiled)
+        env.memo.steady = None  # the entry may replace one the last pass's results hold: they are looked up again
     settled = dict(state.config.crds)  # gitopsd.yaml's entries win: no pack's CRD changes them
     if state.renders is not None and any(kind not in settled for kind, _ in compiled.foreign_scopes):
         size = sum(len(data) for _, data in rendered.documents)
@@ -190,8 +191,10 @@ def end(env: Env, state: PassState, started: Started, rendered: ports.Rendered) 
     return CompileResult(started.build, compiled, started.clusters, cached=False, key=started.key)
 
 
-def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True) -> CompileResult:
-    """Compile ``build`` now, in this thread (waiting for a render an earlier pass left running)."""
+def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache: bool = True,
+                store: bool = True) -> CompileResult:
+    """Compile ``build`` now, in this thread (waiting for a render an earlier pass left running);
+    ``store``: keep the result in the compile cache."""
     found, inputs, clusters = key(env, state, build)
     try:
         started = start(env, state, build, found, inputs, clusters, use_cache=use_cache, defer=False)
@@ -199,7 +202,15 @@ def compile_one(env: Env, state: PassState, build: spec.PackBuild, *, use_cache:
             return started
         rendered = started.running.result() if started.running is not None else started.rendered
         assert rendered is not None
-        return end(env, state, started, rendered)
+        return end(env, state, started, rendered, store=store)
     except errors.GitopsdError as err:
         remember(env, found, err)
         raise
+
+
+def artifact_of(env: Env, state: PassState, build: spec.PackBuild) -> pack.Artifact:
+    """The artifact of ``build``, compiled again now (the compile cache keeps packs without their
+    artifact). The cache entry is left as it is: it holds the compile that was published."""
+    art = compile_one(env, state, build, use_cache=False, store=False).compiled.artifact
+    assert art is not None
+    return art

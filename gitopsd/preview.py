@@ -128,8 +128,7 @@ def _objects(side: Side, result: reconcile.CompileResult, layers: layercache.Lay
         stored = [_stored_layer(d, layers, local) for d in digests]
         if all(data is not None for data in stored):
             return [obj for data in stored if data is not None for obj in delivery_core.objects_of_layer(data)]
-        art = reconcile.compile_one(side.env, side.state, result.build, use_cache=False).compiled.artifact
-        assert art is not None
+        art = reconcile.artifact_of(side.env, side.state, result.build)
         rendered_again.append(cp.base_pack_name)
         for blob in art.layers:
             layers.put(blob.digest, blob.data)

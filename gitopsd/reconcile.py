@@ -37,7 +37,8 @@ Env = passstate.Env
 PassState = passstate.PassState
 CompileResult = passstate.CompileResult
 Step = passstate.Step
-compile_one = packcompile.compile_one  # compile one pack again, now (``gitopsd.preview``, bench/)
+compile_one = packcompile.compile_one  # compile one pack again, now (bench/)
+artifact_of = packcompile.artifact_of  # the artifact of one pack, compiled again now (``gitopsd.preview``)
 load_specs = loading.load_specs
 
 
@@ -294,15 +295,43 @@ def make_plan(env: Env, state: PassState) -> None:
     changed since the last pass, or that the store's change feed names, are planned again
     (``gitopsd.core.replan``); a resync plans every one."""
     assert state.observed is not None
-    inputs = _plan_inputs(env, state, state.observed)
+    desired, touched = _scoped_desired(env, state)
+    inputs = _plan_inputs(env, state, state.observed, desired)
     state.plan_desired = inputs.desired
+    if state.carrying is not None:
+        state.carrying.plan_desired = inputs.desired
+        state.carrying.done.add("plan")
     last = env.memo.plan
-    outcome = replan.full(inputs) if env.full_plan else replan.update(inputs, last)
+    outcome = replan.full(inputs) if env.full_plan else replan.update(inputs, last, touched)
     state.plan = outcome.plan
     state.plan_reused = (last is not None and last.shown and not outcome.full and outcome.replanned == 0
                          and not last.plan.writes and outcome.plan.errors == last.plan.errors)
     state.replanned = outcome.replanned
     env.memo.plan = outcome.memory
+
+
+def _scoped_desired(env: Env, state: PassState) -> tuple[tuple[plan.Desired, ...] | None, set[str] | None]:
+    """With a scope: the desired packs of the plan (the last pass's, with the visited packs' own) and
+    the only bases whose desired packs, verdicts or artifact problems may have changed since the last
+    pass (those of the visited packs, and of the packs an instance was or is about to move to:
+    their artifact is checked every pass). (None, None) without one."""
+    scope = state.scope
+    visit = scope.of("plan") if scope is not None and not env.full_plan else None
+    if (visit is None or scope is None or state.carrying is None
+            or ("artifacts" in scope.carried.done) != ("artifacts" in state.carrying.done)):
+        return None, None
+    carried, now = scope.carried, state.carrying
+    desired: tuple[plan.Desired, ...] = carried.plan_desired
+    if visit:
+        patched = list(desired)
+        for i in visit:
+            r = state.compiled[i]
+            patched[i] = plan.Desired(r.build, r.compiled, r.clusters)
+        desired = tuple(patched)
+    touched = {carried.bases[i] for i in visit} | {now.bases[i] for i in visit}
+    # (a pack not visited moves now exactly when it moved in the last pass: its part and result are the same)
+    touched.update(now.bases[i] for i in now.moving)
+    return desired, touched
 
 
 def settle_plan(env: Env, state: PassState) -> None:

@@ -6,6 +6,13 @@ version bump, broken PackBuilds), edits behind gitopsd's back (a PackInstance or
 deleted or edited in the SQLite store or the in-memory cluster), restarts (a new store object and
 an empty memory) and dry-runs. At every pass the plan step's plan is compared with
 ``replan.full`` of the same inputs.
+
+The passes are the daemon's: the first after a (re)start is a resync, the others keep their results
+between passes and work out only what moved (``reconcile.scope``). So at every pass, what the steps up
+to the plan worked out (desired ClusterPacks, signature verdicts, artifact problems, pack errors,
+the plan) is also compared with a new process's pass over the same store. With the SQLite store the
+registry is a real OCI layout, and artifacts are damaged behind gitopsd's back too: after the
+daemon's artifact check, a new process's check finds nothing left to repair.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ import sqlite3
 
 import pytest
 
-from gitopsd import memo, ports, reconcile
-from gitopsd.adapters import fakes, keys, localstore, render, schemafiles
+from gitopsd import errors, memo, ports, reconcile
+from gitopsd.adapters import fakes, keys, localstore, ocilayout, render, schemafiles
 from gitopsd.core import plan, replan
 from gitopsd.model import change
 
@@ -64,7 +71,11 @@ class World:
         self.packs: dict[str, Pack] = {f"p{i}": Pack(base=f"p{i}") for i in range(4)}
         self.db = tmp / "store.db"
         self.cluster: ports.Cluster = localstore.LocalStore(self.db) if sqlite else fakes.MemoryCluster()
-        self.registry, self.cache = fakes.MemoryRegistry(), fakes.MemoryCache()
+        self.oci = tmp / "oci"
+        self.registry: ports.Registry = ocilayout.OciLayout(self.oci) if sqlite else fakes.MemoryRegistry()
+        self.cache = fakes.MemoryCache()
+        self.started = True  # the next pass is the first of a process: a resync
+        self.scoped = 0  # passes whose steps after observe visited only some packs
         self.signer = keys.load_private_key(keys.generate(tmp / "key").private_path)
         self.clock = fakes.FixedClock()
         self.memo = memo.Memo()
@@ -83,16 +94,21 @@ class World:
         tree.snapshot = dataclasses.replace(tree.snapshot, author=author)
         return reconcile.Env(source=fakes.StaticSource(tree), cluster=self.cluster, registry=self.registry, cache=self.cache,
                              clock=self.clock, renderers=render.renderers(), schemas=schemafiles.schemas(), signer=signer,
-                             verifier=Verifier(), dry_run=dry_run, memo=self.memo)
+                             verifier=Verifier(), dry_run=dry_run, memo=self.memo, resync=self.started)
 
     def run(self, *, dry_run: bool = False) -> None:
         """One pass; at the plan step, the plan kept up to date must equal the plan from scratch."""
         self.passes += 1
         self.clock.value = f"2026-01-01T00:{self.passes // 60:02d}:{self.passes % 60:02d}Z"
         env, state = self.env(dry_run=dry_run), reconcile.PassState()
+        self.started = False
+        self.state = state
         for name, step in reconcile.STEPS:
             step(env, state)
+            if name == "scope" and state.scope is not None:
+                self.scoped += 1
             if name == "plan":
+                self.compare_with_a_new_process(env, state)
                 assert state.plan is not None and state.observed is not None
                 fresh = localstore.LocalStore(self.db) if self.sqlite else self.cluster  # the fake reads all each time
                 scratch = dataclasses.replace(env, cluster=fresh, memo=memo.Memo(), full_plan=True)
@@ -103,6 +119,30 @@ class World:
                     fresh.close()
                 assert state.plan == again.plan, f"pass {self.passes}: the plan kept up to date differs from a full plan"
                 self.replanned.append(state.replanned)
+
+    def compare_with_a_new_process(self, env: reconcile.Env, state: reconcile.PassState) -> None:
+        """The steps up to the plan, run again by a new process on the same store and registry."""
+        fresh = localstore.LocalStore(self.db) if self.sqlite else self.cluster
+        registry = ocilayout.OciLayout(self.oci) if self.sqlite else self.registry
+        scratch = dataclasses.replace(env, cluster=fresh, registry=registry, memo=memo.Memo(), full_plan=True, resync=True)
+        again = reconcile.PassState()
+        try:
+            for name, step in reconcile.STEPS:
+                step(scratch, again)
+                if name == "plan":
+                    break
+        finally:
+            if isinstance(fresh, localstore.LocalStore):
+                fresh.close()
+            if isinstance(registry, ocilayout.OciLayout):
+                registry.close()
+        where = f"pass {self.passes}"
+        assert [r.compiled.cluster_pack for r in state.compiled] == [r.compiled.cluster_pack for r in again.compiled], where
+        assert state.verdicts == again.verdicts, where
+        assert state.artifact_problems == again.artifact_problems, where
+        assert state.pack_errors == again.pack_errors, where
+        assert again.published == 0, f"{where}: a new process found artifacts to repair that the pass did not"
+        assert state.plan == again.plan, f"{where}: the plan differs from a new process's"
 
     # --- commits ---------------------------------------------------------------------------
     def commit(self) -> str:
@@ -142,6 +182,8 @@ class World:
 
     # --- edits behind gitopsd's back ------------------------------------------------------
     def edit(self) -> str:
+        if self.sqlite and self.rng.random() < 0.35:
+            return self.damage()
         kind = self.rng.choice(["PackInstance", "PackInstance", "InfrastructureClusterPack"])
         action = self.rng.choice(["delete", "edit"])
         if self.sqlite:
@@ -170,12 +212,39 @@ class World:
                 self.cluster.objects[key] = json.loads(_edited(json.dumps(self.cluster.objects[key])))
         return f"{action} {kind} {name}"
 
+    def damage(self) -> str:
+        """A blob of the OCI layout truncated, overwritten or deleted, or a tag dropped from its index."""
+        blobs = sorted((self.oci / "blobs" / "sha256").glob("[0-9a-f]*"))
+        how = self.rng.choice(["truncate", "overwrite", "delete", "untag"])
+        if how == "untag":
+            index_path = self.oci / "index.json"
+            index = json.loads(index_path.read_text())
+            if not index["manifests"]:
+                return "nothing to untag"
+            dropped = index["manifests"].pop(self.rng.randrange(len(index["manifests"])))
+            index_path.write_text(json.dumps(index))
+            return f"untag {dropped['digest']}"
+        if not blobs:
+            return "no blob to damage"
+        blob = self.rng.choice(blobs)
+        if how == "truncate":
+            blob.write_bytes(blob.read_bytes()[:-1])
+        elif how == "overwrite":
+            blob.write_bytes(b"not the bytes of its digest")
+        else:
+            blob.unlink()
+        return f"{how} {blob.name}"
+
     def restart(self) -> str:
         if self.sqlite:
             assert isinstance(self.cluster, localstore.LocalStore)
             self.cluster.close()
             self.cluster = localstore.LocalStore(self.db)
+            assert isinstance(self.registry, ocilayout.OciLayout)
+            self.registry.close()
+            self.registry = ocilayout.OciLayout(self.oci)
         self.memo = memo.Memo()
+        self.started = True
         return "restart"
 
 
@@ -214,6 +283,8 @@ def test_the_plan_kept_up_to_date_equals_a_full_plan_after_every_step(tmp_path: 
     world = run_sequence(tmp_path, seed)
     # not a full plan every time: passes after the first planned fewer bases than there are
     assert min(world.replanned[1:]) < len(world.packs) or not world.packs
+    if world.sqlite:  # (the in-memory cluster makes every part anew on each read: every pass visits every pack)
+        assert world.scoped > 0
 
 
 def test_a_pass_with_nothing_new_plans_no_base_and_reuses_the_plan(tmp_path: pathlib.Path) -> None:
@@ -230,14 +301,16 @@ def test_the_settle_step_plans_with_the_keys_the_plan_step_worked_out(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     world = World(tmp_path, random.Random(0), sqlite=True)
     world.run()
+    world.run()  # (every base's part of the store moved under this one: the first pass wrote them all)
     calls: list[int] = []
     keys = replan._keys
     monkeypatch.setattr(replan, "_keys", lambda inputs: (calls.append(len(inputs.desired)), keys(inputs))[1])
     world.packs["p1"].version = (1, 1, 0)
     world.run()  # plan (works the keys out), apply, settle (takes them: the same desired packs)
     assert world.replanned[-1] == 1
-    # the plan step's, and the full plan World.run compares it with; none in the settle step
-    assert calls == [len(world.packs)] * 2
+    # the plan step's, of the one pack that moved (the scope), then the new process's plan and the full
+    # plan of the same inputs World.run compares it with, of every pack; none in the settle step
+    assert calls == [1, len(world.packs), len(world.packs)]
 
 
 def test_an_edit_behind_gitopsds_back_is_seen_through_the_change_feed(tmp_path: pathlib.Path) -> None:
@@ -264,8 +337,62 @@ def test_a_change_feed_that_misses_a_write_is_caught(tmp_path: pathlib.Path) -> 
     db.execute("DELETE FROM objects WHERE kind='PackInstance' AND name='p2-b'")
     db.execute("INSERT INTO feed(kind, namespace, name) VALUES ('other', 'x', 'y')")  # the feed moves on, without it
     db.close()
-    with pytest.raises(AssertionError, match="differs from a full plan"):
+    with pytest.raises(AssertionError, match="the plan differs from"):
         world.run()
+
+
+def test_an_artifact_that_cannot_be_repaired_is_reported_on_every_pass(tmp_path: pathlib.Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept results: a pack whose artifact was damaged and not repaired is looked at again on the next
+    passes, though nothing of it moved."""
+    world = World(tmp_path, random.Random(0), sqlite=True)
+    world.run()
+    world.run()
+
+    def refuse(self: ocilayout.OciLayout, repository: str, art: object) -> None:
+        raise errors.TransientError("the registry refused the write", reason="RegistryUnavailable")
+
+    monkeypatch.setattr(ocilayout.OciLayout, "repair", refuse)
+    cp = next(r.compiled.cluster_pack for r in world.state.compiled if r.build.base_pack_name == "p1")
+    (world.oci / "blobs" / "sha256" / cp.manifest_digest.removeprefix("sha256:")).unlink()
+    for _ in range(3):
+        world.run()
+        assert [(e.pack, e.reason) for e in world.state.pack_errors] == [("p1", "ArtifactDamaged")]
+    assert world.scoped >= 3
+    monkeypatch.undo()
+    world.run()
+    assert world.state.pack_errors == [] and world.state.published == 1  # repaired at last
+
+
+def test_an_artifact_that_cannot_be_verified_blocks_the_move_on_every_pass(tmp_path: pathlib.Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept results: the artifact of a ClusterPack instances are about to move to is verified on every
+    pass, and the plan sees its problem come and go, though nothing of the pack moved."""
+    world = World(tmp_path, random.Random(0), sqlite=True)
+    world.run()
+    world.packs["p1"].version = (1, 1, 0)
+    world.run()
+    world.run()
+    world.packs["p1"].version = (1, 0, 0)  # back to a ClusterPack that exists
+    verify = ocilayout.OciLayout.verify
+
+    def unverifiable(self: ocilayout.OciLayout, repository: str, manifest_digest: str,
+                     layers: object = None) -> list[str]:
+        if repository == "p1":
+            raise errors.TransientError("the registry did not answer", reason="RegistryUnavailable")
+        return verify(self, repository, manifest_digest, layers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ocilayout.OciLayout, "verify", unverifiable)
+    for _ in range(4):
+        world.run()
+        assert set(world.state.artifact_problems) == {"p1-v1.0.0"}
+    assert world.scoped >= 4
+    monkeypatch.undo()
+    world.run()
+    assert world.state.artifact_problems == {}
+    world.run()
+    assert isinstance(world.cluster, localstore.LocalStore)
+    assert world.cluster.observe(NAMESPACE).instances["p1-a"].version == "1.0.0"  # moved once it verified
 
 
 def test_full_and_kept_plans_order_fragments_by_base() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from gitopsd.core import plan
 from gitopsd.model import change
@@ -50,6 +50,7 @@ class Memory:
     # with the same desired packs, and takes both instead of going through every pack again
     made_from: tuple[object, ...] = ()
     desired: dict[str, list[Desired]] = dataclasses.field(default_factory=dict)
+    writing: frozenset[str] = frozenset()  # the bases whose fragment writes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,23 +137,44 @@ def full(inputs: plan.Inputs) -> Outcome:
     return _outcome(inputs, keys, identities, _holders(identities), fragments, len(fragments), True, desired=desired)
 
 
-def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
-    """The plan of ``inputs``, re-planning only what changed since ``memory`` (see the module)."""
+def _rekeyed(inputs: plan.Inputs, memory: Memory,
+             touched: Collection[str]) -> tuple[dict[str, object], dict[str, list[plan.Desired]]]:
+    """``memory``'s keys and desired packs with those of the ``touched`` bases worked out again."""
+    keys, desired = dict(memory.keys), dict(memory.desired)
+    for base in touched:
+        keys.pop(base, None)
+        desired.pop(base, None)
+    mine = tuple(d for d in inputs.desired if d.build.base_pack_name in touched)
+    more_keys, more_desired = _keys(dataclasses.replace(inputs, desired=mine,
+                                                        protected_bases=inputs.protected_bases & frozenset(touched)))
+    keys.update(more_keys)
+    desired.update(more_desired)
+    return keys, desired
+
+
+def update(inputs: plan.Inputs, memory: Memory | None, touched: Collection[str] | None = None) -> Outcome:
+    """The plan of ``inputs``, re-planning only what changed since ``memory`` (see the module).
+    ``touched``: the only bases whose desired packs, verdicts or artifact problems may differ from
+    those ``memory``'s keys were worked out from (the caller knows; None: any base may)."""
     changed = inputs.observed.changed
     if (memory is None or changed is None or memory.token is None
             or memory.policy != _lasting(inputs.policy)
             or memory.protected_paths != inputs.protected_paths):
         return full(inputs)
+    before = memory.keys
+    moved: set[str] = set()
     if _same_desired(memory, inputs):
-        keys, desired = memory.keys, memory.desired
+        keys, desired = before, memory.desired
+    elif touched is not None and memory.made_from and memory.made_from[3] == inputs.protected_bases:
+        keys, desired = _rekeyed(inputs, memory, touched)
+        moved = {base for base in touched if before.get(base) != keys.get(base)}
     else:
         keys, desired = _keys(inputs)
+        moved = {base for base, key in keys.items() if before.get(base) != key}
+        moved.update(base for base in before if base not in keys)
     dirty = set(changed)
-    before = memory.keys
-    moved = {base for base, key in keys.items() if before.get(base) != key}
-    moved.update(base for base in before if base not in keys)
     dirty |= moved
-    dirty.update(base for base, fragment in memory.fragments.items() if fragment.writes)
+    dirty |= memory.writing
     identities, holders = memory.identities, memory.holders
     old_neighbours: set[str] = set()
     reshaped = set()
@@ -171,8 +193,8 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
             for identity in memory.identities.get(base, ()):
                 old_neighbours.update(holders.get(identity, ()))
         holders = dict(holders)
-        touched = {i for base in reshaped for i in memory.identities.get(base, frozenset()) | identities.get(base, frozenset())}
-        for identity in touched:
+        regrouped = {i for base in reshaped for i in memory.identities.get(base, frozenset()) | identities.get(base, frozenset())}
+        for identity in regrouped:
             owners = tuple(sorted(b for b in set(holders.get(identity, ())) | reshaped
                                   if identity in identities.get(b, ())))
             if owners:
@@ -180,22 +202,32 @@ def update(inputs: plan.Inputs, memory: Memory | None) -> Outcome:
             else:
                 holders.pop(identity, None)
     replan = _linked(dirty | old_neighbours, identities, holders) if dirty else set()
+    if not replan:  # the last plan stands as it is
+        return _outcome(inputs, keys, identities, holders, memory.fragments, 0, False, memory.order, memory.plan,
+                        desired=desired, writing=memory.writing)
     fragments = {b: f for b, f in memory.fragments.items() if b not in replan}
-    fragments.update(plan.fragments(inputs, replan))
+    made = plan.fragments(inputs, replan)
+    fragments.update(made)
+    writing = (memory.writing - replan) | {base for base, fragment in made.items() if fragment.writes}
     return _outcome(inputs, keys, identities, holders, fragments, len(replan), False,
                     memory.order if fragments.keys() == set(memory.order) else None,
-                    memory.plan if not replan else None, desired=desired)
+                    desired=desired, writing=frozenset(writing))
 
 
 def _outcome(inputs: plan.Inputs, keys: dict[str, object], identities: dict[str, frozenset[Identity]],
              holders: dict[Identity, tuple[str, ...]], fragments: dict[str, plan.Fragment], replanned: int,
              full: bool, order: list[str] | None = None, reuse: change.Plan | None = None, *,
-             desired: dict[str, list[plan.Desired]]) -> Outcome:
+             desired: dict[str, list[plan.Desired]], writing: frozenset[str] | None = None) -> Outcome:
     order = order if order is not None else sorted(fragments)
-    # no base planned again (so the last plan wrote nothing): its changes stand, put together already
-    made = change.Plan.of_parts(inputs.revision, fragments, order, inputs.errors,
-                                changes=reuse.changes if reuse is not None else None)
+    if reuse is not None and reuse.parts is not None:
+        # no base planned again (so the last plan wrote nothing): its parts and changes stand, put together already
+        made = reuse.again(inputs.revision, inputs.errors)
+    else:
+        made = change.Plan.of_parts(inputs.revision, fragments, order, inputs.errors)
+    if writing is None:
+        writing = frozenset(base for base, fragment in fragments.items() if fragment.writes)
     memory = Memory(token=inputs.observed.token, policy=_lasting(inputs.policy),
                     protected_paths=inputs.protected_paths, keys=keys, identities=identities, holders=holders,
-                    fragments=fragments, order=order, plan=made, made_from=_made_from(inputs), desired=desired)
+                    fragments=fragments, order=order, plan=made, made_from=_made_from(inputs), desired=desired,
+                    writing=writing)
     return Outcome(plan=made, memory=memory, replanned=replanned, full=full)

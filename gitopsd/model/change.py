@@ -273,6 +273,11 @@ class Plan:
     _writes: Changes = dataclasses.field(init=False, repr=False, compare=False)
     # by basePackName, when the plan was made of parts (``of_parts``); ``dataclasses.replace`` drops them
     parts: Mapping[str, Part] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # the errors of the parts, after the pass-wide ones in ``errors`` (``of_parts``), and ``counts()``
+    # once asked: a plan made ``again`` shares both
+    _part_errors: tuple[PackError, ...] = dataclasses.field(default=(), init=False, repr=False, compare=False)
+    _counts: dict[tuple[ObjectKind, Action], int] | None = dataclasses.field(default=None, init=False, repr=False,
+                                                                             compare=False)
 
     def __post_init__(self, writes_known: Sequence[Change] | None) -> None:
         changes = self.changes if isinstance(self.changes, Changes) else Changes(self.changes)
@@ -286,14 +291,25 @@ class Plan:
                  changes: Sequence[Change] | None = None) -> Plan:
         """The plan made of ``parts`` in ``order`` after the pass-wide ``errors`` (``changes``: the
         same changes, already put together)."""
-        more = list(errors)
+        more: list[PackError] = []
         for base in order:
             if parts[base].errors:
                 more.extend(parts[base].errors)
         every = changes if changes is not None else Changes.joined(parts[base].sequence for base in order)
         writes = Changes.joined(parts[base].writes for base in order)
-        made = cls(revision=revision, changes=every, errors=tuple(more), writes_known=writes)
+        made = cls(revision=revision, changes=every, errors=(*errors, *more), writes_known=writes)
         object.__setattr__(made, "parts", {base: parts[base] for base in order})
+        object.__setattr__(made, "_part_errors", tuple(more))
+        return made
+
+    def again(self, revision: str, errors: tuple[PackError, ...]) -> Plan:
+        """This plan of parts (``of_parts``) for another revision and other pass-wide errors: the same
+        parts, changes and writes, not put together again."""
+        assert self.parts is not None
+        made = Plan(revision=revision, changes=self.changes, errors=(*errors, *self._part_errors), writes_known=self._writes)
+        object.__setattr__(made, "parts", self.parts)
+        object.__setattr__(made, "_part_errors", self._part_errors)
+        object.__setattr__(made, "_counts", self._counts)
         return made
 
     @property
@@ -324,8 +340,11 @@ class Plan:
         """How many changes of each kind and action."""
         if self.parts is None:
             return self.sequence.counts()
-        out: dict[tuple[ObjectKind, Action], int] = {}
-        for part in self.parts.values():
-            for key, n in part.counts:
-                out[key] = out.get(key, 0) + n
-        return out
+        if self._counts is None:
+            out: dict[tuple[ObjectKind, Action], int] = {}
+            for part in self.parts.values():
+                for key, n in part.counts:
+                    out[key] = out.get(key, 0) + n
+            object.__setattr__(self, "_counts", out)
+            assert self._counts is not None
+        return dict(self._counts)
