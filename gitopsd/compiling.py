@@ -192,6 +192,8 @@ def _remember(env: Env, state: PassState, builds: list[spec.PackBuild], compiled
                           if folder != build.folder and not folder.startswith(inside))
         known[build.path] = memo.Compiled(build=build, key=result.key, clusters=result.clusters,
                                           folder_id=tree.tree_id(build.folder), elsewhere=elsewhere)
+        if result.cached:  # the cache's own entry: the next pass's ``_unchanged`` gives this result again
+            env.memo.reused[build.path] = result
     env.memo.compiled_in = (tree.tree_id("packs"), _pass_inputs(env, state))
 
 

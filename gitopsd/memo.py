@@ -119,7 +119,7 @@ class Memo:
     verdicts: dict[tuple[str, str, str | None], plan.Verdict] = dataclasses.field(default_factory=dict)
     plan: replan.Memory | None = None  # the last plan, by basePackName, and what it was made of
     status_written: bool = False
-    summary_lines: dict[str, tuple[object, summarize.PackLine]] = dataclasses.field(default_factory=dict)  # per basePackName
+    summary_lines: summarize.Kept = dataclasses.field(default_factory=summarize.Kept)  # the last summary's pack lines
     status_text: dict[str, tuple[tuple[object, object], bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
     crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess

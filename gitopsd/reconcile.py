@@ -501,12 +501,12 @@ def summarize_pass(env: Env, state: PassState) -> None:
     assert state.plan is not None
     state.summary = summarize.summarize(
         state.plan,
-        compiled=[(r.build, r.compiled, r.cached) for r in state.compiled],
+        compiled=state.compiled,
         writes=state.writes,
         published=state.published,
         dry_run=env.dry_run,
         status_error=state.status_error,
-        memo=env.memo.summary_lines,
+        kept=env.memo.summary_lines,
     )
     env.memo.carried = state.carrying  # the pass ended: the next one takes its results (``scope``)
 

@@ -8,8 +8,10 @@ verdict. The CLI and the daemon's summary log line render this value; they decid
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from gitopsd.core import conditions
 from gitopsd.model import change, pack, spec
@@ -73,72 +75,54 @@ class Summary:
         return out
 
 
+class Packed(Protocol):
+    """One pack of a pass as the summary reads it (``passstate.CompileResult``)."""
+
+    @property
+    def build(self) -> spec.PackBuild: ...
+
+    @property
+    def compiled(self) -> pack.CompiledPack: ...
+
+    @property
+    def cached(self) -> bool: ...
+
+
+@dataclasses.dataclass(slots=True)
+class Kept:
+    """The pack lines of the last summary and what they were made of, kept by the caller between
+    passes: a pack whose ``Packed`` is the same object and whose base's plan part is the same object
+    (a plan made of parts, ``change.Plan.parts``, keeps the part of a base that did not change) keeps its line."""
+
+    compiled: Sequence[Packed] = ()
+    order: list[int] = dataclasses.field(default_factory=list)  # indexes of ``compiled`` in line order
+    lines: list[PackLine] = dataclasses.field(default_factory=list)  # the line of ``compiled[order[k]]``
+    at: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # base -> its positions in ``order``
+    parts: Mapping[str, change.Part] | None = None  # the plan's parts the lines were made with
+    cached: int = 0  # packs of ``compiled`` taken from the compile cache
+    # the lines of the bases the plan has and no pack has (removed from Git), for ``parts`` and these errors
+    gone: tuple[tuple[change.PackError, ...], tuple[PackLine, ...]] | None = None
+
+
 def summarize(
     plan: change.Plan,
     *,
-    compiled: list[tuple[spec.PackBuild, pack.CompiledPack, bool]],
+    compiled: Sequence[Packed],
     writes: int,
     published: int,
     dry_run: bool,
     status_error: str | None = None,
-    memo: dict[str, tuple[object, PackLine]] | None = None,
+    kept: Kept | None = None,
 ) -> Summary:
-    """``memo`` (kept by the caller between passes, by basePackName) holds each pack's line with
-    what it was made of: a plan made of parts (``change.Plan.parts``) gives the same part object
-    for a base that did not change, and its line is not made again."""
-    by_base: Mapping[str, Sequence[change.Change]]
-    if plan.parts is not None:
-        by_base = {base: part.changes for base, part in plan.parts.items()}
-    else:
-        grouped: dict[str, list[change.Change]] = defaultdict(list)
-        for c in plan.changes:
-            grouped[c.base_pack_name].append(c)
-        by_base = grouped
-    lines = []
-    seen_bases = set()
-    kept: dict[str, tuple[object, PackLine]] = {}
-    for build, cp_compiled, cached in sorted(compiled, key=lambda t: (t[0].base_pack_name, t[0].path)):
-        cp = cp_compiled.cluster_pack
-        base = build.base_pack_name
-        key = (plan.parts.get(base) if plan.parts is not None else None, build, cp_compiled, cached)
-        known = memo.get(base) if memo is not None and key[0] is not None and base not in seen_bases else None
-        if known is not None and known[0] == key:
-            lines.append(known[1])
-            kept[base] = known
-            seen_bases.add(base)
-            continue
-        version = cp.version
-
-        def shown(c: change.Change, version: str = version) -> bool:
-            return c.version == version or (c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL)
-
-        def same_version(c: change.Change, version: str = version) -> bool:
-            return c.version == version
-
-        mine = _where(by_base.get(base, ()), shown)
-        if base in seen_bases:
-            mine = _where(mine, same_version)
-        line = PackLine(
-            base_pack_name=build.base_pack_name,
-            version=cp.version,
-            path=build.path,
-            category=str(build.category),
-            objects=cp_compiled.object_count,
-            stages=tuple(str(s) for s in cp.execution_order),
-            checksum=cp.checksum,
-            cached=cached,
-            changes=mine,
-            hooks=cp.provenance.hooks,
-            dropped_hooks=cp.provenance.dropped_hooks,
-            warnings=cp_compiled.warnings,
-        )
-        lines.append(line)
-        if key[0] is not None and base not in seen_bases:
-            kept[base] = (key, line)
-        seen_bases.add(base)
-    if memo is not None:
-        memo.clear()
-        memo.update(kept)
+    """The summary of a pass. ``kept`` (updated here) holds the last summary's pack lines: only the
+    lines of the packs or bases that changed since are made again."""
+    kept = kept if kept is not None else Kept()
+    by_base = _by_base(plan)
+    if not _patch(plan, compiled, kept, by_base):
+        _lines(compiled, kept, by_base)
+        kept.gone = None
+    kept.compiled, kept.parts = compiled, plan.parts
+    lines = list(kept.lines)
     for err in plan.errors:
         lines.append(
             PackLine(
@@ -146,12 +130,13 @@ def summarize(
                 checksum="", cached=False, changes=(), error=err,
             )
         )
-    gone = sorted(set(by_base) - seen_bases - {e.pack for e in plan.errors})
-    for base in gone:  # packs removed from Git: only uninstalls and prunes
-        lines.append(
+    if kept.gone is None or kept.gone[0] != plan.errors:
+        errs = {e.pack for e in plan.errors}
+        gone = sorted(base for base in by_base if base not in kept.at and base not in errs)
+        kept.gone = (plan.errors, tuple(  # packs removed from Git: only uninstalls and prunes
             PackLine(base_pack_name=base, version="", path="", category="", objects=0, stages=(), checksum="",
-                     cached=False, changes=tuple(by_base[base]))
-        )
+                     cached=False, changes=tuple(by_base[base])) for base in gone))
+    lines.extend(kept.gone[1])
     by_kind_action = plan.counts()  # text made once per pair, not per change
     counts = {f"{kind} {action}": n for (kind, action), n in by_kind_action.items()}
     blocked = any(action is change.Action.BLOCKED for _, action in by_kind_action)
@@ -162,12 +147,110 @@ def summarize(
         errors=plan.errors,
         writes=writes,
         published=published,
-        compiled=sum(1 for _, _, cached in compiled if not cached),
-        cached=sum(1 for _, _, cached in compiled if cached),
+        compiled=len(compiled) - kept.cached,
+        cached=kept.cached,
         dry_run=dry_run,
         ready=conditions.pass_ready(failed=len(plan.errors), blocked=blocked, status_error=status_error),
         has_changes=plan.has_changes,
         status_error=status_error,
+    )
+
+
+def _by_base(plan: change.Plan) -> Mapping[str, Sequence[change.Change]]:
+    if plan.parts is not None:
+        return _Changes(plan.parts)
+    grouped: dict[str, list[change.Change]] = defaultdict(list)
+    for c in plan.changes:
+        grouped[c.base_pack_name].append(c)
+    return grouped
+
+
+class _Changes(Mapping[str, Sequence[change.Change]]):
+    """The changes of each base of a plan made of parts (read through, not copied)."""
+
+    def __init__(self, parts: Mapping[str, change.Part]) -> None:
+        self._parts = parts
+
+    def __getitem__(self, base: str) -> Sequence[change.Change]:
+        return self._parts[base].changes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+
+def _lines(compiled: Sequence[Packed], kept: Kept, by_base: Mapping[str, Sequence[change.Change]]) -> None:
+    """Every pack line, made again."""
+    kept.order = sorted(range(len(compiled)), key=lambda i: (compiled[i].build.base_pack_name, compiled[i].build.path))
+    kept.lines, kept.at = [], {}
+    for position, i in enumerate(kept.order):
+        base = compiled[i].build.base_pack_name
+        positions = kept.at.setdefault(base, [])
+        kept.lines.append(_line(compiled[i], by_base.get(base, ()), first=not positions))
+        positions.append(position)
+    kept.cached = sum(1 for r in compiled if r.cached)
+
+
+def _patch(plan: change.Plan, compiled: Sequence[Packed], kept: Kept, by_base: Mapping[str, Sequence[change.Change]]) -> bool:
+    """Make again the lines of the packs that changed since ``kept`` and of the bases whose plan part
+    changed; False when that cannot be told (another number of packs, a pack that moved in the order,
+    a plan not made of parts): then every line is made again."""
+    before = kept.compiled
+    if plan.parts is None or kept.parts is None or len(before) != len(compiled) or not kept.order:
+        return False
+    changed = [] if all(map(operator.is_, compiled, before)) else [
+        i for i, (now, then) in enumerate(zip(compiled, before, strict=True))
+        if now is not then and (now.build is not then.build or now.compiled is not then.compiled or now.cached != then.cached)]
+    for i in changed:
+        now, then = compiled[i].build, before[i].build
+        if now.base_pack_name != then.base_pack_name or now.path != then.path:
+            return False  # its place in the order moved
+    dirty = {compiled[i].build.base_pack_name for i in changed}
+    if plan.parts is not kept.parts:
+        parts, earlier = plan.parts, kept.parts
+        dirty.update(base for base, part in parts.items() if earlier.get(base) is not part)
+        dirty.update(base for base in earlier if base not in parts)
+        kept.gone = None
+    kept.cached += sum(1 for i in changed if compiled[i].cached) - sum(1 for i in changed if before[i].cached)
+    if dirty:
+        kept.lines = list(kept.lines)
+    for base in dirty:
+        for n, position in enumerate(kept.at.get(base, ())):
+            kept.lines[position] = _line(compiled[kept.order[position]], by_base.get(base, ()), first=n == 0)
+    return True
+
+
+def _line(packed: Packed, changes: Sequence[change.Change], *, first: bool) -> PackLine:
+    """The line of one pack: the changes of its base that show its version (and the uninstalls), all
+    of them on the first pack of a base, only its own version's on the others."""
+    build, cp_compiled = packed.build, packed.compiled
+    cp = cp_compiled.cluster_pack
+    version = cp.version
+
+    def shown(c: change.Change) -> bool:
+        return c.version == version or (c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL)
+
+    def same_version(c: change.Change) -> bool:
+        return c.version == version
+
+    mine = _where(changes, shown)
+    if not first:
+        mine = _where(mine, same_version)
+    return PackLine(
+        base_pack_name=build.base_pack_name,
+        version=cp.version,
+        path=build.path,
+        category=str(build.category),
+        objects=cp_compiled.object_count,
+        stages=tuple(str(s) for s in cp.execution_order),
+        checksum=cp.checksum,
+        cached=packed.cached,
+        changes=mine,
+        hooks=cp.provenance.hooks,
+        dropped_hooks=cp.provenance.dropped_hooks,
+        warnings=cp_compiled.warnings,
     )
 
 
