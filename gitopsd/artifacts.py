@@ -202,11 +202,12 @@ def publish(env: Env, state: PassState) -> None:
     assert state.plan is not None
     if env.dry_run:
         return
-    by_name = {r.compiled.cluster_pack.name: r for r in state.compiled}
+    by_name: dict[str, CompileResult] = {}  # made on the first create: a pass that creates nothing walks no pack
     failed: dict[str, str] = {}
     for c in state.plan.writes:  # a create writes
         if c.kind is not change.ObjectKind.CLUSTER_PACK or c.action is not change.Action.CREATE:
             continue
+        by_name = by_name or {r.compiled.cluster_pack.name: r for r in state.compiled}
         result = by_name[c.name]
         cp = result.compiled.cluster_pack
         try:

@@ -27,7 +27,7 @@ import pytest
 
 from gitopsd import errors, memo, ports, reconcile
 from gitopsd.adapters import fakes, keys, localstore, ocilayout, render, schemafiles
-from gitopsd.core import plan, replan
+from gitopsd.core import plan, replan, summarize
 from gitopsd.model import change
 
 CLUSTERS = ("a", "b", "c")
@@ -107,6 +107,12 @@ class World:
             step(env, state)
             if name == "scope" and state.scope is not None:
                 self.scoped += 1
+            if name == "summarize":  # the lines kept between passes are the lines made from scratch
+                assert state.plan is not None
+                made = summarize.summarize(state.plan, compiled=state.compiled, writes=state.writes,
+                                           published=state.published, dry_run=env.dry_run,
+                                           status_error=state.status_error)
+                assert state.summary == made, f"pass {self.passes}: the summary differs from one made from scratch"
             if name == "plan":
                 self.compare_with_a_new_process(env, state)
                 assert state.plan is not None and state.observed is not None
