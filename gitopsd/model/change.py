@@ -142,7 +142,19 @@ class Changes(Sequence[Change]):
 
     @classmethod
     def joined(cls, parts: Iterable[Changes]) -> Changes:
-        return cls(item for part in parts for item in part._items)
+        """The changes of ``parts``, one after another (their items are kept as they are: no run of them is empty)."""
+        items: list[Item] = []
+        ends: list[int] = []
+        total = 0
+        for part in parts:
+            if not part._items:
+                continue
+            items.extend(part._items)
+            ends.extend(part._ends if not total else [end + total for end in part._ends])
+            total = ends[-1]
+        made = cls.__new__(cls)
+        made._items, made._ends = tuple(items), tuple(ends)
+        return made
 
     @property
     def items(self) -> tuple[Item, ...]:
