@@ -189,6 +189,28 @@ def test_version_bump_supersedes_the_instances_in_place(kube_env: KubeEnv, passe
     print(f"\none-pack version bump: {kube_env.write_count()} writes; requests {counts(kube_env)}")
 
 
+def test_observe_reads_again_only_the_bases_written_since_and_equals_a_full_read(
+        kube_env: KubeEnv, passes: harness.Passes, repo: pathlib.Path, api: client.ApiClient,
+        cluster: kube.KubeCluster) -> None:
+    passes.run()
+    before = cluster.observe(kube_env.namespace)
+    bump(repo, "web-frontend", "v1.4.2", "v1.5.0")
+    passes.run()
+
+    after = cluster.observe(kube_env.namespace)
+
+    assert sorted(after.parts) == sorted(before.parts)
+    for base, part in after.parts.items():  # what the steps of the next pass tell an unchanged base by
+        assert (part is before.parts[base]) == (base != "web-frontend"), base
+    with kube.KubeCluster(api, watch=False) as fresh:
+        full = fresh.observe(kube_env.namespace)
+    assert after == full
+    assert {b: (dict(p.packs), dict(p.instances), dict(p.heads)) for b, p in after.parts.items()} == \
+        {b: (dict(p.packs), dict(p.instances), dict(p.heads)) for b, p in full.parts.items()}
+    assert after.packs["web-frontend-v1.5.0"].version == "1.5.0"
+    assert after.instances["web-frontend-prod-eu"].version == "1.5.0"
+
+
 def test_uninstall_deletes_the_instances_and_keeps_the_cluster_pack(kube_env: KubeEnv, passes: harness.Passes, repo: pathlib.Path) -> None:
     passes.run()
     shutil.rmtree(repo / "packs" / "web-frontend")

@@ -16,6 +16,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -54,6 +55,7 @@ class Informer:
         self.version = 0  # bumped whenever ``items`` changes
         # the change feed: basePackName -> the ``version`` that last changed one of its objects
         self.touched: dict[str, int] = {}
+        self.by_base: dict[str, set[str]] = {}  # basePackName -> the names of its objects in ``items``
         self.resource_version = ""
         self.synced = False  # False until listed, and again after a 410 until relisted
         self.unread = False  # listed and not yet observed (a one-shot observe need not list again)
@@ -105,6 +107,9 @@ class Informer:
                         self._touch(new, version)
                 self.items = items
                 self.version = version
+                self.by_base = {}
+                for name, obj in items.items():
+                    self.by_base.setdefault(base_of(obj), set()).add(name)
             self.resource_version = str(list_rv)
             self.synced, self.stale, self.unread = True, False, True
 
@@ -125,6 +130,9 @@ class Informer:
             self.version += 1
             self._touch(current, self.version)
             self._touch(obj, self.version)
+            if current is not None:
+                self._unindex(current)
+            self.by_base.setdefault(base_of(obj), set()).add(name)
 
     def remove(self, name: str, rv: int) -> None:
         with self.lock:
@@ -136,6 +144,15 @@ class Informer:
                 del self.items[name]
                 self.version += 1
                 self._touch(current, self.version)
+                self._unindex(current)
+
+    def _unindex(self, obj: JSON) -> None:
+        base = base_of(obj)
+        names = self.by_base.get(base)
+        if names is not None:
+            names.discard(obj["metadata"]["name"])
+            if not names:
+                del self.by_base[base]
 
     def _touch(self, obj: JSON | None, version: int) -> None:
         if obj is not None:
@@ -149,6 +166,13 @@ class Informer:
     def get(self, name: str) -> JSON | None:
         with self.lock:
             return self.items.get(name)
+
+    def of_bases(self, bases: Iterable[str]) -> tuple[int, dict[str, list[JSON]]]:
+        """``version`` and the objects of each of ``bases`` (those it has), read at that version."""
+        with self.lock:
+            items = self.items
+            return self.version, {base: [items[name] for name in sorted(self.by_base[base])]
+                                  for base in bases if base in self.by_base}
 
     def snapshot(self) -> list[JSON]:
         with self.lock:
