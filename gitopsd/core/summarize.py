@@ -11,7 +11,7 @@ import dataclasses
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, overload
 
 from gitopsd.core import conditions
 from gitopsd.model import change, pack, spec
@@ -41,7 +41,7 @@ class PackLine:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Summary:
     revision: str
-    packs: tuple[PackLine, ...]
+    packs: Sequence[PackLine]  # a ``PackLines`` from ``summarize``: each line made when read
     counts: dict[str, int]  # "ClusterPack create" -> n, ...
     errors: tuple[change.PackError, ...]
     writes: int
@@ -88,6 +88,60 @@ class Packed(Protocol):
     def cached(self) -> bool: ...
 
 
+class PackLines(Sequence[PackLine]):
+    """The lines of a summary, in order: a line per pack (by basePackName, then path), made when first
+    read (a daemon's pass reads only how many there are), then the pack errors and the bases removed
+    from Git. Equal to any sequence of the same lines."""
+
+    __slots__ = ("_by_base", "_compiled", "_firsts", "_made", "_more", "_order")
+
+    def __init__(self, compiled: Sequence[Packed], order: Sequence[int], firsts: Sequence[bool],
+                 made: list[PackLine | None], by_base: Mapping[str, Sequence[change.Change]],
+                 more: tuple[PackLine, ...]) -> None:
+        self._compiled, self._order, self._firsts, self._made = compiled, order, firsts, made
+        self._by_base, self._more = by_base, more
+
+    def __len__(self) -> int:
+        return len(self._order) + len(self._more)
+
+    @overload
+    def __getitem__(self, index: int) -> PackLine: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[PackLine]: ...
+
+    def __getitem__(self, index: int | slice) -> PackLine | Sequence[PackLine]:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        count = len(self._order)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index >= count:
+            return self._more[index - count]
+        line = self._made[index]
+        if line is None:
+            packed = self._compiled[self._order[index]]
+            changes = self._by_base.get(packed.build.base_pack_name, ())
+            line = self._made[index] = _line(packed, changes, first=self._firsts[index])
+        return line
+
+    def __iter__(self) -> Iterator[PackLine]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PackLines({list(self)!r})"
+
+
 @dataclasses.dataclass(slots=True)
 class Kept:
     """The pack lines of the last summary and what they were made of, kept by the caller between
@@ -96,8 +150,9 @@ class Kept:
 
     compiled: Sequence[Packed] = ()
     order: list[int] = dataclasses.field(default_factory=list)  # indexes of ``compiled`` in line order
-    lines: list[PackLine] = dataclasses.field(default_factory=list)  # the line of ``compiled[order[k]]``
-    at: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # base -> its positions in ``order``
+    firsts: list[bool] = dataclasses.field(default_factory=list)  # the line at that place is its base's first
+    made: list[PackLine | None] = dataclasses.field(default_factory=list)  # the lines made so far, by place
+    at: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # base -> its places in ``order``
     parts: Mapping[str, change.Part] | None = None  # the plan's parts the lines were made with
     cached: int = 0  # packs of ``compiled`` taken from the compile cache
     # the lines of the bases the plan has and no pack has (removed from Git), for ``parts`` and these errors
@@ -118,31 +173,25 @@ def summarize(
     lines of the packs or bases that changed since are made again."""
     kept = kept if kept is not None else Kept()
     by_base = _by_base(plan)
-    if not _patch(plan, compiled, kept, by_base):
-        _lines(compiled, kept, by_base)
+    if not _patch(plan, compiled, kept):
+        _lines(compiled, kept)
         kept.gone = None
     kept.compiled, kept.parts = compiled, plan.parts
-    lines = list(kept.lines)
-    for err in plan.errors:
-        lines.append(
-            PackLine(
-                base_pack_name=err.pack, version="", path=err.path, category="", objects=0, stages=(),
-                checksum="", cached=False, changes=(), error=err,
-            )
-        )
     if kept.gone is None or kept.gone[0] != plan.errors:
         errs = {e.pack for e in plan.errors}
         gone = sorted(base for base in by_base if base not in kept.at and base not in errs)
         kept.gone = (plan.errors, tuple(  # packs removed from Git: only uninstalls and prunes
             PackLine(base_pack_name=base, version="", path="", category="", objects=0, stages=(), checksum="",
                      cached=False, changes=tuple(by_base[base])) for base in gone))
-    lines.extend(kept.gone[1])
+    errors = tuple(PackLine(base_pack_name=err.pack, version="", path=err.path, category="", objects=0, stages=(),
+                            checksum="", cached=False, changes=(), error=err) for err in plan.errors)
+    lines = PackLines(compiled, kept.order, kept.firsts, kept.made, by_base, (*errors, *kept.gone[1]))
     by_kind_action = plan.counts()  # text made once per pair, not per change
     counts = {f"{kind} {action}": n for (kind, action), n in by_kind_action.items()}
     blocked = any(action is change.Action.BLOCKED for _, action in by_kind_action)
     return Summary(
         revision=plan.revision,
-        packs=tuple(lines),
+        packs=lines,
         counts=counts,
         errors=plan.errors,
         writes=writes,
@@ -181,22 +230,22 @@ class _Changes(Mapping[str, Sequence[change.Change]]):
         return len(self._parts)
 
 
-def _lines(compiled: Sequence[Packed], kept: Kept, by_base: Mapping[str, Sequence[change.Change]]) -> None:
-    """Every pack line, made again."""
+def _lines(compiled: Sequence[Packed], kept: Kept) -> None:
+    """Every pack line to be made again, in a new order."""
     kept.order = sorted(range(len(compiled)), key=lambda i: (compiled[i].build.base_pack_name, compiled[i].build.path))
-    kept.lines, kept.at = [], {}
+    kept.at, kept.firsts = {}, []
     for position, i in enumerate(kept.order):
-        base = compiled[i].build.base_pack_name
-        positions = kept.at.setdefault(base, [])
-        kept.lines.append(_line(compiled[i], by_base.get(base, ()), first=not positions))
+        positions = kept.at.setdefault(compiled[i].build.base_pack_name, [])
+        kept.firsts.append(not positions)
         positions.append(position)
+    kept.made = [None] * len(compiled)
     kept.cached = sum(1 for r in compiled if r.cached)
 
 
-def _patch(plan: change.Plan, compiled: Sequence[Packed], kept: Kept, by_base: Mapping[str, Sequence[change.Change]]) -> bool:
-    """Make again the lines of the packs that changed since ``kept`` and of the bases whose plan part
-    changed; False when that cannot be told (another number of packs, a pack that moved in the order,
-    a plan not made of parts): then every line is made again."""
+def _patch(plan: change.Plan, compiled: Sequence[Packed], kept: Kept) -> bool:
+    """Forget the lines of the packs that changed since ``kept`` and of the bases whose plan part
+    changed (they are made again when read); False when that cannot be told (another number of
+    packs, a pack that moved in the order, a plan not made of parts): then every line is."""
     before = kept.compiled
     if plan.parts is None or kept.parts is None or len(before) != len(compiled) or not kept.order:
         return False
@@ -214,11 +263,11 @@ def _patch(plan: change.Plan, compiled: Sequence[Packed], kept: Kept, by_base: M
         dirty.update(base for base in earlier if base not in parts)
         kept.gone = None
     kept.cached += sum(1 for i in changed if compiled[i].cached) - sum(1 for i in changed if before[i].cached)
-    if dirty:
-        kept.lines = list(kept.lines)
+    kept.made = list(kept.made)  # the last summary keeps its own
+    made = kept.made
     for base in dirty:
-        for n, position in enumerate(kept.at.get(base, ())):
-            kept.lines[position] = _line(compiled[kept.order[position]], by_base.get(base, ()), first=n == 0)
+        for position in kept.at.get(base, ()):
+            made[position] = None
     return True
 
 
