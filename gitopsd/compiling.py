@@ -51,7 +51,9 @@ def compile_packs(env: Env, state: PassState) -> None:
     steady = _steady(env, state)
     if steady is not None:
         state.compiled, state.crd_scopes = steady, env.memo.crd_scopes
-        return  # nothing looked up or stored: the compile cache keeps what it holds (no flush)
+        if isinstance(env.cache, ports.RetainsEntries) and env.memo.steady is not None:
+            env.cache.retain(env.memo.steady.keys)  # nothing looked up: these are the entries in use
+        return
     every = sorted(state.builds, key=lambda b: b.path)
     reused, builds = _unchanged(env, state, every)
     packcompile.seed_inputs(env, builds)
@@ -160,13 +162,37 @@ def _steady(env: Env, state: PassState) -> list[CompileResult] | None:
     return list(last.results)
 
 
-def _steady_memo(env: Env, state: PassState) -> memo.Steady | None:
-    """What ``_steady`` compares the next pass with, after a pass that took every pack from the cache."""
+def _steady_memo(env: Env, state: PassState, results: list[CompileResult] | None = None) -> memo.Steady | None:
+    """What ``_steady`` compares the next pass with, after a pass that took every pack from the cache
+    (or whose ``results`` are what its next pass takes from it)."""
     if state.loaded is None:
         return None
     elsewhere = {pair for known in env.memo.compiled.values() for pair in known.elsewhere}
+    kept = tuple(state.compiled if results is None else results)
     return memo.Steady(loaded=state.loaded, pack_filter=env.pack_filter, inputs=_pass_inputs(env, state),
-                       elsewhere=tuple(sorted(elsewhere)), results=tuple(state.compiled))
+                       elsewhere=tuple(sorted(elsewhere)), results=kept, keys=frozenset(r.key for r in kept))
+
+
+def next_results(env: Env, state: PassState, compiled: list[CompileResult]) -> list[CompileResult] | None:
+    """After a pass that compiled packs (``compiled``: its compile step's results): the results the
+    next pass's compile step gives when nothing moves (every pack from the cache, ``_unchanged``),
+    made now and kept for it (``memo.reused``; ``memo.steady`` when every pack compiled). None when
+    that cannot be told: a render left running, packs of other shards, a pack the cache does not hold."""
+    if env.memo.running or state.unowned:
+        return None
+    out = []
+    for result in compiled:
+        if not result.cached:
+            hit = env.cache.get(result.key) if result.key else None
+            if hit is None:
+                return None
+            result = CompileResult(result.build, hit, result.clusters, cached=True, key=result.key)
+        out.append(result)
+    for result in out:
+        env.memo.reused[result.build.path] = result
+    if len(out) == len(state.builds) == len(env.memo.compiled):
+        env.memo.steady = _steady_memo(env, state, out)
+    return out
 
 
 def _remember(env: Env, state: PassState, builds: list[spec.PackBuild], compiled: list[spec.PackBuild]) -> None:

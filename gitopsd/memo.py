@@ -83,6 +83,7 @@ class Steady:
     inputs: tuple[object, ...]  # what every pack's compile key is made of besides its own files
     elsewhere: tuple[tuple[str, str], ...]  # (folder, tree id) of every renderer input folder outside a pack's own
     results: tuple[CompileResult, ...]  # of every pack, in path order
+    keys: frozenset[str]  # their compile cache keys
 
 
 @dataclasses.dataclass(slots=True)

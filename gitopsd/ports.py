@@ -175,6 +175,14 @@ class Flushing(Protocol):
 
 
 @runtime_checkable
+class RetainsEntries(Protocol):
+    """A compile cache told which entries a compile step that looked nothing up uses (optional): a
+    ``flush`` that keeps in memory only those."""
+
+    def retain(self, keys: Collection[str]) -> None: ...
+
+
+@runtime_checkable
 class RemembersSpecs(Protocol):
     """A CompileCache that also keeps validated PackBuild documents by a key of their exact bytes,
     across processes (optional): a new process does not parse and schema-check unchanged PackBuilds."""

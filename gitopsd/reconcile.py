@@ -344,6 +344,34 @@ def settle_plan(env: Env, state: PassState) -> None:
     # the desired packs of the plan step (the same tuple): replan takes the keys it worked out then
     settled = replan.update(_plan_inputs(env, state, observed, state.plan_desired), env.memo.plan).memory
     env.memo.plan = dataclasses.replace(settled, shown=False)
+    _settle_packs(env, state, observed)
+
+
+def _settle_packs(env: Env, state: PassState, observed: instance.Observed) -> None:
+    """The steps between scope and plan again, for the packs this pass compiled or wrote, against
+    what the store holds now: the next pass, when nothing else changed, visits no pack. What they
+    find (a repair, a damaged artifact) is logged and counted; a damaged artifact is reported by the
+    next pass, which looks at it again."""
+    carrying = state.carrying
+    if carrying is None or not {"sign", "signatures", "plan"} <= carrying.done:
+        return
+    compiled = compiling.next_results(env, state, carrying.compiled)
+    if compiled is None:
+        return
+    after = PassState(tree=state.tree, config=state.config, clusters=state.clusters, builds=state.builds,
+                      loaded=state.loaded, compiled=compiled, observed=observed, now=state.now)
+    env.memo.carried = carrying
+    quiet = dataclasses.replace(env, resync=False, full_plan=False)  # (a full pass checked everything already)
+    for step in (scope, adopt_published, sign, verify_signatures, artifacts.verify_artifacts):
+        step(quiet, after)
+    env.memo.carried = None  # until this pass ends (``summarize_pass``)
+    assert after.carrying is not None
+    desired, _ = _scoped_desired(quiet, after)
+    after.carrying.plan_desired = desired if desired is not None else tuple(
+        plan.Desired(r.build, r.compiled, r.clusters) for r in after.compiled)
+    after.carrying.done.add("plan")
+    state.carried_next = after.carrying
+    state.published += after.published
 
 
 def apply(env: Env, state: PassState) -> None:
@@ -508,7 +536,8 @@ def summarize_pass(env: Env, state: PassState) -> None:
         status_error=state.status_error,
         kept=env.memo.summary_lines,
     )
-    env.memo.carried = state.carrying  # the pass ended: the next one takes its results (``scope``)
+    # the pass ended: the next one takes its results (``scope``), as they are after its writes when it wrote
+    env.memo.carried = state.carried_next if state.carried_next is not None else state.carrying
 
 
 STEPS: tuple[tuple[str, Step], ...] = (

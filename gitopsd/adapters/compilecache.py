@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import structlog
 
@@ -166,8 +166,13 @@ class SqliteCompileCache:
     def flush(self) -> None:
         """Write what was stored to disk, and keep in memory only the entries used since the last
         flush (the end of a compile step): a daemon does not hold every version it ever compiled."""
-        if len(self._memory) > len(self._used):
-            self._memory = {k: v for k, v in self._memory.items() if k in self._used}
+        self.retain(self._used)
+
+    def retain(self, keys: Collection[str]) -> None:
+        """``flush``, keeping in memory only the entries of ``keys``: those a compile step that looked
+        nothing up uses (``ports.RetainsEntries``)."""
+        if len(self._memory) > len(keys):
+            self._memory = {k: v for k, v in self._memory.items() if k in keys}
         self._used = set()
         if not self._pending and not self._failed and not self._specs and not self._inputs:
             return
