@@ -72,16 +72,19 @@ def compile_packs(env: Env, state: PassState) -> None:
                 _record(env, state, index, len(builds), build, outcome)
         else:
             _compile_overlapped(env, state, builds, max(1, env.render_workers))
+        fresh = state.compiled
         if reused:
             state.compiled = reused if not state.compiled else sorted([*reused, *state.compiled], key=lambda r: r.build.path)
+        steady_after = False
         if reused and not builds and not state.unowned and len(reused) == len(env.memo.compiled):
             # every pack is the last pass's, from the same cache entries: so are their CRDs, the scopes
             # they settle on, and the packs compiled again with them
             state.crd_scopes = env.memo.crd_scopes
             steady_after = True
+        elif reused and _scopes_hold(env, state, every, builds, fresh):
+            state.crd_scopes = env.memo.crd_scopes
         else:
             _settle_scopes(env, state)
-            steady_after = False
         _remember(env, state, every, builds)
         env.memo.steady = _steady_memo(env, state) if steady_after else None
     finally:
@@ -228,6 +231,21 @@ def fits(compiled: pack.CompiledPack, known: dict[str, str]) -> bool:
     return all(known.get(kind, "") == scope for kind, scope in compiled.foreign_scopes)
 
 
+def _scopes_hold(env: Env, state: PassState, every: list[spec.PackBuild], builds: list[spec.PackBuild],
+                 fresh: list[CompileResult]) -> bool:
+    """The CRD scopes the last pass settled on hold for this one, and every pack fits them: the same
+    ``crds`` in gitopsd.yaml, no pack that had a CRD changed or went, no pack compiled (or looked up)
+    now has one, and those were compiled with these scopes. Then ``_settle_scopes`` has nothing to do."""
+    basis = env.memo.crd_basis
+    if basis is None or state.unowned or basis[0] != state.config.crds:
+        return False
+    crd_paths = basis[1]
+    if crd_paths and (not crd_paths.isdisjoint(b.path for b in builds) or not crd_paths <= {b.path for b in every}):
+        return False
+    known = dict(env.memo.crd_scopes)
+    return not any(r.compiled.crds for r in fresh) and all(fits(r.compiled, known) for r in fresh)
+
+
 def _settle_scopes(env: Env, state: PassState) -> None:
     """The CRD scopes of this pass (gitopsd.yaml's ``crds``, then the packs' CRDs in path order), and
     a compile again of each pack that used another scope for one of its kinds: from its kept render,
@@ -243,6 +261,8 @@ def _settle_scopes(env: Env, state: PassState) -> None:
     for message in disagreements:
         log.warning("crd scopes disagree", detail=message)
     state.crd_scopes = env.memo.crd_scopes = scopes
+    env.memo.crd_basis = None if state.unowned else (
+        state.config.crds, frozenset(path for path, crds in sources if crds))  # (see ``_scopes_hold``)
     known = dict(scopes)
     settled: list[CompileResult] = []
     for result in state.compiled:

@@ -124,6 +124,8 @@ class Memo:
     status_text: dict[str, tuple[tuple[object, object], bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
     crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess
+    # what they were settled from: gitopsd.yaml's crds and the paths of the packs that have CRDs
+    crd_basis: tuple[tuple[tuple[str, str], ...], frozenset[str]] | None = None
     running: dict[str, Running] = dataclasses.field(default_factory=dict)  # cache key -> a render still running
     # the load step's: (tree ids of gitopsd.yaml and clusters/, the config, the clusters) and what packs/ held
     settings: tuple[tuple[str, str], spec.RepoConfig, dict[str, spec.Cluster]] | None = None

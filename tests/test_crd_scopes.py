@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import pytest
 
-from gitopsd import reconcile
+from gitopsd import compiling, reconcile
 from gitopsd.core import codec
 from gitopsd.model import change, pack
 from gitopsd.wiring import compose as wiring
@@ -160,6 +161,32 @@ def test_a_long_running_process_sees_a_changed_crd_scope(repo: pathlib.Path, tmp
         assert [(r.build.base_pack_name, r.cached) for r in state.compiled] == [("guards", False), ("policy-crds", False)]
         assert compiled(state, "guards").compiled.subjects == ("Guard/apps/baseline",)
         assert env.memo.crd_scopes == (("policy.example.io/Guard", "Namespaced"),)
+    finally:
+        local.close()
+
+
+def test_a_long_running_process_settles_the_scopes_again_only_when_a_crd_may_have_changed(
+        repo: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_pack(repo, "guards", {"guard.yaml": GUARD})
+    write_pack(repo, "policy-crds", {"crd.yaml": CRD.format(scope="Cluster")})
+    web = "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web}}\ndata: {{v: '{v}'}}\n"
+    write_pack(repo, "web", {"cm.yaml": web.format(v=1)})
+    settled: list[int] = []
+    settle = compiling._settle_scopes
+    monkeypatch.setattr(compiling, "_settle_scopes", lambda env, state: (settled.append(len(state.compiled)), settle(env, state))[1])
+    local = wiring.open_local(tmp_path / "state")
+    try:
+        env = wiring.local_env(repo, local, dry_run=True, render_workers=1)
+        reconcile.run(env)
+        assert settled == [3]
+        (repo / "packs/web/m/cm.yaml").write_text(web.format(v=2))  # no CRD in it, none changed: the scopes hold
+        state = reconcile.run(env)
+        assert settled == [3] and [r.build.base_pack_name for r in state.compiled if not r.cached] == ["web"]
+        assert compiled(state, "guards").compiled.subjects == ("Guard/baseline",)
+        shutil.rmtree(repo / "packs/policy-crds")  # the pack with the CRD went: every pack's CRDs are read again
+        state = reconcile.run(env)
+        assert settled == [3, 2]
+        assert compiled(state, "guards").compiled.subjects == ("Guard/apps/baseline",)
     finally:
         local.close()
 
