@@ -89,7 +89,9 @@ def _published(state: PassState, visit: tuple[int, ...] | None, carried: memo.Ca
 
 def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, published: set[int],
             visit: tuple[int, ...] | None, carried: memo.Carried | None) -> set[int]:
-    """Repair the damaged artifacts among ``published``; returns the indexes of those that could not be."""
+    """Repair the damaged artifacts among ``published``; returns the indexes of those that could not
+    be, and of those repaired: the next pass asks the registry about them again (a repaired artifact
+    is not yet one the registry found sound, so the change it tells of would not name it)."""
     # A resync (and a one-shot command, and the first pass of a process) checks every artifact in use;
     # the daemon's other passes check those the registry saw change, and the new ones.
     moved = registry.recheck(full=env.resync)
@@ -124,6 +126,7 @@ def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, publis
             damaged.add(i)
             continue
         repaired += 1
+        damaged.add(i)
         state.published += 1
         log.warning("artifact repaired", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
     if repaired and isinstance(env.registry, ports.Flushing):

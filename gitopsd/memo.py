@@ -102,7 +102,8 @@ class Carried:
     desired: list[CompileResult] = dataclasses.field(default_factory=list)  # after adopt and sign
     verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)  # ClusterPack name -> verdict
     published: set[int] = dataclasses.field(default_factory=set)  # results whose ClusterPack exists with their content
-    unsound: set[int] = dataclasses.field(default_factory=set)  # of those: an artifact damaged and not repaired
+    # of those: an artifact found damaged (repaired or not), asked about again by the next pass
+    unsound: set[int] = dataclasses.field(default_factory=set)
     moving: set[int] = dataclasses.field(default_factory=set)  # of those: an instance may be about to move to it
     plan_desired: tuple[plan.Desired, ...] = ()  # what the plan step planned with, one per result
 

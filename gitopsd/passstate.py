@@ -108,6 +108,8 @@ class PassState:
     scope: Scope | None = None  # None: the steps after observe work out every pack (see ``Scope``)
     carrying: memo_.Carried | None = None  # what they work out, for the next pass
     carried_next: memo_.Carried | None = None  # the same, worked out again after the pass's writes (settle)
+    # of the settle step's own run of those steps: the bases whose plan inputs it changed (None: any)
+    carried_next_touched: set[str] | None = None
     verdicts: dict[str, plan.Verdict] = dataclasses.field(default_factory=dict)
     # ClusterPack name -> (the ClusterPack ``sign`` made, the bytes it signed): its check reuses them
     signed: dict[str, tuple[pack.ClusterPack, bytes]] = dataclasses.field(default_factory=dict)

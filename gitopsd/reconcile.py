@@ -337,41 +337,54 @@ def _scoped_desired(env: Env, state: PassState) -> tuple[tuple[plan.Desired, ...
 def settle_plan(env: Env, state: PassState) -> None:
     """After the pass wrote: plan its written bases again against what the store holds now, so the
     next pass, when nothing else changed, plans nothing. The pass that writes pays for planning its
-    own result; the plan of this pass (``state.plan``) stays what was applied."""
+    own result; the plan of this pass (``state.plan``) stays what was applied.
+
+    The steps between scope and plan run again first, for the packs this pass compiled or wrote
+    (``_settle_packs``): the plan is then made of what the next pass starts from, and that pass,
+    when nothing else changed, visits no pack."""
     if env.dry_run or not env.passes_follow or not state.writes or env.memo.plan is None:
         return
     observed = env.cluster.observe(state.config.namespace, since=env.memo.plan.token)
-    # the desired packs of the plan step (the same tuple): replan takes the keys it worked out then
-    settled = replan.update(_plan_inputs(env, state, observed, state.plan_desired), env.memo.plan).memory
+    after = _settle_packs(env, state, observed)
+    if after is None:
+        # the desired packs of the plan step (the same tuple): replan takes the keys it worked out then
+        inputs, touched = _plan_inputs(env, state, observed, state.plan_desired), None
+    else:
+        assert after.carrying is not None
+        inputs = _plan_inputs(env, after, observed, after.carrying.plan_desired)
+        touched = after.carried_next_touched
+    settled = replan.update(inputs, env.memo.plan, touched).memory
     env.memo.plan = dataclasses.replace(settled, shown=False)
-    _settle_packs(env, state, observed)
 
 
-def _settle_packs(env: Env, state: PassState, observed: instance.Observed) -> None:
+def _settle_packs(env: Env, state: PassState, observed: instance.Observed) -> PassState | None:
     """The steps between scope and plan again, for the packs this pass compiled or wrote, against
-    what the store holds now: the next pass, when nothing else changed, visits no pack. What they
-    find (a repair, a damaged artifact) is logged and counted; a damaged artifact is reported by the
-    next pass, which looks at it again."""
+    what the store holds now; what the next pass takes from this one (``state.carried_next``). What
+    they find (a repair, a damaged artifact) is logged and counted; a damaged artifact is reported by
+    the next pass, which looks at it again. None when the next pass's compile results cannot be told."""
     carrying = state.carrying
     if carrying is None or not {"sign", "signatures", "plan"} <= carrying.done:
-        return
+        return None
     compiled = compiling.next_results(env, state, carrying.compiled)
     if compiled is None:
-        return
+        return None
     after = PassState(tree=state.tree, config=state.config, clusters=state.clusters, builds=state.builds,
-                      loaded=state.loaded, compiled=compiled, observed=observed, now=state.now)
+                      loaded=state.loaded, compiled=compiled, observed=observed, now=state.now,
+                      pack_errors=[e for e in state.pack_errors if e.reason != "ArtifactDamaged"],
+                      protected_paths=state.protected_paths, protected_bases=state.protected_bases)
     env.memo.carried = carrying
     quiet = dataclasses.replace(env, resync=False, full_plan=False)  # (a full pass checked everything already)
     for step in (scope, adopt_published, sign, verify_signatures, artifacts.verify_artifacts):
         step(quiet, after)
     env.memo.carried = None  # until this pass ends (``summarize_pass``)
     assert after.carrying is not None
-    desired, _ = _scoped_desired(quiet, after)
+    desired, after.carried_next_touched = _scoped_desired(quiet, after)
     after.carrying.plan_desired = desired if desired is not None else tuple(
         plan.Desired(r.build, r.compiled, r.clusters) for r in after.compiled)
     after.carrying.done.add("plan")
     state.carried_next = after.carrying
     state.published += after.published
+    return after
 
 
 def apply(env: Env, state: PassState) -> None:
