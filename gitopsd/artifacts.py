@@ -55,14 +55,14 @@ def verify_artifacts(env: Env, state: PassState) -> None:
     visit = scope.of("artifacts") if scope is not None else None
     carried = scope.carried if scope is not None and visit is not None else None
     published = _published(state, visit, carried)
-    repaired: set[int] = set()
+    unsound: set[int] = set()
     if isinstance(env.registry, ports.RepairsArtifacts):
-        repaired = _repair(env, state, env.registry, published, visit, carried)
+        unsound = _repair(env, state, env.registry, published, visit, carried)
     moving: set[int] = set()
     if isinstance(env.registry, ports.VerifiesArtifacts):
         moving = _verify(env, state, env.registry, published, visit, carried)
     if state.carrying is not None:
-        state.carrying.published, state.carrying.unsound, state.carrying.moving = published, repaired, moving
+        state.carrying.published, state.carrying.unsound, state.carrying.moving = published, unsound, moving
         state.carrying.done.add("artifacts")
 
 
@@ -105,7 +105,7 @@ def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, publis
                           if (compiled[i].compiled.cluster_pack.base_pack_name, compiled[i].compiled.cluster_pack.manifest_digest)
                           in moved)
         todo = sorted(wanted & published)
-    repaired, damaged = 0, set()
+    repaired, again = 0, set()
     for i in todo:
         result = compiled[i]
         cp = result.compiled.cluster_pack
@@ -123,15 +123,15 @@ def _repair(env: Env, state: PassState, registry: ports.RepairsArtifacts, publis
             state.pack_errors.append(change.PackError(path=result.build.path, pack=cp.base_pack_name,
                                                       reason="ArtifactDamaged", message=message))
             log.warning("artifact damaged", pack=cp.base_pack_name, digest=cp.manifest_digest, error=str(err))
-            damaged.add(i)
+            again.add(i)
             continue
         repaired += 1
-        damaged.add(i)
+        again.add(i)
         state.published += 1
         log.warning("artifact repaired", pack=cp.base_pack_name, version=cp.version, digest=cp.manifest_digest)
     if repaired and isinstance(env.registry, ports.Flushing):
         env.registry.flush()
-    return damaged
+    return again
 
 
 def _moving(state: PassState, result: CompileResult) -> bool:

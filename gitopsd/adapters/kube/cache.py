@@ -167,12 +167,11 @@ class Informer:
         with self.lock:
             return self.items.get(name)
 
-    def of_bases(self, bases: Iterable[str]) -> tuple[int, dict[str, list[JSON]]]:
-        """``version`` and the objects of each of ``bases`` (those it has), read at that version."""
+    def of_bases(self, bases: Iterable[str]) -> dict[str, list[JSON]]:
+        """The objects of each of ``bases`` (those it has), by name."""
         with self.lock:
             items = self.items
-            return self.version, {base: [items[name] for name in sorted(self.by_base[base])]
-                                  for base in bases if base in self.by_base}
+            return {base: [items[name] for name in sorted(self.by_base[base])] for base in bases if base in self.by_base}
 
     def snapshot(self) -> list[JSON]:
         with self.lock:

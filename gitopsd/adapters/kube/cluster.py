@@ -166,8 +166,7 @@ class KubeCluster:
                 for name in old.instances:
                     basis.pop((PACK_INSTANCES.plural, name), None)
         owned = [base for base in moved if self.owns(base)]
-        _, pack_objects = packs.of_bases(owned)
-        _, instance_objects = instances.of_bases(owned)
+        pack_objects, instance_objects = packs.of_bases(owned), instances.of_bases(owned)
         for base in owned:
             if base in pack_objects or base in instance_objects:
                 parts[base] = _part(pack_objects.get(base, []), instance_objects.get(base, []), basis)
