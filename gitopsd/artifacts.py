@@ -46,8 +46,9 @@ def verify_artifacts(env: Env, state: PassState) -> None:
     cannot be repaired is a pack error (``ArtifactDamaged``). Nothing of this in a dry run.
 
     In the daemon's passes with a scope (``PassState.scope``), only the packs it visits are looked
-    at again, with those whose artifact the registry saw change, those not repaired last pass and
-    those an instance was about to move to last pass; the others keep the last pass's findings."""
+    at again, with those whose artifact the registry saw change, those found damaged last pass
+    (repaired or not) and those an instance was about to move to last pass; the others keep the
+    last pass's findings."""
     assert state.observed is not None
     if env.dry_run:
         return
