@@ -8,12 +8,12 @@ from __future__ import annotations
 import collections
 import pathlib
 import random
-import subprocess
 
 import pytest
 
 from gitopsd import compiling, memo, ports, reconcile
 from gitopsd.adapters import fakes, gittree, render, schemafiles
+from tests import gitutil
 
 NAMESPACE_LINE = "namespace: seam-system\n"
 
@@ -115,15 +115,12 @@ def git_tree(repo: pathlib.Path, files: dict[str, bytes], links: dict[str, str])
     for path in [p for p in repo.rglob("*") if p.is_file() or p.is_symlink()]:
         if ".git" not in path.relative_to(repo).parts:
             path.unlink()
-    for name, data in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_bytes(data)
+    gitutil.write_files(repo, files)
     for name, target in links.items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).symlink_to(target)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "step", "--allow-empty"], check=True)
+    gitutil.git("add", "-A", cwd=repo)
+    gitutil.git("commit", "-qm", "step", "--allow-empty", cwd=repo)
     tree = gittree.open_worktree(repo, repo.parent / "exports")
     assert tree is not None
     return tree
@@ -183,7 +180,7 @@ def test_in_a_git_repo_load_and_compile_kept_between_passes_equal_a_new_processs
     rng = random.Random(seed)
     repo = tmp_path / "repo"
     repo.mkdir()
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    gitutil.git("init", "-q", repo)
     files, links, kept, cache = first_files(), {}, memo.Memo(), fakes.MemoryCache()
     for step in range(10):
         tree = git_tree(repo, files, links)
