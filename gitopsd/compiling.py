@@ -183,15 +183,16 @@ def next_results(env: Env, state: PassState, compiled: list[CompileResult]) -> l
     that cannot be told: a render left running, packs of other shards, a pack the cache does not hold."""
     if env.memo.running or state.unowned:
         return None
-    out = []
+    out, made = [], []
     for result in compiled:
-        if not result.cached:
+        if not result.cached:  # (a cached one is in ``memo.reused`` already: ``_unchanged``, ``_remember``)
             hit = env.cache.get(result.key) if result.key else None
             if hit is None:
                 return None
             result = CompileResult(result.build, hit, result.clusters, cached=True, key=result.key)
+            made.append(result)
         out.append(result)
-    for result in out:
+    for result in made:
         env.memo.reused[result.build.path] = result
     if len(out) == len(state.builds) == len(env.memo.compiled):
         env.memo.steady = _steady_memo(env, state, out)
