@@ -135,6 +135,8 @@ class Engine:
             try:
                 self._apply_stage(stage, target, job, applied)
                 unhealthy = self._wait_healthy(stage, target, job.options.timeout)
+                if unhealthy is None:
+                    unhealthy = self._wait_served(stage, target, job.options.timeout)
             except errors.TransientError as err:
                 runs.append(delivery.StageRun(stage.name, len(stage.items), self.clock() - started, False, str(err)))
                 return self._record(job, delivery.Result.UNREACHABLE, f"stage {stage.name}: {err}",
@@ -223,6 +225,29 @@ class Engine:
             pending = [it for it, _ in waiting]
             self.sleep(min(delay, max(0.0, deadline - self.clock())))
             delay = min(delay * 1.5, 2.0)
+
+    def _wait_served(self, stage: delivery_core.Stage, target: target_mod.Target,
+                     timeout: float) -> tuple[delivery.Result, str] | None:
+        """Once the stage's CustomResourceDefinitions are Established, wait until discovery serves
+        their kinds: the API server lists them a moment later, and a later stage's custom resource
+        applied before then would be refused as an unknown kind."""
+        wanted = [(f"{spec.get('group')}/{version.get('name')}", str((spec.get("names") or {}).get("kind", "")))
+                  for it in stage.items if it.entry.kind == "CustomResourceDefinition"
+                  for spec in [it.body.get("spec") or {}]
+                  for version in spec.get("versions") or () if isinstance(version, dict) and version.get("served")]
+        if not wanted:
+            return None
+        deadline = self.clock() + timeout
+        delay = 0.05
+        while True:
+            wanted = [(api_version, kind) for api_version, kind in wanted if not target.served(api_version, kind)]
+            if not wanted:
+                return None
+            if self.clock() >= deadline:
+                shown = ", ".join(f"{kind} in {api_version}" for api_version, kind in wanted[:5])
+                return delivery.Result.TIMED_OUT, f"timed out after {timeout:g}s waiting for discovery to serve {shown}"
+            self.sleep(min(delay, max(0.0, deadline - self.clock())))
+            delay = min(delay * 2, 1.0)
 
     def _health(self, live: Mapping[str, Any], target: target_mod.Target) -> health.Health:
         verdict = health.of(live)

@@ -145,6 +145,13 @@ class Target:
                               "CustomResourceDefinition installed?)")
         return self._kinds[key]
 
+    def served(self, api_version: str, kind: str) -> bool:
+        """Whether discovery lists the kind, asked again when it did not before. A
+        CustomResourceDefinition is Established a moment before discovery serves its kinds."""
+        if (api_version, kind) not in self._kinds:
+            self._discover(api_version)
+        return (api_version, kind) in self._kinds
+
     def path(self, api_version: str, kind: str, namespace: str, name: str = "") -> str:
         plural, namespaced = self.resource(api_version, kind)
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"

@@ -94,3 +94,57 @@ def test_a_tampered_artifact_or_signature_is_refused_and_nothing_applied(
     finally:
         target.delete("v1", "Namespace", "", ns)
         target.close()
+
+
+class LaggingDiscovery:
+    """Stands in front of a real target: discovery does not list ``group``'s kinds until it has
+    been asked ``lag`` times, as an API server a moment behind its Established condition."""
+
+    def __init__(self, target: object, group: str, lag: int) -> None:
+        self.target, self.group, self.lag = target, group, lag
+        self.asked = 0
+        real = target._discover  # type: ignore[attr-defined]
+
+        def discover(api_version: str) -> None:
+            if api_version.startswith(self.group + "/"):
+                self.asked += 1
+                if self.asked <= self.lag:
+                    return
+            real(api_version)
+
+        target._discover = discover  # type: ignore[attr-defined]
+
+
+def test_a_custom_resource_waits_until_discovery_serves_the_kind_its_crd_just_defined(
+        target_kubeconfigs: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    ns = f"w-{uuid.uuid4().hex[:8]}"
+    group = f"{ns}.example.com"
+    docs = (f"---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: gadgets.{group}}}\n"
+            f"spec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: gadgets, singular: gadget, kind: Gadget}}\n"
+            "  versions:\n  - name: v1\n    served: true\n    storage: true\n"
+            "    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n"
+            f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+            f"---\napiVersion: {group}/v1\nkind: Gadget\nmetadata: {{name: g, namespace: {ns}}}\nspec: {{size: 3}}\n")
+    build = spec.PackBuild(path="packs/w/packbuild.yaml", name="w", version="1.0.0", base_pack_name="e",
+                           targets=(spec.ClusterTarget(name="a"),), category=spec.Category.RAW, source=spec.RawSource("packs/w/m"))
+    result = compile_core.compile_pack(build, (("m.yaml", docs.encode()),), renderers=(), chart=None,
+                                       inputs=compile_core.Inputs("seam-system", "reg/packs", ("a",), "main@sha1:1",
+                                                                  "2026-01-01T00:00:00Z", "t", "gitopsd/test"))
+    assert result.artifact is not None
+    where = reach.Reach(files={"a": target_kubeconfigs["a"]})
+    target = where.connect(spec.Cluster(name="a", labels=(), path="clusters/a.yaml"), "seam-system")
+    assert target is not None
+    signer, verifier = wiring.signing(tmp_path / "state", None, None, create=True)
+    assert signer is not None
+    cp = result.cluster_pack
+    lagging = LaggingDiscovery(target, group, lag=3)
+    try:
+        done = engine.Engine(Artifacts(result.artifact), verifier).deliver(job_of(cp, signer.sign(signing.payload(cp))),
+                                                                           target)
+        assert done.result.value == "Delivered", done.message
+        assert lagging.asked > 3  # discovery was asked again until it served the kind
+        assert target.get(f"{group}/v1", "Gadget", ns, "g") is not None
+    finally:
+        target.delete("v1", "Namespace", "", ns)
+        target.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", f"gadgets.{group}")
+        target.close()
