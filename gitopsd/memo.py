@@ -108,6 +108,22 @@ class Carried:
     plan_desired: tuple[plan.Desired, ...] = ()  # what the plan step planned with, one per result
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivered:
+    """What the last deliver step (``gitopsd.reconcile.deliver``) walked, to tell which bases the
+    next one must walk again. What it decides for a PackInstance depends only on the instance's
+    plan change (in its base's plan part), the instance as observed (in its base's observed part),
+    its delivery record, and which clusters are reachable: a base whose two parts are the same
+    objects, that had nothing to deliver, and whose records nobody else wrote, has nothing now."""
+
+    plan_parts: Mapping[str, object]  # basePackName -> the plan part walked (identity)
+    observed_parts: Mapping[str, object]  # basePackName -> the observed part walked (identity)
+    unsettled: frozenset[str]  # the bases that had something to deliver (or that a pass wrote records of)
+    reachable: frozenset[str]  # the clusters delivered to
+    others_wrote: object  # ``ports.OthersWrite.others_wrote`` after the step (None: the parts show it)
+    walked: int | None = None  # how many bases the step walked (None: every one)
+
+
 @dataclasses.dataclass
 class Memo:
     """Results of pure work kept between passes of one process (the daemon), each keyed by what
@@ -143,6 +159,7 @@ class Memo:
     # to move to in the last pass's artifact check (``gitopsd.artifacts``)
     settled_artifacts: dict[str, tuple[tuple[object, ...], object]] = dataclasses.field(default_factory=dict)
     carried: Carried | None = None  # what the last pass that ended worked out per pack after observe
+    delivered: Delivered | None = None  # what the last deliver step left with nothing to do (``Delivered``)
 
     def renders_running(self) -> list[concurrent.futures.Future[ports.Rendered]]:
         """The renders a pass left running (done or not) that a later pass has not taken yet."""

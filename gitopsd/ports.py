@@ -110,8 +110,9 @@ class Cluster(Protocol):
         """Execute the writes of a plan, all or nothing where the backend allows; returns writes done."""
         ...
 
-    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
-        """The last delivery record of each PackInstance (``status.delivery``), by instance name."""
+    def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
+        """The last delivery record of each PackInstance (``status.delivery``), by instance name; of
+        the instances ``names`` only, when given."""
         ...
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
@@ -165,6 +166,15 @@ class GroupsEvents(Protocol):
     pack and result instead of one per PackInstance (optional): ``flush_events`` ends the batch."""
 
     def flush_events(self, now: str) -> None: ...
+
+
+@runtime_checkable
+class OthersWrite(Protocol):
+    """A Cluster whose delivery records others may change without moving the observed parts
+    (optional): ``others_wrote`` changes when another process wrote to the store (the local store's
+    records are not part of its PackInstances; the Kubernetes adapter's are, in their status)."""
+
+    def others_wrote(self) -> object: ...
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ import json
 import pathlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import structlog
@@ -68,7 +68,7 @@ class Scratch:
                 self.instances[c.name] = c.pack_instance
         return written
 
-    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+    def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
         return {}
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:

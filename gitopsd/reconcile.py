@@ -398,27 +398,41 @@ def apply(env: Env, state: PassState) -> None:
 
 
 def _job(env: Env, state: PassState, pi: instance.PackInstance, previous: delivery.Delivery | None,
-         action: delivery_core.Action, held: dict[str, set[tuple[str, str, str, str]]]) -> delivery_core.Job | None:
-    """The delivery job of PackInstance ``pi``; None when its ClusterPack is not known here."""
+         action: delivery_core.Action, held: dict[str, set[tuple[str, str, str, str]]],
+         compiled: collections.abc.Mapping[str, memo_.CompileResult]) -> delivery_core.Job | None:
+    """The delivery job of PackInstance ``pi``; None when its ClusterPack is not known here.
+    ``held``: what each instance on its cluster holds (read only when ``previous`` holds anything);
+    ``compiled``: this pass's results by ClusterPack name."""
     assert state.observed is not None
     found = state.observed.packs.get(pi.cluster_pack)
-    created = next((r.compiled.cluster_pack for r in state.compiled if r.compiled.cluster_pack.name == pi.cluster_pack), None)
+    mine = compiled.get(pi.cluster_pack)
     if found is not None:
         spec_json, signature = found.spec_json, found.signature
-    elif created is not None:
+    elif mine is not None:
+        created = mine.compiled.cluster_pack
         spec_json, signature = pack.canonical_json(created.spec()), created.signature
     elif action is delivery_core.Action.UNINSTALL and previous is not None:  # only its inventory is needed
         spec_json, signature = pack.canonical_json({"registryRef": {"digest": previous.digest}}), None
     else:
         return None
-    build = next((r.build for r in state.compiled if r.compiled.cluster_pack.name == pi.cluster_pack), None)
+    build = mine.build if mine is not None else None
     settings = build.delivery if build is not None else spec.DeliverySettings()
     options = delivery_core.Options(timeout=settings.timeout, drift=delivery.DriftMode(settings.drift), force=settings.force)
-    elsewhere = frozenset(k for name, keys in held.items() if name != pi.name for k in keys)
+    # (only what it may prune matters: the objects of its last delivery another instance holds too)
+    prunable = {e.key for e in previous.inventory} if previous is not None else set()
+    elsewhere = frozenset(k for name, keys in held.items() if name != pi.name for k in keys & prunable)
     return delivery_core.Job(instance=pi.name, cluster=pi.cluster, base_pack_name=pi.base_pack_name, version=pi.version,
                              spec_json=spec_json, signature=signature, previous=previous, options=options,
                              held_elsewhere=elsewhere, action=action,
                              depends_on=build.depends_on if build is not None else ())
+
+
+def _by_pack(state: PassState) -> dict[str, memo_.CompileResult]:
+    """This pass's compile results by ClusterPack name (the first, as a walk in order finds it)."""
+    out: dict[str, memo_.CompileResult] = {}
+    for r in state.compiled:
+        out.setdefault(r.compiled.cluster_pack.name, r)
+    return out
 
 
 def _inventories(records: dict[str, delivery.Delivery]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
@@ -445,18 +459,24 @@ def _flush_events(env: Env, state: PassState) -> None:
         env.cluster.flush_events(state.now)
 
 
+def _others_wrote(env: Env) -> object:
+    return env.cluster.others_wrote() if isinstance(env.cluster, ports.OthersWrite) else None
+
+
 def deliver_removals(env: Env, state: PassState) -> None:
     """Before the PackInstances go: delete what their deliveries left on reachable clusters. One
     that cannot be cleaned up yet is held back (``UninstallPending``) and retried next pass."""
     assert state.plan is not None
     if env.dry_run or env.deliverer is None:
         return
-    leaving = [c for c in state.plan.changes
+    leaving = [c for c in state.plan.writes
                if c.kind is change.ObjectKind.PACK_INSTANCE and c.action is change.Action.UNINSTALL and c.pack_instance]
     if not leaving:
         return
-    records = env.cluster.deliveries(state.config.namespace)
-    held = _inventories(records)
+    namespace = state.config.namespace
+    records = env.cluster.deliveries(namespace, [c.name for c in leaving])
+    held: dict[str, dict[str, set[tuple[str, str, str, str]]]] | None = None
+    compiled = _by_pack(state)
     jobs = []
     for c in leaving:
         previous = records.get(c.name)
@@ -464,20 +484,24 @@ def deliver_removals(env: Env, state: PassState) -> None:
         if previous is None or not previous.inventory or cluster is None or not env.deliverer.reachable(cluster):
             continue
         assert c.pack_instance is not None
-        job = _job(env, state, c.pack_instance, previous, delivery_core.Action.UNINSTALL, held.get(previous.cluster, {}))
+        if held is None:  # what the other instances hold: every record, read once there is a job
+            held = _inventories(env.cluster.deliveries(namespace))
+        job = _job(env, state, c.pack_instance, previous, delivery_core.Action.UNINSTALL, held.get(previous.cluster, {}),
+                   compiled)
         if job is not None:
             jobs.append(job)
     if not jobs:
         return
-    results = env.deliverer.run(state.clusters, jobs, state.config.namespace)
+    results = env.deliverer.run(state.clusters, jobs, namespace)
     state.deliveries.extend(results)
     pending = {job.instance: result.message for job, result in results if result.result is not delivery.Result.PRUNED}
     try:
         for job, result in results:
             if result.result is not delivery.Result.PRUNED:
-                env.cluster.record_delivery(state.config.namespace, job.instance, result, state.now)
+                env.cluster.record_delivery(namespace, job.instance, result, state.now)
     finally:
         _flush_events(env, state)
+    # (the plan that holds them back has no parts: the deliver step walks every base, these too)
     if pending:
         state.plan = plan.hold_uninstalls(state.plan, pending)
 
@@ -487,33 +511,88 @@ def deliver(env: Env, state: PassState) -> None:
     assert state.plan is not None
     if env.deliverer is None:
         return
-    reachable = {name for name, cluster in state.clusters.items() if env.deliverer.reachable(cluster)}
+    reachable = frozenset(name for name, cluster in state.clusters.items() if env.deliverer.reachable(cluster))
     state.records_only = sorted(set(state.clusters) - reachable)
-    if env.dry_run or not reachable:
+    if env.dry_run:
         return
-    records = env.cluster.deliveries(state.config.namespace)
-    held = _inventories(records)
-    jobs = []
-    for c in state.plan.changes:
-        if c.kind is not change.ObjectKind.PACK_INSTANCE or c.cluster not in reachable:
-            continue
-        if c.action in (change.Action.CREATE, change.Action.SUPERSEDE):
-            pi = c.pack_instance
-        elif c.action is change.Action.UNCHANGED:
-            pi = state.observed.instances.get(c.name) if state.observed is not None else None
-        else:
-            continue
-        if pi is None:
-            continue
-        previous = records.get(c.name)
-        action = delivery_core.action_for(previous, pi.manifest_digest, resync=env.resync)
-        if action is None:
-            continue
-        job = _job(env, state, pi, previous, action, held.get(pi.cluster, {}))
-        if job is not None:
-            jobs.append(job)
+    last, env.memo.delivered = env.memo.delivered, None  # until this step ends
+    if not reachable:
+        return
+    jobs, walked = delivery_jobs(env, state, reachable, last)
     if jobs:
         _keep_deliveries(env, state, env.deliverer.run(state.clusters, jobs, state.config.namespace))
+    env.memo.delivered = walked
+
+
+def delivery_jobs(env: Env, state: PassState, reachable: frozenset[str],
+                  last: memo_.Delivered | None) -> tuple[list[delivery_core.Job], memo_.Delivered | None]:
+    """The jobs of the deliver step (reads only), and what the next one takes from this one.
+
+    Only the bases that may have something to deliver are walked (``memo.Delivered``): those whose
+    plan part or observed part moved since ``last``, and those that had something to deliver then.
+    Every base is walked without ``last`` (a process's first pass, after a pass whose deliver step
+    did not end), on a resync, with ``--full``, when the reachable clusters changed, and when
+    another process wrote to the store."""
+    assert state.plan is not None and state.observed is not None
+    namespace = state.config.namespace
+    others = _others_wrote(env)
+    plan_parts = state.plan.parts
+    observed_parts = state.observed.parts
+    walk: collections.abc.Sequence[change.Change]
+    if (plan_parts is None or last is None or env.resync or env.full_plan or last.reachable != reachable
+            or last.others_wrote != others):
+        walk, records = state.plan.changes, env.cluster.deliveries(namespace)
+        bases = None
+    else:
+        if plan_parts is last.plan_parts and observed_parts is last.observed_parts:
+            bases = [base for base in plan_parts if base in last.unsettled]
+        else:
+            bases = [base for base, part in plan_parts.items()
+                     if base in last.unsettled or last.plan_parts.get(base) is not part
+                     or last.observed_parts.get(base) is not observed_parts.get(base)]
+        walk = [c for base in bases for c in plan_parts[base].sequence]
+        records = env.cluster.deliveries(namespace, [c.name for c in walk if c.kind is change.ObjectKind.PACK_INSTANCE])
+    todo = []
+    unsettled: set[str] = set()
+    for c in walk:
+        if c.kind is not change.ObjectKind.PACK_INSTANCE or c.cluster not in reachable:
+            continue
+        pi: instance.PackInstance | None
+        if c.action in (change.Action.CREATE, change.Action.SUPERSEDE):
+            pi = c.pack_instance
+            digest = pi.manifest_digest if pi is not None else None
+        elif c.action is change.Action.UNCHANGED:
+            # what it runs is in its head; the whole object is read only when there is a job
+            head = state.observed.part(c.base_pack_name).heads.get(c.name)
+            pi = None if head is not None else state.observed.instances.get(c.name)
+            digest = head.runs[1] if head is not None else pi.manifest_digest if pi is not None else None
+        else:
+            continue
+        if digest is None:
+            unsettled.add(c.base_pack_name)
+            continue
+        previous = records.get(c.name)
+        action = delivery_core.action_for(previous, digest, resync=env.resync)
+        if action is None:
+            continue
+        unsettled.add(c.base_pack_name)
+        if pi is None:
+            pi = state.observed.instances.get(c.name)
+        if pi is not None:
+            todo.append((pi, previous, action))
+    jobs = []
+    if todo:
+        # what each instance holds on its cluster, which a prune keeps: needed once a job may prune
+        held: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
+        if any(previous is not None and previous.inventory for _, previous, _ in todo):
+            held = _inventories(records if walk is state.plan.changes else env.cluster.deliveries(namespace))
+        compiled = _by_pack(state)
+        jobs = [job for pi, previous, action in todo
+                if (job := _job(env, state, pi, previous, action, held.get(pi.cluster, {}), compiled)) is not None]
+    walked = None if plan_parts is None else memo_.Delivered(
+        plan_parts=plan_parts, observed_parts=observed_parts, unsettled=frozenset(unsettled), reachable=reachable,
+        others_wrote=others, walked=None if bases is None else len(bases))
+    return jobs, walked
 
 
 def write_status(env: Env, state: PassState) -> None:

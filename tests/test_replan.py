@@ -13,6 +13,10 @@ to the plan worked out (desired ClusterPacks, signature verdicts, artifact probl
 the plan) is also compared with a new process's pass over the same store. With the SQLite store the
 registry is a real OCI layout, and artifacts are damaged behind gitopsd's back too: after the
 daemon's artifact check, a new process's check finds nothing left to repair.
+
+Delivery is in the passes too, into clusters that a stand-in deliverer reaches (or not, a cluster at
+a time) with random outcomes, and delivery records are edited behind gitopsd's back: at every deliver
+step, the jobs of the walk kept between passes (``memo.Delivered``) equal those of a walk of every base.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import pytest
 
 from gitopsd import errors, memo, ports, reconcile
 from gitopsd.adapters import fakes, keys, localstore, ocilayout, render, schemafiles
-from gitopsd.core import plan, replan, summarize
-from gitopsd.model import change
+from gitopsd.core import conditions, plan, replan, summarize
+from gitopsd.core import delivery as delivery_core
+from gitopsd.model import change, delivery
 
 CLUSTERS = ("a", "b", "c")
 NAMESPACE = "seam-system"
@@ -63,6 +68,39 @@ def files_of(packs: dict[str, Pack]) -> dict[str, bytes]:
     return out
 
 
+class Deliverer:
+    """Target clusters as delivery sees them, without an API server: a cluster in ``down`` cannot be
+    reached; a job ends as ``rng`` decides (delivered with a few objects, some shared between packs,
+    failed, timed out, refused, unreachable; an uninstall pruned or failed)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.down: set[str] = set()
+        self.jobs: list[delivery_core.Job] = []
+
+    def reachable(self, cluster: object) -> bool:
+        return getattr(cluster, "name", "") not in self.down
+
+    def run(self, clusters: object, jobs: list[delivery_core.Job],
+            namespace: str) -> list[tuple[delivery_core.Job, delivery.Delivery]]:
+        self.jobs.extend(jobs)
+        out = []
+        for job in jobs:
+            if job.action is delivery_core.Action.UNINSTALL:
+                result = self.rng.choice([delivery.Result.PRUNED] * 3 + [delivery.Result.FAILED])
+            else:
+                result = self.rng.choice([delivery.Result.DELIVERED] * 5 + [
+                    delivery.Result.FAILED, delivery.Result.TIMED_OUT, delivery.Result.REFUSED, delivery.Result.UNREACHABLE])
+            kept = job.previous.inventory if job.previous is not None else ()
+            inventory = kept if result is not delivery.Result.DELIVERED else tuple(
+                delivery.Entry("v1", "ConfigMap", "apps", name) for name in
+                sorted({job.base_pack_name, f"shared{self.rng.randrange(3)}"}))
+            out.append((job, conditions.decide_delivery(delivery.Delivery(
+                cluster=job.cluster, result=result, digest=job.digest, version=job.version, message=str(result),
+                inventory=inventory, at="2026-01-01T00:00:00Z"))))
+        return out
+
+
 class World:
     """A config repo, a store (SQLite or in memory) and a process (an Env with its memory)."""
 
@@ -81,6 +119,8 @@ class World:
         self.memo = memo.Memo()
         self.passes = 0
         self.replanned: list[int] = []
+        self.deliverer = Deliverer(rng)
+        self.delivery_walks: list[int | None] = []  # bases the deliver step walked (None: every one)
 
     def env(self, *, dry_run: bool) -> reconcile.Env:
         signer = self.signer
@@ -94,7 +134,8 @@ class World:
         tree.snapshot = dataclasses.replace(tree.snapshot, author=author)
         return reconcile.Env(source=fakes.StaticSource(tree), cluster=self.cluster, registry=self.registry, cache=self.cache,
                              clock=self.clock, renderers=render.renderers(), schemas=schemafiles.schemas(), signer=signer,
-                             verifier=Verifier(), dry_run=dry_run, memo=self.memo, resync=self.started)
+                             verifier=Verifier(), dry_run=dry_run, memo=self.memo, resync=self.started,
+                             deliverer=self.deliverer)
 
     def run(self, *, dry_run: bool = False) -> None:
         """One pass; at the plan step, the plan kept up to date must equal the plan from scratch."""
@@ -103,7 +144,11 @@ class World:
         env, state = self.env(dry_run=dry_run), reconcile.PassState()
         self.started = False
         self.state = state
+        if self.rng.random() < 0.2:  # a cluster goes down, or comes back
+            self.deliverer.down ^= {self.rng.choice(CLUSTERS)}
         for name, step in reconcile.STEPS:
+            if name == "deliver" and not env.dry_run:
+                self.compare_deliveries(env, state)
             step(env, state)
             if name == "scope" and state.scope is not None:
                 self.scoped += 1
@@ -125,6 +170,15 @@ class World:
                     fresh.close()
                 assert state.plan == again.plan, f"pass {self.passes}: the plan kept up to date differs from a full plan"
                 self.replanned.append(state.replanned)
+
+    def compare_deliveries(self, env: reconcile.Env, state: reconcile.PassState) -> None:
+        """The deliver step's jobs from the bases it walks equal those of a walk of every base."""
+        reachable = frozenset(c for c in state.clusters if c not in self.deliverer.down)
+        last = self.memo.delivered
+        kept, walked = reconcile.delivery_jobs(env, state, reachable, last)
+        every, _ = reconcile.delivery_jobs(env, state, reachable, None)
+        assert kept == every, f"pass {self.passes}: the deliver step's jobs differ from a walk of every base"
+        self.delivery_walks.append(walked.walked if walked is not None else None)
 
     def compare_with_a_new_process(self, env: reconcile.Env, state: reconcile.PassState) -> None:
         """The steps up to the plan, run again by a new process on the same store and registry."""
@@ -190,6 +244,8 @@ class World:
     def edit(self) -> str:
         if self.sqlite and self.rng.random() < 0.35:
             return self.damage()
+        if self.rng.random() < 0.25:
+            return self.edit_delivery()
         kind = self.rng.choice(["PackInstance", "PackInstance", "InfrastructureClusterPack"])
         action = self.rng.choice(["delete", "edit"])
         if self.sqlite:
@@ -217,6 +273,32 @@ class World:
             else:
                 self.cluster.objects[key] = json.loads(_edited(json.dumps(self.cluster.objects[key])))
         return f"{action} {kind} {name}"
+
+    def edit_delivery(self) -> str:
+        """A delivery record deleted, or changed to another digest or result, by someone else."""
+        records = self.cluster.deliveries(NAMESPACE)
+        if not records:
+            return "no delivery record to edit"
+        name = self.rng.choice(sorted(records))
+        record = dataclasses.replace(records[name], digest="sha256:" + "1" * 64) if self.rng.random() < 0.5 else \
+            dataclasses.replace(records[name], result=delivery.Result.UNREACHABLE)
+        delete = self.rng.random() < 0.3
+        if self.sqlite:
+            db = sqlite3.connect(self.db, isolation_level=None)
+            try:
+                if delete:
+                    db.execute("DELETE FROM deliveries WHERE name=?", (name,))
+                else:
+                    db.execute("UPDATE deliveries SET body=? WHERE name=?", (json.dumps(record.to_json()), name))
+            finally:
+                db.close()
+        else:
+            assert isinstance(self.cluster, fakes.MemoryCluster)
+            if delete:
+                del self.cluster.delivered[(NAMESPACE, name)]
+            else:
+                self.cluster.delivered[(NAMESPACE, name)] = record
+        return f"{'delete' if delete else 'edit'} the delivery record of {name}"
 
     def damage(self) -> str:
         """A blob of the OCI layout truncated, overwritten or deleted, or a tag dropped from its index."""
@@ -291,6 +373,9 @@ def test_the_plan_kept_up_to_date_equals_a_full_plan_after_every_step(tmp_path: 
     assert min(world.replanned[1:]) < len(world.packs) or not world.packs
     if world.sqlite:  # (the in-memory cluster makes every part anew on each read: every pass visits every pack)
         assert world.scoped > 0
+        # and some deliver steps walked fewer bases than there are
+        assert any(walked is not None and walked < len(world.packs) for walked in world.delivery_walks)
+    assert world.deliverer.jobs  # (something was delivered)
 
 
 @pytest.mark.parametrize("seed", [100058, 100260])

@@ -12,7 +12,7 @@ import hashlib
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from gitopsd import errors, ports
 from gitopsd.core import codec
@@ -218,8 +218,8 @@ class MemoryCluster:
         self.delivered = {k: v for k, v in self.delivered.items() if (instance.PACK_INSTANCE_KIND, *k) in staged}
         return written
 
-    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
-        return {name: d for (ns, name), d in self.delivered.items() if ns == namespace}
+    def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
+        return {name: d for (ns, name), d in self.delivered.items() if ns == namespace and (names is None or name in names)}
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
         if (instance.PACK_INSTANCE_KIND, namespace, name) in self.objects:

@@ -21,7 +21,7 @@ import re
 import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gitopsd import errors
@@ -355,9 +355,21 @@ class LocalStore:
 
     # --- delivery records ----------------------------------------------------------------------
     @_guarded
-    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
-        rows = self._db.execute("SELECT name, body FROM deliveries WHERE namespace=?", (namespace,))
+    def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
+        if names is None:
+            rows = list(self._db.execute("SELECT name, body FROM deliveries WHERE namespace=?", (namespace,)))
+        else:
+            wanted, rows = sorted(names), []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                rows += self._db.execute(f"SELECT name, body FROM deliveries WHERE namespace=? AND name IN "
+                                         f"({','.join('?' * len(chunk))})", (namespace, *chunk))
         return {name: delivery.Delivery.from_json(json.loads(body)) for name, body in rows}
+
+    @_guarded
+    def others_wrote(self) -> object:
+        """Changes when another connection committed to the store (SQLite's ``data_version``)."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
         """Keep ``record`` as the PackInstance's delivery (with an Event); nothing when it is gone."""

@@ -15,7 +15,7 @@ leadership, stops the pass at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -174,10 +174,12 @@ class KubeCluster:
 
     # -- delivery records -------------------------------------------------------------------
 
-    def deliveries(self, namespace: str) -> dict[str, delivery.Delivery]:
+    def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
         """``status.delivery`` of the PackInstances in the cache (no request once it is listed)."""
         out = {}
-        for obj in self.informer(PACK_INSTANCES, namespace).snapshot():
+        informer = self.informer(PACK_INSTANCES, namespace)
+        found = informer.snapshot() if names is None else [o for o in map(informer.get, names) if o is not None]
+        for obj in found:
             raw = (obj.get("status") or {}).get("delivery")
             if raw and self.owns(base_of(obj)):
                 out[obj["metadata"]["name"]] = delivery.Delivery.from_json(raw)
