@@ -169,6 +169,22 @@ class GroupsEvents(Protocol):
 
 
 @runtime_checkable
+class ReadsDeliveryFields(Protocol):
+    """A Cluster that reads fields of the delivery records without making whole records of them
+    (optional): what the deliver step needs of each instance it walks, and what a prune keeps."""
+
+    def delivery_states(self, namespace: str, names: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
+        """(digest, result) of each PackInstance's last delivery record (of ``names`` only, when given)."""
+        ...
+
+    def delivery_holdings(self, namespace: str,
+                          clusters: Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+        """cluster -> PackInstance -> keys (``delivery.Entry.key``) of the objects its record holds there,
+        for the ``clusters`` given."""
+        ...
+
+
+@runtime_checkable
 class OthersWrite(Protocol):
     """A Cluster whose delivery records others may change without moving the observed parts
     (optional): ``others_wrote`` changes when another process wrote to the store (the local store's

@@ -459,6 +459,21 @@ def _flush_events(env: Env, state: PassState) -> None:
         env.cluster.flush_events(state.now)
 
 
+def _states(env: Env, namespace: str, names: collections.abc.Collection[str] | None) -> dict[str, tuple[str, str]]:
+    """(digest, result) of the delivery records of ``names`` (None: all)."""
+    if isinstance(env.cluster, ports.ReadsDeliveryFields):
+        return env.cluster.delivery_states(namespace, names)
+    return {name: (r.digest, str(r.result)) for name, r in env.cluster.deliveries(namespace, names).items()}
+
+
+def _holdings(env: Env, namespace: str,
+              clusters: collections.abc.Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+    """cluster -> PackInstance -> what its delivery holds there, which a prune keeps (for ``clusters``)."""
+    if isinstance(env.cluster, ports.ReadsDeliveryFields):
+        return env.cluster.delivery_holdings(namespace, clusters)
+    return {cluster: held for cluster, held in _inventories(env.cluster.deliveries(namespace)).items() if cluster in clusters}
+
+
 def _others_wrote(env: Env) -> object:
     return env.cluster.others_wrote() if isinstance(env.cluster, ports.OthersWrite) else None
 
@@ -475,21 +490,20 @@ def deliver_removals(env: Env, state: PassState) -> None:
         return
     namespace = state.config.namespace
     records = env.cluster.deliveries(namespace, [c.name for c in leaving])
-    held: dict[str, dict[str, set[tuple[str, str, str, str]]]] | None = None
-    compiled = _by_pack(state)
-    jobs = []
+    todo = []
     for c in leaving:
         previous = records.get(c.name)
         cluster = state.clusters.get(c.cluster or "")
         if previous is None or not previous.inventory or cluster is None or not env.deliverer.reachable(cluster):
             continue
         assert c.pack_instance is not None
-        if held is None:  # what the other instances hold: every record, read once there is a job
-            held = _inventories(env.cluster.deliveries(namespace))
-        job = _job(env, state, c.pack_instance, previous, delivery_core.Action.UNINSTALL, held.get(previous.cluster, {}),
-                   compiled)
-        if job is not None:
-            jobs.append(job)
+        todo.append((c.pack_instance, previous))
+    if not todo:
+        return
+    held = _holdings(env, namespace, {previous.cluster for _, previous in todo})
+    compiled = _by_pack(state)
+    jobs = [job for pi, previous in todo if (job := _job(env, state, pi, previous, delivery_core.Action.UNINSTALL,
+                                                         held.get(previous.cluster, {}), compiled)) is not None]
     if not jobs:
         return
     results = env.deliverer.run(state.clusters, jobs, namespace)
@@ -541,7 +555,7 @@ def delivery_jobs(env: Env, state: PassState, reachable: frozenset[str],
     walk: collections.abc.Sequence[change.Change]
     if (plan_parts is None or last is None or env.resync or env.full_plan or last.reachable != reachable
             or last.others_wrote != others):
-        walk, records = state.plan.changes, env.cluster.deliveries(namespace)
+        walk, states = state.plan.changes, _states(env, namespace, None)
         bases = None
     else:
         if plan_parts is last.plan_parts and observed_parts is last.observed_parts:
@@ -551,7 +565,7 @@ def delivery_jobs(env: Env, state: PassState, reachable: frozenset[str],
                      if base in last.unsettled or last.plan_parts.get(base) is not part
                      or last.observed_parts.get(base) is not observed_parts.get(base)]
         walk = [c for base in bases for c in plan_parts[base].sequence]
-        records = env.cluster.deliveries(namespace, [c.name for c in walk if c.kind is change.ObjectKind.PACK_INSTANCE])
+        states = _states(env, namespace, [c.name for c in walk if c.kind is change.ObjectKind.PACK_INSTANCE])
     todo = []
     unsettled: set[str] = set()
     for c in walk:
@@ -571,24 +585,24 @@ def delivery_jobs(env: Env, state: PassState, reachable: frozenset[str],
         if digest is None:
             unsettled.add(c.base_pack_name)
             continue
-        previous = records.get(c.name)
-        action = delivery_core.action_for(previous, digest, resync=env.resync)
+        action = delivery_core.action_of(states.get(c.name), digest, resync=env.resync)
         if action is None:
             continue
         unsettled.add(c.base_pack_name)
         if pi is None:
             pi = state.observed.instances.get(c.name)
         if pi is not None:
-            todo.append((pi, previous, action))
+            todo.append((pi, action))
     jobs = []
     if todo:
-        # what each instance holds on its cluster, which a prune keeps: needed once a job may prune
-        held: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
-        if any(previous is not None and previous.inventory for _, previous, _ in todo):
-            held = _inventories(records if walk is state.plan.changes else env.cluster.deliveries(namespace))
+        records = env.cluster.deliveries(namespace, [pi.name for pi, _ in todo])  # whole, for the jobs only
+        # what the other instances on a job's cluster hold, which a prune keeps: read once a job may prune
+        pruning = {pi.cluster for pi, _ in todo if (r := records.get(pi.name)) is not None and r.inventory}
+        held = _holdings(env, namespace, pruning) if pruning else {}
         compiled = _by_pack(state)
-        jobs = [job for pi, previous, action in todo
-                if (job := _job(env, state, pi, previous, action, held.get(pi.cluster, {}), compiled)) is not None]
+        jobs = [job for pi, action in todo
+                if (job := _job(env, state, pi, records.get(pi.name), action, held.get(pi.cluster, {}), compiled))
+                is not None]
     walked = None if plan_parts is None else memo_.Delivered(
         plan_parts=plan_parts, observed_parts=observed_parts, unsettled=frozenset(unsettled), reachable=reachable,
         others_wrote=others, walked=None if bases is None else len(bases))

@@ -367,6 +367,35 @@ class LocalStore:
         return {name: delivery.Delivery.from_json(json.loads(body)) for name, body in rows}
 
     @_guarded
+    def delivery_states(self, namespace: str, names: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
+        """(digest, result) of the records, read by SQLite's JSON functions (no record made whole)."""
+        select = ("SELECT name, json_extract(body, '$.digest'), json_extract(body, '$.result') FROM deliveries "
+                  "WHERE namespace=?")
+        if names is None:
+            rows = list(self._db.execute(select, (namespace,)))
+        else:
+            wanted, rows = sorted(names), []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                rows += self._db.execute(f"{select} AND name IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
+        # (as ``Delivery.from_json`` reads a field that is not there)
+        return {name: (digest or "", result or str(delivery.Result.FAILED)) for name, digest, result in rows}
+
+    @_guarded
+    def delivery_holdings(self, namespace: str,
+                          clusters: Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+        out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
+        rows = self._db.execute(
+            "SELECT d.name, json_extract(d.body, '$.cluster'), json_extract(e.value, '$.apiVersion'), "
+            "json_extract(e.value, '$.kind'), json_extract(e.value, '$.namespace'), json_extract(e.value, '$.name') "
+            "FROM deliveries d, json_each(d.body, '$.inventory') e WHERE d.namespace=?", (namespace,))
+        for name, cluster, api_version, kind, ns, obj in rows:
+            if cluster in clusters:
+                out.setdefault(cluster, {}).setdefault(name, set()).add(
+                    (str(api_version).rpartition("/")[0], str(kind), ns or "", str(obj)))
+        return out
+
+    @_guarded
     def others_wrote(self) -> object:
         """Changes when another connection committed to the store (SQLite's ``data_version``)."""
         return self._db.execute("PRAGMA data_version").fetchone()[0]

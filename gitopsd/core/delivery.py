@@ -214,11 +214,16 @@ def action_for(previous: delivery.Delivery | None, digest: str, *, resync: bool)
     """What a pass does for an instance that wants the ClusterPack with manifest ``digest``:
     deliver what the cluster does not run yet (or could not be reached for), retry a failed
     delivery of the same digest only on resync (it needs a change or time), check drift on resync."""
-    if previous is None or previous.digest != digest or previous.result is delivery.Result.UNREACHABLE:
+    return action_of((previous.digest, previous.result) if previous is not None else None, digest, resync=resync)
+
+
+def action_of(last: tuple[str, str] | None, digest: str, *, resync: bool) -> Action | None:
+    """``action_for`` from the two fields of the last record it reads: (digest, result)."""
+    if last is None or last[0] != digest or last[1] == delivery.Result.UNREACHABLE:
         return Action.DELIVER
-    if previous.result in _RETRIED_ON_RESYNC:
+    if last[1] in _RETRIED_ON_RESYNC:
         return Action.DELIVER if resync else None
-    if previous.result is delivery.Result.DELIVERED and resync:
+    if last[1] == delivery.Result.DELIVERED and resync:
         return Action.DRIFT
     return None
 

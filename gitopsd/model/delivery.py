@@ -64,6 +64,12 @@ class Entry:
             out["digest"] = self.digest
         return out
 
+    @staticmethod
+    def key_of(raw: Mapping[str, Any]) -> tuple[str, str, str, str]:
+        """``key`` of an entry as stored (``to_json``), without making the Entry."""
+        return (str(raw["apiVersion"]).rpartition("/")[0], str(raw["kind"]), str(raw.get("namespace") or ""),
+                str(raw["name"]))
+
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Entry:
         return cls(str(raw["apiVersion"]), str(raw["kind"]), str(raw.get("namespace", "")), str(raw["name"]),

@@ -11,6 +11,7 @@ import pytest
 from gitopsd import errors
 from gitopsd.adapters import localstore
 from gitopsd.core import codec
+from tests import recordfields
 from tests.core.test_plan import build_plan, desired
 
 
@@ -165,3 +166,13 @@ def test_instances_written_alike_are_stored_as_each_one_encoded_whole(tmp_path: 
     observed = store.observe("seam-system")
     assert observed == localstore.LocalStore(tmp_path / "s.db").observe("seam-system")
     assert {pi.cluster for pi in observed.instances.values()} == set(clusters)
+
+
+def test_the_fields_read_of_delivery_records_agree_with_the_whole_records(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    made = build_plan(desired("web", "1.0.0", clusters=("c1", "c2", "c3")))
+    store.apply("seam-system", made.changes, made.revision, "t1")
+    for i, cluster in enumerate(("c1", "c2", "c3")):
+        store.record_delivery("seam-system", f"web-{cluster}", recordfields.records(cluster)[i], "t2")
+    recordfields.assert_fields_agree(store, "seam-system", {"c1", "c2", "c3"})
+    assert set(store.delivery_holdings("seam-system", {"c2"})) == {"c2"}

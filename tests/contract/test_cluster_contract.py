@@ -15,6 +15,7 @@ from kubernetes import client
 from gitopsd import errors
 from gitopsd.adapters import kube
 from gitopsd.model import change, delivery, instance, pack
+from tests import recordfields
 from tests.contract import harness
 from tests.contract.conftest import Target
 
@@ -326,3 +327,13 @@ def test_a_delivery_record_keeps_the_status_current_and_the_instance_complete(ta
     assert (again.state, again.checksum, again.history) == (first.state, first.checksum, first.history)
     managers = {m["manager"] for m in stored["metadata"]["managedFields"]}
     assert managers == {"gitopsd", "gitopsd-delivery"}
+
+
+def test_the_fields_read_of_delivery_records_agree_with_the_whole_records(target: Target) -> None:
+    with target.cluster() as adapter:
+        for i, cluster in enumerate(("dev", "prod", "edge")):
+            install(target, adapter, cluster_pack(target.namespace), cluster)
+            adapter.record_delivery(target.namespace, f"demo-{cluster}", recordfields.records(cluster)[i], NOW)
+        adapter.flush_events(NOW)
+        adapter.observe(target.namespace)
+        recordfields.assert_fields_agree(adapter, target.namespace, {"dev", "prod", "edge"})

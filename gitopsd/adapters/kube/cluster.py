@@ -15,7 +15,7 @@ leadership, stops the pass at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -176,13 +176,28 @@ class KubeCluster:
 
     def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
         """``status.delivery`` of the PackInstances in the cache (no request once it is listed)."""
-        out = {}
+        return {name: delivery.Delivery.from_json(raw) for name, raw in self._records(namespace, names)}
+
+    def _records(self, namespace: str, names: Collection[str] | None) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """(name, ``status.delivery`` as stored) of the PackInstances in the cache that have one."""
         informer = self.informer(PACK_INSTANCES, namespace)
         found = informer.snapshot() if names is None else [o for o in map(informer.get, names) if o is not None]
         for obj in found:
             raw = (obj.get("status") or {}).get("delivery")
             if raw and self.owns(base_of(obj)):
-                out[obj["metadata"]["name"]] = delivery.Delivery.from_json(raw)
+                yield obj["metadata"]["name"], raw
+
+    def delivery_states(self, namespace: str, names: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
+        return {name: (str(raw.get("digest", "")), str(raw.get("result", delivery.Result.FAILED)))
+                for name, raw in self._records(namespace, names)}
+
+    def delivery_holdings(self, namespace: str,
+                          clusters: Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+        out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
+        for name, raw in self._records(namespace, None):
+            cluster, inventory = str(raw.get("cluster", "")), raw.get("inventory")
+            if inventory and cluster in clusters:
+                out.setdefault(cluster, {})[name] = {delivery.Entry.key_of(e) for e in inventory}
         return out
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
