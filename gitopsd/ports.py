@@ -177,10 +177,10 @@ class ReadsDeliveryFields(Protocol):
         """(digest, result) of each PackInstance's last delivery record (of ``names`` only, when given)."""
         ...
 
-    def delivery_holdings(self, namespace: str,
-                          clusters: Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
-        """cluster -> PackInstance -> keys (``delivery.Entry.key``) of the objects its record holds there,
-        for the ``clusters`` given."""
+    def delivery_holdings(self, namespace: str, keys: Mapping[str, Collection[tuple[str, str, str, str]]]
+                          ) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+        """cluster -> PackInstance -> which of ``keys[cluster]`` (``delivery.Entry.key``) its record
+        holds there (instances holding none of them left out)."""
         ...
 
 

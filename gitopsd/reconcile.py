@@ -466,12 +466,20 @@ def _states(env: Env, namespace: str, names: collections.abc.Collection[str] | N
     return {name: (r.digest, str(r.result)) for name, r in env.cluster.deliveries(namespace, names).items()}
 
 
-def _holdings(env: Env, namespace: str,
-              clusters: collections.abc.Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
-    """cluster -> PackInstance -> what its delivery holds there, which a prune keeps (for ``clusters``)."""
+def _holdings(env: Env, namespace: str, previous: collections.abc.Iterable[delivery.Delivery | None]
+              ) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+    """cluster -> PackInstance -> which objects of the ``previous`` deliveries' inventories (what a
+    job may prune) its delivery holds there: a prune keeps them."""
+    keys: dict[str, set[tuple[str, str, str, str]]] = {}
+    for record in previous:
+        if record is not None and record.inventory:
+            keys.setdefault(record.cluster, set()).update(e.key for e in record.inventory)
+    if not keys:
+        return {}
     if isinstance(env.cluster, ports.ReadsDeliveryFields):
-        return env.cluster.delivery_holdings(namespace, clusters)
-    return {cluster: held for cluster, held in _inventories(env.cluster.deliveries(namespace)).items() if cluster in clusters}
+        return env.cluster.delivery_holdings(namespace, keys)
+    return {cluster: {name: held & keys[cluster] for name, held in by_name.items() if held & keys[cluster]}
+            for cluster, by_name in _inventories(env.cluster.deliveries(namespace)).items() if cluster in keys}
 
 
 def _others_wrote(env: Env) -> object:
@@ -500,7 +508,7 @@ def deliver_removals(env: Env, state: PassState) -> None:
         todo.append((c.pack_instance, previous))
     if not todo:
         return
-    held = _holdings(env, namespace, {previous.cluster for _, previous in todo})
+    held = _holdings(env, namespace, (previous for _, previous in todo))
     compiled = _by_pack(state)
     jobs = [job for pi, previous in todo if (job := _job(env, state, pi, previous, delivery_core.Action.UNINSTALL,
                                                          held.get(previous.cluster, {}), compiled)) is not None]
@@ -596,9 +604,7 @@ def delivery_jobs(env: Env, state: PassState, reachable: frozenset[str],
     jobs = []
     if todo:
         records = env.cluster.deliveries(namespace, [pi.name for pi, _ in todo])  # whole, for the jobs only
-        # what the other instances on a job's cluster hold, which a prune keeps: read once a job may prune
-        pruning = {pi.cluster for pi, _ in todo if (r := records.get(pi.name)) is not None and r.inventory}
-        held = _holdings(env, namespace, pruning) if pruning else {}
+        held = _holdings(env, namespace, records.values())
         compiled = _by_pack(state)
         jobs = [job for pi, action in todo
                 if (job := _job(env, state, pi, records.get(pi.name), action, held.get(pi.cluster, {}), compiled))

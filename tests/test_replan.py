@@ -121,6 +121,7 @@ class World:
         self.replanned: list[int] = []
         self.deliverer = Deliverer(rng)
         self.delivery_walks: list[int | None] = []  # bases the deliver step walked (None: every one)
+        self.held = 0  # jobs that found objects of their last delivery held by another instance
 
     def env(self, *, dry_run: bool) -> reconcile.Env:
         signer = self.signer
@@ -178,6 +179,13 @@ class World:
         kept, walked = reconcile.delivery_jobs(env, state, reachable, last)
         every, _ = reconcile.delivery_jobs(env, state, reachable, None)
         assert kept == every, f"pass {self.passes}: the deliver step's jobs differ from a walk of every base"
+        records = self.cluster.deliveries(NAMESPACE)
+        for job in kept:  # what a prune keeps, worked out from the whole records
+            mine = {e.key for e in job.previous.inventory} if job.previous is not None else set()
+            others = {e.key for name, r in records.items() if name != job.instance and r.cluster == job.cluster
+                      for e in r.inventory}
+            assert job.held_elsewhere == mine & others, f"pass {self.passes}: {job.instance}'s held_elsewhere"
+        self.held += sum(1 for job in kept if job.held_elsewhere)
         self.delivery_walks.append(walked.walked if walked is not None else None)
 
     def compare_with_a_new_process(self, env: reconcile.Env, state: reconcile.PassState) -> None:
@@ -376,6 +384,13 @@ def test_the_plan_kept_up_to_date_equals_a_full_plan_after_every_step(tmp_path: 
         # and some deliver steps walked fewer bases than there are
         assert any(walked is not None and walked < len(world.packs) for walked in world.delivery_walks)
     assert world.deliverer.jobs  # (something was delivered)
+
+
+def test_the_sequences_deliver_and_meet_objects_held_by_other_instances(tmp_path: pathlib.Path) -> None:
+    held = 0
+    for seed in range(6):
+        held += run_sequence(tmp_path / str(seed), seed).held
+    assert held > 0  # (the held_elsewhere check of compare_deliveries had something to check)
 
 
 @pytest.mark.parametrize("seed", [100058, 100260])

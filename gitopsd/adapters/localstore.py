@@ -382,17 +382,23 @@ class LocalStore:
         return {name: (digest or "", result or str(delivery.Result.FAILED)) for name, digest, result in rows}
 
     @_guarded
-    def delivery_holdings(self, namespace: str,
-                          clusters: Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+    def delivery_holdings(self, namespace: str, keys: Mapping[str, Collection[tuple[str, str, str, str]]]
+                          ) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+        """Read by SQLite's JSON functions: only the inventory entries named like one of ``keys``
+        reach Python."""
         out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
-        rows = self._db.execute(
-            "SELECT d.name, json_extract(d.body, '$.cluster'), json_extract(e.value, '$.apiVersion'), "
-            "json_extract(e.value, '$.kind'), json_extract(e.value, '$.namespace'), json_extract(e.value, '$.name') "
-            "FROM deliveries d, json_each(d.body, '$.inventory') e WHERE d.namespace=?", (namespace,))
-        for name, cluster, api_version, kind, ns, obj in rows:
-            if cluster in clusters:
-                out.setdefault(cluster, {}).setdefault(name, set()).add(
-                    (str(api_version).rpartition("/")[0], str(kind), ns or "", str(obj)))
+        names = sorted({key[3] for wanted in keys.values() for key in wanted})
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            rows = self._db.execute(
+                "SELECT d.name, json_extract(d.body, '$.cluster'), json_extract(e.value, '$.apiVersion'), "
+                "json_extract(e.value, '$.kind'), json_extract(e.value, '$.namespace'), json_extract(e.value, '$.name') "
+                "FROM deliveries d, json_each(d.body, '$.inventory') e WHERE d.namespace=? AND "
+                f"json_extract(e.value, '$.name') IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
+            for name, cluster, api_version, kind, ns, obj in rows:
+                key = (str(api_version).rpartition("/")[0], str(kind), ns or "", str(obj))
+                if key in keys.get(cluster, ()):
+                    out.setdefault(cluster, {}).setdefault(name, set()).add(key)
         return out
 
     @_guarded

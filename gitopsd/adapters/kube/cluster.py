@@ -191,13 +191,15 @@ class KubeCluster:
         return {name: (str(raw.get("digest", "")), str(raw.get("result", delivery.Result.FAILED)))
                 for name, raw in self._records(namespace, names)}
 
-    def delivery_holdings(self, namespace: str,
-                          clusters: Collection[str]) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
+    def delivery_holdings(self, namespace: str, keys: Mapping[str, Collection[tuple[str, str, str, str]]]
+                          ) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
         out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
         for name, raw in self._records(namespace, None):
-            cluster, inventory = str(raw.get("cluster", "")), raw.get("inventory")
-            if inventory and cluster in clusters:
-                out.setdefault(cluster, {})[name] = {delivery.Entry.key_of(e) for e in inventory}
+            wanted = keys.get(str(raw.get("cluster", "")))
+            if wanted:
+                held = {key for e in raw.get("inventory") or () if (key := delivery.Entry.key_of(e)) in wanted}
+                if held:
+                    out.setdefault(str(raw["cluster"]), {})[name] = held
         return out
 
     def record_delivery(self, namespace: str, name: str, record: delivery.Delivery, now: str) -> None:
