@@ -160,6 +160,10 @@ class Memo:
     settled_artifacts: dict[str, tuple[tuple[object, ...], object]] = dataclasses.field(default_factory=dict)
     carried: Carried | None = None  # what the last pass that ended worked out per pack after observe
     delivered: Delivered | None = None  # what the last deliver step left with nothing to do (``Delivered``)
+    # the bases whose delivery records this process wrote since the status records were last made, and
+    # ``ports.OthersWrite.others_wrote`` then: the status step makes those bases' records again
+    records_written: set[str] = dataclasses.field(default_factory=set)
+    status_others: object = None
 
     def renders_running(self) -> list[concurrent.futures.Future[ports.Rendered]]:
         """The renders a pass left running (done or not) that a later pass has not taken yet."""

@@ -18,6 +18,7 @@ import collections
 import collections.abc
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import operator
@@ -444,6 +445,7 @@ def _inventories(records: dict[str, delivery.Delivery]) -> dict[str, dict[str, s
 
 
 def _keep_deliveries(env: Env, state: PassState, results: list[tuple[delivery_core.Job, delivery.Delivery]]) -> None:
+    env.memo.records_written.update(job.base_pack_name for job, _ in results)
     try:
         for job, result in results:
             if not delivery_core.same_record(job.previous, result):
@@ -517,6 +519,7 @@ def deliver_removals(env: Env, state: PassState) -> None:
     results = env.deliverer.run(state.clusters, jobs, namespace)
     state.deliveries.extend(results)
     pending = {job.instance: result.message for job, result in results if result.result is not delivery.Result.PRUNED}
+    env.memo.records_written.update(job.base_pack_name for job, _ in results)
     try:
         for job, result in results:
             if result.result is not delivery.Result.PRUNED:
@@ -622,9 +625,22 @@ def write_status(env: Env, state: PassState) -> None:
     in_place = not isinstance(env.status_writer, ports.InPlace) or env.status_writer.in_place()
     if state.plan_reused and env.memo.status_written and not state.deliveries and in_place:
         return  # nothing changed since the records were last written, and the branch still holds them
-    shipped = env.cluster.deliveries(state.config.namespace) if env.deliverer is not None else None
-    records = status.records(state.plan, [r.compiled for r in state.compiled], state.observed, state.revision,
-                             memo=env.memo.status_text, deliveries=shipped)
+    shipped = delivered = others = None
+    if env.deliverer is not None:
+        shipped = functools.partial(env.cluster.deliveries, state.config.namespace)
+        others = _others_wrote(env)  # (after another process's writes, every record is made again)
+        delivered = set(env.memo.records_written) if env.memo.status_others == others else None
+    # the records say what the store holds after the pass's writes: an instance the plan did not write
+    # but the apply step did (a blocked change's condition) is read as it is now
+    observed = env.cluster.observe(state.config.namespace) if state.writes else state.observed
+    records = status.records(state.plan, [r.compiled for r in state.compiled], observed, state.revision,
+                             memo=env.memo.status_text, deliveries=shipped, delivered=delivered)
+    if env.deliverer is not None:
+        if delivered is None:
+            env.memo.records_written.clear()
+        else:
+            env.memo.records_written -= delivered
+        env.memo.status_others = others
     message = status.commit_message(state.plan, state.revision)
     try:
         state.status_commit = env.status_writer.write(records, message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import yaml
 
@@ -27,39 +27,54 @@ def records(
     revision: str,
     *,
     memo: dict[str, tuple[tuple[object, object], bytes]] | None = None,
-    deliveries: Mapping[str, delivery.Delivery] | None = None,
+    deliveries: Callable[[Collection[str] | None], Mapping[str, delivery.Delivery]] | None = None,
+    delivered: Collection[str] | None = None,
 ) -> list[tuple[str, bytes]]:
     """One ``(path, YAML bytes)`` per basePackName.
 
     ``memo`` (kept by the caller between passes, keyed by basePackName) holds each record's inputs
     and its bytes: a record whose inputs are the same objects as last time is not built and dumped
     again. Only the packs a pass touched cost anything; dumping all of them is about a second at
-    1,000 packs."""
+    1,000 packs.
+
+    ``deliveries`` reads the delivery records of the PackInstances named (None: all of them);
+    ``delivered`` names the bases whose records may have changed since ``memo`` was made (None: any
+    base's): only the records of the bases made again are read."""
     observed_packs = observed.packs if observed else {}
     observed_instances = observed.instances if observed else {}
     packs_in: dict[str, list[tuple[pack.ClusterPack, instance.ObservedPack | None]]] = defaultdict(list)
     for compiled_pack in compiled:
         cp = compiled_pack.cluster_pack
         packs_in[cp.base_pack_name].append((cp, observed_packs.get(cp.name)))
-    shipped = deliveries or {}
     # A plan made of parts, over a store that keeps its objects by base, tells a record whose parts
-    # are the same objects as last time without reading its instances (records-only: no deliveries).
-    parts = plan.parts if deliveries is None and observed is not None else None
+    # are the same objects as last time without reading its instances (with delivery records: and
+    # whose records did not change).
+    parts = plan.parts if observed is not None and (deliveries is None or delivered is not None) else None
+    every = deliveries(None) if deliveries is not None and parts is None else None
 
     def instances_of(changes: Iterable[change.Change], base: str) -> list[Row]:
         found_in = observed.part(base).instances if parts is not None and observed is not None else observed_instances
+        mine = [c for c in changes if c.kind is change.ObjectKind.PACK_INSTANCE]
+        shipped = every if every is not None else deliveries(
+            [c.name for c in mine if c.action is not change.Action.UNINSTALL]) if deliveries is not None and mine else {}
+        # an instance this pass writes is what the write made it, also on the row of a change of it that
+        # was blocked (two PackBuilds of one base): the store would give it as before or after the write
+        written = {c.name: c.pack_instance for c in mine if c.writes and c.pack_instance is not None}
         rows: list[Row] = []
-        for c in changes:
-            if c.kind is change.ObjectKind.PACK_INSTANCE:
-                found = shipped.get(c.name) if c.action is not change.Action.UNINSTALL else None
-                rows.append((c, c.pack_instance or found_in.get(c.name), _delivery(found) if found is not None else None))
+        for c in mine:
+            found = shipped.get(c.name) if c.action is not change.Action.UNINSTALL else None
+            pi = c.pack_instance or written.get(c.name) or found_in.get(c.name)
+            rows.append((c, pi, _delivery(found) if found is not None else None))
         return rows
 
     instances_in: dict[str, list[Row]] = defaultdict(list)
     if parts is None:
+        by_base: dict[str, list[change.Change]] = defaultdict(list)
         for c in plan.changes:
             if c.kind is change.ObjectKind.PACK_INSTANCE:
-                instances_in[c.base_pack_name].extend(instances_of((c,), c.base_pack_name))
+                by_base[c.base_pack_name].append(c)
+        for base, changes in by_base.items():
+            instances_in[base] = instances_of(changes, base)
         with_instances: set[str] = set(instances_in)
     else:
         with_instances = {base for base, part in parts.items()
@@ -76,7 +91,7 @@ def records(
         pre = None
         if parts is not None and observed is not None:
             pre = (parts.get(base), observed.parts.get(base), tuple(packs), tuple(errs), revision if not packs else "")
-            if known is not None and _same(known[0][0], pre):
+            if known is not None and _same(known[0][0], pre) and (delivered is None or base not in delivered):
                 out.append((path, known[1]))
                 continue
             part = parts.get(base)
