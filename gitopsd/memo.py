@@ -118,7 +118,7 @@ class Delivered:
 
     plan_parts: Mapping[str, object]  # basePackName -> the plan part walked (identity)
     observed_parts: Mapping[str, object]  # basePackName -> the observed part walked (identity)
-    unsettled: frozenset[str]  # the bases that had something to deliver (or that a pass wrote records of)
+    unsettled: frozenset[str]  # the bases that had something to deliver (or an instance it could not read)
     reachable: frozenset[str]  # the clusters delivered to
     others_wrote: object  # ``ports.OthersWrite.others_wrote`` after the step (None: the parts show it)
     walked: int | None = None  # how many bases the step walked (None: every one)

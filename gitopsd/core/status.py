@@ -59,7 +59,8 @@ def records(
             [c.name for c in mine if c.action is not change.Action.UNINSTALL]) if deliveries is not None and mine else {}
         # an instance this pass writes is what the write made it, also on the row of a change of it that
         # was blocked (two PackBuilds of one base): the store would give it as before or after the write
-        written = {c.name: c.pack_instance for c in mine if c.writes and c.pack_instance is not None}
+        written = {c.name: c.pack_instance for c in mine
+                   if c.action in (change.Action.CREATE, change.Action.SUPERSEDE) and c.pack_instance is not None}
         rows: list[Row] = []
         for c in mine:
             found = shipped.get(c.name) if c.action is not change.Action.UNINSTALL else None
