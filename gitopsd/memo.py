@@ -138,7 +138,8 @@ class Memo:
     plan: replan.Memory | None = None  # the last plan, by basePackName, and what it was made of
     status_written: bool = False
     summary_lines: summarize.Kept = dataclasses.field(default_factory=summarize.Kept)  # the last summary's pack lines
-    status_text: dict[str, tuple[tuple[object, object], bytes]] = dataclasses.field(default_factory=dict)  # per basePackName
+    # per basePackName: ((parts, inputs, JSON digest), YAML) of its status record (``core.status.records``)
+    status_text: dict[str, tuple[tuple[object, object, bytes], bytes]] = dataclasses.field(default_factory=dict)
     failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # cache key -> (reason, message)
     crd_scopes: tuple[tuple[str, str], ...] = ()  # the CRD scopes the last pass settled on: this pass's first guess
     # what they were settled from: gitopsd.yaml's crds and the paths of the packs that have CRDs

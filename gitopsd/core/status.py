@@ -8,6 +8,7 @@ makes no status commit, and gitopsd's own status commits never cause another one
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -26,7 +27,7 @@ def records(
     observed: instance.Observed | None,
     revision: str,
     *,
-    memo: dict[str, tuple[tuple[object, object], bytes]] | None = None,
+    memo: dict[str, tuple[tuple[object, object, bytes], bytes]] | None = None,
     deliveries: Callable[[Collection[str] | None], Mapping[str, delivery.Delivery]] | None = None,
     delivered: Collection[str] | None = None,
 ) -> list[tuple[str, bytes]]:
@@ -107,12 +108,17 @@ def records(
             tuple(errs),
             revision if not packs else "",
         )
+        shape = None
         if known is not None and known[0][1] == key:
-            data = known[1]
+            data, shape = known[1], known[0][2]
         else:
-            data = _record(base, packs, instances, errs, revision)
+            # inputs that differ may still make the same record (an instance created last pass is
+            # unchanged now): its JSON is compared first, which costs far less than dumping YAML again
+            record = _record(base, packs, instances, errs, revision)
+            shape = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).digest()
+            data = known[1] if known is not None and known[0][2] == shape else _dump(record)
         if memo is not None:
-            memo[base] = ((pre, key), data)
+            memo[base] = ((pre, key, shape), data)
         out.append((path, data))
     if memo is not None:
         for gone in set(memo) - set(packs_in) - with_instances - set(errors_by_base):
@@ -136,7 +142,7 @@ def _record(
     instances_in: list[tuple[change.Change, instance.PackInstance | None, dict[str, object] | None]],
     errors: list[change.PackError],
     revision: str,
-) -> bytes:
+) -> dict[str, object]:
     packs: list[dict[str, object]] = []
     source_ref = ""
     for cp, found in packs_in:
@@ -198,6 +204,10 @@ def _record(
     }
     if errors:
         record["errors"] = [err.to_json() for err in errors]
+    return record
+
+
+def _dump(record: dict[str, object]) -> bytes:
     return yaml.dump(record, Dumper=_Dumper, sort_keys=True, allow_unicode=True).encode("utf-8")
 
 

@@ -49,3 +49,18 @@ def test_memo_gives_the_same_bytes_and_rebuilds_only_the_records_whose_inputs_ch
     out = status.records(build_plan(b2, observed=gone), [b2.compiled], gone, "main@sha1:5", memo=memo)
     assert [p for p, _ in out] == [".gitopsd/status/b.yaml"]
     assert set(memo) == {"b"}
+
+
+def test_a_record_with_other_inputs_but_the_same_content_is_not_dumped_again(monkeypatch):
+    a1 = desired("a", "1.0.0", clusters=("c1", "c2"))
+    first = build_plan(a1)  # the cold pass: the instances are created by this plan
+    memo: dict = {}
+    made = status.records(first, [a1.compiled], observed_from(first, first), "main@sha1:1", memo=memo)
+    dumped = []
+    real = status._dump
+    monkeypatch.setattr(status, "_dump", lambda record: dumped.append(record["basePackName"]) or real(record))
+    observed = observed_from(first)
+    steady = build_plan(a1, observed=observed)  # the next pass: the same instances, unchanged
+    again = status.records(steady, [a1.compiled], observed, "main@sha1:1", memo=memo)
+    assert again == status.records(steady, [a1.compiled], observed, "main@sha1:1") == made
+    assert dumped == ["a"]  # (only the record made without the memo)
