@@ -28,6 +28,13 @@ from gitopsd import errors
 from gitopsd.core import codec
 from gitopsd.model import change, delivery, instance, pack
 
+# The objects of a delivery record's inventory, one row each: the columns after (namespace, instance)
+# of ``delivery_objects``. Its triggers keep it equal to ``deliveries`` (whoever writes it, even by hand),
+# so that ``delivery_holdings`` finds the records holding an object by an index, not by reading them all.
+_OBJECT_COLUMNS = ("coalesce(json_extract({body}, '$.cluster'), ''), json_extract(e.value, '$.apiVersion'), "
+                   "json_extract(e.value, '$.kind'), coalesce(json_extract(e.value, '$.namespace'), ''), "
+                   "json_extract(e.value, '$.name')")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
@@ -56,6 +63,25 @@ CREATE TRIGGER IF NOT EXISTS feed_update AFTER UPDATE ON objects BEGIN
 END;
 CREATE TRIGGER IF NOT EXISTS feed_delete AFTER DELETE ON objects BEGIN
     INSERT INTO feed(kind, namespace, name) VALUES (OLD.kind, OLD.namespace, OLD.name);
+END;
+CREATE TABLE IF NOT EXISTS delivery_objects (
+    namespace TEXT NOT NULL, instance TEXT NOT NULL, cluster TEXT NOT NULL, api_version TEXT NOT NULL,
+    kind TEXT NOT NULL, object_namespace TEXT NOT NULL, name TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_objects_by_name ON delivery_objects(namespace, name);
+CREATE INDEX IF NOT EXISTS delivery_objects_by_instance ON delivery_objects(namespace, instance);
+CREATE TRIGGER IF NOT EXISTS delivery_objects_insert AFTER INSERT ON deliveries BEGIN
+    DELETE FROM delivery_objects WHERE namespace = NEW.namespace AND instance = NEW.name;
+    INSERT INTO delivery_objects SELECT NEW.namespace, NEW.name, """ + _OBJECT_COLUMNS.format(body="NEW.body") + """
+        FROM json_each(NEW.body, '$.inventory') e;
+END;
+CREATE TRIGGER IF NOT EXISTS delivery_objects_update AFTER UPDATE ON deliveries BEGIN
+    DELETE FROM delivery_objects WHERE namespace = OLD.namespace AND instance = OLD.name;
+    INSERT INTO delivery_objects SELECT NEW.namespace, NEW.name, """ + _OBJECT_COLUMNS.format(body="NEW.body") + """
+        FROM json_each(NEW.body, '$.inventory') e;
+END;
+CREATE TRIGGER IF NOT EXISTS delivery_objects_delete AFTER DELETE ON deliveries BEGIN
+    DELETE FROM delivery_objects WHERE namespace = OLD.namespace AND instance = OLD.name;
 END;
 """
 # The change feed: every write to ``objects`` (by this process, another one, or by hand with the
@@ -117,6 +143,7 @@ class LocalStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(SCHEMA)
+                self._index_deliveries()
         except sqlite3.Error as err:
             raise store_error(path, err) from None
         self._cache: _Cache | None = None
@@ -146,6 +173,23 @@ class LocalStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _index_deliveries(self) -> None:
+        """Fill ``delivery_objects`` once for a store made before it (its triggers keep it up to date after)."""
+        if self._db.execute("SELECT 1 FROM meta WHERE key='delivery_objects'").fetchone() is not None:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._db.execute("SELECT 1 FROM meta WHERE key='delivery_objects'").fetchone() is None:
+                self._db.execute("DELETE FROM delivery_objects")
+                columns = _OBJECT_COLUMNS.format(body="d.body")
+                self._db.execute(f"INSERT INTO delivery_objects SELECT d.namespace, d.name, {columns} "
+                                 "FROM deliveries d, json_each(d.body, '$.inventory') e WHERE json_valid(d.body)")
+                self._db.execute("INSERT INTO meta(key, value) VALUES ('delivery_objects', '1')")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # --- reads -----------------------------------------------------------------------------
     @_guarded
@@ -384,17 +428,14 @@ class LocalStore:
     @_guarded
     def delivery_holdings(self, namespace: str, keys: Mapping[str, Collection[tuple[str, str, str, str]]]
                           ) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
-        """Read by SQLite's JSON functions: only the inventory entries named like one of ``keys``
-        reach Python."""
+        """Found by object name in ``delivery_objects`` (an index), not by reading every record."""
         out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
         names = sorted({key[3] for wanted in keys.values() for key in wanted})
         for start in range(0, len(names), 500):
             chunk = names[start:start + 500]
             rows = self._db.execute(
-                "SELECT d.name, json_extract(d.body, '$.cluster'), json_extract(e.value, '$.apiVersion'), "
-                "json_extract(e.value, '$.kind'), json_extract(e.value, '$.namespace'), json_extract(e.value, '$.name') "
-                "FROM deliveries d, json_each(d.body, '$.inventory') e WHERE d.namespace=? AND "
-                f"json_extract(e.value, '$.name') IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
+                "SELECT instance, cluster, api_version, kind, object_namespace, name FROM delivery_objects "
+                f"WHERE namespace=? AND name IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
             for name, cluster, api_version, kind, ns, obj in rows:
                 key = (str(api_version).rpartition("/")[0], str(kind), ns or "", str(obj))
                 if key in keys.get(cluster, ()):

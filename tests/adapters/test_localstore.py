@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sqlite3
 
 import pytest
 
@@ -175,3 +176,25 @@ def test_the_fields_read_of_delivery_records_agree_with_the_whole_records(tmp_pa
     for i, cluster in enumerate(("c1", "c2", "c3")):
         store.record_delivery("seam-system", f"web-{cluster}", recordfields.records(cluster)[i], "t2")
     recordfields.assert_fields_agree(store, "seam-system", {"c1", "c2", "c3"})
+
+
+def test_a_store_made_before_the_index_of_delivered_objects_gets_it_filled_on_open(tmp_path: pathlib.Path) -> None:
+    store = localstore.LocalStore(tmp_path / "s.db")
+    made = build_plan(desired("web", "1.0.0", clusters=("c1", "c2", "c3")))
+    store.apply("seam-system", made.changes, made.revision, "t1")
+    for i, cluster in enumerate(("c1", "c2", "c3")):
+        store.record_delivery("seam-system", f"web-{cluster}", recordfields.records(cluster)[i], "t2")
+    store.close()
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)  # as a store of an earlier gitopsd left it
+    for trigger in ("insert", "update", "delete"):
+        db.execute(f"DROP TRIGGER delivery_objects_{trigger}")
+    db.execute("DROP TABLE delivery_objects")
+    db.execute("DELETE FROM meta WHERE key='delivery_objects'")
+    db.close()
+    store = localstore.LocalStore(tmp_path / "s.db")
+    recordfields.assert_fields_agree(store, "seam-system", {"c1", "c2", "c3"})
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)  # by hand, after: the triggers keep it current
+    db.execute("DELETE FROM deliveries WHERE name='web-c1'")
+    db.close()
+    assert "c1" not in store.delivery_holdings("seam-system", {"c1": {("", "Namespace", "", "apps")}})
+    recordfields.assert_fields_agree(store, "seam-system", {"c2", "c3"})
