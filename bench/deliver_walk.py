@@ -21,6 +21,8 @@ import pathlib
 import runpy
 import sys
 import tempfile
+from collections.abc import Iterable
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,8 +42,8 @@ class Discard:
     def __init__(self) -> None:
         self.records = 0
 
-    def write(self, records: object, message: str) -> None:
-        self.records += sum(1 for _ in records)  # type: ignore[attr-defined]
+    def write(self, records: Iterable[tuple[str, bytes]], message: str) -> None:
+        self.records += sum(1 for _ in records)
 
 
 class StandIn:
@@ -53,7 +55,7 @@ class StandIn:
     def reachable(self, cluster: object) -> bool:
         return True
 
-    def run(self, clusters: object, jobs: list, namespace: str) -> list:  # type: ignore[type-arg]
+    def run(self, clusters: object, jobs: list[Any], namespace: str) -> list[tuple[Any, delivery.Delivery]]:
         self.jobs += len(jobs)
         return [(j, conditions.decide_delivery(delivery.Delivery(
             cluster=j.cluster, result=delivery.Result.DELIVERED, digest=j.digest, version=j.version, message="delivered",
