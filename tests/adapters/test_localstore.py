@@ -169,22 +169,22 @@ def test_instances_written_alike_are_stored_as_each_one_encoded_whole(tmp_path: 
     assert {pi.cluster for pi in observed.instances.values()} == set(clusters)
 
 
-def test_the_fields_read_of_delivery_records_agree_with_the_whole_records(tmp_path: pathlib.Path) -> None:
-    store = localstore.LocalStore(tmp_path / "s.db")
+def delivered_store(path: pathlib.Path) -> localstore.LocalStore:
+    """A store with web on c1, c2 and c3, each with a delivery record of another shape."""
+    store = localstore.LocalStore(path)
     made = build_plan(desired("web", "1.0.0", clusters=("c1", "c2", "c3")))
     store.apply("seam-system", made.changes, made.revision, "t1")
     for i, cluster in enumerate(("c1", "c2", "c3")):
         store.record_delivery("seam-system", f"web-{cluster}", recordfields.records(cluster)[i], "t2")
-    recordfields.assert_fields_agree(store, "seam-system", {"c1", "c2", "c3"})
+    return store
+
+
+def test_the_fields_read_of_delivery_records_agree_with_the_whole_records(tmp_path: pathlib.Path) -> None:
+    recordfields.assert_fields_agree(delivered_store(tmp_path / "s.db"), "seam-system", {"c1", "c2", "c3"})
 
 
 def test_a_store_made_before_the_index_of_delivered_objects_gets_it_filled_on_open(tmp_path: pathlib.Path) -> None:
-    store = localstore.LocalStore(tmp_path / "s.db")
-    made = build_plan(desired("web", "1.0.0", clusters=("c1", "c2", "c3")))
-    store.apply("seam-system", made.changes, made.revision, "t1")
-    for i, cluster in enumerate(("c1", "c2", "c3")):
-        store.record_delivery("seam-system", f"web-{cluster}", recordfields.records(cluster)[i], "t2")
-    store.close()
+    delivered_store(tmp_path / "s.db").close()
     db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)  # as a store of an earlier gitopsd left it
     for trigger in ("insert", "update", "delete"):
         db.execute(f"DROP TRIGGER delivery_objects_{trigger}")
