@@ -21,7 +21,7 @@ import re
 import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gitopsd import errors
@@ -94,6 +94,7 @@ CLUSTER_PACK = pack.CLUSTER_PACK_KIND
 PACK_INSTANCE = instance.PACK_INSTANCE_KIND
 MAX_EVENTS = 10_000
 ROW_BATCH = 10_000  # object rows an apply keeps back before handing them to SQLite in one statement
+NAMES_BATCH = 500  # names one ``name IN (...)`` query asks for (``LocalStore._named``)
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # json.dumps's, made once: a row body
 T = TypeVar("T")
 
@@ -173,6 +174,17 @@ class LocalStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _named(self, query: str, params: tuple[object, ...], names: Iterable[str] | None) -> Iterator[Any]:
+        """The rows of ``query`` (a SELECT ending in its WHERE conditions) whose ``name`` is one of
+        ``names``, NAMES_BATCH names a query; every row of it when ``names`` is None."""
+        if names is None:
+            yield from self._db.execute(query, params)
+            return
+        wanted = sorted(names)
+        for start in range(0, len(wanted), NAMES_BATCH):
+            chunk = wanted[start:start + NAMES_BATCH]
+            yield from self._db.execute(f"{query} AND name IN ({','.join('?' * len(chunk))})", (*params, *chunk))
 
     def _index_deliveries(self) -> None:
         """Fill ``delivery_objects`` once for a store made before it (its triggers keep it up to date after)."""
@@ -291,20 +303,17 @@ class LocalStore:
                 self._editable(cache, base, copied)[1].pop(name, None)
                 cache.touched[base] = head
         for kind, select in ((CLUSTER_PACK, "kind, body, uid, resource_version"), (PACK_INSTANCE, f"name, {HEAD_FIELDS}")):
-            wanted = sorted(names[kind])
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                query = f"SELECT {select} FROM objects WHERE kind=? AND namespace=? AND name IN ({','.join('?' * len(chunk))})"
-                for row in self._db.execute(query, (kind, cache.namespace, *chunk)):
-                    if kind == CLUSTER_PACK:
-                        found = _decode(*row)
-                        assert isinstance(found, instance.ObservedPack)
-                        self._editable(cache, found.base_pack_name, copied)[0][found.name] = found
-                        cache.touched[found.base_pack_name] = head
-                    else:
-                        base, found_head = _head(row[1])
-                        self._editable(cache, base, copied)[1][row[0]] = found_head
-                        cache.touched[base] = head
+            for row in self._named(f"SELECT {select} FROM objects WHERE kind=? AND namespace=?", (kind, cache.namespace),
+                                   names[kind]):
+                if kind == CLUSTER_PACK:
+                    found = _decode(*row)
+                    assert isinstance(found, instance.ObservedPack)
+                    self._editable(cache, found.base_pack_name, copied)[0][found.name] = found
+                    cache.touched[found.base_pack_name] = head
+                else:
+                    base, found_head = _head(row[1])
+                    self._editable(cache, base, copied)[1][row[0]] = found_head
+                    cache.touched[base] = head
         cache.head = head
         self._rebuild(cache, copied)
         return True
@@ -340,14 +349,11 @@ class LocalStore:
     def instance_objects(self, namespace: str, names: Sequence[str]) -> dict[str, instance.PackInstance]:
         """The PackInstances of ``names`` as stored now, read whole."""
         out = {}
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            query = ("SELECT kind, body, uid, resource_version FROM objects WHERE kind=? AND namespace=? "
-                     f"AND name IN ({','.join('?' * len(chunk))})")
-            for row in self._db.execute(query, (PACK_INSTANCE, namespace, *chunk)):
-                found = _decode(*row)
-                assert isinstance(found, instance.PackInstance)
-                out[found.name] = found
+        for row in self._named("SELECT kind, body, uid, resource_version FROM objects WHERE kind=? AND namespace=?",
+                               (PACK_INSTANCE, namespace), names):
+            found = _decode(*row)
+            assert isinstance(found, instance.PackInstance)
+            out[found.name] = found
         return out
 
     @_guarded
@@ -400,28 +406,14 @@ class LocalStore:
     # --- delivery records ----------------------------------------------------------------------
     @_guarded
     def deliveries(self, namespace: str, names: Collection[str] | None = None) -> dict[str, delivery.Delivery]:
-        if names is None:
-            rows = list(self._db.execute("SELECT name, body FROM deliveries WHERE namespace=?", (namespace,)))
-        else:
-            wanted, rows = sorted(names), []
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                rows += self._db.execute(f"SELECT name, body FROM deliveries WHERE namespace=? AND name IN "
-                                         f"({','.join('?' * len(chunk))})", (namespace, *chunk))
+        rows = self._named("SELECT name, body FROM deliveries WHERE namespace=?", (namespace,), names)
         return {name: delivery.Delivery.from_json(json.loads(body)) for name, body in rows}
 
     @_guarded
     def delivery_states(self, namespace: str, names: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
         """(digest, result) of the records, read by SQLite's JSON functions (no record made whole)."""
-        select = ("SELECT name, json_extract(body, '$.digest'), json_extract(body, '$.result') FROM deliveries "
-                  "WHERE namespace=?")
-        if names is None:
-            rows = list(self._db.execute(select, (namespace,)))
-        else:
-            wanted, rows = sorted(names), []
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                rows += self._db.execute(f"{select} AND name IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
+        rows = self._named("SELECT name, json_extract(body, '$.digest'), json_extract(body, '$.result') "
+                           "FROM deliveries WHERE namespace=?", (namespace,), names)
         # (as ``Delivery.from_json`` reads a field that is not there)
         return {name: (digest or "", result or str(delivery.Result.FAILED)) for name, digest, result in rows}
 
@@ -430,16 +422,12 @@ class LocalStore:
                           ) -> dict[str, dict[str, set[tuple[str, str, str, str]]]]:
         """Found by object name in ``delivery_objects`` (an index), not by reading every record."""
         out: dict[str, dict[str, set[tuple[str, str, str, str]]]] = {}
-        names = sorted({key[3] for wanted in keys.values() for key in wanted})
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            rows = self._db.execute(
-                "SELECT instance, cluster, api_version, kind, object_namespace, name FROM delivery_objects "
-                f"WHERE namespace=? AND name IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
-            for name, cluster, api_version, kind, ns, obj in rows:
-                key = (str(api_version).rpartition("/")[0], str(kind), ns or "", str(obj))
-                if key in keys.get(cluster, ()):
-                    out.setdefault(cluster, {}).setdefault(name, set()).add(key)
+        rows = self._named("SELECT instance, cluster, api_version, kind, object_namespace, name FROM delivery_objects "
+                           "WHERE namespace=?", (namespace,), {key[3] for wanted in keys.values() for key in wanted})
+        for name, cluster, api_version, kind, ns, obj in rows:
+            key = (str(api_version).rpartition("/")[0], str(kind), ns or "", str(obj))
+            if key in keys.get(cluster, ()):
+                out.setdefault(cluster, {}).setdefault(name, set()).add(key)
         return out
 
     @_guarded
@@ -554,7 +542,7 @@ class LocalStore:
         self._events = []
 
     def _read_ahead(self, namespace: str, changes: Sequence[change.Change]) -> None:
-        """Read the stored rows of the objects ``changes`` may write, 500 names a query, instead of
+        """Read the stored rows of the objects ``changes`` may write, NAMES_BATCH names a query, instead of
         one query each in ``_stored``."""
         self._known = {}
         wanted: dict[str, list[str]] = {}
@@ -565,15 +553,12 @@ class LocalStore:
                     change.Action.CREATE, change.Action.SUPERSEDE, change.Action.UNINSTALL):
                 wanted.setdefault(PACK_INSTANCE, []).append(c.name)
         for kind, names in wanted.items():
-            for start in range(0, len(names), 500):
-                batch = names[start:start + 500]
-                for name in batch:
-                    self._known[(kind, namespace, name)] = None
-                marks = ",".join("?" * len(batch))
-                for name, uid, rv, generation, body in self._db.execute(
-                        "SELECT name, uid, resource_version, generation, body FROM objects "
-                        f"WHERE kind=? AND namespace=? AND name IN ({marks})", (kind, namespace, *batch)):
-                    self._known[(kind, namespace, name)] = (str(uid), int(rv), int(generation), str(body))
+            for name in names:
+                self._known[(kind, namespace, name)] = None
+            for name, uid, rv, generation, body in self._named(
+                    "SELECT name, uid, resource_version, generation, body FROM objects WHERE kind=? AND namespace=?",
+                    (kind, namespace), names):
+                self._known[(kind, namespace, name)] = (str(uid), int(rv), int(generation), str(body))
 
     def _stored(self, kind: str, namespace: str, name: str) -> tuple[str, int, int, str] | None:
         """(uid, resourceVersion, generation, body) of a stored object, counting this pass's rows."""
